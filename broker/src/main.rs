@@ -1,0 +1,3 @@
+fn main() {
+    let _ = rmqtt::context::ServerContext::new();
+}

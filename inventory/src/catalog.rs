@@ -1,0 +1,227 @@
+//! The chain's catalog: SKUs, dishes with their recipes, stores with their
+//! menus and stock parameters. Immutable while the broker runs.
+//!
+//! Built once from configuration (the broker's `config` module validates the
+//! file and reports errors with their place); [`Catalog::new`] re-checks the
+//! cross-references so that the core can rely on them without `unwrap`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use dishsync_protocol::{BaseUnit, DishId, SkuId, StoreId};
+use serde::{Deserialize, Serialize};
+
+/// One stock-keeping unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sku {
+    /// Its id.
+    pub id: SkuId,
+    /// Name shown to people.
+    pub name: String,
+    /// The integer unit stock is kept in.
+    pub unit: BaseUnit,
+    /// Delivery pack size in base units (≥ 1); replenishment rounds up to it.
+    pub pack: i64,
+}
+
+/// How much of one SKU a portion of a dish uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipeLine {
+    /// The ingredient.
+    pub sku: SkuId,
+    /// Base units per portion (≥ 1).
+    pub per_portion: i64,
+}
+
+/// A dish and its recipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dish {
+    /// Its id.
+    pub id: DishId,
+    /// Name shown to people.
+    pub name: String,
+    /// At or below this many portions the dish is `low`.
+    pub low_mark: u64,
+    /// Ingredients per portion; never empty.
+    pub recipe: Vec<RecipeLine>,
+}
+
+/// A store's targets for one SKU, base units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockParams {
+    /// At or below this the level is `low` (and replenishment is due).
+    pub reorder_point: i64,
+    /// The level a delivery should bring the stock back to.
+    pub par: i64,
+}
+
+/// One store of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    /// Its id.
+    pub id: StoreId,
+    /// Name shown to people.
+    pub name: String,
+    /// The dishes it sells.
+    pub menu: Vec<DishId>,
+    /// Its targets for every SKU of the chain.
+    pub stock: BTreeMap<SkuId, StockParams>,
+}
+
+/// A reference in the catalog that points nowhere.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// A recipe names an unknown SKU.
+    #[error("dish {dish}: recipe uses unknown SKU {sku}")]
+    RecipeSku {
+        /// The dish.
+        dish: DishId,
+        /// The missing SKU.
+        sku: SkuId,
+    },
+    /// A dish without ingredients.
+    #[error("dish {0}: recipe is empty")]
+    EmptyRecipe(DishId),
+    /// A recipe line, pack size or stock parameter that is not positive.
+    #[error("{0}: must be positive")]
+    NotPositive(String),
+    /// A menu names an unknown dish.
+    #[error("store {store}: menu has unknown dish {dish}")]
+    MenuDish {
+        /// The store.
+        store: StoreId,
+        /// The missing dish.
+        dish: DishId,
+    },
+    /// A store lacks stock parameters for a SKU.
+    #[error("store {store}: no stock parameters for SKU {sku}")]
+    MissingParams {
+        /// The store.
+        store: StoreId,
+        /// The SKU.
+        sku: SkuId,
+    },
+}
+
+/// The whole chain, indexed for the rules.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    skus: BTreeMap<SkuId, Sku>,
+    dishes: BTreeMap<DishId, Dish>,
+    stores: BTreeMap<StoreId, Store>,
+    /// Per store: which menu dishes use a SKU.
+    uses: HashMap<StoreId, HashMap<SkuId, Vec<DishId>>>,
+}
+
+impl Catalog {
+    /// Indexes and cross-checks a catalog.
+    pub fn new(
+        skus: Vec<Sku>,
+        dishes: Vec<Dish>,
+        stores: Vec<Store>,
+    ) -> Result<Catalog, CatalogError> {
+        let skus: BTreeMap<_, _> = skus.into_iter().map(|s| (s.id.clone(), s)).collect();
+        for sku in skus.values() {
+            if sku.pack < 1 {
+                return Err(CatalogError::NotPositive(format!("sku {} pack", sku.id)));
+            }
+        }
+        let dishes: BTreeMap<_, _> = dishes.into_iter().map(|d| (d.id.clone(), d)).collect();
+        for dish in dishes.values() {
+            if dish.recipe.is_empty() {
+                return Err(CatalogError::EmptyRecipe(dish.id.clone()));
+            }
+            for line in &dish.recipe {
+                if !skus.contains_key(&line.sku) {
+                    return Err(CatalogError::RecipeSku {
+                        dish: dish.id.clone(),
+                        sku: line.sku.clone(),
+                    });
+                }
+                if line.per_portion < 1 {
+                    return Err(CatalogError::NotPositive(format!(
+                        "dish {} recipe {}",
+                        dish.id, line.sku
+                    )));
+                }
+            }
+        }
+        let mut uses = HashMap::new();
+        let stores: BTreeMap<_, _> = stores.into_iter().map(|s| (s.id.clone(), s)).collect();
+        for store in stores.values() {
+            for sku in skus.keys() {
+                if !store.stock.contains_key(sku) {
+                    return Err(CatalogError::MissingParams {
+                        store: store.id.clone(),
+                        sku: sku.clone(),
+                    });
+                }
+            }
+            let mut by_sku: HashMap<SkuId, Vec<DishId>> = HashMap::new();
+            for dish_id in &store.menu {
+                let dish = dishes.get(dish_id).ok_or_else(|| CatalogError::MenuDish {
+                    store: store.id.clone(),
+                    dish: dish_id.clone(),
+                })?;
+                for line in &dish.recipe {
+                    let users = by_sku.entry(line.sku.clone()).or_default();
+                    if !users.contains(dish_id) {
+                        users.push(dish_id.clone());
+                    }
+                }
+            }
+            uses.insert(store.id.clone(), by_sku);
+        }
+        Ok(Catalog {
+            skus,
+            dishes,
+            stores,
+            uses,
+        })
+    }
+
+    /// A SKU by id.
+    pub fn sku(&self, id: &SkuId) -> Option<&Sku> {
+        self.skus.get(id)
+    }
+
+    /// A dish by id.
+    pub fn dish(&self, id: &DishId) -> Option<&Dish> {
+        self.dishes.get(id)
+    }
+
+    /// A store by id.
+    pub fn store(&self, id: &StoreId) -> Option<&Store> {
+        self.stores.get(id)
+    }
+
+    /// Every SKU.
+    pub fn skus(&self) -> impl Iterator<Item = &Sku> {
+        self.skus.values()
+    }
+
+    /// Every dish.
+    pub fn dishes(&self) -> impl Iterator<Item = &Dish> {
+        self.dishes.values()
+    }
+
+    /// Every store.
+    pub fn stores(&self) -> impl Iterator<Item = &Store> {
+        self.stores.values()
+    }
+
+    /// The dishes on `store`'s menu whose recipe uses `sku`.
+    pub fn dishes_using(&self, store: &StoreId, sku: &SkuId) -> &[DishId] {
+        self.uses
+            .get(store)
+            .and_then(|m| m.get(sku))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Whether `dish` is on `store`'s menu.
+    pub fn on_menu(&self, store: &StoreId, dish: &DishId) -> bool {
+        self.stores
+            .get(store)
+            .is_some_and(|s| s.menu.contains(dish))
+    }
+}

@@ -1,0 +1,853 @@
+//! The dishsync domain core: pure, synchronous, deterministic.
+//!
+//! [`Inventory`] holds the live state of every store — each SKU's ledger
+//! level, each dish's availability and the chef's overrides — and turns one
+//! validated input at a time into a state change plus a description of what
+//! changed ([`Outcome`]). It never reads a clock (every call takes `now`),
+//! never touches a disk or a socket, and never panics on input: a bad input is
+//! a [`Rejection`] and leaves the state exactly as it was.
+//!
+//! What it deliberately does not own:
+//! - de-duplication by event id and the sale records a void needs: those live
+//!   in the broker's durable store (`dishsync-broker`'s `store` module), which
+//!   looks them up and hands them in;
+//! - persistence and publication: the broker's rules shell persists the states
+//!   named in [`Changes`] and publishes their views ([`Inventory::level_out`],
+//!   [`Inventory::dish_out`], [`Inventory::menu_out`]).
+//!
+//! Invariants: `portions = min over the recipe of ⌊max(stock, 0) ÷ per
+//! portion⌋`; a `rev` grows by exactly one each time the document it numbers
+//! changes; a rejected input changes nothing.
+
+pub mod catalog;
+pub mod ledger;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use dishsync_protocol::payload::{
+    ActiveOverride, DishAvailabilityOut, DishStatus, ErrorCode, LevelOut, LevelState, MenuEntry,
+    OverrideIn, OverrideStatus, SaleIn, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
+};
+use dishsync_protocol::{DeviceId, DishId, EventId, Millis, Quantity, SkuId, StoreId};
+use serde::{Deserialize, Serialize};
+
+pub use catalog::Catalog;
+use ledger::{Applied, SkuLedger};
+
+/// Most portions of one dish on one sale line.
+pub const MAX_PORTIONS: u32 = 10_000;
+/// Longest free text (`reason`, `ref`, `note`), in bytes.
+pub const MAX_TEXT: usize = 256;
+
+/// Why an input was refused. Nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    /// Machine-readable class.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl Rejection {
+    /// A rejection of class `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// One SKU's persisted state in one store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuState {
+    /// The level and what is needed to place late counts.
+    pub ledger: SkuLedger,
+    /// Level document revision.
+    pub rev: u64,
+    /// When `rev` was made.
+    pub at: Millis,
+}
+
+/// An active chef's 86.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    /// Who set it.
+    pub by: DeviceId,
+    /// When it lapses by itself.
+    pub until: Option<Millis>,
+    /// The chef's note.
+    pub note: Option<String>,
+}
+
+/// One dish's persisted state in one store: its last computed availability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DishState {
+    /// Portions the stock allows.
+    pub portions: u64,
+    /// The binding ingredient.
+    pub limited_by: Option<SkuId>,
+    /// Resulting status, override included.
+    pub status: DishStatus,
+    /// The chef's 86, while active.
+    pub override_: Option<Override>,
+    /// Availability document revision.
+    pub rev: u64,
+    /// When `rev` was made.
+    pub at: Millis,
+}
+
+/// A store's whole-menu document revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MenuState {
+    /// Revision.
+    pub rev: u64,
+    /// When it was made.
+    pub at: Millis,
+}
+
+/// What a sale took from stock, kept so that its void restores exactly that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleRecord {
+    /// When the sale happened.
+    pub at: Millis,
+    /// Base units taken per SKU.
+    pub taken: Vec<(SkuId, i64)>,
+    /// The void that took it back, once voided.
+    pub voided_by: Option<EventId>,
+}
+
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A stock event of this kind.
+    Stock(StockKindCode),
+    /// Depletion by a sale.
+    Sale,
+    /// Restoration by a void.
+    Void,
+}
+
+/// [`StockKind`] as a compact, serde-stable code for the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StockKindCode {
+    /// receive
+    Receive,
+    /// consume
+    Consume,
+    /// waste
+    Waste,
+    /// transfer_in
+    TransferIn,
+    /// transfer_out
+    TransferOut,
+    /// count (`amount` is the absolute level)
+    Count,
+    /// adjust
+    Adjust,
+}
+
+impl From<StockKind> for StockKindCode {
+    fn from(k: StockKind) -> Self {
+        match k {
+            StockKind::Receive => StockKindCode::Receive,
+            StockKind::Consume => StockKindCode::Consume,
+            StockKind::Waste => StockKindCode::Waste,
+            StockKind::TransferIn => StockKindCode::TransferIn,
+            StockKind::TransferOut => StockKindCode::TransferOut,
+            StockKind::Count => StockKindCode::Count,
+            StockKind::Adjust => StockKindCode::Adjust,
+        }
+    }
+}
+
+/// One line of the append-only ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The store.
+    pub store: StoreId,
+    /// The SKU.
+    pub sku: SkuId,
+    /// The input that caused it.
+    pub event: EventId,
+    /// What kind of change.
+    pub kind: EntryKind,
+    /// Signed delta in base units, or the absolute level for a count.
+    pub amount: i64,
+    /// When it happened (the input's stamp).
+    pub at: Millis,
+    /// False when stamped before the latest count: recorded, level unmoved.
+    pub moved: bool,
+}
+
+/// Which documents an input changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Level documents.
+    pub levels: BTreeSet<(StoreId, SkuId)>,
+    /// Dish availability documents.
+    pub dishes: BTreeSet<(StoreId, DishId)>,
+    /// Whole-menu documents.
+    pub menus: BTreeSet<StoreId>,
+}
+
+impl Changes {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: Changes) {
+        self.levels.extend(other.levels);
+        self.dishes.extend(other.dishes);
+        self.menus.extend(other.menus);
+    }
+
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty() && self.dishes.is_empty() && self.menus.is_empty()
+    }
+}
+
+/// The result of an accepted input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Documents to persist and publish.
+    pub changes: Changes,
+    /// Ledger lines to append.
+    pub entries: Vec<LedgerEntry>,
+    /// The sale record to store (for a sale, or a void's updated sale).
+    pub sale: Option<(EventId, SaleRecord)>,
+}
+
+#[derive(Debug, Clone)]
+struct StoreState {
+    skus: BTreeMap<SkuId, SkuState>,
+    dishes: BTreeMap<DishId, DishState>,
+    menu: MenuState,
+}
+
+/// A persisted state handed back at start-up.
+#[derive(Debug, Clone)]
+pub enum Restored {
+    /// A SKU's state.
+    Sku(StoreId, SkuId, SkuState),
+    /// A dish's state.
+    Dish(StoreId, DishId, DishState),
+    /// A store's menu document state.
+    Menu(StoreId, MenuState),
+}
+
+/// The live state of the whole chain.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    catalog: Arc<Catalog>,
+    stores: BTreeMap<StoreId, StoreState>,
+}
+
+fn reject(code: ErrorCode, message: impl Into<String>) -> Rejection {
+    Rejection::new(code, message)
+}
+
+fn level_state(qty: i64, reorder_point: i64) -> LevelState {
+    match qty {
+        q if q < 0 => LevelState::Negative,
+        0 => LevelState::Out,
+        q if q <= reorder_point => LevelState::Low,
+        _ => LevelState::Ok,
+    }
+}
+
+fn check_text(field: &str, text: &Option<String>) -> Result<(), Rejection> {
+    match text {
+        Some(t) if t.len() > MAX_TEXT => Err(reject(
+            ErrorCode::InvalidField,
+            format!("{field} is longer than {MAX_TEXT} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Inventory {
+    /// A chain with every stock level at zero (and so every dish sold out),
+    /// each document at revision 1 made at `now`.
+    pub fn new(catalog: Arc<Catalog>, now: Millis) -> Inventory {
+        Inventory::restore(catalog, Vec::new(), now).0
+    }
+
+    /// Rebuilds the chain from persisted states. States of SKUs, dishes and
+    /// stores no longer in the catalog are dropped; those the catalog added
+    /// start fresh. Every dish is recomputed against the current catalog (a
+    /// recipe may have changed): the returned [`Changes`] name what differs
+    /// from what was persisted, plus everything that started fresh.
+    pub fn restore(
+        catalog: Arc<Catalog>,
+        restored: Vec<Restored>,
+        now: Millis,
+    ) -> (Inventory, Changes) {
+        let mut stores: BTreeMap<StoreId, StoreState> = BTreeMap::new();
+        for store in catalog.stores() {
+            stores.insert(
+                store.id.clone(),
+                StoreState {
+                    skus: BTreeMap::new(),
+                    dishes: BTreeMap::new(),
+                    menu: MenuState { rev: 0, at: now },
+                },
+            );
+        }
+        for r in restored {
+            match r {
+                Restored::Sku(store, sku, state) => {
+                    if let (Some(s), Some(_)) = (stores.get_mut(&store), catalog.sku(&sku)) {
+                        s.skus.insert(sku, state);
+                    }
+                }
+                Restored::Dish(store, dish, state) => {
+                    if let Some(s) = stores.get_mut(&store) {
+                        if catalog.on_menu(&store, &dish) {
+                            s.dishes.insert(dish, state);
+                        }
+                    }
+                }
+                Restored::Menu(store, menu) => {
+                    if let Some(s) = stores.get_mut(&store) {
+                        s.menu = menu;
+                    }
+                }
+            }
+        }
+        let mut changes = Changes::default();
+        for store in catalog.stores() {
+            let Some(state) = stores.get_mut(&store.id) else {
+                continue;
+            };
+            for sku in catalog.skus() {
+                state.skus.entry(sku.id.clone()).or_insert_with(|| {
+                    changes.levels.insert((store.id.clone(), sku.id.clone()));
+                    SkuState {
+                        ledger: SkuLedger::default(),
+                        rev: 1,
+                        at: now,
+                    }
+                });
+            }
+        }
+        let mut inventory = Inventory {
+            catalog: Arc::clone(&catalog),
+            stores,
+        };
+        for store in catalog.stores() {
+            for dish in &store.menu {
+                inventory.recompute_dish(&store.id, dish, now, &mut changes);
+            }
+        }
+        inventory.bump_menus(now, &mut changes);
+        for (id, state) in &mut inventory.stores {
+            if state.menu.rev == 0 {
+                // A store with an empty menu still has a (empty) document.
+                state.menu.rev = 1;
+                changes.menus.insert(id.clone());
+            }
+        }
+        (inventory, changes)
+    }
+
+    /// The catalog this inventory runs on.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    fn store_checked(&self, store: &StoreId) -> Result<(), Rejection> {
+        if self.stores.contains_key(store) {
+            Ok(())
+        } else {
+            Err(reject(
+                ErrorCode::UnknownStore,
+                format!("unknown store {store}"),
+            ))
+        }
+    }
+
+    /// Applies a stock event for `sku` in `store`.
+    pub fn apply_stock(
+        &mut self,
+        store: &StoreId,
+        sku: &SkuId,
+        ev: &StockEventIn,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
+        self.store_checked(store)?;
+        let sku_def = self
+            .catalog
+            .sku(sku)
+            .ok_or_else(|| reject(ErrorCode::UnknownSku, format!("unknown SKU {sku}")))?;
+        let base = Quantity {
+            qty: ev.qty,
+            unit: ev.unit,
+        }
+        .to_base(sku_def.unit)
+        .map_err(|e| {
+            let code = match e {
+                dishsync_protocol::UnitError::WrongFamily { .. }
+                | dishsync_protocol::UnitError::Unknown(_) => ErrorCode::WrongUnit,
+                _ => ErrorCode::BadQuantity,
+            };
+            reject(code, e.to_string())
+        })?;
+        check_text("reason", &ev.reason)?;
+        check_text("ref", &ev.reference)?;
+        let kind = ev.kind;
+        let signed = match kind {
+            StockKind::Receive | StockKind::TransferIn if base > 0 => base,
+            StockKind::Consume | StockKind::Waste | StockKind::TransferOut if base > 0 => -base,
+            StockKind::Count if base >= 0 => base,
+            StockKind::Adjust if base != 0 => base,
+            StockKind::Count => {
+                return Err(reject(ErrorCode::BadQuantity, "count must not be negative"));
+            }
+            StockKind::Adjust => {
+                return Err(reject(ErrorCode::BadQuantity, "adjust must not be zero"))
+            }
+            _ => {
+                return Err(reject(
+                    ErrorCode::BadQuantity,
+                    format!("{} needs a positive quantity", kind.as_str()),
+                ))
+            }
+        };
+        if kind == StockKind::Waste && ev.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(reject(ErrorCode::InvalidField, "waste needs a reason"));
+        }
+        let at = ev.at.0;
+        let state = self.sku_mut(store, sku)?;
+        let applied = if kind == StockKind::Count {
+            state.ledger.count(at, signed).map_err(|too_old| {
+                reject(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "count stamped {} is older than the deltas still on record (from {}); count again",
+                        Timestamp(at),
+                        Timestamp(too_old.oldest)
+                    ),
+                )
+            })?
+        } else {
+            state.ledger.delta(at, signed)
+        };
+        let mut outcome = Outcome::default();
+        outcome.entries.push(LedgerEntry {
+            store: store.clone(),
+            sku: sku.clone(),
+            event: ev.id.clone(),
+            kind: EntryKind::Stock(kind.into()),
+            amount: signed,
+            at,
+            moved: applied == Applied::Moved,
+        });
+        self.after_moves(store, &[sku.clone()], now, &mut outcome.changes);
+        Ok(outcome)
+    }
+
+    /// Applies a sale: depletes every ingredient by recipe × portions.
+    pub fn apply_sale(
+        &mut self,
+        store: &StoreId,
+        sale: &SaleIn,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
+        self.store_checked(store)?;
+        if sale.void.is_some() {
+            return Err(reject(
+                ErrorCode::InvalidField,
+                "a message has either lines (a sale) or void, not both",
+            ));
+        }
+        let lines = sale
+            .lines
+            .as_ref()
+            .ok_or_else(|| reject(ErrorCode::InvalidField, "a sale needs lines"))?;
+        if lines.is_empty() {
+            return Err(reject(
+                ErrorCode::InvalidField,
+                "a sale needs at least one line",
+            ));
+        }
+        let at = sale
+            .at
+            .ok_or_else(|| reject(ErrorCode::InvalidField, "a sale needs at"))?
+            .0;
+        if sale.device.is_none() {
+            return Err(reject(ErrorCode::InvalidField, "a sale needs device"));
+        }
+        let mut taken: BTreeMap<SkuId, i64> = BTreeMap::new();
+        for line in lines {
+            if !self.catalog.on_menu(store, &line.dish) {
+                return Err(reject(
+                    ErrorCode::UnknownDish,
+                    format!("dish {} is not on the menu of store {store}", line.dish),
+                ));
+            }
+            if line.portions == 0 || line.portions > MAX_PORTIONS {
+                return Err(reject(
+                    ErrorCode::BadQuantity,
+                    format!("portions of {} must be 1 to {MAX_PORTIONS}", line.dish),
+                ));
+            }
+            let dish = self.catalog.dish(&line.dish).ok_or_else(|| {
+                reject(
+                    ErrorCode::UnknownDish,
+                    format!("unknown dish {}", line.dish),
+                )
+            })?;
+            for r in &dish.recipe {
+                let amount = r.per_portion.saturating_mul(i64::from(line.portions));
+                let total = taken.entry(r.sku.clone()).or_insert(0);
+                *total = total.saturating_add(amount);
+            }
+        }
+        let taken: Vec<(SkuId, i64)> = taken.into_iter().collect();
+        let mut outcome = self.move_stock(store, &sale.id, EntryKind::Sale, at, &taken, -1, now)?;
+        outcome.sale = Some((
+            sale.id.clone(),
+            SaleRecord {
+                at,
+                taken,
+                voided_by: None,
+            },
+        ));
+        Ok(outcome)
+    }
+
+    /// Applies a void of the sale described by `record` (looked up by the
+    /// caller; `None` when no such sale exists): restores exactly what it took.
+    pub fn apply_void(
+        &mut self,
+        store: &StoreId,
+        void: &SaleIn,
+        record: Option<&SaleRecord>,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
+        self.store_checked(store)?;
+        let sale_id = void
+            .void
+            .as_ref()
+            .ok_or_else(|| reject(ErrorCode::InvalidField, "a void needs void"))?;
+        if void.lines.is_some() {
+            return Err(reject(
+                ErrorCode::InvalidField,
+                "a message has either lines (a sale) or void, not both",
+            ));
+        }
+        let record = record
+            .ok_or_else(|| reject(ErrorCode::BadVoid, format!("no sale {sale_id} to void")))?;
+        if let Some(by) = &record.voided_by {
+            return Err(reject(
+                ErrorCode::BadVoid,
+                format!("sale {sale_id} was already voided by {by}"),
+            ));
+        }
+        let at = void.at.map_or(now, |t| t.0);
+        let mut outcome =
+            self.move_stock(store, &void.id, EntryKind::Void, at, &record.taken, 1, now)?;
+        let mut updated = record.clone();
+        updated.voided_by = Some(void.id.clone());
+        outcome.sale = Some((sale_id.clone(), updated));
+        Ok(outcome)
+    }
+
+    fn move_stock(
+        &mut self,
+        store: &StoreId,
+        event: &EventId,
+        kind: EntryKind,
+        at: Millis,
+        amounts: &[(SkuId, i64)],
+        sign: i64,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
+        // Check every SKU before touching any: a rejection changes nothing.
+        for (sku, _) in amounts {
+            self.sku_mut(store, sku)?;
+        }
+        let mut outcome = Outcome::default();
+        let mut moved = Vec::new();
+        for (sku, amount) in amounts {
+            let delta = sign * amount;
+            let applied = self.sku_mut(store, sku)?.ledger.delta(at, delta);
+            outcome.entries.push(LedgerEntry {
+                store: store.clone(),
+                sku: sku.clone(),
+                event: event.clone(),
+                kind,
+                amount: delta,
+                at,
+                moved: applied == Applied::Moved,
+            });
+            moved.push(sku.clone());
+        }
+        self.after_moves(store, &moved, now, &mut outcome.changes);
+        Ok(outcome)
+    }
+
+    /// Applies a chef's 86 or its release.
+    pub fn apply_override(
+        &mut self,
+        store: &StoreId,
+        dish: &DishId,
+        ov: &OverrideIn,
+        now: Millis,
+    ) -> Result<Outcome, Rejection> {
+        self.store_checked(store)?;
+        if !self.catalog.on_menu(store, dish) {
+            return Err(reject(
+                ErrorCode::UnknownDish,
+                format!("dish {dish} is not on the menu of store {store}"),
+            ));
+        }
+        check_text("note", &ov.note)?;
+        let new = match ov.status {
+            OverrideStatus::SoldOut => {
+                if let Some(until) = ov.until {
+                    if until.0 <= now {
+                        return Err(reject(
+                            ErrorCode::InvalidField,
+                            format!("until {until} is in the past"),
+                        ));
+                    }
+                }
+                Some(Override {
+                    by: ov.by.clone(),
+                    until: ov.until.map(|t| t.0),
+                    note: ov.note.clone(),
+                })
+            }
+            OverrideStatus::Auto if ov.until.is_some() => {
+                return Err(reject(
+                    ErrorCode::InvalidField,
+                    "until applies to sold_out only",
+                ));
+            }
+            OverrideStatus::Auto => None,
+        };
+        let state = self
+            .stores
+            .get_mut(store)
+            .and_then(|s| s.dishes.get_mut(dish))
+            .ok_or_else(|| reject(ErrorCode::UnknownDish, format!("unknown dish {dish}")))?;
+        state.override_ = new;
+        let mut outcome = Outcome::default();
+        self.recompute_dish(store, dish, now, &mut outcome.changes);
+        self.bump_menus(now, &mut outcome.changes);
+        Ok(outcome)
+    }
+
+    /// Lapses every 86 whose `until` has passed.
+    pub fn expire_overrides(&mut self, now: Millis) -> Changes {
+        let mut lapsed = Vec::new();
+        for (store_id, store) in &mut self.stores {
+            for (dish_id, dish) in &mut store.dishes {
+                if dish
+                    .override_
+                    .as_ref()
+                    .and_then(|o| o.until)
+                    .is_some_and(|u| u <= now)
+                {
+                    dish.override_ = None;
+                    lapsed.push((store_id.clone(), dish_id.clone()));
+                }
+            }
+        }
+        let mut changes = Changes::default();
+        for (store, dish) in lapsed {
+            self.recompute_dish(&store, &dish, now, &mut changes);
+        }
+        self.bump_menus(now, &mut changes);
+        changes
+    }
+
+    fn sku_mut(&mut self, store: &StoreId, sku: &SkuId) -> Result<&mut SkuState, Rejection> {
+        self.stores
+            .get_mut(store)
+            .and_then(|s| s.skus.get_mut(sku))
+            .ok_or_else(|| reject(ErrorCode::UnknownSku, format!("unknown SKU {sku}")))
+    }
+
+    /// Bumps the level documents of `skus` that changed and recomputes the
+    /// dishes that use them.
+    fn after_moves(&mut self, store: &StoreId, skus: &[SkuId], now: Millis, changes: &mut Changes) {
+        let catalog = Arc::clone(&self.catalog);
+        let Some(state) = self.stores.get_mut(store) else {
+            return;
+        };
+        for sku in skus {
+            if let Some(s) = state.skus.get_mut(sku) {
+                // Every accepted event re-publishes the level: its `at` and
+                // the ledger moved even when the quantity ended where it was.
+                s.rev += 1;
+                s.at = now;
+                changes.levels.insert((store.clone(), sku.clone()));
+            }
+        }
+        let mut dishes: BTreeSet<&DishId> = BTreeSet::new();
+        for sku in skus {
+            dishes.extend(catalog.dishes_using(store, sku));
+        }
+        for dish in dishes {
+            self.recompute_dish(store, dish, now, changes);
+        }
+        self.bump_menus(now, changes);
+    }
+
+    /// Recomputes one dish; bumps its revision when anything visible changed.
+    fn recompute_dish(
+        &mut self,
+        store: &StoreId,
+        dish_id: &DishId,
+        now: Millis,
+        changes: &mut Changes,
+    ) {
+        let Some(dish) = self.catalog.dish(dish_id) else {
+            return;
+        };
+        let Some(state) = self.stores.get_mut(store) else {
+            return;
+        };
+        let mut portions: Option<(u64, &SkuId)> = None;
+        for line in &dish.recipe {
+            let qty = state.skus.get(&line.sku).map_or(0, |s| s.ledger.qty());
+            let can = (qty.max(0) / line.per_portion) as u64;
+            if portions.is_none_or(|(p, _)| can < p) {
+                portions = Some((can, &line.sku));
+            }
+        }
+        let (portions, limited_by) = portions.map_or((0, None), |(p, s)| (p, Some(s.clone())));
+        let current = state.dishes.get(dish_id);
+        let override_ = current.and_then(|d| d.override_.clone());
+        let status = if override_.is_some() || portions == 0 {
+            DishStatus::SoldOut
+        } else if portions <= dish.low_mark {
+            DishStatus::Low
+        } else {
+            DishStatus::Available
+        };
+        let unchanged = current.is_some_and(|d| {
+            d.portions == portions
+                && d.limited_by == limited_by
+                && d.status == status
+                && d.override_ == override_
+        });
+        if unchanged {
+            return;
+        }
+        let rev = current.map_or(0, |d| d.rev) + 1;
+        state.dishes.insert(
+            dish_id.clone(),
+            DishState {
+                portions,
+                limited_by,
+                status,
+                override_,
+                rev,
+                at: now,
+            },
+        );
+        changes.dishes.insert((store.clone(), dish_id.clone()));
+    }
+
+    /// Gives every store whose dishes changed a new menu revision. Called
+    /// once at the end of each public operation.
+    fn bump_menus(&mut self, now: Millis, changes: &mut Changes) {
+        let touched: BTreeSet<StoreId> = changes.dishes.iter().map(|(s, _)| s.clone()).collect();
+        for store in touched {
+            if let Some(s) = self.stores.get_mut(&store) {
+                s.menu.rev += 1;
+                s.menu.at = now;
+                changes.menus.insert(store);
+            }
+        }
+    }
+
+    /// A SKU's persisted state.
+    pub fn sku_state(&self, store: &StoreId, sku: &SkuId) -> Option<&SkuState> {
+        self.stores.get(store)?.skus.get(sku)
+    }
+
+    /// A dish's persisted state.
+    pub fn dish_state(&self, store: &StoreId, dish: &DishId) -> Option<&DishState> {
+        self.stores.get(store)?.dishes.get(dish)
+    }
+
+    /// A store's menu document state.
+    pub fn menu_state(&self, store: &StoreId) -> Option<MenuState> {
+        self.stores.get(store).map(|s| s.menu)
+    }
+
+    /// The retained level document of a SKU.
+    pub fn level_out(&self, store: &StoreId, sku: &SkuId) -> Option<LevelOut> {
+        let state = self.sku_state(store, sku)?;
+        let params = self.catalog.store(store)?.stock.get(sku)?;
+        let unit = self.catalog.sku(sku)?.unit;
+        let qty = state.ledger.qty();
+        Some(LevelOut {
+            store: store.clone(),
+            sku: sku.clone(),
+            qty,
+            unit,
+            reorder_point: params.reorder_point,
+            par: params.par,
+            state: level_state(qty, params.reorder_point),
+            stale: false,
+            rev: state.rev,
+            at: Timestamp(state.at),
+        })
+    }
+
+    /// The retained availability document of a dish.
+    pub fn dish_out(&self, store: &StoreId, dish: &DishId) -> Option<DishAvailabilityOut> {
+        let state = self.dish_state(store, dish)?;
+        Some(DishAvailabilityOut {
+            store: store.clone(),
+            dish: dish.clone(),
+            status: state.status,
+            portions: state.portions,
+            limited_by: state.limited_by.clone(),
+            override_: state.override_.as_ref().map(|o| ActiveOverride {
+                by: o.by.clone(),
+                until: o.until.map(Timestamp),
+                note: o.note.clone(),
+            }),
+            sellout_eta: None,
+            stale: false,
+            rev: state.rev,
+            at: Timestamp(state.at),
+        })
+    }
+
+    /// The retained whole-menu document of a store.
+    pub fn menu_out(&self, store: &StoreId) -> Option<StoreAvailabilityOut> {
+        let state = self.stores.get(store)?;
+        let dishes = state
+            .dishes
+            .iter()
+            .map(|(id, d)| {
+                let entry = MenuEntry {
+                    status: d.status,
+                    portions: d.portions,
+                    limited_by: d.limited_by.clone(),
+                    override_: d.override_.is_some(),
+                    stale: false,
+                    rev: d.rev,
+                };
+                (id.clone(), entry)
+            })
+            .collect();
+        Some(StoreAvailabilityOut {
+            store: store.clone(),
+            rev: state.menu.rev,
+            at: Timestamp(state.menu.at),
+            dishes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,488 @@
+//! Table-driven and property tests of the core, with no I/O and no clock.
+
+use super::catalog::{Dish, RecipeLine, Sku, StockParams, Store};
+use super::*;
+use dishsync_protocol::payload::SaleLine;
+use dishsync_protocol::{BaseUnit, Unit};
+use proptest::prelude::*;
+
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().expect("test id")
+}
+
+fn catalog() -> Arc<Catalog> {
+    let sku = |name: &str, unit| Sku {
+        id: id(name),
+        name: name.into(),
+        unit,
+        pack: 1,
+    };
+    let skus = vec![
+        sku("bun", BaseUnit::Pcs),
+        sku("beef", BaseUnit::G),
+        sku("cola", BaseUnit::Ml),
+    ];
+    let line = |sku: &str, per_portion| RecipeLine {
+        sku: id(sku),
+        per_portion,
+    };
+    let dishes = vec![
+        Dish {
+            id: id("burger"),
+            name: "Burger".into(),
+            low_mark: 2,
+            recipe: vec![line("bun", 1), line("beef", 150)],
+        },
+        Dish {
+            id: id("double"),
+            name: "Double".into(),
+            low_mark: 1,
+            recipe: vec![line("bun", 1), line("beef", 300)],
+        },
+        Dish {
+            id: id("soda"),
+            name: "Soda".into(),
+            low_mark: 0,
+            recipe: vec![line("cola", 330)],
+        },
+    ];
+    let params = StockParams {
+        reorder_point: 10,
+        par: 40,
+    };
+    let stock = ["bun", "beef", "cola"]
+        .iter()
+        .map(|s| (id(s), params))
+        .collect();
+    let stores = vec![Store {
+        id: id("s1"),
+        name: "S1".into(),
+        menu: vec![id("burger"), id("double"), id("soda")],
+        stock,
+    }];
+    Arc::new(Catalog::new(skus, dishes, stores).expect("valid catalog"))
+}
+
+const T0: Millis = 1_700_000_000_000;
+
+fn ev(eid: &str, kind: StockKind, qty: f64, unit: Unit, at: Millis) -> StockEventIn {
+    StockEventIn {
+        id: id(eid),
+        kind,
+        qty,
+        unit,
+        at: Timestamp(at),
+        device: id("scale-1"),
+        reference: None,
+        reason: (kind == StockKind::Waste).then(|| "dropped".into()),
+    }
+}
+
+fn sale(eid: &str, lines: &[(&str, u32)], at: Millis) -> SaleIn {
+    SaleIn {
+        id: id(eid),
+        lines: Some(
+            lines
+                .iter()
+                .map(|(d, p)| SaleLine {
+                    dish: id(d),
+                    portions: *p,
+                })
+                .collect(),
+        ),
+        void: None,
+        at: Some(Timestamp(at)),
+        device: Some(id("pos-1")),
+    }
+}
+
+fn void(eid: &str, of: &str) -> SaleIn {
+    SaleIn {
+        id: id(eid),
+        lines: None,
+        void: Some(id(of)),
+        at: None,
+        device: Some(id("pos-1")),
+    }
+}
+
+fn stocked() -> Inventory {
+    let mut inv = Inventory::new(catalog(), T0);
+    let s1 = id("s1");
+    inv.apply_stock(
+        &s1,
+        &id("bun"),
+        &ev("r1", StockKind::Receive, 10.0, Unit::Pcs, T0),
+        T0,
+    )
+    .expect("bun");
+    inv.apply_stock(
+        &s1,
+        &id("beef"),
+        &ev("r2", StockKind::Receive, 1.0, Unit::Kg, T0),
+        T0,
+    )
+    .expect("beef");
+    inv
+}
+
+fn qty(inv: &Inventory, sku: &str) -> i64 {
+    inv.level_out(&id("s1"), &id(sku)).expect("level").qty
+}
+
+fn dish(inv: &Inventory, d: &str) -> DishAvailabilityOut {
+    inv.dish_out(&id("s1"), &id(d)).expect("dish")
+}
+
+#[test]
+fn fresh_chain_is_sold_out_at_rev_1() {
+    let inv = Inventory::new(catalog(), T0);
+    let d = dish(&inv, "burger");
+    assert_eq!((d.status, d.portions, d.rev), (DishStatus::SoldOut, 0, 1));
+    let l = inv.level_out(&id("s1"), &id("beef")).expect("level");
+    assert_eq!((l.qty, l.state, l.rev), (0, LevelState::Out, 1));
+}
+
+#[test]
+fn portions_and_limiting_ingredient() {
+    let inv = stocked();
+    // 10 buns, 1000 g beef: burger = min(10, 6) = 6 limited by beef.
+    let d = dish(&inv, "burger");
+    assert_eq!(
+        (d.portions, d.limited_by.as_ref().map(|s| s.as_str())),
+        (6, Some("beef"))
+    );
+    assert_eq!(d.status, DishStatus::Available);
+    let d = dish(&inv, "double");
+    assert_eq!(d.portions, 3);
+    assert_eq!(dish(&inv, "soda").status, DishStatus::SoldOut);
+}
+
+#[test]
+fn stock_event_table() {
+    use StockKind::*;
+    // (event, expected beef level after `stocked()`'s 1000 g, or the error code)
+    let cases: Vec<(StockEventIn, Result<i64, ErrorCode>)> = vec![
+        (ev("a", Receive, 0.5, Unit::Kg, T0), Ok(1500)),
+        (ev("a", Consume, 200.0, Unit::G, T0), Ok(800)),
+        (ev("a", Waste, 100.0, Unit::G, T0), Ok(900)),
+        (ev("a", TransferIn, 1.0, Unit::Kg, T0), Ok(2000)),
+        (ev("a", TransferOut, 1.0, Unit::Kg, T0), Ok(0)),
+        (ev("a", Count, 420.0, Unit::G, T0 + 1), Ok(420)),
+        (ev("a", Adjust, -30.0, Unit::G, T0), Ok(970)),
+        (ev("a", Consume, 2.0, Unit::Kg, T0), Ok(-1000)),
+        (
+            ev("a", Receive, 1.0, Unit::L, T0),
+            Err(ErrorCode::WrongUnit),
+        ),
+        (
+            ev("a", Receive, 1.0, Unit::Pcs, T0),
+            Err(ErrorCode::WrongUnit),
+        ),
+        (
+            ev("a", Receive, -1.0, Unit::G, T0),
+            Err(ErrorCode::BadQuantity),
+        ),
+        (
+            ev("a", Receive, 0.0, Unit::G, T0),
+            Err(ErrorCode::BadQuantity),
+        ),
+        (
+            ev("a", Receive, 0.4, Unit::G, T0),
+            Err(ErrorCode::BadQuantity),
+        ),
+        (
+            ev("a", Count, -1.0, Unit::G, T0),
+            Err(ErrorCode::BadQuantity),
+        ),
+        (
+            ev("a", Adjust, 0.0, Unit::G, T0),
+            Err(ErrorCode::BadQuantity),
+        ),
+        (
+            StockEventIn {
+                reason: None,
+                ..ev("a", Waste, 1.0, Unit::G, T0)
+            },
+            Err(ErrorCode::InvalidField),
+        ),
+    ];
+    for (event, want) in cases {
+        let mut inv = stocked();
+        let before = inv.clone();
+        let got = inv
+            .apply_stock(&id("s1"), &id("beef"), &event, T0 + 5)
+            .map(|_| qty(&inv, "beef"));
+        match want {
+            Ok(level) => assert_eq!(got, Ok(level), "{event:?}"),
+            Err(code) => {
+                assert_eq!(got.map_err(|r| r.code), Err(code), "{event:?}");
+                assert_eq!(
+                    inv.level_out(&id("s1"), &id("beef")),
+                    before.level_out(&id("s1"), &id("beef"))
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_names_are_rejected() {
+    let mut inv = stocked();
+    let e = ev("x", StockKind::Receive, 1.0, Unit::G, T0);
+    let err = inv
+        .apply_stock(&id("nowhere"), &id("beef"), &e, T0)
+        .expect_err("store");
+    assert_eq!(err.code, ErrorCode::UnknownStore);
+    let err = inv
+        .apply_stock(&id("s1"), &id("caviar"), &e, T0)
+        .expect_err("sku");
+    assert_eq!(err.code, ErrorCode::UnknownSku);
+    let err = inv
+        .apply_sale(&id("s1"), &sale("s", &[("pizza", 1)], T0), T0)
+        .expect_err("dish");
+    assert_eq!(err.code, ErrorCode::UnknownDish);
+}
+
+#[test]
+fn sale_sells_out_and_void_restores_exactly() {
+    let mut inv = stocked();
+    let rev = dish(&inv, "burger").rev;
+    let out = inv
+        .apply_sale(
+            &id("s1"),
+            &sale("s1", &[("burger", 4), ("double", 1)], T0 + 10),
+            T0 + 10,
+        )
+        .expect("sale");
+    // 4×150 + 300 = 900 g beef, 5 buns.
+    assert_eq!((qty(&inv, "beef"), qty(&inv, "bun")), (100, 5));
+    let d = dish(&inv, "burger");
+    assert_eq!(
+        (d.status, d.portions, d.rev),
+        (DishStatus::SoldOut, 0, rev + 1)
+    );
+    let (sale_id, record) = out.sale.expect("sale record");
+    assert_eq!(sale_id.as_str(), "s1");
+    assert_eq!(out.entries.len(), 2);
+
+    let out = inv
+        .apply_void(&id("s1"), &void("v1", "s1"), Some(&record), T0 + 20)
+        .expect("void");
+    assert_eq!((qty(&inv, "beef"), qty(&inv, "bun")), (1000, 10));
+    assert_eq!(dish(&inv, "burger").status, DishStatus::Available);
+    let (_, voided) = out.sale.expect("updated record");
+    assert_eq!(voided.voided_by.as_ref().map(|v| v.as_str()), Some("v1"));
+
+    let again = inv
+        .apply_void(&id("s1"), &void("v2", "s1"), Some(&voided), T0 + 30)
+        .expect_err("twice");
+    assert_eq!(again.code, ErrorCode::BadVoid);
+    let unknown = inv
+        .apply_void(&id("s1"), &void("v3", "nope"), None, T0 + 30)
+        .expect_err("unknown");
+    assert_eq!(unknown.code, ErrorCode::BadVoid);
+    assert_eq!((qty(&inv, "beef"), qty(&inv, "bun")), (1000, 10));
+}
+
+#[test]
+fn sale_validation() {
+    let mut inv = stocked();
+    let bad = [
+        sale("a", &[], T0),
+        sale("a", &[("burger", 0)], T0),
+        SaleIn {
+            at: None,
+            ..sale("a", &[("burger", 1)], T0)
+        },
+        SaleIn {
+            device: None,
+            ..sale("a", &[("burger", 1)], T0)
+        },
+        SaleIn {
+            void: Some(id("x")),
+            ..sale("a", &[("burger", 1)], T0)
+        },
+    ];
+    for s in bad {
+        assert!(inv.apply_sale(&id("s1"), &s, T0).is_err(), "{s:?}");
+    }
+    assert_eq!(qty(&inv, "beef"), 1000);
+}
+
+#[test]
+fn low_mark() {
+    let mut inv = stocked();
+    inv.apply_sale(&id("s1"), &sale("s", &[("burger", 4)], T0), T0)
+        .expect("sale");
+    // 400 g beef left: 2 burgers ≤ low mark 2.
+    assert_eq!(dish(&inv, "burger").status, DishStatus::Low);
+}
+
+#[test]
+fn override_wins_until_released_or_until() {
+    let mut inv = stocked();
+    let ov = |eid: &str, status, until: Option<Millis>| OverrideIn {
+        id: id(eid),
+        status,
+        by: id("chef-anna"),
+        until: until.map(Timestamp),
+        note: None,
+    };
+    inv.apply_override(
+        &id("s1"),
+        &id("burger"),
+        &ov("o1", OverrideStatus::SoldOut, None),
+        T0,
+    )
+    .expect("86");
+    let d = dish(&inv, "burger");
+    assert_eq!((d.status, d.portions), (DishStatus::SoldOut, 6));
+    assert!(d.override_.is_some());
+    // Stock arriving does not lift an 86.
+    inv.apply_stock(
+        &id("s1"),
+        &id("beef"),
+        &ev("r", StockKind::Receive, 5.0, Unit::Kg, T0),
+        T0,
+    )
+    .expect("recv");
+    assert_eq!(dish(&inv, "burger").status, DishStatus::SoldOut);
+    inv.apply_override(
+        &id("s1"),
+        &id("burger"),
+        &ov("o2", OverrideStatus::Auto, None),
+        T0,
+    )
+    .expect("release");
+    assert_eq!(dish(&inv, "burger").status, DishStatus::Available);
+
+    let err = inv
+        .apply_override(
+            &id("s1"),
+            &id("burger"),
+            &ov("o3", OverrideStatus::SoldOut, Some(T0 - 1)),
+            T0,
+        )
+        .expect_err("past until");
+    assert_eq!(err.code, ErrorCode::InvalidField);
+
+    inv.apply_override(
+        &id("s1"),
+        &id("burger"),
+        &ov("o4", OverrideStatus::SoldOut, Some(T0 + 1000)),
+        T0,
+    )
+    .expect("timed 86");
+    assert!(inv.expire_overrides(T0 + 999).is_empty());
+    assert_eq!(dish(&inv, "burger").status, DishStatus::SoldOut);
+    let changes = inv.expire_overrides(T0 + 1000);
+    assert!(changes.dishes.contains(&(id("s1"), id("burger"))));
+    assert!(changes.menus.contains(&id("s1")));
+    assert_eq!(dish(&inv, "burger").status, DishStatus::Available);
+}
+
+#[test]
+fn revs_move_only_on_change() {
+    let mut inv = stocked();
+    let soda_rev = dish(&inv, "soda").rev;
+    let menu_rev = inv.menu_out(&id("s1")).expect("menu").rev;
+    let out = inv
+        .apply_stock(
+            &id("s1"),
+            &id("bun"),
+            &ev("b", StockKind::Receive, 1.0, Unit::Pcs, T0),
+            T0,
+        )
+        .expect("bun");
+    // Beef still binds both burger dishes: nothing visible changed.
+    assert!(out.changes.dishes.is_empty());
+    assert!(out.changes.menus.is_empty());
+    assert_eq!(out.changes.levels.len(), 1);
+    assert_eq!(dish(&inv, "soda").rev, soda_rev);
+    inv.apply_stock(
+        &id("s1"),
+        &id("beef"),
+        &ev("c", StockKind::Consume, 150.0, Unit::G, T0),
+        T0,
+    )
+    .expect("beef");
+    assert_eq!(inv.menu_out(&id("s1")).expect("menu").rev, menu_rev + 1);
+}
+
+#[test]
+fn restore_reproduces_state_and_reports_nothing_new() {
+    let mut inv = stocked();
+    inv.apply_sale(&id("s1"), &sale("s", &[("burger", 1)], T0), T0)
+        .expect("sale");
+    let mut saved = Vec::new();
+    let s1: StoreId = id("s1");
+    for sku in ["bun", "beef", "cola"] {
+        saved.push(Restored::Sku(
+            s1.clone(),
+            id(sku),
+            inv.sku_state(&s1, &id(sku)).expect("sku").clone(),
+        ));
+    }
+    for d in ["burger", "double", "soda"] {
+        saved.push(Restored::Dish(
+            s1.clone(),
+            id(d),
+            inv.dish_state(&s1, &id(d)).expect("dish").clone(),
+        ));
+    }
+    saved.push(Restored::Menu(
+        s1.clone(),
+        inv.menu_state(&s1).expect("menu"),
+    ));
+    let (back, changes) = Inventory::restore(catalog(), saved, T0 + 99);
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(
+        back.dish_out(&s1, &id("burger")),
+        inv.dish_out(&s1, &id("burger"))
+    );
+    assert_eq!(back.menu_out(&s1), inv.menu_out(&s1));
+}
+
+proptest! {
+    /// portions = min over the recipe of ⌊max(stock, 0) ÷ per portion⌋.
+    #[test]
+    fn portions_are_min_of_floor(bun in -5i64..50, beef in -500i64..5000) {
+        let mut inv = Inventory::new(catalog(), T0);
+        let s1: StoreId = id("s1");
+        inv.apply_stock(&s1, &id("bun"), &ev("c1", StockKind::Count, 0.0, Unit::Pcs, T0), T0).expect("count");
+        inv.apply_stock(&s1, &id("beef"), &ev("c2", StockKind::Count, 0.0, Unit::G, T0), T0).expect("count");
+        if bun != 0 {
+            inv.apply_stock(&s1, &id("bun"), &ev("a1", StockKind::Adjust, bun as f64, Unit::Pcs, T0), T0).expect("adj");
+        }
+        if beef != 0 {
+            inv.apply_stock(&s1, &id("beef"), &ev("a2", StockKind::Adjust, beef as f64, Unit::G, T0), T0).expect("adj");
+        }
+        let want = (bun.max(0) / 1).min(beef.max(0) / 150) as u64;
+        prop_assert_eq!(dish(&inv, "burger").portions, want);
+        prop_assert_eq!(dish(&inv, "burger").status == DishStatus::SoldOut, want == 0);
+    }
+
+    /// A void restores exactly what its sale took, whatever else happened
+    /// in between.
+    #[test]
+    fn void_restores_exactly(
+        burgers in 1u32..20, doubles in 0u32..5, between in -400i64..400
+    ) {
+        let mut inv = stocked();
+        let mut lines = vec![("burger", burgers)];
+        if doubles > 0 { lines.push(("double", doubles)); }
+        let out = inv.apply_sale(&id("s1"), &sale("s", &lines, T0 + 1), T0 + 1).expect("sale");
+        if between != 0 {
+            inv.apply_stock(&id("s1"), &id("beef"), &ev("adj", StockKind::Adjust, between as f64, Unit::G, T0 + 2), T0 + 2)
+                .expect("adjust");
+        }
+        let (_, record) = out.sale.expect("record");
+        inv.apply_void(&id("s1"), &void("v", "s"), Some(&record), T0 + 3).expect("void");
+        prop_assert_eq!(qty(&inv, "beef"), 1000 + between);
+        prop_assert_eq!(qty(&inv, "bun"), 10);
+    }
+}

@@ -1,0 +1,377 @@
+//! The JSON documents of the contract, one type per topic.
+//!
+//! Input documents (`*In`) are strict: unknown fields are refused, so a typo
+//! in a field name is an error on the sender's `errors` topic rather than a
+//! silently ignored value. Output documents are what the broker publishes.
+//! Times travel as RFC 3339 strings ([`Timestamp`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeviceId, DishId, EventId, SkuId, StoreId};
+use crate::units::{BaseUnit, Unit};
+use crate::Millis;
+
+/// A point in time, milliseconds since the Unix epoch, written as RFC 3339
+/// (`2026-11-25T18:30:00.000Z`) on the wire. Any offset is accepted on input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub Millis);
+
+impl Timestamp {
+    /// Parses RFC 3339.
+    pub fn parse(s: &str) -> Option<Timestamp> {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| Timestamp(t.timestamp_millis()))
+    }
+
+    /// The current wall-clock time. Only shells call this; the domain core is
+    /// always handed the time.
+    pub fn now() -> Timestamp {
+        Timestamp(Utc::now().timestamp_millis())
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match DateTime::<Utc>::from_timestamp_millis(self.0) {
+            Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            None => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time")))
+    }
+}
+
+// ---------------------------------------------------------------- inputs
+
+/// What a stock event does to a SKU's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StockKind {
+    /// Goods received (positive).
+    Receive,
+    /// Used in production outside recipes (positive qty, lowers stock).
+    Consume,
+    /// Thrown away (positive qty, lowers stock); `reason` required.
+    Waste,
+    /// Received from another store (positive).
+    TransferIn,
+    /// Sent to another store (positive qty, lowers stock).
+    TransferOut,
+    /// Absolute stocktake: the level *is* `qty` at `at`.
+    Count,
+    /// Signed correction.
+    Adjust,
+}
+
+impl StockKind {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StockKind::Receive => "receive",
+            StockKind::Consume => "consume",
+            StockKind::Waste => "waste",
+            StockKind::TransferIn => "transfer_in",
+            StockKind::TransferOut => "transfer_out",
+            StockKind::Count => "count",
+            StockKind::Adjust => "adjust",
+        }
+    }
+}
+
+/// `stores/{store}/stock/{sku}/events`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockEventIn {
+    /// Client-made unique id; the broker applies it at most once.
+    pub id: EventId,
+    /// What happened.
+    pub kind: StockKind,
+    /// How much, in `unit`.
+    pub qty: f64,
+    /// The unit of `qty`; must be of the SKU's family.
+    pub unit: Unit,
+    /// When it happened (device clock).
+    pub at: Timestamp,
+    /// The device that recorded it.
+    pub device: DeviceId,
+    /// Reference (a delivery note, a replenishment request id).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Why (required for `waste`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One line of a sale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleLine {
+    /// The dish sold.
+    pub dish: DishId,
+    /// How many portions (≥ 1).
+    pub portions: u32,
+}
+
+/// `stores/{store}/sales` — either a sale (`lines`, `at`, `device`) or a void
+/// (`void`: the id of the sale to take back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleIn {
+    /// Client-made unique id of this sale or void.
+    pub id: EventId,
+    /// The dishes sold (absent in a void).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<SaleLine>>,
+    /// The id of the sale this message voids (absent in a sale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub void: Option<EventId>,
+    /// When (required for a sale; a void without it takes the broker's time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
+    /// The POS terminal (required for a sale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+}
+
+/// The chef's setting for a dish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverrideStatus {
+    /// 86: the dish may not be sold, whatever the stock says.
+    SoldOut,
+    /// Release: availability follows the stock again.
+    Auto,
+}
+
+/// `stores/{store}/dishes/{dish}/override`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideIn {
+    /// Client-made unique id.
+    pub id: EventId,
+    /// `sold_out` (86) or `auto` (release).
+    pub status: OverrideStatus,
+    /// Who (a person or device id).
+    pub by: DeviceId,
+    /// Optional end of a `sold_out`: it lapses by itself at that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// Free text shown to staff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+// --------------------------------------------------------------- outputs
+
+/// A dish's availability as a POS sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DishStatus {
+    /// Can be sold.
+    Available,
+    /// Can be sold, few portions left.
+    Low,
+    /// Cannot be sold.
+    SoldOut,
+}
+
+/// An active chef's override, as shown in availability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveOverride {
+    /// Who set it.
+    pub by: DeviceId,
+    /// When it lapses, if it does.
+    pub until: Option<Timestamp>,
+    /// The chef's note.
+    pub note: Option<String>,
+}
+
+/// `stores/{store}/dishes/{dish}/availability` (retained).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DishAvailabilityOut {
+    /// The store.
+    pub store: StoreId,
+    /// The dish.
+    pub dish: DishId,
+    /// What a POS should do.
+    pub status: DishStatus,
+    /// Portions the stock allows (before any override).
+    pub portions: u64,
+    /// The ingredient that binds `portions`.
+    pub limited_by: Option<SkuId>,
+    /// The chef's 86, while active.
+    #[serde(rename = "override")]
+    pub override_: Option<ActiveOverride>,
+    /// Predicted sell-out time (null until a forecast exists).
+    pub sellout_eta: Option<Timestamp>,
+    /// True when a feeding device is offline and the count may be out of date.
+    pub stale: bool,
+    /// +1 with every change of this document.
+    pub rev: u64,
+    /// When this revision was made.
+    pub at: Timestamp,
+}
+
+/// One dish inside the whole-menu document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MenuEntry {
+    /// As in [`DishAvailabilityOut`].
+    pub status: DishStatus,
+    /// As in [`DishAvailabilityOut`].
+    pub portions: u64,
+    /// As in [`DishAvailabilityOut`].
+    pub limited_by: Option<SkuId>,
+    /// True while a chef's 86 is active.
+    #[serde(rename = "override")]
+    pub override_: bool,
+    /// As in [`DishAvailabilityOut`].
+    pub stale: bool,
+    /// The dish topic's `rev` this entry reflects.
+    pub rev: u64,
+}
+
+/// `stores/{store}/availability` (retained): the whole menu at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreAvailabilityOut {
+    /// The store.
+    pub store: StoreId,
+    /// +1 with every publication of this document.
+    pub rev: u64,
+    /// When it was made.
+    pub at: Timestamp,
+    /// Every dish on the store's menu.
+    pub dishes: BTreeMap<DishId, MenuEntry>,
+}
+
+/// A SKU's stock state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LevelState {
+    /// Above the reorder point.
+    Ok,
+    /// At or below the reorder point, above zero.
+    Low,
+    /// Exactly zero.
+    Out,
+    /// Below zero: more was used than was ever recorded — a count is due.
+    Negative,
+}
+
+/// `stores/{store}/stock/{sku}/level` (retained).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelOut {
+    /// The store.
+    pub store: StoreId,
+    /// The SKU.
+    pub sku: SkuId,
+    /// Stock in base units.
+    pub qty: i64,
+    /// The SKU's base unit.
+    pub unit: BaseUnit,
+    /// The store's reorder point for the SKU, base units.
+    pub reorder_point: i64,
+    /// The store's par level for the SKU, base units.
+    pub par: i64,
+    /// ok / low / out / negative.
+    pub state: LevelState,
+    /// True when the feeding device is offline.
+    pub stale: bool,
+    /// +1 with every change.
+    pub rev: u64,
+    /// When this revision was made.
+    pub at: Timestamp,
+}
+
+/// `stores/{store}/acks/{device}`: these ids are durably committed (applied,
+/// or recognised as already applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckOut {
+    /// Committed ids, in commit order.
+    pub ids: Vec<EventId>,
+}
+
+/// Machine-readable class of a rejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not the document the topic expects.
+    MalformedPayload,
+    /// Larger than the input limit.
+    Oversize,
+    /// A topic the contract does not have, or one only the broker publishes.
+    UnknownTopic,
+    /// The store is not configured.
+    UnknownStore,
+    /// The SKU is not configured.
+    UnknownSku,
+    /// The dish is not configured or not on this store's menu.
+    UnknownDish,
+    /// A unit of the wrong family, or an unknown unit.
+    WrongUnit,
+    /// Zero, negative or fractional where that is not allowed.
+    BadQuantity,
+    /// A required field is missing or an invalid combination was sent.
+    InvalidField,
+    /// The id was applied before with different content.
+    IdConflict,
+    /// A void of an unknown or already voided sale.
+    BadVoid,
+    /// The broker could not commit; the input was not applied. Retry.
+    Unavailable,
+}
+
+/// `stores/{store}/errors/{device}`: an input was rejected; nothing of it was
+/// applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorOut {
+    /// The topic the input was published on.
+    pub topic: String,
+    /// The input's id, when it could be read.
+    pub id: Option<String>,
+    /// Machine-readable class.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        let t = Timestamp::parse("2026-11-25T18:30:00+01:00").expect("rfc3339");
+        assert_eq!(t.to_string(), "2026-11-25T17:30:00.000Z");
+        assert!(Timestamp::parse("yesterday").is_none());
+        let back: Timestamp = serde_json::from_str("\"2026-11-25T17:30:00.000Z\"").expect("json");
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn stock_event_is_strict() {
+        let ok = r#"{"id":"e1","kind":"receive","qty":2.5,"unit":"kg","at":"2026-11-25T17:30:00Z","device":"tab-1","ref":"r-1"}"#;
+        let ev: StockEventIn = serde_json::from_str(ok).expect("valid");
+        assert_eq!(ev.reference.as_deref(), Some("r-1"));
+        let typo = r#"{"id":"e1","kind":"waste","qty":1,"unit":"kg","at":"2026-11-25T17:30:00Z","device":"t","reson":"x"}"#;
+        assert!(serde_json::from_str::<StockEventIn>(typo).is_err());
+        let bad_kind = r#"{"id":"e1","kind":"steal","qty":1,"unit":"kg","at":"2026-11-25T17:30:00Z","device":"t"}"#;
+        assert!(serde_json::from_str::<StockEventIn>(bad_kind).is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! The topic grammar: the only place in the system that knows topic strings.
+//!
+//! [`Topic`] parses (`FromStr`) and prints (`Display`) every topic of the
+//! contract in `topics.md`. Inputs are what devices publish and the rules
+//! consume; outputs are published by the broker alone.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::ids::{DeviceId, DishId, IdError, SkuId, StoreId};
+
+/// Every topic of the dishsync contract.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    // ---- inputs: devices → broker ----
+    /// `stores/{store}/stock/{sku}/events` — a stock change of one SKU.
+    StockEvents {
+        /// The store.
+        store: StoreId,
+        /// The SKU whose stock changes.
+        sku: SkuId,
+    },
+    /// `stores/{store}/sales` — a sale (dish lines) or a void of one.
+    Sales {
+        /// The store.
+        store: StoreId,
+    },
+    /// `stores/{store}/dishes/{dish}/override` — a chef's 86 or its release.
+    DishOverride {
+        /// The store.
+        store: StoreId,
+        /// The dish.
+        dish: DishId,
+    },
+    /// `stores/{store}/devices/{device}/status` — `online`/`offline`, retained,
+    /// set by the device itself (and its last will).
+    DeviceStatus {
+        /// The store.
+        store: StoreId,
+        /// The device.
+        device: DeviceId,
+    },
+
+    // ---- outputs: broker → devices ----
+    /// `stores/{store}/dishes/{dish}/availability` — retained.
+    DishAvailability {
+        /// The store.
+        store: StoreId,
+        /// The dish.
+        dish: DishId,
+    },
+    /// `stores/{store}/availability` — the whole menu in one retained document.
+    StoreAvailability {
+        /// The store.
+        store: StoreId,
+    },
+    /// `stores/{store}/stock/{sku}/level` — retained.
+    StockLevel {
+        /// The store.
+        store: StoreId,
+        /// The SKU.
+        sku: SkuId,
+    },
+    /// `stores/{store}/alerts` — not retained.
+    Alerts {
+        /// The store.
+        store: StoreId,
+    },
+    /// `stores/{store}/acks/{device}` — ids durably committed.
+    Acks {
+        /// The store.
+        store: StoreId,
+        /// The device whose inputs are acknowledged.
+        device: DeviceId,
+    },
+    /// `stores/{store}/errors/{device}` — why an input was rejected.
+    Errors {
+        /// The store.
+        store: StoreId,
+        /// The device whose input was rejected.
+        device: DeviceId,
+    },
+}
+
+/// Who may publish on a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Devices publish; the rules consume.
+    Input,
+    /// Devices publish for each other (presence); the rules only watch.
+    Device,
+    /// Only the broker publishes.
+    Output,
+}
+
+/// Why a topic string is not part of the contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// The shape of the topic matches nothing in the contract.
+    #[error("topic {0:?} is not part of the dishsync contract (see topics.md)")]
+    Unknown(String),
+    /// The shape matches but an id segment is invalid.
+    #[error("topic {topic:?}: {source}")]
+    BadId {
+        /// The topic as given (truncated).
+        topic: String,
+        /// What is wrong with the id.
+        source: IdError,
+    },
+}
+
+impl Topic {
+    /// Who may publish on this topic.
+    pub fn direction(&self) -> Direction {
+        match self {
+            Topic::StockEvents { .. } | Topic::Sales { .. } | Topic::DishOverride { .. } => {
+                Direction::Input
+            }
+            Topic::DeviceStatus { .. } => Direction::Device,
+            _ => Direction::Output,
+        }
+    }
+
+    /// The store this topic belongs to.
+    pub fn store(&self) -> &StoreId {
+        match self {
+            Topic::StockEvents { store, .. }
+            | Topic::Sales { store }
+            | Topic::DishOverride { store, .. }
+            | Topic::DeviceStatus { store, .. }
+            | Topic::DishAvailability { store, .. }
+            | Topic::StoreAvailability { store }
+            | Topic::StockLevel { store, .. }
+            | Topic::Alerts { store }
+            | Topic::Acks { store, .. }
+            | Topic::Errors { store, .. } => store,
+        }
+    }
+
+    /// The store named by a `stores/{store}/…` topic string, if it has a valid
+    /// one — used to route an error for a topic that is otherwise malformed.
+    pub fn store_prefix(topic: &str) -> Option<StoreId> {
+        let mut parts = topic.split('/');
+        match (parts.next(), parts.next()) {
+            (Some("stores"), Some(store)) => StoreId::new(store).ok(),
+            _ => None,
+        }
+    }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+impl FromStr for Topic {
+    type Err = TopicError;
+
+    fn from_str(s: &str) -> Result<Topic, TopicError> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = |source| TopicError::BadId {
+            topic: clip(s),
+            source,
+        };
+        let store = |i: usize| parts[i].parse::<StoreId>().map_err(bad);
+        let sku = |i: usize| parts[i].parse::<SkuId>().map_err(bad);
+        let dish = |i: usize| parts[i].parse::<DishId>().map_err(bad);
+        let device = |i: usize| parts[i].parse::<DeviceId>().map_err(bad);
+        Ok(match parts.as_slice() {
+            ["stores", _, "stock", _, "events"] => Topic::StockEvents {
+                store: store(1)?,
+                sku: sku(3)?,
+            },
+            ["stores", _, "stock", _, "level"] => Topic::StockLevel {
+                store: store(1)?,
+                sku: sku(3)?,
+            },
+            ["stores", _, "sales"] => Topic::Sales { store: store(1)? },
+            ["stores", _, "dishes", _, "override"] => Topic::DishOverride {
+                store: store(1)?,
+                dish: dish(3)?,
+            },
+            ["stores", _, "dishes", _, "availability"] => Topic::DishAvailability {
+                store: store(1)?,
+                dish: dish(3)?,
+            },
+            ["stores", _, "availability"] => Topic::StoreAvailability { store: store(1)? },
+            ["stores", _, "alerts"] => Topic::Alerts { store: store(1)? },
+            ["stores", _, "acks", _] => Topic::Acks {
+                store: store(1)?,
+                device: device(3)?,
+            },
+            ["stores", _, "errors", _] => Topic::Errors {
+                store: store(1)?,
+                device: device(3)?,
+            },
+            ["stores", _, "devices", _, "status"] => Topic::DeviceStatus {
+                store: store(1)?,
+                device: device(3)?,
+            },
+            _ => return Err(TopicError::Unknown(clip(s))),
+        })
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::StockEvents { store, sku } => write!(f, "stores/{store}/stock/{sku}/events"),
+            Topic::Sales { store } => write!(f, "stores/{store}/sales"),
+            Topic::DishOverride { store, dish } => {
+                write!(f, "stores/{store}/dishes/{dish}/override")
+            }
+            Topic::DeviceStatus { store, device } => {
+                write!(f, "stores/{store}/devices/{device}/status")
+            }
+            Topic::DishAvailability { store, dish } => {
+                write!(f, "stores/{store}/dishes/{dish}/availability")
+            }
+            Topic::StoreAvailability { store } => write!(f, "stores/{store}/availability"),
+            Topic::StockLevel { store, sku } => write!(f, "stores/{store}/stock/{sku}/level"),
+            Topic::Alerts { store } => write!(f, "stores/{store}/alerts"),
+            Topic::Acks { store, device } => write!(f, "stores/{store}/acks/{device}"),
+            Topic::Errors { store, device } => write!(f, "stores/{store}/errors/{device}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_round_trips() {
+        let topics = [
+            "stores/downtown/stock/beef-patty/events",
+            "stores/downtown/stock/beef-patty/level",
+            "stores/downtown/sales",
+            "stores/downtown/dishes/classic-burger/override",
+            "stores/downtown/dishes/classic-burger/availability",
+            "stores/downtown/availability",
+            "stores/downtown/alerts",
+            "stores/downtown/acks/pos-1",
+            "stores/downtown/errors/pos-1",
+            "stores/downtown/devices/scale-1/status",
+        ];
+        for t in topics {
+            let parsed: Topic = t.parse().expect(t);
+            assert_eq!(parsed.to_string(), t);
+            assert_eq!(parsed.store().as_str(), "downtown");
+        }
+    }
+
+    #[test]
+    fn outside_the_contract() {
+        for t in [
+            "",
+            "stores",
+            "stores/x",
+            "stores/x/stock/y",
+            "hq/x",
+            "stores/x/sales/extra",
+            "a/b/c",
+        ] {
+            assert!(
+                matches!(t.parse::<Topic>(), Err(TopicError::Unknown(_))),
+                "{t}"
+            );
+        }
+        assert!(matches!(
+            "stores/Down/sales".parse::<Topic>(),
+            Err(TopicError::BadId { .. })
+        ));
+        assert!(matches!(
+            "stores/x/stock/a+b/events".parse::<Topic>(),
+            Err(TopicError::BadId { .. })
+        ));
+        assert_eq!(
+            Topic::store_prefix("stores/x/nope").map(|s| s.to_string()),
+            Some("x".into())
+        );
+    }
+
+    #[test]
+    fn directions() {
+        let input: Topic = "stores/x/sales".parse().expect("valid");
+        assert_eq!(input.direction(), Direction::Input);
+        let output: Topic = "stores/x/availability".parse().expect("valid");
+        assert_eq!(output.direction(), Direction::Output);
+    }
+}
