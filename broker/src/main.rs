@@ -1,3 +1,5 @@
-fn main() {
-    let _ = rmqtt::context::ServerContext::new();
+//! `dishsync-broker`: see `dishsync_broker::cli`.
+
+fn main() -> std::process::ExitCode {
+    dishsync_broker::cli::main()
 }

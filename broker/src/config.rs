@@ -1,0 +1,459 @@
+//! The broker's configuration file: TOML in, a validated [`Settings`] out.
+//!
+//! Parsing refuses unknown fields; validation checks every cross-reference
+//! (a recipe naming a SKU that does not exist, a menu naming an unknown dish,
+//! a quantity in the wrong unit) and reports *every* problem at once, each
+//! with its place in the file (`dishes[3].recipe[1].sku`). The result holds
+//! typed values only; nothing downstream re-reads the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dishsync_inventory::catalog::{Dish, RecipeLine, Sku, StockParams, Store};
+use dishsync_inventory::Catalog;
+use dishsync_protocol::{BaseUnit, DishId, Quantity, SkuId, StoreId, Unit};
+use serde::Deserialize;
+
+/// The default plaintext listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./dishsync-data";
+
+/// The built-in demo chain, also shipped as `broker/config/demo.toml`.
+pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    broker: BrokerSection,
+    #[serde(default)]
+    skus: Vec<SkuSection>,
+    #[serde(default)]
+    dishes: Vec<DishSection>,
+    #[serde(default)]
+    stores: Vec<StoreSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrokerSection {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    allow_anonymous: bool,
+    max_inflight: Option<u16>,
+    max_mqueue_len: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkuSection {
+    id: String,
+    name: String,
+    unit: String,
+    #[serde(default = "one")]
+    pack: f64,
+    reorder_point: f64,
+    par: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DishSection {
+    id: String,
+    name: String,
+    #[serde(default)]
+    low_mark: u64,
+    recipe: Vec<RecipeSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeSection {
+    sku: String,
+    qty: f64,
+    unit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    id: String,
+    name: String,
+    menu: Option<Vec<String>>,
+    #[serde(default)]
+    stock: BTreeMap<String, StockSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockSection {
+    reorder_point: Option<f64>,
+    par: Option<f64>,
+}
+
+/// Everything the broker needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The plaintext MQTT listener.
+    pub listen: SocketAddr,
+    /// Where sled keeps the ledger and state.
+    pub data_dir: PathBuf,
+    /// Whether clients may connect without credentials (demo only).
+    pub allow_anonymous: bool,
+    /// Per-connection in-flight window (BROKER-NOTES: ≈ 100).
+    pub max_inflight: u16,
+    /// Per-connection outgoing queue bound (BROKER-NOTES: 10k–100k).
+    pub max_mqueue_len: usize,
+    /// The chain.
+    pub catalog: Arc<Catalog>,
+}
+
+/// One problem in a configuration file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Where: a TOML path such as `dishes[3].recipe[1].sku`, or a line.
+    pub place: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, if it came from one.
+    pub file: Option<PathBuf>,
+    /// The problems, in file order.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.as_deref().map_or("configuration".into(), |p| p.display().to_string());
+        writeln!(f, "{file}: {} problem(s)", self.issues.len())?;
+        for issue in &self.issues {
+            writeln!(f, "  {}: {}", issue.place, issue.problem)?;
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            issues: vec![ConfigIssue { place: "file".into(), problem: e.to_string() }],
+        })?;
+        Settings::parse(&text).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    /// The built-in demo chain (anonymous access on).
+    pub fn demo() -> Result<Settings, ConfigError> {
+        Settings::parse(DEMO_TOML)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let place = match e.span() {
+                Some(span) => {
+                    let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1;
+                    format!("line {line}")
+                }
+                None => "file".into(),
+            };
+            ConfigError { file: None, issues: vec![ConfigIssue { place, problem: e.message().to_string() }] }
+        })?;
+        let mut v = Validator::default();
+        let settings = v.settings(file);
+        match settings {
+            Some(s) if v.issues.is_empty() => Ok(s),
+            _ => Err(ConfigError { file: None, issues: v.issues }),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator {
+    fn issue(&mut self, place: impl Into<String>, problem: impl Into<String>) {
+        self.issues.push(ConfigIssue { place: place.into(), problem: problem.into() });
+    }
+
+    fn id<T: std::str::FromStr>(&mut self, place: &str, s: &str) -> Option<T>
+    where
+        T::Err: fmt::Display,
+    {
+        match s.parse() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.issue(place, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// A quantity in `unit` (default: the base unit) as a positive-or-zero
+    /// integer of `base`.
+    fn base_qty(&mut self, place: &str, qty: f64, unit: Option<&str>, base: BaseUnit, min: i64) -> Option<i64> {
+        let unit = match unit.map(str::parse::<Unit>) {
+            None => Unit::from(base),
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
+                self.issue(place, e.to_string());
+                return None;
+            }
+        };
+        match (Quantity { qty, unit }).to_base(base) {
+            Ok(n) if n >= min => Some(n),
+            Ok(n) => {
+                self.issue(place, format!("{n} {base} is below the minimum of {min}"));
+                None
+            }
+            Err(e) => {
+                self.issue(place, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn settings(&mut self, file: FileConfig) -> Option<Settings> {
+        let listen = match file.broker.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.issue("broker.listen", format!("not an address:port ({e})"));
+                None
+            }
+        };
+        let max_inflight = file.broker.max_inflight.unwrap_or(100);
+        if max_inflight == 0 {
+            self.issue("broker.max_inflight", "must be at least 1");
+        }
+        let max_mqueue_len = file.broker.max_mqueue_len.unwrap_or(50_000);
+        if max_mqueue_len < 1000 {
+            self.issue("broker.max_mqueue_len", "must be at least 1000 (small queues drop messages silently)");
+        }
+
+        let mut skus = Vec::new();
+        let mut defaults = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for (i, s) in file.skus.iter().enumerate() {
+            let place = format!("skus[{i}]");
+            let Some(id) = self.id::<SkuId>(&format!("{place}.id"), &s.id) else { continue };
+            if !seen.insert(id.clone()) {
+                self.issue(format!("{place}.id"), format!("SKU {id} is defined twice"));
+            }
+            let unit = match s.unit.as_str() {
+                "g" => BaseUnit::G,
+                "ml" => BaseUnit::Ml,
+                "pcs" => BaseUnit::Pcs,
+                other => {
+                    self.issue(format!("{place}.unit"), format!("{other:?} is not a base unit (g, ml or pcs)"));
+                    continue;
+                }
+            };
+            let pack = self.base_qty(&format!("{place}.pack"), s.pack, None, unit, 1);
+            let rp = self.base_qty(&format!("{place}.reorder_point"), s.reorder_point, None, unit, 0);
+            let par = self.base_qty(&format!("{place}.par"), s.par, None, unit, 0);
+            if let (Some(rp), Some(par)) = (rp, par) {
+                if par < rp {
+                    self.issue(format!("{place}.par"), format!("par {par} is below the reorder point {rp}"));
+                }
+                defaults.insert(id.clone(), StockParams { reorder_point: rp, par });
+            }
+            if let Some(pack) = pack {
+                skus.push(Sku { id, name: s.name.clone(), unit, pack });
+            }
+        }
+        let units: BTreeMap<SkuId, BaseUnit> = skus.iter().map(|s| (s.id.clone(), s.unit)).collect();
+
+        let mut dishes = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, d) in file.dishes.iter().enumerate() {
+            let place = format!("dishes[{i}]");
+            let Some(id) = self.id::<DishId>(&format!("{place}.id"), &d.id) else { continue };
+            if !seen.insert(id.clone()) {
+                self.issue(format!("{place}.id"), format!("dish {id} is defined twice"));
+            }
+            if d.recipe.is_empty() {
+                self.issue(format!("{place}.recipe"), "a dish needs at least one ingredient");
+            }
+            let mut recipe = Vec::new();
+            for (j, line) in d.recipe.iter().enumerate() {
+                let lplace = format!("{place}.recipe[{j}]");
+                let Some(sku) = self.id::<SkuId>(&format!("{lplace}.sku"), &line.sku) else { continue };
+                let Some(&unit) = units.get(&sku) else {
+                    self.issue(format!("{lplace}.sku"), format!("unknown SKU {sku}"));
+                    continue;
+                };
+                if let Some(per_portion) = self.base_qty(&format!("{lplace}.qty"), line.qty, line.unit.as_deref(), unit, 1)
+                {
+                    recipe.push(RecipeLine { sku, per_portion });
+                }
+            }
+            dishes.push(Dish { id, name: d.name.clone(), low_mark: d.low_mark, recipe });
+        }
+        let dish_ids: BTreeSet<DishId> = dishes.iter().map(|d| d.id.clone()).collect();
+
+        let mut stores = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, s) in file.stores.iter().enumerate() {
+            let place = format!("stores[{i}]");
+            let Some(id) = self.id::<StoreId>(&format!("{place}.id"), &s.id) else { continue };
+            if !seen.insert(id.clone()) {
+                self.issue(format!("{place}.id"), format!("store {id} is defined twice"));
+            }
+            let menu = match &s.menu {
+                None => dish_ids.iter().cloned().collect(),
+                Some(names) => {
+                    let mut menu = Vec::new();
+                    for (j, name) in names.iter().enumerate() {
+                        let mplace = format!("{place}.menu[{j}]");
+                        let Some(dish) = self.id::<DishId>(&mplace, name) else { continue };
+                        if !dish_ids.contains(&dish) {
+                            self.issue(mplace, format!("unknown dish {dish}"));
+                        } else if menu.contains(&dish) {
+                            self.issue(mplace, format!("dish {dish} is on the menu twice"));
+                        } else {
+                            menu.push(dish);
+                        }
+                    }
+                    menu
+                }
+            };
+            let mut stock = defaults.clone();
+            for (name, params) in &s.stock {
+                let splace = format!("{place}.stock.{name}");
+                let Some(sku) = self.id::<SkuId>(&splace, name) else { continue };
+                let (Some(&unit), Some(default)) = (units.get(&sku), defaults.get(&sku)) else {
+                    self.issue(splace, format!("unknown SKU {sku}"));
+                    continue;
+                };
+                let rp = match params.reorder_point {
+                    Some(q) => self.base_qty(&format!("{splace}.reorder_point"), q, None, unit, 0),
+                    None => Some(default.reorder_point),
+                };
+                let par = match params.par {
+                    Some(q) => self.base_qty(&format!("{splace}.par"), q, None, unit, 0),
+                    None => Some(default.par),
+                };
+                if let (Some(reorder_point), Some(par)) = (rp, par) {
+                    if par < reorder_point {
+                        self.issue(splace.clone(), format!("par {par} is below the reorder point {reorder_point}"));
+                    }
+                    stock.insert(sku, StockParams { reorder_point, par });
+                }
+            }
+            stores.push(Store { id, name: s.name.clone(), menu, stock });
+        }
+        if stores.is_empty() {
+            self.issue("stores", "at least one store is needed");
+        }
+
+        if !self.issues.is_empty() {
+            return None;
+        }
+        let catalog = match Catalog::new(skus, dishes, stores) {
+            Ok(c) => c,
+            Err(e) => {
+                self.issue("catalog", e.to_string());
+                return None;
+            }
+        };
+        Some(Settings {
+            listen: listen?,
+            data_dir: file.broker.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            allow_anonymous: file.broker.allow_anonymous,
+            max_inflight,
+            max_mqueue_len,
+            catalog: Arc::new(catalog),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_chain_is_valid_and_believable() {
+        let s = Settings::demo().expect("demo config");
+        assert!(s.allow_anonymous);
+        let c = &s.catalog;
+        assert_eq!(c.stores().count(), 3);
+        assert!(c.skus().count() >= 30);
+        for store in c.stores() {
+            assert!(store.menu.len() >= 20, "{}", store.id);
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let text = r#"
+[broker]
+listen = "nowhere"
+
+[[skus]]
+id = "beef"
+name = "Beef"
+unit = "g"
+reorder_point = 100
+par = 50
+
+[[skus]]
+id = "Bad Id"
+name = "x"
+unit = "oz"
+reorder_point = 1
+par = 1
+
+[[dishes]]
+id = "burger"
+name = "Burger"
+recipe = [{ sku = "beef", qty = 1, unit = "l" }, { sku = "bun", qty = 1 }]
+
+[[stores]]
+id = "s1"
+name = "S1"
+menu = ["burger", "pizza"]
+"#;
+        let err = Settings::parse(text).expect_err("invalid");
+        let places: Vec<&str> = err.issues.iter().map(|i| i.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "broker.listen",
+                "skus[0].par",
+                "skus[1].id",
+                "dishes[0].recipe[0].qty",
+                "dishes[0].recipe[1].sku",
+                "stores[0].menu[1]"
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_errors_name_a_line() {
+        let err = Settings::parse("[broker]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n").expect_err("unknown");
+        assert_eq!(err.issues[0].place, "line 3", "{err}");
+        assert!(err.issues[0].problem.contains("colour"), "{err}");
+        let err = Settings::parse("[broker\n").expect_err("syntax");
+        assert_eq!(err.issues[0].place, "line 1", "{err}");
+    }
+}

@@ -1,0 +1,484 @@
+//! The rules shell: the single owner of the [`Inventory`] and the durable
+//! [`Store`], reached through [`RulesHandle`].
+//!
+//! Connection tasks decode and validate inputs in parallel ([`decode`]), then
+//! hand them to the rules task and wait for its [`Verdict`]. The rules task
+//! drains every input that is waiting, applies each to the pure core, writes
+//! all of their effects in one atomic sled batch, flushes once (group commit),
+//! and only then answers — so a device's PUBACK/PUBCOMP, which waits for the
+//! verdict, means "durably applied or durably rejected". After the commit it
+//! publishes the changed retained documents, then the verdicts, then the acks
+//! and errors.
+//!
+//! It does not parse topics (that is `dishsync_protocol::Topic`) and makes no
+//! domain decision (that is `dishsync_inventory`).
+//!
+//! Invariant: an event id is applied at most once per store — checked against
+//! the committed index and the batch in flight, and recorded in the same
+//! atomic write as its effects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use dishsync_inventory::{Changes, Inventory, Rejection, SaleRecord};
+use dishsync_protocol::payload::{AckOut, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp};
+use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::outbound::Outbound;
+use crate::store::{Store, StoreError};
+
+/// Most inputs in one group commit.
+const MAX_BATCH: usize = 4096;
+/// Inputs waiting for the rules task before senders feel backpressure.
+const QUEUE: usize = 16_384;
+/// The whole-menu document is re-published at most this often per store.
+const MENU_INTERVAL: Duration = Duration::from_millis(250);
+/// How often timers (override expiry, delayed menu documents) are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A decoded, well-formed input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A stock event.
+    Stock {
+        /// The store.
+        store: StoreId,
+        /// The SKU.
+        sku: SkuId,
+        /// The event.
+        event: StockEventIn,
+    },
+    /// A sale.
+    Sale {
+        /// The store.
+        store: StoreId,
+        /// The sale.
+        sale: SaleIn,
+    },
+    /// A void of a sale.
+    Void {
+        /// The store.
+        store: StoreId,
+        /// The void.
+        void: SaleIn,
+    },
+    /// A chef's override.
+    Override {
+        /// The store.
+        store: StoreId,
+        /// The dish.
+        dish: DishId,
+        /// The override.
+        ov: OverrideIn,
+    },
+}
+
+impl Input {
+    /// The store the input is for.
+    pub fn store(&self) -> &StoreId {
+        match self {
+            Input::Stock { store, .. }
+            | Input::Sale { store, .. }
+            | Input::Void { store, .. }
+            | Input::Override { store, .. } => store,
+        }
+    }
+
+    /// The input's client-made id.
+    pub fn id(&self) -> &EventId {
+        match self {
+            Input::Stock { event, .. } => &event.id,
+            Input::Sale { sale, .. } | Input::Void { void: sale, .. } => &sale.id,
+            Input::Override { ov, .. } => &ov.id,
+        }
+    }
+
+    /// A stable hash of the input's meaning (topic and normalised payload):
+    /// equal for a re-send, different for other content under the same id.
+    pub fn fingerprint(&self) -> u64 {
+        fn json<T: Serialize>(t: &T) -> Vec<u8> {
+            serde_json::to_vec(t).unwrap_or_default()
+        }
+        let (topic, body) = match self {
+            Input::Stock { store, sku, event } => {
+                (Topic::StockEvents { store: store.clone(), sku: sku.clone() }, json(event))
+            }
+            Input::Sale { store, sale: s } | Input::Void { store, void: s } => {
+                (Topic::Sales { store: store.clone() }, json(s))
+            }
+            Input::Override { store, dish, ov } => {
+                (Topic::DishOverride { store: store.clone(), dish: dish.clone() }, json(ov))
+            }
+        };
+        fnv1a(topic.to_string().as_bytes().iter().chain([0u8].iter()).chain(body.iter()))
+    }
+}
+
+/// FNV-1a, 64 bit: a hash whose value is fixed forever, as a persisted
+/// fingerprint needs (std's hasher may change between releases).
+fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn malformed(e: serde_json::Error) -> Rejection {
+    Rejection::new(ErrorCode::MalformedPayload, format!("malformed payload: {e}"))
+}
+
+/// Decodes and validates the payload of an input topic.
+pub fn decode(topic: &Topic, payload: &[u8]) -> Result<Input, Rejection> {
+    if payload.len() > MAX_INPUT_PAYLOAD {
+        return Err(Rejection::new(
+            ErrorCode::Oversize,
+            format!("payload of {} bytes exceeds the limit of {MAX_INPUT_PAYLOAD}", payload.len()),
+        ));
+    }
+    Ok(match topic {
+        Topic::StockEvents { store, sku } => Input::Stock {
+            store: store.clone(),
+            sku: sku.clone(),
+            event: serde_json::from_slice(payload).map_err(malformed)?,
+        },
+        Topic::Sales { store } => {
+            let sale: SaleIn = serde_json::from_slice(payload).map_err(malformed)?;
+            if sale.void.is_some() {
+                Input::Void { store: store.clone(), void: sale }
+            } else {
+                Input::Sale { store: store.clone(), sale }
+            }
+        }
+        Topic::DishOverride { store, dish } => Input::Override {
+            store: store.clone(),
+            dish: dish.clone(),
+            ov: serde_json::from_slice(payload).map_err(malformed)?,
+        },
+        other => {
+            return Err(Rejection::new(ErrorCode::UnknownTopic, format!("{other} is not an input topic")));
+        }
+    })
+}
+
+/// The id of a payload that could not be decoded, if one can be read, for
+/// the error report.
+pub fn salvage_id(payload: &[u8]) -> Option<String> {
+    if payload.len() > MAX_INPUT_PAYLOAD {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    value.get("id")?.as_str().map(|s| s.chars().take(64).collect())
+}
+
+/// What became of an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Applied and committed.
+    Applied,
+    /// Committed earlier with the same content; acknowledged again, not applied.
+    Duplicate,
+    /// Refused; nothing applied.
+    Rejected(Rejection),
+}
+
+/// One input on its way to the rules task.
+#[derive(Debug)]
+pub struct Intake {
+    /// The decoded input.
+    pub input: Input,
+    /// The device that sent it (acks and errors go to its topics).
+    pub device: DeviceId,
+}
+
+enum Command {
+    Intake(Intake, oneshot::Sender<Verdict>),
+}
+
+/// The way into the rules task. Cheap to clone.
+#[derive(Clone)]
+pub struct RulesHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl RulesHandle {
+    /// Hands an input to the rules and waits until it is committed or
+    /// refused. `None` means the rules task is gone (the broker is stopping).
+    pub async fn intake(&self, intake: Intake) -> Option<Verdict> {
+        let (reply, verdict) = oneshot::channel();
+        self.tx.send(Command::Intake(intake, reply)).await.ok()?;
+        verdict.await.ok()
+    }
+}
+
+/// Publishes an error report for a rejected input, and logs it.
+pub async fn report(out: &Outbound, store: &StoreId, device: &DeviceId, topic: &str, id: Option<String>, r: &Rejection) {
+    warn!(%store, %device, topic, id = id.as_deref().unwrap_or("-"), code = ?r.code, reason = %r.message, "input rejected");
+    let body = ErrorOut { topic: topic.to_string(), id, code: r.code, error: r.message.clone() };
+    out.publish(&Topic::Errors { store: store.clone(), device: device.clone() }, &body, false).await;
+}
+
+/// Publishes every retained document of `changes` from `inv`.
+pub async fn publish_changes(out: &Outbound, inv: &Inventory, changes: &Changes) {
+    for (store, sku) in &changes.levels {
+        if let Some(doc) = inv.level_out(store, sku) {
+            out.publish(&Topic::StockLevel { store: store.clone(), sku: sku.clone() }, &doc, true).await;
+        }
+    }
+    for (store, dish) in &changes.dishes {
+        if let Some(doc) = inv.dish_out(store, dish) {
+            out.publish(&Topic::DishAvailability { store: store.clone(), dish: dish.clone() }, &doc, true).await;
+        }
+    }
+}
+
+/// Publishes a store's whole-menu document.
+pub async fn publish_menu(out: &Outbound, inv: &Inventory, store: &StoreId) {
+    if let Some(doc) = inv.menu_out(store) {
+        out.publish(&Topic::StoreAvailability { store: store.clone() }, &doc, true).await;
+    }
+}
+
+/// Writes the states named in `changes` into `commit`.
+pub fn stage_changes(
+    commit: &mut crate::store::Commit,
+    inv: &Inventory,
+    changes: &Changes,
+) -> Result<(), StoreError> {
+    for (store, sku) in &changes.levels {
+        commit.sku_state(inv, store, sku)?;
+    }
+    for (store, dish) in &changes.dishes {
+        commit.dish_state(inv, store, dish)?;
+    }
+    for store in &changes.menus {
+        commit.menu_state(inv, store)?;
+    }
+    Ok(())
+}
+
+/// The rules task's state.
+struct Rules {
+    inv: Inventory,
+    store: Store,
+    out: Outbound,
+    /// When each store's menu document was last published.
+    menu_published: HashMap<StoreId, Instant>,
+    /// Stores whose menu document changed but was published too recently.
+    menu_due: BTreeSet<StoreId>,
+}
+
+/// Starts the rules task on the current runtime.
+pub fn start(inv: Inventory, store: Store, out: Outbound) -> RulesHandle {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let rules = Rules { inv, store, out, menu_published: HashMap::new(), menu_due: BTreeSet::new() };
+    tokio::spawn(rules.run(rx));
+    RulesHandle { tx }
+}
+
+impl Rules {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let result = tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let mut batch = vec![cmd];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(cmd) => batch.push(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                    self.process(batch).await
+                }
+                _ = tick.tick() => self.on_tick().await,
+            };
+            if let Err(e) = result {
+                // What reached the disk is unknown: stop, and let the restart
+                // recover from the last complete commit. Devices re-send what
+                // they saw no ack for.
+                error!(error = %e, "storage failed; stopping the broker");
+                std::process::exit(70);
+            }
+        }
+        info!("rules task stopped");
+    }
+
+    async fn on_tick(&mut self) -> Result<(), StoreError> {
+        let now = Timestamp::now().0;
+        let changes = self.inv.expire_overrides(now);
+        if !changes.is_empty() {
+            let mut commit = self.store.begin()?;
+            stage_changes(&mut commit, &self.inv, &changes)?;
+            self.store.commit(commit).await?;
+            for (store, dish) in &changes.dishes {
+                info!(%store, %dish, "override lapsed");
+            }
+            publish_changes(&self.out, &self.inv, &changes).await;
+            self.menu_due.extend(changes.menus);
+        }
+        self.publish_due_menus().await;
+        Ok(())
+    }
+
+    /// Publishes the menu documents that are due and whose interval passed.
+    async fn publish_due_menus(&mut self) {
+        let now = Instant::now();
+        let ready: Vec<StoreId> = self
+            .menu_due
+            .iter()
+            .filter(|s| self.menu_published.get(*s).is_none_or(|t| now.duration_since(*t) >= MENU_INTERVAL))
+            .cloned()
+            .collect();
+        for store in ready {
+            self.menu_due.remove(&store);
+            self.menu_published.insert(store.clone(), now);
+            publish_menu(&self.out, &self.inv, &store).await;
+        }
+    }
+
+    async fn process(&mut self, batch: Vec<Command>) -> Result<(), StoreError> {
+        let now = Timestamp::now().0;
+        let mut commit = self.store.begin()?;
+        let mut ids_in_batch: HashMap<(StoreId, EventId), u64> = HashMap::new();
+        let mut sales_in_batch: HashMap<(StoreId, EventId), SaleRecord> = HashMap::new();
+        let mut changes = Changes::default();
+        let mut decided = Vec::with_capacity(batch.len());
+        for Command::Intake(intake, reply) in batch {
+            let store = intake.input.store().clone();
+            let id = intake.input.id().clone();
+            let fingerprint = intake.input.fingerprint();
+            let key = (store.clone(), id.clone());
+            let prior = match ids_in_batch.get(&key) {
+                Some(fp) => Some(*fp),
+                None => self.store.fingerprint(&store, &id)?,
+            };
+            let verdict = match prior {
+                Some(fp) if fp == fingerprint => Verdict::Duplicate,
+                Some(_) => Verdict::Rejected(Rejection::new(
+                    ErrorCode::IdConflict,
+                    format!("id {id} was already used for different content"),
+                )),
+                None => {
+                    let result = match &intake.input {
+                        Input::Stock { store, sku, event } => self.inv.apply_stock(store, sku, event, now),
+                        Input::Sale { store, sale } => self.inv.apply_sale(store, sale, now),
+                        Input::Void { store, void } => {
+                            let record = match &void.void {
+                                Some(sale_id) => match sales_in_batch.get(&(store.clone(), sale_id.clone())) {
+                                    Some(r) => Some(r.clone()),
+                                    None => self.store.sale(store, sale_id)?,
+                                },
+                                None => None,
+                            };
+                            self.inv.apply_void(store, void, record.as_ref(), now)
+                        }
+                        Input::Override { store, dish, ov } => self.inv.apply_override(store, dish, ov, now),
+                    };
+                    match result {
+                        Ok(outcome) => {
+                            commit.event_id(&store, &id, fingerprint)?;
+                            commit.ledger(&outcome.entries)?;
+                            if let Some((sale_id, record)) = outcome.sale {
+                                commit.sale(&store, &sale_id, &record)?;
+                                sales_in_batch.insert((store.clone(), sale_id), record);
+                            }
+                            changes.merge(outcome.changes);
+                            ids_in_batch.insert(key, fingerprint);
+                            Verdict::Applied
+                        }
+                        Err(rejection) => Verdict::Rejected(rejection),
+                    }
+                }
+            };
+            decided.push((intake, reply, verdict));
+        }
+        stage_changes(&mut commit, &self.inv, &changes)?;
+        self.store.commit(commit).await?;
+        debug!(inputs = decided.len(), levels = changes.levels.len(), dishes = changes.dishes.len(), "committed");
+
+        // Retained state first, so that a device holding its PUBACK already
+        // finds the new availability.
+        publish_changes(&self.out, &self.inv, &changes).await;
+        let mut acks: BTreeMap<(StoreId, DeviceId), Vec<EventId>> = BTreeMap::new();
+        let mut rejected = Vec::new();
+        for (intake, reply, verdict) in decided {
+            let store = intake.input.store().clone();
+            match &verdict {
+                Verdict::Applied | Verdict::Duplicate => {
+                    acks.entry((store, intake.device.clone())).or_default().push(intake.input.id().clone());
+                }
+                Verdict::Rejected(r) => rejected.push((intake, r.clone())),
+            }
+            let _ = reply.send(verdict);
+        }
+        for ((store, device), ids) in acks {
+            self.out.publish(&Topic::Acks { store, device }, &AckOut { ids }, false).await;
+        }
+        for (intake, r) in rejected {
+            let topic = input_topic(&intake.input).to_string();
+            let id = Some(intake.input.id().to_string());
+            report(&self.out, intake.input.store(), &intake.device, &topic, id, &r).await;
+        }
+        self.menu_due.extend(changes.menus);
+        self.publish_due_menus().await;
+        Ok(())
+    }
+}
+
+fn input_topic(input: &Input) -> Topic {
+    match input {
+        Input::Stock { store, sku, .. } => Topic::StockEvents { store: store.clone(), sku: sku.clone() },
+        Input::Sale { store, .. } | Input::Void { store, .. } => Topic::Sales { store: store.clone() },
+        Input::Override { store, dish, .. } => Topic::DishOverride { store: store.clone(), dish: dish.clone() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(s: &str) -> Topic {
+        s.parse().expect("topic")
+    }
+
+    #[test]
+    fn decode_table() {
+        let stock = topic("stores/s1/stock/beef/events");
+        let ok = br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#;
+        assert!(matches!(decode(&stock, ok), Ok(Input::Stock { .. })));
+        let cases: [(&Topic, &[u8], ErrorCode); 5] = [
+            (&stock, b"{not json", ErrorCode::MalformedPayload),
+            (&stock, br#"{"id":"e1"}"#, ErrorCode::MalformedPayload),
+            (&stock, &[b' '; MAX_INPUT_PAYLOAD + 1], ErrorCode::Oversize),
+            (&topic("stores/s1/sales"), br#"{"id":"s","lines":[{"dish":"x","portions":-1}]}"#, ErrorCode::MalformedPayload),
+            (&topic("stores/s1/availability"), b"{}", ErrorCode::UnknownTopic),
+        ];
+        for (t, payload, code) in cases {
+            assert_eq!(decode(t, payload).map_err(|r| r.code).err(), Some(code), "{t}");
+        }
+        let void = decode(&topic("stores/s1/sales"), br#"{"id":"v1","void":"s1"}"#).expect("void");
+        assert!(matches!(void, Input::Void { .. }));
+    }
+
+    #[test]
+    fn fingerprint_ignores_formatting_not_content() {
+        let t = topic("stores/s1/stock/beef/events");
+        let a = decode(&t, br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#);
+        let b = decode(&t, br#"{ "device":"t1", "at":"2026-11-25T19:00:00+01:00", "unit":"kg", "qty":1.0, "kind":"receive", "id":"e1" }"#);
+        let c = decode(&t, br#"{"id":"e1","kind":"receive","qty":2,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#);
+        let (a, b, c) = (a.expect("a"), b.expect("b"), c.expect("c"));
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        let other_sku = decode(&topic("stores/s1/stock/bun/events"), br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#);
+        assert_ne!(a.fingerprint(), other_sku.expect("other").fingerprint());
+    }
+
+    #[test]
+    fn salvage() {
+        assert_eq!(salvage_id(br#"{"id":"e9","qty":"x"}"#).as_deref(), Some("e9"));
+        assert_eq!(salvage_id(b"garbage"), None);
+    }
+}
