@@ -137,7 +137,10 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let file = self.file.as_deref().map_or("configuration".into(), |p| p.display().to_string());
+        let file = self
+            .file
+            .as_deref()
+            .map_or("configuration".into(), |p| p.display().to_string());
         writeln!(f, "{file}: {} problem(s)", self.issues.len())?;
         for issue in &self.issues {
             writeln!(f, "  {}: {}", issue.place, issue.problem)?;
@@ -151,7 +154,10 @@ impl Settings {
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_owned()),
-            issues: vec![ConfigIssue { place: "file".into(), problem: e.to_string() }],
+            issues: vec![ConfigIssue {
+                place: "file".into(),
+                problem: e.to_string(),
+            }],
         })?;
         Settings::parse(&text).map_err(|mut e| {
             e.file = Some(path.to_owned());
@@ -169,18 +175,31 @@ impl Settings {
         let file: FileConfig = toml::from_str(text).map_err(|e| {
             let place = match e.span() {
                 Some(span) => {
-                    let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1;
+                    let line = text.as_bytes()[..span.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1;
                     format!("line {line}")
                 }
                 None => "file".into(),
             };
-            ConfigError { file: None, issues: vec![ConfigIssue { place, problem: e.message().to_string() }] }
+            ConfigError {
+                file: None,
+                issues: vec![ConfigIssue {
+                    place,
+                    problem: e.message().to_string(),
+                }],
+            }
         })?;
         let mut v = Validator::default();
         let settings = v.settings(file);
         match settings {
             Some(s) if v.issues.is_empty() => Ok(s),
-            _ => Err(ConfigError { file: None, issues: v.issues }),
+            _ => Err(ConfigError {
+                file: None,
+                issues: v.issues,
+            }),
         }
     }
 }
@@ -192,7 +211,10 @@ struct Validator {
 
 impl Validator {
     fn issue(&mut self, place: impl Into<String>, problem: impl Into<String>) {
-        self.issues.push(ConfigIssue { place: place.into(), problem: problem.into() });
+        self.issues.push(ConfigIssue {
+            place: place.into(),
+            problem: problem.into(),
+        });
     }
 
     fn id<T: std::str::FromStr>(&mut self, place: &str, s: &str) -> Option<T>
@@ -210,7 +232,14 @@ impl Validator {
 
     /// A quantity in `unit` (default: the base unit) as a positive-or-zero
     /// integer of `base`.
-    fn base_qty(&mut self, place: &str, qty: f64, unit: Option<&str>, base: BaseUnit, min: i64) -> Option<i64> {
+    fn base_qty(
+        &mut self,
+        place: &str,
+        qty: f64,
+        unit: Option<&str>,
+        base: BaseUnit,
+        min: i64,
+    ) -> Option<i64> {
         let unit = match unit.map(str::parse::<Unit>) {
             None => Unit::from(base),
             Some(Ok(u)) => u,
@@ -233,7 +262,13 @@ impl Validator {
     }
 
     fn settings(&mut self, file: FileConfig) -> Option<Settings> {
-        let listen = match file.broker.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse::<SocketAddr>() {
+        let listen = match file
+            .broker
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse::<SocketAddr>()
+        {
             Ok(a) => Some(a),
             Err(e) => {
                 self.issue("broker.listen", format!("not an address:port ({e})"));
@@ -246,7 +281,10 @@ impl Validator {
         }
         let max_mqueue_len = file.broker.max_mqueue_len.unwrap_or(50_000);
         if max_mqueue_len < 1000 {
-            self.issue("broker.max_mqueue_len", "must be at least 1000 (small queues drop messages silently)");
+            self.issue(
+                "broker.max_mqueue_len",
+                "must be at least 1000 (small queues drop messages silently)",
+            );
         }
 
         let mut skus = Vec::new();
@@ -254,7 +292,9 @@ impl Validator {
         let mut seen = BTreeSet::new();
         for (i, s) in file.skus.iter().enumerate() {
             let place = format!("skus[{i}]");
-            let Some(id) = self.id::<SkuId>(&format!("{place}.id"), &s.id) else { continue };
+            let Some(id) = self.id::<SkuId>(&format!("{place}.id"), &s.id) else {
+                continue;
+            };
             if !seen.insert(id.clone()) {
                 self.issue(format!("{place}.id"), format!("SKU {id} is defined twice"));
             }
@@ -263,50 +303,91 @@ impl Validator {
                 "ml" => BaseUnit::Ml,
                 "pcs" => BaseUnit::Pcs,
                 other => {
-                    self.issue(format!("{place}.unit"), format!("{other:?} is not a base unit (g, ml or pcs)"));
+                    self.issue(
+                        format!("{place}.unit"),
+                        format!("{other:?} is not a base unit (g, ml or pcs)"),
+                    );
                     continue;
                 }
             };
             let pack = self.base_qty(&format!("{place}.pack"), s.pack, None, unit, 1);
-            let rp = self.base_qty(&format!("{place}.reorder_point"), s.reorder_point, None, unit, 0);
+            let rp = self.base_qty(
+                &format!("{place}.reorder_point"),
+                s.reorder_point,
+                None,
+                unit,
+                0,
+            );
             let par = self.base_qty(&format!("{place}.par"), s.par, None, unit, 0);
             if let (Some(rp), Some(par)) = (rp, par) {
                 if par < rp {
-                    self.issue(format!("{place}.par"), format!("par {par} is below the reorder point {rp}"));
+                    self.issue(
+                        format!("{place}.par"),
+                        format!("par {par} is below the reorder point {rp}"),
+                    );
                 }
-                defaults.insert(id.clone(), StockParams { reorder_point: rp, par });
+                defaults.insert(
+                    id.clone(),
+                    StockParams {
+                        reorder_point: rp,
+                        par,
+                    },
+                );
             }
             if let Some(pack) = pack {
-                skus.push(Sku { id, name: s.name.clone(), unit, pack });
+                skus.push(Sku {
+                    id,
+                    name: s.name.clone(),
+                    unit,
+                    pack,
+                });
             }
         }
-        let units: BTreeMap<SkuId, BaseUnit> = skus.iter().map(|s| (s.id.clone(), s.unit)).collect();
+        let units: BTreeMap<SkuId, BaseUnit> =
+            skus.iter().map(|s| (s.id.clone(), s.unit)).collect();
 
         let mut dishes = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, d) in file.dishes.iter().enumerate() {
             let place = format!("dishes[{i}]");
-            let Some(id) = self.id::<DishId>(&format!("{place}.id"), &d.id) else { continue };
+            let Some(id) = self.id::<DishId>(&format!("{place}.id"), &d.id) else {
+                continue;
+            };
             if !seen.insert(id.clone()) {
                 self.issue(format!("{place}.id"), format!("dish {id} is defined twice"));
             }
             if d.recipe.is_empty() {
-                self.issue(format!("{place}.recipe"), "a dish needs at least one ingredient");
+                self.issue(
+                    format!("{place}.recipe"),
+                    "a dish needs at least one ingredient",
+                );
             }
             let mut recipe = Vec::new();
             for (j, line) in d.recipe.iter().enumerate() {
                 let lplace = format!("{place}.recipe[{j}]");
-                let Some(sku) = self.id::<SkuId>(&format!("{lplace}.sku"), &line.sku) else { continue };
+                let Some(sku) = self.id::<SkuId>(&format!("{lplace}.sku"), &line.sku) else {
+                    continue;
+                };
                 let Some(&unit) = units.get(&sku) else {
                     self.issue(format!("{lplace}.sku"), format!("unknown SKU {sku}"));
                     continue;
                 };
-                if let Some(per_portion) = self.base_qty(&format!("{lplace}.qty"), line.qty, line.unit.as_deref(), unit, 1)
-                {
+                if let Some(per_portion) = self.base_qty(
+                    &format!("{lplace}.qty"),
+                    line.qty,
+                    line.unit.as_deref(),
+                    unit,
+                    1,
+                ) {
                     recipe.push(RecipeLine { sku, per_portion });
                 }
             }
-            dishes.push(Dish { id, name: d.name.clone(), low_mark: d.low_mark, recipe });
+            dishes.push(Dish {
+                id,
+                name: d.name.clone(),
+                low_mark: d.low_mark,
+                recipe,
+            });
         }
         let dish_ids: BTreeSet<DishId> = dishes.iter().map(|d| d.id.clone()).collect();
 
@@ -314,9 +395,14 @@ impl Validator {
         let mut seen = BTreeSet::new();
         for (i, s) in file.stores.iter().enumerate() {
             let place = format!("stores[{i}]");
-            let Some(id) = self.id::<StoreId>(&format!("{place}.id"), &s.id) else { continue };
+            let Some(id) = self.id::<StoreId>(&format!("{place}.id"), &s.id) else {
+                continue;
+            };
             if !seen.insert(id.clone()) {
-                self.issue(format!("{place}.id"), format!("store {id} is defined twice"));
+                self.issue(
+                    format!("{place}.id"),
+                    format!("store {id} is defined twice"),
+                );
             }
             let menu = match &s.menu {
                 None => dish_ids.iter().cloned().collect(),
@@ -324,7 +410,9 @@ impl Validator {
                     let mut menu = Vec::new();
                     for (j, name) in names.iter().enumerate() {
                         let mplace = format!("{place}.menu[{j}]");
-                        let Some(dish) = self.id::<DishId>(&mplace, name) else { continue };
+                        let Some(dish) = self.id::<DishId>(&mplace, name) else {
+                            continue;
+                        };
                         if !dish_ids.contains(&dish) {
                             self.issue(mplace, format!("unknown dish {dish}"));
                         } else if menu.contains(&dish) {
@@ -339,7 +427,9 @@ impl Validator {
             let mut stock = defaults.clone();
             for (name, params) in &s.stock {
                 let splace = format!("{place}.stock.{name}");
-                let Some(sku) = self.id::<SkuId>(&splace, name) else { continue };
+                let Some(sku) = self.id::<SkuId>(&splace, name) else {
+                    continue;
+                };
                 let (Some(&unit), Some(default)) = (units.get(&sku), defaults.get(&sku)) else {
                     self.issue(splace, format!("unknown SKU {sku}"));
                     continue;
@@ -354,12 +444,20 @@ impl Validator {
                 };
                 if let (Some(reorder_point), Some(par)) = (rp, par) {
                     if par < reorder_point {
-                        self.issue(splace.clone(), format!("par {par} is below the reorder point {reorder_point}"));
+                        self.issue(
+                            splace.clone(),
+                            format!("par {par} is below the reorder point {reorder_point}"),
+                        );
                     }
                     stock.insert(sku, StockParams { reorder_point, par });
                 }
             }
-            stores.push(Store { id, name: s.name.clone(), menu, stock });
+            stores.push(Store {
+                id,
+                name: s.name.clone(),
+                menu,
+                stock,
+            });
         }
         if stores.is_empty() {
             self.issue("stores", "at least one store is needed");
@@ -377,7 +475,10 @@ impl Validator {
         };
         Some(Settings {
             listen: listen?,
-            data_dir: file.broker.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: file
+                .broker
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             allow_anonymous: file.broker.allow_anonymous,
             max_inflight,
             max_mqueue_len,
@@ -450,7 +551,8 @@ menu = ["burger", "pizza"]
 
     #[test]
     fn unknown_fields_and_syntax_errors_name_a_line() {
-        let err = Settings::parse("[broker]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n").expect_err("unknown");
+        let err = Settings::parse("[broker]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n")
+            .expect_err("unknown");
         assert_eq!(err.issues[0].place, "line 3", "{err}");
         assert!(err.issues[0].problem.contains("colour"), "{err}");
         let err = Settings::parse("[broker\n").expect_err("syntax");

@@ -56,7 +56,9 @@ impl IntakeHook {
             Err(e) => {
                 let r = Rejection::new(ErrorCode::UnknownTopic, e.to_string());
                 match Topic::store_prefix(topic) {
-                    Some(store) => report(&self.out, &store, &device, topic, salvage_id(payload), &r).await,
+                    Some(store) => {
+                        report(&self.out, &store, &device, topic, salvage_id(payload), &r).await
+                    }
                     None => warn!(%device, topic, "publish outside the contract refused"),
                 }
                 return refuse(PublishAckReason::TopicNameInvalid, &r);
@@ -65,7 +67,10 @@ impl IntakeHook {
         let store = parsed.store().clone();
         match parsed.direction() {
             Direction::Output => {
-                let r = Rejection::new(ErrorCode::UnknownTopic, format!("{topic} is published by the broker only"));
+                let r = Rejection::new(
+                    ErrorCode::UnknownTopic,
+                    format!("{topic} is published by the broker only"),
+                );
                 report(&self.out, &store, &device, topic, salvage_id(payload), &r).await;
                 refuse(PublishAckReason::NotAuthorized, &r)
             }
@@ -73,7 +78,10 @@ impl IntakeHook {
                 if payload == b"online" || payload == b"offline" {
                     PublishAclResult::allow()
                 } else {
-                    let r = Rejection::new(ErrorCode::MalformedPayload, "device status must be online or offline");
+                    let r = Rejection::new(
+                        ErrorCode::MalformedPayload,
+                        "device status must be online or offline",
+                    );
                     report(&self.out, &store, &device, topic, None, &r).await;
                     refuse(PublishAckReason::PayloadFormatInvalid, &r)
                 }
@@ -93,10 +101,15 @@ impl IntakeHook {
                         Some("already applied".into()),
                         false,
                     )),
-                    Some(Verdict::Rejected(r)) => refuse(PublishAckReason::PayloadFormatInvalid, &r),
+                    Some(Verdict::Rejected(r)) => {
+                        refuse(PublishAckReason::PayloadFormatInvalid, &r)
+                    }
                     None => refuse(
                         PublishAckReason::ImplementationSpecificError,
-                        &Rejection::new(ErrorCode::Unavailable, "the rules are stopping; send again"),
+                        &Rejection::new(
+                            ErrorCode::Unavailable,
+                            "the rules are stopping; send again",
+                        ),
                     ),
                 }
             }
@@ -109,7 +122,11 @@ fn unnamed() -> DeviceId {
 }
 
 fn refuse(code: PublishAckReason, r: &Rejection) -> PublishAclResult {
-    PublishAclResult(PublishResult::reason_code(code, Some(r.message.clone().into()), false))
+    PublishAclResult(PublishResult::reason_code(
+        code,
+        Some(r.message.clone().into()),
+        false,
+    ))
 }
 
 #[async_trait]
@@ -117,7 +134,9 @@ impl Handler for IntakeHook {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                let result = self.check(&session.id.client_id, &publish.topic, &publish.payload).await;
+                let result = self
+                    .check(&session.id.client_id, &publish.topic, &publish.payload)
+                    .await;
                 (false, Some(HookResult::PublishAclResult(result)))
             }
             _ => (true, acc),

@@ -32,7 +32,10 @@ impl Outbound {
     /// Publishes through `scx`'s router.
     pub fn new(scx: ServerContext) -> Outbound {
         let id = Id::new(scx.node.id(), 0, None, None, RULES_CLIENT_ID.into(), None);
-        Outbound { scx, from: Arc::new(From::from_system(id)) }
+        Outbound {
+            scx,
+            from: Arc::new(From::from_system(id)),
+        }
     }
 
     /// Publishes `body` as JSON on `topic` at QoS 1.
@@ -54,7 +57,9 @@ impl Outbound {
             properties: None,
         };
         let publish = Publish::from(publish).create_time(timestamp_millis());
-        if let Err(e) = SessionState::forwards(&self.scx, (*self.from).clone(), publish, false, None).await {
+        if let Err(e) =
+            SessionState::forwards(&self.scx, (*self.from).clone(), publish, false, None).await
+        {
             warn!(%topic, error = %e, "in-process publish failed");
         }
     }

@@ -15,15 +15,9 @@ use rmqtt::types::{Retain, TopicFilter, TopicName};
 use rmqtt::Result;
 
 /// In-memory retained messages that never expire.
+#[derive(Default)]
 pub struct MemoryRetainer {
     inner: DefaultRetainStorage,
-}
-
-impl MemoryRetainer {
-    /// An empty store.
-    pub fn new() -> MemoryRetainer {
-        MemoryRetainer { inner: DefaultRetainStorage::new() }
-    }
 }
 
 #[async_trait]
@@ -32,7 +26,12 @@ impl RetainStorage for MemoryRetainer {
         true
     }
 
-    async fn set(&self, topic: &TopicName, retain: Retain, _expiry: Option<Duration>) -> Result<()> {
+    async fn set(
+        &self,
+        topic: &TopicName,
+        retain: Retain,
+        _expiry: Option<Duration>,
+    ) -> Result<()> {
         // Expiry is ignored on purpose: a POS must get availability however
         // long ago it last changed.
         self.inner.set_with_timeout(topic, retain, None).await

@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use dishsync_inventory::{Changes, Inventory, Rejection, SaleRecord};
-use dishsync_protocol::payload::{AckOut, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp};
+use dishsync_protocol::payload::{
+    AckOut, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp,
+};
 use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -104,28 +106,51 @@ impl Input {
             serde_json::to_vec(t).unwrap_or_default()
         }
         let (topic, body) = match self {
-            Input::Stock { store, sku, event } => {
-                (Topic::StockEvents { store: store.clone(), sku: sku.clone() }, json(event))
-            }
-            Input::Sale { store, sale: s } | Input::Void { store, void: s } => {
-                (Topic::Sales { store: store.clone() }, json(s))
-            }
-            Input::Override { store, dish, ov } => {
-                (Topic::DishOverride { store: store.clone(), dish: dish.clone() }, json(ov))
-            }
+            Input::Stock { store, sku, event } => (
+                Topic::StockEvents {
+                    store: store.clone(),
+                    sku: sku.clone(),
+                },
+                json(event),
+            ),
+            Input::Sale { store, sale: s } | Input::Void { store, void: s } => (
+                Topic::Sales {
+                    store: store.clone(),
+                },
+                json(s),
+            ),
+            Input::Override { store, dish, ov } => (
+                Topic::DishOverride {
+                    store: store.clone(),
+                    dish: dish.clone(),
+                },
+                json(ov),
+            ),
         };
-        fnv1a(topic.to_string().as_bytes().iter().chain([0u8].iter()).chain(body.iter()))
+        fnv1a(
+            topic
+                .to_string()
+                .as_bytes()
+                .iter()
+                .chain([0u8].iter())
+                .chain(body.iter()),
+        )
     }
 }
 
 /// FNV-1a, 64 bit: a hash whose value is fixed forever, as a persisted
 /// fingerprint needs (std's hasher may change between releases).
 fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
-    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn malformed(e: serde_json::Error) -> Rejection {
-    Rejection::new(ErrorCode::MalformedPayload, format!("malformed payload: {e}"))
+    Rejection::new(
+        ErrorCode::MalformedPayload,
+        format!("malformed payload: {e}"),
+    )
 }
 
 /// Decodes and validates the payload of an input topic.
@@ -133,7 +158,10 @@ pub fn decode(topic: &Topic, payload: &[u8]) -> Result<Input, Rejection> {
     if payload.len() > MAX_INPUT_PAYLOAD {
         return Err(Rejection::new(
             ErrorCode::Oversize,
-            format!("payload of {} bytes exceeds the limit of {MAX_INPUT_PAYLOAD}", payload.len()),
+            format!(
+                "payload of {} bytes exceeds the limit of {MAX_INPUT_PAYLOAD}",
+                payload.len()
+            ),
         ));
     }
     Ok(match topic {
@@ -145,9 +173,15 @@ pub fn decode(topic: &Topic, payload: &[u8]) -> Result<Input, Rejection> {
         Topic::Sales { store } => {
             let sale: SaleIn = serde_json::from_slice(payload).map_err(malformed)?;
             if sale.void.is_some() {
-                Input::Void { store: store.clone(), void: sale }
+                Input::Void {
+                    store: store.clone(),
+                    void: sale,
+                }
             } else {
-                Input::Sale { store: store.clone(), sale }
+                Input::Sale {
+                    store: store.clone(),
+                    sale,
+                }
             }
         }
         Topic::DishOverride { store, dish } => Input::Override {
@@ -156,7 +190,10 @@ pub fn decode(topic: &Topic, payload: &[u8]) -> Result<Input, Rejection> {
             ov: serde_json::from_slice(payload).map_err(malformed)?,
         },
         other => {
-            return Err(Rejection::new(ErrorCode::UnknownTopic, format!("{other} is not an input topic")));
+            return Err(Rejection::new(
+                ErrorCode::UnknownTopic,
+                format!("{other} is not an input topic"),
+            ));
         }
     })
 }
@@ -168,7 +205,10 @@ pub fn salvage_id(payload: &[u8]) -> Option<String> {
         return None;
     }
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    value.get("id")?.as_str().map(|s| s.chars().take(64).collect())
+    value
+        .get("id")?
+        .as_str()
+        .map(|s| s.chars().take(64).collect())
 }
 
 /// What became of an input.
@@ -212,22 +252,58 @@ impl RulesHandle {
 }
 
 /// Publishes an error report for a rejected input, and logs it.
-pub async fn report(out: &Outbound, store: &StoreId, device: &DeviceId, topic: &str, id: Option<String>, r: &Rejection) {
+pub async fn report(
+    out: &Outbound,
+    store: &StoreId,
+    device: &DeviceId,
+    topic: &str,
+    id: Option<String>,
+    r: &Rejection,
+) {
     warn!(%store, %device, topic, id = id.as_deref().unwrap_or("-"), code = ?r.code, reason = %r.message, "input rejected");
-    let body = ErrorOut { topic: topic.to_string(), id, code: r.code, error: r.message.clone() };
-    out.publish(&Topic::Errors { store: store.clone(), device: device.clone() }, &body, false).await;
+    let body = ErrorOut {
+        topic: topic.to_string(),
+        id,
+        code: r.code,
+        error: r.message.clone(),
+    };
+    out.publish(
+        &Topic::Errors {
+            store: store.clone(),
+            device: device.clone(),
+        },
+        &body,
+        false,
+    )
+    .await;
 }
 
 /// Publishes every retained document of `changes` from `inv`.
 pub async fn publish_changes(out: &Outbound, inv: &Inventory, changes: &Changes) {
     for (store, sku) in &changes.levels {
         if let Some(doc) = inv.level_out(store, sku) {
-            out.publish(&Topic::StockLevel { store: store.clone(), sku: sku.clone() }, &doc, true).await;
+            out.publish(
+                &Topic::StockLevel {
+                    store: store.clone(),
+                    sku: sku.clone(),
+                },
+                &doc,
+                true,
+            )
+            .await;
         }
     }
     for (store, dish) in &changes.dishes {
         if let Some(doc) = inv.dish_out(store, dish) {
-            out.publish(&Topic::DishAvailability { store: store.clone(), dish: dish.clone() }, &doc, true).await;
+            out.publish(
+                &Topic::DishAvailability {
+                    store: store.clone(),
+                    dish: dish.clone(),
+                },
+                &doc,
+                true,
+            )
+            .await;
         }
     }
 }
@@ -235,7 +311,14 @@ pub async fn publish_changes(out: &Outbound, inv: &Inventory, changes: &Changes)
 /// Publishes a store's whole-menu document.
 pub async fn publish_menu(out: &Outbound, inv: &Inventory, store: &StoreId) {
     if let Some(doc) = inv.menu_out(store) {
-        out.publish(&Topic::StoreAvailability { store: store.clone() }, &doc, true).await;
+        out.publish(
+            &Topic::StoreAvailability {
+                store: store.clone(),
+            },
+            &doc,
+            true,
+        )
+        .await;
     }
 }
 
@@ -271,7 +354,13 @@ struct Rules {
 /// Starts the rules task on the current runtime.
 pub fn start(inv: Inventory, store: Store, out: Outbound) -> RulesHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let rules = Rules { inv, store, out, menu_published: HashMap::new(), menu_due: BTreeSet::new() };
+    let rules = Rules {
+        inv,
+        store,
+        out,
+        menu_published: HashMap::new(),
+        menu_due: BTreeSet::new(),
+    };
     tokio::spawn(rules.run(rx));
     RulesHandle { tx }
 }
@@ -329,7 +418,11 @@ impl Rules {
         let ready: Vec<StoreId> = self
             .menu_due
             .iter()
-            .filter(|s| self.menu_published.get(*s).is_none_or(|t| now.duration_since(*t) >= MENU_INTERVAL))
+            .filter(|s| {
+                self.menu_published
+                    .get(*s)
+                    .is_none_or(|t| now.duration_since(*t) >= MENU_INTERVAL)
+            })
             .cloned()
             .collect();
         for store in ready {
@@ -363,19 +456,25 @@ impl Rules {
                 )),
                 None => {
                     let result = match &intake.input {
-                        Input::Stock { store, sku, event } => self.inv.apply_stock(store, sku, event, now),
+                        Input::Stock { store, sku, event } => {
+                            self.inv.apply_stock(store, sku, event, now)
+                        }
                         Input::Sale { store, sale } => self.inv.apply_sale(store, sale, now),
                         Input::Void { store, void } => {
                             let record = match &void.void {
-                                Some(sale_id) => match sales_in_batch.get(&(store.clone(), sale_id.clone())) {
-                                    Some(r) => Some(r.clone()),
-                                    None => self.store.sale(store, sale_id)?,
-                                },
+                                Some(sale_id) => {
+                                    match sales_in_batch.get(&(store.clone(), sale_id.clone())) {
+                                        Some(r) => Some(r.clone()),
+                                        None => self.store.sale(store, sale_id)?,
+                                    }
+                                }
                                 None => None,
                             };
                             self.inv.apply_void(store, void, record.as_ref(), now)
                         }
-                        Input::Override { store, dish, ov } => self.inv.apply_override(store, dish, ov, now),
+                        Input::Override { store, dish, ov } => {
+                            self.inv.apply_override(store, dish, ov, now)
+                        }
                     };
                     match result {
                         Ok(outcome) => {
@@ -397,7 +496,12 @@ impl Rules {
         }
         stage_changes(&mut commit, &self.inv, &changes)?;
         self.store.commit(commit).await?;
-        debug!(inputs = decided.len(), levels = changes.levels.len(), dishes = changes.dishes.len(), "committed");
+        debug!(
+            inputs = decided.len(),
+            levels = changes.levels.len(),
+            dishes = changes.dishes.len(),
+            "committed"
+        );
 
         // Retained state first, so that a device holding its PUBACK already
         // finds the new availability.
@@ -408,19 +512,31 @@ impl Rules {
             let store = intake.input.store().clone();
             match &verdict {
                 Verdict::Applied | Verdict::Duplicate => {
-                    acks.entry((store, intake.device.clone())).or_default().push(intake.input.id().clone());
+                    acks.entry((store, intake.device.clone()))
+                        .or_default()
+                        .push(intake.input.id().clone());
                 }
                 Verdict::Rejected(r) => rejected.push((intake, r.clone())),
             }
             let _ = reply.send(verdict);
         }
         for ((store, device), ids) in acks {
-            self.out.publish(&Topic::Acks { store, device }, &AckOut { ids }, false).await;
+            self.out
+                .publish(&Topic::Acks { store, device }, &AckOut { ids }, false)
+                .await;
         }
         for (intake, r) in rejected {
             let topic = input_topic(&intake.input).to_string();
             let id = Some(intake.input.id().to_string());
-            report(&self.out, intake.input.store(), &intake.device, &topic, id, &r).await;
+            report(
+                &self.out,
+                intake.input.store(),
+                &intake.device,
+                &topic,
+                id,
+                &r,
+            )
+            .await;
         }
         self.menu_due.extend(changes.menus);
         self.publish_due_menus().await;
@@ -430,9 +546,17 @@ impl Rules {
 
 fn input_topic(input: &Input) -> Topic {
     match input {
-        Input::Stock { store, sku, .. } => Topic::StockEvents { store: store.clone(), sku: sku.clone() },
-        Input::Sale { store, .. } | Input::Void { store, .. } => Topic::Sales { store: store.clone() },
-        Input::Override { store, dish, .. } => Topic::DishOverride { store: store.clone(), dish: dish.clone() },
+        Input::Stock { store, sku, .. } => Topic::StockEvents {
+            store: store.clone(),
+            sku: sku.clone(),
+        },
+        Input::Sale { store, .. } | Input::Void { store, .. } => Topic::Sales {
+            store: store.clone(),
+        },
+        Input::Override { store, dish, .. } => Topic::DishOverride {
+            store: store.clone(),
+            dish: dish.clone(),
+        },
     }
 }
 
@@ -453,11 +577,23 @@ mod tests {
             (&stock, b"{not json", ErrorCode::MalformedPayload),
             (&stock, br#"{"id":"e1"}"#, ErrorCode::MalformedPayload),
             (&stock, &[b' '; MAX_INPUT_PAYLOAD + 1], ErrorCode::Oversize),
-            (&topic("stores/s1/sales"), br#"{"id":"s","lines":[{"dish":"x","portions":-1}]}"#, ErrorCode::MalformedPayload),
-            (&topic("stores/s1/availability"), b"{}", ErrorCode::UnknownTopic),
+            (
+                &topic("stores/s1/sales"),
+                br#"{"id":"s","lines":[{"dish":"x","portions":-1}]}"#,
+                ErrorCode::MalformedPayload,
+            ),
+            (
+                &topic("stores/s1/availability"),
+                b"{}",
+                ErrorCode::UnknownTopic,
+            ),
         ];
         for (t, payload, code) in cases {
-            assert_eq!(decode(t, payload).map_err(|r| r.code).err(), Some(code), "{t}");
+            assert_eq!(
+                decode(t, payload).map_err(|r| r.code).err(),
+                Some(code),
+                "{t}"
+            );
         }
         let void = decode(&topic("stores/s1/sales"), br#"{"id":"v1","void":"s1"}"#).expect("void");
         assert!(matches!(void, Input::Void { .. }));
@@ -478,7 +614,10 @@ mod tests {
 
     #[test]
     fn salvage() {
-        assert_eq!(salvage_id(br#"{"id":"e9","qty":"x"}"#).as_deref(), Some("e9"));
+        assert_eq!(
+            salvage_id(br#"{"id":"e9","qty":"x"}"#).as_deref(),
+            Some("e9")
+        );
         assert_eq!(salvage_id(b"garbage"), None);
     }
 }

@@ -33,7 +33,7 @@ const HOOK_PRIORITY: u32 = 1000;
 /// `dishsync-broker listening on mqtt://ADDR`, once clients can connect.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let scx = ServerContext::new().build().await;
-    *scx.extends.retain_mut().await = Box::new(MemoryRetainer::new());
+    *scx.extends.retain_mut().await = Box::<MemoryRetainer>::default();
     let out = Outbound::new(scx.clone());
 
     let store = open_data_dir(&settings.data_dir)?;
@@ -44,17 +44,34 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if !changes.is_empty() {
         let mut commit = store.begin()?;
         stage_changes(&mut commit, &inventory, &changes)?;
-        store.commit(commit).await.context("persisting the initial state")?;
+        store
+            .commit(commit)
+            .await
+            .context("persisting the initial state")?;
     }
     republish_all(&out, &inventory).await;
-    info!(fresh_start, changed = changes.levels.len() + changes.dishes.len(), "state restored and re-published");
+    info!(
+        fresh_start,
+        changed = changes.levels.len() + changes.dishes.len(),
+        "state restored and re-published"
+    );
 
     let rules = rules::start(inventory, store, out.clone());
     let register = scx.extends.hook_mgr().register();
     register
-        .add_priority(Type::MessagePublishCheckAcl, HOOK_PRIORITY, Box::new(IntakeHook::new(rules, out)))
+        .add_priority(
+            Type::MessagePublishCheckAcl,
+            HOOK_PRIORITY,
+            Box::new(IntakeHook::new(rules, out)),
+        )
         .await;
-    register.add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::default())).await;
+    register
+        .add_priority(
+            Type::MessageDropped,
+            HOOK_PRIORITY,
+            Box::new(DropCounter::default()),
+        )
+        .await;
     register.start().await;
 
     if !settings.allow_anonymous {
@@ -76,12 +93,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = listener.tcp().context("starting the TCP listener")?;
     println!("dishsync-broker listening on mqtt://{addr}");
     info!(%addr, data_dir = %settings.data_dir.display(), "serving");
-    MqttServer::new(scx).listener(listener).build().run().await.context("serving MQTT")?;
+    MqttServer::new(scx)
+        .listener(listener)
+        .build()
+        .run()
+        .await
+        .context("serving MQTT")?;
     Ok(())
 }
 
 fn open_data_dir(dir: &Path) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

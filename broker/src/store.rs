@@ -10,9 +10,9 @@
 //! |---|---|---|
 //! | `i/` | store `/` event id | content fingerprint (u64) |
 //! | `l/` | sequence (u64, big-endian) | [`LedgerEntry`] |
-//! | `k/` | store `/` sku | [`SkuState`] |
-//! | `d/` | store `/` dish | [`DishState`] |
-//! | `m/` | store | [`MenuState`] |
+//! | `k/` | store `/` sku | [`SkuState`](dishsync_inventory::SkuState) |
+//! | `d/` | store `/` dish | [`DishState`](dishsync_inventory::DishState) |
+//! | `m/` | store | [`MenuState`](dishsync_inventory::MenuState) |
 //! | `x/` | store `/` sale id | [`SaleRecord`] |
 //!
 //! Start-up reads the `k/`, `d/` and `m/` records (the snapshot, always
@@ -55,19 +55,26 @@ fn key2(prefix: &str, a: &str, b: &str) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(value)
-        .map_err(|source| StoreError::Record { key: String::from_utf8_lossy(key).into_owned(), source })
+    postcard::to_allocvec(value).map_err(|source| StoreError::Record {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes)
-        .map_err(|source| StoreError::Record { key: String::from_utf8_lossy(key).into_owned(), source })
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Record {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
         Ok(Store { db })
     }
 
@@ -94,7 +101,9 @@ impl Store {
                         dish.parse().map_err(|_| bad())?,
                         decode(&key, &value)?,
                     ),
-                    ["m", store] => Restored::Menu(store.parse().map_err(|_| bad())?, decode(&key, &value)?),
+                    ["m", store] => {
+                        Restored::Menu(store.parse().map_err(|_| bad())?, decode(&key, &value)?)
+                    }
                     _ => return Err(bad()),
                 };
                 out.push(restored);
@@ -131,7 +140,11 @@ impl Store {
 
     /// Starts a group commit.
     pub fn begin(&self) -> Result<Commit, StoreError> {
-        Ok(Commit { batch: sled::Batch::default(), next_seq: self.next_seq()?, empty: true })
+        Ok(Commit {
+            batch: sled::Batch::default(),
+            next_seq: self.next_seq()?,
+            empty: true,
+        })
     }
 
     fn next_seq(&self) -> Result<u64, StoreError> {
@@ -167,7 +180,12 @@ pub struct Commit {
 
 impl Commit {
     /// Records that `id` was applied with content `fingerprint`.
-    pub fn event_id(&mut self, store: &StoreId, id: &EventId, fingerprint: u64) -> Result<(), StoreError> {
+    pub fn event_id(
+        &mut self,
+        store: &StoreId,
+        id: &EventId,
+        fingerprint: u64,
+    ) -> Result<(), StoreError> {
         self.put(key2("i", store.as_str(), id.as_str()), &fingerprint)
     }
 
@@ -183,12 +201,22 @@ impl Commit {
     }
 
     /// Stores a sale record.
-    pub fn sale(&mut self, store: &StoreId, id: &EventId, record: &SaleRecord) -> Result<(), StoreError> {
+    pub fn sale(
+        &mut self,
+        store: &StoreId,
+        id: &EventId,
+        record: &SaleRecord,
+    ) -> Result<(), StoreError> {
         self.put(key2("x", store.as_str(), id.as_str()), record)
     }
 
     /// Stores the current state of a SKU, taken from the inventory.
-    pub fn sku_state(&mut self, inv: &Inventory, store: &StoreId, sku: &SkuId) -> Result<(), StoreError> {
+    pub fn sku_state(
+        &mut self,
+        inv: &Inventory,
+        store: &StoreId,
+        sku: &SkuId,
+    ) -> Result<(), StoreError> {
         match inv.sku_state(store, sku) {
             Some(state) => self.put(key2("k", store.as_str(), sku.as_str()), state),
             None => Ok(()),
@@ -196,7 +224,12 @@ impl Commit {
     }
 
     /// Stores the current state of a dish, taken from the inventory.
-    pub fn dish_state(&mut self, inv: &Inventory, store: &StoreId, dish: &DishId) -> Result<(), StoreError> {
+    pub fn dish_state(
+        &mut self,
+        inv: &Inventory,
+        store: &StoreId,
+        dish: &DishId,
+    ) -> Result<(), StoreError> {
         match inv.dish_state(store, dish) {
             Some(state) => self.put(key2("d", store.as_str(), dish.as_str()), state),
             None => Ok(()),

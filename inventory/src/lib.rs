@@ -443,7 +443,7 @@ impl Inventory {
             at,
             moved: applied == Applied::Moved,
         });
-        self.after_moves(store, &[sku.clone()], now, &mut outcome.changes);
+        self.after_moves(store, std::slice::from_ref(sku), now, &mut outcome.changes);
         Ok(outcome)
     }
 
@@ -505,7 +505,8 @@ impl Inventory {
             }
         }
         let taken: Vec<(SkuId, i64)> = taken.into_iter().collect();
-        let mut outcome = self.move_stock(store, &sale.id, EntryKind::Sale, at, &taken, -1, now)?;
+        let deltas: Vec<(SkuId, i64)> = taken.iter().map(|(sku, n)| (sku.clone(), -n)).collect();
+        let mut outcome = self.move_stock(store, &sale.id, EntryKind::Sale, at, &deltas, now)?;
         outcome.sale = Some((
             sale.id.clone(),
             SaleRecord {
@@ -547,7 +548,7 @@ impl Inventory {
         }
         let at = void.at.map_or(now, |t| t.0);
         let mut outcome =
-            self.move_stock(store, &void.id, EntryKind::Void, at, &record.taken, 1, now)?;
+            self.move_stock(store, &void.id, EntryKind::Void, at, &record.taken, now)?;
         let mut updated = record.clone();
         updated.voided_by = Some(void.id.clone());
         outcome.sale = Some((sale_id.clone(), updated));
@@ -560,18 +561,16 @@ impl Inventory {
         event: &EventId,
         kind: EntryKind,
         at: Millis,
-        amounts: &[(SkuId, i64)],
-        sign: i64,
+        deltas: &[(SkuId, i64)],
         now: Millis,
     ) -> Result<Outcome, Rejection> {
         // Check every SKU before touching any: a rejection changes nothing.
-        for (sku, _) in amounts {
+        for (sku, _) in deltas {
             self.sku_mut(store, sku)?;
         }
         let mut outcome = Outcome::default();
         let mut moved = Vec::new();
-        for (sku, amount) in amounts {
-            let delta = sign * amount;
+        for &(ref sku, delta) in deltas {
             let applied = self.sku_mut(store, sku)?.ledger.delta(at, delta);
             outcome.entries.push(LedgerEntry {
                 store: store.clone(),

@@ -461,7 +461,8 @@ proptest! {
         if beef != 0 {
             inv.apply_stock(&s1, &id("beef"), &ev("a2", StockKind::Adjust, beef as f64, Unit::G, T0), T0).expect("adj");
         }
-        let want = (bun.max(0) / 1).min(beef.max(0) / 150) as u64;
+        // One bun and 150 g of beef per burger.
+        let want = bun.max(0).min(beef.max(0) / 150) as u64;
         prop_assert_eq!(dish(&inv, "burger").portions, want);
         prop_assert_eq!(dish(&inv, "burger").status == DishStatus::SoldOut, want == 0);
     }

@@ -1,0 +1,302 @@
+//! Availability as a POS sees it: retained on connect, sold out by sales,
+//! restored by voids, overridden by the chef.
+
+use anyhow::Result;
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+use crate::support::TestDish;
+
+use crate::support::{
+    chain_toml, sale, small_chain, stock_event, temp_data_dir, BrokerProcess, Client,
+};
+
+/// Publishes stock events from `device` and waits for their end-to-end acks.
+pub async fn stock_and_wait(
+    client: &mut Client,
+    store: &str,
+    device: &str,
+    events: &[(&str, Value)],
+) -> Result<()> {
+    let acks = format!("stores/{store}/acks/{device}");
+    for (sku, ev) in events {
+        client
+            .publish_json(
+                &format!("stores/{store}/stock/{sku}/events"),
+                ev,
+                QoS::ExactlyOnce,
+            )
+            .await?;
+    }
+    let ids: Vec<String> = events
+        .iter()
+        .map(|(_, e)| e["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    client
+        .wait_until("acks", |seen| {
+            ids.iter().all(|id| {
+                seen.iter().any(|m| {
+                    m.topic == acks
+                        && m.json["ids"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|x| x == id))
+                })
+            })
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_subscriber_gets_the_retained_availability_of_all_150_dishes() -> Result<()> {
+    let skus: Vec<String> = (0..10).map(|i| format!("sku-{i}")).collect();
+    let dish_ids: Vec<String> = (0..150).map(|i| format!("dish-{i:03}")).collect();
+    let sku_rows: Vec<(&str, &str, i64, i64)> =
+        skus.iter().map(|s| (s.as_str(), "pcs", 5, 50)).collect();
+    // dish-i uses (i % 7 + 1) pieces of sku-(i % 10).
+    let dishes: Vec<TestDish> = dish_ids
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            (
+                d.as_str(),
+                2,
+                vec![(skus[i % 10].as_str(), (i % 7 + 1) as i64)],
+            )
+        })
+        .collect();
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&chain_toml(&["big"], &sku_rows, &dishes), &data)?;
+
+    let mut scale = Client::connect(broker.addr, "scale-1").await?;
+    scale
+        .subscribe("stores/big/acks/scale-1", QoS::AtLeastOnce)
+        .await?;
+    let events: Vec<(&str, Value)> = skus
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                s.as_str(),
+                stock_event(
+                    &format!("recv-{i}"),
+                    "receive",
+                    30.0 + i as f64,
+                    "pcs",
+                    "scale-1",
+                ),
+            )
+        })
+        .collect();
+    stock_and_wait(&mut scale, "big", "scale-1", &events).await?;
+
+    let mut pos = Client::connect(broker.addr, "pos-late").await?;
+    pos.subscribe("stores/big/dishes/+/availability", QoS::AtLeastOnce)
+        .await?;
+    pos.wait_until("150 dishes", |seen| {
+        let mut topics: Vec<&str> = seen.iter().map(|m| m.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        topics.len() >= 150
+    })
+    .await?;
+    for (i, dish) in dish_ids.iter().enumerate() {
+        let doc = pos
+            .latest(&format!("stores/big/dishes/{dish}/availability"))
+            .cloned()
+            .unwrap_or_default();
+        let stock = 30 + (i % 10) as u64;
+        let want = stock / (i % 7 + 1) as u64;
+        assert_eq!(doc["portions"], json!(want), "{dish}: {doc}");
+        assert_eq!(doc["limited_by"], json!(skus[i % 10]), "{dish}");
+    }
+    assert_eq!(pos.seen.len(), 150, "exactly one retained copy per dish");
+
+    let mut menu = Client::connect(broker.addr, "pos-menu").await?;
+    menu.subscribe("stores/big/availability", QoS::AtLeastOnce)
+        .await?;
+    let doc = menu
+        .wait_latest("stores/big/availability", |d| {
+            d["dishes"].as_object().is_some_and(|m| m.len() == 150)
+        })
+        .await?;
+    assert_eq!(doc["dishes"]["dish-000"]["portions"], json!(30));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_sells_a_dish_out_and_its_void_brings_it_back() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let mut tablet = Client::connect(broker.addr, "tablet-1").await?;
+    tablet
+        .subscribe("stores/s1/acks/tablet-1", QoS::AtLeastOnce)
+        .await?;
+    stock_and_wait(
+        &mut tablet,
+        "s1",
+        "tablet-1",
+        &[
+            ("bun", stock_event("r1", "receive", 2.0, "pcs", "tablet-1")),
+            ("beef", stock_event("r2", "receive", 1.0, "kg", "tablet-1")),
+        ],
+    )
+    .await?;
+
+    let mut pos = Client::connect(broker.addr, "pos-1").await?;
+    pos.subscribe("stores/s1/dishes/burger/availability", QoS::AtLeastOnce)
+        .await?;
+    pos.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce)
+        .await?;
+    pos.subscribe("stores/s1/acks/pos-1", QoS::AtLeastOnce)
+        .await?;
+    pos.subscribe("stores/s1/errors/pos-1", QoS::AtLeastOnce)
+        .await?;
+    let burger = "stores/s1/dishes/burger/availability";
+    let before = pos
+        .wait_latest(burger, |d| d["portions"] == json!(2))
+        .await?;
+    assert_eq!(before["status"], json!("available"));
+
+    pos.publish_json(
+        "stores/s1/sales",
+        &sale("sale-1", &[("burger", 2)], "pos-1"),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    let out = pos
+        .wait_latest(burger, |d| d["status"] == json!("sold_out"))
+        .await?;
+    assert_eq!(
+        (out["portions"].clone(), out["limited_by"].clone()),
+        (json!(0), json!("bun"))
+    );
+    assert_eq!(out["rev"].as_u64(), before["rev"].as_u64().map(|r| r + 1));
+    pos.wait_latest("stores/s1/stock/beef/level", |d| d["qty"] == json!(700))
+        .await?;
+
+    pos.publish_json(
+        "stores/s1/sales",
+        &json!({"id": "void-1", "void": "sale-1"}),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    let back = pos
+        .wait_latest(burger, |d| d["status"] == json!("available"))
+        .await?;
+    assert_eq!(back["portions"], json!(2));
+    pos.wait_latest("stores/s1/stock/beef/level", |d| d["qty"] == json!(1000))
+        .await?;
+    pos.wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(2))
+        .await?;
+
+    // A second void of the same sale, and a void of an unknown sale.
+    pos.publish_json(
+        "stores/s1/sales",
+        &json!({"id": "void-2", "void": "sale-1"}),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    let err = pos.next_on("stores/s1/errors/pos-1").await?;
+    assert_eq!(
+        (err["id"].clone(), err["code"].clone()),
+        (json!("void-2"), json!("bad_void"))
+    );
+    pos.publish_json(
+        "stores/s1/sales",
+        &json!({"id": "void-3", "void": "sale-404"}),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    let err = pos.next_on("stores/s1/errors/pos-1").await?;
+    assert_eq!(
+        (err["id"].clone(), err["code"].clone()),
+        (json!("void-3"), json!("bad_void"))
+    );
+    assert_eq!(
+        pos.latest("stores/s1/stock/beef/level")
+            .map(|d| d["qty"].clone()),
+        Some(json!(1000))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_86_wins_until_released_or_until_its_time() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let mut kds = Client::connect(broker.addr, "kds-1").await?;
+    kds.subscribe("stores/s1/acks/kds-1", QoS::AtLeastOnce)
+        .await?;
+    kds.subscribe("stores/s1/dishes/chips/availability", QoS::AtLeastOnce)
+        .await?;
+    let chips = "stores/s1/dishes/chips/availability";
+    stock_and_wait(
+        &mut kds,
+        "s1",
+        "kds-1",
+        &[("fries", stock_event("r1", "receive", 2.0, "kg", "kds-1"))],
+    )
+    .await?;
+    kds.wait_latest(chips, |d| d["status"] == json!("available"))
+        .await?;
+
+    let topic = "stores/s1/dishes/chips/override";
+    kds.publish_json(
+        topic,
+        &json!({"id": "o1", "status": "sold_out", "by": "chef-anna", "note": "fryer down"}),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    let d = kds
+        .wait_latest(chips, |d| d["status"] == json!("sold_out"))
+        .await?;
+    assert_eq!(
+        (d["override"]["by"].clone(), d["portions"].clone()),
+        (json!("chef-anna"), json!(10))
+    );
+
+    // More stock does not lift the 86.
+    stock_and_wait(
+        &mut kds,
+        "s1",
+        "kds-1",
+        &[("fries", stock_event("r2", "receive", 1.0, "kg", "kds-1"))],
+    )
+    .await?;
+    let d = kds
+        .wait_latest(chips, |d| d["portions"] == json!(15))
+        .await?;
+    assert_eq!(d["status"], json!("sold_out"));
+
+    kds.publish_json(
+        topic,
+        &json!({"id": "o2", "status": "auto", "by": "chef-anna"}),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    let d = kds
+        .wait_latest(chips, |d| d["status"] == json!("available"))
+        .await?;
+    assert_eq!(d["override"], Value::Null);
+
+    // An 86 until a time lapses by itself.
+    let until = dishsync_protocol::payload::Timestamp(
+        dishsync_protocol::payload::Timestamp::now().0 + 1500,
+    );
+    kds.publish_json(
+        topic,
+        &json!({"id": "o3", "status": "sold_out", "by": "chef-anna", "until": until.to_string()}),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    let d = kds
+        .wait_latest(chips, |d| d["status"] == json!("sold_out"))
+        .await?;
+    assert_eq!(d["override"]["until"], json!(until.to_string()));
+    let d = kds
+        .wait_latest(chips, |d| d["status"] == json!("available"))
+        .await?;
+    assert_eq!(d["override"], Value::Null);
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! End-to-end scenarios: the real `dishsync-broker` as a child process on a
+//! free loopback port, real MQTT clients (rumqttc, and mosquitto's clients
+//! where installed). One test binary for the whole system, so the broker is
+//! built once.
+
+mod support;
+
+mod availability;
+mod bad_input;
+mod durability;
+mod interop;

@@ -1,0 +1,354 @@
+//! Test support for the end-to-end tests.
+//!
+//! - [`BrokerProcess`]: the real `dishsync-broker` as a child process on a
+//!   free loopback port with its own data directory; killed on drop.
+//! - [`Client`]: a real MQTT client (rumqttc) that collects what it
+//!   receives and waits for conditions with a deadline — never a sleep.
+//! - [`chain_toml`]: small chain configurations written for each test.
+//!
+//! Invariant: nothing here waits for a fixed time; every wait has a condition
+//! and a generous deadline ([`DEADLINE`]) so a loaded machine is slow, not
+//! flaky.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
+
+/// How long any single condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The broker binary built alongside these tests.
+fn broker_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_e2e-broker"))
+}
+
+/// A fresh temporary directory holding a `data` directory for a broker.
+pub fn temp_data_dir() -> Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    Ok((dir, data))
+}
+
+/// A running `dishsync-broker` child process.
+pub struct BrokerProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts the broker with `config` (written next to `data_dir`) on a free
+    /// loopback port, and waits until it accepts clients.
+    pub fn start(config: &str, data_dir: &Path) -> Result<BrokerProcess> {
+        let parent = data_dir.parent().unwrap_or(data_dir);
+        let config_path = parent.join("dishsync.toml");
+        std::fs::write(&config_path, config).context("writing the config")?;
+        let log = parent.join(format!(
+            "broker-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let stderr = std::fs::File::create(&log).context("creating the broker log")?;
+        let mut child = Command::new(broker_binary())
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info,rmqtt=warn,rmqtt_net=warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("spawning the broker")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(addr) = line.strip_prefix("dishsync-broker listening on mqtt://") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(a) => a.parse().context("parsing the listen address")?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!(
+                    "broker did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Ok(BrokerProcess { child, addr, log })
+    }
+
+    /// Kills the broker with SIGKILL — no shutdown, no flush — and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One message as a client received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The topic.
+    pub topic: String,
+    /// The payload, parsed as JSON (`Value::Null` if it was not JSON).
+    pub json: Value,
+}
+
+/// A real MQTT client that records everything it receives.
+pub struct Client {
+    /// The rumqttc handle.
+    pub mqtt: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Received>,
+    suback: mpsc::UnboundedReceiver<Vec<rumqttc::SubscribeReasonCode>>,
+    /// Everything received so far, in order.
+    pub seen: Vec<Received>,
+}
+
+impl Client {
+    /// Connects as `client_id` and waits for the CONNACK.
+    pub async fn connect(addr: SocketAddr, client_id: &str) -> Result<Client> {
+        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_clean_session(true);
+        let (mqtt, mut eventloop) = AsyncClient::new(opts, 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sub_tx, suback) = mpsc::unbounded_channel();
+        let (conn_tx, mut connected) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if tx
+                            .send(Received {
+                                topic: p.topic.clone(),
+                                json,
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = conn_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        let _ = sub_tx.send(ack.return_codes);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        timeout_at(Instant::now() + DEADLINE, connected.recv())
+            .await
+            .map_err(|_| anyhow!("{client_id}: no CONNACK"))?
+            .ok_or_else(|| anyhow!("{client_id}: connection failed"))?;
+        Ok(Client {
+            mqtt,
+            rx,
+            suback,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<()> {
+        self.mqtt.subscribe(filter, qos).await?;
+        let codes = timeout_at(Instant::now() + DEADLINE, self.suback.recv())
+            .await
+            .map_err(|_| anyhow!("no SUBACK for {filter}"))?
+            .ok_or_else(|| anyhow!("connection closed before SUBACK"))?;
+        if codes
+            .iter()
+            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+        {
+            bail!("subscription to {filter} refused");
+        }
+        Ok(())
+    }
+
+    /// Publishes a JSON document.
+    pub async fn publish_json(&self, topic: &str, body: &Value, qos: QoS) -> Result<()> {
+        self.mqtt
+            .publish(topic, qos, false, serde_json::to_vec(body)?)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes raw bytes.
+    pub async fn publish_raw(&self, topic: &str, payload: Vec<u8>, qos: QoS) -> Result<()> {
+        self.mqtt.publish(topic, qos, false, payload).await?;
+        Ok(())
+    }
+
+    /// Waits until `done` holds over everything received so far; returns it.
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&[Received]) -> bool,
+    ) -> Result<&[Received]> {
+        let deadline = Instant::now() + DEADLINE;
+        while !done(&self.seen) {
+            match timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => self.seen.push(m),
+                Ok(None) => bail!("connection closed while waiting for {what}"),
+                Err(_) => bail!(
+                    "timed out waiting for {what}; received {} messages",
+                    self.seen.len()
+                ),
+            }
+        }
+        Ok(&self.seen)
+    }
+
+    /// Waits for the next message on `topic` after those already seen.
+    pub async fn next_on(&mut self, topic: &str) -> Result<Value> {
+        let start = self.seen.len();
+        self.wait_until(topic, |seen| seen[start..].iter().any(|m| m.topic == topic))
+            .await?;
+        let found = self.seen[start..]
+            .iter()
+            .find(|m| m.topic == topic)
+            .map(|m| m.json.clone());
+        found.ok_or_else(|| anyhow!("no message on {topic}"))
+    }
+
+    /// The newest document received on `topic`, if any.
+    pub fn latest(&self, topic: &str) -> Option<&Value> {
+        self.seen
+            .iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .map(|m| &m.json)
+    }
+
+    /// Waits until the newest document on `topic` satisfies `ok`.
+    pub async fn wait_latest(&mut self, topic: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
+        self.wait_until(topic, |seen| {
+            seen.iter()
+                .rev()
+                .find(|m| m.topic == topic)
+                .is_some_and(|m| ok(&m.json))
+        })
+        .await?;
+        self.latest(topic)
+            .cloned()
+            .ok_or_else(|| anyhow!("no message on {topic}"))
+    }
+
+    /// Every message received on `topic`.
+    pub fn all_on(&self, topic: &str) -> Vec<&Value> {
+        self.seen
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| &m.json)
+            .collect()
+    }
+
+    /// Waits up to `deadline` for the next message. `Ok(None)`: nothing came
+    /// in time; `Err`: the connection is gone.
+    pub async fn recv_until(&mut self, deadline: Instant) -> Result<Option<Received>> {
+        match timeout_at(deadline, self.rx.recv()).await {
+            Ok(Some(m)) => {
+                self.seen.push(m.clone());
+                Ok(Some(m))
+            }
+            Ok(None) => bail!("connection closed"),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// A SKU line of a test chain: id, base unit, reorder point, par.
+pub type TestSku<'a> = (&'a str, &'a str, i64, i64);
+/// A dish of a test chain: id, low mark, recipe of (sku, qty per portion).
+pub type TestDish<'a> = (&'a str, u64, Vec<(&'a str, i64)>);
+
+/// A chain configuration with anonymous access on, with `stores` that each
+/// sell every dish.
+pub fn chain_toml(stores: &[&str], skus: &[TestSku], dishes: &[TestDish]) -> String {
+    let mut out = String::from("[broker]\nallow_anonymous = true\n\n");
+    for (id, unit, rp, par) in skus {
+        out.push_str(&format!(
+            "[[skus]]\nid = \"{id}\"\nname = \"{id}\"\nunit = \"{unit}\"\nreorder_point = {rp}\npar = {par}\n\n"
+        ));
+    }
+    for (id, low, recipe) in dishes {
+        let lines: Vec<String> = recipe
+            .iter()
+            .map(|(s, q)| format!("{{ sku = \"{s}\", qty = {q} }}"))
+            .collect();
+        out.push_str(&format!(
+            "[[dishes]]\nid = \"{id}\"\nname = \"{id}\"\nlow_mark = {low}\nrecipe = [{}]\n\n",
+            lines.join(", ")
+        ));
+    }
+    for s in stores {
+        out.push_str(&format!("[[stores]]\nid = \"{s}\"\nname = \"{s}\"\n\n"));
+    }
+    out
+}
+
+/// The small chain most tests use: stores `s1`, `s2`; burgers and fries.
+pub fn small_chain() -> String {
+    chain_toml(
+        &["s1", "s2"],
+        &[
+            ("bun", "pcs", 4, 20),
+            ("beef", "g", 600, 3000),
+            ("fries", "g", 1000, 5000),
+        ],
+        &[
+            ("burger", 1, vec![("bun", 1), ("beef", 150)]),
+            ("double", 1, vec![("bun", 1), ("beef", 300)]),
+            ("chips", 2, vec![("fries", 200)]),
+        ],
+    )
+}
+
+/// A stock event document.
+pub fn stock_event(id: &str, kind: &str, qty: f64, unit: &str, device: &str) -> Value {
+    serde_json::json!({
+        "id": id, "kind": kind, "qty": qty, "unit": unit,
+        "at": "2026-11-25T18:00:00Z", "device": device,
+        "reason": if kind == "waste" { Some("dropped") } else { None },
+    })
+}
+
+/// A sale document.
+pub fn sale(id: &str, lines: &[(&str, u32)], device: &str) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(d, p)| serde_json::json!({"dish": d, "portions": p}))
+        .collect();
+    serde_json::json!({"id": id, "lines": lines, "at": "2026-11-25T18:05:00Z", "device": device})
+}
