@@ -19,6 +19,9 @@ pub mod payload;
 pub mod topic;
 pub mod units;
 
+#[cfg(test)]
+mod contract;
+
 pub use ids::{DeviceId, DishId, EventId, IdError, SkuId, StoreId};
 pub use topic::{Topic, TopicError};
 pub use units::{BaseUnit, Quantity, Unit, UnitError};

@@ -61,11 +61,6 @@ pub enum Topic {
         /// The SKU.
         sku: SkuId,
     },
-    /// `stores/{store}/alerts` — not retained.
-    Alerts {
-        /// The store.
-        store: StoreId,
-    },
     /// `stores/{store}/acks/{device}` — ids durably committed.
     Acks {
         /// The store.
@@ -131,7 +126,6 @@ impl Topic {
             | Topic::DishAvailability { store, .. }
             | Topic::StoreAvailability { store }
             | Topic::StockLevel { store, .. }
-            | Topic::Alerts { store }
             | Topic::Acks { store, .. }
             | Topic::Errors { store, .. } => store,
         }
@@ -184,7 +178,6 @@ impl FromStr for Topic {
                 dish: dish(3)?,
             },
             ["stores", _, "availability"] => Topic::StoreAvailability { store: store(1)? },
-            ["stores", _, "alerts"] => Topic::Alerts { store: store(1)? },
             ["stores", _, "acks", _] => Topic::Acks {
                 store: store(1)?,
                 device: device(3)?,
@@ -218,7 +211,6 @@ impl fmt::Display for Topic {
             }
             Topic::StoreAvailability { store } => write!(f, "stores/{store}/availability"),
             Topic::StockLevel { store, sku } => write!(f, "stores/{store}/stock/{sku}/level"),
-            Topic::Alerts { store } => write!(f, "stores/{store}/alerts"),
             Topic::Acks { store, device } => write!(f, "stores/{store}/acks/{device}"),
             Topic::Errors { store, device } => write!(f, "stores/{store}/errors/{device}"),
         }
@@ -238,7 +230,6 @@ mod tests {
             "stores/downtown/dishes/classic-burger/override",
             "stores/downtown/dishes/classic-burger/availability",
             "stores/downtown/availability",
-            "stores/downtown/alerts",
             "stores/downtown/acks/pos-1",
             "stores/downtown/errors/pos-1",
             "stores/downtown/devices/scale-1/status",
