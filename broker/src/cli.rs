@@ -63,9 +63,8 @@ pub fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn")
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -90,10 +89,7 @@ pub fn main() -> ExitCode {
     if args.config.is_none() {
         print_demo_banner(&settings);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -123,7 +119,5 @@ fn print_demo_banner(s: &Settings) {
     let port = s.listen.port();
     println!("watch it:");
     println!("  mosquitto_sub -h {host} -p {port} -v -t 'stores/downtown/dishes/+/availability'");
-    println!(
-        "  mosquitto_sub -h {host} -p {port} -v -t 'stores/+/stock/+/level' -t 'stores/+/errors/#'"
-    );
+    println!("  mosquitto_sub -h {host} -p {port} -v -t 'stores/+/stock/+/level' -t 'stores/+/errors/#'");
 }

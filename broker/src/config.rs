@@ -232,14 +232,7 @@ impl Validator {
 
     /// A quantity in `unit` (default: the base unit) as a positive-or-zero
     /// integer of `base`.
-    fn base_qty(
-        &mut self,
-        place: &str,
-        qty: f64,
-        unit: Option<&str>,
-        base: BaseUnit,
-        min: i64,
-    ) -> Option<i64> {
+    fn base_qty(&mut self, place: &str, qty: f64, unit: Option<&str>, base: BaseUnit, min: i64) -> Option<i64> {
         let unit = match unit.map(str::parse::<Unit>) {
             None => Unit::from(base),
             Some(Ok(u)) => u,
@@ -311,13 +304,7 @@ impl Validator {
                 }
             };
             let pack = self.base_qty(&format!("{place}.pack"), s.pack, None, unit, 1);
-            let rp = self.base_qty(
-                &format!("{place}.reorder_point"),
-                s.reorder_point,
-                None,
-                unit,
-                0,
-            );
+            let rp = self.base_qty(&format!("{place}.reorder_point"), s.reorder_point, None, unit, 0);
             let par = self.base_qty(&format!("{place}.par"), s.par, None, unit, 0);
             if let (Some(rp), Some(par)) = (rp, par) {
                 if par < rp {
@@ -326,13 +313,7 @@ impl Validator {
                         format!("par {par} is below the reorder point {rp}"),
                     );
                 }
-                defaults.insert(
-                    id.clone(),
-                    StockParams {
-                        reorder_point: rp,
-                        par,
-                    },
-                );
+                defaults.insert(id.clone(), StockParams { reorder_point: rp, par });
             }
             if let Some(pack) = pack {
                 skus.push(Sku {
@@ -343,8 +324,7 @@ impl Validator {
                 });
             }
         }
-        let units: BTreeMap<SkuId, BaseUnit> =
-            skus.iter().map(|s| (s.id.clone(), s.unit)).collect();
+        let units: BTreeMap<SkuId, BaseUnit> = skus.iter().map(|s| (s.id.clone(), s.unit)).collect();
 
         let mut dishes = Vec::new();
         let mut seen = BTreeSet::new();
@@ -357,10 +337,7 @@ impl Validator {
                 self.issue(format!("{place}.id"), format!("dish {id} is defined twice"));
             }
             if d.recipe.is_empty() {
-                self.issue(
-                    format!("{place}.recipe"),
-                    "a dish needs at least one ingredient",
-                );
+                self.issue(format!("{place}.recipe"), "a dish needs at least one ingredient");
             }
             let mut recipe = Vec::new();
             for (j, line) in d.recipe.iter().enumerate() {
@@ -372,13 +349,9 @@ impl Validator {
                     self.issue(format!("{lplace}.sku"), format!("unknown SKU {sku}"));
                     continue;
                 };
-                if let Some(per_portion) = self.base_qty(
-                    &format!("{lplace}.qty"),
-                    line.qty,
-                    line.unit.as_deref(),
-                    unit,
-                    1,
-                ) {
+                if let Some(per_portion) =
+                    self.base_qty(&format!("{lplace}.qty"), line.qty, line.unit.as_deref(), unit, 1)
+                {
                     recipe.push(RecipeLine { sku, per_portion });
                 }
             }
@@ -399,10 +372,7 @@ impl Validator {
                 continue;
             };
             if !seen.insert(id.clone()) {
-                self.issue(
-                    format!("{place}.id"),
-                    format!("store {id} is defined twice"),
-                );
+                self.issue(format!("{place}.id"), format!("store {id} is defined twice"));
             }
             let menu = match &s.menu {
                 None => dish_ids.iter().cloned().collect(),
@@ -475,10 +445,7 @@ impl Validator {
         };
         Some(Settings {
             listen: listen?,
-            data_dir: file
-                .broker
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: file.broker.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             allow_anonymous: file.broker.allow_anonymous,
             max_inflight,
             max_mqueue_len,
@@ -551,8 +518,7 @@ menu = ["burger", "pizza"]
 
     #[test]
     fn unknown_fields_and_syntax_errors_name_a_line() {
-        let err = Settings::parse("[broker]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n")
-            .expect_err("unknown");
+        let err = Settings::parse("[broker]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n").expect_err("unknown");
         assert_eq!(err.issues[0].place, "line 3", "{err}");
         assert!(err.issues[0].problem.contains("colour"), "{err}");
         let err = Settings::parse("[broker\n").expect_err("syntax");

@@ -56,9 +56,7 @@ impl IntakeHook {
             Err(e) => {
                 let r = Rejection::new(ErrorCode::UnknownTopic, e.to_string());
                 match Topic::store_prefix(topic) {
-                    Some(store) => {
-                        report(&self.out, &store, &device, topic, salvage_id(payload), &r).await
-                    }
+                    Some(store) => report(&self.out, &store, &device, topic, salvage_id(payload), &r).await,
                     None => warn!(%device, topic, "publish outside the contract refused"),
                 }
                 return refuse(PublishAckReason::TopicNameInvalid, &r);
@@ -78,10 +76,7 @@ impl IntakeHook {
                 if payload == b"online" || payload == b"offline" {
                     PublishAclResult::allow()
                 } else {
-                    let r = Rejection::new(
-                        ErrorCode::MalformedPayload,
-                        "device status must be online or offline",
-                    );
+                    let r = Rejection::new(ErrorCode::MalformedPayload, "device status must be online or offline");
                     report(&self.out, &store, &device, topic, None, &r).await;
                     refuse(PublishAckReason::PayloadFormatInvalid, &r)
                 }
@@ -101,15 +96,10 @@ impl IntakeHook {
                         Some("already applied".into()),
                         false,
                     )),
-                    Some(Verdict::Rejected(r)) => {
-                        refuse(PublishAckReason::PayloadFormatInvalid, &r)
-                    }
+                    Some(Verdict::Rejected(r)) => refuse(PublishAckReason::PayloadFormatInvalid, &r),
                     None => refuse(
                         PublishAckReason::ImplementationSpecificError,
-                        &Rejection::new(
-                            ErrorCode::Unavailable,
-                            "the rules are stopping; send again",
-                        ),
+                        &Rejection::new(ErrorCode::Unavailable, "the rules are stopping; send again"),
                     ),
                 }
             }
@@ -122,11 +112,7 @@ fn unnamed() -> DeviceId {
 }
 
 fn refuse(code: PublishAckReason, r: &Rejection) -> PublishAclResult {
-    PublishAclResult(PublishResult::reason_code(
-        code,
-        Some(r.message.clone().into()),
-        false,
-    ))
+    PublishAclResult(PublishResult::reason_code(code, Some(r.message.clone().into()), false))
 }
 
 #[async_trait]

@@ -1,13 +1,17 @@
 //! In-process publication: the broker's own messages (availability, levels,
 //! acks, errors) go straight into rmqtt's router — no network client.
 //!
-//! Owns the translation from a contract [`Topic`] plus a serialisable
-//! document to an rmqtt publish. Retained documents land in the retainer
+//! [`Publisher`] is the seam between the rules shell and a broker: the
+//! rules publish through it, [`Outbound`] implements it on rmqtt's router
+//! (and a worker attached to an external broker would implement it on an
+//! MQTT client). [`publish_doc`] is the one place that turns a document into
+//! JSON bytes. Retained documents land in the retainer
 //! (`retainer`) as a side effect of routing, whether or not anyone
 //! subscribes.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use dishsync_protocol::Topic;
 use rmqtt::codec::types::QoS;
@@ -20,6 +24,23 @@ use tracing::warn;
 
 /// The client id our own publications carry.
 pub const RULES_CLIENT_ID: &str = "dishsync-rules";
+
+/// Where the rules' messages go. Every message is QoS 1.
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes `payload` on `topic`, retained or not. Failures are logged,
+    /// not returned: sled, not the broker, is the source of truth, and
+    /// retained state is re-published from it at every start.
+    async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool);
+}
+
+/// Publishes `doc` as JSON on `topic`.
+pub async fn publish_doc<T: Serialize + Sync>(out: &dyn Publisher, topic: &Topic, doc: &T, retain: bool) {
+    match serde_json::to_vec(doc) {
+        Ok(payload) => out.publish(topic, payload, retain).await,
+        Err(e) => warn!(%topic, error = %e, "could not encode an outgoing document"),
+    }
+}
 
 /// A handle that publishes into the embedded broker. Cheap to clone.
 #[derive(Clone)]
@@ -37,16 +58,11 @@ impl Outbound {
             from: Arc::new(From::from_system(id)),
         }
     }
+}
 
-    /// Publishes `body` as JSON on `topic` at QoS 1.
-    pub async fn publish<T: Serialize>(&self, topic: &Topic, body: &T, retain: bool) {
-        let payload = match serde_json::to_vec(body) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(%topic, error = %e, "could not encode an outgoing document");
-                return;
-            }
-        };
+#[async_trait]
+impl Publisher for Outbound {
+    async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool) {
         let publish = CodecPublish {
             dup: false,
             retain,
@@ -57,9 +73,7 @@ impl Outbound {
             properties: None,
         };
         let publish = Publish::from(publish).create_time(timestamp_millis());
-        if let Err(e) =
-            SessionState::forwards(&self.scx, (*self.from).clone(), publish, false, None).await
-        {
+        if let Err(e) = SessionState::forwards(&self.scx, (*self.from).clone(), publish, false, None).await {
             warn!(%topic, error = %e, "in-process publish failed");
         }
     }

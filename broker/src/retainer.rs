@@ -26,12 +26,7 @@ impl RetainStorage for MemoryRetainer {
         true
     }
 
-    async fn set(
-        &self,
-        topic: &TopicName,
-        retain: Retain,
-        _expiry: Option<Duration>,
-    ) -> Result<()> {
+    async fn set(&self, topic: &TopicName, retain: Retain, _expiry: Option<Duration>) -> Result<()> {
         // Expiry is ignored on purpose: a POS must get availability however
         // long ago it last changed.
         self.inner.set_with_timeout(topic, retain, None).await

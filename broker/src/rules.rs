@@ -18,19 +18,18 @@
 //! atomic write as its effects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dishsync_inventory::{Changes, Inventory, Rejection, SaleRecord};
-use dishsync_protocol::payload::{
-    AckOut, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp,
-};
+use dishsync_protocol::payload::{AckOut, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp};
 use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::outbound::Outbound;
+use crate::outbound::{publish_doc, Publisher};
 use crate::store::{Store, StoreError};
 
 /// Most inputs in one group commit.
@@ -113,12 +112,9 @@ impl Input {
                 },
                 json(event),
             ),
-            Input::Sale { store, sale: s } | Input::Void { store, void: s } => (
-                Topic::Sales {
-                    store: store.clone(),
-                },
-                json(s),
-            ),
+            Input::Sale { store, sale: s } | Input::Void { store, void: s } => {
+                (Topic::Sales { store: store.clone() }, json(s))
+            }
             Input::Override { store, dish, ov } => (
                 Topic::DishOverride {
                     store: store.clone(),
@@ -147,10 +143,7 @@ fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
 }
 
 fn malformed(e: serde_json::Error) -> Rejection {
-    Rejection::new(
-        ErrorCode::MalformedPayload,
-        format!("malformed payload: {e}"),
-    )
+    Rejection::new(ErrorCode::MalformedPayload, format!("malformed payload: {e}"))
 }
 
 /// Decodes and validates the payload of an input topic.
@@ -205,10 +198,7 @@ pub fn salvage_id(payload: &[u8]) -> Option<String> {
         return None;
     }
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    value
-        .get("id")?
-        .as_str()
-        .map(|s| s.chars().take(64).collect())
+    value.get("id")?.as_str().map(|s| s.chars().take(64).collect())
 }
 
 /// What became of an input.
@@ -253,7 +243,7 @@ impl RulesHandle {
 
 /// Publishes an error report for a rejected input, and logs it.
 pub async fn report(
-    out: &Outbound,
+    out: &dyn Publisher,
     store: &StoreId,
     device: &DeviceId,
     topic: &str,
@@ -267,7 +257,8 @@ pub async fn report(
         code: r.code,
         error: r.message.clone(),
     };
-    out.publish(
+    publish_doc(
+        out,
         &Topic::Errors {
             store: store.clone(),
             device: device.clone(),
@@ -279,10 +270,11 @@ pub async fn report(
 }
 
 /// Publishes every retained document of `changes` from `inv`.
-pub async fn publish_changes(out: &Outbound, inv: &Inventory, changes: &Changes) {
+pub async fn publish_changes(out: &dyn Publisher, inv: &Inventory, changes: &Changes) {
     for (store, sku) in &changes.levels {
         if let Some(doc) = inv.level_out(store, sku) {
-            out.publish(
+            publish_doc(
+                out,
                 &Topic::StockLevel {
                     store: store.clone(),
                     sku: sku.clone(),
@@ -295,7 +287,8 @@ pub async fn publish_changes(out: &Outbound, inv: &Inventory, changes: &Changes)
     }
     for (store, dish) in &changes.dishes {
         if let Some(doc) = inv.dish_out(store, dish) {
-            out.publish(
+            publish_doc(
+                out,
                 &Topic::DishAvailability {
                     store: store.clone(),
                     dish: dish.clone(),
@@ -309,26 +302,15 @@ pub async fn publish_changes(out: &Outbound, inv: &Inventory, changes: &Changes)
 }
 
 /// Publishes a store's whole-menu document.
-pub async fn publish_menu(out: &Outbound, inv: &Inventory, store: &StoreId) {
+pub async fn publish_menu(out: &dyn Publisher, inv: &Inventory, store: &StoreId) {
     if let Some(doc) = inv.menu_out(store) {
-        out.publish(
-            &Topic::StoreAvailability {
-                store: store.clone(),
-            },
-            &doc,
-            true,
-        )
-        .await;
+        publish_doc(out, &Topic::StoreAvailability { store: store.clone() }, &doc, true).await;
     }
 }
 
 /// Writes the states named in `changes` into `commit`.
-pub fn stage_changes(
-    commit: &mut crate::store::Commit,
-    inv: &Inventory,
-    changes: &Changes,
-) -> Result<(), StoreError> {
-    for (store, sku) in &changes.levels {
+pub fn stage_changes(commit: &mut crate::store::Commit, inv: &Inventory, changes: &Changes) -> Result<(), StoreError> {
+    for (store, sku) in &changes.skus {
         commit.sku_state(inv, store, sku)?;
     }
     for (store, dish) in &changes.dishes {
@@ -344,7 +326,7 @@ pub fn stage_changes(
 struct Rules {
     inv: Inventory,
     store: Store,
-    out: Outbound,
+    out: Arc<dyn Publisher>,
     /// When each store's menu document was last published.
     menu_published: HashMap<StoreId, Instant>,
     /// Stores whose menu document changed but was published too recently.
@@ -352,7 +334,7 @@ struct Rules {
 }
 
 /// Starts the rules task on the current runtime.
-pub fn start(inv: Inventory, store: Store, out: Outbound) -> RulesHandle {
+pub fn start(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> RulesHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
     let rules = Rules {
         inv,
@@ -405,7 +387,7 @@ impl Rules {
             for (store, dish) in &changes.dishes {
                 info!(%store, %dish, "override lapsed");
             }
-            publish_changes(&self.out, &self.inv, &changes).await;
+            publish_changes(self.out.as_ref(), &self.inv, &changes).await;
             self.menu_due.extend(changes.menus);
         }
         self.publish_due_menus().await;
@@ -428,7 +410,7 @@ impl Rules {
         for store in ready {
             self.menu_due.remove(&store);
             self.menu_published.insert(store.clone(), now);
-            publish_menu(&self.out, &self.inv, &store).await;
+            publish_menu(self.out.as_ref(), &self.inv, &store).await;
         }
     }
 
@@ -456,25 +438,19 @@ impl Rules {
                 )),
                 None => {
                     let result = match &intake.input {
-                        Input::Stock { store, sku, event } => {
-                            self.inv.apply_stock(store, sku, event, now)
-                        }
+                        Input::Stock { store, sku, event } => self.inv.apply_stock(store, sku, event, now),
                         Input::Sale { store, sale } => self.inv.apply_sale(store, sale, now),
                         Input::Void { store, void } => {
                             let record = match &void.void {
-                                Some(sale_id) => {
-                                    match sales_in_batch.get(&(store.clone(), sale_id.clone())) {
-                                        Some(r) => Some(r.clone()),
-                                        None => self.store.sale(store, sale_id)?,
-                                    }
-                                }
+                                Some(sale_id) => match sales_in_batch.get(&(store.clone(), sale_id.clone())) {
+                                    Some(r) => Some(r.clone()),
+                                    None => self.store.sale(store, sale_id)?,
+                                },
                                 None => None,
                             };
                             self.inv.apply_void(store, void, record.as_ref(), now)
                         }
-                        Input::Override { store, dish, ov } => {
-                            self.inv.apply_override(store, dish, ov, now)
-                        }
+                        Input::Override { store, dish, ov } => self.inv.apply_override(store, dish, ov, now),
                     };
                     match result {
                         Ok(outcome) => {
@@ -505,7 +481,7 @@ impl Rules {
 
         // Retained state first, so that a device holding its PUBACK already
         // finds the new availability.
-        publish_changes(&self.out, &self.inv, &changes).await;
+        publish_changes(self.out.as_ref(), &self.inv, &changes).await;
         let mut acks: BTreeMap<(StoreId, DeviceId), Vec<EventId>> = BTreeMap::new();
         let mut rejected = Vec::new();
         for (intake, reply, verdict) in decided {
@@ -521,22 +497,13 @@ impl Rules {
             let _ = reply.send(verdict);
         }
         for ((store, device), ids) in acks {
-            self.out
-                .publish(&Topic::Acks { store, device }, &AckOut { ids }, false)
-                .await;
+            let topic = Topic::Acks { store, device };
+            publish_doc(self.out.as_ref(), &topic, &AckOut { ids }, false).await;
         }
         for (intake, r) in rejected {
             let topic = input_topic(&intake.input).to_string();
             let id = Some(intake.input.id().to_string());
-            report(
-                &self.out,
-                intake.input.store(),
-                &intake.device,
-                &topic,
-                id,
-                &r,
-            )
-            .await;
+            report(self.out.as_ref(), intake.input.store(), &intake.device, &topic, id, &r).await;
         }
         self.menu_due.extend(changes.menus);
         self.publish_due_menus().await;
@@ -550,9 +517,7 @@ fn input_topic(input: &Input) -> Topic {
             store: store.clone(),
             sku: sku.clone(),
         },
-        Input::Sale { store, .. } | Input::Void { store, .. } => Topic::Sales {
-            store: store.clone(),
-        },
+        Input::Sale { store, .. } | Input::Void { store, .. } => Topic::Sales { store: store.clone() },
         Input::Override { store, dish, .. } => Topic::DishOverride {
             store: store.clone(),
             dish: dish.clone(),
@@ -563,6 +528,12 @@ fn input_topic(input: &Input) -> Topic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_trait::async_trait;
+    use dishsync_inventory::catalog::{Dish, RecipeLine, Sku, StockParams, Store as StoreDef};
+    use dishsync_inventory::Catalog;
+    use dishsync_protocol::payload::StockKind;
+    use dishsync_protocol::{BaseUnit, Unit};
+    use proptest::prelude::*;
 
     fn topic(s: &str) -> Topic {
         s.parse().expect("topic")
@@ -582,18 +553,10 @@ mod tests {
                 br#"{"id":"s","lines":[{"dish":"x","portions":-1}]}"#,
                 ErrorCode::MalformedPayload,
             ),
-            (
-                &topic("stores/s1/availability"),
-                b"{}",
-                ErrorCode::UnknownTopic,
-            ),
+            (&topic("stores/s1/availability"), b"{}", ErrorCode::UnknownTopic),
         ];
         for (t, payload, code) in cases {
-            assert_eq!(
-                decode(t, payload).map_err(|r| r.code).err(),
-                Some(code),
-                "{t}"
-            );
+            assert_eq!(decode(t, payload).map_err(|r| r.code).err(), Some(code), "{t}");
         }
         let void = decode(&topic("stores/s1/sales"), br#"{"id":"v1","void":"s1"}"#).expect("void");
         assert!(matches!(void, Input::Void { .. }));
@@ -602,22 +565,224 @@ mod tests {
     #[test]
     fn fingerprint_ignores_formatting_not_content() {
         let t = topic("stores/s1/stock/beef/events");
-        let a = decode(&t, br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#);
+        let a = decode(
+            &t,
+            br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#,
+        );
         let b = decode(&t, br#"{ "device":"t1", "at":"2026-11-25T19:00:00+01:00", "unit":"kg", "qty":1.0, "kind":"receive", "id":"e1" }"#);
-        let c = decode(&t, br#"{"id":"e1","kind":"receive","qty":2,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#);
+        let c = decode(
+            &t,
+            br#"{"id":"e1","kind":"receive","qty":2,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#,
+        );
         let (a, b, c) = (a.expect("a"), b.expect("b"), c.expect("c"));
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
-        let other_sku = decode(&topic("stores/s1/stock/bun/events"), br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#);
+        let other_sku = decode(
+            &topic("stores/s1/stock/bun/events"),
+            br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#,
+        );
         assert_ne!(a.fingerprint(), other_sku.expect("other").fingerprint());
     }
 
     #[test]
     fn salvage() {
-        assert_eq!(
-            salvage_id(br#"{"id":"e9","qty":"x"}"#).as_deref(),
-            Some("e9")
-        );
+        assert_eq!(salvage_id(br#"{"id":"e9","qty":"x"}"#).as_deref(), Some("e9"));
         assert_eq!(salvage_id(b"garbage"), None);
+    }
+
+    /// Collects what the rules publish.
+    #[derive(Default)]
+    struct Collector(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Publisher for Collector {
+        async fn publish(&self, topic: &Topic, _payload: Vec<u8>, _retain: bool) {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push(topic.to_string());
+            }
+        }
+    }
+
+    fn id<T: std::str::FromStr>(s: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        s.parse().expect("test id")
+    }
+
+    fn catalog() -> Arc<Catalog> {
+        let sku = |name: &str, unit| Sku {
+            id: id(name),
+            name: name.into(),
+            unit,
+            pack: 1,
+        };
+        let params = StockParams {
+            reorder_point: 1,
+            par: 10,
+        };
+        Arc::new(
+            Catalog::new(
+                vec![sku("a", BaseUnit::Pcs), sku("b", BaseUnit::G)],
+                vec![Dish {
+                    id: id("d"),
+                    name: "d".into(),
+                    low_mark: 1,
+                    recipe: vec![
+                        RecipeLine {
+                            sku: id("a"),
+                            per_portion: 1,
+                        },
+                        RecipeLine {
+                            sku: id("b"),
+                            per_portion: 10,
+                        },
+                    ],
+                }],
+                vec![StoreDef {
+                    id: id("s1"),
+                    name: "s1".into(),
+                    menu: vec![id("d")],
+                    stock: [(id("a"), params), (id("b"), params)].into_iter().collect(),
+                }],
+            )
+            .expect("catalog"),
+        )
+    }
+
+    /// The k-th distinct input of the pool: stock events of several kinds
+    /// on two SKUs.
+    fn pool(k: usize) -> Input {
+        let kinds = [
+            StockKind::Receive,
+            StockKind::Consume,
+            StockKind::Adjust,
+            StockKind::Waste,
+        ];
+        let kind = kinds[k % kinds.len()];
+        let (sku, unit) = if k % 2 == 0 { ("a", Unit::Pcs) } else { ("b", Unit::G) };
+        let qty = (k % 5 + 1) as f64
+            * if kind == StockKind::Adjust && k % 3 == 0 {
+                -1.0
+            } else {
+                1.0
+            };
+        Input::Stock {
+            store: id("s1"),
+            sku: id(sku),
+            event: StockEventIn {
+                id: id(&format!("e{k}")),
+                kind,
+                qty,
+                unit,
+                at: Timestamp(1_700_000_000_000 + k as i64),
+                device: id("dev"),
+                reference: None,
+                reason: (kind == StockKind::Waste).then(|| "spilt".to_string()),
+            },
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> Rules {
+        let store = Store::open(dir).expect("sled");
+        let (inv, _) = Inventory::restore(catalog(), store.load().expect("load"), 0);
+        Rules {
+            inv,
+            store,
+            out: Arc::new(Collector::default()),
+            menu_published: HashMap::new(),
+            menu_due: BTreeSet::new(),
+        }
+    }
+
+    /// Runs `batches` of pool indices through the rules on a real sled in
+    /// `dir`, reopening everything after batch `restart_after`.
+    async fn run(dir: &std::path::Path, batches: &[Vec<usize>], restart_after: usize) -> (Vec<Verdict>, Inventory) {
+        let mut rules = open(dir);
+        let mut verdicts = Vec::new();
+        for (i, batch) in batches.iter().enumerate() {
+            let mut commands = Vec::new();
+            let mut replies = Vec::new();
+            for &k in batch {
+                let (tx, rx) = oneshot::channel();
+                commands.push(Command::Intake(
+                    Intake {
+                        input: pool(k),
+                        device: id("dev"),
+                    },
+                    tx,
+                ));
+                replies.push(rx);
+            }
+            rules.process(commands).await.expect("commit");
+            for rx in replies {
+                verdicts.push(rx.await.expect("verdict"));
+            }
+            if i == restart_after {
+                drop(rules);
+                rules = open(dir);
+            }
+        }
+        (verdicts, rules.inv)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the batching, repetition and restarts, every id is applied
+        /// exactly once: the state equals applying each distinct input once.
+        #[test]
+        fn any_input_applied_twice_counts_once(
+            batches in prop::collection::vec(prop::collection::vec(0usize..12, 1..8), 1..8),
+            restart_after in 0usize..8,
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let (verdicts, inv) = runtime.block_on(run(dir.path(), &batches, restart_after));
+
+            let mut expected = Inventory::new(catalog(), 0);
+            let mut first = std::collections::HashSet::new();
+            let flat: Vec<usize> = batches.iter().flatten().copied().collect();
+            for (n, &k) in flat.iter().enumerate() {
+                if first.insert(k) {
+                    let Input::Stock { store, sku, event } = pool(k) else { unreachable!("pool is stock events") };
+                    expected.apply_stock(&store, &sku, &event, 0).expect("valid input");
+                    prop_assert_eq!(&verdicts[n], &Verdict::Applied);
+                } else {
+                    prop_assert_eq!(&verdicts[n], &Verdict::Duplicate);
+                }
+            }
+            for sku in ["a", "b"] {
+                let got = inv.level_out(&id("s1"), &id(sku)).map(|l| l.qty);
+                let want = expected.level_out(&id("s1"), &id(sku)).map(|l| l.qty);
+                prop_assert_eq!(got, want, "sku {}", sku);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reused_id_with_other_content_is_refused_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (verdicts, inv) = run(dir.path(), &[vec![0], vec![0]], 0).await;
+        assert_eq!(verdicts, vec![Verdict::Applied, Verdict::Duplicate]);
+        drop(inv);
+        let mut rules = open(dir.path());
+        let Input::Stock { store, sku, mut event } = pool(0) else {
+            unreachable!("stock event")
+        };
+        event.qty += 1.0;
+        let (tx, rx) = oneshot::channel();
+        rules
+            .process(vec![Command::Intake(
+                Intake {
+                    input: Input::Stock { store, sku, event },
+                    device: id("dev"),
+                },
+                tx,
+            )])
+            .await
+            .expect("commit");
+        let verdict = rx.await.expect("verdict");
+        assert!(matches!(verdict, Verdict::Rejected(r) if r.code == ErrorCode::IdConflict));
     }
 }

@@ -9,6 +9,7 @@
 
 use std::num::NonZeroU16;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use dishsync_inventory::{Changes, Inventory};
@@ -44,10 +45,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if !changes.is_empty() {
         let mut commit = store.begin()?;
         stage_changes(&mut commit, &inventory, &changes)?;
-        store
-            .commit(commit)
-            .await
-            .context("persisting the initial state")?;
+        store.commit(commit).await.context("persisting the initial state")?;
     }
     republish_all(&out, &inventory).await;
     info!(
@@ -56,7 +54,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "state restored and re-published"
     );
 
-    let rules = rules::start(inventory, store, out.clone());
+    let rules = rules::start(inventory, store, Arc::new(out.clone()));
     let register = scx.extends.hook_mgr().register();
     register
         .add_priority(
@@ -66,11 +64,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )
         .await;
     register
-        .add_priority(
-            Type::MessageDropped,
-            HOOK_PRIORITY,
-            Box::new(DropCounter::default()),
-        )
+        .add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::default()))
         .await;
     register.start().await;
 
@@ -103,8 +97,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn open_data_dir(dir: &Path) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

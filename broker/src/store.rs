@@ -71,10 +71,7 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
         Ok(Store { db })
     }
 
@@ -101,9 +98,7 @@ impl Store {
                         dish.parse().map_err(|_| bad())?,
                         decode(&key, &value)?,
                     ),
-                    ["m", store] => {
-                        Restored::Menu(store.parse().map_err(|_| bad())?, decode(&key, &value)?)
-                    }
+                    ["m", store] => Restored::Menu(store.parse().map_err(|_| bad())?, decode(&key, &value)?),
                     _ => return Err(bad()),
                 };
                 out.push(restored);
@@ -180,12 +175,7 @@ pub struct Commit {
 
 impl Commit {
     /// Records that `id` was applied with content `fingerprint`.
-    pub fn event_id(
-        &mut self,
-        store: &StoreId,
-        id: &EventId,
-        fingerprint: u64,
-    ) -> Result<(), StoreError> {
+    pub fn event_id(&mut self, store: &StoreId, id: &EventId, fingerprint: u64) -> Result<(), StoreError> {
         self.put(key2("i", store.as_str(), id.as_str()), &fingerprint)
     }
 
@@ -201,22 +191,12 @@ impl Commit {
     }
 
     /// Stores a sale record.
-    pub fn sale(
-        &mut self,
-        store: &StoreId,
-        id: &EventId,
-        record: &SaleRecord,
-    ) -> Result<(), StoreError> {
+    pub fn sale(&mut self, store: &StoreId, id: &EventId, record: &SaleRecord) -> Result<(), StoreError> {
         self.put(key2("x", store.as_str(), id.as_str()), record)
     }
 
     /// Stores the current state of a SKU, taken from the inventory.
-    pub fn sku_state(
-        &mut self,
-        inv: &Inventory,
-        store: &StoreId,
-        sku: &SkuId,
-    ) -> Result<(), StoreError> {
+    pub fn sku_state(&mut self, inv: &Inventory, store: &StoreId, sku: &SkuId) -> Result<(), StoreError> {
         match inv.sku_state(store, sku) {
             Some(state) => self.put(key2("k", store.as_str(), sku.as_str()), state),
             None => Ok(()),
@@ -224,12 +204,7 @@ impl Commit {
     }
 
     /// Stores the current state of a dish, taken from the inventory.
-    pub fn dish_state(
-        &mut self,
-        inv: &Inventory,
-        store: &StoreId,
-        dish: &DishId,
-    ) -> Result<(), StoreError> {
+    pub fn dish_state(&mut self, inv: &Inventory, store: &StoreId, dish: &DishId) -> Result<(), StoreError> {
         match inv.dish_state(store, dish) {
             Some(state) => self.put(key2("d", store.as_str(), dish.as_str()), state),
             None => Ok(()),

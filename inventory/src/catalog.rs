@@ -114,11 +114,7 @@ pub struct Catalog {
 
 impl Catalog {
     /// Indexes and cross-checks a catalog.
-    pub fn new(
-        skus: Vec<Sku>,
-        dishes: Vec<Dish>,
-        stores: Vec<Store>,
-    ) -> Result<Catalog, CatalogError> {
+    pub fn new(skus: Vec<Sku>, dishes: Vec<Dish>, stores: Vec<Store>) -> Result<Catalog, CatalogError> {
         let skus: BTreeMap<_, _> = skus.into_iter().map(|s| (s.id.clone(), s)).collect();
         for sku in skus.values() {
             if sku.pack < 1 {
@@ -220,8 +216,6 @@ impl Catalog {
 
     /// Whether `dish` is on `store`'s menu.
     pub fn on_menu(&self, store: &StoreId, dish: &DishId) -> bool {
-        self.stores
-            .get(store)
-            .is_some_and(|s| s.menu.contains(dish))
+        self.stores.get(store).is_some_and(|s| s.menu.contains(dish))
     }
 }

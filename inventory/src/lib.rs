@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use dishsync_protocol::payload::{
-    ActiveOverride, DishAvailabilityOut, DishStatus, ErrorCode, LevelOut, LevelState, MenuEntry,
-    OverrideIn, OverrideStatus, SaleIn, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
+    ActiveOverride, DishAvailabilityOut, DishStatus, ErrorCode, LevelOut, LevelState, MenuEntry, OverrideIn,
+    OverrideStatus, SaleIn, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
 };
 use dishsync_protocol::{DeviceId, DishId, EventId, Millis, Quantity, SkuId, StoreId};
 use serde::{Deserialize, Serialize};
@@ -185,7 +185,10 @@ pub struct LedgerEntry {
 /// Which documents an input changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Level documents.
+    /// SKU states to persist: every SKU an input touched, even when its level
+    /// did not move (a count equal to the level still moves the count's time).
+    pub skus: BTreeSet<(StoreId, SkuId)>,
+    /// Level documents to publish (always a subset of `skus`).
     pub levels: BTreeSet<(StoreId, SkuId)>,
     /// Dish availability documents.
     pub dishes: BTreeSet<(StoreId, DishId)>,
@@ -196,6 +199,7 @@ pub struct Changes {
 impl Changes {
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: Changes) {
+        self.skus.extend(other.skus);
         self.levels.extend(other.levels);
         self.dishes.extend(other.dishes);
         self.menus.extend(other.menus);
@@ -203,7 +207,7 @@ impl Changes {
 
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.levels.is_empty() && self.dishes.is_empty() && self.menus.is_empty()
+        self.skus.is_empty() && self.levels.is_empty() && self.dishes.is_empty() && self.menus.is_empty()
     }
 }
 
@@ -278,11 +282,7 @@ impl Inventory {
     /// start fresh. Every dish is recomputed against the current catalog (a
     /// recipe may have changed): the returned [`Changes`] name what differs
     /// from what was persisted, plus everything that started fresh.
-    pub fn restore(
-        catalog: Arc<Catalog>,
-        restored: Vec<Restored>,
-        now: Millis,
-    ) -> (Inventory, Changes) {
+    pub fn restore(catalog: Arc<Catalog>, restored: Vec<Restored>, now: Millis) -> (Inventory, Changes) {
         let mut stores: BTreeMap<StoreId, StoreState> = BTreeMap::new();
         for store in catalog.stores() {
             stores.insert(
@@ -322,6 +322,7 @@ impl Inventory {
             };
             for sku in catalog.skus() {
                 state.skus.entry(sku.id.clone()).or_insert_with(|| {
+                    changes.skus.insert((store.id.clone(), sku.id.clone()));
                     changes.levels.insert((store.id.clone(), sku.id.clone()));
                     SkuState {
                         ledger: SkuLedger::default(),
@@ -360,10 +361,7 @@ impl Inventory {
         if self.stores.contains_key(store) {
             Ok(())
         } else {
-            Err(reject(
-                ErrorCode::UnknownStore,
-                format!("unknown store {store}"),
-            ))
+            Err(reject(ErrorCode::UnknownStore, format!("unknown store {store}")))
         }
     }
 
@@ -387,8 +385,9 @@ impl Inventory {
         .to_base(sku_def.unit)
         .map_err(|e| {
             let code = match e {
-                dishsync_protocol::UnitError::WrongFamily { .. }
-                | dishsync_protocol::UnitError::Unknown(_) => ErrorCode::WrongUnit,
+                dishsync_protocol::UnitError::WrongFamily { .. } | dishsync_protocol::UnitError::Unknown(_) => {
+                    ErrorCode::WrongUnit
+                }
                 _ => ErrorCode::BadQuantity,
             };
             reject(code, e.to_string())
@@ -404,9 +403,7 @@ impl Inventory {
             StockKind::Count => {
                 return Err(reject(ErrorCode::BadQuantity, "count must not be negative"));
             }
-            StockKind::Adjust => {
-                return Err(reject(ErrorCode::BadQuantity, "adjust must not be zero"))
-            }
+            StockKind::Adjust => return Err(reject(ErrorCode::BadQuantity, "adjust must not be zero")),
             _ => {
                 return Err(reject(
                     ErrorCode::BadQuantity,
@@ -419,6 +416,7 @@ impl Inventory {
         }
         let at = ev.at.0;
         let state = self.sku_mut(store, sku)?;
+        let before = state.ledger.qty();
         let applied = if kind == StockKind::Count {
             state.ledger.count(at, signed).map_err(|too_old| {
                 reject(
@@ -443,17 +441,12 @@ impl Inventory {
             at,
             moved: applied == Applied::Moved,
         });
-        self.after_moves(store, std::slice::from_ref(sku), now, &mut outcome.changes);
+        self.after_moves(store, &[(sku.clone(), before)], now, &mut outcome.changes);
         Ok(outcome)
     }
 
     /// Applies a sale: depletes every ingredient by recipe × portions.
-    pub fn apply_sale(
-        &mut self,
-        store: &StoreId,
-        sale: &SaleIn,
-        now: Millis,
-    ) -> Result<Outcome, Rejection> {
+    pub fn apply_sale(&mut self, store: &StoreId, sale: &SaleIn, now: Millis) -> Result<Outcome, Rejection> {
         self.store_checked(store)?;
         if sale.void.is_some() {
             return Err(reject(
@@ -466,10 +459,7 @@ impl Inventory {
             .as_ref()
             .ok_or_else(|| reject(ErrorCode::InvalidField, "a sale needs lines"))?;
         if lines.is_empty() {
-            return Err(reject(
-                ErrorCode::InvalidField,
-                "a sale needs at least one line",
-            ));
+            return Err(reject(ErrorCode::InvalidField, "a sale needs at least one line"));
         }
         let at = sale
             .at
@@ -492,12 +482,10 @@ impl Inventory {
                     format!("portions of {} must be 1 to {MAX_PORTIONS}", line.dish),
                 ));
             }
-            let dish = self.catalog.dish(&line.dish).ok_or_else(|| {
-                reject(
-                    ErrorCode::UnknownDish,
-                    format!("unknown dish {}", line.dish),
-                )
-            })?;
+            let dish = self
+                .catalog
+                .dish(&line.dish)
+                .ok_or_else(|| reject(ErrorCode::UnknownDish, format!("unknown dish {}", line.dish)))?;
             for r in &dish.recipe {
                 let amount = r.per_portion.saturating_mul(i64::from(line.portions));
                 let total = taken.entry(r.sku.clone()).or_insert(0);
@@ -538,8 +526,7 @@ impl Inventory {
                 "a message has either lines (a sale) or void, not both",
             ));
         }
-        let record = record
-            .ok_or_else(|| reject(ErrorCode::BadVoid, format!("no sale {sale_id} to void")))?;
+        let record = record.ok_or_else(|| reject(ErrorCode::BadVoid, format!("no sale {sale_id} to void")))?;
         if let Some(by) = &record.voided_by {
             return Err(reject(
                 ErrorCode::BadVoid,
@@ -547,8 +534,7 @@ impl Inventory {
             ));
         }
         let at = void.at.map_or(now, |t| t.0);
-        let mut outcome =
-            self.move_stock(store, &void.id, EntryKind::Void, at, &record.taken, now)?;
+        let mut outcome = self.move_stock(store, &void.id, EntryKind::Void, at, &record.taken, now)?;
         let mut updated = record.clone();
         updated.voided_by = Some(void.id.clone());
         outcome.sale = Some((sale_id.clone(), updated));
@@ -571,7 +557,9 @@ impl Inventory {
         let mut outcome = Outcome::default();
         let mut moved = Vec::new();
         for &(ref sku, delta) in deltas {
-            let applied = self.sku_mut(store, sku)?.ledger.delta(at, delta);
+            let ledger = &mut self.sku_mut(store, sku)?.ledger;
+            let before = ledger.qty();
+            let applied = ledger.delta(at, delta);
             outcome.entries.push(LedgerEntry {
                 store: store.clone(),
                 sku: sku.clone(),
@@ -581,7 +569,7 @@ impl Inventory {
                 at,
                 moved: applied == Applied::Moved,
             });
-            moved.push(sku.clone());
+            moved.push((sku.clone(), before));
         }
         self.after_moves(store, &moved, now, &mut outcome.changes);
         Ok(outcome)
@@ -607,10 +595,7 @@ impl Inventory {
             OverrideStatus::SoldOut => {
                 if let Some(until) = ov.until {
                     if until.0 <= now {
-                        return Err(reject(
-                            ErrorCode::InvalidField,
-                            format!("until {until} is in the past"),
-                        ));
+                        return Err(reject(ErrorCode::InvalidField, format!("until {until} is in the past")));
                     }
                 }
                 Some(Override {
@@ -620,10 +605,7 @@ impl Inventory {
                 })
             }
             OverrideStatus::Auto if ov.until.is_some() => {
-                return Err(reject(
-                    ErrorCode::InvalidField,
-                    "until applies to sold_out only",
-                ));
+                return Err(reject(ErrorCode::InvalidField, "until applies to sold_out only"));
             }
             OverrideStatus::Auto => None,
         };
@@ -644,12 +626,7 @@ impl Inventory {
         let mut lapsed = Vec::new();
         for (store_id, store) in &mut self.stores {
             for (dish_id, dish) in &mut store.dishes {
-                if dish
-                    .override_
-                    .as_ref()
-                    .and_then(|o| o.until)
-                    .is_some_and(|u| u <= now)
-                {
+                if dish.override_.as_ref().and_then(|o| o.until).is_some_and(|u| u <= now) {
                     dish.override_ = None;
                     lapsed.push((store_id.clone(), dish_id.clone()));
                 }
@@ -670,25 +647,26 @@ impl Inventory {
             .ok_or_else(|| reject(ErrorCode::UnknownSku, format!("unknown SKU {sku}")))
     }
 
-    /// Bumps the level documents of `skus` that changed and recomputes the
-    /// dishes that use them.
-    fn after_moves(&mut self, store: &StoreId, skus: &[SkuId], now: Millis, changes: &mut Changes) {
+    /// Given each touched SKU with its level before the input, bumps the
+    /// level documents whose quantity changed and recomputes the dishes that
+    /// use them. A change that moved nothing (stamped before the latest
+    /// count, a count equal to the level) publishes nothing.
+    fn after_moves(&mut self, store: &StoreId, before: &[(SkuId, i64)], now: Millis, changes: &mut Changes) {
         let catalog = Arc::clone(&self.catalog);
         let Some(state) = self.stores.get_mut(store) else {
             return;
         };
-        for sku in skus {
-            if let Some(s) = state.skus.get_mut(sku) {
-                // Every accepted event re-publishes the level: its `at` and
-                // the ledger moved even when the quantity ended where it was.
-                s.rev += 1;
-                s.at = now;
-                changes.levels.insert((store.clone(), sku.clone()));
-            }
-        }
         let mut dishes: BTreeSet<&DishId> = BTreeSet::new();
-        for sku in skus {
-            dishes.extend(catalog.dishes_using(store, sku));
+        for (sku, qty_before) in before {
+            if let Some(s) = state.skus.get_mut(sku) {
+                changes.skus.insert((store.clone(), sku.clone()));
+                if s.ledger.qty() != *qty_before {
+                    s.rev += 1;
+                    s.at = now;
+                    changes.levels.insert((store.clone(), sku.clone()));
+                    dishes.extend(catalog.dishes_using(store, sku));
+                }
+            }
         }
         for dish in dishes {
             self.recompute_dish(store, dish, now, changes);
@@ -697,13 +675,7 @@ impl Inventory {
     }
 
     /// Recomputes one dish; bumps its revision when anything visible changed.
-    fn recompute_dish(
-        &mut self,
-        store: &StoreId,
-        dish_id: &DishId,
-        now: Millis,
-        changes: &mut Changes,
-    ) {
+    fn recompute_dish(&mut self, store: &StoreId, dish_id: &DishId, now: Millis, changes: &mut Changes) {
         let Some(dish) = self.catalog.dish(dish_id) else {
             return;
         };
@@ -729,10 +701,7 @@ impl Inventory {
             DishStatus::Available
         };
         let unchanged = current.is_some_and(|d| {
-            d.portions == portions
-                && d.limited_by == limited_by
-                && d.status == status
-                && d.override_ == override_
+            d.portions == portions && d.limited_by == limited_by && d.status == status && d.override_ == override_
         });
         if unchanged {
             return;

@@ -53,10 +53,7 @@ fn catalog() -> Arc<Catalog> {
         reorder_point: 10,
         par: 40,
     };
-    let stock = ["bun", "beef", "cola"]
-        .iter()
-        .map(|s| (id(s), params))
-        .collect();
+    let stock = ["bun", "beef", "cola"].iter().map(|s| (id(s), params)).collect();
     let stores = vec![Store {
         id: id("s1"),
         name: "S1".into(),
@@ -112,20 +109,10 @@ fn void(eid: &str, of: &str) -> SaleIn {
 fn stocked() -> Inventory {
     let mut inv = Inventory::new(catalog(), T0);
     let s1 = id("s1");
-    inv.apply_stock(
-        &s1,
-        &id("bun"),
-        &ev("r1", StockKind::Receive, 10.0, Unit::Pcs, T0),
-        T0,
-    )
-    .expect("bun");
-    inv.apply_stock(
-        &s1,
-        &id("beef"),
-        &ev("r2", StockKind::Receive, 1.0, Unit::Kg, T0),
-        T0,
-    )
-    .expect("beef");
+    inv.apply_stock(&s1, &id("bun"), &ev("r1", StockKind::Receive, 10.0, Unit::Pcs, T0), T0)
+        .expect("bun");
+    inv.apply_stock(&s1, &id("beef"), &ev("r2", StockKind::Receive, 1.0, Unit::Kg, T0), T0)
+        .expect("beef");
     inv
 }
 
@@ -174,34 +161,13 @@ fn stock_event_table() {
         (ev("a", Count, 420.0, Unit::G, T0 + 1), Ok(420)),
         (ev("a", Adjust, -30.0, Unit::G, T0), Ok(970)),
         (ev("a", Consume, 2.0, Unit::Kg, T0), Ok(-1000)),
-        (
-            ev("a", Receive, 1.0, Unit::L, T0),
-            Err(ErrorCode::WrongUnit),
-        ),
-        (
-            ev("a", Receive, 1.0, Unit::Pcs, T0),
-            Err(ErrorCode::WrongUnit),
-        ),
-        (
-            ev("a", Receive, -1.0, Unit::G, T0),
-            Err(ErrorCode::BadQuantity),
-        ),
-        (
-            ev("a", Receive, 0.0, Unit::G, T0),
-            Err(ErrorCode::BadQuantity),
-        ),
-        (
-            ev("a", Receive, 0.4, Unit::G, T0),
-            Err(ErrorCode::BadQuantity),
-        ),
-        (
-            ev("a", Count, -1.0, Unit::G, T0),
-            Err(ErrorCode::BadQuantity),
-        ),
-        (
-            ev("a", Adjust, 0.0, Unit::G, T0),
-            Err(ErrorCode::BadQuantity),
-        ),
+        (ev("a", Receive, 1.0, Unit::L, T0), Err(ErrorCode::WrongUnit)),
+        (ev("a", Receive, 1.0, Unit::Pcs, T0), Err(ErrorCode::WrongUnit)),
+        (ev("a", Receive, -1.0, Unit::G, T0), Err(ErrorCode::BadQuantity)),
+        (ev("a", Receive, 0.0, Unit::G, T0), Err(ErrorCode::BadQuantity)),
+        (ev("a", Receive, 0.4, Unit::G, T0), Err(ErrorCode::BadQuantity)),
+        (ev("a", Count, -1.0, Unit::G, T0), Err(ErrorCode::BadQuantity)),
+        (ev("a", Adjust, 0.0, Unit::G, T0), Err(ErrorCode::BadQuantity)),
         (
             StockEventIn {
                 reason: None,
@@ -233,13 +199,9 @@ fn stock_event_table() {
 fn unknown_names_are_rejected() {
     let mut inv = stocked();
     let e = ev("x", StockKind::Receive, 1.0, Unit::G, T0);
-    let err = inv
-        .apply_stock(&id("nowhere"), &id("beef"), &e, T0)
-        .expect_err("store");
+    let err = inv.apply_stock(&id("nowhere"), &id("beef"), &e, T0).expect_err("store");
     assert_eq!(err.code, ErrorCode::UnknownStore);
-    let err = inv
-        .apply_stock(&id("s1"), &id("caviar"), &e, T0)
-        .expect_err("sku");
+    let err = inv.apply_stock(&id("s1"), &id("caviar"), &e, T0).expect_err("sku");
     assert_eq!(err.code, ErrorCode::UnknownSku);
     let err = inv
         .apply_sale(&id("s1"), &sale("s", &[("pizza", 1)], T0), T0)
@@ -261,10 +223,7 @@ fn sale_sells_out_and_void_restores_exactly() {
     // 4×150 + 300 = 900 g beef, 5 buns.
     assert_eq!((qty(&inv, "beef"), qty(&inv, "bun")), (100, 5));
     let d = dish(&inv, "burger");
-    assert_eq!(
-        (d.status, d.portions, d.rev),
-        (DishStatus::SoldOut, 0, rev + 1)
-    );
+    assert_eq!((d.status, d.portions, d.rev), (DishStatus::SoldOut, 0, rev + 1));
     let (sale_id, record) = out.sale.expect("sale record");
     assert_eq!(sale_id.as_str(), "s1");
     assert_eq!(out.entries.len(), 2);
@@ -332,13 +291,8 @@ fn override_wins_until_released_or_until() {
         until: until.map(Timestamp),
         note: None,
     };
-    inv.apply_override(
-        &id("s1"),
-        &id("burger"),
-        &ov("o1", OverrideStatus::SoldOut, None),
-        T0,
-    )
-    .expect("86");
+    inv.apply_override(&id("s1"), &id("burger"), &ov("o1", OverrideStatus::SoldOut, None), T0)
+        .expect("86");
     let d = dish(&inv, "burger");
     assert_eq!((d.status, d.portions), (DishStatus::SoldOut, 6));
     assert!(d.override_.is_some());
@@ -351,13 +305,8 @@ fn override_wins_until_released_or_until() {
     )
     .expect("recv");
     assert_eq!(dish(&inv, "burger").status, DishStatus::SoldOut);
-    inv.apply_override(
-        &id("s1"),
-        &id("burger"),
-        &ov("o2", OverrideStatus::Auto, None),
-        T0,
-    )
-    .expect("release");
+    inv.apply_override(&id("s1"), &id("burger"), &ov("o2", OverrideStatus::Auto, None), T0)
+        .expect("release");
     assert_eq!(dish(&inv, "burger").status, DishStatus::Available);
 
     let err = inv
@@ -414,6 +363,26 @@ fn revs_move_only_on_change() {
 }
 
 #[test]
+fn a_change_that_moves_nothing_is_persisted_but_not_published() {
+    let mut inv = stocked();
+    let (s1, beef): (StoreId, SkuId) = (id("s1"), id("beef"));
+    let rev = inv.level_out(&s1, &beef).expect("level").rev;
+    // A count equal to the level: nothing to publish, but the count's time
+    // must be kept, or a replayed older delta would later move the level.
+    let out = inv
+        .apply_stock(&s1, &beef, &ev("c", StockKind::Count, 1.0, Unit::Kg, T0 + 100), T0)
+        .expect("count");
+    assert!(out.changes.skus.contains(&(s1.clone(), beef.clone())));
+    assert!(out.changes.levels.is_empty() && out.changes.dishes.is_empty());
+    let out = inv
+        .apply_stock(&s1, &beef, &ev("late", StockKind::Consume, 300.0, Unit::G, T0 + 50), T0)
+        .expect("late");
+    assert!(!out.entries[0].moved);
+    assert!(out.changes.levels.is_empty());
+    assert_eq!(inv.level_out(&s1, &beef).expect("level").rev, rev);
+}
+
+#[test]
 fn restore_reproduces_state_and_reports_nothing_new() {
     let mut inv = stocked();
     inv.apply_sale(&id("s1"), &sale("s", &[("burger", 1)], T0), T0)
@@ -434,16 +403,10 @@ fn restore_reproduces_state_and_reports_nothing_new() {
             inv.dish_state(&s1, &id(d)).expect("dish").clone(),
         ));
     }
-    saved.push(Restored::Menu(
-        s1.clone(),
-        inv.menu_state(&s1).expect("menu"),
-    ));
+    saved.push(Restored::Menu(s1.clone(), inv.menu_state(&s1).expect("menu")));
     let (back, changes) = Inventory::restore(catalog(), saved, T0 + 99);
     assert!(changes.is_empty(), "{changes:?}");
-    assert_eq!(
-        back.dish_out(&s1, &id("burger")),
-        inv.dish_out(&s1, &id("burger"))
-    );
+    assert_eq!(back.dish_out(&s1, &id("burger")), inv.dish_out(&s1, &id("burger")));
     assert_eq!(back.menu_out(&s1), inv.menu_out(&s1));
 }
 

@@ -4,8 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::payload::{
-    AckOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, SaleIn, StockEventIn,
-    StoreAvailabilityOut,
+    AckOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, SaleIn, StockEventIn, StoreAvailabilityOut,
 };
 use crate::Topic;
 
@@ -19,10 +18,7 @@ fn examples() -> Vec<(String, String)> {
         match &mut current {
             None => {
                 if let Some(info) = line.strip_prefix("```") {
-                    if let Some(topic) = info
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("topic="))
-                    {
+                    if let Some(topic) = info.split_whitespace().find_map(|w| w.strip_prefix("topic=")) {
                         current = Some((topic.to_string(), String::new()));
                     }
                 }
@@ -46,11 +42,7 @@ fn parse<T: serde::de::DeserializeOwned>(topic: &str, body: &str) {
 #[test]
 fn every_example_in_topics_md_parses() {
     let examples = examples();
-    assert!(
-        examples.len() >= 10,
-        "found only {} examples",
-        examples.len()
-    );
+    assert!(examples.len() >= 10, "found only {} examples", examples.len());
     let mut kinds = BTreeSet::new();
     for (topic, body) in &examples {
         let parsed: Topic = topic.parse().unwrap_or_else(|e| panic!("topics.md: {e}"));
@@ -68,10 +60,7 @@ fn every_example_in_topics_md_parses() {
                 "override"
             }
             Topic::DeviceStatus { .. } => {
-                assert!(
-                    matches!(body.trim(), "online" | "offline"),
-                    "{topic}: {body}"
-                );
+                assert!(matches!(body.trim(), "online" | "offline"), "{topic}: {body}");
                 "status"
             }
             Topic::DishAvailability { .. } => {
@@ -97,11 +86,7 @@ fn every_example_in_topics_md_parses() {
         };
         kinds.insert(kind);
     }
-    assert_eq!(
-        kinds.len(),
-        9,
-        "every topic of the contract has an example: {kinds:?}"
-    );
+    assert_eq!(kinds.len(), 9, "every topic of the contract has an example: {kinds:?}");
 }
 
 #[test]

@@ -41,12 +41,7 @@ pub enum IdError {
     },
 }
 
-fn check(
-    kind: &'static str,
-    s: &str,
-    ok: fn(u8) -> bool,
-    alphabet: &'static str,
-) -> Result<(), IdError> {
+fn check(kind: &'static str, s: &str, ok: fn(u8) -> bool, alphabet: &'static str) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { kind });
     }
@@ -55,11 +50,7 @@ fn check(
     }
     if !s.bytes().all(ok) {
         let value = s.chars().take(MAX_ID_LEN).collect();
-        return Err(IdError::BadChar {
-            kind,
-            value,
-            alphabet,
-        });
+        return Err(IdError::BadChar { kind, value, alphabet });
     }
     Ok(())
 }

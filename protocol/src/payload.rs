@@ -53,8 +53,7 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Timestamp::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time")))
+        Timestamp::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time")))
     }
 }
 
@@ -369,7 +368,8 @@ mod tests {
         let ok = r#"{"id":"e1","kind":"receive","qty":2.5,"unit":"kg","at":"2026-11-25T17:30:00Z","device":"tab-1","ref":"r-1"}"#;
         let ev: StockEventIn = serde_json::from_str(ok).expect("valid");
         assert_eq!(ev.reference.as_deref(), Some("r-1"));
-        let typo = r#"{"id":"e1","kind":"waste","qty":1,"unit":"kg","at":"2026-11-25T17:30:00Z","device":"t","reson":"x"}"#;
+        let typo =
+            r#"{"id":"e1","kind":"waste","qty":1,"unit":"kg","at":"2026-11-25T17:30:00Z","device":"t","reson":"x"}"#;
         assert!(serde_json::from_str::<StockEventIn>(typo).is_err());
         let bad_kind = r#"{"id":"e1","kind":"steal","qty":1,"unit":"kg","at":"2026-11-25T17:30:00Z","device":"t"}"#;
         assert!(serde_json::from_str::<StockEventIn>(bad_kind).is_err());

@@ -108,9 +108,7 @@ impl Topic {
     /// Who may publish on this topic.
     pub fn direction(&self) -> Direction {
         match self {
-            Topic::StockEvents { .. } | Topic::Sales { .. } | Topic::DishOverride { .. } => {
-                Direction::Input
-            }
+            Topic::StockEvents { .. } | Topic::Sales { .. } | Topic::DishOverride { .. } => Direction::Input,
             Topic::DeviceStatus { .. } => Direction::Device,
             _ => Direction::Output,
         }
@@ -151,10 +149,7 @@ impl FromStr for Topic {
 
     fn from_str(s: &str) -> Result<Topic, TopicError> {
         let parts: Vec<&str> = s.split('/').collect();
-        let bad = |source| TopicError::BadId {
-            topic: clip(s),
-            source,
-        };
+        let bad = |source| TopicError::BadId { topic: clip(s), source };
         let store = |i: usize| parts[i].parse::<StoreId>().map_err(bad);
         let sku = |i: usize| parts[i].parse::<SkuId>().map_err(bad);
         let dish = |i: usize| parts[i].parse::<DishId>().map_err(bad);
@@ -252,10 +247,7 @@ mod tests {
             "stores/x/sales/extra",
             "a/b/c",
         ] {
-            assert!(
-                matches!(t.parse::<Topic>(), Err(TopicError::Unknown(_))),
-                "{t}"
-            );
+            assert!(matches!(t.parse::<Topic>(), Err(TopicError::Unknown(_))), "{t}");
         }
         assert!(matches!(
             "stores/Down/sales".parse::<Topic>(),

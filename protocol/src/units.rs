@@ -169,10 +169,7 @@ impl Quantity {
     pub fn to_base(self, base: BaseUnit) -> Result<i64, UnitError> {
         let (family, factor) = self.unit.base();
         if family != base {
-            return Err(UnitError::WrongFamily {
-                unit: self.unit,
-                base,
-            });
+            return Err(UnitError::WrongFamily { unit: self.unit, base });
         }
         if !self.qty.is_finite() {
             return Err(UnitError::OutOfRange(self.qty));

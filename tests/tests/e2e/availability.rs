@@ -7,25 +7,14 @@ use serde_json::{json, Value};
 
 use crate::support::TestDish;
 
-use crate::support::{
-    chain_toml, sale, small_chain, stock_event, temp_data_dir, BrokerProcess, Client,
-};
+use crate::support::{chain_toml, sale, small_chain, stock_event, temp_data_dir, BrokerProcess, Client};
 
 /// Publishes stock events from `device` and waits for their end-to-end acks.
-pub async fn stock_and_wait(
-    client: &mut Client,
-    store: &str,
-    device: &str,
-    events: &[(&str, Value)],
-) -> Result<()> {
+pub async fn stock_and_wait(client: &mut Client, store: &str, device: &str, events: &[(&str, Value)]) -> Result<()> {
     let acks = format!("stores/{store}/acks/{device}");
     for (sku, ev) in events {
         client
-            .publish_json(
-                &format!("stores/{store}/stock/{sku}/events"),
-                ev,
-                QoS::ExactlyOnce,
-            )
+            .publish_json(&format!("stores/{store}/stock/{sku}/events"), ev, QoS::ExactlyOnce)
             .await?;
     }
     let ids: Vec<String> = events
@@ -35,12 +24,8 @@ pub async fn stock_and_wait(
     client
         .wait_until("acks", |seen| {
             ids.iter().all(|id| {
-                seen.iter().any(|m| {
-                    m.topic == acks
-                        && m.json["ids"]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|x| x == id))
-                })
+                seen.iter()
+                    .any(|m| m.topic == acks && m.json["ids"].as_array().is_some_and(|a| a.iter().any(|x| x == id)))
             })
         })
         .await?;
@@ -51,40 +36,25 @@ pub async fn stock_and_wait(
 async fn a_late_subscriber_gets_the_retained_availability_of_all_150_dishes() -> Result<()> {
     let skus: Vec<String> = (0..10).map(|i| format!("sku-{i}")).collect();
     let dish_ids: Vec<String> = (0..150).map(|i| format!("dish-{i:03}")).collect();
-    let sku_rows: Vec<(&str, &str, i64, i64)> =
-        skus.iter().map(|s| (s.as_str(), "pcs", 5, 50)).collect();
+    let sku_rows: Vec<(&str, &str, i64, i64)> = skus.iter().map(|s| (s.as_str(), "pcs", 5, 50)).collect();
     // dish-i uses (i % 7 + 1) pieces of sku-(i % 10).
     let dishes: Vec<TestDish> = dish_ids
         .iter()
         .enumerate()
-        .map(|(i, d)| {
-            (
-                d.as_str(),
-                2,
-                vec![(skus[i % 10].as_str(), (i % 7 + 1) as i64)],
-            )
-        })
+        .map(|(i, d)| (d.as_str(), 2, vec![(skus[i % 10].as_str(), (i % 7 + 1) as i64)]))
         .collect();
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&chain_toml(&["big"], &sku_rows, &dishes), &data)?;
 
     let mut scale = Client::connect(broker.addr, "scale-1").await?;
-    scale
-        .subscribe("stores/big/acks/scale-1", QoS::AtLeastOnce)
-        .await?;
+    scale.subscribe("stores/big/acks/scale-1", QoS::AtLeastOnce).await?;
     let events: Vec<(&str, Value)> = skus
         .iter()
         .enumerate()
         .map(|(i, s)| {
             (
                 s.as_str(),
-                stock_event(
-                    &format!("recv-{i}"),
-                    "receive",
-                    30.0 + i as f64,
-                    "pcs",
-                    "scale-1",
-                ),
+                stock_event(&format!("recv-{i}"), "receive", 30.0 + i as f64, "pcs", "scale-1"),
             )
         })
         .collect();
@@ -113,8 +83,7 @@ async fn a_late_subscriber_gets_the_retained_availability_of_all_150_dishes() ->
     assert_eq!(pos.seen.len(), 150, "exactly one retained copy per dish");
 
     let mut menu = Client::connect(broker.addr, "pos-menu").await?;
-    menu.subscribe("stores/big/availability", QoS::AtLeastOnce)
-        .await?;
+    menu.subscribe("stores/big/availability", QoS::AtLeastOnce).await?;
     let doc = menu
         .wait_latest("stores/big/availability", |d| {
             d["dishes"].as_object().is_some_and(|m| m.len() == 150)
@@ -129,9 +98,7 @@ async fn a_sale_sells_a_dish_out_and_its_void_brings_it_back() -> Result<()> {
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&small_chain(), &data)?;
     let mut tablet = Client::connect(broker.addr, "tablet-1").await?;
-    tablet
-        .subscribe("stores/s1/acks/tablet-1", QoS::AtLeastOnce)
-        .await?;
+    tablet.subscribe("stores/s1/acks/tablet-1", QoS::AtLeastOnce).await?;
     stock_and_wait(
         &mut tablet,
         "s1",
@@ -146,16 +113,11 @@ async fn a_sale_sells_a_dish_out_and_its_void_brings_it_back() -> Result<()> {
     let mut pos = Client::connect(broker.addr, "pos-1").await?;
     pos.subscribe("stores/s1/dishes/burger/availability", QoS::AtLeastOnce)
         .await?;
-    pos.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce)
-        .await?;
-    pos.subscribe("stores/s1/acks/pos-1", QoS::AtLeastOnce)
-        .await?;
-    pos.subscribe("stores/s1/errors/pos-1", QoS::AtLeastOnce)
-        .await?;
+    pos.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce).await?;
+    pos.subscribe("stores/s1/acks/pos-1", QoS::AtLeastOnce).await?;
+    pos.subscribe("stores/s1/errors/pos-1", QoS::AtLeastOnce).await?;
     let burger = "stores/s1/dishes/burger/availability";
-    let before = pos
-        .wait_latest(burger, |d| d["portions"] == json!(2))
-        .await?;
+    let before = pos.wait_latest(burger, |d| d["portions"] == json!(2)).await?;
     assert_eq!(before["status"], json!("available"));
 
     pos.publish_json(
@@ -164,9 +126,7 @@ async fn a_sale_sells_a_dish_out_and_its_void_brings_it_back() -> Result<()> {
         QoS::ExactlyOnce,
     )
     .await?;
-    let out = pos
-        .wait_latest(burger, |d| d["status"] == json!("sold_out"))
-        .await?;
+    let out = pos.wait_latest(burger, |d| d["status"] == json!("sold_out")).await?;
     assert_eq!(
         (out["portions"].clone(), out["limited_by"].clone()),
         (json!(0), json!("bun"))
@@ -181,9 +141,7 @@ async fn a_sale_sells_a_dish_out_and_its_void_brings_it_back() -> Result<()> {
         QoS::ExactlyOnce,
     )
     .await?;
-    let back = pos
-        .wait_latest(burger, |d| d["status"] == json!("available"))
-        .await?;
+    let back = pos.wait_latest(burger, |d| d["status"] == json!("available")).await?;
     assert_eq!(back["portions"], json!(2));
     pos.wait_latest("stores/s1/stock/beef/level", |d| d["qty"] == json!(1000))
         .await?;
@@ -214,8 +172,7 @@ async fn a_sale_sells_a_dish_out_and_its_void_brings_it_back() -> Result<()> {
         (json!("void-3"), json!("bad_void"))
     );
     assert_eq!(
-        pos.latest("stores/s1/stock/beef/level")
-            .map(|d| d["qty"].clone()),
+        pos.latest("stores/s1/stock/beef/level").map(|d| d["qty"].clone()),
         Some(json!(1000))
     );
     Ok(())
@@ -226,8 +183,7 @@ async fn an_86_wins_until_released_or_until_its_time() -> Result<()> {
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&small_chain(), &data)?;
     let mut kds = Client::connect(broker.addr, "kds-1").await?;
-    kds.subscribe("stores/s1/acks/kds-1", QoS::AtLeastOnce)
-        .await?;
+    kds.subscribe("stores/s1/acks/kds-1", QoS::AtLeastOnce).await?;
     kds.subscribe("stores/s1/dishes/chips/availability", QoS::AtLeastOnce)
         .await?;
     let chips = "stores/s1/dishes/chips/availability";
@@ -238,8 +194,7 @@ async fn an_86_wins_until_released_or_until_its_time() -> Result<()> {
         &[("fries", stock_event("r1", "receive", 2.0, "kg", "kds-1"))],
     )
     .await?;
-    kds.wait_latest(chips, |d| d["status"] == json!("available"))
-        .await?;
+    kds.wait_latest(chips, |d| d["status"] == json!("available")).await?;
 
     let topic = "stores/s1/dishes/chips/override";
     kds.publish_json(
@@ -248,9 +203,7 @@ async fn an_86_wins_until_released_or_until_its_time() -> Result<()> {
         QoS::ExactlyOnce,
     )
     .await?;
-    let d = kds
-        .wait_latest(chips, |d| d["status"] == json!("sold_out"))
-        .await?;
+    let d = kds.wait_latest(chips, |d| d["status"] == json!("sold_out")).await?;
     assert_eq!(
         (d["override"]["by"].clone(), d["portions"].clone()),
         (json!("chef-anna"), json!(10))
@@ -264,9 +217,7 @@ async fn an_86_wins_until_released_or_until_its_time() -> Result<()> {
         &[("fries", stock_event("r2", "receive", 1.0, "kg", "kds-1"))],
     )
     .await?;
-    let d = kds
-        .wait_latest(chips, |d| d["portions"] == json!(15))
-        .await?;
+    let d = kds.wait_latest(chips, |d| d["portions"] == json!(15)).await?;
     assert_eq!(d["status"], json!("sold_out"));
 
     kds.publish_json(
@@ -275,28 +226,20 @@ async fn an_86_wins_until_released_or_until_its_time() -> Result<()> {
         QoS::ExactlyOnce,
     )
     .await?;
-    let d = kds
-        .wait_latest(chips, |d| d["status"] == json!("available"))
-        .await?;
+    let d = kds.wait_latest(chips, |d| d["status"] == json!("available")).await?;
     assert_eq!(d["override"], Value::Null);
 
     // An 86 until a time lapses by itself.
-    let until = dishsync_protocol::payload::Timestamp(
-        dishsync_protocol::payload::Timestamp::now().0 + 1500,
-    );
+    let until = dishsync_protocol::payload::Timestamp(dishsync_protocol::payload::Timestamp::now().0 + 1500);
     kds.publish_json(
         topic,
         &json!({"id": "o3", "status": "sold_out", "by": "chef-anna", "until": until.to_string()}),
         QoS::ExactlyOnce,
     )
     .await?;
-    let d = kds
-        .wait_latest(chips, |d| d["status"] == json!("sold_out"))
-        .await?;
+    let d = kds.wait_latest(chips, |d| d["status"] == json!("sold_out")).await?;
     assert_eq!(d["override"]["until"], json!(until.to_string()));
-    let d = kds
-        .wait_latest(chips, |d| d["status"] == json!("available"))
-        .await?;
+    let d = kds.wait_latest(chips, |d| d["status"] == json!("available")).await?;
     assert_eq!(d["override"], Value::Null);
     Ok(())
 }

@@ -13,12 +13,9 @@ async fn each_bad_input_gets_one_error_and_changes_nothing() -> Result<()> {
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&small_chain(), &data)?;
     let mut dev = Client::connect(broker.addr, "bad-1").await?;
-    dev.subscribe("stores/s1/acks/bad-1", QoS::AtLeastOnce)
-        .await?;
-    dev.subscribe("stores/+/errors/bad-1", QoS::AtLeastOnce)
-        .await?;
-    dev.subscribe("stores/s1/stock/beef/level", QoS::AtLeastOnce)
-        .await?;
+    dev.subscribe("stores/s1/acks/bad-1", QoS::AtLeastOnce).await?;
+    dev.subscribe("stores/+/errors/bad-1", QoS::AtLeastOnce).await?;
+    dev.subscribe("stores/s1/stock/beef/level", QoS::AtLeastOnce).await?;
     dev.subscribe("stores/s1/dishes/burger/availability", QoS::AtLeastOnce)
         .await?;
     stock_and_wait(
@@ -39,12 +36,7 @@ async fn each_bad_input_gets_one_error_and_changes_nothing() -> Result<()> {
         e
     };
     let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
-        (
-            beef,
-            b"{\"id\": \"b1\", not json".to_vec(),
-            "s1",
-            "malformed_payload",
-        ),
+        (beef, b"{\"id\": \"b1\", not json".to_vec(), "s1", "malformed_payload"),
         (
             beef,
             serde_json::to_vec(&json!({"id": "b2", "kind": "receive"}))?,
@@ -139,11 +131,7 @@ async fn each_bad_input_gets_one_error_and_changes_nothing() -> Result<()> {
         ),
     ];
     for (i, (topic, payload, store, code)) in cases.iter().enumerate() {
-        let qos = if i % 2 == 0 {
-            QoS::ExactlyOnce
-        } else {
-            QoS::AtLeastOnce
-        };
+        let qos = if i % 2 == 0 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
         dev.publish_raw(topic, payload.clone(), qos).await?;
         let err = dev.next_on(&format!("stores/{store}/errors/bad-1")).await?;
         assert_eq!(err["code"], json!(code), "case {i} ({topic}): {err}");
@@ -169,11 +157,7 @@ async fn each_bad_input_gets_one_error_and_changes_nothing() -> Result<()> {
         before["rev"].as_u64().map(|r| r + 1),
         "nothing bad moved the level"
     );
-    let errors = dev
-        .seen
-        .iter()
-        .filter(|m| m.topic.ends_with("/errors/bad-1"))
-        .count();
+    let errors = dev.seen.iter().filter(|m| m.topic.ends_with("/errors/bad-1")).count();
     assert_eq!(errors, cases.len());
     // The spoofed documents on broker-owned topics were never routed.
     let burger = "stores/s1/dishes/burger/availability";
@@ -191,22 +175,16 @@ async fn a_duplicate_id_is_applied_once_and_a_reused_id_is_refused() -> Result<(
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&small_chain(), &data)?;
     let mut dev = Client::connect(broker.addr, "scale-9").await?;
-    dev.subscribe("stores/s1/acks/scale-9", QoS::AtLeastOnce)
-        .await?;
-    dev.subscribe("stores/s1/errors/scale-9", QoS::AtLeastOnce)
-        .await?;
-    dev.subscribe("stores/s1/stock/fries/level", QoS::AtLeastOnce)
-        .await?;
+    dev.subscribe("stores/s1/acks/scale-9", QoS::AtLeastOnce).await?;
+    dev.subscribe("stores/s1/errors/scale-9", QoS::AtLeastOnce).await?;
+    dev.subscribe("stores/s1/stock/fries/level", QoS::AtLeastOnce).await?;
     let topic = "stores/s1/stock/fries/events";
     let event = stock_event("same-id", "receive", 2.5, "kg", "scale-9");
     for _ in 0..3 {
         dev.publish_json(topic, &event, QoS::ExactlyOnce).await?;
     }
     dev.wait_until("three acks", |seen| {
-        seen.iter()
-            .filter(|m| m.topic == "stores/s1/acks/scale-9")
-            .count()
-            == 3
+        seen.iter().filter(|m| m.topic == "stores/s1/acks/scale-9").count() == 3
     })
     .await?;
     let level = dev
@@ -231,10 +209,7 @@ async fn a_duplicate_id_is_applied_once_and_a_reused_id_is_refused() -> Result<(
         &mut dev,
         "s1",
         "scale-9",
-        &[(
-            "fries",
-            stock_event("next", "consume", 500.0, "g", "scale-9"),
-        )],
+        &[("fries", stock_event("next", "consume", 500.0, "g", "scale-9"))],
     )
     .await?;
     let after = dev

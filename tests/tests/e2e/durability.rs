@@ -34,18 +34,12 @@ struct Progress {
 /// One device with an outbox: publishes its events at QoS 2 and re-sends
 /// every event it has no end-to-end ack for, after a reconnect or when acks
 /// stop coming.
-async fn device(
-    n: usize,
-    mut broker: watch::Receiver<Option<SocketAddr>>,
-    progress: Arc<Progress>,
-) -> Result<()> {
+async fn device(n: usize, mut broker: watch::Receiver<Option<SocketAddr>>, progress: Arc<Progress>) -> Result<()> {
     let device = format!("scale-{n}");
     let sku = format!("sku-{n}");
     let topic = format!("stores/s1/stock/{sku}/events");
     let acks = format!("stores/s1/acks/{device}");
-    let mut unacked: BTreeMap<String, usize> = (0..EVENTS_EACH)
-        .map(|i| (format!("{device}-{i:04}"), i))
-        .collect();
+    let mut unacked: BTreeMap<String, usize> = (0..EVENTS_EACH).map(|i| (format!("{device}-{i:04}"), i)).collect();
     let give_up = Instant::now() + DEADLINE * 3;
     while !unacked.is_empty() {
         if Instant::now() > give_up {
@@ -74,11 +68,7 @@ async fn device(
         'resend: loop {
             for (id, &i) in &unacked {
                 let ev = stock_event(id, "receive", qty_of(i) as f64, "pcs", &device);
-                if client
-                    .publish_json(&topic, &ev, QoS::ExactlyOnce)
-                    .await
-                    .is_err()
-                {
+                if client.publish_json(&topic, &ev, QoS::ExactlyOnce).await.is_err() {
                     break 'resend;
                 }
             }
@@ -87,10 +77,7 @@ async fn device(
                     return Ok(());
                 }
                 // Acks stopping for a while means lost publishes: re-send.
-                match client
-                    .recv_until(Instant::now() + Duration::from_secs(10))
-                    .await
-                {
+                match client.recv_until(Instant::now() + Duration::from_secs(10)).await {
                     Ok(Some(m)) if m.topic == acks => {
                         for id in m.json["ids"]
                             .as_array()
@@ -121,10 +108,7 @@ async fn kill_9_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()
     let dishes: Vec<String> = (0..PUBLISHERS).map(|i| format!("dish-{i}")).collect();
     let config = chain_toml(
         &["s1"],
-        &skus
-            .iter()
-            .map(|s| (s.as_str(), "pcs", 10, 100))
-            .collect::<Vec<_>>(),
+        &skus.iter().map(|s| (s.as_str(), "pcs", 10, 100)).collect::<Vec<_>>(),
         &dishes
             .iter()
             .zip(&skus)
@@ -152,11 +136,7 @@ async fn kill_9_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()
     addr_tx.send_replace(None);
     broker.kill();
     let acked_at_kill = progress.acked.load(Ordering::SeqCst);
-    let acked_qty: Vec<i64> = progress
-        .acked_qty
-        .iter()
-        .map(|a| a.load(Ordering::SeqCst))
-        .collect();
+    let acked_qty: Vec<i64> = progress.acked_qty.iter().map(|a| a.load(Ordering::SeqCst)).collect();
     assert!(
         acked_at_kill < PUBLISHERS * EVENTS_EACH,
         "the kill came after the stream ended"
@@ -167,8 +147,7 @@ async fn kill_9_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()
     // re-sends, and holds at least everything that was acknowledged.
     let broker = BrokerProcess::start(&config, &data)?;
     let mut pos = Client::connect(broker.addr, "pos-1").await?;
-    pos.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce)
-        .await?;
+    pos.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce).await?;
     pos.subscribe("stores/s1/dishes/+/availability", QoS::AtLeastOnce)
         .await?;
     pos.wait_until("every level and dish", |seen| seen.len() >= 2 * PUBLISHERS)
@@ -189,11 +168,7 @@ async fn kill_9_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()
             .latest(&format!("stores/s1/dishes/dish-{n}/availability"))
             .cloned()
             .unwrap_or_default();
-        assert_eq!(
-            dish["portions"],
-            json!(qty / 2),
-            "availability agrees with the level"
-        );
+        assert_eq!(dish["portions"], json!(qty / 2), "availability agrees with the level");
     }
 
     addr_tx.send_replace(Some(broker.addr));
@@ -218,10 +193,7 @@ async fn kill_9_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()
         *per_id.entry(entry?.event.to_string()).or_default() += 1;
     }
     assert_eq!(per_id.len(), PUBLISHERS * EVENTS_EACH);
-    assert!(
-        per_id.values().all(|&c| c == 1),
-        "an event was applied twice"
-    );
+    assert!(per_id.values().all(|&c| c == 1), "an event was applied twice");
     eprintln!(
         "killed after {acked_at_kill} acks; all {} events applied once",
         per_id.len()

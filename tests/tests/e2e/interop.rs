@@ -24,7 +24,8 @@ fn mosquitto_pub_qos2_changes_the_availability_mosquitto_sub_reads() -> Result<(
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&small_chain(), &data)?;
     let port = broker.addr.port().to_string();
-    let event = r#"{"id":"m-1","kind":"receive","qty":1.2,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"tablet-m"}"#;
+    let event =
+        r#"{"id":"m-1","kind":"receive","qty":1.2,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"tablet-m"}"#;
     let status = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port, "-i", "tablet-m", "-q", "2"])
         .args(["-t", "stores/s1/stock/fries/events", "-m", event])
@@ -34,18 +35,7 @@ fn mosquitto_pub_qos2_changes_the_availability_mosquitto_sub_reads() -> Result<(
     // mosquitto_pub returned after PUBCOMP, which the broker sends only after
     // the commit: the retained availability already shows the event.
     let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-W",
-            "30",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-C", "1", "-W", "30"])
         .args(["-t", "stores/s1/dishes/chips/availability"])
         .output()
         .context("running mosquitto_sub")?;

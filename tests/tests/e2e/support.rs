@@ -187,10 +187,7 @@ impl Client {
             .await
             .map_err(|_| anyhow!("no SUBACK for {filter}"))?
             .ok_or_else(|| anyhow!("connection closed before SUBACK"))?;
-        if codes
-            .iter()
-            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-        {
+        if codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
             bail!("subscription to {filter} refused");
         }
         Ok(())
@@ -198,9 +195,7 @@ impl Client {
 
     /// Publishes a JSON document.
     pub async fn publish_json(&self, topic: &str, body: &Value, qos: QoS) -> Result<()> {
-        self.mqtt
-            .publish(topic, qos, false, serde_json::to_vec(body)?)
-            .await?;
+        self.mqtt.publish(topic, qos, false, serde_json::to_vec(body)?).await?;
         Ok(())
     }
 
@@ -211,20 +206,13 @@ impl Client {
     }
 
     /// Waits until `done` holds over everything received so far; returns it.
-    pub async fn wait_until(
-        &mut self,
-        what: &str,
-        mut done: impl FnMut(&[Received]) -> bool,
-    ) -> Result<&[Received]> {
+    pub async fn wait_until(&mut self, what: &str, mut done: impl FnMut(&[Received]) -> bool) -> Result<&[Received]> {
         let deadline = Instant::now() + DEADLINE;
         while !done(&self.seen) {
             match timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(m)) => self.seen.push(m),
                 Ok(None) => bail!("connection closed while waiting for {what}"),
-                Err(_) => bail!(
-                    "timed out waiting for {what}; received {} messages",
-                    self.seen.len()
-                ),
+                Err(_) => bail!("timed out waiting for {what}; received {} messages", self.seen.len()),
             }
         }
         Ok(&self.seen)
@@ -244,11 +232,7 @@ impl Client {
 
     /// The newest document received on `topic`, if any.
     pub fn latest(&self, topic: &str) -> Option<&Value> {
-        self.seen
-            .iter()
-            .rev()
-            .find(|m| m.topic == topic)
-            .map(|m| &m.json)
+        self.seen.iter().rev().find(|m| m.topic == topic).map(|m| &m.json)
     }
 
     /// Waits until the newest document on `topic` satisfies `ok`.
@@ -267,11 +251,7 @@ impl Client {
 
     /// Every message received on `topic`.
     pub fn all_on(&self, topic: &str) -> Vec<&Value> {
-        self.seen
-            .iter()
-            .filter(|m| m.topic == topic)
-            .map(|m| &m.json)
-            .collect()
+        self.seen.iter().filter(|m| m.topic == topic).map(|m| &m.json).collect()
     }
 
     /// Waits up to `deadline` for the next message. `Ok(None)`: nothing came
