@@ -660,9 +660,13 @@ mod tests {
             StockKind::Waste,
         ];
         let kind = kinds[k % kinds.len()];
-        let (sku, unit) = if k % 2 == 0 { ("a", Unit::Pcs) } else { ("b", Unit::G) };
+        let (sku, unit) = if k.is_multiple_of(2) {
+            ("a", Unit::Pcs)
+        } else {
+            ("b", Unit::G)
+        };
         let qty = (k % 5 + 1) as f64
-            * if kind == StockKind::Adjust && k % 3 == 0 {
+            * if kind == StockKind::Adjust && k.is_multiple_of(3) {
                 -1.0
             } else {
                 1.0
