@@ -1,8 +1,5 @@
-//! `dishsync`: the operator's and store manager's command line.
+//! `dishsync`: see `dishsync_client::cli`.
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    eprintln!("dishsync: no commands are available in this version; use mosquitto_pub/mosquitto_sub (see README.md)");
-    ExitCode::from(2)
+fn main() -> std::process::ExitCode {
+    dishsync_client::cli::main()
 }

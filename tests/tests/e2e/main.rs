@@ -7,5 +7,6 @@ mod support;
 
 mod availability;
 mod bad_input;
+mod client;
 mod durability;
 mod interop;

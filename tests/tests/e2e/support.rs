@@ -31,6 +31,18 @@ fn broker_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_e2e-broker"))
 }
 
+/// The `dishsync` CLI built alongside these tests.
+pub fn cli_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_e2e-dishsync"))
+}
+
+/// A loopback address with a port that was free a moment ago, for a broker
+/// that must come back on the same address after a kill.
+pub fn free_addr() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
 /// A fresh temporary directory holding a `data` directory for a broker.
 pub fn temp_data_dir() -> Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;
@@ -50,6 +62,12 @@ impl BrokerProcess {
     /// Starts the broker with `config` (written next to `data_dir`) on a free
     /// loopback port, and waits until it accepts clients.
     pub fn start(config: &str, data_dir: &Path) -> Result<BrokerProcess> {
+        BrokerProcess::start_on(config, data_dir, "127.0.0.1:0".parse()?)
+    }
+
+    /// Like [`BrokerProcess::start`], on a given address (to come back where
+    /// clients expect it after a kill).
+    pub fn start_on(config: &str, data_dir: &Path, listen: SocketAddr) -> Result<BrokerProcess> {
         let parent = data_dir.parent().unwrap_or(data_dir);
         let config_path = parent.join("dishsync.toml");
         std::fs::write(&config_path, config).context("writing the config")?;
@@ -66,7 +84,7 @@ impl BrokerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .env("RUST_LOG", "info,rmqtt=warn,rmqtt_net=warn")
             .stdout(Stdio::piped())
             .stderr(stderr)

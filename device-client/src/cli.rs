@@ -1,0 +1,507 @@
+//! The `dishsync` command line: the operator's and store manager's tool.
+//!
+//! Recording verbs (`stock`, `sell`, `void`, `86`, `release`) write to the
+//! device's durable outbox first, print `recorded <id>`, then wait (bounded by
+//! `--wait`) for the broker's end-to-end ack. A broker that cannot be reached
+//! leaves the message in the outbox, says so, and exits 3; `dishsync outbox
+//! flush` sends it later. Exit codes: 0 acknowledged, 1 rejected by the
+//! broker or failed, 2 bad arguments, 3 queued but not yet acknowledged.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dishsync_protocol::payload::{DishStatus, LevelState, OverrideStatus, StockKind, Timestamp};
+use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, StoreId, Unit};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::client::{Client, ClientConfig, Update, Watch};
+use crate::outbox::Outbox;
+
+/// dishsync: record stock and sales, watch availability, manage the outbox.
+#[derive(Parser)]
+#[command(name = "dishsync", version, about)]
+struct Cli {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Connection {
+    /// Broker address, host:port.
+    #[arg(long, env = "DISHSYNC_BROKER", default_value = "127.0.0.1:1883", global = true)]
+    broker: String,
+    /// The store this device belongs to.
+    #[arg(long, env = "DISHSYNC_STORE", default_value = "downtown", global = true)]
+    store: StoreId,
+    /// This device's id (also its MQTT client id).
+    #[arg(long, env = "DISHSYNC_DEVICE", default_value = "dishsync-cli", global = true)]
+    device: DeviceId,
+    /// Username, when the broker requires credentials.
+    #[arg(long, env = "DISHSYNC_USERNAME", global = true)]
+    username: Option<String>,
+    /// Password, when the broker requires credentials.
+    #[arg(long, env = "DISHSYNC_PASSWORD", global = true, hide_env_values = true)]
+    password: Option<String>,
+    /// Outbox directory (default: per device under the user's data directory).
+    #[arg(long, env = "DISHSYNC_OUTBOX", global = true)]
+    outbox: Option<PathBuf>,
+    /// Seconds to wait for the broker's ack before leaving a message queued.
+    #[arg(long, default_value_t = 10, global = true)]
+    wait: u64,
+    /// Print JSON lines instead of text (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Record a stock change of a SKU.
+    Stock {
+        /// What happened.
+        kind: KindArg,
+        /// The SKU.
+        sku: SkuId,
+        /// How much (count: the absolute level; adjust: signed).
+        #[arg(allow_negative_numbers = true)]
+        qty: f64,
+        /// Unit: g, kg, ml, l or pcs.
+        unit: Unit,
+        /// Why (required for waste).
+        #[arg(long)]
+        reason: Option<String>,
+        /// A reference: delivery note, replenishment request id.
+        #[arg(long = "ref")]
+        reference: Option<String>,
+    },
+    /// Record a sale: DISH or DISH:PORTIONS, one or more.
+    Sell {
+        /// Lines of the sale.
+        #[arg(required = true, value_parser = parse_line)]
+        lines: Vec<(DishId, u32)>,
+    },
+    /// Void a sale by its id.
+    Void {
+        /// The sale's id (printed when it was recorded).
+        sale: EventId,
+    },
+    /// Mark a dish sold out (the chef's 86), optionally until a time.
+    #[command(name = "86")]
+    EightySix {
+        /// The dish.
+        dish: DishId,
+        /// When the 86 lapses by itself (RFC 3339, e.g. 2026-11-25T23:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<Timestamp>,
+        /// A note for the staff.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Release a dish's 86: availability follows the stock again.
+    Release {
+        /// The dish.
+        dish: DishId,
+    },
+    /// Show live availability, levels or the whole menu until interrupted.
+    Watch {
+        /// What to watch.
+        what: WatchArg,
+    },
+    /// Inspect or send the device's outbox.
+    Outbox {
+        /// status: what waits; flush: send it and wait for the acks.
+        action: OutboxArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Receive,
+    Consume,
+    Waste,
+    Count,
+    Adjust,
+    TransferIn,
+    TransferOut,
+}
+
+impl From<KindArg> for StockKind {
+    fn from(k: KindArg) -> StockKind {
+        match k {
+            KindArg::Receive => StockKind::Receive,
+            KindArg::Consume => StockKind::Consume,
+            KindArg::Waste => StockKind::Waste,
+            KindArg::Count => StockKind::Count,
+            KindArg::Adjust => StockKind::Adjust,
+            KindArg::TransferIn => StockKind::TransferIn,
+            KindArg::TransferOut => StockKind::TransferOut,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WatchArg {
+    Availability,
+    Levels,
+    Menu,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutboxArg {
+    Status,
+    Flush,
+}
+
+fn parse_line(s: &str) -> Result<(DishId, u32), String> {
+    let (dish, portions) = match s.split_once(':') {
+        Some((d, p)) => (
+            d,
+            p.parse::<u32>()
+                .map_err(|_| format!("{p:?} is not a number of portions"))?,
+        ),
+        None => (s, 1),
+    };
+    if portions == 0 {
+        return Err("portions must be at least 1".into());
+    }
+    Ok((
+        dish.parse().map_err(|e: dishsync_protocol::IdError| e.to_string())?,
+        portions,
+    ))
+}
+
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    Timestamp::parse(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 time"))
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dishsync: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dishsync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Connection {
+    fn outbox_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.outbox {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("dishsync")
+            .join("outbox")
+            .join(self.store.as_str())
+            .join(self.device.as_str())
+    }
+
+    fn config(&self, outbox_dir: PathBuf, watch: Vec<Watch>) -> anyhow::Result<ClientConfig> {
+        let (host, port) = self
+            .broker
+            .rsplit_once(':')
+            .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
+            .ok_or_else(|| anyhow::anyhow!("--broker {:?} is not host:port", self.broker))?;
+        let mut config = ClientConfig::new(host, port, self.store.clone(), self.device.clone(), outbox_dir);
+        config.credentials = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            _ => None,
+        };
+        config.max_backoff = Duration::from_secs(1);
+        config.watch = watch;
+        Ok(config)
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let conn = &cli.conn;
+    let record = |client: &Client| -> Result<EventId, crate::ClientError> {
+        match &cli.command {
+            Command::Stock {
+                kind,
+                sku,
+                qty,
+                unit,
+                reason,
+                reference,
+            } => client.record_stock(sku, (*kind).into(), *qty, *unit, reason.clone(), reference.clone()),
+            Command::Sell { lines } => client.record_sale(lines),
+            Command::Void { sale } => client.record_void(sale),
+            Command::EightySix { dish, until, note } => {
+                client.record_override(dish, OverrideStatus::SoldOut, *until, note.clone())
+            }
+            Command::Release { dish } => client.record_override(dish, OverrideStatus::Auto, None, None),
+            Command::Watch { .. } | Command::Outbox { .. } => unreachable!("not a recording verb"),
+        }
+    };
+    match &cli.command {
+        Command::Watch { what } => watch(conn, *what).await,
+        Command::Outbox {
+            action: OutboxArg::Status,
+        } => outbox_status(conn),
+        Command::Outbox {
+            action: OutboxArg::Flush,
+        } => {
+            let (client, updates) = Client::start(conn.config(conn.outbox_dir(), Vec::new())?)?;
+            let waiting = client.outbox_len();
+            deliver(conn, &client, updates, None, waiting).await
+        }
+        _ => {
+            let (client, updates) = Client::start(conn.config(conn.outbox_dir(), Vec::new())?)?;
+            let id = record(&client)?;
+            say(conn, &format!("recorded {id}"), json!({"id": id, "status": "recorded"}));
+            let waiting = client.outbox_len();
+            deliver(conn, &client, updates, Some(id), waiting).await
+        }
+    }
+}
+
+fn say(conn: &Connection, text: &str, doc: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = if conn.json {
+        writeln!(out, "{doc}")
+    } else {
+        writeln!(out, "{text}")
+    };
+    let _ = out.flush();
+}
+
+/// Waits for the outbox to drain (or `--wait` to pass) and reports.
+async fn deliver(
+    conn: &Connection,
+    client: &Client,
+    mut updates: mpsc::UnboundedReceiver<Update>,
+    id: Option<EventId>,
+    waiting: usize,
+) -> anyhow::Result<ExitCode> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(conn.wait);
+    let mut rejected = Vec::new();
+    let mut acked = 0usize;
+    while client.outbox_len() > 0 {
+        match tokio::time::timeout_at(deadline, updates.recv()).await {
+            Ok(Some(Update::Acked(ids))) => acked += ids.len(),
+            Ok(Some(Update::Rejected(err))) => rejected.push(err),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let left = client.shutdown(Duration::ZERO).await;
+    let mut code = ExitCode::SUCCESS;
+    for err in &rejected {
+        code = ExitCode::FAILURE;
+        let which = err.id.as_deref().unwrap_or("-");
+        say(
+            conn,
+            &format!("rejected {which}: {} ({:?})", err.error, err.code),
+            json!({"id": which, "status": "rejected", "code": err.code, "error": err.error}),
+        );
+    }
+    if left > 0 {
+        let dir = conn.outbox_dir();
+        let reach = if client.is_connected() {
+            "no ack yet from"
+        } else {
+            "cannot reach"
+        };
+        say(
+            conn,
+            &format!(
+                "queued: {reach} the broker at {}; {left} message(s) wait in {} (send with `dishsync outbox flush`)",
+                conn.broker,
+                dir.display()
+            ),
+            json!({"id": id, "status": "queued", "waiting": left, "broker": conn.broker}),
+        );
+        return Ok(ExitCode::from(3));
+    }
+    match &id {
+        Some(id) if rejected.is_empty() => say(
+            conn,
+            &format!("acknowledged {id}"),
+            json!({"id": id, "status": "acknowledged"}),
+        ),
+        Some(_) => {}
+        None => say(
+            conn,
+            &format!(
+                "flushed: {acked} acknowledged, {} rejected, of {waiting}",
+                rejected.len()
+            ),
+            json!({"status": "flushed", "acknowledged": acked, "rejected": rejected.len(), "waiting": waiting}),
+        ),
+    }
+    Ok(code)
+}
+
+fn outbox_status(conn: &Connection) -> anyhow::Result<ExitCode> {
+    let dir = conn.outbox_dir();
+    let outbox = Outbox::open(&dir, usize::MAX)?;
+    let pending = outbox.pending()?;
+    if conn.json {
+        for (_, e) in &pending {
+            say(conn, "", json!({"id": e.id, "topic": e.topic}));
+        }
+    } else {
+        println!("{} message(s) wait in {}", pending.len(), dir.display());
+        for (_, e) in pending.iter().take(20) {
+            println!("  {}  {}", e.id, e.topic);
+        }
+        if pending.len() > 20 {
+            println!("  … and {} more", pending.len() - 20);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch(conn: &Connection, what: WatchArg) -> anyhow::Result<ExitCode> {
+    let kinds = match what {
+        WatchArg::Availability => vec![Watch::Availability],
+        WatchArg::Levels => vec![Watch::Levels],
+        WatchArg::Menu => vec![Watch::Menu],
+        WatchArg::All => vec![Watch::Availability, Watch::Levels],
+    };
+    // Watching records nothing; it keeps its own (empty) outbox so that it can
+    // run beside a recording command of the same device.
+    let mut dir = conn.outbox_dir().into_os_string();
+    dir.push("-watch");
+    let (client, mut updates) = Client::start(conn.config(PathBuf::from(dir), kinds)?)?;
+    let mut table = Table::default();
+    loop {
+        tokio::select! {
+            update = updates.recv() => match update {
+                Some(u) => {
+                    if conn.json {
+                        print_json(conn, &u);
+                    } else {
+                        table.apply(&u);
+                        table.draw(conn);
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    client.shutdown(Duration::ZERO).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(conn: &Connection, u: &Update) {
+    let doc = match u {
+        Update::Availability(d) => json!({"type": "availability", "data": d}),
+        Update::Level(d) => json!({"type": "level", "data": d}),
+        Update::Menu(d) => json!({"type": "menu", "data": d}),
+        Update::Connected(up) => json!({"type": "connection", "data": {"up": up}}),
+        Update::Acked(_) | Update::Rejected(_) => return,
+    };
+    say(conn, "", doc);
+}
+
+/// The live terminal view of `watch`.
+#[derive(Default)]
+struct Table {
+    dishes: BTreeMap<DishId, (DishStatus, u64, Option<SkuId>, bool)>,
+    levels: BTreeMap<SkuId, (i64, String, LevelState)>,
+    connected: bool,
+}
+
+impl Table {
+    fn apply(&mut self, u: &Update) {
+        match u {
+            Update::Availability(d) => {
+                self.dishes.insert(
+                    d.dish.clone(),
+                    (d.status, d.portions, d.limited_by.clone(), d.override_.is_some()),
+                );
+            }
+            Update::Menu(m) => {
+                for (dish, e) in &m.dishes {
+                    self.dishes
+                        .insert(dish.clone(), (e.status, e.portions, e.limited_by.clone(), e.override_));
+                }
+            }
+            Update::Level(l) => {
+                self.levels.insert(l.sku.clone(), (l.qty, l.unit.to_string(), l.state));
+            }
+            Update::Connected(up) => self.connected = *up,
+            Update::Acked(_) | Update::Rejected(_) => {}
+        }
+    }
+
+    fn draw(&self, conn: &Connection) {
+        const RED: &str = "\x1b[31m";
+        const YELLOW: &str = "\x1b[33m";
+        const GREEN: &str = "\x1b[32m";
+        const RESET: &str = "\x1b[0m";
+        let mut out = String::from("\x1b[2J\x1b[H");
+        let link = if self.connected { "connected" } else { "connecting…" };
+        out.push_str(&format!(
+            "dishsync · store {} · {} ({link})\n\n",
+            conn.store, conn.broker
+        ));
+        if !self.dishes.is_empty() {
+            out.push_str(&format!(
+                "{:<28} {:<9} {:>8}  {}\n",
+                "DISH", "STATUS", "PORTIONS", "LIMITED BY"
+            ));
+            for (dish, (status, portions, limited, overridden)) in &self.dishes {
+                let (colour, word) = match status {
+                    DishStatus::Available => (GREEN, "available"),
+                    DishStatus::Low => (YELLOW, "low"),
+                    DishStatus::SoldOut => (RED, "sold out"),
+                };
+                let limited = limited.as_ref().map_or("", |s| s.as_str());
+                let mark = if *overridden { "  (86)" } else { "" };
+                out.push_str(&format!(
+                    "{dish:<28} {colour}{word:<9}{RESET} {portions:>8}  {limited}{mark}\n"
+                ));
+            }
+            out.push('\n');
+        }
+        if !self.levels.is_empty() {
+            out.push_str(&format!("{:<28} {:>10} {:<4} {}\n", "SKU", "LEVEL", "", "STATE"));
+            for (sku, (qty, unit, state)) in &self.levels {
+                let (colour, word) = match state {
+                    LevelState::Ok => (GREEN, "ok"),
+                    LevelState::Low => (YELLOW, "low"),
+                    LevelState::Out => (RED, "out"),
+                    LevelState::Negative => (RED, "negative"),
+                };
+                out.push_str(&format!("{sku:<28} {qty:>10} {unit:<4} {colour}{word}{RESET}\n"));
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+    }
+}

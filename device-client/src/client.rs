@@ -1,0 +1,570 @@
+//! The device client: a typed API over rumqttc with a durable outbox.
+//!
+//! [`Client::start`] opens the outbox and spawns one connection task that
+//! owns the MQTT connection. Recording calls ([`Client::record_stock`],
+//! [`Client::record_sale`], …) write to the outbox, flush it, and return the
+//! event id; the task publishes the outbox in order at QoS 2, removes an entry
+//! only when its id appears on `stores/{store}/acks/{device}`, and re-sends
+//! every unacknowledged entry after a reconnect or when acks stop coming. The
+//! broker applies an id at most once, so this is exactly-once.
+//!
+//! An input the broker *rejects* (its id on `stores/{store}/errors/{device}`)
+//! will never be accepted: it leaves the outbox and is reported as
+//! [`Update::Rejected`]. Only `unavailable` (the broker was stopping) is kept
+//! and re-sent.
+//!
+//! The task also keeps the device's presence (`online` on connect, `offline`
+//! as last will and on shutdown) and delivers typed [`Update`]s for what the
+//! client watches, dropping any copy with an older `rev` than already seen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dishsync_protocol::payload::{
+    AckOut, DishAvailabilityOut, ErrorCode, ErrorOut, LevelOut, OverrideIn, OverrideStatus, SaleIn, SaleLine,
+    StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
+};
+use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, StoreId, Topic, Unit};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::outbox::{Entry, Outbox, OutboxError};
+
+/// Unacknowledged messages on the wire at once.
+const WINDOW: usize = 256;
+
+/// What the client watches besides its own acks and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Watch {
+    /// Every dish's availability in the store.
+    Availability,
+    /// The store's whole-menu document.
+    Menu,
+    /// Every SKU's level in the store.
+    Levels,
+}
+
+impl Watch {
+    fn filter(self, store: &StoreId) -> String {
+        // Wildcard filters are the one place topics are built from parts
+        // outside `Topic`: a filter is not a topic.
+        match self {
+            Watch::Availability => format!("stores/{store}/dishes/+/availability"),
+            Watch::Menu => Topic::StoreAvailability { store: store.clone() }.to_string(),
+            Watch::Levels => format!("stores/{store}/stock/+/level"),
+        }
+    }
+}
+
+/// How to reach the broker and who this device is.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// The store this device belongs to.
+    pub store: StoreId,
+    /// This device; also its MQTT client id.
+    pub device: DeviceId,
+    /// Username and password, when the broker requires them.
+    pub credentials: Option<(String, String)>,
+    /// Where the outbox lives (one directory per device).
+    pub outbox_dir: PathBuf,
+    /// Most messages the outbox holds before recording fails.
+    pub outbox_limit: usize,
+    /// Re-send what is unacknowledged when no ack arrived for this long.
+    pub ack_timeout: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+    /// What to deliver as [`Update`]s.
+    pub watch: Vec<Watch>,
+}
+
+impl ClientConfig {
+    /// A configuration with sensible defaults for everything but identity.
+    pub fn new(host: impl Into<String>, port: u16, store: StoreId, device: DeviceId, outbox_dir: PathBuf) -> Self {
+        ClientConfig {
+            host: host.into(),
+            port,
+            store,
+            device,
+            credentials: None,
+            outbox_dir,
+            outbox_limit: 100_000,
+            ack_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(10),
+            watch: Vec::new(),
+        }
+    }
+}
+
+/// What failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The outbox refused or failed; nothing was recorded.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The input is invalid before it is even sent.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// The connection task has stopped.
+    #[error("the client has stopped")]
+    Stopped,
+}
+
+/// Something the client learned from the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// The connection is up (true) or down (false).
+    Connected(bool),
+    /// These recorded ids are committed by the broker.
+    Acked(Vec<EventId>),
+    /// The broker refused a recorded input; it has left the outbox.
+    Rejected(ErrorOut),
+    /// A dish's availability changed.
+    Availability(DishAvailabilityOut),
+    /// The whole-menu document changed.
+    Menu(StoreAvailabilityOut),
+    /// A SKU's level changed.
+    Level(LevelOut),
+}
+
+/// A handle to a running device client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<ClientConfig>,
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    connected: watch::Receiver<bool>,
+    /// Messages in the outbox, updated on every record and ack.
+    pending: Arc<watch::Sender<usize>>,
+}
+
+impl Client {
+    /// Opens the outbox and starts the connection task. Returns the handle
+    /// and the stream of [`Update`]s. Works with the broker down: recording
+    /// goes to the outbox and is sent once the broker is reachable.
+    pub fn start(config: ClientConfig) -> Result<(Client, mpsc::UnboundedReceiver<Update>), ClientError> {
+        let outbox = Outbox::open(&config.outbox_dir, config.outbox_limit)?;
+        let config = Arc::new(config);
+        let wake = Arc::new(Notify::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let (connected_tx, connected) = watch::channel(false);
+        let (updates_tx, updates) = mpsc::unbounded_channel();
+        let pending = Arc::new(watch::Sender::new(outbox.len()));
+        let task = Connection {
+            pending: Arc::clone(&pending),
+            config: Arc::clone(&config),
+            outbox: outbox.clone(),
+            wake: Arc::clone(&wake),
+            stop: stop_rx,
+            connected: connected_tx,
+            updates: updates_tx,
+            revs: HashMap::new(),
+        };
+        tokio::spawn(task.run());
+        Ok((
+            Client {
+                config,
+                outbox,
+                wake,
+                stop,
+                connected,
+                pending,
+            },
+            updates,
+        ))
+    }
+
+    fn record(&self, topic: Topic, payload: impl FnOnce(&EventId) -> Vec<u8>) -> Result<EventId, ClientError> {
+        if *self.stop.borrow() {
+            return Err(ClientError::Stopped);
+        }
+        let id = self.outbox.record(topic.to_string(), payload)?;
+        self.pending.send_replace(self.outbox.len());
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    fn json<T: serde::Serialize>(doc: &T) -> Vec<u8> {
+        serde_json::to_vec(doc).unwrap_or_default()
+    }
+
+    /// Records a stock event for `sku`.
+    pub fn record_stock(
+        &self,
+        sku: &SkuId,
+        kind: StockKind,
+        qty: f64,
+        unit: Unit,
+        reason: Option<String>,
+        reference: Option<String>,
+    ) -> Result<EventId, ClientError> {
+        if !qty.is_finite() {
+            return Err(ClientError::Invalid(format!("quantity {qty} is not a number")));
+        }
+        let topic = Topic::StockEvents {
+            store: self.config.store.clone(),
+            sku: sku.clone(),
+        };
+        let device = self.config.device.clone();
+        let at = Timestamp::now();
+        self.record(topic, |id| {
+            Self::json(&StockEventIn {
+                id: id.clone(),
+                kind,
+                qty,
+                unit,
+                at,
+                device,
+                reference,
+                reason,
+            })
+        })
+    }
+
+    /// Records a sale of `lines` (dish, portions).
+    pub fn record_sale(&self, lines: &[(DishId, u32)]) -> Result<EventId, ClientError> {
+        if lines.is_empty() {
+            return Err(ClientError::Invalid("a sale needs at least one line".into()));
+        }
+        let lines: Vec<SaleLine> = lines
+            .iter()
+            .map(|(dish, portions)| SaleLine {
+                dish: dish.clone(),
+                portions: *portions,
+            })
+            .collect();
+        let device = Some(self.config.device.clone());
+        let at = Some(Timestamp::now());
+        self.record(
+            Topic::Sales {
+                store: self.config.store.clone(),
+            },
+            |id| {
+                Self::json(&SaleIn {
+                    id: id.clone(),
+                    lines: Some(lines),
+                    void: None,
+                    at,
+                    device,
+                })
+            },
+        )
+    }
+
+    /// Records a void of the sale `sale`.
+    pub fn record_void(&self, sale: &EventId) -> Result<EventId, ClientError> {
+        let device = Some(self.config.device.clone());
+        let at = Some(Timestamp::now());
+        self.record(
+            Topic::Sales {
+                store: self.config.store.clone(),
+            },
+            |id| {
+                Self::json(&SaleIn {
+                    id: id.clone(),
+                    lines: None,
+                    void: Some(sale.clone()),
+                    at,
+                    device,
+                })
+            },
+        )
+    }
+
+    /// Records a chef's 86 (`SoldOut`, optionally until a time) or its
+    /// release (`Auto`).
+    pub fn record_override(
+        &self,
+        dish: &DishId,
+        status: OverrideStatus,
+        until: Option<Timestamp>,
+        note: Option<String>,
+    ) -> Result<EventId, ClientError> {
+        let topic = Topic::DishOverride {
+            store: self.config.store.clone(),
+            dish: dish.clone(),
+        };
+        let by = self.config.device.clone();
+        self.record(topic, |id| {
+            Self::json(&OverrideIn {
+                id: id.clone(),
+                status,
+                by,
+                until,
+                note,
+            })
+        })
+    }
+
+    /// Messages recorded and not yet acknowledged.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Whether `id` is still waiting for its ack.
+    pub fn is_pending(&self, id: &EventId) -> bool {
+        self.outbox.contains(id)
+    }
+
+    /// Whether the connection is up.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Waits until the outbox is empty or `timeout` passes; returns how many
+    /// messages still wait.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let mut pending = self.pending.subscribe();
+        let _ = tokio::time::timeout(timeout, pending.wait_for(|n| *n == 0)).await;
+        self.outbox.len()
+    }
+
+    /// Stops the client: waits up to `timeout` for the outbox to drain,
+    /// announces `offline`, disconnects. Returns how many messages still
+    /// wait (they stay in the outbox for the next start).
+    pub async fn shutdown(&self, timeout: Duration) -> usize {
+        let left = self.drain(timeout).await;
+        let _ = self.stop.send(true);
+        self.wake.notify_one();
+        let _ = self.outbox.flush();
+        left
+    }
+}
+
+/// The connection task's state.
+struct Connection {
+    config: Arc<ClientConfig>,
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+    connected: watch::Sender<bool>,
+    pending: Arc<watch::Sender<usize>>,
+    updates: mpsc::UnboundedSender<Update>,
+    /// Highest `rev` seen per watched topic.
+    revs: HashMap<String, u64>,
+}
+
+/// What one connection attempt ended with.
+enum Ended {
+    Stopped,
+    Lost,
+}
+
+impl Connection {
+    fn status_topic(&self) -> String {
+        Topic::DeviceStatus {
+            store: self.config.store.clone(),
+            device: self.config.device.clone(),
+        }
+        .to_string()
+    }
+
+    fn options(&self) -> MqttOptions {
+        let c = &self.config;
+        let mut opts = MqttOptions::new(c.device.as_str(), c.host.clone(), c.port);
+        opts.set_keep_alive(Duration::from_secs(15));
+        opts.set_clean_session(true);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_request_channel_capacity(WINDOW * 2 + 16);
+        opts.set_inflight(100);
+        opts.set_last_will(LastWill::new(self.status_topic(), "offline", QoS::AtLeastOnce, true));
+        if let Some((user, pass)) = &c.credentials {
+            opts.set_credentials(user.clone(), pass.clone());
+        }
+        opts
+    }
+
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (client, eventloop) = AsyncClient::new(self.options(), WINDOW * 2 + 16);
+            match self.session(&client, eventloop).await {
+                Ended::Stopped => {
+                    let _ = client.try_publish(self.status_topic(), QoS::AtLeastOnce, true, "offline");
+                    let _ = client.try_disconnect();
+                    info!(device = %self.config.device, "client stopped");
+                    return;
+                }
+                Ended::Lost => {
+                    let _ = self.connected.send(false);
+                    let _ = self.updates.send(Update::Connected(false));
+                }
+            }
+            let stopped = tokio::select! {
+                _ = tokio::time::sleep(backoff) => false,
+                _ = self.stop.changed() => true,
+            };
+            if stopped || *self.stop.borrow() {
+                return;
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// One connection, from CONNECT until it is lost or the client stops.
+    async fn session(&mut self, client: &AsyncClient, mut eventloop: EventLoop) -> Ended {
+        let store = self.config.store.clone();
+        let device = self.config.device.clone();
+        let acks = Topic::Acks {
+            store: store.clone(),
+            device: device.clone(),
+        }
+        .to_string();
+        let errors = Topic::Errors {
+            store: store.clone(),
+            device: device.clone(),
+        }
+        .to_string();
+        // Sequence numbers sent on this connection and not yet acknowledged.
+        let mut in_flight: BTreeMap<u64, EventId> = BTreeMap::new();
+        let mut last_sent: Option<u64> = None;
+        let mut last_progress = Instant::now();
+        let mut up = false;
+        loop {
+            if *self.stop.borrow() {
+                return Ended::Stopped;
+            }
+            let ack_deadline = last_progress + self.config.ack_timeout;
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        up = true;
+                        let _ = self.connected.send(true);
+                        let _ = self.updates.send(Update::Connected(true));
+                        let _ = client.try_subscribe(&acks, QoS::AtLeastOnce);
+                        let _ = client.try_subscribe(&errors, QoS::AtLeastOnce);
+                        for w in &self.config.watch {
+                            let _ = client.try_subscribe(w.filter(&store), QoS::AtLeastOnce);
+                        }
+                        let _ = client.try_publish(self.status_topic(), QoS::AtLeastOnce, true, "online");
+                        info!(%device, "connected; {} message(s) in the outbox", self.outbox.len());
+                        last_progress = Instant::now();
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if p.topic == acks {
+                            if let Ok(ack) = serde_json::from_slice::<AckOut>(&p.payload) {
+                                self.on_ack(ack.ids, &mut in_flight);
+                                last_progress = Instant::now();
+                            }
+                        } else if p.topic == errors {
+                            if let Ok(err) = serde_json::from_slice::<ErrorOut>(&p.payload) {
+                                self.on_error(err, &mut in_flight);
+                                last_progress = Instant::now();
+                            }
+                        } else {
+                            self.on_watched(&p.topic, &p.payload);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(%device, error = %e, "connection lost");
+                        if up {
+                            warn!(%device, error = %e, "connection lost; {} message(s) wait", self.outbox.len());
+                        }
+                        return Ended::Lost;
+                    }
+                },
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(ack_deadline), if !in_flight.is_empty() => {
+                    warn!(%device, in_flight = in_flight.len(), "no ack within the timeout; sending again");
+                    in_flight.clear();
+                    last_sent = None;
+                    last_progress = Instant::now();
+                }
+                _ = self.stop.changed() => return Ended::Stopped,
+            }
+            if up {
+                self.send_more(client, &mut in_flight, &mut last_sent);
+            }
+        }
+    }
+
+    /// Publishes outbox entries after `last_sent`, in order, up to the window.
+    fn send_more(&self, client: &AsyncClient, in_flight: &mut BTreeMap<u64, EventId>, last_sent: &mut Option<u64>) {
+        let room = WINDOW.saturating_sub(in_flight.len());
+        if room == 0 {
+            return;
+        }
+        let next = match self.outbox.after(*last_sent, room) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        for (seq, Entry { id, topic, payload }) in next {
+            if client.try_publish(topic, QoS::ExactlyOnce, false, payload).is_err() {
+                return;
+            }
+            in_flight.insert(seq, id);
+            *last_sent = Some(seq);
+        }
+    }
+
+    fn on_ack(&mut self, ids: Vec<EventId>, in_flight: &mut BTreeMap<u64, EventId>) {
+        match self.outbox.remove(&ids) {
+            Ok(n) if n > 0 => {
+                self.pending.send_replace(self.outbox.len());
+                in_flight.retain(|_, id| !ids.contains(id));
+                let _ = self.updates.send(Update::Acked(ids));
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot update the outbox"),
+        }
+    }
+
+    fn on_error(&mut self, err: ErrorOut, in_flight: &mut BTreeMap<u64, EventId>) {
+        let id = err.id.as_deref().and_then(|i| EventId::new(i).ok());
+        let Some(id) = id.filter(|id| self.outbox.contains(id)) else {
+            // Not one of the outbox's messages: report it and nothing more.
+            let _ = self.updates.send(Update::Rejected(err));
+            return;
+        };
+        if err.code == ErrorCode::Unavailable {
+            // The broker was stopping: the ack timeout sends it again.
+            return;
+        }
+        warn!(%id, code = ?err.code, reason = %err.error, "the broker refused a recorded input");
+        if let Err(e) = self.outbox.remove(std::slice::from_ref(&id)) {
+            warn!(error = %e, "cannot update the outbox");
+        }
+        self.pending.send_replace(self.outbox.len());
+        in_flight.retain(|_, i| *i != id);
+        let _ = self.updates.send(Update::Rejected(err));
+    }
+
+    /// Delivers a watched document unless an equal or newer `rev` was seen.
+    fn on_watched(&mut self, topic: &str, payload: &[u8]) {
+        let update = match topic.parse::<Topic>() {
+            Ok(Topic::DishAvailability { .. }) => serde_json::from_slice::<DishAvailabilityOut>(payload)
+                .ok()
+                .map(|d| (d.rev, Update::Availability(d))),
+            Ok(Topic::StoreAvailability { .. }) => serde_json::from_slice::<StoreAvailabilityOut>(payload)
+                .ok()
+                .map(|d| (d.rev, Update::Menu(d))),
+            Ok(Topic::StockLevel { .. }) => serde_json::from_slice::<LevelOut>(payload)
+                .ok()
+                .map(|d| (d.rev, Update::Level(d))),
+            _ => None,
+        };
+        let Some((rev, update)) = update else {
+            debug!(topic, "ignored a message that is not a watched document");
+            return;
+        };
+        let last = self.revs.entry(topic.to_string()).or_insert(0);
+        if rev <= *last {
+            debug!(topic, rev, last = *last, "dropped an older copy");
+            return;
+        }
+        *last = rev;
+        let _ = self.updates.send(update);
+    }
+}

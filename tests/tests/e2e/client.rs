@@ -1,0 +1,325 @@
+//! The device client and the `dishsync` CLI against the real broker: the
+//! outbox delivers every recorded event exactly once and in order, whatever
+//! happens to the network, the broker or the client process.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dishsync_broker::store::Store;
+use dishsync_client::{Client, ClientConfig, Update};
+use dishsync_protocol::payload::StockKind;
+use dishsync_protocol::{EventId, Unit};
+use serde_json::{json, Value};
+use tokio::time::{timeout_at, Instant};
+
+use crate::support::{cli_binary, free_addr, small_chain, temp_data_dir, BrokerProcess, Client as Mqtt, DEADLINE};
+
+fn config(addr: std::net::SocketAddr, device: &str, outbox: &Path) -> Result<ClientConfig> {
+    let mut c = ClientConfig::new(
+        addr.ip().to_string(),
+        addr.port(),
+        "s1".parse()?,
+        device.parse()?,
+        outbox.into(),
+    );
+    c.max_backoff = Duration::from_millis(300);
+    c.ack_timeout = Duration::from_secs(5);
+    Ok(c)
+}
+
+/// The ledger's event ids, in commit order, for events of `device`'s ids.
+fn ledger_ids(data: &Path) -> Result<Vec<String>> {
+    let store = Store::open(data)?;
+    let mut ids = Vec::new();
+    for entry in store.ledger() {
+        ids.push(entry?.event.to_string());
+    }
+    Ok(ids)
+}
+
+fn assert_each_once(ledger: &[String], recorded: &[EventId]) {
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in ledger {
+        *count.entry(id.as_str()).or_default() += 1;
+    }
+    for id in recorded {
+        assert_eq!(
+            count.get(id.as_str()),
+            Some(&1),
+            "event {id} applied {:?} times",
+            count.get(id.as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_recorded_while_the_broker_is_down_are_applied_once_and_in_order() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let addr = free_addr()?;
+    let (client, _updates) = Client::start(config(addr, "tablet-1", &tmp.path().join("outbox"))?)?;
+    let mut recorded = Vec::new();
+    for i in 0..500 {
+        let kind = if i % 5 == 4 {
+            StockKind::Consume
+        } else {
+            StockKind::Receive
+        };
+        recorded.push(client.record_stock(&"fries".parse()?, kind, (10 + i % 7) as f64, Unit::G, None, None)?);
+    }
+    assert_eq!(client.outbox_len(), 500);
+    assert!(!client.is_connected());
+
+    let broker = BrokerProcess::start_on(&small_chain(), &data, addr)?;
+    assert_eq!(
+        client.drain(DEADLINE).await,
+        0,
+        "outbox drained; broker log:\n{}",
+        broker.log()
+    );
+    let expected: i64 = (0..500)
+        .map(|i| if i % 5 == 4 { -(10 + i % 7) } else { 10 + i % 7 })
+        .sum();
+    let mut pos = Mqtt::connect(broker.addr, "pos-check").await?;
+    pos.subscribe("stores/s1/stock/fries/level", rumqttc::QoS::AtLeastOnce)
+        .await?;
+    pos.wait_latest("stores/s1/stock/fries/level", |d| d["qty"] == json!(expected))
+        .await?;
+    client.shutdown(Duration::from_secs(5)).await;
+    drop(pos);
+    drop(broker);
+
+    let ledger = ledger_ids(&data)?;
+    assert_each_once(&ledger, &recorded);
+    let order: Vec<&str> = ledger.iter().map(String::as_str).collect();
+    let want: Vec<&str> = recorded.iter().map(EventId::as_str).collect();
+    assert_eq!(order, want, "applied in recording order");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_drains_fully_after_the_broker_is_killed_mid_stream() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let addr = free_addr()?;
+    let mut broker = BrokerProcess::start_on(&small_chain(), &data, addr)?;
+    let (client, mut updates) = Client::start(config(addr, "scale-3", &tmp.path().join("outbox"))?)?;
+    let mut recorded = Vec::new();
+    for _ in 0..1000 {
+        recorded.push(client.record_stock(&"beef".parse()?, StockKind::Receive, 3.0, Unit::G, None, None)?);
+    }
+    // Kill once part of the stream is acknowledged.
+    let deadline = Instant::now() + DEADLINE;
+    let mut acked = 0;
+    while acked < 200 {
+        match timeout_at(deadline, updates.recv()).await {
+            Ok(Some(Update::Acked(ids))) => acked += ids.len(),
+            Ok(Some(_)) => {}
+            _ => bail!("no acks before the kill"),
+        }
+    }
+    broker.kill();
+    assert!(client.outbox_len() > 0, "the kill came after the stream ended");
+    let broker = BrokerProcess::start_on(&small_chain(), &data, addr)?;
+    assert_eq!(client.drain(DEADLINE).await, 0, "broker log:\n{}", broker.log());
+    let mut pos = Mqtt::connect(broker.addr, "pos-check").await?;
+    pos.subscribe("stores/s1/stock/beef/level", rumqttc::QoS::AtLeastOnce)
+        .await?;
+    pos.wait_latest("stores/s1/stock/beef/level", |d| d["qty"] == json!(3000))
+        .await?;
+    client.shutdown(Duration::from_secs(5)).await;
+    drop(pos);
+    drop(broker);
+    let ledger = ledger_ids(&data)?;
+    assert_eq!(ledger.len(), 1000);
+    assert_each_once(&ledger, &recorded);
+    Ok(())
+}
+
+/// Runs the CLI to completion.
+fn cli(addr: std::net::SocketAddr, outbox: &Path, args: &[&str]) -> Result<(i32, String)> {
+    let out = Command::new(cli_binary())
+        .args([
+            "--broker",
+            &addr.to_string(),
+            "--store",
+            "s1",
+            "--device",
+            "tab-1",
+            "--wait",
+            "30",
+        ])
+        .arg("--outbox")
+        .arg(outbox)
+        .args(args)
+        .output()
+        .context("running dishsync")?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// Starts the CLI and kills it with SIGKILL as soon as it has printed
+/// `recorded <id>` — after the outbox write, before (or while) it waits for
+/// the ack. Returns the id.
+fn record_then_kill(addr: std::net::SocketAddr, outbox: &Path, args: &[&str]) -> Result<String> {
+    let mut child = Command::new(cli_binary())
+        .args(["--broker", &addr.to_string(), "--store", "s1", "--device", "tab-1"])
+        .arg("--outbox")
+        .arg(outbox)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if let Some(id) = line.strip_prefix("recorded ") {
+                let _ = tx.send(id.to_string());
+            }
+        }
+    });
+    let id = rx
+        .recv_timeout(DEADLINE)
+        .map_err(|_| anyhow!("the CLI never recorded"))?;
+    child.kill()?;
+    child.wait()?;
+    Ok(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_before_its_ack_gets_its_events_applied_once() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let outbox = tmp.path().join("outbox");
+    let addr = free_addr()?;
+    // Killed while the broker is down: surely before any ack.
+    let mut ids = vec![record_then_kill(
+        addr,
+        &outbox,
+        &["stock", "receive", "fries", "100", "g"],
+    )?];
+    let broker = BrokerProcess::start_on(&small_chain(), &data, addr)?;
+    // Killed while the broker is up: before or after the ack, by chance.
+    for qty in ["200", "300", "400"] {
+        ids.push(record_then_kill(
+            addr,
+            &outbox,
+            &["stock", "receive", "fries", qty, "g"],
+        )?);
+    }
+    let (code, out) = cli(addr, &outbox, &["outbox", "flush"])?;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(addr, &outbox, &["outbox", "status"])?;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("0 message(s) wait"), "{out}");
+
+    let mut pos = Mqtt::connect(broker.addr, "pos-check").await?;
+    pos.subscribe("stores/s1/stock/fries/level", rumqttc::QoS::AtLeastOnce)
+        .await?;
+    pos.wait_latest("stores/s1/stock/fries/level", |d| d["qty"] == json!(1000))
+        .await?;
+    drop(pos);
+    drop(broker);
+    let recorded: Vec<EventId> = ids.iter().map(|i| i.parse()).collect::<Result<_, _>>()?;
+    assert_each_once(&ledger_ids(&data)?, &recorded);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_json_shows_a_scripted_service_in_order() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let addr = broker.addr;
+    let mut watcher = Command::new(cli_binary())
+        .args([
+            "--broker",
+            &addr.to_string(),
+            "--store",
+            "s1",
+            "--device",
+            "manager-1",
+            "--json",
+        ])
+        .arg("--outbox")
+        .arg(tmp.path().join("watch"))
+        .args(["watch", "availability"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = watcher.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std_mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let chips_status = |rx: &std_mpsc::Receiver<Value>, want: &str| -> Result<Value> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = rx
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("watch never showed chips {want}"))?;
+            if v["type"] == "availability" && v["data"]["dish"] == "chips" {
+                assert_eq!(v["data"]["status"], want, "chips changes in order: {v}");
+                return Ok(v);
+            }
+        }
+    };
+    let first = chips_status(&rx, "sold_out")?;
+    let outbox = tmp.path().join("outbox");
+    let steps: [(&[&str], &str); 4] = [
+        (&["stock", "receive", "fries", "2", "kg"], "available"),
+        (&["sell", "chips:9"], "low"),
+        (&["86", "chips", "--note", "fryer down"], "sold_out"),
+        (&["release", "chips"], "low"),
+    ];
+    let mut revs = vec![first["data"]["rev"].as_u64().unwrap_or(0)];
+    for (i, (args, want)) in steps.iter().enumerate() {
+        let (code, out) = cli(addr, &outbox, args)?;
+        assert_eq!(code, 0, "step {i}: {out}");
+        let v = chips_status(&rx, want)?;
+        let overridden = v["data"]["override"] != Value::Null;
+        assert_eq!(overridden, i == 2, "step {i}: {v}");
+        revs.push(v["data"]["rev"].as_u64().unwrap_or(0));
+    }
+    assert!(
+        revs.windows(2).all(|w| w[1] == w[0] + 1),
+        "one rev per change: {revs:?}"
+    );
+    watcher.kill()?;
+    watcher.wait()?;
+    Ok(())
+}
+
+#[test]
+fn cli_argument_errors_exit_2() -> Result<()> {
+    let cases: &[&[&str]] = &[
+        &["stock", "receive", "fries", "abc", "kg"],
+        &["stock", "receive", "fries", "1", "ounces"],
+        &["stock", "steal", "fries", "1", "kg"],
+        &["--store", "Down Town", "sell", "fries"],
+        &["sell"],
+        &["sell", "fries:0"],
+        &["86", "chips", "--until", "tonight"],
+        &["teleport"],
+    ];
+    for args in cases {
+        let out = Command::new(cli_binary()).args(*args).output()?;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "{args:?}: says why");
+    }
+    Ok(())
+}
