@@ -33,31 +33,31 @@ struct Cli {
 }
 
 #[derive(Args)]
-struct Connection {
+pub(crate) struct Connection {
     /// Broker address, host:port.
     #[arg(long, env = "DISHSYNC_BROKER", default_value = "127.0.0.1:1883", global = true)]
-    broker: String,
+    pub(crate) broker: String,
     /// The store this device belongs to.
     #[arg(long, env = "DISHSYNC_STORE", default_value = "downtown", global = true)]
-    store: StoreId,
+    pub(crate) store: StoreId,
     /// This device's id (also its MQTT client id).
     #[arg(long, env = "DISHSYNC_DEVICE", default_value = "dishsync-cli", global = true)]
-    device: DeviceId,
+    pub(crate) device: DeviceId,
     /// Username, when the broker requires credentials.
     #[arg(long, env = "DISHSYNC_USERNAME", global = true)]
-    username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Password, when the broker requires credentials.
     #[arg(long, env = "DISHSYNC_PASSWORD", global = true, hide_env_values = true)]
-    password: Option<String>,
+    pub(crate) password: Option<String>,
     /// Outbox directory (default: per device under the user's data directory).
     #[arg(long, env = "DISHSYNC_OUTBOX", global = true)]
-    outbox: Option<PathBuf>,
+    pub(crate) outbox: Option<PathBuf>,
     /// Seconds to wait for the broker's ack before leaving a message queued.
     #[arg(long, default_value_t = 10, global = true)]
-    wait: u64,
+    pub(crate) wait: u64,
     /// Print JSON lines instead of text (for scripts).
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -113,11 +113,41 @@ enum Command {
         /// What to watch.
         what: WatchArg,
     },
+    /// Simulated store traffic: scales and POS terminals recording at a
+    /// rate for a duration, then a report (also the benchmark load generator).
+    Sim(SimArgs),
     /// Inspect or send the device's outbox.
     Outbox {
         /// status: what waits; flush: send it and wait for the acks.
         action: OutboxArg,
     },
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct SimArgs {
+    /// Simulated scales (stock events).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) scales: usize,
+    /// Simulated POS terminals (sales).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) pos: usize,
+    /// Inputs per second, all devices together.
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) rate: f64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) duration: f64,
+    /// SKUs the scales book, as sku:unit (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = parse_sku_unit,
+          default_value = "potato-fries:g,beef-patty:pcs,bun:pcs,cheddar:g,milk:ml")]
+    pub(crate) skus: Vec<(SkuId, Unit)>,
+    /// Dishes the POS terminals sell (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fries,classic-burger,latte,cola,milkshake"
+    )]
+    pub(crate) dishes: Vec<DishId>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -177,6 +207,15 @@ fn parse_line(s: &str) -> Result<(DishId, u32), String> {
     ))
 }
 
+fn parse_sku_unit(s: &str) -> Result<(SkuId, Unit), String> {
+    let (sku, unit) = s.split_once(':').ok_or_else(|| format!("{s:?} is not sku:unit"))?;
+    let sku = sku.parse().map_err(|e: dishsync_protocol::IdError| e.to_string())?;
+    Ok((
+        sku,
+        unit.parse().map_err(|e: dishsync_protocol::UnitError| e.to_string())?,
+    ))
+}
+
 fn parse_time(s: &str) -> Result<Timestamp, String> {
     Timestamp::parse(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 time"))
 }
@@ -212,7 +251,7 @@ pub fn main() -> ExitCode {
 }
 
 impl Connection {
-    fn outbox_dir(&self) -> PathBuf {
+    pub(crate) fn outbox_dir(&self) -> PathBuf {
         if let Some(dir) = &self.outbox {
             return dir.clone();
         }
@@ -226,7 +265,7 @@ impl Connection {
             .join(self.device.as_str())
     }
 
-    fn config(&self, outbox_dir: PathBuf, watch: Vec<Watch>) -> anyhow::Result<ClientConfig> {
+    pub(crate) fn config(&self, outbox_dir: PathBuf, watch: Vec<Watch>) -> anyhow::Result<ClientConfig> {
         let (host, port) = self
             .broker
             .rsplit_once(':')
@@ -261,11 +300,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client.record_override(dish, OverrideStatus::SoldOut, *until, note.clone())
             }
             Command::Release { dish } => client.record_override(dish, OverrideStatus::Auto, None, None),
-            Command::Watch { .. } | Command::Outbox { .. } => unreachable!("not a recording verb"),
+            Command::Watch { .. } | Command::Outbox { .. } | Command::Sim(_) => {
+                unreachable!("not a recording verb")
+            }
         }
     };
     match &cli.command {
         Command::Watch { what } => watch(conn, *what).await,
+        Command::Sim(args) => crate::sim::run(conn, args).await,
         Command::Outbox {
             action: OutboxArg::Status,
         } => outbox_status(conn),
@@ -286,7 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn say(conn: &Connection, text: &str, doc: serde_json::Value) {
+pub(crate) fn say(conn: &Connection, text: &str, doc: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = if conn.json {
         writeln!(out, "{doc}")

@@ -33,6 +33,7 @@
 pub mod cli;
 mod client;
 pub mod outbox;
+mod sim;
 
 pub use client::{Client, ClientConfig, ClientError, Update, Watch};
 pub use dishsync_protocol as protocol;

@@ -323,3 +323,41 @@ fn cli_argument_errors_exit_2() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_reports_every_input_acknowledged() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let (code, out) = cli(
+        broker.addr,
+        &tmp.path().join("outbox"),
+        &[
+            "--json",
+            "sim",
+            "--scales",
+            "2",
+            "--pos",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--skus",
+            "fries:g,beef:g,bun:pcs",
+            "--dishes",
+            "burger,chips",
+        ],
+    )?;
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default())?;
+    assert_eq!(report["recorded"], json!(100), "{report}");
+    assert_eq!(report["acknowledged"], json!(100), "{report}");
+    assert_eq!(report["rejected"], json!(0), "{report}");
+    assert_eq!(report["left"], json!(0), "{report}");
+    drop(broker);
+    // Every acknowledged input is in the ledger (a sale has one line per
+    // ingredient, so count distinct ids).
+    let ids: std::collections::BTreeSet<String> = ledger_ids(&data)?.into_iter().collect();
+    assert_eq!(ids.len(), 100);
+    Ok(())
+}
