@@ -37,11 +37,36 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Hash a device password for the configuration file (`password_hash`).
+    /// Reads the password from the first line of standard input.
+    HashPassword,
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::HashPassword) = &args.command {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("dishsync-broker: cannot read the password: {e}");
+            return ExitCode::FAILURE;
+        }
+        let password = line.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            eprintln!("dishsync-broker: empty password (give it on standard input)");
+            return ExitCode::from(2);
+        }
+        return match crate::auth::hash_password(password) {
+            Ok(hash) => {
+                println!("{hash}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dishsync-broker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::CheckConfig { file }) = &args.command {
         return match Settings::load(file) {
             Ok(s) => {

@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use dishsync_inventory::catalog::{Dish, RecipeLine, Sku, StockParams, Store};
 use dishsync_inventory::Catalog;
-use dishsync_protocol::{BaseUnit, DishId, Quantity, SkuId, StoreId, Unit};
+use dishsync_protocol::{BaseUnit, DeviceId, DishId, Quantity, SkuId, StoreId, Unit};
+
+use crate::acl::{Identity, Role, Scope};
+use crate::auth::{is_valid_hash, Credential};
 use serde::Deserialize;
 
 /// The default plaintext listener.
@@ -36,6 +39,26 @@ struct FileConfig {
     dishes: Vec<DishSection>,
     #[serde(default)]
     stores: Vec<StoreSection>,
+    #[serde(default)]
+    devices: Vec<DeviceSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceSection {
+    id: String,
+    role: String,
+    store: Option<String>,
+    password_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    listen: String,
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +70,11 @@ struct BrokerSection {
     allow_anonymous: bool,
     max_inflight: Option<u16>,
     max_mqueue_len: Option<usize>,
+    max_connections: Option<usize>,
+    max_packet_size: Option<u32>,
+    max_publish_rate: Option<u32>,
+    login_failures_per_minute: Option<u32>,
+    tls: Option<TlsSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,8 +141,34 @@ pub struct Settings {
     pub max_inflight: u16,
     /// Per-connection outgoing queue bound (BROKER-NOTES: 10k–100k).
     pub max_mqueue_len: usize,
+    /// Most client connections at once (per listener).
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted; a larger one closes the connection.
+    pub max_packet_size: u32,
+    /// Publishes per second one client may send (bursts up to twice that).
+    pub max_publish_rate: u32,
+    /// Failed logins per minute from one address before logins from it are
+    /// refused unchecked.
+    pub login_failures_per_minute: u32,
+    /// The TLS listener, if any.
+    pub tls: Option<TlsSettings>,
+    /// Every device allowed to log in.
+    pub credentials: Vec<Credential>,
     /// The chain.
     pub catalog: Arc<Catalog>,
+}
+
+/// The TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One problem in a configuration file, with its place.
@@ -432,6 +486,27 @@ impl Validator {
         if stores.is_empty() {
             self.issue("stores", "at least one store is needed");
         }
+        let store_ids: BTreeSet<StoreId> = stores.iter().map(|s| s.id.clone()).collect();
+        let credentials = self.devices(&file.devices, &store_ids);
+        let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
+        let limits = (
+            file.broker.max_connections.unwrap_or(10_000),
+            file.broker.max_packet_size.unwrap_or(256 * 1024),
+            file.broker.max_publish_rate.unwrap_or(500),
+            file.broker.login_failures_per_minute.unwrap_or(10),
+        );
+        if limits.0 == 0 {
+            self.issue("broker.max_connections", "must be at least 1");
+        }
+        if (limits.1 as usize) < dishsync_protocol::MAX_INPUT_PAYLOAD + 1024 {
+            self.issue(
+                "broker.max_packet_size",
+                format!("must be at least {} bytes (inputs may be 16 KiB)", dishsync_protocol::MAX_INPUT_PAYLOAD + 1024),
+            );
+        }
+        if limits.2 == 0 {
+            self.issue("broker.max_publish_rate", "must be at least 1");
+        }
 
         if !self.issues.is_empty() {
             return None;
@@ -449,8 +524,82 @@ impl Validator {
             allow_anonymous: file.broker.allow_anonymous,
             max_inflight,
             max_mqueue_len,
+            max_connections: limits.0,
+            max_packet_size: limits.1,
+            max_publish_rate: limits.2,
+            login_failures_per_minute: limits.3,
+            tls,
+            credentials,
             catalog: Arc::new(catalog),
         })
+    }
+}
+
+impl Validator {
+    fn devices(&mut self, devices: &[DeviceSection], stores: &BTreeSet<StoreId>) -> Vec<Credential> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, d) in devices.iter().enumerate() {
+            let place = format!("devices[{i}]");
+            let Some(device) = self.id::<DeviceId>(&format!("{place}.id"), &d.id) else { continue };
+            if !seen.insert(device.clone()) {
+                self.issue(format!("{place}.id"), format!("device {device} is defined twice"));
+            }
+            let role = match d.role.parse::<Role>() {
+                Ok(r) => r,
+                Err(e) => {
+                    self.issue(format!("{place}.role"), e);
+                    continue;
+                }
+            };
+            let scope = match (&d.store, role.is_hq()) {
+                (Some(_), true) => {
+                    self.issue(format!("{place}.store"), format!("a {role} device belongs to HQ, not a store"));
+                    continue;
+                }
+                (None, true) => Scope::Chain,
+                (None, false) if role == Role::Operator => Scope::Chain,
+                (None, false) => {
+                    self.issue(format!("{place}.store"), format!("a {role} device needs its store"));
+                    continue;
+                }
+                (Some(s), false) => {
+                    let Some(store) = self.id::<StoreId>(&format!("{place}.store"), s) else { continue };
+                    if !stores.contains(&store) {
+                        self.issue(format!("{place}.store"), format!("unknown store {store}"));
+                        continue;
+                    }
+                    Scope::Store(store)
+                }
+            };
+            if !is_valid_hash(&d.password_hash) {
+                self.issue(
+                    format!("{place}.password_hash"),
+                    "not a password hash (make one with `dishsync-broker hash-password`)",
+                );
+                continue;
+            }
+            out.push(Credential { identity: Identity { device, role, scope }, password_hash: d.password_hash.clone() });
+        }
+        out
+    }
+
+    fn tls(&mut self, t: &TlsSection) -> Option<TlsSettings> {
+        let listen = match t.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.issue("broker.tls.listen", format!("not an address:port ({e})"));
+                None
+            }
+        };
+        for (place, path) in [("broker.tls.cert", Some(&t.cert)), ("broker.tls.key", Some(&t.key)), ("broker.tls.client_ca", t.client_ca.as_ref())] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    self.issue(place, format!("{} is not a readable file", path.display()));
+                }
+            }
+        }
+        Some(TlsSettings { listen: listen?, cert: t.cert.clone(), key: t.key.clone(), client_ca: t.client_ca.clone() })
     }
 }
 
@@ -514,6 +663,62 @@ menu = ["burger", "pizza"]
             ],
             "{err}"
         );
+    }
+
+    #[test]
+    fn devices_are_checked() {
+        let hash = crate::auth::hash_password("pw").expect("hash");
+        let text = format!(
+            r#"
+[[skus]]
+id = "bun"
+name = "Bun"
+unit = "pcs"
+reorder_point = 1
+par = 2
+
+[[dishes]]
+id = "b"
+name = "B"
+recipe = [{{ sku = "bun", qty = 1 }}]
+
+[[stores]]
+id = "s1"
+name = "S1"
+
+[[devices]]
+id = "pos-1"
+role = "pos"
+store = "s1"
+password_hash = "{hash}"
+
+[[devices]]
+id = "hq-1"
+role = "hq"
+password_hash = "{hash}"
+
+[[devices]]
+id = "pos-2"
+role = "pos"
+password_hash = "{hash}"
+
+[[devices]]
+id = "pos-3"
+role = "cashier"
+store = "s1"
+password_hash = "{hash}"
+
+[[devices]]
+id = "pos-4"
+role = "pos"
+store = "s9"
+password_hash = "secret"
+"#
+        );
+        let err = Settings::parse(&text).expect_err("invalid devices");
+        let places: Vec<&str> = err.issues.iter().map(|i| i.place.as_str()).collect();
+        assert_eq!(places, ["devices[2].store", "devices[3].role", "devices[4].store"], "{err}");
+        assert!(!err.to_string().contains("$argon2"), "no hash in messages");
     }
 
     #[test]

@@ -1,92 +1,197 @@
-//! The broker's hooks into rmqtt: where MQTT traffic meets the rules.
+//! The broker's hooks into rmqtt: where MQTT traffic meets permissions and
+//! the rules.
 //!
 //! [`IntakeHook`] answers `MessagePublishCheckAcl`, which rmqtt runs inline in
-//! the publisher's session *before* it acknowledges the PUBLISH. It decides
-//! whether the topic may be published at all, decodes input payloads, hands
-//! them to the rules task and waits for the commit — so the device's
-//! PUBACK/PUBCOMP follows the durable commit. (`MessagePublish` fires before
-//! the permission check and cannot drop a message; it is not used.)
+//! the publisher's session *before* it acknowledges the PUBLISH. In order it
+//! resolves the session's identity (fixed at login, see `auth`), checks the
+//! topic against the contract and the permission matrix (`acl`), applies the
+//! per-client publish rate limit, decodes input payloads, hands them to the
+//! rules task and waits for the commit — so the device's PUBACK/PUBCOMP
+//! follows the durable commit. (`MessagePublish` fires before the permission
+//! check and cannot drop a message; it is not used.)
 //!
 //! Outcomes, as the publisher sees them:
 //! - applied: routed on to subscribers, PUBACK success;
 //! - a re-sent id already applied: not routed again, PUBACK "no matching
 //!   subscribers" (a success code in MQTT 5), id acknowledged again;
-//! - rejected: not routed, not applied, an error on the sender's `errors`
-//!   topic, and (MQTT 5) a failure reason code in the PUBACK.
+//! - refused (not permitted, rate limited, invalid): not routed, not applied,
+//!   an error on the sender's `errors` topic, and (MQTT 5) a failure reason
+//!   code in the PUBACK.
 //!
-//! [`DropCounter`] watches `MessageDropped` for messages the broker failed to
-//! deliver (full queues) and logs them: a silent drop is the worst failure a
-//! POS display can have.
+//! [`SubscribeHook`] answers `ClientSubscribeCheckAcl` with a SUBACK failure
+//! for any filter the matrix does not allow. [`DropCounter`] watches
+//! `MessageDropped` for messages the broker failed to deliver (full queues),
+//! logs them and raises an alert on `hq/alerts`: a silent drop is the worst
+//! failure a POS display can have.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dishsync_inventory::Rejection;
-use dishsync_protocol::payload::ErrorCode;
+use dishsync_protocol::payload::{BrokerAlertOut, ErrorCode, Timestamp};
 use dishsync_protocol::topic::Direction;
-use dishsync_protocol::{DeviceId, Topic};
-use rmqtt::codec::v5::PublishAckReason;
+use dishsync_protocol::{DeviceId, StoreId, Topic};
+use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
-use rmqtt::types::{PublishAclResult, PublishResult, Reason};
+use rmqtt::session::Session;
+use rmqtt::types::{PublishAclResult, PublishResult, Reason, SubscribeAclResult};
 use tracing::warn;
 
-use crate::outbound::Outbound;
+use crate::acl::{Identity, Scope};
+use crate::auth::Identities;
+use crate::outbound::{publish_doc, Outbound};
 use crate::rules::{decode, report, salvage_id, Intake, RulesHandle, Verdict};
 
-/// The device id used for a client whose MQTT client id is not a valid id.
+/// The device id used for an anonymous client whose MQTT client id is not a
+/// valid id.
 pub const UNNAMED_DEVICE: &str = "unnamed";
+
+/// Who a session is: its logged-in identity, or a demo identity when the
+/// broker allows anonymous clients. `None`: no rights at all.
+#[derive(Clone)]
+pub struct Sessions {
+    identities: Identities,
+    allow_anonymous: bool,
+}
+
+impl Sessions {
+    /// Resolves identities from `identities`, with anonymous demo access if
+    /// `allow_anonymous`.
+    pub fn new(identities: Identities, allow_anonymous: bool) -> Sessions {
+        Sessions { identities, allow_anonymous }
+    }
+
+    fn identity(&self, session: &Session) -> Option<Identity> {
+        let client_id: &str = &session.id.client_id;
+        match session.id.username.as_deref() {
+            Some(username) => self.identities.get(client_id, username),
+            None if self.allow_anonymous => Some(Identity::demo(DeviceId::new(client_id).unwrap_or_else(|_| unnamed()))),
+            None => None,
+        }
+    }
+}
+
+/// A token bucket per client: `rate` publishes per second, bursts of twice
+/// that.
+///
+/// Behind a lock because every connection task consults it; the critical
+/// section is a few arithmetic operations and never awaits.
+struct PublishLimiter {
+    rate: f64,
+    buckets: Mutex<HashMap<String, (Instant, f64)>>,
+}
+
+impl PublishLimiter {
+    fn new(rate: u32) -> PublishLimiter {
+        PublishLimiter { rate: f64::from(rate.max(1)), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    fn allow(&self, client_id: &str) -> bool {
+        let Ok(mut buckets) = self.buckets.lock() else { return true };
+        let burst = self.rate * 2.0;
+        let now = Instant::now();
+        let (last, tokens) = buckets.entry(client_id.to_string()).or_insert((now, burst));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// Decides every PUBLISH and feeds inputs to the rules.
 pub struct IntakeHook {
     rules: RulesHandle,
     out: Outbound,
+    sessions: Sessions,
+    limiter: PublishLimiter,
 }
 
 impl IntakeHook {
-    /// A hook feeding `rules`, reporting errors through `out`.
-    pub fn new(rules: RulesHandle, out: Outbound) -> IntakeHook {
-        IntakeHook { rules, out }
+    /// A hook feeding `rules`, reporting errors through `out`, allowing each
+    /// client `max_publish_rate` publishes per second.
+    pub fn new(rules: RulesHandle, out: Outbound, sessions: Sessions, max_publish_rate: u32) -> IntakeHook {
+        IntakeHook { rules, out, sessions, limiter: PublishLimiter::new(max_publish_rate) }
     }
 
-    async fn check(&self, client_id: &str, topic: &str, payload: &[u8]) -> PublishAclResult {
-        let device = DeviceId::new(client_id).unwrap_or_else(|_| unnamed());
+    async fn refuse_reported(
+        &self,
+        store: Option<&StoreId>,
+        device: &DeviceId,
+        topic: &str,
+        payload: &[u8],
+        code: PublishAckReason,
+        r: Rejection,
+    ) -> PublishAclResult {
+        match store {
+            Some(store) => report(&self.out, store, device, topic, salvage_id(payload), &r).await,
+            None => warn!(%device, topic, reason = %r.message, "publish refused"),
+        }
+        refuse(code, &r)
+    }
+
+    async fn check(&self, session: &Session, topic: &str, payload: &[u8]) -> PublishAclResult {
+        let Some(identity) = self.sessions.identity(session) else {
+            warn!(client_id = %session.id.client_id, topic, "publish from a session without identity refused");
+            return refuse(
+                PublishAckReason::NotAuthorized,
+                &Rejection::new(ErrorCode::NotPermitted, "not logged in"),
+            );
+        };
+        let device = identity.device.clone();
+        // Errors go to the device's own store when the topic names another
+        // (it cannot read the other store's errors topic).
+        let own_store = match &identity.scope {
+            Scope::Store(s) => Some(s.clone()),
+            Scope::Chain => None,
+        };
         let parsed = match topic.parse::<Topic>() {
             Ok(t) => t,
             Err(e) => {
+                let store = own_store.or_else(|| Topic::store_prefix(topic));
                 let r = Rejection::new(ErrorCode::UnknownTopic, e.to_string());
-                match Topic::store_prefix(topic) {
-                    Some(store) => report(&self.out, &store, &device, topic, salvage_id(payload), &r).await,
-                    None => warn!(%device, topic, "publish outside the contract refused"),
-                }
-                return refuse(PublishAckReason::TopicNameInvalid, &r);
+                return self.refuse_reported(store.as_ref(), &device, topic, payload, PublishAckReason::TopicNameInvalid, r).await;
             }
         };
-        let store = parsed.store().clone();
+        let report_store = own_store.or_else(|| parsed.store().cloned());
+        if parsed.direction() == Direction::Output {
+            let r = Rejection::new(ErrorCode::UnknownTopic, format!("{topic} is published by the broker only"));
+            return self.refuse_reported(report_store.as_ref(), &device, topic, payload, PublishAckReason::NotAuthorized, r).await;
+        }
+        if let Err(denied) = identity.may_publish(&parsed) {
+            let r = Rejection::new(ErrorCode::NotPermitted, denied.0);
+            return self.refuse_reported(report_store.as_ref(), &device, topic, payload, PublishAckReason::NotAuthorized, r).await;
+        }
+        if !self.limiter.allow(&session.id.client_id) {
+            let r = Rejection::new(
+                ErrorCode::RateLimited,
+                format!("more than {} publishes per second; send again later", self.limiter.rate),
+            );
+            return self.refuse_reported(report_store.as_ref(), &device, topic, payload, PublishAckReason::QuotaExceeded, r).await;
+        }
         match parsed.direction() {
-            Direction::Output => {
-                let r = Rejection::new(
-                    ErrorCode::UnknownTopic,
-                    format!("{topic} is published by the broker only"),
-                );
-                report(&self.out, &store, &device, topic, salvage_id(payload), &r).await;
-                refuse(PublishAckReason::NotAuthorized, &r)
-            }
             Direction::Device => {
                 if payload == b"online" || payload == b"offline" {
                     PublishAclResult::allow()
                 } else {
                     let r = Rejection::new(ErrorCode::MalformedPayload, "device status must be online or offline");
-                    report(&self.out, &store, &device, topic, None, &r).await;
-                    refuse(PublishAckReason::PayloadFormatInvalid, &r)
+                    self.refuse_reported(report_store.as_ref(), &device, topic, &[], PublishAckReason::PayloadFormatInvalid, r)
+                        .await
                 }
             }
             Direction::Input => {
                 let input = match decode(&parsed, payload) {
                     Ok(input) => input,
                     Err(r) => {
-                        report(&self.out, &store, &device, topic, salvage_id(payload), &r).await;
-                        return refuse(PublishAckReason::PayloadFormatInvalid, &r);
+                        return self
+                            .refuse_reported(report_store.as_ref(), &device, topic, payload, PublishAckReason::PayloadFormatInvalid, r)
+                            .await;
                     }
                 };
                 match self.rules.intake(Intake { input, device }).await {
@@ -103,6 +208,7 @@ impl IntakeHook {
                     ),
                 }
             }
+            Direction::Output => unreachable!("refused above"),
         }
     }
 }
@@ -120,9 +226,7 @@ impl Handler for IntakeHook {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                let result = self
-                    .check(&session.id.client_id, &publish.topic, &publish.payload)
-                    .await;
+                let result = self.check(session, &publish.topic, &publish.payload).await;
                 (false, Some(HookResult::PublishAclResult(result)))
             }
             _ => (true, acc),
@@ -130,16 +234,76 @@ impl Handler for IntakeHook {
     }
 }
 
-/// Counts and logs messages the broker could not deliver.
-#[derive(Default, Clone)]
+/// Decides every SUBSCRIBE against the permission matrix.
+pub struct SubscribeHook {
+    sessions: Sessions,
+}
+
+impl SubscribeHook {
+    /// A hook resolving identities through `sessions`.
+    pub fn new(sessions: Sessions) -> SubscribeHook {
+        SubscribeHook { sessions }
+    }
+}
+
+/// The filter a shared subscription (`$share/{group}/{filter}`) stands for.
+fn unshared(filter: &str) -> &str {
+    match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+        None => filter,
+    }
+}
+
+#[async_trait]
+impl Handler for SubscribeHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        let Parameter::ClientSubscribeCheckAcl(session, subscribe) = param else { return (true, acc) };
+        let filter: &str = &subscribe.topic_filter;
+        let verdict = match self.sessions.identity(session) {
+            Some(identity) => identity.may_subscribe(unshared(filter)).map_err(|d| d.0),
+            None => Err("not logged in".to_string()),
+        };
+        let result = match verdict {
+            Ok(()) => SubscribeAclResult::new_success(subscribe.opts.qos(), None),
+            Err(reason) => {
+                warn!(client_id = %session.id.client_id, filter, reason, "subscription refused");
+                SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
+            }
+        };
+        (false, Some(HookResult::SubscribeAclResult(result)))
+    }
+}
+
+/// Counts and logs messages the broker could not deliver, and raises an
+/// alert on `hq/alerts` (at most one per [`DropCounter::ALERT_EVERY`]).
+#[derive(Clone)]
 pub struct DropCounter {
     dropped: Arc<AtomicU64>,
+    last_alert: Arc<Mutex<Option<Instant>>>,
+    out: Outbound,
 }
 
 impl DropCounter {
+    /// Shortest time between two drop alerts.
+    pub const ALERT_EVERY: Duration = Duration::from_secs(10);
+
+    /// A counter that alerts through `out`.
+    pub fn new(out: Outbound) -> DropCounter {
+        DropCounter { dropped: Arc::default(), last_alert: Arc::default(), out }
+    }
+
     /// Messages dropped on the way to a subscriber since start.
     pub fn count(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn alert_due(&self) -> bool {
+        let Ok(mut last) = self.last_alert.lock() else { return false };
+        if last.is_some_and(|t| t.elapsed() < Self::ALERT_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 }
 
@@ -152,6 +316,17 @@ impl Handler for DropCounter {
             if !matches!(reason, Reason::PublishResult(_)) {
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 warn!(to = %to.client_id, topic = %publish.topic, %reason, total, "message dropped before delivery");
+                if self.alert_due() {
+                    let now = Timestamp::now();
+                    let alert = BrokerAlertOut {
+                        id: format!("dropped-{}", now.0),
+                        kind: "messages_dropped".into(),
+                        message: format!("{total} message(s) could not be delivered (last to {}: {reason})", to.client_id),
+                        count: total,
+                        at: now,
+                    };
+                    publish_doc(&self.out, &Topic::BrokerAlerts, &alert, false).await;
+                }
             }
         }
         (true, acc)

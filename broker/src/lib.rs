@@ -13,6 +13,8 @@
 //!
 //! The domain decisions themselves are in `dishsync-inventory`.
 
+pub mod acl;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod hooks;

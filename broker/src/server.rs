@@ -21,7 +21,8 @@ use rmqtt::server::MqttServer;
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::hooks::{DropCounter, IntakeHook};
+use crate::auth::{Authenticator, Identities};
+use crate::hooks::{DropCounter, IntakeHook, Sessions, SubscribeHook};
 use crate::outbound::Outbound;
 use crate::retainer::MemoryRetainer;
 use crate::rules::{self, publish_changes, publish_menu, stage_changes};
@@ -55,45 +56,62 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
 
     let rules = rules::start(inventory, store, Arc::new(out.clone()));
+    let identities = Identities::default();
+    let sessions = Sessions::new(identities.clone(), settings.allow_anonymous);
     let register = scx.extends.hook_mgr().register();
-    register
-        .add_priority(
-            Type::MessagePublishCheckAcl,
-            HOOK_PRIORITY,
-            Box::new(IntakeHook::new(rules, out)),
-        )
-        .await;
-    register
-        .add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::default()))
-        .await;
+    let authenticator =
+        Authenticator::new(settings.credentials.clone(), identities, settings.login_failures_per_minute);
+    register.add_priority(Type::ClientAuthenticate, HOOK_PRIORITY, Box::new(authenticator)).await;
+    let intake = IntakeHook::new(rules, out.clone(), sessions.clone(), settings.max_publish_rate);
+    register.add_priority(Type::MessagePublishCheckAcl, HOOK_PRIORITY, Box::new(intake)).await;
+    register.add_priority(Type::ClientSubscribeCheckAcl, HOOK_PRIORITY, Box::new(SubscribeHook::new(sessions))).await;
+    register.add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::new(out))).await;
     register.start().await;
 
-    if !settings.allow_anonymous {
-        warn!("anonymous access is off and no device credentials are configured: no client can connect");
+    if !settings.allow_anonymous && settings.credentials.is_empty() {
+        warn!("anonymous access is off and no devices are configured: no client can connect");
     }
-    let listener = Builder::new()
-        .name("mqtt/tcp")
-        .laddr(settings.listen)
+    let plain = listener(&settings, "mqtt/tcp", settings.listen)
+        .bind()
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let addr = plain.local_addr().context("reading the bound address")?;
+    let mut server = MqttServer::new(scx).listener(plain.tcp().context("starting the TCP listener")?);
+    let mut tls_addr = None;
+    if let Some(tls) = &settings.tls {
+        let bound = listener(&settings, "mqtt/tls", tls.listen)
+            .tls_cert(Some(tls.cert.display().to_string()))
+            .tls_key(Some(tls.key.display().to_string()))
+            .tls_cross_certificate(tls.client_ca.is_some())
+            .tls_client_ca_certs(tls.client_ca.as_ref().map(|p| p.display().to_string()))
+            .bind()
+            .with_context(|| format!("binding {}", tls.listen))?;
+        tls_addr = Some(bound.local_addr().context("reading the bound TLS address")?);
+        server = server.listener(bound.tls().context("starting the TLS listener (certificate and key)")?);
+    }
+    println!("dishsync-broker listening on mqtt://{addr}");
+    if let Some(tls_addr) = tls_addr {
+        println!("dishsync-broker listening on mqtts://{tls_addr}");
+    }
+    info!(%addr, tls = ?tls_addr, data_dir = %settings.data_dir.display(), "serving");
+    server.build().run().await.context("serving MQTT")?;
+    Ok(())
+}
+
+/// A listener with the settings every dishsync listener needs (BROKER-NOTES:
+/// rebinding after a restart, in-flight window and queue bounds).
+fn listener(settings: &Settings, name: &str, addr: std::net::SocketAddr) -> Builder {
+    Builder::new()
+        .name(name)
+        .laddr(addr)
         .reuseaddr(Some(true))
         .nodelay(true)
         .allow_anonymous(settings.allow_anonymous)
+        .max_connections(settings.max_connections)
+        .max_packet_size(settings.max_packet_size)
         .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
         .max_mqueue_len(settings.max_mqueue_len)
         .max_topic_aliases(64)
         .max_keepalive(3600)
-        .bind()
-        .with_context(|| format!("binding {}", settings.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    let listener = listener.tcp().context("starting the TCP listener")?;
-    println!("dishsync-broker listening on mqtt://{addr}");
-    info!(%addr, data_dir = %settings.data_dir.display(), "serving");
-    MqttServer::new(scx)
-        .listener(listener)
-        .build()
-        .run()
-        .await
-        .context("serving MQTT")?;
-    Ok(())
 }
 
 fn open_data_dir(dir: &Path) -> anyhow::Result<Store> {

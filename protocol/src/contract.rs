@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::payload::{
-    AckOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, SaleIn, StockEventIn, StoreAvailabilityOut,
+    AckOut, BrokerAlertOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, SaleIn, StockEventIn, StoreAvailabilityOut,
 };
 use crate::Topic;
 
@@ -83,10 +83,14 @@ fn every_example_in_topics_md_parses() {
                 parse::<ErrorOut>(topic, body);
                 "errors"
             }
+            Topic::BrokerAlerts => {
+                parse::<BrokerAlertOut>(topic, body);
+                "broker alerts"
+            }
         };
         kinds.insert(kind);
     }
-    assert_eq!(kinds.len(), 9, "every topic of the contract has an example: {kinds:?}");
+    assert_eq!(kinds.len(), 10, "every topic of the contract has an example: {kinds:?}");
 }
 
 #[test]
@@ -101,6 +105,7 @@ fn every_topic_pattern_is_documented() {
         "stores/{store}/stock/{sku}/level",
         "stores/{store}/acks/{device}",
         "stores/{store}/errors/{device}",
+        "hq/alerts",
     ] {
         assert!(
             TOPICS_MD.contains(&format!("`{pattern}`")),

@@ -332,6 +332,10 @@ pub enum ErrorCode {
     IdConflict,
     /// A void of an unknown or already voided sale.
     BadVoid,
+    /// The device's role or store does not allow this topic.
+    NotPermitted,
+    /// The device publishes faster than its limit; send again later.
+    RateLimited,
     /// The broker could not commit; the input was not applied. Retry.
     Unavailable,
 }
@@ -374,4 +378,19 @@ mod tests {
         let bad_kind = r#"{"id":"e1","kind":"steal","qty":1,"unit":"kg","at":"2026-11-25T17:30:00Z","device":"t"}"#;
         assert!(serde_json::from_str::<StockEventIn>(bad_kind).is_err());
     }
+}
+
+/// `hq/alerts`: something about the broker itself that operators must know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerAlertOut {
+    /// Unique id of this alert.
+    pub id: String,
+    /// `messages_dropped`: messages could not be delivered to a subscriber.
+    pub kind: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Running count behind the alert (e.g. messages dropped since start).
+    pub count: u64,
+    /// When.
+    pub at: Timestamp,
 }

@@ -75,6 +75,8 @@ pub enum Topic {
         /// The device whose input was rejected.
         device: DeviceId,
     },
+    /// `hq/alerts` — alerts about the broker itself (not retained).
+    BrokerAlerts,
 }
 
 /// Who may publish on a topic.
@@ -114,9 +116,9 @@ impl Topic {
         }
     }
 
-    /// The store this topic belongs to.
-    pub fn store(&self) -> &StoreId {
-        match self {
+    /// The store this topic belongs to; `None` for HQ topics.
+    pub fn store(&self) -> Option<&StoreId> {
+        Some(match self {
             Topic::StockEvents { store, .. }
             | Topic::Sales { store }
             | Topic::DishOverride { store, .. }
@@ -126,7 +128,8 @@ impl Topic {
             | Topic::StockLevel { store, .. }
             | Topic::Acks { store, .. }
             | Topic::Errors { store, .. } => store,
-        }
+            Topic::BrokerAlerts => return None,
+        })
     }
 
     /// The store named by a `stores/{store}/…` topic string, if it has a valid
@@ -181,6 +184,7 @@ impl FromStr for Topic {
                 store: store(1)?,
                 device: device(3)?,
             },
+            ["hq", "alerts"] => Topic::BrokerAlerts,
             ["stores", _, "devices", _, "status"] => Topic::DeviceStatus {
                 store: store(1)?,
                 device: device(3)?,
@@ -208,6 +212,7 @@ impl fmt::Display for Topic {
             Topic::StockLevel { store, sku } => write!(f, "stores/{store}/stock/{sku}/level"),
             Topic::Acks { store, device } => write!(f, "stores/{store}/acks/{device}"),
             Topic::Errors { store, device } => write!(f, "stores/{store}/errors/{device}"),
+            Topic::BrokerAlerts => f.write_str("hq/alerts"),
         }
     }
 }
@@ -232,7 +237,7 @@ mod tests {
         for t in topics {
             let parsed: Topic = t.parse().expect(t);
             assert_eq!(parsed.to_string(), t);
-            assert_eq!(parsed.store().as_str(), "downtown");
+            assert_eq!(parsed.store().map(|s| s.as_str()), Some("downtown"));
         }
     }
 

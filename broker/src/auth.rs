@@ -1,0 +1,197 @@
+//! Login: per-device credentials (argon2 hashes), the identity each session
+//! acts as, and the brake on password guessing.
+//!
+//! [`Authenticator`] answers rmqtt's `ClientAuthenticate` hook, which runs
+//! before the CONNACK. On success it records the session's [`Identity`] in
+//! [`Identities`] *before* returning, so the publish hook finds it for the
+//! very first PUBLISH, even one sent back-to-back with the CONNECT (the trap
+//! of rmqtt-acl, whose rules are built in a background task). The MQTT
+//! username and client id must both be the device id.
+//!
+//! Never logged: passwords and hashes. Failed logins are logged with the
+//! device id and address only, and more than a configured number of failures
+//! per minute from one address are refused without checking.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use async_trait::async_trait;
+use dishsync_protocol::DeviceId;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
+use rmqtt::types::AuthResult;
+use tracing::{info, warn};
+
+use crate::acl::Identity;
+
+/// A configured device: who it is and its password hash (PHC string).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// Who the device acts as.
+    pub identity: Identity,
+    /// Argon2 hash in PHC format (`$argon2id$…`).
+    pub password_hash: String,
+}
+
+/// Hashes a password for the configuration file (argon2id, random salt).
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no randomness for the salt: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(hash.to_string())
+}
+
+/// Whether `hash` is a well-formed PHC hash string.
+pub fn is_valid_hash(hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok()
+}
+
+fn verify(password: &[u8], hash: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The identity of every authenticated session, by client id.
+///
+/// A lock, not an actor: it is read on every PUBLISH and SUBSCRIBE from many
+/// connection tasks and written once per login; entries are small and the
+/// critical sections never await.
+#[derive(Default, Clone)]
+pub struct Identities {
+    by_client: Arc<Mutex<HashMap<String, Identity>>>,
+}
+
+impl Identities {
+    /// Records the identity a client id logged in as.
+    pub fn insert(&self, client_id: &str, identity: Identity) {
+        if let Ok(mut map) = self.by_client.lock() {
+            map.insert(client_id.to_string(), identity);
+        }
+    }
+
+    /// The identity of a session with `client_id` that logged in as
+    /// `username` (both must be the device id).
+    pub fn get(&self, client_id: &str, username: &str) -> Option<Identity> {
+        let map = self.by_client.lock().ok()?;
+        map.get(client_id).filter(|i| i.device.as_str() == username).cloned()
+    }
+}
+
+/// Limits failed logins per client address.
+struct FailureBrake {
+    per_minute: u32,
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl FailureBrake {
+    fn blocked(&self, ip: IpAddr) -> bool {
+        let Ok(map) = self.failures.lock() else { return true };
+        map.get(&ip).is_some_and(|(since, n)| since.elapsed() < Duration::from_secs(60) && *n >= self.per_minute)
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        if let Ok(mut map) = self.failures.lock() {
+            let entry = map.entry(ip).or_insert((Instant::now(), 0));
+            if entry.0.elapsed() >= Duration::from_secs(60) {
+                *entry = (Instant::now(), 0);
+            }
+            entry.1 += 1;
+            // Forget addresses that have been quiet for a minute.
+            map.retain(|_, (since, _)| since.elapsed() < Duration::from_secs(60));
+        }
+    }
+}
+
+/// Answers `ClientAuthenticate`.
+pub struct Authenticator {
+    credentials: Arc<HashMap<DeviceId, Credential>>,
+    identities: Identities,
+    brake: FailureBrake,
+}
+
+impl Authenticator {
+    /// Checks logins against `credentials`, recording identities in `identities`.
+    pub fn new(credentials: Vec<Credential>, identities: Identities, failures_per_minute: u32) -> Authenticator {
+        let credentials = credentials.into_iter().map(|c| (c.identity.device.clone(), c)).collect();
+        Authenticator {
+            credentials: Arc::new(credentials),
+            identities,
+            brake: FailureBrake { per_minute: failures_per_minute.max(1), failures: Mutex::new(HashMap::new()) },
+        }
+    }
+
+    async fn check(&self, client_id: &str, username: Option<&str>, password: Option<&[u8]>, ip: Option<IpAddr>) -> AuthResult {
+        let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        if self.brake.blocked(ip) {
+            warn!(%ip, client_id, "login refused: too many failed logins from this address");
+            return AuthResult::NotAuthorized;
+        }
+        let (Some(username), Some(password)) = (username, password) else {
+            warn!(%ip, client_id, "login refused: no credentials");
+            self.brake.failed(ip);
+            return AuthResult::NotAuthorized;
+        };
+        let credential = DeviceId::new(username).ok().and_then(|d| self.credentials.get(&d).cloned());
+        let Some(credential) = credential else {
+            warn!(%ip, username, "login refused: unknown device");
+            self.brake.failed(ip);
+            return AuthResult::BadUsernameOrPassword;
+        };
+        let hash = credential.password_hash.clone();
+        let password = password.to_vec();
+        let ok = tokio::task::spawn_blocking(move || verify(&password, &hash)).await.unwrap_or(false);
+        if !ok {
+            warn!(%ip, username, "login refused: wrong password");
+            self.brake.failed(ip);
+            return AuthResult::BadUsernameOrPassword;
+        }
+        if client_id != username {
+            warn!(%ip, username, client_id, "login refused: the client id must be the device id");
+            self.brake.failed(ip);
+            return AuthResult::NotAuthorized;
+        }
+        self.identities.insert(client_id, credential.identity.clone());
+        info!(device = username, role = %credential.identity.role, %ip, "logged in");
+        AuthResult::Allow(false, None)
+    }
+}
+
+#[async_trait]
+impl Handler for Authenticator {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        match param {
+            Parameter::ClientAuthenticate(info) => {
+                let client_id = info.client_id().to_string();
+                let username = info.username().map(|u| u.to_string());
+                let password = info.password().map(|p| p.to_vec());
+                let ip = info.ipaddress().map(|a| a.ip());
+                let result = self.check(&client_id, username.as_deref(), password.as_deref(), ip).await;
+                (false, Some(HookResult::AuthResult(result)))
+            }
+            _ => (true, acc),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_differ_by_salt() {
+        let a = hash_password("correct horse").expect("hash");
+        let b = hash_password("correct horse").expect("hash");
+        assert_ne!(a, b, "random salt");
+        assert!(a.starts_with("$argon2id$"));
+        assert!(is_valid_hash(&a));
+        assert!(verify(b"correct horse", &a));
+        assert!(!verify(b"battery staple", &a));
+        assert!(!is_valid_hash("plain-text"));
+    }
+}
