@@ -167,11 +167,15 @@ impl Family {
             Family::Sales => &[&["stores", "{store}", "sales"]],
             Family::Override => &[&["stores", "{store}", "dishes", "*", "override"]],
             Family::Presence => &[&["stores", "{store}", "devices", "{device}", "status"]],
-            Family::Availability => {
-                &[&["stores", "{store}", "dishes", "*", "availability"], &["stores", "{store}", "availability"]]
-            }
+            Family::Availability => &[
+                &["stores", "{store}", "dishes", "*", "availability"],
+                &["stores", "{store}", "availability"],
+            ],
             Family::Level => &[&["stores", "{store}", "stock", "*", "level"]],
-            Family::AcksErrors => &[&["stores", "{store}", "acks", "{device}"], &["stores", "{store}", "errors", "{device}"]],
+            Family::AcksErrors => &[
+                &["stores", "{store}", "acks", "{device}"],
+                &["stores", "{store}", "errors", "{device}"],
+            ],
             Family::BrokerAlerts => &[&["hq", "alerts"]],
         }
     }
@@ -218,21 +222,133 @@ use Grant::{No, Own, Yes};
 /// subscribe). Outputs are never published by clients, whatever the role.
 pub const MATRIX: [(Role, [(Grant, Grant); 8]); 9] = [
     // stock events, sales, override, presence, availability, level, acks+errors, hq alerts
-    (Role::Scale, [(Yes, No), (No, No), (No, No), (Own, No), (No, No), (No, Yes), (No, Own), (No, No)]),
-    (Role::Kds, [(Yes, No), (No, No), (Yes, No), (Own, Yes), (No, Yes), (No, Yes), (No, Own), (No, No)]),
-    (Role::Pos, [(No, No), (Yes, No), (No, No), (Own, No), (No, Yes), (No, No), (No, Own), (No, No)]),
-    (Role::Manager, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Own, Yes), (No, Yes), (No, Yes), (No, Yes), (No, No)]),
-    (Role::CentralKitchen, [(No, No), (No, No), (No, No), (No, No), (No, Yes), (No, Yes), (No, No), (No, No)]),
-    (Role::Hq, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
-    (Role::Operator, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
-    (Role::Bridge, [(Yes, No), (No, No), (No, No), (Yes, Yes), (No, Yes), (No, Yes), (No, Own), (No, No)]),
-    (Role::Demo, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+    (
+        Role::Scale,
+        [
+            (Yes, No),
+            (No, No),
+            (No, No),
+            (Own, No),
+            (No, No),
+            (No, Yes),
+            (No, Own),
+            (No, No),
+        ],
+    ),
+    (
+        Role::Kds,
+        [
+            (Yes, No),
+            (No, No),
+            (Yes, No),
+            (Own, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Own),
+            (No, No),
+        ],
+    ),
+    (
+        Role::Pos,
+        [
+            (No, No),
+            (Yes, No),
+            (No, No),
+            (Own, No),
+            (No, Yes),
+            (No, No),
+            (No, Own),
+            (No, No),
+        ],
+    ),
+    (
+        Role::Manager,
+        [
+            (Yes, Yes),
+            (Yes, Yes),
+            (Yes, Yes),
+            (Own, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, No),
+        ],
+    ),
+    (
+        Role::CentralKitchen,
+        [
+            (No, No),
+            (No, No),
+            (No, No),
+            (No, No),
+            (No, Yes),
+            (No, Yes),
+            (No, Own),
+            (No, No),
+        ],
+    ),
+    (
+        Role::Hq,
+        [
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+        ],
+    ),
+    (
+        Role::Operator,
+        [
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+        ],
+    ),
+    (
+        Role::Bridge,
+        [
+            (Yes, No),
+            (No, No),
+            (No, No),
+            (Yes, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Own),
+            (No, No),
+        ],
+    ),
+    (
+        Role::Demo,
+        [
+            (Yes, Yes),
+            (Yes, Yes),
+            (Yes, Yes),
+            (Yes, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+            (No, Yes),
+        ],
+    ),
 ];
 
 /// The matrix cell for `role`, `family`, `access`.
 pub fn grant(role: Role, family: Family, access: Access) -> Grant {
-    let Some((_, row)) = MATRIX.iter().find(|(r, _)| *r == role) else { return No };
-    let Some(i) = Family::ALL.iter().position(|f| *f == family) else { return No };
+    let Some((_, row)) = MATRIX.iter().find(|(r, _)| *r == role) else {
+        return No;
+    };
+    let Some(i) = Family::ALL.iter().position(|f| *f == family) else {
+        return No;
+    };
     match access {
         Access::Publish => row[i].0,
         Access::Subscribe => row[i].1,
@@ -255,7 +371,11 @@ fn topic_device(topic: &Topic) -> Option<&DeviceId> {
 impl Identity {
     /// An anonymous client of a demo broker.
     pub fn demo(device: DeviceId) -> Identity {
-        Identity { device, role: Role::Demo, scope: Scope::Chain }
+        Identity {
+            device,
+            role: Role::Demo,
+            scope: Scope::Chain,
+        }
     }
 
     fn in_scope(&self, store: &StoreId) -> bool {
@@ -292,7 +412,9 @@ impl Identity {
         let mut matches_any = false;
         for family in Family::ALL {
             for pattern in family.patterns() {
-                let Some(binding) = intersect(&levels, pattern) else { continue };
+                let Some(binding) = intersect(&levels, pattern) else {
+                    continue;
+                };
                 matches_any = true;
                 let hq_topic = !pattern.contains(&"{store}");
                 let store_ok = match (&self.scope, binding.store) {
@@ -302,7 +424,9 @@ impl Identity {
                     (Scope::Store(_), None) => false,
                 };
                 if !store_ok {
-                    return Err(Denied(format!("{who} may not subscribe to {filter}: it reaches beyond its store")));
+                    return Err(Denied(format!(
+                        "{who} may not subscribe to {filter}: it reaches beyond its store"
+                    )));
                 }
                 match grant(self.role, family, Access::Subscribe) {
                     Yes => {}
@@ -313,7 +437,12 @@ impl Identity {
                             family.as_str()
                         )))
                     }
-                    No => return Err(Denied(format!("{who} may not subscribe to {} ({filter})", family.as_str()))),
+                    No => {
+                        return Err(Denied(format!(
+                            "{who} may not subscribe to {} ({filter})",
+                            family.as_str()
+                        )))
+                    }
                 }
             }
         }
@@ -375,7 +504,11 @@ mod tests {
 
     fn who(role: Role, store: Option<&str>) -> Identity {
         let scope = store.map_or(Scope::Chain, |s| Scope::Store(id(s)));
-        Identity { device: id("dev-1"), role, scope }
+        Identity {
+            device: id("dev-1"),
+            role,
+            scope,
+        }
     }
 
     #[test]
@@ -385,8 +518,14 @@ mod tests {
         assert!(pos.may_subscribe("stores/s1/availability").is_ok());
         assert!(pos.may_subscribe("stores/s1/acks/dev-1").is_ok());
         assert!(pos.may_subscribe("stores/s1/acks/+").is_err(), "other devices' acks");
-        assert!(pos.may_subscribe("stores/s2/dishes/+/availability").is_err(), "other store");
-        assert!(pos.may_subscribe("stores/+/dishes/+/availability").is_err(), "every store");
+        assert!(
+            pos.may_subscribe("stores/s2/dishes/+/availability").is_err(),
+            "other store"
+        );
+        assert!(
+            pos.may_subscribe("stores/+/dishes/+/availability").is_err(),
+            "every store"
+        );
         assert!(pos.may_subscribe("stores/s1/#").is_err(), "includes sales and levels");
         assert!(pos.may_subscribe("#").is_err());
         assert!(pos.may_subscribe("nothing/here").is_err());
@@ -409,7 +548,11 @@ mod tests {
         assert!(scale.may_publish(&id("stores/s1/devices/dev-2/status")).is_err());
         for role in Role::CONFIGURABLE {
             let anyone = who(role, None);
-            for output in ["stores/s1/availability", "stores/s1/stock/x/level", "stores/s1/acks/dev-1"] {
+            for output in [
+                "stores/s1/availability",
+                "stores/s1/stock/x/level",
+                "stores/s1/acks/dev-1",
+            ] {
                 assert!(anyone.may_publish(&id(output)).is_err(), "{role} {output}");
             }
         }
@@ -437,7 +580,10 @@ pub fn matrix_markdown() -> String {
             Own => Some(format!("{verb} own")),
             No => None,
         };
-        let parts: Vec<String> = [part(publish, "pub"), part(subscribe, "sub")].into_iter().flatten().collect();
+        let parts: Vec<String> = [part(publish, "pub"), part(subscribe, "sub")]
+            .into_iter()
+            .flatten()
+            .collect();
         if parts.is_empty() {
             "–".into()
         } else {
@@ -468,6 +614,9 @@ mod contract {
     fn topics_md_shows_the_enforced_matrix() {
         let doc = include_str!("../../topics.md");
         let table = super::matrix_markdown();
-        assert!(doc.contains(&table), "topics.md must contain the permission matrix:\n{table}");
+        assert!(
+            doc.contains(&table),
+            "topics.md must contain the permission matrix:\n{table}"
+        );
     }
 }

@@ -41,7 +41,9 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no randomness for the salt: {e}"))?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-    let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(hash.to_string())
 }
 
@@ -92,7 +94,8 @@ struct FailureBrake {
 impl FailureBrake {
     fn blocked(&self, ip: IpAddr) -> bool {
         let Ok(map) = self.failures.lock() else { return true };
-        map.get(&ip).is_some_and(|(since, n)| since.elapsed() < Duration::from_secs(60) && *n >= self.per_minute)
+        map.get(&ip)
+            .is_some_and(|(since, n)| since.elapsed() < Duration::from_secs(60) && *n >= self.per_minute)
     }
 
     fn failed(&self, ip: IpAddr) {
@@ -118,15 +121,27 @@ pub struct Authenticator {
 impl Authenticator {
     /// Checks logins against `credentials`, recording identities in `identities`.
     pub fn new(credentials: Vec<Credential>, identities: Identities, failures_per_minute: u32) -> Authenticator {
-        let credentials = credentials.into_iter().map(|c| (c.identity.device.clone(), c)).collect();
+        let credentials = credentials
+            .into_iter()
+            .map(|c| (c.identity.device.clone(), c))
+            .collect();
         Authenticator {
             credentials: Arc::new(credentials),
             identities,
-            brake: FailureBrake { per_minute: failures_per_minute.max(1), failures: Mutex::new(HashMap::new()) },
+            brake: FailureBrake {
+                per_minute: failures_per_minute.max(1),
+                failures: Mutex::new(HashMap::new()),
+            },
         }
     }
 
-    async fn check(&self, client_id: &str, username: Option<&str>, password: Option<&[u8]>, ip: Option<IpAddr>) -> AuthResult {
+    async fn check(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        ip: Option<IpAddr>,
+    ) -> AuthResult {
         let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         if self.brake.blocked(ip) {
             warn!(%ip, client_id, "login refused: too many failed logins from this address");
@@ -137,7 +152,9 @@ impl Authenticator {
             self.brake.failed(ip);
             return AuthResult::NotAuthorized;
         };
-        let credential = DeviceId::new(username).ok().and_then(|d| self.credentials.get(&d).cloned());
+        let credential = DeviceId::new(username)
+            .ok()
+            .and_then(|d| self.credentials.get(&d).cloned());
         let Some(credential) = credential else {
             warn!(%ip, username, "login refused: unknown device");
             self.brake.failed(ip);
@@ -145,7 +162,9 @@ impl Authenticator {
         };
         let hash = credential.password_hash.clone();
         let password = password.to_vec();
-        let ok = tokio::task::spawn_blocking(move || verify(&password, &hash)).await.unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || verify(&password, &hash))
+            .await
+            .unwrap_or(false);
         if !ok {
             warn!(%ip, username, "login refused: wrong password");
             self.brake.failed(ip);
@@ -171,7 +190,9 @@ impl Handler for Authenticator {
                 let username = info.username().map(|u| u.to_string());
                 let password = info.password().map(|p| p.to_vec());
                 let ip = info.ipaddress().map(|a| a.ip());
-                let result = self.check(&client_id, username.as_deref(), password.as_deref(), ip).await;
+                let result = self
+                    .check(&client_id, username.as_deref(), password.as_deref(), ip)
+                    .await;
                 (false, Some(HookResult::AuthResult(result)))
             }
             _ => (true, acc),

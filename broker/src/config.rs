@@ -501,7 +501,10 @@ impl Validator {
         if (limits.1 as usize) < dishsync_protocol::MAX_INPUT_PAYLOAD + 1024 {
             self.issue(
                 "broker.max_packet_size",
-                format!("must be at least {} bytes (inputs may be 16 KiB)", dishsync_protocol::MAX_INPUT_PAYLOAD + 1024),
+                format!(
+                    "must be at least {} bytes (inputs may be 16 KiB)",
+                    dishsync_protocol::MAX_INPUT_PAYLOAD + 1024
+                ),
             );
         }
         if limits.2 == 0 {
@@ -541,7 +544,9 @@ impl Validator {
         let mut seen = BTreeSet::new();
         for (i, d) in devices.iter().enumerate() {
             let place = format!("devices[{i}]");
-            let Some(device) = self.id::<DeviceId>(&format!("{place}.id"), &d.id) else { continue };
+            let Some(device) = self.id::<DeviceId>(&format!("{place}.id"), &d.id) else {
+                continue;
+            };
             if !seen.insert(device.clone()) {
                 self.issue(format!("{place}.id"), format!("device {device} is defined twice"));
             }
@@ -554,7 +559,10 @@ impl Validator {
             };
             let scope = match (&d.store, role.is_hq()) {
                 (Some(_), true) => {
-                    self.issue(format!("{place}.store"), format!("a {role} device belongs to HQ, not a store"));
+                    self.issue(
+                        format!("{place}.store"),
+                        format!("a {role} device belongs to HQ, not a store"),
+                    );
                     continue;
                 }
                 (None, true) => Scope::Chain,
@@ -564,7 +572,9 @@ impl Validator {
                     continue;
                 }
                 (Some(s), false) => {
-                    let Some(store) = self.id::<StoreId>(&format!("{place}.store"), s) else { continue };
+                    let Some(store) = self.id::<StoreId>(&format!("{place}.store"), s) else {
+                        continue;
+                    };
                     if !stores.contains(&store) {
                         self.issue(format!("{place}.store"), format!("unknown store {store}"));
                         continue;
@@ -579,7 +589,10 @@ impl Validator {
                 );
                 continue;
             }
-            out.push(Credential { identity: Identity { device, role, scope }, password_hash: d.password_hash.clone() });
+            out.push(Credential {
+                identity: Identity { device, role, scope },
+                password_hash: d.password_hash.clone(),
+            });
         }
         out
     }
@@ -592,14 +605,23 @@ impl Validator {
                 None
             }
         };
-        for (place, path) in [("broker.tls.cert", Some(&t.cert)), ("broker.tls.key", Some(&t.key)), ("broker.tls.client_ca", t.client_ca.as_ref())] {
+        for (place, path) in [
+            ("broker.tls.cert", Some(&t.cert)),
+            ("broker.tls.key", Some(&t.key)),
+            ("broker.tls.client_ca", t.client_ca.as_ref()),
+        ] {
             if let Some(path) = path {
                 if !path.is_file() {
                     self.issue(place, format!("{} is not a readable file", path.display()));
                 }
             }
         }
-        Some(TlsSettings { listen: listen?, cert: t.cert.clone(), key: t.key.clone(), client_ca: t.client_ca.clone() })
+        Some(TlsSettings {
+            listen: listen?,
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_ca: t.client_ca.clone(),
+        })
     }
 }
 
@@ -717,7 +739,11 @@ password_hash = "secret"
         );
         let err = Settings::parse(&text).expect_err("invalid devices");
         let places: Vec<&str> = err.issues.iter().map(|i| i.place.as_str()).collect();
-        assert_eq!(places, ["devices[2].store", "devices[3].role", "devices[4].store"], "{err}");
+        assert_eq!(
+            places,
+            ["devices[2].store", "devices[3].role", "devices[4].store"],
+            "{err}"
+        );
         assert!(!err.to_string().contains("$argon2"), "no hash in messages");
     }
 

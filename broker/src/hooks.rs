@@ -61,14 +61,19 @@ impl Sessions {
     /// Resolves identities from `identities`, with anonymous demo access if
     /// `allow_anonymous`.
     pub fn new(identities: Identities, allow_anonymous: bool) -> Sessions {
-        Sessions { identities, allow_anonymous }
+        Sessions {
+            identities,
+            allow_anonymous,
+        }
     }
 
     fn identity(&self, session: &Session) -> Option<Identity> {
         let client_id: &str = &session.id.client_id;
         match session.id.username.as_deref() {
             Some(username) => self.identities.get(client_id, username),
-            None if self.allow_anonymous => Some(Identity::demo(DeviceId::new(client_id).unwrap_or_else(|_| unnamed()))),
+            None if self.allow_anonymous => {
+                Some(Identity::demo(DeviceId::new(client_id).unwrap_or_else(|_| unnamed())))
+            }
             None => None,
         }
     }
@@ -86,11 +91,16 @@ struct PublishLimiter {
 
 impl PublishLimiter {
     fn new(rate: u32) -> PublishLimiter {
-        PublishLimiter { rate: f64::from(rate.max(1)), buckets: Mutex::new(HashMap::new()) }
+        PublishLimiter {
+            rate: f64::from(rate.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     fn allow(&self, client_id: &str) -> bool {
-        let Ok(mut buckets) = self.buckets.lock() else { return true };
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
         let burst = self.rate * 2.0;
         let now = Instant::now();
         let (last, tokens) = buckets.entry(client_id.to_string()).or_insert((now, burst));
@@ -117,7 +127,12 @@ impl IntakeHook {
     /// A hook feeding `rules`, reporting errors through `out`, allowing each
     /// client `max_publish_rate` publishes per second.
     pub fn new(rules: RulesHandle, out: Outbound, sessions: Sessions, max_publish_rate: u32) -> IntakeHook {
-        IntakeHook { rules, out, sessions, limiter: PublishLimiter::new(max_publish_rate) }
+        IntakeHook {
+            rules,
+            out,
+            sessions,
+            limiter: PublishLimiter::new(max_publish_rate),
+        }
     }
 
     async fn refuse_reported(
@@ -156,24 +171,63 @@ impl IntakeHook {
             Err(e) => {
                 let store = own_store.or_else(|| Topic::store_prefix(topic));
                 let r = Rejection::new(ErrorCode::UnknownTopic, e.to_string());
-                return self.refuse_reported(store.as_ref(), &device, topic, payload, PublishAckReason::TopicNameInvalid, r).await;
+                return self
+                    .refuse_reported(
+                        store.as_ref(),
+                        &device,
+                        topic,
+                        payload,
+                        PublishAckReason::TopicNameInvalid,
+                        r,
+                    )
+                    .await;
             }
         };
         let report_store = own_store.or_else(|| parsed.store().cloned());
         if parsed.direction() == Direction::Output {
-            let r = Rejection::new(ErrorCode::UnknownTopic, format!("{topic} is published by the broker only"));
-            return self.refuse_reported(report_store.as_ref(), &device, topic, payload, PublishAckReason::NotAuthorized, r).await;
+            let r = Rejection::new(
+                ErrorCode::UnknownTopic,
+                format!("{topic} is published by the broker only"),
+            );
+            return self
+                .refuse_reported(
+                    report_store.as_ref(),
+                    &device,
+                    topic,
+                    payload,
+                    PublishAckReason::NotAuthorized,
+                    r,
+                )
+                .await;
         }
         if let Err(denied) = identity.may_publish(&parsed) {
             let r = Rejection::new(ErrorCode::NotPermitted, denied.0);
-            return self.refuse_reported(report_store.as_ref(), &device, topic, payload, PublishAckReason::NotAuthorized, r).await;
+            return self
+                .refuse_reported(
+                    report_store.as_ref(),
+                    &device,
+                    topic,
+                    payload,
+                    PublishAckReason::NotAuthorized,
+                    r,
+                )
+                .await;
         }
         if !self.limiter.allow(&session.id.client_id) {
             let r = Rejection::new(
                 ErrorCode::RateLimited,
                 format!("more than {} publishes per second; send again later", self.limiter.rate),
             );
-            return self.refuse_reported(report_store.as_ref(), &device, topic, payload, PublishAckReason::QuotaExceeded, r).await;
+            return self
+                .refuse_reported(
+                    report_store.as_ref(),
+                    &device,
+                    topic,
+                    payload,
+                    PublishAckReason::QuotaExceeded,
+                    r,
+                )
+                .await;
         }
         match parsed.direction() {
             Direction::Device => {
@@ -181,8 +235,15 @@ impl IntakeHook {
                     PublishAclResult::allow()
                 } else {
                     let r = Rejection::new(ErrorCode::MalformedPayload, "device status must be online or offline");
-                    self.refuse_reported(report_store.as_ref(), &device, topic, &[], PublishAckReason::PayloadFormatInvalid, r)
-                        .await
+                    self.refuse_reported(
+                        report_store.as_ref(),
+                        &device,
+                        topic,
+                        &[],
+                        PublishAckReason::PayloadFormatInvalid,
+                        r,
+                    )
+                    .await
                 }
             }
             Direction::Input => {
@@ -190,7 +251,14 @@ impl IntakeHook {
                     Ok(input) => input,
                     Err(r) => {
                         return self
-                            .refuse_reported(report_store.as_ref(), &device, topic, payload, PublishAckReason::PayloadFormatInvalid, r)
+                            .refuse_reported(
+                                report_store.as_ref(),
+                                &device,
+                                topic,
+                                payload,
+                                PublishAckReason::PayloadFormatInvalid,
+                                r,
+                            )
                             .await;
                     }
                 };
@@ -257,7 +325,9 @@ fn unshared(filter: &str) -> &str {
 #[async_trait]
 impl Handler for SubscribeHook {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        let Parameter::ClientSubscribeCheckAcl(session, subscribe) = param else { return (true, acc) };
+        let Parameter::ClientSubscribeCheckAcl(session, subscribe) = param else {
+            return (true, acc);
+        };
         let filter: &str = &subscribe.topic_filter;
         let verdict = match self.sessions.identity(session) {
             Some(identity) => identity.may_subscribe(unshared(filter)).map_err(|d| d.0),
@@ -289,7 +359,11 @@ impl DropCounter {
 
     /// A counter that alerts through `out`.
     pub fn new(out: Outbound) -> DropCounter {
-        DropCounter { dropped: Arc::default(), last_alert: Arc::default(), out }
+        DropCounter {
+            dropped: Arc::default(),
+            last_alert: Arc::default(),
+            out,
+        }
     }
 
     /// Messages dropped on the way to a subscriber since start.
@@ -298,7 +372,9 @@ impl DropCounter {
     }
 
     fn alert_due(&self) -> bool {
-        let Ok(mut last) = self.last_alert.lock() else { return false };
+        let Ok(mut last) = self.last_alert.lock() else {
+            return false;
+        };
         if last.is_some_and(|t| t.elapsed() < Self::ALERT_EVERY) {
             return false;
         }
@@ -321,7 +397,10 @@ impl Handler for DropCounter {
                     let alert = BrokerAlertOut {
                         id: format!("dropped-{}", now.0),
                         kind: "messages_dropped".into(),
-                        message: format!("{total} message(s) could not be delivered (last to {}: {reason})", to.client_id),
+                        message: format!(
+                            "{total} message(s) could not be delivered (last to {}: {reason})",
+                            to.client_id
+                        ),
                         count: total,
                         at: now,
                     };

@@ -20,8 +20,8 @@ use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 use tracing::{info, warn};
 
-use crate::config::Settings;
 use crate::auth::{Authenticator, Identities};
+use crate::config::Settings;
 use crate::hooks::{DropCounter, IntakeHook, Sessions, SubscribeHook};
 use crate::outbound::Outbound;
 use crate::retainer::MemoryRetainer;
@@ -59,13 +59,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let identities = Identities::default();
     let sessions = Sessions::new(identities.clone(), settings.allow_anonymous);
     let register = scx.extends.hook_mgr().register();
-    let authenticator =
-        Authenticator::new(settings.credentials.clone(), identities, settings.login_failures_per_minute);
-    register.add_priority(Type::ClientAuthenticate, HOOK_PRIORITY, Box::new(authenticator)).await;
+    let authenticator = Authenticator::new(
+        settings.credentials.clone(),
+        identities,
+        settings.login_failures_per_minute,
+    );
+    register
+        .add_priority(Type::ClientAuthenticate, HOOK_PRIORITY, Box::new(authenticator))
+        .await;
     let intake = IntakeHook::new(rules, out.clone(), sessions.clone(), settings.max_publish_rate);
-    register.add_priority(Type::MessagePublishCheckAcl, HOOK_PRIORITY, Box::new(intake)).await;
-    register.add_priority(Type::ClientSubscribeCheckAcl, HOOK_PRIORITY, Box::new(SubscribeHook::new(sessions))).await;
-    register.add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::new(out))).await;
+    register
+        .add_priority(Type::MessagePublishCheckAcl, HOOK_PRIORITY, Box::new(intake))
+        .await;
+    register
+        .add_priority(
+            Type::ClientSubscribeCheckAcl,
+            HOOK_PRIORITY,
+            Box::new(SubscribeHook::new(sessions)),
+        )
+        .await;
+    register
+        .add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::new(out)))
+        .await;
     register.start().await;
 
     if !settings.allow_anonymous && settings.credentials.is_empty() {
@@ -75,7 +90,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .bind()
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = plain.local_addr().context("reading the bound address")?;
-    let mut server = MqttServer::new(scx).listener(plain.tcp().context("starting the TCP listener")?);
+    let mut server = MqttServer::new(scx).listener_by_id(plain.tcp().context("starting the TCP listener")?, 1);
     let mut tls_addr = None;
     if let Some(tls) = &settings.tls {
         let bound = listener(&settings, "mqtt/tls", tls.listen)
@@ -86,12 +101,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .bind()
             .with_context(|| format!("binding {}", tls.listen))?;
         tls_addr = Some(bound.local_addr().context("reading the bound TLS address")?);
-        server = server.listener(bound.tls().context("starting the TLS listener (certificate and key)")?);
+        server = server.listener_by_id(
+            bound.tls().context("starting the TLS listener (certificate and key)")?,
+            2,
+        );
     }
-    println!("dishsync-broker listening on mqtt://{addr}");
+    // The plaintext line comes last: it tells scripts (and the tests) that
+    // every listener is up.
     if let Some(tls_addr) = tls_addr {
         println!("dishsync-broker listening on mqtts://{tls_addr}");
     }
+    println!("dishsync-broker listening on mqtt://{addr}");
     info!(%addr, tls = ?tls_addr, data_dir = %settings.data_dir.display(), "serving");
     server.build().run().await.context("serving MQTT")?;
     Ok(())

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 
 use crate::payload::{
-    AckOut, BrokerAlertOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, SaleIn, StockEventIn, StoreAvailabilityOut,
+    AckOut, BrokerAlertOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, SaleIn, StockEventIn,
+    StoreAvailabilityOut,
 };
 use crate::Topic;
 

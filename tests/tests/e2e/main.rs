@@ -10,3 +10,4 @@ mod bad_input;
 mod client;
 mod durability;
 mod interop;
+mod security;

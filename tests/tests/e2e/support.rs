@@ -55,6 +55,8 @@ pub struct BrokerProcess {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its TLS listener listens, if configured.
+    pub tls_addr: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -93,14 +95,18 @@ impl BrokerProcess {
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std_mpsc::channel();
         std::thread::spawn(move || {
+            let mut tls = None;
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(addr) = line.strip_prefix("dishsync-broker listening on mqtts://") {
+                    tls = addr.trim().parse::<SocketAddr>().ok();
+                }
                 if let Some(addr) = line.strip_prefix("dishsync-broker listening on mqtt://") {
-                    let _ = tx.send(addr.trim().to_string());
+                    let _ = tx.send((addr.trim().to_string(), tls));
                 }
             }
         });
-        let addr = match rx.recv_timeout(DEADLINE) {
-            Ok(a) => a.parse().context("parsing the listen address")?,
+        let (addr, tls_addr) = match rx.recv_timeout(DEADLINE) {
+            Ok((a, tls)) => (a.parse().context("parsing the listen address")?, tls),
             Err(_) => {
                 let _ = child.kill();
                 bail!(
@@ -109,7 +115,12 @@ impl BrokerProcess {
                 );
             }
         };
-        Ok(BrokerProcess { child, addr, log })
+        Ok(BrokerProcess {
+            child,
+            addr,
+            tls_addr,
+            log,
+        })
     }
 
     /// Kills the broker with SIGKILL — no shutdown, no flush — and waits for it.
@@ -150,12 +161,38 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects as `client_id` and waits for the CONNACK.
+    /// Connects anonymously as `client_id` and waits for the CONNACK.
     pub async fn connect(addr: SocketAddr, client_id: &str) -> Result<Client> {
-        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        Client::connect_with(addr, client_id, None, None).await
+    }
+
+    /// Connects as `device` with its password and waits for the CONNACK.
+    pub async fn login(addr: SocketAddr, device: &str, password: &str) -> Result<Client> {
+        Client::connect_with(addr, device, Some((device, password)), None).await
+    }
+
+    /// Connects with optional credentials and TLS, and waits for the CONNACK.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        client_id: &str,
+        credentials: Option<(&str, &str)>,
+        tls: Option<rumqttc::TlsConfiguration>,
+    ) -> Result<Client> {
+        let host = if tls.is_some() {
+            "localhost".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        let mut opts = MqttOptions::new(client_id, host, addr.port());
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         opts.set_clean_session(true);
+        if let Some((user, pass)) = credentials {
+            opts.set_credentials(user, pass);
+        }
+        if let Some(tls) = tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(tls));
+        }
         let (mqtt, mut eventloop) = AsyncClient::new(opts, 1024);
         let (tx, rx) = mpsc::unbounded_channel();
         let (sub_tx, suback) = mpsc::unbounded_channel();

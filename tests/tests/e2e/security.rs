@@ -1,0 +1,540 @@
+//! Security against the real broker: logins, the permission matrix, the
+//! first publish after CONNECT, TLS, and the limits.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+
+use anyhow::{anyhow, bail, Result};
+use dishsync_broker::acl::{grant, Access, Family, Grant, Role};
+use rumqttc::{QoS, TlsConfiguration};
+use serde_json::{json, Value};
+
+use crate::support::{small_chain, stock_event, temp_data_dir, BrokerProcess, Client, DEADLINE};
+
+/// Every configurable role: device id, role, store (HQ roles have none).
+const DEVICES: [(&str, Role, Option<&str>); 8] = [
+    ("scale-1", Role::Scale, Some("s1")),
+    ("kds-1", Role::Kds, Some("s1")),
+    ("pos-1", Role::Pos, Some("s1")),
+    ("manager-1", Role::Manager, Some("s1")),
+    ("kitchen-1", Role::CentralKitchen, None),
+    ("hq-1", Role::Hq, None),
+    ("operator-1", Role::Operator, None),
+    ("bridge-1", Role::Bridge, Some("s1")),
+];
+
+fn password(device: &str) -> String {
+    format!("pw-{device}-secret")
+}
+
+/// The small chain with anonymous access off, every role as a device, and
+/// extra `[broker]` lines.
+fn secured_chain(broker_lines: &str) -> Result<String> {
+    let mut config = small_chain().replace(
+        "allow_anonymous = true\n",
+        &format!("allow_anonymous = false\n{broker_lines}\n"),
+    );
+    // `audit-1` watches everything in tests without taking over a session
+    // of a device under test.
+    for (device, role, store) in DEVICES.into_iter().chain([("audit-1", Role::Hq, None)]) {
+        let hash = dishsync_broker::auth::hash_password(&password(device))?;
+        config.push_str(&format!(
+            "[[devices]]\nid = \"{device}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n"
+        ));
+        if let Some(store) = store {
+            config.push_str(&format!("store = \"{store}\"\n"));
+        }
+        config.push('\n');
+    }
+    Ok(config)
+}
+
+/// A representative topic filter per family, for subscribing in `store` as
+/// `device`; `own` picks the device's own per-device topic.
+fn filters(family: Family, store: &str, device: &str) -> Vec<(String, bool)> {
+    match family {
+        Family::StockEvents => vec![(format!("stores/{store}/stock/+/events"), false)],
+        Family::Sales => vec![(format!("stores/{store}/sales"), false)],
+        Family::Override => vec![(format!("stores/{store}/dishes/+/override"), false)],
+        Family::Presence => vec![
+            (format!("stores/{store}/devices/{device}/status"), true),
+            (format!("stores/{store}/devices/+/status"), false),
+        ],
+        Family::Availability => {
+            vec![
+                (format!("stores/{store}/dishes/+/availability"), false),
+                (format!("stores/{store}/availability"), false),
+            ]
+        }
+        Family::Level => vec![(format!("stores/{store}/stock/+/level"), false)],
+        Family::AcksErrors => vec![
+            (format!("stores/{store}/acks/{device}"), true),
+            (format!("stores/{store}/errors/{device}"), true),
+            (format!("stores/{store}/acks/+"), false),
+        ],
+        Family::BrokerAlerts => vec![("hq/alerts".to_string(), false)],
+    }
+}
+
+/// Whether the documented matrix allows `role` (bound to `home`) to
+/// subscribe to a filter in `store`.
+fn expect_subscribe(role: Role, home: Option<&str>, family: Family, store: Option<&str>, own: bool) -> bool {
+    let in_scope = match (home, store) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(h), Some(s)) => h == s,
+    };
+    in_scope
+        && match grant(role, family, Access::Subscribe) {
+            Grant::Yes => true,
+            Grant::Own => own,
+            Grant::No => false,
+        }
+}
+
+async fn try_subscribe(client: &mut Client, filter: &str) -> Result<bool> {
+    match client.subscribe(filter, QoS::AtLeastOnce).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.to_string().contains("refused") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_gets_exactly_the_documented_permissions() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&secured_chain("")?, &data)?;
+    // HQ sees everything routed: an allowed publish reaches it, a refused one
+    // does not.
+    let mut observer = Client::login(broker.addr, "audit-1", &password("audit-1")).await?;
+    observer.subscribe("#", QoS::AtLeastOnce).await?;
+    let mut checked = 0;
+    for (device, role, home) in DEVICES {
+        let mut client = Client::login(broker.addr, device, &password(device)).await?;
+        // Subscriptions: every family, own store and the other store.
+        for family in Family::ALL {
+            for store in ["s1", "s2"] {
+                for (filter, own) in filters(family, store, device) {
+                    let hq_topic = family == Family::BrokerAlerts;
+                    let want = expect_subscribe(role, home, family, if hq_topic { None } else { Some(store) }, own);
+                    let got = try_subscribe(&mut client, &filter).await?;
+                    assert_eq!(got, want, "{device} ({role}) subscribe {filter}");
+                    checked += 1;
+                }
+            }
+        }
+        // Its own acks and errors, wherever it is allowed to read them.
+        let feedback = match home {
+            Some(h) => vec![
+                format!("stores/{h}/acks/{device}"),
+                format!("stores/{h}/errors/{device}"),
+            ],
+            None => vec![format!("stores/+/acks/{device}"), format!("stores/+/errors/{device}")],
+        };
+        let can_read_feedback = grant(role, Family::AcksErrors, Access::Subscribe) != Grant::No;
+        if can_read_feedback {
+            for f in &feedback {
+                client.subscribe(f, QoS::AtLeastOnce).await?;
+            }
+        }
+        // Publishes: every input family and presence, own store and other.
+        for store in ["s1", "s2"] {
+            let in_scope = home.is_none_or(|h| h == store);
+            let n = checked;
+            let inputs: [(Family, String, Value); 3] = [
+                (
+                    Family::StockEvents,
+                    format!("stores/{store}/stock/beef/events"),
+                    stock_event(&format!("p{n}-{device}"), "receive", 1.0, "g", device),
+                ),
+                (
+                    Family::Sales,
+                    format!("stores/{store}/sales"),
+                    json!({"id": format!("p{n}-{device}-sale"), "lines": [{"dish": "burger", "portions": 1}], "at": "2026-11-25T18:00:00Z", "device": device}),
+                ),
+                (
+                    Family::Override,
+                    format!("stores/{store}/dishes/burger/override"),
+                    json!({"id": format!("p{n}-{device}-86"), "status": "auto", "by": device}),
+                ),
+            ];
+            for (family, topic, body) in inputs {
+                let id = body["id"].as_str().unwrap_or_default().to_string();
+                let want = in_scope && grant(role, family, Access::Publish) == Grant::Yes;
+                client.publish_json(&topic, &body, QoS::AtLeastOnce).await?;
+                let routed = observer.seen.len();
+                if want {
+                    observer
+                        .wait_until(&format!("{device} {topic} routed"), |seen| {
+                            seen[routed..]
+                                .iter()
+                                .any(|m| m.topic == topic && m.json["id"] == json!(id))
+                        })
+                        .await?;
+                } else if can_read_feedback {
+                    let err = client
+                        .wait_until(&format!("{device} {topic} refused"), |seen| {
+                            seen.iter()
+                                .any(|m| m.topic.contains("/errors/") && m.json["id"] == json!(id))
+                        })
+                        .await?;
+                    let err = err
+                        .iter()
+                        .rev()
+                        .find(|m| m.json["id"] == json!(id))
+                        .map(|m| m.json.clone())
+                        .unwrap_or_default();
+                    assert_eq!(
+                        err["code"],
+                        json!("not_permitted"),
+                        "{device} ({role}) publish {topic}: {err}"
+                    );
+                }
+                checked += 1;
+            }
+            // Presence: own device, and another device's.
+            for (target, own) in [(device, true), ("someone-else", false)] {
+                let topic = format!("stores/{store}/devices/{target}/status");
+                let want = in_scope
+                    && match grant(role, Family::Presence, Access::Publish) {
+                        Grant::Yes => true,
+                        Grant::Own => own,
+                        Grant::No => false,
+                    };
+                let mark = observer.seen.len();
+                client.publish_raw(&topic, b"online".to_vec(), QoS::AtLeastOnce).await?;
+                if want {
+                    observer
+                        .wait_until(&format!("{topic} routed"), |seen| {
+                            seen[mark..].iter().any(|m| m.topic == topic)
+                        })
+                        .await?;
+                } else if can_read_feedback {
+                    let before = client.seen.iter().filter(|m| m.topic.contains("/errors/")).count();
+                    client
+                        .wait_until(&format!("{device} presence {topic} refused"), |seen| {
+                            seen.iter().filter(|m| m.topic.contains("/errors/")).count() > before
+                        })
+                        .await?;
+                }
+                checked += 1;
+            }
+        }
+        // Outputs are never published by clients.
+        let before = client.seen.iter().filter(|m| m.topic.contains("/errors/")).count();
+        client
+            .publish_json(
+                "stores/s1/dishes/burger/availability",
+                &json!({"status": "available"}),
+                QoS::AtLeastOnce,
+            )
+            .await?;
+        if can_read_feedback {
+            client
+                .wait_until("output refused", |seen| {
+                    seen.iter().filter(|m| m.topic.contains("/errors/")).count() > before
+                })
+                .await?;
+        }
+        checked += 1;
+    }
+    // A refused publish was never routed to the observer.
+    assert!(observer
+        .all_on("stores/s1/dishes/burger/availability")
+        .iter()
+        .all(|d| d["store"] == json!("s1")));
+    eprintln!("{checked} permission checks against the running broker");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_need_the_right_password_and_the_device_id_as_client_id() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&secured_chain("login_failures_per_minute = 4")?, &data)?;
+    let addr = broker.addr;
+    assert!(Client::login(addr, "pos-1", &password("pos-1")).await.is_ok());
+    assert!(Client::connect(addr, "anonymous-1").await.is_err(), "anonymous refused");
+    assert!(Client::login(addr, "pos-1", "wrong").await.is_err(), "wrong password");
+    assert!(Client::login(addr, "nobody", "pw").await.is_err(), "unknown device");
+    let mismatch = Client::connect_with(addr, "pos-2", Some(("pos-1", &password("pos-1"))), None).await;
+    assert!(mismatch.is_err(), "client id must be the device id");
+    // Four failures from this address within the minute: now even the right
+    // password is refused unchecked.
+    assert!(
+        Client::login(addr, "pos-1", &password("pos-1")).await.is_err(),
+        "brake on guessing"
+    );
+    let log = broker.log();
+    assert!(
+        log.contains("wrong password") && log.contains("too many failed logins"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("pw-pos-1-secret") && !log.contains("$argon2"),
+        "no secrets in the log"
+    );
+    Ok(())
+}
+
+/// MQTT 3.1.1 CONNECT with username and password.
+fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    let s = |v: &str| {
+        let mut out = (v.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(v.as_bytes());
+        out
+    };
+    let mut body = s("MQTT");
+    body.extend_from_slice(&[4, 0b1100_0010, 0, 30]);
+    body.extend(s(client_id));
+    body.extend(s(username));
+    body.extend(s(password));
+    let mut packet = vec![0x10];
+    packet.extend(remaining_length(body.len()));
+    packet.extend(body);
+    packet
+}
+
+/// MQTT 3.1.1 PUBLISH at QoS 1 with packet id 1.
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&[0, 1]);
+    body.extend_from_slice(payload);
+    let mut packet = vec![0x32];
+    packet.extend(remaining_length(body.len()));
+    packet.extend(body);
+    packet
+}
+
+fn remaining_length(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_sent_with_the_connect_is_checked_as_that_device() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&secured_chain("")?, &data)?;
+    let mut hq = Client::login(broker.addr, "hq-1", &password("hq-1")).await?;
+    hq.subscribe("stores/s1/acks/+", QoS::AtLeastOnce).await?;
+    hq.subscribe("stores/s1/errors/+", QoS::AtLeastOnce).await?;
+    hq.subscribe("stores/s1/stock/beef/level", QoS::AtLeastOnce).await?;
+    // One write: CONNECT immediately followed by PUBLISH.
+    for (device, id) in [("scale-1", "raw-1"), ("pos-1", "raw-2")] {
+        let mut bytes = connect_packet(device, device, &password(device));
+        let event = stock_event(id, "receive", 7.0, "g", device);
+        bytes.extend(publish_packet(
+            "stores/s1/stock/beef/events",
+            &serde_json::to_vec(&event)?,
+        ));
+        let mut stream = TcpStream::connect(broker.addr)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        stream.write_all(&bytes)?;
+        // CONNACK (4 bytes) then PUBACK (4 bytes).
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply)?;
+        assert_eq!(&reply[..4], &[0x20, 2, 0, 0], "{device}: CONNACK accepted");
+        assert_eq!(reply[4], 0x40, "{device}: PUBACK");
+    }
+    // The scale's first publish was applied, the POS's refused.
+    let ack = hq.next_on("stores/s1/acks/scale-1").await?;
+    assert_eq!(ack["ids"], json!(["raw-1"]));
+    let err = hq.next_on("stores/s1/errors/pos-1").await?;
+    assert_eq!(
+        (err["id"].clone(), err["code"].clone()),
+        (json!("raw-2"), json!("not_permitted"))
+    );
+    hq.wait_latest("stores/s1/stock/beef/level", |d| d["qty"] == json!(7))
+        .await?;
+    Ok(())
+}
+
+struct Pki {
+    ca_pem: String,
+    dir: tempfile::TempDir,
+}
+
+/// A test CA, a server certificate for localhost/127.0.0.1 and a client
+/// certificate, written as PEM files.
+fn pki() -> Result<Pki> {
+    // rustls is built with more than one crypto provider in this test
+    // binary; pick one for the client side.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let dir = tempfile::tempdir()?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "dishsync test CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate()?;
+    let mut server = CertificateParams::new(vec!["localhost".to_string()])?;
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    let server_cert = server.signed_by(&server_key, &issuer)?;
+    let client_key = KeyPair::generate()?;
+    let client = CertificateParams::new(vec!["pos-1".to_string()])?;
+    let client_cert = client.signed_by(&client_key, &issuer)?;
+    for (name, pem) in [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", server_cert.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("client.pem", client_cert.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.path().join(name), pem)?;
+    }
+    Ok(Pki {
+        ca_pem: ca_cert.pem(),
+        dir,
+    })
+}
+
+fn tls_lines(pki: &Pki, client_ca: bool) -> String {
+    let p = |f: &str| pki.dir.path().join(f).display().to_string();
+    let mut lines = format!(
+        "[broker.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        p("server.pem"),
+        p("server.key")
+    );
+    if client_ca {
+        lines.push_str(&format!("client_ca = \"{}\"\n", p("ca.pem")));
+    }
+    lines
+}
+
+/// Inserts `[broker.tls]` right after the `[broker]` table.
+fn with_tls(config: &str, tls: &str) -> String {
+    match config.find("\n[[") {
+        Some(i) => format!("{}\n{tls}{}", &config[..i], &config[i..]),
+        None => format!("{config}\n{tls}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_trusting_the_ca_connect_and_plaintext_to_the_tls_port_fails() -> Result<()> {
+    let pki = pki()?;
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&with_tls(&secured_chain("")?, &tls_lines(&pki, false)), &data)?;
+    let tls_addr = broker.tls_addr.ok_or_else(|| anyhow!("no TLS listener"))?;
+    let tls = TlsConfiguration::Simple {
+        ca: pki.ca_pem.clone().into_bytes(),
+        alpn: None,
+        client_auth: None,
+    };
+    let mut pos = Client::connect_with(tls_addr, "pos-1", Some(("pos-1", &password("pos-1"))), Some(tls)).await?;
+    pos.subscribe("stores/s1/dishes/burger/availability", QoS::AtLeastOnce)
+        .await?;
+    pos.wait_until("retained availability over TLS", |seen| !seen.is_empty())
+        .await?;
+    let plain = Client::connect_with(tls_addr, "pos-1", Some(("pos-1", &password("pos-1"))), None).await;
+    assert!(plain.is_err(), "plaintext MQTT to the TLS port must fail");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_ca_only_clients_with_a_certificate_connect() -> Result<()> {
+    let pki = pki()?;
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&with_tls(&secured_chain("")?, &tls_lines(&pki, true)), &data)?;
+    let tls_addr = broker.tls_addr.ok_or_else(|| anyhow!("no TLS listener"))?;
+    let creds = Some(("pos-1", password("pos-1")));
+    let creds = creds.as_ref().map(|(u, p)| (*u, p.as_str()));
+    let without = TlsConfiguration::Simple {
+        ca: pki.ca_pem.clone().into_bytes(),
+        alpn: None,
+        client_auth: None,
+    };
+    assert!(
+        Client::connect_with(tls_addr, "pos-1", creds, Some(without))
+            .await
+            .is_err(),
+        "no client certificate"
+    );
+    let cert = std::fs::read(pki.dir.path().join("client.pem"))?;
+    let key = std::fs::read(pki.dir.path().join("client.key"))?;
+    let with = TlsConfiguration::Simple {
+        ca: pki.ca_pem.clone().into_bytes(),
+        alpn: None,
+        client_auth: Some((cert, key)),
+    };
+    Client::connect_with(tls_addr, "pos-1", creds, Some(with)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_packets_close_the_connection_and_a_flooding_client_is_limited_alone() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&secured_chain("max_packet_size = 20000\nmax_publish_rate = 20")?, &data)?;
+    let addr = broker.addr;
+
+    // A packet over max_packet_size: the broker closes that connection.
+    let mut big = Client::login(addr, "kds-1", &password("kds-1")).await?;
+    big.publish_raw("stores/s1/stock/beef/events", vec![b' '; 30_000], QoS::AtLeastOnce)
+        .await?;
+    assert!(big.wait_until("disconnect", |_| false).await.is_err());
+
+    // One client floods; another is served at its normal pace.
+    let mut flood = Client::login(addr, "scale-1", &password("scale-1")).await?;
+    flood.subscribe("stores/s1/acks/scale-1", QoS::AtLeastOnce).await?;
+    flood.subscribe("stores/s1/errors/scale-1", QoS::AtLeastOnce).await?;
+    let mut calm = Client::login(addr, "manager-1", &password("manager-1")).await?;
+    calm.subscribe("stores/s1/acks/manager-1", QoS::AtLeastOnce).await?;
+    const FLOOD: usize = 200;
+    for i in 0..FLOOD {
+        flood
+            .publish_json(
+                "stores/s1/stock/beef/events",
+                &stock_event(&format!("f{i}"), "receive", 1.0, "g", "scale-1"),
+                QoS::AtLeastOnce,
+            )
+            .await?;
+    }
+    for i in 0..5 {
+        calm.publish_json(
+            "stores/s1/stock/bun/events",
+            &stock_event(&format!("c{i}"), "receive", 1.0, "pcs", "manager-1"),
+            QoS::AtLeastOnce,
+        )
+        .await?;
+    }
+    let acked = |seen: &[crate::support::Received], topic: &str| -> usize {
+        seen.iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| m.json["ids"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    calm.wait_until("all 5 calm events acked", |seen| {
+        acked(seen, "stores/s1/acks/manager-1") == 5
+    })
+    .await?;
+    flood
+        .wait_until("every flood event acked or refused", |seen| {
+            acked(seen, "stores/s1/acks/scale-1") + seen.iter().filter(|m| m.topic.ends_with("/errors/scale-1")).count()
+                == FLOOD
+        })
+        .await?;
+    let limited: Vec<&Value> = flood.all_on("stores/s1/errors/scale-1");
+    assert!(!limited.is_empty(), "the flood was limited");
+    assert!(
+        limited.iter().all(|e| e["code"] == json!("rate_limited")),
+        "{limited:?}"
+    );
+    assert!(limited[0]["error"].as_str().is_some_and(|e| e.contains("per second")));
+    if acked(&flood.seen, "stores/s1/acks/scale-1") == 0 {
+        bail!("the flooding client got nothing through at all");
+    }
+    Ok(())
+}
