@@ -49,6 +49,15 @@ pub(crate) struct Connection {
     /// Password, when the broker requires credentials.
     #[arg(long, env = "DISHSYNC_PASSWORD", global = true, hide_env_values = true)]
     pub(crate) password: Option<String>,
+    /// Use TLS, trusting the broker certificate's CA in this PEM file.
+    #[arg(long, env = "DISHSYNC_TLS_CA", global = true)]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// This device's TLS certificate (PEM), when the broker requires one.
+    #[arg(long, env = "DISHSYNC_TLS_CERT", global = true, requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// This device's TLS private key (PEM).
+    #[arg(long, env = "DISHSYNC_TLS_KEY", global = true, requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Outbox directory (default: per device under the user's data directory).
     #[arg(long, env = "DISHSYNC_OUTBOX", global = true)]
     pub(crate) outbox: Option<PathBuf>,
@@ -276,6 +285,17 @@ impl Connection {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             _ => None,
         };
+        if let Some(ca) = &self.tls_ca {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()));
+            let client_cert = match (&self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            };
+            config.tls = Some(crate::client::TlsSettings {
+                ca_pem: read(ca)?,
+                client_cert,
+            });
+        }
         config.max_backoff = Duration::from_secs(1);
         config.watch = watch;
         Ok(config)

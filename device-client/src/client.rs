@@ -73,6 +73,8 @@ pub struct ClientConfig {
     pub device: DeviceId,
     /// Username and password, when the broker requires them.
     pub credentials: Option<(String, String)>,
+    /// TLS, when the broker's TLS listener is used.
+    pub tls: Option<TlsSettings>,
     /// Where the outbox lives (one directory per device).
     pub outbox_dir: PathBuf,
     /// Most messages the outbox holds before recording fails.
@@ -94,6 +96,7 @@ impl ClientConfig {
             store,
             device,
             credentials: None,
+            tls: None,
             outbox_dir,
             outbox_limit: 100_000,
             ack_timeout: Duration::from_secs(10),
@@ -101,6 +104,16 @@ impl ClientConfig {
             watch: Vec::new(),
         }
     }
+}
+
+/// TLS to the broker: the CA to trust, and optionally this device's
+/// certificate and key (PEM) when the broker requires client certificates.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// CA certificate(s) that signed the broker's certificate (PEM).
+    pub ca_pem: Vec<u8>,
+    /// This device's certificate chain and private key (PEM).
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What failed.
@@ -378,6 +391,16 @@ impl Connection {
         opts.set_last_will(LastWill::new(self.status_topic(), "offline", QoS::AtLeastOnce, true));
         if let Some((user, pass)) = &c.credentials {
             opts.set_credentials(user.clone(), pass.clone());
+        }
+        if let Some(tls) = &c.tls {
+            // More than one rustls crypto provider may be compiled in; pick
+            // one explicitly (a no-op when one is already installed).
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+                ca: tls.ca_pem.clone(),
+                alpn: None,
+                client_auth: tls.client_cert.clone(),
+            }));
         }
         opts
     }

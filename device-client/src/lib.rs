@@ -35,6 +35,6 @@ mod client;
 pub mod outbox;
 mod sim;
 
-pub use client::{Client, ClientConfig, ClientError, Update, Watch};
+pub use client::{Client, ClientConfig, ClientError, TlsSettings, Update, Watch};
 pub use dishsync_protocol as protocol;
 pub use outbox::{Outbox, OutboxError};

@@ -441,6 +441,32 @@ async fn tls_clients_trusting_the_ca_connect_and_plaintext_to_the_tls_port_fails
         .await?;
     let plain = Client::connect_with(tls_addr, "pos-1", Some(("pos-1", &password("pos-1"))), None).await;
     assert!(plain.is_err(), "plaintext MQTT to the TLS port must fail");
+
+    // The device client library over TLS, with credentials.
+    let outbox = tempfile::tempdir()?;
+    let mut config = dishsync_client::ClientConfig::new(
+        "localhost",
+        tls_addr.port(),
+        "s1".parse()?,
+        "scale-1".parse()?,
+        outbox.path().to_path_buf(),
+    );
+    config.credentials = Some(("scale-1".into(), password("scale-1")));
+    config.tls = Some(dishsync_client::TlsSettings {
+        ca_pem: pki.ca_pem.clone().into_bytes(),
+        client_cert: None,
+    });
+    let (scale, _updates) = dishsync_client::Client::start(config)?;
+    scale.record_stock(
+        &"beef".parse()?,
+        dishsync_protocol::payload::StockKind::Receive,
+        1.0,
+        dishsync_protocol::Unit::Kg,
+        None,
+        None,
+    )?;
+    assert_eq!(scale.drain(DEADLINE).await, 0, "acknowledged over TLS");
+    scale.shutdown(std::time::Duration::from_secs(5)).await;
     Ok(())
 }
 
