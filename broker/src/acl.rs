@@ -130,11 +130,23 @@ pub enum Family {
     AcksErrors,
     /// `hq/alerts`
     BrokerAlerts,
+    /// `hq/replenishment/{id}/{action}`
+    RequestActions,
+    /// `stores/{store}/replenishment/{id}` and `hq/replenishment/{id}`
+    Requests,
+    /// `stores/{store}/transfers/{id}/{action}` and `stores/{store}/transfers/request`
+    TransferActions,
+    /// `stores/{store}/transfers/{id}`
+    Transfers,
+    /// `stores/{store}/alerts`
+    Alerts,
+    /// `hq/stores/{store}/summary`
+    Summary,
 }
 
 impl Family {
     /// Every family, in matrix order.
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 14] = [
         Family::StockEvents,
         Family::Sales,
         Family::Override,
@@ -143,6 +155,12 @@ impl Family {
         Family::Level,
         Family::AcksErrors,
         Family::BrokerAlerts,
+        Family::RequestActions,
+        Family::Requests,
+        Family::TransferActions,
+        Family::Transfers,
+        Family::Alerts,
+        Family::Summary,
     ];
 
     /// The family of a topic.
@@ -156,6 +174,12 @@ impl Family {
             Topic::StockLevel { .. } => Family::Level,
             Topic::Acks { .. } | Topic::Errors { .. } => Family::AcksErrors,
             Topic::BrokerAlerts => Family::BrokerAlerts,
+            Topic::RequestAction { .. } => Family::RequestActions,
+            Topic::StoreRequest { .. } | Topic::HqRequest { .. } => Family::Requests,
+            Topic::TransferAction { .. } | Topic::TransferRequest { .. } => Family::TransferActions,
+            Topic::Transfer { .. } => Family::Transfers,
+            Topic::Alerts { .. } => Family::Alerts,
+            Topic::Summary { .. } => Family::Summary,
         }
     }
 
@@ -177,6 +201,18 @@ impl Family {
                 &["stores", "{store}", "errors", "{device}"],
             ],
             Family::BrokerAlerts => &[&["hq", "alerts"]],
+            Family::RequestActions => &[&["hq", "replenishment", "*", "*"]],
+            Family::Requests => &[
+                &["stores", "{store}", "replenishment", "*"],
+                &["hq", "replenishment", "*"],
+            ],
+            Family::TransferActions => &[
+                &["stores", "{store}", "transfers", "*", "*"],
+                &["stores", "{store}", "transfers", "request"],
+            ],
+            Family::Transfers => &[&["stores", "{store}", "transfers", "*"]],
+            Family::Alerts => &[&["stores", "{store}", "alerts"]],
+            Family::Summary => &[&["hq", "stores", "{store}", "summary"]],
         }
     }
 
@@ -191,6 +227,12 @@ impl Family {
             Family::Level => "level",
             Family::AcksErrors => "acks, errors",
             Family::BrokerAlerts => "hq alerts",
+            Family::RequestActions => "replenishment actions",
+            Family::Requests => "replenishment",
+            Family::TransferActions => "transfer actions",
+            Family::Transfers => "transfers",
+            Family::Alerts => "alerts",
+            Family::Summary => "summary",
         }
     }
 }
@@ -220,125 +262,28 @@ use Grant::{No, Own, Yes};
 /// The permission matrix: per role (in [`Role::CONFIGURABLE`] order, then
 /// [`Role::Demo`]), per family (in [`Family::ALL`] order), (publish,
 /// subscribe). Outputs are never published by clients, whatever the role.
-pub const MATRIX: [(Role, [(Grant, Grant); 8]); 9] = [
-    // stock events, sales, override, presence, availability, level, acks+errors, hq alerts
-    (
-        Role::Scale,
-        [
-            (Yes, No),
-            (No, No),
-            (No, No),
-            (Own, No),
-            (No, No),
-            (No, Yes),
-            (No, Own),
-            (No, No),
-        ],
-    ),
-    (
-        Role::Kds,
-        [
-            (Yes, No),
-            (No, No),
-            (Yes, No),
-            (Own, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Own),
-            (No, No),
-        ],
-    ),
-    (
-        Role::Pos,
-        [
-            (No, No),
-            (Yes, No),
-            (No, No),
-            (Own, No),
-            (No, Yes),
-            (No, No),
-            (No, Own),
-            (No, No),
-        ],
-    ),
-    (
-        Role::Manager,
-        [
-            (Yes, Yes),
-            (Yes, Yes),
-            (Yes, Yes),
-            (Own, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, No),
-        ],
-    ),
-    (
-        Role::CentralKitchen,
-        [
-            (No, No),
-            (No, No),
-            (No, No),
-            (No, No),
-            (No, Yes),
-            (No, Yes),
-            (No, Own),
-            (No, No),
-        ],
-    ),
-    (
-        Role::Hq,
-        [
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-        ],
-    ),
-    (
-        Role::Operator,
-        [
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-        ],
-    ),
-    (
-        Role::Bridge,
-        [
-            (Yes, No),
-            (No, No),
-            (No, No),
-            (Yes, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Own),
-            (No, No),
-        ],
-    ),
-    (
-        Role::Demo,
-        [
-            (Yes, Yes),
-            (Yes, Yes),
-            (Yes, Yes),
-            (Yes, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-            (No, Yes),
-        ],
-    ),
+#[rustfmt::skip]
+pub const MATRIX: [(Role, [(Grant, Grant); 14]); 9] = [
+    // stock events, sales, override, presence, availability, level, acks+errors, hq alerts,
+    // replenishment actions, replenishment, transfer actions, transfers, alerts, summary
+    (Role::Scale, [(Yes, No), (No, No), (No, No), (Own, No), (No, No), (No, Yes), (No, Own), (No, No),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No)]),
+    (Role::Kds, [(Yes, No), (No, No), (Yes, No), (Own, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
+        (No, No), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No)]),
+    (Role::Pos, [(No, No), (Yes, No), (No, No), (Own, No), (No, Yes), (No, No), (No, Own), (No, No),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No)]),
+    (Role::Manager, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Own, Yes), (No, Yes), (No, Yes), (No, Yes), (No, No),
+        (No, No), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+    (Role::CentralKitchen, [(No, No), (No, No), (No, No), (No, No), (No, Yes), (No, Yes), (No, Own), (No, No),
+        (Yes, Yes), (No, Yes), (No, No), (No, No), (No, No), (No, No)]),
+    (Role::Hq, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
+        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+    (Role::Operator, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
+        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+    (Role::Bridge, [(Yes, No), (No, No), (No, No), (Yes, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No)]),
+    (Role::Demo, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
+        (Yes, Yes), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes)]),
 ];
 
 /// The matrix cell for `role`, `family`, `access`.

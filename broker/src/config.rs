@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dishsync_inventory::catalog::{Dish, RecipeLine, Sku, StockParams, Store};
+use dishsync_inventory::catalog::{Dish, Kitchen, Planning, RecipeLine, Sku, StockParams, Store};
 use dishsync_inventory::Catalog;
 use dishsync_protocol::{BaseUnit, DeviceId, DishId, Quantity, SkuId, StoreId, Unit};
 
@@ -41,6 +41,44 @@ struct FileConfig {
     stores: Vec<StoreSection>,
     #[serde(default)]
     devices: Vec<DeviceSection>,
+    #[serde(default)]
+    planning: PlanningSection,
+    central_kitchen: Option<KitchenSection>,
+    #[serde(default)]
+    travel: Vec<TravelSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanningSection {
+    utc_offset: Option<String>,
+    forecast_horizon_minutes: Option<u32>,
+    forecast_time_constant_minutes: Option<f64>,
+    merge_window_minutes: Option<u32>,
+    transfer_timeout_minutes: Option<u32>,
+    waste_alert_share: Option<f64>,
+    overstock_factor: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KitchenSection {
+    lead_time_minutes: u32,
+    delivery_windows: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TravelSection {
+    between: [String; 2],
+    minutes: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoursSection {
+    open: String,
+    close: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +157,9 @@ struct StoreSection {
     menu: Option<Vec<String>>,
     #[serde(default)]
     stock: BTreeMap<String, StockSection>,
+    hours: Option<HoursSection>,
+    #[serde(default)]
+    feeds: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -425,6 +466,12 @@ impl Validator {
             let Some(id) = self.id::<StoreId>(&format!("{place}.id"), &s.id) else {
                 continue;
             };
+            if id.as_str().len() > 40 {
+                self.issue(
+                    format!("{place}.id"),
+                    "store ids are at most 40 bytes (request ids embed them)",
+                );
+            }
             if !seen.insert(id.clone()) {
                 self.issue(format!("{place}.id"), format!("store {id} is defined twice"));
             }
@@ -514,7 +561,8 @@ impl Validator {
         if !self.issues.is_empty() {
             return None;
         }
-        let catalog = match Catalog::new(skus, dishes, stores) {
+        let planning = self.planning(&file, &store_ids, &units)?;
+        let catalog = match Catalog::new(skus, dishes, stores).and_then(|c| c.with_planning(planning)) {
             Ok(c) => c,
             Err(e) => {
                 self.issue("catalog", e.to_string());
@@ -538,7 +586,140 @@ impl Validator {
     }
 }
 
+/// `HH:MM` → minutes of the day.
+fn clock_time(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
+}
+
 impl Validator {
+    fn clock(&mut self, place: String, s: &str) -> Option<u32> {
+        let t = clock_time(s);
+        if t.is_none() {
+            self.issue(place, format!("{s:?} is not a time of day (HH:MM)"));
+        }
+        t
+    }
+
+    fn planning(
+        &mut self,
+        file: &FileConfig,
+        stores: &BTreeSet<StoreId>,
+        units: &BTreeMap<SkuId, BaseUnit>,
+    ) -> Option<Planning> {
+        let mut p = Planning::default();
+        let section = &file.planning;
+        if let Some(offset) = &section.utc_offset {
+            let parsed = offset.strip_prefix(['+', '-']).and_then(clock_time).map(|m| {
+                if offset.starts_with('-') {
+                    -(m as i32)
+                } else {
+                    m as i32
+                }
+            });
+            match parsed {
+                Some(m) => p.utc_offset_minutes = m,
+                None => self.issue(
+                    "planning.utc_offset",
+                    format!("{offset:?} is not an offset like +01:00"),
+                ),
+            }
+        }
+        if let Some(h) = section.forecast_horizon_minutes {
+            p.horizon_minutes = h;
+        }
+        if let Some(t) = section.forecast_time_constant_minutes {
+            if t.is_finite() && t >= 1.0 {
+                p.rate_time_constant_minutes = t;
+            } else {
+                self.issue("planning.forecast_time_constant_minutes", "must be at least 1");
+            }
+        }
+        if let Some(m) = section.merge_window_minutes {
+            p.merge_window_minutes = m;
+        }
+        if let Some(m) = section.transfer_timeout_minutes {
+            if m == 0 {
+                self.issue("planning.transfer_timeout_minutes", "must be at least 1");
+            }
+            p.transfer_timeout_minutes = m;
+        }
+        if let Some(share) = section.waste_alert_share {
+            if (0.0..=1.0).contains(&share) {
+                p.waste_alert_share = share;
+            } else {
+                self.issue("planning.waste_alert_share", "must be between 0 and 1");
+            }
+        }
+        if let Some(f) = section.overstock_factor {
+            if f.is_finite() && f > 0.0 {
+                p.overstock_factor = f;
+            } else {
+                self.issue("planning.overstock_factor", "must be positive");
+            }
+        }
+        if let Some(k) = &file.central_kitchen {
+            let mut windows = Vec::new();
+            for (i, w) in k.delivery_windows.iter().enumerate() {
+                windows.extend(self.clock(format!("central_kitchen.delivery_windows[{i}]"), w));
+            }
+            windows.sort_unstable();
+            p.kitchen = Kitchen {
+                lead_time_minutes: k.lead_time_minutes,
+                windows,
+            };
+        }
+        for (i, t) in file.travel.iter().enumerate() {
+            let place = format!("travel[{i}].between");
+            let a = self.id::<StoreId>(&place, &t.between[0]);
+            let b = self.id::<StoreId>(&place, &t.between[1]);
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            for s in [&a, &b] {
+                if !stores.contains(s) {
+                    self.issue(place.clone(), format!("unknown store {s}"));
+                }
+            }
+            if a == b {
+                self.issue(place.clone(), "a store does not travel to itself");
+            }
+            p.travel.insert((a, b), t.minutes);
+        }
+        for (i, s) in file.stores.iter().enumerate() {
+            let Ok(store) = s.id.parse::<StoreId>() else { continue };
+            if let Some(h) = &s.hours {
+                let open = self.clock(format!("stores[{i}].hours.open"), &h.open);
+                let close = self.clock(format!("stores[{i}].hours.close"), &h.close);
+                if let (Some(open), Some(close)) = (open, close) {
+                    p.hours.insert(store.clone(), (open, close));
+                }
+            }
+            let mut feeds = BTreeMap::new();
+            for (device, skus) in &s.feeds {
+                let place = format!("stores[{i}].feeds.{device}");
+                let Some(device) = self.id::<DeviceId>(&place, device) else {
+                    continue;
+                };
+                let mut fed = Vec::new();
+                for sku in skus {
+                    let Some(sku) = self.id::<SkuId>(&place, sku) else {
+                        continue;
+                    };
+                    if units.contains_key(&sku) {
+                        fed.push(sku);
+                    } else {
+                        self.issue(place.clone(), format!("unknown SKU {sku}"));
+                    }
+                }
+                feeds.insert(device, fed);
+            }
+            if !feeds.is_empty() {
+                p.feeds.insert(store, feeds);
+            }
+        }
+        Some(p)
+    }
+
     fn devices(&mut self, devices: &[DeviceSection], stores: &BTreeSet<StoreId>) -> Vec<Credential> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();

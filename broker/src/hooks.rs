@@ -344,6 +344,35 @@ impl Handler for SubscribeHook {
     }
 }
 
+/// Tells the rules when a device connects or disconnects, so that the stock
+/// levels it feeds are marked stale while it is away.
+pub struct PresenceHook {
+    rules: RulesHandle,
+    sessions: Sessions,
+}
+
+impl PresenceHook {
+    /// A hook reporting presence to `rules`.
+    pub fn new(rules: RulesHandle, sessions: Sessions) -> PresenceHook {
+        PresenceHook { rules, sessions }
+    }
+}
+
+#[async_trait]
+impl Handler for PresenceHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        let (session, online) = match param {
+            Parameter::ClientConnected(session) => (*session, true),
+            Parameter::ClientDisconnected(session, _) => (*session, false),
+            _ => return (true, acc),
+        };
+        if let Some(identity) = self.sessions.identity(session) {
+            self.rules.presence(identity.device, online).await;
+        }
+        (true, acc)
+    }
+}
+
 /// Counts and logs messages the broker could not deliver, and raises an
 /// alert on `hq/alerts` (at most one per [`DropCounter::ALERT_EVERY`]).
 #[derive(Clone)]

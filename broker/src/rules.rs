@@ -22,8 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dishsync_inventory::{Changes, Inventory, Rejection, SaleRecord};
-use dishsync_protocol::payload::{AckOut, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp};
-use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
+use dishsync_protocol::payload::{
+    AckOut, ActionIn, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp, TransferRequestIn,
+};
+use dishsync_protocol::topic::{RequestAction, TransferAction};
+use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -40,6 +43,8 @@ const QUEUE: usize = 16_384;
 const MENU_INTERVAL: Duration = Duration::from_millis(250);
 /// How often timers (override expiry, delayed menu documents) are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// Every this many ticks the whole planning tick runs.
+const FULL_TICK_EVERY: u32 = 50;
 
 /// A decoded, well-formed input.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +81,35 @@ pub enum Input {
         /// The override.
         ov: OverrideIn,
     },
+    /// The central kitchen acts on a replenishment request.
+    RequestAction {
+        /// The request's store (from its id).
+        store: StoreId,
+        /// The request.
+        request: DocId,
+        /// What it does.
+        action: RequestAction,
+        /// Who, and a note.
+        body: ActionIn,
+    },
+    /// A store acts on a transfer.
+    TransferAction {
+        /// The acting store.
+        store: StoreId,
+        /// The transfer.
+        transfer: DocId,
+        /// What it does.
+        action: TransferAction,
+        /// Who, and a note.
+        body: ActionIn,
+    },
+    /// A manager asks for a transfer.
+    TransferRequest {
+        /// The store that needs stock.
+        store: StoreId,
+        /// What it needs.
+        body: TransferRequestIn,
+    },
 }
 
 impl Input {
@@ -85,7 +119,10 @@ impl Input {
             Input::Stock { store, .. }
             | Input::Sale { store, .. }
             | Input::Void { store, .. }
-            | Input::Override { store, .. } => store,
+            | Input::Override { store, .. }
+            | Input::RequestAction { store, .. }
+            | Input::TransferAction { store, .. }
+            | Input::TransferRequest { store, .. } => store,
         }
     }
 
@@ -95,6 +132,8 @@ impl Input {
             Input::Stock { event, .. } => &event.id,
             Input::Sale { sale, .. } | Input::Void { void: sale, .. } => &sale.id,
             Input::Override { ov, .. } => &ov.id,
+            Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => &body.id,
+            Input::TransferRequest { body, .. } => &body.id,
         }
     }
 
@@ -104,25 +143,14 @@ impl Input {
         fn json<T: Serialize>(t: &T) -> Vec<u8> {
             serde_json::to_vec(t).unwrap_or_default()
         }
-        let (topic, body) = match self {
-            Input::Stock { store, sku, event } => (
-                Topic::StockEvents {
-                    store: store.clone(),
-                    sku: sku.clone(),
-                },
-                json(event),
-            ),
-            Input::Sale { store, sale: s } | Input::Void { store, void: s } => {
-                (Topic::Sales { store: store.clone() }, json(s))
-            }
-            Input::Override { store, dish, ov } => (
-                Topic::DishOverride {
-                    store: store.clone(),
-                    dish: dish.clone(),
-                },
-                json(ov),
-            ),
+        let body = match self {
+            Input::Stock { event, .. } => json(event),
+            Input::Sale { sale: s, .. } | Input::Void { void: s, .. } => json(s),
+            Input::Override { ov, .. } => json(ov),
+            Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => json(body),
+            Input::TransferRequest { body, .. } => json(body),
         };
+        let topic = input_topic(self);
         fnv1a(
             topic
                 .to_string()
@@ -182,6 +210,27 @@ pub fn decode(topic: &Topic, payload: &[u8]) -> Result<Input, Rejection> {
             dish: dish.clone(),
             ov: serde_json::from_slice(payload).map_err(malformed)?,
         },
+        Topic::RequestAction { id, action } => Input::RequestAction {
+            store: id.request_store().ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::UnknownDocument,
+                    format!("{id} is not a replenishment request id"),
+                )
+            })?,
+            request: id.clone(),
+            action: *action,
+            body: serde_json::from_slice(payload).map_err(malformed)?,
+        },
+        Topic::TransferAction { store, id, action } => Input::TransferAction {
+            store: store.clone(),
+            transfer: id.clone(),
+            action: *action,
+            body: serde_json::from_slice(payload).map_err(malformed)?,
+        },
+        Topic::TransferRequest { store } => Input::TransferRequest {
+            store: store.clone(),
+            body: serde_json::from_slice(payload).map_err(malformed)?,
+        },
         other => {
             return Err(Rejection::new(
                 ErrorCode::UnknownTopic,
@@ -223,6 +272,8 @@ pub struct Intake {
 
 enum Command {
     Intake(Intake, oneshot::Sender<Verdict>),
+    /// A device connected (true) or disconnected (false).
+    Presence(DeviceId, bool),
 }
 
 /// The way into the rules task. Cheap to clone.
@@ -238,6 +289,11 @@ impl RulesHandle {
         let (reply, verdict) = oneshot::channel();
         self.tx.send(Command::Intake(intake, reply)).await.ok()?;
         verdict.await.ok()
+    }
+
+    /// Tells the rules that a device connected or disconnected (freshness).
+    pub async fn presence(&self, device: DeviceId, online: bool) {
+        let _ = self.tx.send(Command::Presence(device, online)).await;
     }
 }
 
@@ -269,7 +325,10 @@ pub async fn report(
     .await;
 }
 
-/// Publishes every retained document of `changes` from `inv`.
+/// Publishes every document of `changes` from `inv`: levels, dish
+/// availability, requests (under the store and HQ), transfers (under both
+/// stores) and alerts. Menu and summary documents are throttled by the
+/// caller.
 pub async fn publish_changes(out: &dyn Publisher, inv: &Inventory, changes: &Changes) {
     for (store, sku) in &changes.levels {
         if let Some(doc) = inv.level_out(store, sku) {
@@ -287,17 +346,54 @@ pub async fn publish_changes(out: &dyn Publisher, inv: &Inventory, changes: &Cha
     }
     for (store, dish) in &changes.dishes {
         if let Some(doc) = inv.dish_out(store, dish) {
+            let topic = Topic::DishAvailability {
+                store: store.clone(),
+                dish: dish.clone(),
+            };
+            publish_doc(out, &topic, &doc, true).await;
+        }
+    }
+    for id in &changes.requests {
+        if let Some(doc) = inv.request_out(id) {
             publish_doc(
                 out,
-                &Topic::DishAvailability {
-                    store: store.clone(),
-                    dish: dish.clone(),
+                &Topic::StoreRequest {
+                    store: doc.store.clone(),
+                    id: id.clone(),
                 },
                 &doc,
                 true,
             )
             .await;
+            publish_doc(out, &Topic::HqRequest { id: id.clone() }, &doc, true).await;
         }
+    }
+    for id in &changes.transfers {
+        if let Some(doc) = inv.transfer_out(id) {
+            for store in [&doc.from, &doc.to] {
+                publish_doc(
+                    out,
+                    &Topic::Transfer {
+                        store: store.clone(),
+                        id: id.clone(),
+                    },
+                    &doc,
+                    true,
+                )
+                .await;
+            }
+        }
+    }
+    for (store, alert) in &changes.alerts {
+        tracing::info!(%store, kind = ?alert.kind, state = ?alert.state, message = %alert.message, "alert");
+        publish_doc(out, &Topic::Alerts { store: store.clone() }, alert, false).await;
+    }
+}
+
+/// Publishes a store's HQ summary.
+pub async fn publish_summary(out: &dyn Publisher, inv: &Inventory, store: &StoreId, now: dishsync_protocol::Millis) {
+    if let Some(doc) = inv.summary_out(store, now) {
+        publish_doc(out, &Topic::Summary { store: store.clone() }, &doc, true).await;
     }
 }
 
@@ -319,6 +415,18 @@ pub fn stage_changes(commit: &mut crate::store::Commit, inv: &Inventory, changes
     for store in &changes.menus {
         commit.menu_state(inv, store)?;
     }
+    for store in &changes.plans {
+        commit.plan_state(inv, store)?;
+    }
+    for id in &changes.requests {
+        commit.request(inv, id)?;
+    }
+    for id in &changes.transfers {
+        commit.transfer(inv, id)?;
+    }
+    if changes.chain {
+        commit.chain_state(inv)?;
+    }
     Ok(())
 }
 
@@ -327,10 +435,30 @@ struct Rules {
     inv: Inventory,
     store: Store,
     out: Arc<dyn Publisher>,
-    /// When each store's menu document was last published.
-    menu_published: HashMap<StoreId, Instant>,
-    /// Stores whose menu document changed but was published too recently.
-    menu_due: BTreeSet<StoreId>,
+    /// When each throttled document was last published.
+    published: HashMap<(Throttled, StoreId), Instant>,
+    /// Throttled documents that changed but were published too recently.
+    due: BTreeSet<(Throttled, StoreId)>,
+    /// Ticks since the last full planning tick.
+    ticks: u32,
+}
+
+/// Documents re-published at most once per interval while things change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Throttled {
+    /// `stores/{store}/availability`, every 250 ms at most.
+    Menu,
+    /// `hq/stores/{store}/summary`, every second at most.
+    Summary,
+}
+
+impl Throttled {
+    fn interval(self) -> Duration {
+        match self {
+            Throttled::Menu => MENU_INTERVAL,
+            Throttled::Summary => Duration::from_secs(1),
+        }
+    }
 }
 
 /// Starts the rules task on the current runtime.
@@ -340,8 +468,9 @@ pub fn start(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> RulesHand
         inv,
         store,
         out,
-        menu_published: HashMap::new(),
-        menu_due: BTreeSet::new(),
+        published: HashMap::new(),
+        due: BTreeSet::new(),
+        ticks: 0,
     };
     tokio::spawn(rules.run(rx));
     RulesHandle { tx }
@@ -379,38 +508,60 @@ impl Rules {
 
     async fn on_tick(&mut self) -> Result<(), StoreError> {
         let now = Timestamp::now().0;
-        let changes = self.inv.expire_overrides(now);
+        // 86es lapse on time; the rest of planning (proposal expiry,
+        // forecasts moving, a new day) every few seconds.
+        self.ticks += 1;
+        let changes = if self.ticks >= FULL_TICK_EVERY {
+            self.ticks = 0;
+            self.inv.tick(now)
+        } else {
+            self.inv.expire_overrides(now)
+        };
         if !changes.is_empty() {
-            let mut commit = self.store.begin()?;
-            stage_changes(&mut commit, &self.inv, &changes)?;
-            self.store.commit(commit).await?;
-            for (store, dish) in &changes.dishes {
-                info!(%store, %dish, "override lapsed");
-            }
-            publish_changes(self.out.as_ref(), &self.inv, &changes).await;
-            self.menu_due.extend(changes.menus);
+            self.commit_and_publish(changes).await?;
         }
-        self.publish_due_menus().await;
+        self.publish_due().await;
         Ok(())
     }
 
-    /// Publishes the menu documents that are due and whose interval passed.
-    async fn publish_due_menus(&mut self) {
+    /// Commits changes that came from time or presence (no inputs to
+    /// acknowledge), then publishes them.
+    async fn commit_and_publish(&mut self, changes: Changes) -> Result<(), StoreError> {
+        let mut commit = self.store.begin()?;
+        stage_changes(&mut commit, &self.inv, &changes)?;
+        self.store.commit(commit).await?;
+        publish_changes(self.out.as_ref(), &self.inv, &changes).await;
+        self.mark_due(&changes);
+        Ok(())
+    }
+
+    fn mark_due(&mut self, changes: &Changes) {
+        self.due
+            .extend(changes.menus.iter().map(|s| (Throttled::Menu, s.clone())));
+        self.due
+            .extend(changes.summaries.iter().map(|s| (Throttled::Summary, s.clone())));
+    }
+
+    /// Publishes the throttled documents that are due and whose interval passed.
+    async fn publish_due(&mut self) {
         let now = Instant::now();
-        let ready: Vec<StoreId> = self
-            .menu_due
+        let ready: Vec<(Throttled, StoreId)> = self
+            .due
             .iter()
-            .filter(|s| {
-                self.menu_published
-                    .get(*s)
-                    .is_none_or(|t| now.duration_since(*t) >= MENU_INTERVAL)
+            .filter(|key| {
+                self.published
+                    .get(*key)
+                    .is_none_or(|t| now.duration_since(*t) >= key.0.interval())
             })
             .cloned()
             .collect();
-        for store in ready {
-            self.menu_due.remove(&store);
-            self.menu_published.insert(store.clone(), now);
-            publish_menu(self.out.as_ref(), &self.inv, &store).await;
+        for key in ready {
+            self.due.remove(&key);
+            self.published.insert(key.clone(), now);
+            match key.0 {
+                Throttled::Menu => publish_menu(self.out.as_ref(), &self.inv, &key.1).await,
+                Throttled::Summary => publish_summary(self.out.as_ref(), &self.inv, &key.1, Timestamp::now().0).await,
+            }
         }
     }
 
@@ -421,7 +572,26 @@ impl Rules {
         let mut sales_in_batch: HashMap<(StoreId, EventId), SaleRecord> = HashMap::new();
         let mut changes = Changes::default();
         let mut decided = Vec::with_capacity(batch.len());
-        for Command::Intake(intake, reply) in batch {
+        for command in batch {
+            let (intake, reply) = match command {
+                Command::Intake(intake, reply) => (intake, reply),
+                Command::Presence(device, online) => {
+                    let stores: Vec<StoreId> = self
+                        .inv
+                        .catalog()
+                        .planning()
+                        .feeds
+                        .iter()
+                        .filter(|(_, devices)| devices.contains_key(&device))
+                        .map(|(s, _)| s.clone())
+                        .collect();
+                    for store in stores {
+                        info!(%store, %device, online, "feeding device presence");
+                        changes.merge(self.inv.set_presence(&store, &device, online, now));
+                    }
+                    continue;
+                }
+            };
             let store = intake.input.store().clone();
             let id = intake.input.id().clone();
             let fingerprint = intake.input.fingerprint();
@@ -451,6 +621,18 @@ impl Rules {
                             self.inv.apply_void(store, void, record.as_ref(), now)
                         }
                         Input::Override { store, dish, ov } => self.inv.apply_override(store, dish, ov, now),
+                        Input::RequestAction {
+                            request, action, body, ..
+                        } => self.inv.apply_request_action(request, *action, body, now),
+                        Input::TransferAction {
+                            store,
+                            transfer,
+                            action,
+                            body,
+                        } => self
+                            .inv
+                            .apply_transfer_action(store, transfer, *action, body, &body.id, now),
+                        Input::TransferRequest { store, body } => self.inv.apply_transfer_request(store, body, now),
                     };
                     match result {
                         Ok(outcome) => {
@@ -505,8 +687,8 @@ impl Rules {
             let id = Some(intake.input.id().to_string());
             report(self.out.as_ref(), intake.input.store(), &intake.device, &topic, id, &r).await;
         }
-        self.menu_due.extend(changes.menus);
-        self.publish_due_menus().await;
+        self.mark_due(&changes);
+        self.publish_due().await;
         Ok(())
     }
 }
@@ -522,6 +704,21 @@ fn input_topic(input: &Input) -> Topic {
             store: store.clone(),
             dish: dish.clone(),
         },
+        Input::RequestAction { request, action, .. } => Topic::RequestAction {
+            id: request.clone(),
+            action: *action,
+        },
+        Input::TransferAction {
+            store,
+            transfer,
+            action,
+            ..
+        } => Topic::TransferAction {
+            store: store.clone(),
+            id: transfer.clone(),
+            action: *action,
+        },
+        Input::TransferRequest { store, .. } => Topic::TransferRequest { store: store.clone() },
     }
 }
 
@@ -694,8 +891,9 @@ mod tests {
             inv,
             store,
             out: Arc::new(Collector::default()),
-            menu_published: HashMap::new(),
-            menu_due: BTreeSet::new(),
+            published: HashMap::new(),
+            due: BTreeSet::new(),
+            ticks: 0,
         }
     }
 

@@ -22,10 +22,10 @@ use tracing::{info, warn};
 
 use crate::auth::{Authenticator, Identities};
 use crate::config::Settings;
-use crate::hooks::{DropCounter, IntakeHook, Sessions, SubscribeHook};
+use crate::hooks::{DropCounter, IntakeHook, PresenceHook, Sessions, SubscribeHook};
 use crate::outbound::Outbound;
 use crate::retainer::MemoryRetainer;
-use crate::rules::{self, publish_changes, publish_menu, stage_changes};
+use crate::rules::{self, publish_changes, publish_menu, publish_summary, stage_changes};
 use crate::store::Store;
 
 /// Priority of our hooks: above any plugin's.
@@ -66,6 +66,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     register
         .add_priority(Type::ClientAuthenticate, HOOK_PRIORITY, Box::new(authenticator))
+        .await;
+    let presence = PresenceHook::new(rules.clone(), sessions.clone());
+    register
+        .add_priority(Type::ClientConnected, HOOK_PRIORITY, Box::new(presence))
+        .await;
+    let presence = PresenceHook::new(rules.clone(), sessions.clone());
+    register
+        .add_priority(Type::ClientDisconnected, HOOK_PRIORITY, Box::new(presence))
         .await;
     let intake = IntakeHook::new(rules, out.clone(), sessions.clone(), settings.max_publish_rate);
     register
@@ -158,8 +166,13 @@ async fn republish_all(out: &Outbound, inv: &Inventory) {
             all.dishes.insert((store.id.clone(), dish.clone()));
         }
     }
+    let (requests, transfers) = inv.documents();
+    all.requests.extend(requests);
+    all.transfers.extend(transfers);
     publish_changes(out, inv, &all).await;
+    let now = Timestamp::now().0;
     for store in catalog.stores() {
         publish_menu(out, inv, &store.id).await;
+        publish_summary(out, inv, &store.id, now).await;
     }
 }

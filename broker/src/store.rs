@@ -14,16 +14,21 @@
 //! | `d/` | store `/` dish | [`DishState`](dishsync_inventory::DishState) |
 //! | `m/` | store | [`MenuState`](dishsync_inventory::MenuState) |
 //! | `x/` | store `/` sale id | [`SaleRecord`] |
+//! | `p/` | store | [`StorePlan`](dishsync_inventory::StorePlan) |
+//! | `q/` | request id | [`Request`](dishsync_inventory::Request) |
+//! | `t/` | transfer id | [`Transfer`](dishsync_inventory::Transfer) |
+//! | `c` | — | [`ChainPlan`](dishsync_inventory::ChainPlan) |
 //!
-//! Start-up reads the `k/`, `d/` and `m/` records (the snapshot, always
-//! current) — never the ledger, which is history for audit and reports.
+//! Start-up reads every record but the ledger and the sale records (the
+//! snapshot, always current) — never the ledger, which is history for audit
+//! and reports.
 //!
 //! Invariant: only the rules shell writes here, and only through [`Commit`].
 
 use std::path::Path;
 
 use dishsync_inventory::{Inventory, LedgerEntry, Restored, SaleRecord};
-use dishsync_protocol::{DishId, EventId, SkuId, StoreId};
+use dishsync_protocol::{DishId, DocId, EventId, SkuId, StoreId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -78,7 +83,19 @@ impl Store {
     /// The snapshot: every persisted SKU, dish and menu state.
     pub fn load(&self) -> Result<Vec<Restored>, StoreError> {
         let mut out = Vec::new();
-        for prefix in ["k/", "d/", "m/"] {
+        if let Some(chain) = self.db.get("c")? {
+            out.push(Restored::Chain(decode(b"c", &chain)?));
+        }
+        for prefix in ["q/", "t/"] {
+            for item in self.db.scan_prefix(prefix) {
+                let (key, value) = item?;
+                out.push(match prefix {
+                    "q/" => Restored::Request(decode(&key, &value)?),
+                    _ => Restored::Transfer(decode(&key, &value)?),
+                });
+            }
+        }
+        for prefix in ["k/", "d/", "m/", "p/"] {
             for item in self.db.scan_prefix(prefix) {
                 let (key, value) = item?;
                 let text = String::from_utf8_lossy(&key).into_owned();
@@ -99,6 +116,7 @@ impl Store {
                         decode(&key, &value)?,
                     ),
                     ["m", store] => Restored::Menu(store.parse().map_err(|_| bad())?, decode(&key, &value)?),
+                    ["p", store] => Restored::Plan(store.parse().map_err(|_| bad())?, decode(&key, &value)?),
                     _ => return Err(bad()),
                 };
                 out.push(restored);
@@ -217,6 +235,35 @@ impl Commit {
             Some(state) => self.put(format!("m/{store}").into_bytes(), &state),
             None => Ok(()),
         }
+    }
+
+    /// Stores a store's planning state, taken from the inventory.
+    pub fn plan_state(&mut self, inv: &Inventory, store: &StoreId) -> Result<(), StoreError> {
+        match inv.plan_state(store) {
+            Some(state) => self.put(format!("p/{store}").into_bytes(), state),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores a replenishment request, taken from the inventory.
+    pub fn request(&mut self, inv: &Inventory, id: &DocId) -> Result<(), StoreError> {
+        match inv.request(id) {
+            Some(r) => self.put(format!("q/{id}").into_bytes(), r),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores a transfer, taken from the inventory.
+    pub fn transfer(&mut self, inv: &Inventory, id: &DocId) -> Result<(), StoreError> {
+        match inv.transfer(id) {
+            Some(t) => self.put(format!("t/{id}").into_bytes(), t),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores the chain counters.
+    pub fn chain_state(&mut self, inv: &Inventory) -> Result<(), StoreError> {
+        self.put(b"c".to_vec(), &inv.chain_state())
     }
 
     fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StoreError> {

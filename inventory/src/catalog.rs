@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use dishsync_protocol::{BaseUnit, DishId, SkuId, StoreId};
+use dishsync_protocol::{BaseUnit, DeviceId, DishId, SkuId, StoreId};
 use serde::{Deserialize, Serialize};
 
 /// One stock-keeping unit.
@@ -92,6 +92,12 @@ pub enum CatalogError {
         /// The missing dish.
         dish: DishId,
     },
+    /// Planning names a store that does not exist.
+    #[error("planning refers to unknown store {0}")]
+    UnknownStore(StoreId),
+    /// Planning names a SKU that does not exist.
+    #[error("planning refers to unknown SKU {0}")]
+    UnknownSku(SkuId),
     /// A store lacks stock parameters for a SKU.
     #[error("store {store}: no stock parameters for SKU {sku}")]
     MissingParams {
@@ -102,12 +108,73 @@ pub enum CatalogError {
     },
 }
 
+/// The central kitchen's delivery capability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kitchen {
+    /// Minutes from a request to the earliest delivery it can make.
+    pub lead_time_minutes: u32,
+    /// Store-local minutes of the day at which deliveries arrive (sorted).
+    pub windows: Vec<u32>,
+}
+
+/// Everything the planning rules (replenishment, transfers, forecast,
+/// alerts) are tuned by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planning {
+    /// Store-local time = UTC + this many minutes (service hours, windows, days).
+    pub utc_offset_minutes: i32,
+    /// A dish whose sell-out is predicted within this many minutes shows `low`.
+    pub horizon_minutes: u32,
+    /// Time constant of the exponentially weighted sales rate, minutes.
+    pub rate_time_constant_minutes: f64,
+    /// SKUs of one store crossing within this window join one request.
+    pub merge_window_minutes: u32,
+    /// An unanswered transfer proposal expires after this many minutes.
+    pub transfer_timeout_minutes: u32,
+    /// Today's waste above this share of use raises `waste_spike`.
+    pub waste_alert_share: f64,
+    /// A dish with more than this many times the portions its sales will use
+    /// before close is reported as over-stocked.
+    pub overstock_factor: f64,
+    /// The central kitchen.
+    pub kitchen: Kitchen,
+    /// Travel minutes between two stores (both directions).
+    pub travel: BTreeMap<(StoreId, StoreId), u32>,
+    /// Store-local service hours (open, close minutes of the day); a store
+    /// without hours is always open.
+    pub hours: BTreeMap<StoreId, (u32, u32)>,
+    /// Per store: the SKUs each device feeds (for freshness).
+    pub feeds: BTreeMap<StoreId, BTreeMap<DeviceId, Vec<SkuId>>>,
+}
+
+impl Default for Planning {
+    fn default() -> Planning {
+        Planning {
+            utc_offset_minutes: 0,
+            horizon_minutes: 45,
+            rate_time_constant_minutes: 20.0,
+            merge_window_minutes: 2,
+            transfer_timeout_minutes: 10,
+            waste_alert_share: 0.15,
+            overstock_factor: 3.0,
+            kitchen: Kitchen {
+                lead_time_minutes: 120,
+                windows: vec![7 * 60],
+            },
+            travel: BTreeMap::new(),
+            hours: BTreeMap::new(),
+            feeds: BTreeMap::new(),
+        }
+    }
+}
+
 /// The whole chain, indexed for the rules.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     skus: BTreeMap<SkuId, Sku>,
     dishes: BTreeMap<DishId, Dish>,
     stores: BTreeMap<StoreId, Store>,
+    planning: Planning,
     /// Per store: which menu dishes use a SKU.
     uses: HashMap<StoreId, HashMap<SkuId, Vec<DishId>>>,
 }
@@ -172,7 +239,46 @@ impl Catalog {
             dishes,
             stores,
             uses,
+            planning: Planning::default(),
         })
+    }
+
+    /// The same catalog with `planning`, whose store, SKU and device
+    /// references are checked.
+    pub fn with_planning(mut self, planning: Planning) -> Result<Catalog, CatalogError> {
+        for (a, b) in planning.travel.keys() {
+            for s in [a, b] {
+                if !self.stores.contains_key(s) {
+                    return Err(CatalogError::UnknownStore(s.clone()));
+                }
+            }
+        }
+        for s in planning.hours.keys().chain(planning.feeds.keys()) {
+            if !self.stores.contains_key(s) {
+                return Err(CatalogError::UnknownStore(s.clone()));
+            }
+        }
+        for sku in planning.feeds.values().flat_map(|d| d.values()).flatten() {
+            if !self.skus.contains_key(sku) {
+                return Err(CatalogError::UnknownSku(sku.clone()));
+            }
+        }
+        self.planning = planning;
+        Ok(self)
+    }
+
+    /// How the planning rules are tuned.
+    pub fn planning(&self) -> &Planning {
+        &self.planning
+    }
+
+    /// Travel minutes between two stores, if configured.
+    pub fn travel(&self, a: &StoreId, b: &StoreId) -> Option<u32> {
+        self.planning
+            .travel
+            .get(&(a.clone(), b.clone()))
+            .or_else(|| self.planning.travel.get(&(b.clone(), a.clone())))
+            .copied()
     }
 
     /// A SKU by id.

@@ -21,19 +21,21 @@
 
 pub mod catalog;
 pub mod ledger;
+pub mod planning;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use dishsync_protocol::payload::{
-    ActiveOverride, DishAvailabilityOut, DishStatus, ErrorCode, LevelOut, LevelState, MenuEntry, OverrideIn,
+    ActiveOverride, AlertOut, DishAvailabilityOut, DishStatus, ErrorCode, LevelOut, LevelState, MenuEntry, OverrideIn,
     OverrideStatus, SaleIn, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
 };
-use dishsync_protocol::{DeviceId, DishId, EventId, Millis, Quantity, SkuId, StoreId};
+use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Millis, Quantity, SkuId, StoreId};
 use serde::{Deserialize, Serialize};
 
 pub use catalog::Catalog;
 use ledger::{Applied, SkuLedger};
+pub use planning::{ChainPlan, Request, StorePlan, Transfer};
 
 /// Most portions of one dish on one sale line.
 pub const MAX_PORTIONS: u32 = 10_000;
@@ -93,6 +95,10 @@ pub struct DishState {
     pub status: DishStatus,
     /// The chef's 86, while active.
     pub override_: Option<Override>,
+    /// Predicted sell-out time at the current sales rate.
+    pub sellout_eta: Option<Millis>,
+    /// Whether an ingredient's feeding device is offline.
+    pub stale: bool,
     /// Availability document revision.
     pub rev: u64,
     /// When `rev` was made.
@@ -113,6 +119,8 @@ pub struct MenuState {
 pub struct SaleRecord {
     /// When the sale happened.
     pub at: Millis,
+    /// The dishes and portions sold.
+    pub lines: Vec<(DishId, u32)>,
     /// Base units taken per SKU.
     pub taken: Vec<(SkuId, i64)>,
     /// The void that took it back, once voided.
@@ -194,6 +202,18 @@ pub struct Changes {
     pub dishes: BTreeSet<(StoreId, DishId)>,
     /// Whole-menu documents.
     pub menus: BTreeSet<StoreId>,
+    /// Replenishment requests to persist and publish.
+    pub requests: BTreeSet<DocId>,
+    /// Transfers to persist and publish.
+    pub transfers: BTreeSet<DocId>,
+    /// Store planning states to persist.
+    pub plans: BTreeSet<StoreId>,
+    /// HQ summaries to publish.
+    pub summaries: BTreeSet<StoreId>,
+    /// Alerts to publish, in order.
+    pub alerts: Vec<(StoreId, AlertOut)>,
+    /// Whether the chain counters changed.
+    pub chain: bool,
 }
 
 impl Changes {
@@ -203,11 +223,26 @@ impl Changes {
         self.levels.extend(other.levels);
         self.dishes.extend(other.dishes);
         self.menus.extend(other.menus);
+        self.requests.extend(other.requests);
+        self.transfers.extend(other.transfers);
+        self.plans.extend(other.plans);
+        self.summaries.extend(other.summaries);
+        self.alerts.extend(other.alerts);
+        self.chain |= other.chain;
     }
 
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.skus.is_empty() && self.levels.is_empty() && self.dishes.is_empty() && self.menus.is_empty()
+        self.skus.is_empty()
+            && self.levels.is_empty()
+            && self.dishes.is_empty()
+            && self.menus.is_empty()
+            && self.requests.is_empty()
+            && self.transfers.is_empty()
+            && self.plans.is_empty()
+            && self.summaries.is_empty()
+            && self.alerts.is_empty()
+            && !self.chain
     }
 }
 
@@ -227,6 +262,7 @@ struct StoreState {
     skus: BTreeMap<SkuId, SkuState>,
     dishes: BTreeMap<DishId, DishState>,
     menu: MenuState,
+    plan: StorePlan,
 }
 
 /// A persisted state handed back at start-up.
@@ -238,6 +274,14 @@ pub enum Restored {
     Dish(StoreId, DishId, DishState),
     /// A store's menu document state.
     Menu(StoreId, MenuState),
+    /// A store's planning state.
+    Plan(StoreId, StorePlan),
+    /// A replenishment request.
+    Request(Request),
+    /// A transfer.
+    Transfer(Transfer),
+    /// The chain counters.
+    Chain(ChainPlan),
 }
 
 /// The live state of the whole chain.
@@ -245,9 +289,12 @@ pub enum Restored {
 pub struct Inventory {
     catalog: Arc<Catalog>,
     stores: BTreeMap<StoreId, StoreState>,
+    requests: BTreeMap<DocId, Request>,
+    transfers: BTreeMap<DocId, Transfer>,
+    chain: ChainPlan,
 }
 
-fn reject(code: ErrorCode, message: impl Into<String>) -> Rejection {
+pub(crate) fn reject(code: ErrorCode, message: impl Into<String>) -> Rejection {
     Rejection::new(code, message)
 }
 
@@ -260,7 +307,7 @@ fn level_state(qty: i64, reorder_point: i64) -> LevelState {
     }
 }
 
-fn check_text(field: &str, text: &Option<String>) -> Result<(), Rejection> {
+pub(crate) fn check_text(field: &str, text: &Option<String>) -> Result<(), Rejection> {
     match text {
         Some(t) if t.len() > MAX_TEXT => Err(reject(
             ErrorCode::InvalidField,
@@ -284,6 +331,9 @@ impl Inventory {
     /// from what was persisted, plus everything that started fresh.
     pub fn restore(catalog: Arc<Catalog>, restored: Vec<Restored>, now: Millis) -> (Inventory, Changes) {
         let mut stores: BTreeMap<StoreId, StoreState> = BTreeMap::new();
+        let mut requests = BTreeMap::new();
+        let mut transfers = BTreeMap::new();
+        let mut chain = ChainPlan::default();
         for store in catalog.stores() {
             stores.insert(
                 store.id.clone(),
@@ -291,6 +341,7 @@ impl Inventory {
                     skus: BTreeMap::new(),
                     dishes: BTreeMap::new(),
                     menu: MenuState { rev: 0, at: now },
+                    plan: StorePlan::default(),
                 },
             );
         }
@@ -313,6 +364,22 @@ impl Inventory {
                         s.menu = menu;
                     }
                 }
+                Restored::Plan(store, plan) => {
+                    if let Some(s) = stores.get_mut(&store) {
+                        s.plan = plan;
+                    }
+                }
+                Restored::Request(r) => {
+                    if stores.contains_key(&r.store) {
+                        requests.insert(r.id.clone(), r);
+                    }
+                }
+                Restored::Transfer(t) => {
+                    if stores.contains_key(&t.from) && stores.contains_key(&t.to) {
+                        transfers.insert(t.id.clone(), t);
+                    }
+                }
+                Restored::Chain(c) => chain = c,
             }
         }
         let mut changes = Changes::default();
@@ -335,7 +402,17 @@ impl Inventory {
         let mut inventory = Inventory {
             catalog: Arc::clone(&catalog),
             stores,
+            requests,
+            transfers,
+            chain,
         };
+        let today = inventory.local_day(now);
+        for (id, state) in &mut inventory.stores {
+            if state.plan.day == 0 {
+                state.plan.day = today;
+                changes.plans.insert(id.clone());
+            }
+        }
         for store in catalog.stores() {
             for dish in &store.menu {
                 inventory.recompute_dish(&store.id, dish, now, &mut changes);
@@ -441,6 +518,19 @@ impl Inventory {
             at,
             moved: applied == Applied::Moved,
         });
+        if applied == Applied::Moved {
+            match kind {
+                StockKind::Waste => self.count_use(store, sku, base, true),
+                StockKind::Consume => self.count_use(store, sku, base, false),
+                _ => {}
+            }
+            if matches!(kind, StockKind::Waste | StockKind::Consume) {
+                self.check_waste(store, sku, now, &mut outcome.changes);
+            }
+        }
+        if let (StockKind::Receive, Some(reference)) = (kind, &ev.reference) {
+            self.receive_against(store, sku, reference, now, &mut outcome.changes);
+        }
         self.after_moves(store, &[(sku.clone(), before)], now, &mut outcome.changes);
         Ok(outcome)
     }
@@ -494,11 +584,19 @@ impl Inventory {
         }
         let taken: Vec<(SkuId, i64)> = taken.into_iter().collect();
         let deltas: Vec<(SkuId, i64)> = taken.iter().map(|(sku, n)| (sku.clone(), -n)).collect();
+        let portions: Vec<(DishId, i64)> = lines.iter().map(|l| (l.dish.clone(), i64::from(l.portions))).collect();
+        let mut changes = Changes::default();
+        self.record_portions(store, &portions, at, &mut changes);
+        for (sku, n) in &taken {
+            self.count_use(store, sku, *n, false);
+        }
         let mut outcome = self.move_stock(store, &sale.id, EntryKind::Sale, at, &deltas, now)?;
+        outcome.changes.merge(changes);
         outcome.sale = Some((
             sale.id.clone(),
             SaleRecord {
                 at,
+                lines: lines.iter().map(|l| (l.dish.clone(), l.portions)).collect(),
                 taken,
                 voided_by: None,
             },
@@ -534,7 +632,14 @@ impl Inventory {
             ));
         }
         let at = void.at.map_or(now, |t| t.0);
+        let portions: Vec<(DishId, i64)> = record.lines.iter().map(|(d, p)| (d.clone(), -i64::from(*p))).collect();
+        let mut changes = Changes::default();
+        self.record_portions(store, &portions, at, &mut changes);
+        for (sku, n) in &record.taken {
+            self.count_use(store, sku, -n, false);
+        }
         let mut outcome = self.move_stock(store, &void.id, EntryKind::Void, at, &record.taken, now)?;
+        outcome.changes.merge(changes);
         let mut updated = record.clone();
         updated.voided_by = Some(void.id.clone());
         outcome.sale = Some((sale_id.clone(), updated));
@@ -617,7 +722,7 @@ impl Inventory {
         state.override_ = new;
         let mut outcome = Outcome::default();
         self.recompute_dish(store, dish, now, &mut outcome.changes);
-        self.bump_menus(now, &mut outcome.changes);
+        self.finish(now, &mut outcome.changes);
         Ok(outcome)
     }
 
@@ -636,7 +741,7 @@ impl Inventory {
         for (store, dish) in lapsed {
             self.recompute_dish(&store, &dish, now, &mut changes);
         }
-        self.bump_menus(now, &mut changes);
+        self.finish(now, &mut changes);
         changes
     }
 
@@ -647,11 +752,30 @@ impl Inventory {
             .ok_or_else(|| reject(ErrorCode::UnknownSku, format!("unknown SKU {sku}")))
     }
 
+    /// [`Inventory::touch_levels`], then the end-of-operation pass.
+    fn after_moves(&mut self, store: &StoreId, before: &[(SkuId, i64)], now: Millis, changes: &mut Changes) {
+        self.touch_levels(store, before, now, changes);
+        self.finish(now, changes);
+    }
+
+    /// The end of every public operation: new menu revisions, then the
+    /// planning pass over what changed.
+    pub(crate) fn finish(&mut self, now: Millis, changes: &mut Changes) {
+        self.bump_menus(now, changes);
+        self.plan(now, changes);
+    }
+
     /// Given each touched SKU with its level before the input, bumps the
     /// level documents whose quantity changed and recomputes the dishes that
     /// use them. A change that moved nothing (stamped before the latest
     /// count, a count equal to the level) publishes nothing.
-    fn after_moves(&mut self, store: &StoreId, before: &[(SkuId, i64)], now: Millis, changes: &mut Changes) {
+    pub(crate) fn touch_levels(
+        &mut self,
+        store: &StoreId,
+        before: &[(SkuId, i64)],
+        now: Millis,
+        changes: &mut Changes,
+    ) {
         let catalog = Arc::clone(&self.catalog);
         let Some(state) = self.stores.get_mut(store) else {
             return;
@@ -671,7 +795,6 @@ impl Inventory {
         for dish in dishes {
             self.recompute_dish(store, dish, now, changes);
         }
-        self.bump_menus(now, changes);
     }
 
     /// Recomputes one dish; bumps its revision when anything visible changed.
@@ -679,7 +802,7 @@ impl Inventory {
         let Some(dish) = self.catalog.dish(dish_id) else {
             return;
         };
-        let Some(state) = self.stores.get_mut(store) else {
+        let Some(state) = self.stores.get(store) else {
             return;
         };
         let mut portions: Option<(u64, &SkuId)> = None;
@@ -691,33 +814,43 @@ impl Inventory {
             }
         }
         let (portions, limited_by) = portions.map_or((0, None), |(p, s)| (p, Some(s.clone())));
+        let stale = dish.recipe.iter().any(|l| self.is_stale(store, &l.sku));
+        let sellout_eta = self.eta(store, dish_id, portions, now);
+        let predicted = self.within_horizon(sellout_eta, now);
         let current = state.dishes.get(dish_id);
         let override_ = current.and_then(|d| d.override_.clone());
         let status = if override_.is_some() || portions == 0 {
             DishStatus::SoldOut
-        } else if portions <= dish.low_mark {
+        } else if portions <= dish.low_mark || predicted {
             DishStatus::Low
         } else {
             DishStatus::Available
         };
         let unchanged = current.is_some_and(|d| {
-            d.portions == portions && d.limited_by == limited_by && d.status == status && d.override_ == override_
+            d.portions == portions
+                && d.limited_by == limited_by
+                && d.status == status
+                && d.override_ == override_
+                && d.sellout_eta == sellout_eta
+                && d.stale == stale
         });
         if unchanged {
             return;
         }
         let rev = current.map_or(0, |d| d.rev) + 1;
-        state.dishes.insert(
-            dish_id.clone(),
-            DishState {
-                portions,
-                limited_by,
-                status,
-                override_,
-                rev,
-                at: now,
-            },
-        );
+        let next = DishState {
+            portions,
+            limited_by,
+            status,
+            override_,
+            sellout_eta,
+            stale,
+            rev,
+            at: now,
+        };
+        if let Some(state) = self.stores.get_mut(store) {
+            state.dishes.insert(dish_id.clone(), next);
+        }
         changes.dishes.insert((store.clone(), dish_id.clone()));
     }
 
@@ -763,7 +896,7 @@ impl Inventory {
             reorder_point: params.reorder_point,
             par: params.par,
             state: level_state(qty, params.reorder_point),
-            stale: false,
+            stale: self.is_stale(store, sku),
             rev: state.rev,
             at: Timestamp(state.at),
         })
@@ -783,8 +916,8 @@ impl Inventory {
                 until: o.until.map(Timestamp),
                 note: o.note.clone(),
             }),
-            sellout_eta: None,
-            stale: false,
+            sellout_eta: state.sellout_eta.map(Timestamp),
+            stale: state.stale,
             rev: state.rev,
             at: Timestamp(state.at),
         })
@@ -802,7 +935,7 @@ impl Inventory {
                     portions: d.portions,
                     limited_by: d.limited_by.clone(),
                     override_: d.override_.is_some(),
-                    stale: false,
+                    stale: d.stale,
                     rev: d.rev,
                 };
                 (id.clone(), entry)

@@ -404,6 +404,8 @@ fn restore_reproduces_state_and_reports_nothing_new() {
         ));
     }
     saved.push(Restored::Menu(s1.clone(), inv.menu_state(&s1).expect("menu")));
+    saved.push(Restored::Plan(s1.clone(), inv.plan_state(&s1).expect("plan").clone()));
+    saved.push(Restored::Chain(inv.chain_state()));
     let (back, changes) = Inventory::restore(catalog(), saved, T0 + 99);
     assert!(changes.is_empty(), "{changes:?}");
     assert_eq!(back.dish_out(&s1, &id("burger")), inv.dish_out(&s1, &id("burger")));

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use crate::payload::{
-    AckOut, BrokerAlertOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, SaleIn, StockEventIn,
-    StoreAvailabilityOut,
+    AckOut, ActionIn, AlertOut, BrokerAlertOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, RequestOut,
+    SaleIn, StockEventIn, StoreAvailabilityOut, SummaryOut, TransferOut, TransferRequestIn,
 };
 use crate::Topic;
 
@@ -88,10 +88,34 @@ fn every_example_in_topics_md_parses() {
                 parse::<BrokerAlertOut>(topic, body);
                 "broker alerts"
             }
+            Topic::RequestAction { .. } | Topic::TransferAction { .. } => {
+                parse::<ActionIn>(topic, body);
+                "actions"
+            }
+            Topic::TransferRequest { .. } => {
+                parse::<TransferRequestIn>(topic, body);
+                "transfer request"
+            }
+            Topic::StoreRequest { .. } | Topic::HqRequest { .. } => {
+                parse::<RequestOut>(topic, body);
+                "request"
+            }
+            Topic::Transfer { .. } => {
+                parse::<TransferOut>(topic, body);
+                "transfer"
+            }
+            Topic::Alerts { .. } => {
+                parse::<AlertOut>(topic, body);
+                "alerts"
+            }
+            Topic::Summary { .. } => {
+                parse::<SummaryOut>(topic, body);
+                "summary"
+            }
         };
         kinds.insert(kind);
     }
-    assert_eq!(kinds.len(), 10, "every topic of the contract has an example: {kinds:?}");
+    assert_eq!(kinds.len(), 16, "every topic of the contract has an example: {kinds:?}");
 }
 
 #[test]
@@ -107,6 +131,14 @@ fn every_topic_pattern_is_documented() {
         "stores/{store}/acks/{device}",
         "stores/{store}/errors/{device}",
         "hq/alerts",
+        "hq/replenishment/{id}/{action}",
+        "stores/{store}/replenishment/{id}",
+        "hq/replenishment/{id}",
+        "stores/{store}/transfers/request",
+        "stores/{store}/transfers/{id}/{action}",
+        "stores/{store}/transfers/{id}",
+        "stores/{store}/alerts",
+        "hq/stores/{store}/summary",
     ] {
         assert!(
             TOPICS_MD.contains(&format!("`{pattern}`")),

@@ -135,9 +135,26 @@ id_type!(
     DeviceId, "device", name_char, "a-z, 0-9 and -"
 );
 id_type!(
+    /// A document the broker numbers itself: a replenishment request
+    /// (`rq-{store}-{n}`) or a transfer (`tr-{n}`).
+    DocId, "document", name_char, "a-z, 0-9 and -"
+);
+id_type!(
     /// A client-made unique id of one input (stock event, sale, void, override).
     EventId, "event", event_char, "A-Z, a-z, 0-9 and - _ . :"
 );
+
+impl DocId {
+    /// The store a replenishment request id (`rq-{store}-{n}`) belongs to.
+    pub fn request_store(&self) -> Option<StoreId> {
+        let rest = self.0.strip_prefix("rq-")?;
+        let (store, n) = rest.rsplit_once('-')?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        StoreId::new(store).ok()
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -154,6 +171,10 @@ mod tests {
         assert!(EventId::new("scale-1:7:123").is_ok());
         assert!(EventId::new("550E8400-e29b_41d4.a716").is_ok());
         assert!(EventId::new("a/b").is_err());
+        let rq = DocId::new("rq-downtown-east-12").expect("doc id");
+        assert_eq!(rq.request_store().map(|s| s.to_string()), Some("downtown-east".into()));
+        assert_eq!(DocId::new("tr-3").expect("doc id").request_store(), None);
+        assert_eq!(DocId::new("rq-x-").expect("doc id").request_store(), None);
     }
 
     #[test]

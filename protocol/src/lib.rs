@@ -22,7 +22,7 @@ pub mod units;
 #[cfg(test)]
 mod contract;
 
-pub use ids::{DeviceId, DishId, EventId, IdError, SkuId, StoreId};
+pub use ids::{DeviceId, DishId, DocId, EventId, IdError, SkuId, StoreId};
 pub use topic::{Topic, TopicError};
 pub use units::{BaseUnit, Quantity, Unit, UnitError};
 

@@ -11,7 +11,7 @@ use std::fmt;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DeviceId, DishId, EventId, SkuId, StoreId};
+use crate::ids::{DeviceId, DishId, DocId, EventId, SkuId, StoreId};
 use crate::units::{BaseUnit, Unit};
 use crate::Millis;
 
@@ -334,6 +334,11 @@ pub enum ErrorCode {
     BadVoid,
     /// The device's role or store does not allow this topic.
     NotPermitted,
+    /// No such replenishment request or transfer.
+    UnknownDocument,
+    /// The action does not fit the document's state (shipping a cancelled
+    /// request, dispatching an unaccepted transfer).
+    InvalidTransition,
     /// The device publishes faster than its limit; send again later.
     RateLimited,
     /// The broker could not commit; the input was not applied. Retry.
@@ -391,6 +396,227 @@ pub struct BrokerAlertOut {
     pub message: String,
     /// Running count behind the alert (e.g. messages dropped since start).
     pub count: u64,
+    /// When.
+    pub at: Timestamp,
+}
+
+// ------------------------------------- replenishment, transfers, alerts
+
+/// The body of an action on a request or transfer
+/// (`hq/replenishment/{id}/{action}`, `stores/{store}/transfers/{id}/{action}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionIn {
+    /// Client-made unique id of this action.
+    pub id: EventId,
+    /// Who acts.
+    pub by: DeviceId,
+    /// Free text (≤ 256 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `stores/{store}/transfers/request`: a manager asks for stock from another
+/// store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequestIn {
+    /// Client-made unique id.
+    pub id: EventId,
+    /// The SKU needed.
+    pub sku: SkuId,
+    /// How much.
+    pub qty: f64,
+    /// In what unit.
+    pub unit: Unit,
+    /// Who asks.
+    pub by: DeviceId,
+}
+
+/// Where a replenishment request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// Raised; lines may still be merged in.
+    Open,
+    /// The central kitchen has seen it.
+    Acknowledged,
+    /// On its way.
+    Shipped,
+    /// Every line received (final).
+    Received,
+    /// Will not come (final).
+    Cancelled,
+}
+
+/// One line of a replenishment request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLine {
+    /// The SKU.
+    pub sku: SkuId,
+    /// How much, in the SKU's base unit (par − level, rounded up to the pack).
+    pub qty: i64,
+    /// The base unit.
+    pub unit: BaseUnit,
+    /// Whether a `receive` with this request as `ref` has arrived for it.
+    pub received: bool,
+}
+
+/// `hq/replenishment/{id}` and `stores/{store}/replenishment/{id}` (retained).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestOut {
+    /// `rq-{store}-{n}`.
+    pub id: DocId,
+    /// The store that needs the goods.
+    pub store: StoreId,
+    /// What it needs.
+    pub lines: Vec<RequestLine>,
+    /// Where it stands.
+    pub state: RequestState,
+    /// Why it was raised, or the last action's note.
+    pub reason: String,
+    /// When it was raised.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// +1 with every change.
+    pub rev: u64,
+}
+
+/// Where a transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    /// Asked of the giver; waiting for accept or decline.
+    Proposed,
+    /// The giver agreed.
+    Accepted,
+    /// The giver refused (final; the next candidate gets a new proposal).
+    Declined,
+    /// Nobody answered in time (final; the next candidate gets a new proposal).
+    Expired,
+    /// Sent (`transfer_out` booked at the giver).
+    Dispatched,
+    /// Arrived (`transfer_in` booked at the taker; final).
+    Received,
+    /// Called off before dispatch (final).
+    Cancelled,
+}
+
+/// `stores/{store}/transfers/{id}` under both stores (retained).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferOut {
+    /// `tr-{n}`.
+    pub id: DocId,
+    /// The giving store.
+    pub from: StoreId,
+    /// The taking store.
+    pub to: StoreId,
+    /// The SKU.
+    pub sku: SkuId,
+    /// How much, in base units.
+    pub qty: i64,
+    /// The base unit.
+    pub unit: BaseUnit,
+    /// Where it stands.
+    pub state: TransferState,
+    /// Why it was proposed, or the last action's note.
+    pub reason: String,
+    /// When an unanswered proposal expires.
+    pub expires_at: Option<Timestamp>,
+    /// Travel time between the stores, minutes.
+    pub travel_minutes: u32,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// +1 with every change.
+    pub rev: u64,
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A SKU at or below its reorder point.
+    LowStock,
+    /// A SKU below zero.
+    NegativeStock,
+    /// A dish sold out.
+    SoldOut,
+    /// A dish predicted to sell out within the horizon.
+    SelloutPredicted,
+    /// Today's waste of a SKU above the configured share of its use.
+    WasteSpike,
+    /// A device that feeds stock levels is offline.
+    DeviceOffline,
+}
+
+/// Raised when a condition starts, cleared when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    /// The condition started.
+    Raised,
+    /// The condition ended.
+    Cleared,
+}
+
+/// `stores/{store}/alerts` (not retained).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertOut {
+    /// Unique id; the clearing message carries the id of the raising one.
+    pub id: String,
+    /// What it is about.
+    pub kind: AlertKind,
+    /// raised or cleared.
+    pub state: AlertState,
+    /// The SKU concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<SkuId>,
+    /// The dish concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dish: Option<DishId>,
+    /// The device concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+    /// Human-readable.
+    pub message: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Waste against use of one SKU today.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WasteLine {
+    /// Wasted today, base units.
+    pub waste: i64,
+    /// Used today (sales, consumption), base units.
+    pub used: i64,
+    /// waste ÷ (waste + used).
+    pub ratio: f64,
+}
+
+/// `hq/stores/{store}/summary` (retained): the store at a glance for HQ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryOut {
+    /// The store.
+    pub store: StoreId,
+    /// Dishes sold out now.
+    pub sold_out: Vec<DishId>,
+    /// SKUs at or below their reorder point.
+    pub low: Vec<SkuId>,
+    /// Replenishment requests not yet received or cancelled.
+    pub open_requests: Vec<DocId>,
+    /// Transfers (to or from the store) not yet finished.
+    pub open_transfers: Vec<DocId>,
+    /// Today's waste over waste + use, all SKUs with activity weighted equally.
+    pub waste_ratio: f64,
+    /// Today's waste per SKU with any waste.
+    pub waste: BTreeMap<SkuId, WasteLine>,
+    /// Dishes with far more portions on hand than their sales will use before
+    /// close (waste risk).
+    pub overstock: Vec<DishId>,
+    /// +1 with every publication.
+    pub rev: u64,
     /// When.
     pub at: Timestamp,
 }

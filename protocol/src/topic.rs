@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::ids::{DeviceId, DishId, IdError, SkuId, StoreId};
+use crate::ids::{DeviceId, DishId, DocId, IdError, SkuId, StoreId};
 
 /// Every topic of the dishsync contract.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,6 +77,128 @@ pub enum Topic {
     },
     /// `hq/alerts` — alerts about the broker itself (not retained).
     BrokerAlerts,
+
+    // ---- replenishment, transfers, alerts, summary ----
+    /// `hq/replenishment/{id}/{action}` — the central kitchen acts on a request.
+    RequestAction {
+        /// The request.
+        id: DocId,
+        /// acknowledge, ship or cancel.
+        action: RequestAction,
+    },
+    /// `stores/{store}/transfers/request` — a manager asks for a transfer.
+    TransferRequest {
+        /// The store that needs stock.
+        store: StoreId,
+    },
+    /// `stores/{store}/transfers/{id}/{action}` — a store acts on a transfer.
+    TransferAction {
+        /// The store acting.
+        store: StoreId,
+        /// The transfer.
+        id: DocId,
+        /// accept, decline, dispatch, receive or cancel.
+        action: TransferAction,
+    },
+    /// `stores/{store}/replenishment/{id}` — a request's state (retained).
+    StoreRequest {
+        /// The store.
+        store: StoreId,
+        /// The request.
+        id: DocId,
+    },
+    /// `hq/replenishment/{id}` — a request's state for the central kitchen (retained).
+    HqRequest {
+        /// The request.
+        id: DocId,
+    },
+    /// `stores/{store}/transfers/{id}` — a transfer's state, under both stores (retained).
+    Transfer {
+        /// The store (giver or taker).
+        store: StoreId,
+        /// The transfer.
+        id: DocId,
+    },
+    /// `stores/{store}/alerts` — raised and cleared alerts (not retained).
+    Alerts {
+        /// The store.
+        store: StoreId,
+    },
+    /// `hq/stores/{store}/summary` — the store at a glance (retained).
+    Summary {
+        /// The store.
+        store: StoreId,
+    },
+}
+
+/// What the central kitchen does with a replenishment request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestAction {
+    /// Seen and planned.
+    Acknowledge,
+    /// On its way.
+    Ship,
+    /// Will not be delivered.
+    Cancel,
+}
+
+/// What a store does with a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferAction {
+    /// The giver agrees.
+    Accept,
+    /// The giver refuses; the next candidate is asked.
+    Decline,
+    /// The giver sends the goods (books `transfer_out`).
+    Dispatch,
+    /// The taker has the goods (books `transfer_in`).
+    Receive,
+    /// Either store calls it off before dispatch.
+    Cancel,
+}
+
+impl RequestAction {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "acknowledge" => Self::Acknowledge,
+            "ship" => Self::Ship,
+            "cancel" => Self::Cancel,
+            _ => return None,
+        })
+    }
+
+    /// The action's name in topics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Acknowledge => "acknowledge",
+            Self::Ship => "ship",
+            Self::Cancel => "cancel",
+        }
+    }
+}
+
+impl TransferAction {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "accept" => Self::Accept,
+            "decline" => Self::Decline,
+            "dispatch" => Self::Dispatch,
+            "receive" => Self::Receive,
+            "cancel" => Self::Cancel,
+            _ => return None,
+        })
+    }
+
+    /// The action's name in topics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Decline => "decline",
+            Self::Dispatch => "dispatch",
+            Self::Receive => "receive",
+            Self::Cancel => "cancel",
+        }
+    }
 }
 
 /// Who may publish on a topic.
@@ -110,7 +232,12 @@ impl Topic {
     /// Who may publish on this topic.
     pub fn direction(&self) -> Direction {
         match self {
-            Topic::StockEvents { .. } | Topic::Sales { .. } | Topic::DishOverride { .. } => Direction::Input,
+            Topic::StockEvents { .. }
+            | Topic::Sales { .. }
+            | Topic::DishOverride { .. }
+            | Topic::RequestAction { .. }
+            | Topic::TransferRequest { .. }
+            | Topic::TransferAction { .. } => Direction::Input,
             Topic::DeviceStatus { .. } => Direction::Device,
             _ => Direction::Output,
         }
@@ -127,8 +254,14 @@ impl Topic {
             | Topic::StoreAvailability { store }
             | Topic::StockLevel { store, .. }
             | Topic::Acks { store, .. }
-            | Topic::Errors { store, .. } => store,
-            Topic::BrokerAlerts => return None,
+            | Topic::Errors { store, .. }
+            | Topic::TransferRequest { store }
+            | Topic::TransferAction { store, .. }
+            | Topic::StoreRequest { store, .. }
+            | Topic::Transfer { store, .. }
+            | Topic::Alerts { store }
+            | Topic::Summary { store } => store,
+            Topic::BrokerAlerts | Topic::RequestAction { .. } | Topic::HqRequest { .. } => return None,
         })
     }
 
@@ -157,6 +290,8 @@ impl FromStr for Topic {
         let sku = |i: usize| parts[i].parse::<SkuId>().map_err(bad);
         let dish = |i: usize| parts[i].parse::<DishId>().map_err(bad);
         let device = |i: usize| parts[i].parse::<DeviceId>().map_err(bad);
+        let doc = |i: usize| parts[i].parse::<DocId>().map_err(bad);
+        let unknown = || TopicError::Unknown(clip(s));
         Ok(match parts.as_slice() {
             ["stores", _, "stock", _, "events"] => Topic::StockEvents {
                 store: store(1)?,
@@ -185,6 +320,27 @@ impl FromStr for Topic {
                 device: device(3)?,
             },
             ["hq", "alerts"] => Topic::BrokerAlerts,
+            ["hq", "replenishment", _] => Topic::HqRequest { id: doc(2)? },
+            ["hq", "replenishment", _, action] => Topic::RequestAction {
+                id: doc(2)?,
+                action: RequestAction::parse(action).ok_or_else(unknown)?,
+            },
+            ["hq", "stores", _, "summary"] => Topic::Summary { store: store(2)? },
+            ["stores", _, "alerts"] => Topic::Alerts { store: store(1)? },
+            ["stores", _, "replenishment", _] => Topic::StoreRequest {
+                store: store(1)?,
+                id: doc(3)?,
+            },
+            ["stores", _, "transfers", "request"] => Topic::TransferRequest { store: store(1)? },
+            ["stores", _, "transfers", _] => Topic::Transfer {
+                store: store(1)?,
+                id: doc(3)?,
+            },
+            ["stores", _, "transfers", _, action] => Topic::TransferAction {
+                store: store(1)?,
+                id: doc(3)?,
+                action: TransferAction::parse(action).ok_or_else(unknown)?,
+            },
             ["stores", _, "devices", _, "status"] => Topic::DeviceStatus {
                 store: store(1)?,
                 device: device(3)?,
@@ -213,6 +369,16 @@ impl fmt::Display for Topic {
             Topic::Acks { store, device } => write!(f, "stores/{store}/acks/{device}"),
             Topic::Errors { store, device } => write!(f, "stores/{store}/errors/{device}"),
             Topic::BrokerAlerts => f.write_str("hq/alerts"),
+            Topic::RequestAction { id, action } => write!(f, "hq/replenishment/{id}/{}", action.as_str()),
+            Topic::TransferRequest { store } => write!(f, "stores/{store}/transfers/request"),
+            Topic::TransferAction { store, id, action } => {
+                write!(f, "stores/{store}/transfers/{id}/{}", action.as_str())
+            }
+            Topic::StoreRequest { store, id } => write!(f, "stores/{store}/replenishment/{id}"),
+            Topic::HqRequest { id } => write!(f, "hq/replenishment/{id}"),
+            Topic::Transfer { store, id } => write!(f, "stores/{store}/transfers/{id}"),
+            Topic::Alerts { store } => write!(f, "stores/{store}/alerts"),
+            Topic::Summary { store } => write!(f, "hq/stores/{store}/summary"),
         }
     }
 }
@@ -233,6 +399,12 @@ mod tests {
             "stores/downtown/acks/pos-1",
             "stores/downtown/errors/pos-1",
             "stores/downtown/devices/scale-1/status",
+            "stores/downtown/transfers/request",
+            "stores/downtown/transfers/tr-7",
+            "stores/downtown/transfers/tr-7/accept",
+            "stores/downtown/replenishment/rq-downtown-3",
+            "stores/downtown/alerts",
+            "hq/stores/downtown/summary",
         ];
         for t in topics {
             let parsed: Topic = t.parse().expect(t);

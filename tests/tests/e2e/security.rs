@@ -73,6 +73,20 @@ fn filters(family: Family, store: &str, device: &str) -> Vec<(String, bool)> {
             (format!("stores/{store}/acks/+"), false),
         ],
         Family::BrokerAlerts => vec![("hq/alerts".to_string(), false)],
+        Family::RequestActions => vec![("hq/replenishment/+/+".to_string(), false)],
+        Family::Requests => vec![
+            (format!("stores/{store}/replenishment/+"), false),
+            ("hq/replenishment/+".to_string(), false),
+        ],
+        Family::TransferActions => {
+            vec![
+                (format!("stores/{store}/transfers/+/+"), false),
+                (format!("stores/{store}/transfers/request"), false),
+            ]
+        }
+        Family::Transfers => vec![(format!("stores/{store}/transfers/+"), false)],
+        Family::Alerts => vec![(format!("stores/{store}/alerts"), false)],
+        Family::Summary => vec![(format!("hq/stores/{store}/summary"), false)],
     }
 }
 
@@ -115,8 +129,13 @@ async fn every_role_gets_exactly_the_documented_permissions() -> Result<()> {
         for family in Family::ALL {
             for store in ["s1", "s2"] {
                 for (filter, own) in filters(family, store, device) {
-                    let hq_topic = family == Family::BrokerAlerts;
-                    let want = expect_subscribe(role, home, family, if hq_topic { None } else { Some(store) }, own);
+                    // HQ topics name no store.
+                    let hq_topic = filter.starts_with("hq/") && !filter.starts_with("hq/stores/");
+                    let mut want = expect_subscribe(role, home, family, if hq_topic { None } else { Some(store) }, own);
+                    // `transfers/+` also matches `transfers/request`.
+                    if family == Family::Transfers {
+                        want &= expect_subscribe(role, home, Family::TransferActions, Some(store), false);
+                    }
                     let got = try_subscribe(&mut client, &filter).await?;
                     assert_eq!(got, want, "{device} ({role}) subscribe {filter}");
                     checked += 1;

@@ -1,0 +1,588 @@
+//! The planning rules through a whole dinner service, with an injected
+//! clock: exact requests, transfers, alerts and ETAs, checked against an
+//! independent statement of each rule.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dishsync_protocol::payload::{
+    ActionIn, AlertKind, AlertState, DishStatus, RequestState, SaleIn, SaleLine, StockEventIn, StockKind, Timestamp,
+    TransferRequestIn, TransferState,
+};
+use dishsync_protocol::topic::{RequestAction, TransferAction};
+use dishsync_protocol::{BaseUnit, DocId, Millis, Unit};
+use proptest::prelude::*;
+
+use crate::catalog::{Dish, Kitchen, Planning, RecipeLine, Sku, StockParams, Store};
+use crate::{Catalog, Changes, Inventory};
+
+const MINUTE: Millis = 60_000;
+const DAY0: Millis = 20_000 * 24 * 60 * MINUTE;
+
+fn at(h: i64, m: i64) -> Millis {
+    DAY0 + (h * 60 + m) * MINUTE
+}
+
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().expect("test id")
+}
+
+const TAU: f64 = 20.0;
+const HORIZON: i64 = 30;
+
+fn chain() -> Arc<Catalog> {
+    let skus = vec![
+        Sku {
+            id: id("patty"),
+            name: "Patty".into(),
+            unit: BaseUnit::Pcs,
+            pack: 10,
+        },
+        Sku {
+            id: id("bun"),
+            name: "Bun".into(),
+            unit: BaseUnit::Pcs,
+            pack: 24,
+        },
+    ];
+    let dishes = vec![Dish {
+        id: id("burger"),
+        name: "Burger".into(),
+        low_mark: 3,
+        recipe: vec![
+            RecipeLine {
+                sku: id("patty"),
+                per_portion: 1,
+            },
+            RecipeLine {
+                sku: id("bun"),
+                per_portion: 1,
+            },
+        ],
+    }];
+    let stock: BTreeMap<_, _> = [
+        (
+            id("patty"),
+            StockParams {
+                reorder_point: 10,
+                par: 40,
+            },
+        ),
+        (
+            id("bun"),
+            StockParams {
+                reorder_point: 10,
+                par: 60,
+            },
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let store = |s: &str| Store {
+        id: id(s),
+        name: s.into(),
+        menu: vec![id("burger")],
+        stock: stock.clone(),
+    };
+    let catalog = Catalog::new(skus, dishes, vec![store("a"), store("b"), store("c")]).expect("catalog");
+    let pair = |x: &str, y: &str, m| ((id(x), id(y)), m);
+    let planning = Planning {
+        utc_offset_minutes: 0,
+        horizon_minutes: HORIZON as u32,
+        rate_time_constant_minutes: TAU,
+        merge_window_minutes: 2,
+        transfer_timeout_minutes: 10,
+        waste_alert_share: 0.15,
+        overstock_factor: 3.0,
+        kitchen: Kitchen {
+            lead_time_minutes: 120,
+            windows: vec![7 * 60],
+        },
+        travel: [pair("a", "b", 10), pair("a", "c", 25), pair("b", "c", 20)]
+            .into_iter()
+            .collect(),
+        hours: ["a", "b", "c"].iter().map(|s| (id(s), (11 * 60, 23 * 60))).collect(),
+        feeds: BTreeMap::new(),
+    };
+    Arc::new(catalog.with_planning(planning).expect("planning"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stock(
+    inv: &mut Inventory,
+    store: &str,
+    sku: &str,
+    kind: StockKind,
+    qty: f64,
+    t: Millis,
+    eid: &str,
+    reference: Option<&str>,
+) -> Changes {
+    let ev = StockEventIn {
+        id: id(eid),
+        kind,
+        qty,
+        unit: Unit::Pcs,
+        at: Timestamp(t),
+        device: id("dev"),
+        reference: reference.map(String::from),
+        reason: (kind == StockKind::Waste).then(|| "dropped".into()),
+    };
+    inv.apply_stock(&id(store), &id(sku), &ev, t)
+        .expect("stock event")
+        .changes
+}
+
+fn sell(inv: &mut Inventory, store: &str, n: u32, t: Millis, eid: &str) -> Changes {
+    let sale = SaleIn {
+        id: id(eid),
+        lines: Some(vec![SaleLine {
+            dish: id("burger"),
+            portions: n,
+        }]),
+        void: None,
+        at: Some(Timestamp(t)),
+        device: Some(id("pos-1")),
+    };
+    inv.apply_sale(&id(store), &sale, t).expect("sale").changes
+}
+
+fn action(eid: &str) -> ActionIn {
+    ActionIn {
+        id: id(eid),
+        by: id("someone"),
+        note: None,
+    }
+}
+
+/// The sales rate as its definition states it: Σ 1/τ · e^{-(now - tᵢ)/τ}.
+fn reference_rate(sales: &[Millis], now: Millis) -> f64 {
+    sales
+        .iter()
+        .map(|t| (-((now - t) as f64 / MINUTE as f64) / TAU).exp() / TAU)
+        .sum()
+}
+
+/// The predicted sell-out: `portions ÷ rate` minutes from now, rounded up to
+/// the next whole minute.
+fn reference_eta(sales: &[Millis], portions: i64, now: Millis) -> Option<Millis> {
+    let rate = reference_rate(sales, now);
+    if portions <= 0 || rate < 1e-6 {
+        return None;
+    }
+    let t = now + ((portions as f64 / rate) * MINUTE as f64).ceil() as Millis;
+    Some((t + MINUTE - 1) / MINUTE * MINUTE)
+}
+
+#[test]
+fn a_dinner_service_across_three_stores() {
+    let mut inv = Inventory::new(chain(), at(17, 0));
+    let mut log: Vec<(Millis, Changes)> = Vec::new();
+    // Opening stock, counted at 17:00.
+    for (store, patty) in [("a", 30.0), ("b", 50.0), ("c", 15.0)] {
+        log.push((
+            at(17, 0),
+            stock(
+                &mut inv,
+                store,
+                "patty",
+                StockKind::Count,
+                patty,
+                at(17, 0),
+                &format!("c-{store}-p"),
+                None,
+            ),
+        ));
+        log.push((
+            at(17, 0),
+            stock(
+                &mut inv,
+                store,
+                "bun",
+                StockKind::Count,
+                100.0,
+                at(17, 0),
+                &format!("c-{store}-b"),
+                None,
+            ),
+        ));
+    }
+    assert!(
+        log.iter().all(|(_, c)| c.requests.is_empty() && c.transfers.is_empty()),
+        "nothing to do at opening"
+    );
+
+    // Store a sells a burger every 2 minutes from 18:00, store b every 10.
+    let mut sales_a: Vec<Millis> = Vec::new();
+    let mut first_prediction: Option<Millis> = None;
+    let mut patty_a = 30i64;
+    for k in 0..60i64 {
+        let t = at(18, 0) + k * 2 * MINUTE;
+        if k % 5 == 0 {
+            log.push((t, sell(&mut inv, "b", 1, t, &format!("sb-{k}"))));
+        }
+        sales_a.push(t);
+        let changes = sell(&mut inv, "a", 1, t, &format!("sa-{k}"));
+        patty_a -= 1;
+        // Every published ETA is exactly the reference forecast.
+        let dish = inv.dish_out(&id("a"), &id("burger")).expect("dish");
+        let want_eta = reference_eta(&sales_a, patty_a.max(0), t);
+        assert_eq!(dish.sellout_eta.map(|e| e.0), want_eta, "ETA after sale {k}");
+        let predicted = want_eta.is_some_and(|e| e - t <= HORIZON * MINUTE);
+        if predicted && first_prediction.is_none() {
+            first_prediction = Some(t);
+            assert_eq!(dish.status, DishStatus::Low, "a predicted sell-out shows low");
+        }
+        log.push((t, changes));
+        if patty_a == 0 {
+            break;
+        }
+        // The transfer flow, driven by the stores as soon as it is proposed.
+        if let Some(tr) = proposed_to(&inv, "b") {
+            // b declines: c is asked next.
+            let out = inv
+                .apply_transfer_action(&id("b"), &tr, TransferAction::Decline, &action("b-no"), &id("b-no"), t)
+                .expect("decline");
+            log.push((t, out.changes));
+        }
+        if let Some(tr) = proposed_to(&inv, "c") {
+            for (act, eid) in [(TransferAction::Accept, "c-yes"), (TransferAction::Dispatch, "c-go")] {
+                let out = inv
+                    .apply_transfer_action(&id("c"), &tr, act, &action(eid), &id(eid), t)
+                    .expect("giver acts");
+                log.push((t, out.changes));
+            }
+            let out = inv
+                .apply_transfer_action(
+                    &id("a"),
+                    &tr,
+                    TransferAction::Receive,
+                    &action("a-got"),
+                    &id("a-got"),
+                    t + 25 * MINUTE,
+                )
+                .expect("receive");
+            patty_a += inv.transfer(&tr).map_or(0, |x| x.qty);
+            log.push((t, out.changes));
+        }
+    }
+
+    // --- replenishment: exactly one request, when patty crossed 10 ---
+    let requests: Vec<(Millis, DocId)> = log
+        .iter()
+        .flat_map(|(t, c)| c.requests.iter().map(move |r| (*t, r.clone())))
+        .collect();
+    let rq: DocId = id("rq-a-1");
+    let raised: Vec<(Millis, &str)> = requests.iter().map(|(t, r)| (*t, r.as_str())).collect();
+    let given_at = inv.transfer(&id("tr-2")).map_or(0, |t| t.created_at);
+    assert_eq!(
+        raised,
+        [(given_at, "rq-c-1"), (at(18, 48), "rq-a-1")],
+        "c reaches its reorder point by giving; a's 25th sale (30 + 5 transferred) takes patty from 11 to 10"
+    );
+    let request = inv.request_out(&rq).expect("request");
+    assert_eq!(request.lines.len(), 1);
+    assert_eq!(
+        (request.lines[0].sku.as_str(), request.lines[0].qty),
+        ("patty", 30),
+        "par 40 − 10, in packs of 10"
+    );
+    assert_eq!(request.state, RequestState::Open);
+
+    // --- transfers: b first (nearest), declined; c next, within its surplus ---
+    let first = first_prediction.expect("a sell-out was predicted");
+    let tr1 = inv.transfer(&id("tr-1")).expect("tr-1").clone();
+    assert_eq!(
+        (tr1.from.as_str(), tr1.to.as_str(), tr1.state),
+        ("b", "a", TransferState::Declined)
+    );
+    assert_eq!(tr1.created_at, first, "proposed when the sell-out was first predicted");
+    let sales_then: Vec<Millis> = sales_a.iter().copied().filter(|s| *s <= first).collect();
+    let minutes_to_close = (at(23, 0) - first) as f64 / MINUTE as f64;
+    let level_then = 30 - sales_then.len() as i64;
+    let forecast = (reference_rate(&sales_then, first) * minutes_to_close).ceil() as i64 - level_then;
+    assert_eq!(
+        tr1.need, forecast,
+        "what the rest of service needs, less what is on hand"
+    );
+    let b_sold = (first - at(18, 0)) / (10 * MINUTE) + 1;
+    assert_eq!(
+        tr1.qty,
+        forecast.min(50 - b_sold - 10),
+        "capped by b's surplus over its reorder point"
+    );
+    let tr2 = inv.transfer(&id("tr-2")).expect("tr-2").clone();
+    assert_eq!(
+        (tr2.from.as_str(), tr2.to.as_str(), tr2.state),
+        ("c", "a", TransferState::Received)
+    );
+    assert_eq!(tr2.qty, 5, "c has 15 with a reorder point of 10");
+    assert_eq!(
+        inv.level_out(&id("c"), &id("patty")).expect("c").qty,
+        10,
+        "c never below its reorder point"
+    );
+    let tr3 = inv
+        .transfer(&id("tr-3"))
+        .map(|t| (t.from.to_string(), t.to.to_string(), t.sku.to_string(), t.state));
+    assert!(tr3.is_none(), "a store that declined is not asked again: {tr3:?}");
+
+    // --- alerts of store a, in order ---
+    let alerts: Vec<(AlertKind, AlertState, String)> = log
+        .iter()
+        .flat_map(|(_, c)| c.alerts.iter())
+        .filter(|(s, _)| s.as_str() == "a")
+        .map(|(_, a)| {
+            (
+                a.kind,
+                a.state,
+                a.sku
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .or(a.dish.as_ref().map(|d| d.to_string()))
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let low_at = alerts
+        .iter()
+        .position(|a| *a == (AlertKind::LowStock, AlertState::Raised, "patty".into()));
+    let predicted_at = alerts
+        .iter()
+        .position(|a| *a == (AlertKind::SelloutPredicted, AlertState::Raised, "burger".into()));
+    assert!(low_at.is_some() && predicted_at.is_some(), "{alerts:?}");
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|a| a.0 == AlertKind::LowStock && a.1 == AlertState::Raised)
+            .count(),
+        1,
+        "raised once per condition: {alerts:?}"
+    );
+    assert!(alerts.iter().all(|a| a.0 != AlertKind::NegativeStock), "{alerts:?}");
+
+    // --- the central kitchen ships; the receipt closes the request ---
+    let t = at(20, 30);
+    inv.apply_request_action(&rq, RequestAction::Acknowledge, &action("ck-1"), t)
+        .expect("ack");
+    inv.apply_request_action(&rq, RequestAction::Ship, &action("ck-2"), t)
+        .expect("ship");
+    let err = inv
+        .apply_request_action(&rq, RequestAction::Acknowledge, &action("ck-3"), t)
+        .expect_err("backwards");
+    assert_eq!(err.code, dishsync_protocol::payload::ErrorCode::InvalidTransition);
+    let changes = stock(
+        &mut inv,
+        "a",
+        "patty",
+        StockKind::Receive,
+        30.0,
+        t,
+        "rcv-1",
+        Some("rq-a-1"),
+    );
+    assert!(changes.requests.contains(&rq));
+    assert_eq!(inv.request_out(&rq).expect("rq").state, RequestState::Received);
+    // Back above the reorder point: the low-stock alert clears, the SKU re-arms.
+    assert!(changes
+        .alerts
+        .iter()
+        .any(|(_, a)| a.kind == AlertKind::LowStock && a.state == AlertState::Cleared));
+    assert!(!inv.plan_state(&id("a")).expect("plan").disarmed.contains(&id("patty")));
+
+    // Store b never needed anything.
+    assert!(inv.plan_state(&id("b")).expect("plan").disarmed.is_empty());
+    let summary = inv.summary_out(&id("a"), t).expect("summary");
+    assert!(summary.open_requests.is_empty() && summary.open_transfers.is_empty());
+}
+
+fn proposed_to(inv: &Inventory, giver: &str) -> Option<DocId> {
+    let (_, transfers) = inv.documents();
+    transfers.into_iter().find(|t| {
+        inv.transfer(t)
+            .is_some_and(|x| x.from.as_str() == giver && x.state == TransferState::Proposed)
+    })
+}
+
+#[test]
+fn an_unanswered_proposal_expires_and_goes_to_the_next_store() {
+    let mut inv = Inventory::new(chain(), at(17, 0));
+    for (store, patty) in [("a", 12.0), ("b", 50.0), ("c", 40.0)] {
+        stock(
+            &mut inv,
+            store,
+            "patty",
+            StockKind::Count,
+            patty,
+            at(17, 0),
+            &format!("c-{store}"),
+            None,
+        );
+        stock(
+            &mut inv,
+            store,
+            "bun",
+            StockKind::Count,
+            100.0,
+            at(17, 0),
+            &format!("cb-{store}"),
+            None,
+        );
+    }
+    let req = TransferRequestIn {
+        id: id("ask-1"),
+        sku: id("patty"),
+        qty: 20.0,
+        unit: Unit::Pcs,
+        by: id("manager-a"),
+    };
+    let out = inv.apply_transfer_request(&id("a"), &req, at(18, 0)).expect("request");
+    assert_eq!(out.changes.transfers.len(), 1);
+    let tr1 = inv.transfer(&id("tr-1")).expect("tr-1");
+    assert_eq!(
+        (tr1.from.as_str(), tr1.qty, tr1.expires_at),
+        ("b", 20, Some(at(18, 10)))
+    );
+    assert!(inv.tick(at(18, 9)).transfers.is_empty(), "not yet");
+    let changes = inv.tick(at(18, 10));
+    assert_eq!(inv.transfer(&id("tr-1")).expect("tr-1").state, TransferState::Expired);
+    assert!(changes.transfers.contains(&id::<DocId>("tr-2")));
+    let tr2 = inv.transfer(&id("tr-2")).expect("tr-2");
+    assert_eq!((tr2.from.as_str(), tr2.qty), ("c", 20));
+}
+
+#[test]
+fn a_noisy_scale_around_the_reorder_point_raises_one_request() {
+    let mut inv = Inventory::new(chain(), at(17, 0));
+    stock(&mut inv, "a", "patty", StockKind::Count, 11.0, at(17, 0), "c0", None);
+    let mut requests = 0;
+    for i in 0..40 {
+        let kind = if i % 2 == 0 {
+            StockKind::Consume
+        } else {
+            StockKind::Receive
+        };
+        requests += stock(
+            &mut inv,
+            "a",
+            "patty",
+            kind,
+            1.0,
+            at(17, 1) + i * MINUTE,
+            &format!("n{i}"),
+            None,
+        )
+        .requests
+        .len();
+    }
+    assert_eq!(
+        requests, 1,
+        "10 ↔ 11 around a reorder point of 10 raises exactly one request"
+    );
+}
+
+#[test]
+fn skus_crossing_within_the_merge_window_share_one_request() {
+    let mut inv = Inventory::new(chain(), at(17, 0));
+    stock(&mut inv, "a", "patty", StockKind::Count, 11.0, at(17, 0), "c0", None);
+    stock(&mut inv, "a", "bun", StockKind::Count, 11.0, at(17, 0), "c1", None);
+    stock(&mut inv, "a", "patty", StockKind::Consume, 5.0, at(18, 0), "u0", None);
+    stock(&mut inv, "a", "bun", StockKind::Consume, 5.0, at(18, 1), "u1", None);
+    let rq = inv.request_out(&id("rq-a-1")).expect("one request");
+    let lines: Vec<(&str, i64)> = rq.lines.iter().map(|l| (l.sku.as_str(), l.qty)).collect();
+    assert_eq!(
+        lines,
+        [("patty", 40), ("bun", 72)],
+        "par − level, rounded up to packs of 10 and 24"
+    );
+    assert!(inv.request_out(&id("rq-a-2")).is_none());
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Stock(usize, bool, u8, i64),
+    Sale(usize, u32),
+    Tick(i64),
+    Decline(usize),
+    Accept(usize),
+    Dispatch(usize),
+    Receive(usize),
+    Ask(usize, u8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0usize..3, any::<bool>(), 0u8..2, 1i64..30).prop_map(|(s, up, k, q)| Step::Stock(s, up, k, q)),
+        4 => (0usize..3, 1u32..4).prop_map(|(s, n)| Step::Sale(s, n)),
+        1 => (1i64..15).prop_map(Step::Tick),
+        1 => (1usize..4).prop_map(Step::Decline),
+        1 => (1usize..4).prop_map(Step::Accept),
+        1 => (1usize..4).prop_map(Step::Dispatch),
+        1 => (1usize..4).prop_map(Step::Receive),
+        1 => (0usize..3, 1u8..30).prop_map(|(s, q)| Step::Ask(s, q)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever happens in whatever order: never two open requests for one
+    /// SKU and store, and a dispatched transfer never leaves its giver below
+    /// its reorder point.
+    #[test]
+    fn planning_invariants(steps in prop::collection::vec(step(), 1..80)) {
+        let stores = ["a", "b", "c"];
+        let skus = ["patty", "bun"];
+        let mut inv = Inventory::new(chain(), at(17, 0));
+        for s in stores {
+            for k in skus {
+                stock(&mut inv, s, k, StockKind::Count, 30.0, at(17, 0), &format!("c-{s}-{k}"), None);
+            }
+        }
+        let mut now = at(18, 0);
+        for (n, st) in steps.iter().enumerate() {
+            now += MINUTE;
+            let eid = format!("e{n}");
+            let tr = |i: usize| -> DocId { id(&format!("tr-{i}")) };
+            match st {
+                Step::Stock(s, up, k, q) => {
+                    let kind = if *up { StockKind::Receive } else { StockKind::Consume };
+                    stock(&mut inv, stores[*s], skus[*k as usize], kind, *q as f64, now, &eid, None);
+                }
+                Step::Sale(s, p) => { sell(&mut inv, stores[*s], *p, now, &eid); }
+                Step::Tick(m) => { now += m * MINUTE; inv.tick(now); }
+                Step::Decline(i) | Step::Accept(i) | Step::Dispatch(i) | Step::Receive(i) => {
+                    if let Some(t) = inv.transfer(&tr(*i)).cloned() {
+                        let (who, act) = match st {
+                            Step::Decline(_) => (&t.from, TransferAction::Decline),
+                            Step::Accept(_) => (&t.from, TransferAction::Accept),
+                            Step::Dispatch(_) => (&t.from, TransferAction::Dispatch),
+                            _ => (&t.to, TransferAction::Receive),
+                        };
+                        let rp = 10;
+                        let before = inv.level_out(&t.from, &t.sku).map_or(0, |l| l.qty);
+                        if inv.apply_transfer_action(who, &t.id, act, &action(&eid), &id(&eid), now).is_ok() && act == TransferAction::Dispatch {
+                            let after = inv.level_out(&t.from, &t.sku).map_or(0, |l| l.qty);
+                            prop_assert!(after >= rp, "{} left at {after} (was {before})", t.from);
+                        }
+                    }
+                }
+                Step::Ask(s, q) => {
+                    let req = TransferRequestIn { id: id(&eid), sku: id("patty"), qty: f64::from(*q), unit: Unit::Pcs, by: id("m") };
+                    let _ = inv.apply_transfer_request(&id(stores[*s]), &req, now);
+                }
+            }
+            for s in stores {
+                for k in skus {
+                    let open = inv.documents().0.iter().filter(|r| {
+                        inv.request(r).is_some_and(|r| r.store.as_str() == s && r.is_open() && r.lines.iter().any(|l| l.sku.as_str() == k))
+                    }).count();
+                    prop_assert!(open <= 1, "{open} open requests for {k} in {s}");
+                }
+            }
+        }
+    }
+}
