@@ -55,7 +55,7 @@ struct PlanningSection {
     forecast_horizon_minutes: Option<u32>,
     forecast_time_constant_minutes: Option<f64>,
     merge_window_minutes: Option<u32>,
-    transfer_timeout_minutes: Option<u32>,
+    transfer_timeout_minutes: Option<f64>,
     waste_alert_share: Option<f64>,
     overstock_factor: Option<f64>,
 }
@@ -640,10 +640,11 @@ impl Validator {
             p.merge_window_minutes = m;
         }
         if let Some(m) = section.transfer_timeout_minutes {
-            if m == 0 {
-                self.issue("planning.transfer_timeout_minutes", "must be at least 1");
+            if m.is_finite() && m > 0.0 {
+                p.transfer_timeout_minutes = m;
+            } else {
+                self.issue("planning.transfer_timeout_minutes", "must be positive");
             }
-            p.transfer_timeout_minutes = m;
         }
         if let Some(share) = section.waste_alert_share {
             if (0.0..=1.0).contains(&share) {

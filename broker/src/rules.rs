@@ -43,8 +43,8 @@ const QUEUE: usize = 16_384;
 const MENU_INTERVAL: Duration = Duration::from_millis(250);
 /// How often timers (override expiry, delayed menu documents) are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// Every this many ticks the whole planning tick runs.
-const FULL_TICK_EVERY: u32 = 50;
+/// Every this many ticks (one second) the whole planning tick runs.
+const FULL_TICK_EVERY: u32 = 10;
 
 /// A decoded, well-formed input.
 #[derive(Debug, Clone, PartialEq)]

@@ -130,7 +130,7 @@ pub struct Planning {
     /// SKUs of one store crossing within this window join one request.
     pub merge_window_minutes: u32,
     /// An unanswered transfer proposal expires after this many minutes.
-    pub transfer_timeout_minutes: u32,
+    pub transfer_timeout_minutes: f64,
     /// Today's waste above this share of use raises `waste_spike`.
     pub waste_alert_share: f64,
     /// A dish with more than this many times the portions its sales will use
@@ -154,7 +154,7 @@ impl Default for Planning {
             horizon_minutes: 45,
             rate_time_constant_minutes: 20.0,
             merge_window_minutes: 2,
-            transfer_timeout_minutes: 10,
+            transfer_timeout_minutes: 10.0,
             waste_alert_share: 0.15,
             overstock_factor: 3.0,
             kitchen: Kitchen {

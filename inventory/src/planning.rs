@@ -695,7 +695,7 @@ impl Inventory {
                 changes.plans.insert(taker.clone());
             }
             let id = doc_id(format!("tr-{}", self.chain.transfer_seq));
-            let timeout = i64::from(self.catalog.planning().transfer_timeout_minutes) * MINUTE;
+            let timeout = (self.catalog.planning().transfer_timeout_minutes * MINUTE as f64).round() as Millis;
             let transfer = Transfer {
                 id: id.clone(),
                 from: giver,

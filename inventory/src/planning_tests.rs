@@ -94,7 +94,7 @@ fn chain() -> Arc<Catalog> {
         horizon_minutes: HORIZON as u32,
         rate_time_constant_minutes: TAU,
         merge_window_minutes: 2,
-        transfer_timeout_minutes: 10,
+        transfer_timeout_minutes: 10.0,
         waste_alert_share: 0.15,
         overstock_factor: 3.0,
         kitchen: Kitchen {
@@ -499,6 +499,51 @@ fn skus_crossing_within_the_merge_window_share_one_request() {
         "par − level, rounded up to packs of 10 and 24"
     );
     assert!(inv.request_out(&id("rq-a-2")).is_none());
+}
+
+#[test]
+fn an_offline_scale_makes_its_skus_and_their_dishes_stale() {
+    let mut planning = chain().planning().clone();
+    planning
+        .feeds
+        .insert(id("a"), [(id("scale-1"), vec![id("patty")])].into_iter().collect());
+    let catalog = {
+        let base = chain();
+        let skus: Vec<Sku> = base.skus().cloned().collect();
+        let dishes: Vec<Dish> = base.dishes().cloned().collect();
+        let stores: Vec<Store> = base.stores().cloned().collect();
+        Arc::new(
+            Catalog::new(skus, dishes, stores)
+                .expect("catalog")
+                .with_planning(planning)
+                .expect("planning"),
+        )
+    };
+    let mut inv = Inventory::new(catalog, at(17, 0));
+    let t = at(18, 0);
+    let changes = inv.set_presence(&id("a"), &id("scale-1"), false, t);
+    assert!(changes.levels.contains(&(id("a"), id("patty"))));
+    assert!(inv.level_out(&id("a"), &id("patty")).expect("level").stale);
+    assert!(!inv.level_out(&id("a"), &id("bun")).expect("level").stale);
+    assert!(inv.dish_out(&id("a"), &id("burger")).expect("dish").stale);
+    assert!(changes
+        .alerts
+        .iter()
+        .any(|(_, a)| a.kind == AlertKind::DeviceOffline && a.state == AlertState::Raised));
+    assert!(
+        inv.set_presence(&id("a"), &id("scale-1"), false, t).is_empty(),
+        "offline twice changes nothing"
+    );
+    assert!(
+        inv.set_presence(&id("a"), &id("pos-9"), false, t).is_empty(),
+        "a device that feeds nothing"
+    );
+    let back = inv.set_presence(&id("a"), &id("scale-1"), true, t + MINUTE);
+    assert!(back
+        .alerts
+        .iter()
+        .any(|(_, a)| a.kind == AlertKind::DeviceOffline && a.state == AlertState::Cleared));
+    assert!(!inv.dish_out(&id("a"), &id("burger")).expect("dish").stale);
 }
 
 #[derive(Debug, Clone)]

@@ -40,6 +40,11 @@ async fn device(n: usize, mut broker: watch::Receiver<Option<SocketAddr>>, progr
     let topic = format!("stores/s1/stock/{sku}/events");
     let acks = format!("stores/s1/acks/{device}");
     let mut unacked: BTreeMap<String, usize> = (0..EVENTS_EACH).map(|i| (format!("{device}-{i:04}"), i)).collect();
+    // An event is made once; a re-send carries exactly the same content.
+    let events: BTreeMap<String, serde_json::Value> = unacked
+        .iter()
+        .map(|(id, &i)| (id.clone(), stock_event(id, "receive", qty_of(i) as f64, "pcs", &device)))
+        .collect();
     let give_up = Instant::now() + DEADLINE * 3;
     while !unacked.is_empty() {
         if Instant::now() > give_up {
@@ -66,9 +71,9 @@ async fn device(n: usize, mut broker: watch::Receiver<Option<SocketAddr>>, progr
             continue;
         }
         'resend: loop {
-            for (id, &i) in &unacked {
-                let ev = stock_event(id, "receive", qty_of(i) as f64, "pcs", &device);
-                if client.publish_json(&topic, &ev, QoS::ExactlyOnce).await.is_err() {
+            for id in unacked.keys() {
+                let Some(ev) = events.get(id) else { continue };
+                if client.publish_json(&topic, ev, QoS::ExactlyOnce).await.is_err() {
                     break 'resend;
                 }
             }

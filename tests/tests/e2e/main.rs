@@ -10,4 +10,5 @@ mod bad_input;
 mod client;
 mod durability;
 mod interop;
+mod planning;
 mod security;

@@ -370,11 +370,11 @@ pub fn small_chain() -> String {
     )
 }
 
-/// A stock event document.
+/// A stock event document, stamped now (as a device would).
 pub fn stock_event(id: &str, kind: &str, qty: f64, unit: &str, device: &str) -> Value {
     serde_json::json!({
         "id": id, "kind": kind, "qty": qty, "unit": unit,
-        "at": "2026-11-25T18:00:00Z", "device": device,
+        "at": dishsync_protocol::payload::Timestamp::now().to_string(), "device": device,
         "reason": if kind == "waste" { Some("dropped") } else { None },
     })
 }

@@ -1,0 +1,347 @@
+//! Replenishment and transfers over MQTT against the real broker, including
+//! an expired proposal and a restart in the middle of a transfer.
+
+use anyhow::Result;
+use dishsync_broker::store::Store;
+use dishsync_inventory::{EntryKind, StockKindCode};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+use crate::availability::stock_and_wait;
+use crate::support::{chain_toml, sale, stock_event, temp_data_dir, BrokerProcess, Client};
+
+/// Three stores; s1 is 5 minutes from s2 and 15 from s3. The central
+/// kitchen needs ten hours, so a sell-out during service calls for a
+/// transfer.
+fn planning_chain(timeout_minutes: f64) -> String {
+    let mut config = chain_toml(
+        &["s1", "s2", "s3"],
+        &[("patty", "pcs", 2, 10), ("bun", "pcs", 2, 40)],
+        &[("burger", 1, vec![("patty", 1), ("bun", 1)])],
+    );
+    config = config.replace(
+        "[broker]\nallow_anonymous = true\n",
+        &format!(
+            "[broker]\nallow_anonymous = true\n\n[planning]\ntransfer_timeout_minutes = {timeout_minutes}\nmerge_window_minutes = 0\n\n\
+             [central_kitchen]\nlead_time_minutes = 600\ndelivery_windows = []\n\n\
+             [[travel]]\nbetween = [\"s1\", \"s2\"]\nminutes = 5\n\n[[travel]]\nbetween = [\"s1\", \"s3\"]\nminutes = 15\n"
+        ),
+    );
+    config
+}
+
+async fn act(client: &mut Client, topic: &str, id: &str, device: &str) -> Result<()> {
+    client
+        .publish_json(topic, &json!({"id": id, "by": device}), QoS::ExactlyOnce)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replenishment_goes_from_crossing_to_received() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&planning_chain(10.0), &data)?;
+    let mut kitchen = Client::connect(broker.addr, "kitchen-1").await?;
+    kitchen.subscribe("hq/replenishment/+", QoS::AtLeastOnce).await?;
+    kitchen.subscribe("stores/s1/acks/kitchen-1", QoS::AtLeastOnce).await?;
+    let mut manager = Client::connect(broker.addr, "manager-1").await?;
+    manager.subscribe("stores/s1/replenishment/+", QoS::AtLeastOnce).await?;
+    manager.subscribe("stores/s1/alerts", QoS::AtLeastOnce).await?;
+    manager.subscribe("stores/s1/acks/manager-1", QoS::AtLeastOnce).await?;
+
+    // Counted at 8, then 7 used: at or below the reorder point of 2? Not yet.
+    // Then down to 1: one request for par 10 − 1 = 9.
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[("patty", stock_event("c1", "count", 8.0, "pcs", "manager-1"))],
+    )
+    .await?;
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[("patty", stock_event("u1", "consume", 5.0, "pcs", "manager-1"))],
+    )
+    .await?;
+    assert!(
+        manager.all_on("stores/s1/replenishment/rq-s1-1").is_empty(),
+        "3 is above the reorder point"
+    );
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[("patty", stock_event("u2", "consume", 2.0, "pcs", "manager-1"))],
+    )
+    .await?;
+    let hq_topic = "hq/replenishment/rq-s1-1";
+    let rq = kitchen.wait_latest(hq_topic, |d| d["state"] == json!("open")).await?;
+    assert_eq!(
+        rq["lines"],
+        json!([{"sku": "patty", "qty": 9, "unit": "pcs", "received": false}])
+    );
+    let store_copy = manager
+        .wait_latest("stores/s1/replenishment/rq-s1-1", |d| d["state"] == json!("open"))
+        .await?;
+    assert_eq!(store_copy["id"], json!("rq-s1-1"));
+    let alert = manager
+        .wait_latest("stores/s1/alerts", |d| d["kind"] == json!("low_stock"))
+        .await?;
+    assert_eq!(
+        (alert["state"].clone(), alert["sku"].clone()),
+        (json!("raised"), json!("patty"))
+    );
+
+    // A wobble around the line raises nothing more.
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[("patty", stock_event("w1", "adjust", 1.0, "pcs", "manager-1"))],
+    )
+    .await?;
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[("patty", stock_event("w2", "adjust", -1.0, "pcs", "manager-1"))],
+    )
+    .await?;
+
+    act(
+        &mut kitchen,
+        "hq/replenishment/rq-s1-1/acknowledge",
+        "ck-1",
+        "kitchen-1",
+    )
+    .await?;
+    kitchen
+        .wait_latest(hq_topic, |d| d["state"] == json!("acknowledged"))
+        .await?;
+    act(&mut kitchen, "hq/replenishment/rq-s1-1/ship", "ck-2", "kitchen-1").await?;
+    kitchen
+        .wait_latest(hq_topic, |d| d["state"] == json!("shipped"))
+        .await?;
+
+    let mut receipt = stock_event("r1", "receive", 9.0, "pcs", "manager-1");
+    receipt["ref"] = json!("rq-s1-1");
+    stock_and_wait(&mut manager, "s1", "manager-1", &[("patty", receipt)]).await?;
+    let done = kitchen
+        .wait_latest(hq_topic, |d| d["state"] == json!("received"))
+        .await?;
+    assert_eq!(done["lines"][0]["received"], json!(true));
+    manager
+        .wait_latest("stores/s1/replenishment/rq-s1-1", |d| d["state"] == json!("received"))
+        .await?;
+    manager
+        .wait_latest("stores/s1/alerts", |d| {
+            d["kind"] == json!("low_stock") && d["state"] == json!("cleared")
+        })
+        .await?;
+    // Only ever one request.
+    let ids: Vec<&str> = kitchen
+        .seen
+        .iter()
+        .filter(|m| m.topic.starts_with("hq/replenishment/"))
+        .map(|m| m.topic.as_str())
+        .collect();
+    assert!(ids.iter().all(|t| *t == hq_topic), "{ids:?}");
+    Ok(())
+}
+
+/// Stocks the three stores and sells s1 out of burgers; returns the client
+/// watching the transfer documents of all stores.
+async fn sell_s1_out(broker: &BrokerProcess) -> Result<Client> {
+    let mut staff = Client::connect(broker.addr, "staff-1").await?;
+    for store in ["s1", "s2", "s3"] {
+        staff
+            .subscribe(&format!("stores/{store}/acks/staff-1"), QoS::AtLeastOnce)
+            .await?;
+        staff
+            .subscribe(&format!("stores/{store}/transfers/+"), QoS::AtLeastOnce)
+            .await?;
+        staff
+            .subscribe(&format!("stores/{store}/stock/patty/level"), QoS::AtLeastOnce)
+            .await?;
+        let patty = if store == "s1" { 3.0 } else { 20.0 };
+        stock_and_wait(
+            &mut staff,
+            store,
+            "staff-1",
+            &[
+                (
+                    "patty",
+                    stock_event(&format!("{store}-p"), "count", patty, "pcs", "staff-1"),
+                ),
+                (
+                    "bun",
+                    stock_event(&format!("{store}-b"), "count", 50.0, "pcs", "staff-1"),
+                ),
+            ],
+        )
+        .await?;
+    }
+    staff
+        .publish_json(
+            "stores/s1/sales",
+            &sale("sale-1", &[("burger", 3)], "staff-1"),
+            QoS::ExactlyOnce,
+        )
+        .await?;
+    Ok(staff)
+}
+
+fn ledger_of(data: &std::path::Path, store: &str) -> Result<Vec<(StockKindCode, i64)>> {
+    let mut out = Vec::new();
+    for entry in Store::open(data)?.ledger() {
+        let entry = entry?;
+        if let (EntryKind::Stock(kind @ (StockKindCode::TransferIn | StockKindCode::TransferOut)), true) =
+            (entry.kind, entry.store.as_str() == store)
+        {
+            out.push((kind, entry.amount));
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_is_declined_re_proposed_accepted_dispatched_and_received() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&planning_chain(10.0), &data)?;
+    let mut staff = sell_s1_out(&broker).await?;
+
+    // The nearest store, s2, is asked first; s1 sees the same document.
+    let tr1 = staff
+        .wait_latest("stores/s2/transfers/tr-1", |d| d["state"] == json!("proposed"))
+        .await?;
+    assert_eq!(
+        (tr1["from"].clone(), tr1["to"].clone(), tr1["sku"].clone()),
+        (json!("s2"), json!("s1"), json!("patty"))
+    );
+    assert_eq!(tr1["qty"], json!(18), "capped by s2's surplus: 20 − reorder point 2");
+    staff
+        .wait_latest("stores/s1/transfers/tr-1", |d| d["state"] == json!("proposed"))
+        .await?;
+
+    act(&mut staff, "stores/s2/transfers/tr-1/decline", "s2-no", "staff-1").await?;
+    staff
+        .wait_latest("stores/s2/transfers/tr-1", |d| d["state"] == json!("declined"))
+        .await?;
+    let tr2 = staff
+        .wait_latest("stores/s3/transfers/tr-2", |d| d["state"] == json!("proposed"))
+        .await?;
+    assert_eq!(
+        (tr2["from"].clone(), tr2["qty"].clone(), tr2["travel_minutes"].clone()),
+        (json!("s3"), json!(18), json!(15))
+    );
+
+    // The wrong store cannot accept.
+    staff.subscribe("stores/s1/errors/staff-1", QoS::AtLeastOnce).await?;
+    act(&mut staff, "stores/s1/transfers/tr-2/accept", "s1-yes", "staff-1").await?;
+    let err = staff.next_on("stores/s1/errors/staff-1").await?;
+    assert_eq!(
+        (err["id"].clone(), err["code"].clone()),
+        (json!("s1-yes"), json!("not_permitted"))
+    );
+    act(&mut staff, "stores/s3/transfers/tr-2/accept", "s3-yes", "staff-1").await?;
+    staff
+        .wait_latest("stores/s3/transfers/tr-2", |d| d["state"] == json!("accepted"))
+        .await?;
+    act(&mut staff, "stores/s3/transfers/tr-2/dispatch", "s3-go", "staff-1").await?;
+    staff
+        .wait_latest("stores/s1/transfers/tr-2", |d| d["state"] == json!("dispatched"))
+        .await?;
+    staff
+        .wait_latest("stores/s3/stock/patty/level", |d| d["qty"] == json!(2))
+        .await?;
+    act(&mut staff, "stores/s1/transfers/tr-2/receive", "s1-got", "staff-1").await?;
+    staff
+        .wait_latest("stores/s1/transfers/tr-2", |d| d["state"] == json!("received"))
+        .await?;
+    staff
+        .wait_latest("stores/s1/stock/patty/level", |d| d["qty"] == json!(18))
+        .await?;
+    assert_eq!(
+        staff.latest("stores/s2/stock/patty/level").map(|d| d["qty"].clone()),
+        Some(json!(20))
+    );
+    drop(staff);
+    drop(broker);
+
+    assert_eq!(ledger_of(&data, "s3")?, [(StockKindCode::TransferOut, -18)]);
+    assert_eq!(ledger_of(&data, "s1")?, [(StockKindCode::TransferIn, 18)]);
+    assert!(ledger_of(&data, "s2")?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_proposal_expires_and_moves_on() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    // Proposals expire after three seconds.
+    let broker = BrokerProcess::start(&planning_chain(0.05), &data)?;
+    let mut staff = sell_s1_out(&broker).await?;
+    staff
+        .wait_latest("stores/s2/transfers/tr-1", |d| d["state"] == json!("proposed"))
+        .await?;
+    let expired = staff
+        .wait_latest("stores/s2/transfers/tr-1", |d| d["state"] == json!("expired"))
+        .await?;
+    assert_eq!(expired["expires_at"], Value::Null);
+    let tr2 = staff
+        .wait_latest("stores/s3/transfers/tr-2", |d| d["state"] == json!("proposed"))
+        .await?;
+    assert_eq!(tr2["from"], json!("s3"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_in_the_middle_of_a_transfer_continues_it() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let config = planning_chain(10.0);
+    let mut broker = BrokerProcess::start(&config, &data)?;
+    let mut staff = sell_s1_out(&broker).await?;
+    staff
+        .wait_latest("stores/s2/transfers/tr-1", |d| d["state"] == json!("proposed"))
+        .await?;
+    act(&mut staff, "stores/s2/transfers/tr-1/accept", "s2-yes", "staff-1").await?;
+    staff
+        .wait_latest("stores/s2/transfers/tr-1", |d| d["state"] == json!("accepted"))
+        .await?;
+    drop(staff);
+    broker.kill();
+
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut staff = Client::connect(broker.addr, "staff-1").await?;
+    for store in ["s1", "s2"] {
+        staff
+            .subscribe(&format!("stores/{store}/acks/staff-1"), QoS::AtLeastOnce)
+            .await?;
+        staff
+            .subscribe(&format!("stores/{store}/transfers/+"), QoS::AtLeastOnce)
+            .await?;
+        staff
+            .subscribe(&format!("stores/{store}/stock/patty/level"), QoS::AtLeastOnce)
+            .await?;
+    }
+    // The retained state is back, and the transfer goes on from there.
+    let tr = staff
+        .wait_latest("stores/s1/transfers/tr-1", |d| d["state"] == json!("accepted"))
+        .await?;
+    assert_eq!(tr["qty"], json!(18));
+    act(&mut staff, "stores/s2/transfers/tr-1/dispatch", "s2-go", "staff-1").await?;
+    act(&mut staff, "stores/s1/transfers/tr-1/receive", "s1-got", "staff-1").await?;
+    staff
+        .wait_latest("stores/s1/transfers/tr-1", |d| d["state"] == json!("received"))
+        .await?;
+    staff
+        .wait_latest("stores/s1/stock/patty/level", |d| d["qty"] == json!(18))
+        .await?;
+    staff
+        .wait_latest("stores/s2/stock/patty/level", |d| d["qty"] == json!(2))
+        .await?;
+    // No second proposal was made for the same need after the restart.
+    assert!(staff.all_on("stores/s1/transfers/tr-2").is_empty());
+    Ok(())
+}
