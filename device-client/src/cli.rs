@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dishsync_protocol::payload::{DishStatus, LevelState, OverrideStatus, StockKind, Timestamp};
-use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, StoreId, Unit};
+use dishsync_protocol::topic::{RequestAction, TransferAction};
+use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Unit};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -64,6 +65,10 @@ pub(crate) struct Connection {
     /// Seconds to wait for the broker's ack before leaving a message queued.
     #[arg(long, default_value_t = 10, global = true)]
     pub(crate) wait: u64,
+    /// This device belongs to HQ (central kitchen, HQ): its acks come under
+    /// whichever store an input concerns.
+    #[arg(long, env = "DISHSYNC_HQ", global = true)]
+    pub(crate) hq: bool,
     /// Print JSON lines instead of text (for scripts).
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -116,6 +121,21 @@ enum Command {
     Release {
         /// The dish.
         dish: DishId,
+    },
+    /// Transfers between stores: ask for one, or act on one.
+    Transfer {
+        #[command(subcommand)]
+        action: TransferCmd,
+    },
+    /// The central kitchen's actions on replenishment requests.
+    Replenishment {
+        /// ack, ship or cancel.
+        action: RequestArg,
+        /// The request id (rq-{store}-{n}).
+        id: DocId,
+        /// A note for the store.
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Show live availability, levels or the whole menu until interrupted.
     Watch {
@@ -189,7 +209,49 @@ enum WatchArg {
     Availability,
     Levels,
     Menu,
+    Alerts,
+    Requests,
+    Transfers,
     All,
+}
+
+#[derive(Subcommand)]
+enum TransferCmd {
+    /// Ask for stock of a SKU from the nearest store that can give it.
+    Request {
+        /// The SKU.
+        sku: SkuId,
+        /// How much.
+        qty: f64,
+        /// Unit: g, kg, ml, l or pcs.
+        unit: Unit,
+    },
+    /// Agree to give (the giving store).
+    Accept(TransferId),
+    /// Refuse to give (the giving store); the next store is asked.
+    Decline(TransferId),
+    /// The goods leave (the giving store; books transfer_out).
+    Dispatch(TransferId),
+    /// The goods arrived (the taking store; books transfer_in).
+    Receive(TransferId),
+    /// Call it off before dispatch (either store).
+    Cancel(TransferId),
+}
+
+#[derive(Args)]
+struct TransferId {
+    /// The transfer id (tr-{n}).
+    id: DocId,
+    /// A note for the other store.
+    #[arg(long)]
+    note: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RequestArg {
+    Ack,
+    Ship,
+    Cancel,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -297,6 +359,7 @@ impl Connection {
             });
         }
         config.max_backoff = Duration::from_secs(1);
+        config.hq = self.hq;
         config.watch = watch;
         Ok(config)
     }
@@ -320,6 +383,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client.record_override(dish, OverrideStatus::SoldOut, *until, note.clone())
             }
             Command::Release { dish } => client.record_override(dish, OverrideStatus::Auto, None, None),
+            Command::Transfer { action } => {
+                let (act, t) = match action {
+                    TransferCmd::Request { sku, qty, unit } => return client.record_transfer_request(sku, *qty, *unit),
+                    TransferCmd::Accept(t) => (TransferAction::Accept, t),
+                    TransferCmd::Decline(t) => (TransferAction::Decline, t),
+                    TransferCmd::Dispatch(t) => (TransferAction::Dispatch, t),
+                    TransferCmd::Receive(t) => (TransferAction::Receive, t),
+                    TransferCmd::Cancel(t) => (TransferAction::Cancel, t),
+                };
+                client.record_transfer_action(&t.id, act, t.note.clone())
+            }
+            Command::Replenishment { action, id, note } => {
+                let act = match action {
+                    RequestArg::Ack => RequestAction::Acknowledge,
+                    RequestArg::Ship => RequestAction::Ship,
+                    RequestArg::Cancel => RequestAction::Cancel,
+                };
+                client.record_request_action(id, act, note.clone())
+            }
             Command::Watch { .. } | Command::Outbox { .. } | Command::Sim(_) => {
                 unreachable!("not a recording verb")
             }
@@ -450,7 +532,16 @@ async fn watch(conn: &Connection, what: WatchArg) -> anyhow::Result<ExitCode> {
         WatchArg::Availability => vec![Watch::Availability],
         WatchArg::Levels => vec![Watch::Levels],
         WatchArg::Menu => vec![Watch::Menu],
-        WatchArg::All => vec![Watch::Availability, Watch::Levels],
+        WatchArg::Alerts => vec![Watch::Alerts],
+        WatchArg::Requests => vec![Watch::Requests],
+        WatchArg::Transfers => vec![Watch::Transfers],
+        WatchArg::All => vec![
+            Watch::Availability,
+            Watch::Levels,
+            Watch::Alerts,
+            Watch::Requests,
+            Watch::Transfers,
+        ],
     };
     // Watching records nothing; it keeps its own (empty) outbox so that it can
     // run beside a recording command of the same device.
@@ -484,6 +575,9 @@ fn print_json(conn: &Connection, u: &Update) {
         Update::Level(d) => json!({"type": "level", "data": d}),
         Update::Menu(d) => json!({"type": "menu", "data": d}),
         Update::Connected(up) => json!({"type": "connection", "data": {"up": up}}),
+        Update::Alert(d) => json!({"type": "alert", "data": d}),
+        Update::Request(d) => json!({"type": "request", "data": d}),
+        Update::Transfer(d) => json!({"type": "transfer", "data": d}),
         Update::Acked(_) | Update::Rejected(_) => return,
     };
     say(conn, "", doc);
@@ -494,6 +588,10 @@ fn print_json(conn: &Connection, u: &Update) {
 struct Table {
     dishes: BTreeMap<DishId, (DishStatus, u64, Option<SkuId>, bool)>,
     levels: BTreeMap<SkuId, (i64, String, LevelState)>,
+    /// Requests and transfers by id.
+    docs: BTreeMap<String, String>,
+    /// The latest alerts.
+    alerts: Vec<String>,
     connected: bool,
 }
 
@@ -516,6 +614,38 @@ impl Table {
                 self.levels.insert(l.sku.clone(), (l.qty, l.unit.to_string(), l.state));
             }
             Update::Connected(up) => self.connected = *up,
+            Update::Alert(a) => {
+                let subject = a
+                    .sku
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .or(a.dish.as_ref().map(|d| d.to_string()));
+                let line = format!(
+                    "{} {:?} {:?} {}: {}",
+                    a.at,
+                    a.state,
+                    a.kind,
+                    subject.unwrap_or_default(),
+                    a.message
+                );
+                self.alerts.push(line);
+                if self.alerts.len() > 10 {
+                    self.alerts.remove(0);
+                }
+            }
+            Update::Request(r) => {
+                let lines: Vec<String> = r
+                    .lines
+                    .iter()
+                    .map(|l| format!("{} {} {}", l.sku, l.qty, l.unit))
+                    .collect();
+                self.docs
+                    .insert(r.id.to_string(), format!("{:?} {}", r.state, lines.join(", ")));
+            }
+            Update::Transfer(t) => {
+                let line = format!("{:?} {} → {}: {} {} {}", t.state, t.from, t.to, t.sku, t.qty, t.unit);
+                self.docs.insert(t.id.to_string(), line);
+            }
             Update::Acked(_) | Update::Rejected(_) => {}
         }
     }
@@ -560,6 +690,18 @@ impl Table {
                     LevelState::Negative => (RED, "negative"),
                 };
                 out.push_str(&format!("{sku:<28} {qty:>10} {unit:<4} {colour}{word}{RESET}\n"));
+            }
+        }
+        if !self.docs.is_empty() {
+            out.push_str("\nREQUESTS AND TRANSFERS\n");
+            for (id, line) in &self.docs {
+                out.push_str(&format!("{id:<24} {line}\n"));
+            }
+        }
+        if !self.alerts.is_empty() {
+            out.push_str("\nALERTS\n");
+            for line in &self.alerts {
+                out.push_str(&format!("{line}\n"));
             }
         }
         let mut stdout = std::io::stdout().lock();

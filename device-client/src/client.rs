@@ -23,10 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dishsync_protocol::payload::{
-    AckOut, DishAvailabilityOut, ErrorCode, ErrorOut, LevelOut, OverrideIn, OverrideStatus, SaleIn, SaleLine,
-    StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
+    AckOut, ActionIn, AlertOut, DishAvailabilityOut, ErrorCode, ErrorOut, LevelOut, OverrideIn, OverrideStatus,
+    RequestOut, SaleIn, SaleLine, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp, TransferOut,
+    TransferRequestIn,
 };
-use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, StoreId, Topic, Unit};
+use dishsync_protocol::topic::{RequestAction, TransferAction};
+use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, Unit};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -46,6 +48,12 @@ pub enum Watch {
     Menu,
     /// Every SKU's level in the store.
     Levels,
+    /// The store's alerts.
+    Alerts,
+    /// The store's replenishment requests.
+    Requests,
+    /// Transfers to and from the store.
+    Transfers,
 }
 
 impl Watch {
@@ -56,6 +64,9 @@ impl Watch {
             Watch::Availability => format!("stores/{store}/dishes/+/availability"),
             Watch::Menu => Topic::StoreAvailability { store: store.clone() }.to_string(),
             Watch::Levels => format!("stores/{store}/stock/+/level"),
+            Watch::Alerts => Topic::Alerts { store: store.clone() }.to_string(),
+            Watch::Requests => format!("stores/{store}/replenishment/+"),
+            Watch::Transfers => format!("stores/{store}/transfers/+"),
         }
     }
 }
@@ -85,6 +96,9 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// What to deliver as [`Update`]s.
     pub watch: Vec<Watch>,
+    /// An HQ-level device (central kitchen, HQ): its acks and errors come
+    /// under whichever store an input concerns.
+    pub hq: bool,
 }
 
 impl ClientConfig {
@@ -102,6 +116,7 @@ impl ClientConfig {
             ack_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(10),
             watch: Vec::new(),
+            hq: false,
         }
     }
 }
@@ -145,6 +160,12 @@ pub enum Update {
     Menu(StoreAvailabilityOut),
     /// A SKU's level changed.
     Level(LevelOut),
+    /// An alert was raised or cleared.
+    Alert(AlertOut),
+    /// A replenishment request changed.
+    Request(RequestOut),
+    /// A transfer changed.
+    Transfer(TransferOut),
 }
 
 /// A handle to a running device client. Cheap to clone.
@@ -317,6 +338,72 @@ impl Client {
         })
     }
 
+    /// Records a request for stock from another store.
+    pub fn record_transfer_request(&self, sku: &SkuId, qty: f64, unit: Unit) -> Result<EventId, ClientError> {
+        if !qty.is_finite() || qty <= 0.0 {
+            return Err(ClientError::Invalid(format!("quantity {qty} must be positive")));
+        }
+        let by = self.config.device.clone();
+        let sku = sku.clone();
+        self.record(
+            Topic::TransferRequest {
+                store: self.config.store.clone(),
+            },
+            |id| {
+                Self::json(&TransferRequestIn {
+                    id: id.clone(),
+                    sku,
+                    qty,
+                    unit,
+                    by,
+                })
+            },
+        )
+    }
+
+    /// Records this store's action on a transfer.
+    pub fn record_transfer_action(
+        &self,
+        transfer: &DocId,
+        action: TransferAction,
+        note: Option<String>,
+    ) -> Result<EventId, ClientError> {
+        let topic = Topic::TransferAction {
+            store: self.config.store.clone(),
+            id: transfer.clone(),
+            action,
+        };
+        let by = self.config.device.clone();
+        self.record(topic, |id| {
+            Self::json(&ActionIn {
+                id: id.clone(),
+                by,
+                note,
+            })
+        })
+    }
+
+    /// Records the central kitchen's action on a replenishment request.
+    pub fn record_request_action(
+        &self,
+        request: &DocId,
+        action: RequestAction,
+        note: Option<String>,
+    ) -> Result<EventId, ClientError> {
+        let topic = Topic::RequestAction {
+            id: request.clone(),
+            action,
+        };
+        let by = self.config.device.clone();
+        self.record(topic, |id| {
+            Self::json(&ActionIn {
+                id: id.clone(),
+                by,
+                note,
+            })
+        })
+    }
+
     /// Messages recorded and not yet acknowledged.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
@@ -436,16 +523,26 @@ impl Connection {
     async fn session(&mut self, client: &AsyncClient, mut eventloop: EventLoop) -> Ended {
         let store = self.config.store.clone();
         let device = self.config.device.clone();
-        let acks = Topic::Acks {
-            store: store.clone(),
-            device: device.clone(),
-        }
-        .to_string();
-        let errors = Topic::Errors {
-            store: store.clone(),
-            device: device.clone(),
-        }
-        .to_string();
+        // Where acks and errors arrive: the device's store, or any store for
+        // an HQ device.
+        let (acks, errors) = if self.config.hq {
+            (format!("stores/+/acks/{device}"), format!("stores/+/errors/{device}"))
+        } else {
+            (
+                Topic::Acks {
+                    store: store.clone(),
+                    device: device.clone(),
+                }
+                .to_string(),
+                Topic::Errors {
+                    store: store.clone(),
+                    device: device.clone(),
+                }
+                .to_string(),
+            )
+        };
+        let is_ack = |t: &str| matches!(t.parse::<Topic>(), Ok(Topic::Acks { device: d, .. }) if d == device);
+        let is_error = |t: &str| matches!(t.parse::<Topic>(), Ok(Topic::Errors { device: d, .. }) if d == device);
         // Sequence numbers sent on this connection and not yet acknowledged.
         let mut in_flight: BTreeMap<u64, EventId> = BTreeMap::new();
         let mut last_sent: Option<u64> = None;
@@ -472,12 +569,12 @@ impl Connection {
                         last_progress = Instant::now();
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if p.topic == acks {
+                        if is_ack(&p.topic) {
                             if let Ok(ack) = serde_json::from_slice::<AckOut>(&p.payload) {
                                 self.on_ack(ack.ids, &mut in_flight);
                                 last_progress = Instant::now();
                             }
-                        } else if p.topic == errors {
+                        } else if is_error(&p.topic) {
                             if let Ok(err) = serde_json::from_slice::<ErrorOut>(&p.payload) {
                                 self.on_error(err, &mut in_flight);
                                 last_progress = Instant::now();

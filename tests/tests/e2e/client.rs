@@ -361,3 +361,74 @@ async fn sim_reports_every_input_acknowledged() -> Result<()> {
     assert_eq!(ids.len(), 100);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_transfers_and_replenishment() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&crate::planning::planning_chain(10.0), &data)?;
+    let addr = broker.addr;
+    let run = |store: &str, device: &str, args: &[&str]| -> Result<(i32, String)> {
+        let out = Command::new(cli_binary())
+            .args([
+                "--broker",
+                &addr.to_string(),
+                "--store",
+                store,
+                "--device",
+                device,
+                "--wait",
+                "30",
+            ])
+            .arg("--outbox")
+            .arg(tmp.path().join(format!("outbox-{device}")))
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    };
+    let mut hq = Mqtt::connect(addr, "hq-view").await?;
+    hq.subscribe("stores/+/stock/patty/level", rumqttc::QoS::AtLeastOnce)
+        .await?;
+    hq.subscribe("hq/replenishment/+", rumqttc::QoS::AtLeastOnce).await?;
+
+    // s1 at 1 patty raises rq-s1-1; the central kitchen works it from the CLI.
+    assert_eq!(run("s1", "mgr-1", &["stock", "count", "patty", "1", "pcs"])?.0, 0);
+    hq.wait_latest("hq/replenishment/rq-s1-1", |d| d["state"] == json!("open"))
+        .await?;
+    let (code, out) = run("s1", "kitchen-1", &["--hq", "replenishment", "ack", "rq-s1-1"])?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        run(
+            "s1",
+            "kitchen-1",
+            &["--hq", "replenishment", "ship", "rq-s1-1", "--note", "van at 3"]
+        )?
+        .0,
+        0
+    );
+    let shipped = hq
+        .wait_latest("hq/replenishment/rq-s1-1", |d| d["state"] == json!("shipped"))
+        .await?;
+    assert_eq!(shipped["reason"], json!("van at 3"));
+    let (code, out) = run("s1", "kitchen-1", &["--hq", "replenishment", "ack", "rq-s1-1"])?;
+    assert_eq!(code, 1, "acknowledging a shipped request is refused: {out}");
+    assert!(out.contains("rejected"), "{out}");
+
+    // A manager asks for patties; s2 gives them.
+    assert_eq!(run("s2", "mgr-2", &["stock", "count", "patty", "20", "pcs"])?.0, 0);
+    let (code, out) = run("s1", "mgr-1", &["transfer", "request", "patty", "5", "pcs"])?;
+    assert_eq!(code, 0, "{out}");
+    for verb in ["accept", "dispatch"] {
+        let (code, out) = run("s2", "mgr-2", &["transfer", verb, "tr-1"])?;
+        assert_eq!(code, 0, "{verb}: {out}");
+    }
+    let (code, out) = run("s1", "mgr-1", &["transfer", "receive", "tr-1"])?;
+    assert_eq!(code, 0, "{out}");
+    hq.wait_latest("stores/s1/stock/patty/level", |d| d["qty"] == json!(6))
+        .await?;
+    hq.wait_latest("stores/s2/stock/patty/level", |d| d["qty"] == json!(15))
+        .await?;
+    Ok(())
+}

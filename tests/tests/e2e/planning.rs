@@ -13,7 +13,7 @@ use crate::support::{chain_toml, sale, stock_event, temp_data_dir, BrokerProcess
 /// Three stores; s1 is 5 minutes from s2 and 15 from s3. The central
 /// kitchen needs ten hours, so a sell-out during service calls for a
 /// transfer.
-fn planning_chain(timeout_minutes: f64) -> String {
+pub(crate) fn planning_chain(timeout_minutes: f64) -> String {
     let mut config = chain_toml(
         &["s1", "s2", "s3"],
         &[("patty", "pcs", 2, 10), ("bun", "pcs", 2, 40)],
