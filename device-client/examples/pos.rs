@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Update::Acked(ids) => println!("sale committed: {ids:?}"),
             Update::Rejected(err) => println!("sale refused: {} ({:?})", err.error, err.code),
             Update::Connected(up) => println!("connected: {up}"),
-            Update::Level(_) => {}
+            _ => {}
         }
         if !sold_one {
             if let Some(dish) = sellable.keys().next().cloned() {

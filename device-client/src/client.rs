@@ -145,8 +145,10 @@ pub enum ClientError {
     Stopped,
 }
 
-/// Something the client learned from the broker.
+/// Something the client learned from the broker. More kinds may be added:
+/// match with a catch-all arm.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Update {
     /// The connection is up (true) or down (false).
     Connected(bool),
