@@ -127,7 +127,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// A listener with the settings every dishsync listener needs (BROKER-NOTES:
 /// rebinding after a restart, in-flight window and queue bounds).
-fn listener(settings: &Settings, name: &str, addr: std::net::SocketAddr) -> Builder {
+pub fn listener(settings: &Settings, name: &str, addr: std::net::SocketAddr) -> Builder {
     Builder::new()
         .name(name)
         .laddr(addr)

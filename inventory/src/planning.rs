@@ -3,7 +3,7 @@
 //! between stores, sell-out forecasts, alerts, freshness and the HQ summary.
 //!
 //! Everything here is condition-based rather than edge-based: after each
-//! input, [`Inventory::plan`] looks at the levels and dishes that changed and
+//! input, the planning pass (`Inventory::plan`) looks at the levels and dishes that changed and
 //! compares the conditions with what is already active (open requests,
 //! disarmed SKUs, active alerts, active transfers). That makes the rules
 //! idempotent under replays and restarts — nothing is raised twice — and

@@ -1,0 +1,831 @@
+//! Benchmarks of dishsync against a bare embedded rmqtt (same version, same
+//! listener settings, no rules), run alternately in the same session so that
+//! a noisy 2-core machine affects both alike. Each scenario reports the
+//! median over rounds for both and the ratio.
+//!
+//! Every broker runs as a child process of this binary (`serve-dishsync`,
+//! `serve-bare`), so its memory can be read from `/proc` and a restart is a
+//! real process start. Every load loop is bounded in count and time and
+//! talks to loopback only.
+//!
+//! Scenarios (see BENCHMARKS.md for the goals and the measured numbers):
+//! `throughput` durable QoS 2 stock events/s counted at the end-to-end ack
+//! (bare: at PUBCOMP); `latency` stock change → availability update at many
+//! POS, timed from the intended send time (no coordinated omission);
+//! `retained` a new POS receiving every dish's retained availability, alone
+//! and many at once; `connections` memory per idle connection; `restart`
+//! start-up with a long ledger until serving.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::time::{timeout, Instant};
+
+/// Benchmarks of dishsync against bare rmqtt.
+#[derive(Parser)]
+#[command(name = "dishsync-bench", version, about)]
+struct Cli {
+    /// Small sizes, one round: a smoke run that finishes in seconds.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Rounds per scenario (each round runs bare, then dishsync).
+    #[arg(long, global = true)]
+    rounds: Option<usize>,
+    /// Print one JSON object per scenario instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Scenario,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// Durable QoS 2 stock events per second, many devices at once.
+    Throughput,
+    /// Stock change → availability update latency at many POS subscribers.
+    Latency,
+    /// A new POS receiving every retained availability; many POS at once.
+    Retained,
+    /// Broker memory per idle connection.
+    Connections,
+    /// Start-up with a long ledger until serving with availability re-published.
+    Restart,
+    /// Every scenario.
+    All,
+    /// (internal) Serve dishsync with a configuration.
+    #[command(hide = true)]
+    ServeDishsync,
+    /// (internal) Serve bare rmqtt.
+    #[command(hide = true)]
+    ServeBare,
+}
+
+/// Sizes of one run.
+#[derive(Clone, Copy)]
+struct Sizes {
+    rounds: usize,
+    devices: usize,
+    events_per_device: usize,
+    subscribers: usize,
+    rate: f64,
+    seconds: f64,
+    dishes: usize,
+    pos: usize,
+    connections: usize,
+    ledger: usize,
+}
+
+impl Sizes {
+    fn of(cli: &Cli) -> Sizes {
+        let mut s = if cli.quick {
+            Sizes {
+                rounds: 1,
+                devices: 4,
+                events_per_device: 250,
+                subscribers: 10,
+                rate: 100.0,
+                seconds: 1.0,
+                dishes: 200,
+                pos: 5,
+                connections: 200,
+                ledger: 5_000,
+            }
+        } else {
+            Sizes {
+                rounds: 3,
+                devices: 50,
+                events_per_device: 2_000,
+                subscribers: 200,
+                rate: 1_000.0,
+                seconds: 10.0,
+                dishes: 2_000,
+                pos: 50,
+                connections: 20_000,
+                ledger: 1_000_000,
+            }
+        };
+        if let Some(r) = cli.rounds {
+            s.rounds = r.max(1);
+        }
+        s
+    }
+}
+
+/// Runs the benchmark command line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Many connections need many descriptors, in the brokers and here.
+    let _ = rlimit::increase_nofile_limit(200_000);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dishsync-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Scenario::ServeDishsync => runtime.block_on(serve_dishsync()),
+        Scenario::ServeBare => runtime.block_on(serve_bare()),
+        scenario => runtime.block_on(run(&cli, scenario)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dishsync-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ------------------------------------------------------------------ servers
+
+fn env_path(name: &str) -> Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("{name} not set"))
+}
+
+async fn serve_dishsync() -> Result<()> {
+    let mut settings = dishsync_broker::Settings::load(&env_path("BENCH_CONFIG")?)?;
+    settings.data_dir = env_path("BENCH_DATA")?;
+    settings.listen = "127.0.0.1:0".parse()?;
+    dishsync_broker::run(settings).await
+}
+
+async fn serve_bare() -> Result<()> {
+    use rmqtt::context::ServerContext;
+    use rmqtt::server::MqttServer;
+    let settings = dishsync_broker::Settings::load(&env_path("BENCH_CONFIG")?)?;
+    let scx = ServerContext::new().build().await;
+    *scx.extends.retain_mut().await = Box::<dishsync_broker::retainer::MemoryRetainer>::default();
+    let listener = dishsync_broker::server::listener(&settings, "bare/tcp", "127.0.0.1:0".parse()?).bind()?;
+    let addr = listener.local_addr()?;
+    println!("dishsync-broker listening on mqtt://{addr}");
+    MqttServer::new(scx)
+        .listener_by_id(listener.tcp()?, 1)
+        .build()
+        .run()
+        .await?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Target {
+    Bare,
+    Dishsync,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Bare => "bare rmqtt",
+            Target::Dishsync => "dishsync",
+        }
+    }
+}
+
+/// A broker child process, killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    started: Duration,
+}
+
+impl Server {
+    fn start(target: Target, config: &Path, data: &Path) -> Result<Server> {
+        let verb = match target {
+            Target::Bare => "serve-bare",
+            Target::Dishsync => "serve-dishsync",
+        };
+        let t0 = std::time::Instant::now();
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg(verb)
+            .env("BENCH_CONFIG", config)
+            .env("BENCH_DATA", data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting a broker")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(a) = line.strip_prefix("dishsync-broker listening on mqtt://") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(300))
+            .map_err(|_| anyhow!("{verb} did not start"))?;
+        Ok(Server {
+            child,
+            addr: addr.parse()?,
+            started: t0.elapsed(),
+        })
+    }
+
+    fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A chain configuration: one store, `skus` SKUs, `dishes` dishes (dish i
+/// uses 1 g of SKU i mod skus), anonymous access, and generous limits.
+fn config(skus: usize, dishes: usize) -> String {
+    let mut out =
+        String::from("[broker]\nallow_anonymous = true\nmax_publish_rate = 1000000\nmax_connections = 1000000\n\n");
+    for i in 0..skus {
+        out.push_str(&format!(
+            "[[skus]]\nid = \"sku-{i}\"\nname = \"sku {i}\"\nunit = \"g\"\nreorder_point = 0\npar = 0\n\n"
+        ));
+    }
+    for i in 0..dishes {
+        out.push_str(&format!(
+            "[[dishes]]\nid = \"dish-{i}\"\nname = \"dish {i}\"\nlow_mark = 0\nrecipe = [{{ sku = \"sku-{}\", qty = 1 }}]\n\n",
+            i % skus
+        ));
+    }
+    out.push_str("[[stores]]\nid = \"s1\"\nname = \"s1\"\n");
+    out
+}
+
+fn stock_event(id: &str, kind: &str, device: &str) -> Vec<u8> {
+    let at = dishsync_protocol::payload::Timestamp::now().to_string();
+    serde_json::to_vec(&json!({"id": id, "kind": kind, "qty": 1, "unit": "g", "at": at, "device": device}))
+        .unwrap_or_default()
+}
+
+fn options(id: &str, addr: SocketAddr) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_inflight(100);
+    o.set_request_channel_capacity(10_000);
+    o
+}
+
+// ------------------------------------------------------------------ scenarios
+
+/// Durable QoS 2 events per second: `devices` clients each publish
+/// `per_device` stock events; done when every one is acknowledged end to end
+/// (dishsync: its id on the acks topic; bare: its PUBCOMP).
+async fn throughput(target: Target, addr: SocketAddr, devices: usize, per_device: usize) -> Result<f64> {
+    // Every device connects and subscribes; then all start together.
+    let start = Arc::new(tokio::sync::Barrier::new(devices + 1));
+    let mut tasks = Vec::new();
+    for d in 0..devices {
+        let start = Arc::clone(&start);
+        tasks.push(tokio::spawn(async move {
+            let device = format!("dev-{d}");
+            let (client, mut eventloop) = AsyncClient::new(options(&device, addr), 10_000);
+            let acks = format!("stores/s1/acks/{device}");
+            if target == Target::Dishsync {
+                client.subscribe(&acks, QoS::AtLeastOnce).await?;
+            }
+            // Connected and subscribed before the clock starts.
+            loop {
+                match eventloop.poll().await? {
+                    Event::Incoming(Packet::SubAck(_)) if target == Target::Dishsync => break,
+                    Event::Incoming(Packet::ConnAck(_)) if target == Target::Bare => break,
+                    _ => {}
+                }
+            }
+            start.wait().await;
+            let publisher = client.clone();
+            let topic = format!("stores/s1/stock/sku-{}/events", d % 50);
+            let publish = tokio::spawn(async move {
+                for i in 0..per_device {
+                    let kind = if i % 2 == 0 { "receive" } else { "consume" };
+                    publisher
+                        .publish(
+                            &topic,
+                            QoS::ExactlyOnce,
+                            false,
+                            stock_event(&format!("{device}-{i}"), kind, &device),
+                        )
+                        .await?;
+                }
+                anyhow::Ok(())
+            });
+            let mut done = 0usize;
+            while done < per_device {
+                match eventloop.poll().await? {
+                    Event::Incoming(Packet::Publish(p)) if p.topic == acks => {
+                        let ack: Value = serde_json::from_slice(&p.payload)?;
+                        done += ack["ids"].as_array().map_or(0, Vec::len);
+                    }
+                    Event::Incoming(Packet::PubComp(_)) if target == Target::Bare => done += 1,
+                    _ => {}
+                }
+            }
+            publish.await??;
+            anyhow::Ok(())
+        }));
+    }
+    timeout(Duration::from_secs(60), start.wait())
+        .await
+        .map_err(|_| anyhow!("devices did not connect"))?;
+    let t0 = Instant::now();
+    for t in tasks {
+        timeout(Duration::from_secs(300), t)
+            .await
+            .map_err(|_| anyhow!("throughput run timed out"))???;
+    }
+    Ok((devices * per_device) as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Latency from a stock change's intended send time to each POS receiving
+/// the availability it caused, in milliseconds: (p50, p99, p99.9, samples).
+async fn latency(
+    target: Target,
+    addr: SocketAddr,
+    subscribers: usize,
+    rate: f64,
+    seconds: f64,
+) -> Result<(f64, f64, f64, usize)> {
+    let topic = "stores/s1/dishes/dish-0/availability";
+    let events = (rate * seconds).round() as u64;
+    // Bare: the retained starting document a dishsync broker would have.
+    let (publisher, mut pub_loop) = AsyncClient::new(options("pub-1", addr), 10_000);
+    let pub_task = tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    if target == Target::Bare {
+        publisher
+            .publish(topic, QoS::AtLeastOnce, true, serde_json::to_vec(&json!({"rev": 0}))?)
+            .await?;
+    }
+    let samples: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let base_rev: Arc<Mutex<Option<u64>>> = Arc::default();
+    let mut subs = Vec::new();
+    let ready = Arc::new(tokio::sync::Semaphore::new(0));
+    for s in 0..subscribers {
+        let (client, mut eventloop) = AsyncClient::new(options(&format!("pos-{s}"), addr), 100);
+        client.subscribe(topic, QoS::AtLeastOnce).await?;
+        let samples = Arc::clone(&samples);
+        let base_rev = Arc::clone(&base_rev);
+        let ready = Arc::clone(&ready);
+        subs.push((
+            client,
+            tokio::spawn(async move {
+                let mut first = true;
+                while let Ok(ev) = eventloop.poll().await {
+                    if let Event::Incoming(Packet::Publish(p)) = ev {
+                        let now = Instant::now();
+                        let rev = serde_json::from_slice::<Value>(&p.payload)
+                            .ok()
+                            .and_then(|v| v["rev"].as_u64())
+                            .unwrap_or(0);
+                        if first {
+                            first = false;
+                            if let Ok(mut b) = base_rev.lock() {
+                                b.get_or_insert(rev);
+                            }
+                            ready.add_permits(1);
+                        } else if let Ok(mut s) = samples.lock() {
+                            s.push((rev, now));
+                        }
+                    }
+                }
+            }),
+        ));
+    }
+    // Every POS has its retained document.
+    timeout(Duration::from_secs(60), ready.acquire_many(subscribers as u32))
+        .await
+        .map_err(|_| anyhow!("POS not ready"))??
+        .forget();
+    let r0 = base_rev.lock().map_err(|_| anyhow!("lock"))?.unwrap_or(0);
+    let start = Instant::now() + Duration::from_millis(100);
+    let intended = |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
+    for k in 1..=events {
+        tokio::time::sleep_until(intended(k)).await;
+        let payload = match target {
+            Target::Dishsync => stock_event(
+                &format!("lat-{k}"),
+                if k % 2 == 1 { "receive" } else { "consume" },
+                "pub-1",
+            ),
+            Target::Bare => serde_json::to_vec(&json!({"rev": r0 + k}))?,
+        };
+        let (t, q, retain) = match target {
+            Target::Dishsync => ("stores/s1/stock/sku-0/events", QoS::ExactlyOnce, false),
+            Target::Bare => (topic, QoS::AtLeastOnce, true),
+        };
+        publisher.publish(t, q, retain, payload).await?;
+    }
+    // Wait (bounded) until every POS saw the last change.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = samples
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .iter()
+            .filter(|(rev, _)| *rev >= r0 + events)
+            .count();
+        if got >= subscribers || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ms: Vec<f64> = samples
+        .lock()
+        .map_err(|_| anyhow!("lock"))?
+        .iter()
+        .filter(|(rev, _)| *rev > r0 && *rev <= r0 + events)
+        .map(|(rev, t)| t.saturating_duration_since(intended(rev - r0)).as_secs_f64() * 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    for (client, task) in subs {
+        let _ = client.disconnect().await;
+        task.abort();
+    }
+    pub_task.abort();
+    Ok((
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99),
+        percentile(&ms, 0.999),
+        ms.len(),
+    ))
+}
+
+/// Time for `pos` POS at once to receive `dishes` retained documents each,
+/// from their SUBSCRIBE: (fastest, slowest) in milliseconds.
+async fn retained(target: Target, addr: SocketAddr, pos: usize, dishes: usize) -> Result<(f64, f64)> {
+    if target == Target::Bare {
+        // The same documents a dishsync broker holds.
+        let (loader, mut eventloop) = AsyncClient::new(options("loader", addr), 10_000);
+        let total = dishes;
+        let wait = tokio::spawn(async move {
+            let mut acked = 0;
+            while acked < total {
+                if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                    acked += 1;
+                }
+            }
+            anyhow::Ok(())
+        });
+        for i in 0..dishes {
+            let doc = json!({"store": "s1", "dish": format!("dish-{i}"), "status": "sold_out", "portions": 0,
+                "limited_by": "sku-0", "override": null, "sellout_eta": null, "stale": false, "rev": 1,
+                "at": "2026-11-25T12:00:00.000Z"});
+            loader
+                .publish(
+                    format!("stores/s1/dishes/dish-{i}/availability"),
+                    QoS::AtLeastOnce,
+                    true,
+                    serde_json::to_vec(&doc)?,
+                )
+                .await?;
+        }
+        timeout(Duration::from_secs(120), wait)
+            .await
+            .map_err(|_| anyhow!("loading retained timed out"))???;
+    }
+    let mut tasks = Vec::new();
+    for p in 0..pos {
+        tasks.push(tokio::spawn(async move {
+            let (client, mut eventloop) = AsyncClient::new(options(&format!("pos-{p}"), addr), 100);
+            loop {
+                if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await? {
+                    break;
+                }
+            }
+            let t0 = Instant::now();
+            client
+                .subscribe("stores/s1/dishes/+/availability", QoS::AtLeastOnce)
+                .await?;
+            let mut got = 0;
+            while got < dishes {
+                if let Event::Incoming(Packet::Publish(_)) = eventloop.poll().await? {
+                    got += 1;
+                }
+            }
+            anyhow::Ok(t0.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut times = Vec::new();
+    for t in tasks {
+        times.push(
+            timeout(Duration::from_secs(120), t)
+                .await
+                .map_err(|_| anyhow!("retained run timed out"))???,
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[0], times[times.len() - 1]))
+}
+
+/// An MQTT 3.1.1 CONNECT with keep-alive 0 (idle forever).
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0010, 0, 0];
+    body.extend((client_id.len() as u16).to_be_bytes());
+    body.extend(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// Broker memory per idle connection, KiB: opens `n` connections (CONNECT,
+/// CONNACK, then silence) and compares the broker's resident memory.
+async fn connections(server: &Server, n: usize) -> Result<(f64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let before = server.rss_kib()?;
+    let addr = server.addr;
+    let mut sockets = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(250) {
+        let mut opening = Vec::new();
+        for &i in chunk {
+            opening.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await?;
+                s.write_all(&connect_packet(&format!("idle-{i}"))).await?;
+                let mut ack = [0u8; 4];
+                s.read_exact(&mut ack).await?;
+                if ack[0] != 0x20 || ack[3] != 0 {
+                    bail!("connection {i} refused: {ack:?}");
+                }
+                anyhow::Ok(s)
+            }));
+        }
+        for o in opening {
+            sockets.push(
+                timeout(Duration::from_secs(60), o)
+                    .await
+                    .map_err(|_| anyhow!("connect timed out"))???,
+            );
+        }
+    }
+    let after = server.rss_kib()?;
+    drop(sockets);
+    Ok((after.saturating_sub(before) as f64 / n as f64, after))
+}
+
+/// Writes a data directory holding `events` ledger lines, as the broker
+/// would have committed them, in batches.
+async fn build_ledger(config: &str, data: &Path, events: usize) -> Result<()> {
+    use dishsync_broker::rules::stage_changes;
+    use dishsync_broker::store::Store;
+    let settings = dishsync_broker::Settings::parse(config).map_err(|e| anyhow!("{e}"))?;
+    let store = Store::open(data)?;
+    let mut inv = dishsync_inventory::Inventory::new(settings.catalog.clone(), 0);
+    let s1: dishsync_protocol::StoreId = "s1".parse()?;
+    let skus: Vec<dishsync_protocol::SkuId> = settings.catalog.skus().map(|s| s.id.clone()).collect();
+    let now = dishsync_protocol::payload::Timestamp::now().0 - 86_400_000;
+    let mut written = 0;
+    while written < events {
+        let mut commit = store.begin()?;
+        let mut changes = dishsync_inventory::Changes::default();
+        for i in written..(written + 10_000).min(events) {
+            let sku = &skus[i % skus.len()];
+            let ev: dishsync_protocol::payload::StockEventIn = serde_json::from_slice(&stock_event(
+                &format!("hist-{i}"),
+                if i % 3 == 2 { "consume" } else { "receive" },
+                "hist",
+            ))?;
+            let out = inv.apply_stock(&s1, sku, &ev, now).map_err(|r| anyhow!("{r}"))?;
+            commit.event_id(&s1, &ev.id, i as u64)?;
+            commit.ledger(&out.entries)?;
+            changes.merge(out.changes);
+        }
+        stage_changes(&mut commit, &inv, &changes)?;
+        store.commit(commit).await?;
+        written = (written + 10_000).min(events);
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ driver
+
+/// One measured value per target per round.
+struct Results {
+    by_target: BTreeMap<&'static str, Vec<f64>>,
+}
+
+impl Results {
+    fn new() -> Results {
+        Results {
+            by_target: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, target: Target, value: f64) {
+        self.by_target.entry(target.name()).or_default().push(value);
+    }
+
+    fn median(&self, target: Target) -> f64 {
+        let mut v = self.by_target.get(target.name()).cloned().unwrap_or_default();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[v.len() / 2]
+        }
+    }
+}
+
+fn report(cli: &Cli, scenario: &str, metric: &str, unit: &str, goal: &str, r: &Results) {
+    let (d, b) = (r.median(Target::Dishsync), r.median(Target::Bare));
+    let ratio = d / b;
+    if cli.json {
+        println!(
+            "{}",
+            json!({"scenario": scenario, "metric": metric, "unit": unit, "goal": goal,
+                   "dishsync": d, "bare": b, "ratio": ratio, "rounds": r.by_target})
+        );
+    } else {
+        println!("{scenario:<12} {metric:<38} dishsync {d:>10.2} {unit:<8} bare {b:>10.2} {unit:<8} ratio {ratio:>5.2}   goal {goal}");
+    }
+}
+
+async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
+    let sizes = Sizes::of(cli);
+    let all = scenario == Scenario::All;
+    let dir = tempfile::tempdir()?;
+    if !cli.json {
+        println!(
+            "dishsync-bench{}: {} round(s), bare rmqtt then dishsync each round; medians",
+            if cli.quick { " --quick" } else { "" },
+            sizes.rounds
+        );
+    }
+    let fresh = |name: &str, config: &str| -> Result<(PathBuf, PathBuf)> {
+        let config_path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config_path, config)?;
+        let data = dir.path().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        Ok((config_path, data))
+    };
+
+    if all || scenario == Scenario::Throughput {
+        let mut r = Results::new();
+        for round in 0..sizes.rounds {
+            for target in [Target::Bare, Target::Dishsync] {
+                let (config, data) = fresh(&format!("throughput-{round}"), &config(50, 50))?;
+                let server = Server::start(target, &config, &data)?;
+                r.add(
+                    target,
+                    throughput(target, server.addr, sizes.devices, sizes.events_per_device).await?,
+                );
+                drop(server);
+                let _ = std::fs::remove_dir_all(&data);
+            }
+        }
+        let goal = "≥ 20000 /s";
+        report(
+            cli,
+            "throughput",
+            &format!("QoS 2 events/s, {} devices, acked", sizes.devices),
+            "/s",
+            goal,
+            &r,
+        );
+    }
+    if all || scenario == Scenario::Latency {
+        let (mut p50, mut p99, mut p999) = (Results::new(), Results::new(), Results::new());
+        for round in 0..sizes.rounds {
+            for target in [Target::Bare, Target::Dishsync] {
+                let (config, data) = fresh(&format!("latency-{round}"), &config(1, 1))?;
+                let server = Server::start(target, &config, &data)?;
+                if target == Target::Dishsync {
+                    // Enough stock that the dish never sells out.
+                    let (c, mut l) = AsyncClient::new(options("stocker", server.addr), 10);
+                    c.publish("stores/s1/stock/sku-0/events", QoS::ExactlyOnce, false, {
+                        let at = dishsync_protocol::payload::Timestamp::now().to_string();
+                        serde_json::to_vec(&json!({"id": "init", "kind": "count", "qty": 1000, "unit": "g", "at": at, "device": "stocker"}))?
+                    })
+                    .await?;
+                    while !matches!(l.poll().await?, Event::Incoming(Packet::PubComp(_))) {}
+                }
+                let (a, b, c, _) = latency(target, server.addr, sizes.subscribers, sizes.rate, sizes.seconds).await?;
+                p50.add(target, a);
+                p99.add(target, b);
+                p999.add(target, c);
+                drop(server);
+                let _ = std::fs::remove_dir_all(&data);
+            }
+        }
+        let what = format!("change→POS, {} POS, {}/s offered", sizes.subscribers, sizes.rate);
+        report(cli, "latency", &format!("p50 {what}"), "ms", "≤ 5 ms", &p50);
+        report(cli, "latency", &format!("p99 {what}"), "ms", "≤ 15 ms", &p99);
+        report(cli, "latency", &format!("p99.9 {what}"), "ms", "≤ 30 ms", &p999);
+    }
+    if all || scenario == Scenario::Retained {
+        let (mut one, mut many) = (Results::new(), Results::new());
+        for round in 0..sizes.rounds {
+            for target in [Target::Bare, Target::Dishsync] {
+                let (config, data) = fresh(&format!("retained-{round}"), &config(20, sizes.dishes))?;
+                let server = Server::start(target, &config, &data)?;
+                one.add(target, retained(target, server.addr, 1, sizes.dishes).await?.1);
+                many.add(
+                    target,
+                    retained(Target::Dishsync, server.addr, sizes.pos, sizes.dishes)
+                        .await?
+                        .1,
+                );
+                drop(server);
+                let _ = std::fs::remove_dir_all(&data);
+            }
+        }
+        report(
+            cli,
+            "retained",
+            &format!("1 POS gets {} dishes", sizes.dishes),
+            "ms",
+            "≤ 25 ms",
+            &one,
+        );
+        report(
+            cli,
+            "retained",
+            &format!("{} POS at once, slowest", sizes.pos),
+            "ms",
+            "≤ 250 ms",
+            &many,
+        );
+    }
+    if all || scenario == Scenario::Connections {
+        let (mut per, mut total) = (Results::new(), Results::new());
+        for round in 0..sizes.rounds {
+            for target in [Target::Bare, Target::Dishsync] {
+                let (config, data) = fresh(&format!("connections-{round}"), &config(50, 50))?;
+                let server = Server::start(target, &config, &data)?;
+                let (kib, rss) = connections(&server, sizes.connections).await?;
+                per.add(target, kib);
+                total.add(target, rss as f64 / 1024.0);
+                drop(server);
+                let _ = std::fs::remove_dir_all(&data);
+            }
+        }
+        report(
+            cli,
+            "connections",
+            &format!("KiB per idle connection ({})", sizes.connections),
+            "KiB",
+            "—",
+            &per,
+        );
+        report(
+            cli,
+            "connections",
+            &format!("broker RSS with {} connections", sizes.connections),
+            "MiB",
+            "< 512 MiB",
+            &total,
+        );
+    }
+    if all || scenario == Scenario::Restart {
+        let mut r = Results::new();
+        let chain = config(50, 200);
+        let (config_path, data) = fresh("restart", &chain)?;
+        build_ledger(&chain, &data, sizes.ledger).await?;
+        for _ in 0..sizes.rounds {
+            for target in [Target::Bare, Target::Dishsync] {
+                let empty = dir.path().join("restart-bare");
+                let server = Server::start(
+                    target,
+                    &config_path,
+                    if target == Target::Bare { &empty } else { &data },
+                )?;
+                r.add(target, server.started.as_secs_f64() * 1000.0);
+            }
+        }
+        report(
+            cli,
+            "restart",
+            &format!("start → serving, {} ledger events", sizes.ledger),
+            "ms",
+            "≤ 2000 ms",
+            &r,
+        );
+    }
+    Ok(())
+}

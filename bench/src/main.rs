@@ -1,0 +1,5 @@
+//! `dishsync-bench`: see `dishsync_bench`.
+
+fn main() -> std::process::ExitCode {
+    dishsync_bench::main()
+}
