@@ -102,8 +102,8 @@ impl Sizes {
         } else {
             Sizes {
                 rounds: 3,
-                devices: 50,
-                events_per_device: 2_000,
+                devices: 200,
+                events_per_device: 500,
                 subscribers: 200,
                 rate: 1_000.0,
                 seconds: 10.0,

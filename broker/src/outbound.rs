@@ -42,6 +42,30 @@ pub async fn publish_doc<T: Serialize + Sync>(out: &dyn Publisher, topic: &Topic
     }
 }
 
+/// One rendered message: topic, JSON payload, retain flag.
+pub type Message = (Topic, Vec<u8>, bool);
+
+/// A [`Publisher`] that only records what would be published, in order, to
+/// be sent later (after the commit that makes it true).
+#[derive(Default)]
+pub struct Rendered(std::sync::Mutex<Vec<Message>>);
+
+impl Rendered {
+    /// The recorded messages, in order.
+    pub fn take(&self) -> Vec<Message> {
+        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Publisher for Rendered {
+    async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((topic.clone(), payload, retain));
+        }
+    }
+}
+
 /// A handle that publishes into the embedded broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbound {

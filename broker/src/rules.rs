@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::outbound::{publish_doc, Publisher};
+use crate::outbound::{publish_doc, Message, Publisher, Rendered};
 use crate::store::{Store, StoreError};
 
 /// Most inputs in one group commit.
@@ -434,7 +434,10 @@ pub fn stage_changes(commit: &mut crate::store::Commit, inv: &Inventory, changes
 struct Rules {
     inv: Inventory,
     store: Store,
-    out: Arc<dyn Publisher>,
+    /// Where rendered outputs and verdicts go to wait for their commit.
+    committer: mpsc::Sender<Completion>,
+    /// The committer task (awaited on shutdown).
+    committer_task: tokio::task::JoinHandle<()>,
     /// When each throttled document was last published.
     published: HashMap<(Throttled, StoreId), Instant>,
     /// Throttled documents that changed but were published too recently.
@@ -464,19 +467,86 @@ impl Throttled {
 /// Starts the rules task on the current runtime.
 pub fn start(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> RulesHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let rules = Rules {
-        inv,
-        store,
-        out,
-        published: HashMap::new(),
-        due: BTreeSet::new(),
-        ticks: 0,
-    };
-    tokio::spawn(rules.run(rx));
+    tokio::spawn(Rules::new(inv, store, out).run(rx));
     RulesHandle { tx }
 }
 
+/// What one group of work waits to do until it is durable: publish the
+/// retained documents, answer the devices (their PUBACK/PUBCOMP), then
+/// publish acks and errors.
+struct Completion {
+    retained: Vec<Message>,
+    replies: Vec<(oneshot::Sender<Verdict>, Verdict)>,
+    after: Vec<Message>,
+}
+
+/// Group commits awaiting their flush.
+const PIPELINE: usize = 64;
+
+/// The committer: flushes once for every completion waiting, then carries
+/// them out in order. Runs beside the rules task, so the next inputs are
+/// applied while the previous ones reach the disk.
+async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mpsc::Receiver<Completion>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+        if let Err(e) = store.flush().await {
+            // What reached the disk is unknown: stop, and let the restart
+            // recover from the last complete commit. Devices re-send what
+            // they saw no ack for.
+            error!(error = %e, "storage failed; stopping the broker");
+            std::process::exit(70);
+        }
+        for c in group {
+            for (topic, payload, retain) in c.retained {
+                out.publish(&topic, payload, retain).await;
+            }
+            for (reply, verdict) in c.replies {
+                let _ = reply.send(verdict);
+            }
+            for (topic, payload, retain) in c.after {
+                out.publish(&topic, payload, retain).await;
+            }
+        }
+    }
+}
+
 impl Rules {
+    fn new(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> Rules {
+        let (committer_tx, committer_rx) = mpsc::channel(PIPELINE);
+        let committer_task = tokio::spawn(committer(store.clone(), out, committer_rx));
+        Rules {
+            inv,
+            store,
+            committer: committer_tx,
+            committer_task,
+            published: HashMap::new(),
+            due: BTreeSet::new(),
+            ticks: 0,
+        }
+    }
+
+    /// Stops: lets the committer finish what it holds.
+    async fn shutdown(self) {
+        let Rules {
+            committer,
+            committer_task,
+            ..
+        } = self;
+        drop(committer);
+        let _ = committer_task.await;
+    }
+
+    /// Hands a completion to the committer.
+    async fn complete(&self, completion: Completion) {
+        if self.committer.send(completion).await.is_err() {
+            error!("the committer stopped; stopping the broker");
+            std::process::exit(70);
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -503,6 +573,7 @@ impl Rules {
                 std::process::exit(70);
             }
         }
+        self.shutdown().await;
         info!("rules task stopped");
     }
 
@@ -529,8 +600,15 @@ impl Rules {
     async fn commit_and_publish(&mut self, changes: Changes) -> Result<(), StoreError> {
         let mut commit = self.store.begin()?;
         stage_changes(&mut commit, &self.inv, &changes)?;
-        self.store.commit(commit).await?;
-        publish_changes(self.out.as_ref(), &self.inv, &changes).await;
+        self.store.apply(commit)?;
+        let rendered = Rendered::default();
+        publish_changes(&rendered, &self.inv, &changes).await;
+        self.complete(Completion {
+            retained: rendered.take(),
+            replies: Vec::new(),
+            after: Vec::new(),
+        })
+        .await;
         self.mark_due(&changes);
         Ok(())
     }
@@ -555,14 +633,25 @@ impl Rules {
             })
             .cloned()
             .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let rendered = Rendered::default();
         for key in ready {
             self.due.remove(&key);
             self.published.insert(key.clone(), now);
             match key.0 {
-                Throttled::Menu => publish_menu(self.out.as_ref(), &self.inv, &key.1).await,
-                Throttled::Summary => publish_summary(self.out.as_ref(), &self.inv, &key.1, Timestamp::now().0).await,
+                Throttled::Menu => publish_menu(&rendered, &self.inv, &key.1).await,
+                Throttled::Summary => publish_summary(&rendered, &self.inv, &key.1, Timestamp::now().0).await,
             }
         }
+        // Behind every commit already queued: never ahead of what is durable.
+        self.complete(Completion {
+            retained: rendered.take(),
+            replies: Vec::new(),
+            after: Vec::new(),
+        })
+        .await;
     }
 
     async fn process(&mut self, batch: Vec<Command>) -> Result<(), StoreError> {
@@ -653,19 +742,21 @@ impl Rules {
             decided.push((intake, reply, verdict));
         }
         stage_changes(&mut commit, &self.inv, &changes)?;
-        self.store.commit(commit).await?;
+        self.store.apply(commit)?;
         debug!(
             inputs = decided.len(),
             levels = changes.levels.len(),
             dishes = changes.dishes.len(),
-            "committed"
+            "applied"
         );
 
         // Retained state first, so that a device holding its PUBACK already
-        // finds the new availability.
-        publish_changes(self.out.as_ref(), &self.inv, &changes).await;
+        // finds the new availability; then the verdicts; then acks and errors.
+        let retained = Rendered::default();
+        publish_changes(&retained, &self.inv, &changes).await;
+        let after = Rendered::default();
         let mut acks: BTreeMap<(StoreId, DeviceId), Vec<EventId>> = BTreeMap::new();
-        let mut rejected = Vec::new();
+        let mut replies = Vec::with_capacity(decided.len());
         for (intake, reply, verdict) in decided {
             let store = intake.input.store().clone();
             match &verdict {
@@ -674,19 +765,23 @@ impl Rules {
                         .or_default()
                         .push(intake.input.id().clone());
                 }
-                Verdict::Rejected(r) => rejected.push((intake, r.clone())),
+                Verdict::Rejected(r) => {
+                    let topic = input_topic(&intake.input).to_string();
+                    let id = Some(intake.input.id().to_string());
+                    report(&after, intake.input.store(), &intake.device, &topic, id, r).await;
+                }
             }
-            let _ = reply.send(verdict);
+            replies.push((reply, verdict));
         }
         for ((store, device), ids) in acks {
-            let topic = Topic::Acks { store, device };
-            publish_doc(self.out.as_ref(), &topic, &AckOut { ids }, false).await;
+            publish_doc(&after, &Topic::Acks { store, device }, &AckOut { ids }, false).await;
         }
-        for (intake, r) in rejected {
-            let topic = input_topic(&intake.input).to_string();
-            let id = Some(intake.input.id().to_string());
-            report(self.out.as_ref(), intake.input.store(), &intake.device, &topic, id, &r).await;
-        }
+        self.complete(Completion {
+            retained: retained.take(),
+            replies,
+            after: after.take(),
+        })
+        .await;
         self.mark_due(&changes);
         self.publish_due().await;
         Ok(())
@@ -887,14 +982,7 @@ mod tests {
     fn open(dir: &std::path::Path) -> Rules {
         let store = Store::open(dir).expect("sled");
         let (inv, _) = Inventory::restore(catalog(), store.load().expect("load"), 0);
-        Rules {
-            inv,
-            store,
-            out: Arc::new(Collector::default()),
-            published: HashMap::new(),
-            due: BTreeSet::new(),
-            ticks: 0,
-        }
+        Rules::new(inv, store, Arc::new(Collector::default()))
     }
 
     /// Runs `batches` of pool indices through the rules on a real sled in
@@ -921,11 +1009,19 @@ mod tests {
                 verdicts.push(rx.await.expect("verdict"));
             }
             if i == restart_after {
-                drop(rules);
+                rules.shutdown().await;
                 rules = open(dir);
             }
         }
-        (verdicts, rules.inv)
+        let Rules {
+            inv,
+            committer,
+            committer_task,
+            ..
+        } = rules;
+        drop(committer);
+        let _ = committer_task.await;
+        (verdicts, inv)
     }
 
     proptest! {
@@ -968,6 +1064,7 @@ mod tests {
         let (verdicts, inv) = run(dir.path(), &[vec![0], vec![0]], 0).await;
         assert_eq!(verdicts, vec![Verdict::Applied, Verdict::Duplicate]);
         drop(inv);
+        // `run` shut its rules down; the store is free to reopen.
         let mut rules = open(dir.path());
         let Input::Stock { store, sku, mut event } = pool(0) else {
             unreachable!("stock event")

@@ -176,11 +176,24 @@ impl Store {
 
     /// Writes a group commit atomically and waits until it is on disk.
     pub async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
+        let next = self.apply(commit)?;
+        self.flush().await?;
+        Ok(next)
+    }
+
+    /// Writes a group commit atomically, visible to every later read at
+    /// once, but not yet durable: [`Store::flush`] makes it so.
+    pub fn apply(&self, commit: Commit) -> Result<u64, StoreError> {
         if !commit.empty {
             self.db.apply_batch(commit.batch)?;
         }
-        self.db.flush_async().await?;
         Ok(commit.next_seq)
+    }
+
+    /// Waits until everything applied so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ mod support;
 
 mod availability;
 mod bad_input;
+mod bench;
 mod client;
 mod durability;
 mod interop;

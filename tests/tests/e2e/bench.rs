@@ -1,0 +1,33 @@
+//! The benchmark program's quick mode: every scenario runs against both
+//! brokers and reports finite numbers. (Numbers are for BENCHMARKS.md, not
+//! for assertions: a test never depends on speed.)
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+#[test]
+fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_e2e-bench"))
+        .args(["all", "--quick", "--json"])
+        .output()
+        .context("running the benchmarks")?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("JSON lines")?;
+    let scenarios: Vec<&str> = reports.iter().filter_map(|r| r["scenario"].as_str()).collect();
+    for s in ["throughput", "latency", "retained", "connections", "restart"] {
+        assert!(scenarios.contains(&s), "{s} missing from {scenarios:?}");
+    }
+    for r in &reports {
+        for side in ["dishsync", "bare"] {
+            let v = r[side].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v >= 0.0, "{side} in {r}");
+        }
+    }
+    Ok(())
+}
