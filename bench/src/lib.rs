@@ -43,6 +43,10 @@ struct Cli {
     /// Print one JSON object per scenario instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Run the throughput load once against an already running dishsync
+    /// broker at this address (for profiling it).
+    #[arg(long, global = true)]
+    against: Option<SocketAddr>,
     #[command(subcommand)]
     command: Scenario,
 }
@@ -685,6 +689,11 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
         Ok((config_path, data))
     };
 
+    if let Some(addr) = cli.against {
+        let rate = throughput(Target::Dishsync, addr, sizes.devices, sizes.events_per_device).await?;
+        println!("throughput against {addr}: {rate:.0} acknowledged events/s");
+        return Ok(());
+    }
     if all || scenario == Scenario::Throughput {
         let mut r = Results::new();
         for round in 0..sizes.rounds {
