@@ -333,19 +333,24 @@ impl Identity {
     /// May this identity publish on `topic`?
     pub fn may_publish(&self, topic: &Topic) -> Result<(), Denied> {
         let family = Family::of(topic);
-        let who = format!("{} ({})", self.device, self.role);
+        // Only a refusal needs the words (publishes are on the hot path).
+        let who = || format!("{} ({})", self.device, self.role);
         match topic.store() {
             Some(store) if !self.in_scope(store) => {
-                return Err(Denied(format!("{who} may not publish in store {store}")));
+                return Err(Denied(format!("{} may not publish in store {store}", who())));
             }
-            None if self.scope != Scope::Chain => return Err(Denied(format!("{who} may not publish HQ topics"))),
+            None if self.scope != Scope::Chain => return Err(Denied(format!("{} may not publish HQ topics", who()))),
             _ => {}
         }
         match grant(self.role, family, Access::Publish) {
             Yes => Ok(()),
             Own if topic_device(topic) == Some(&self.device) => Ok(()),
-            Own => Err(Denied(format!("{who} may publish {} only for itself", family.as_str()))),
-            No => Err(Denied(format!("{who} may not publish {}", family.as_str()))),
+            Own => Err(Denied(format!(
+                "{} may publish {} only for itself",
+                who(),
+                family.as_str()
+            ))),
+            No => Err(Denied(format!("{} may not publish {}", who(), family.as_str()))),
         }
     }
 

@@ -103,7 +103,12 @@ impl PublishLimiter {
         };
         let burst = self.rate * 2.0;
         let now = Instant::now();
-        let (last, tokens) = buckets.entry(client_id.to_string()).or_insert((now, burst));
+        if !buckets.contains_key(client_id) {
+            buckets.insert(client_id.to_string(), (now, burst));
+        }
+        let Some((last, tokens)) = buckets.get_mut(client_id) else {
+            return true;
+        };
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(burst);
         *last = now;
         if *tokens >= 1.0 {

@@ -53,6 +53,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The next ledger sequence number: read once at open, then advanced by
+    /// every applied commit (only the rules task writes).
+    next_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn key2(prefix: &str, a: &str, b: &str) -> Vec<u8> {
@@ -76,8 +79,20 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
-        Ok(Store { db })
+        // We flush explicitly after every group commit; sled's own periodic
+        // flusher would only repeat that work.
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()?;
+        let store = Store {
+            db,
+            next_seq: Default::default(),
+        };
+        let next = store.scan_next_seq()?;
+        store.next_seq.store(next, std::sync::atomic::Ordering::SeqCst);
+        Ok(store)
     }
 
     /// The snapshot: every persisted SKU, dish and menu state.
@@ -155,12 +170,12 @@ impl Store {
     pub fn begin(&self) -> Result<Commit, StoreError> {
         Ok(Commit {
             batch: sled::Batch::default(),
-            next_seq: self.next_seq()?,
+            next_seq: self.next_seq.load(std::sync::atomic::Ordering::SeqCst),
             empty: true,
         })
     }
 
-    fn next_seq(&self) -> Result<u64, StoreError> {
+    fn scan_next_seq(&self) -> Result<u64, StoreError> {
         match self.db.scan_prefix("l/").next_back() {
             Some(item) => {
                 let (key, _) = item?;
@@ -187,6 +202,8 @@ impl Store {
         if !commit.empty {
             self.db.apply_batch(commit.batch)?;
         }
+        self.next_seq
+            .fetch_max(commit.next_seq, std::sync::atomic::Ordering::SeqCst);
         Ok(commit.next_seq)
     }
 

@@ -14,7 +14,7 @@ use dishsync_protocol::Millis;
 use serde::{Deserialize, Serialize};
 
 /// How many deltas since the latest count a SKU remembers.
-pub const MAX_RECENT: usize = 512;
+pub const MAX_RECENT: usize = 64;
 
 /// What applying one change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
