@@ -1,12 +1,15 @@
 //! `dishsync-firmware-bridge`: the frame protocol for microcontroller scales
-//! and sold-out boards. With default features off the crate is `#![no_std]`
-//! and needs no allocator, so firmware can depend on it directly; the `std`
-//! feature is where the bridge daemon lives.
+//! and sold-out boards.
 //!
-//! The codec (postcard messages in COBS frames with a CRC) is specified in the
-//! project's issues and is not part of this version yet.
+//! [`codec`] is `#![no_std]` with default features off and needs no
+//! allocator: firmware depends on it directly. It owns the [`Message`]s, the
+//! frame format (postcard, CRC-32, COBS, `0x00` delimiter; see
+//! `firmware-bridge/PROTOCOL.md`) and a sans-IO [`Decoder`] with a fixed
+//! buffer that resynchronises after garbage. The bridge daemon that speaks
+//! for these devices on MQTT is built on the `std` feature.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
-/// Largest frame on the wire, delimiter included, in bytes.
-pub const MAX_FRAME: usize = 256;
+pub mod codec;
+
+pub use codec::{decode_frame, encode, DecodeError, Decoder, EncodeError, Message, Status, StockKind, Unit, MAX_FRAME};
