@@ -43,6 +43,12 @@ struct Cli {
     /// Print one JSON object per scenario instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Latency: POS subscribers (overrides the default).
+    #[arg(long, global = true)]
+    subscribers: Option<usize>,
+    /// Latency: stock changes offered per second (overrides the default).
+    #[arg(long, global = true)]
+    rate: Option<f64>,
     /// Run the throughput load once against an already running dishsync
     /// broker at this address (for profiling it).
     #[arg(long, global = true)]
@@ -119,6 +125,12 @@ impl Sizes {
         };
         if let Some(r) = cli.rounds {
             s.rounds = r.max(1);
+        }
+        if let Some(n) = cli.subscribers {
+            s.subscribers = n.max(1);
+        }
+        if let Some(r) = cli.rate {
+            s.rate = r.max(1.0);
         }
         s
     }
