@@ -340,6 +340,42 @@ impl Client {
         })
     }
 
+    /// Records a stock event under an id the caller made (a bridge speaking
+    /// for a device uses `{device}:{boot}:{seq}`, so that a retransmit after
+    /// any restart is applied once). A retransmit still waiting is recorded
+    /// once.
+    pub fn record_stock_as(
+        &self,
+        id: &EventId,
+        sku: &SkuId,
+        kind: StockKind,
+        qty: f64,
+        unit: Unit,
+        reason: Option<String>,
+    ) -> Result<(), ClientError> {
+        if *self.stop.borrow() {
+            return Err(ClientError::Stopped);
+        }
+        let topic = Topic::StockEvents {
+            store: self.config.store.clone(),
+            sku: sku.clone(),
+        };
+        let event = StockEventIn {
+            id: id.clone(),
+            kind,
+            qty,
+            unit,
+            at: Timestamp::now(),
+            device: self.config.device.clone(),
+            reference: None,
+            reason,
+        };
+        self.outbox.record_as(id, topic.to_string(), Self::json(&event))?;
+        self.pending.send_replace(self.outbox.len());
+        self.wake.notify_one();
+        Ok(())
+    }
+
     /// Records a request for stock from another store.
     pub fn record_transfer_request(&self, sku: &SkuId, qty: f64, unit: Unit) -> Result<EventId, ClientError> {
         if !qty.is_finite() || qty <= 0.0 {

@@ -105,6 +105,30 @@ impl Outbox {
         Ok(id)
     }
 
+    /// Records a message under an id the caller made (a device's
+    /// `{device}:{boot}:{seq}`), and flushes it. A retransmit of an id that
+    /// is still waiting is recorded once.
+    pub fn record_as(&self, id: &EventId, topic: String, payload: Vec<u8>) -> Result<(), OutboxError> {
+        if self.contains(id) {
+            return Ok(());
+        }
+        let len = self.len();
+        if len >= self.limit {
+            return Err(OutboxError::Full(len));
+        }
+        let seq = self.db.generate_id()?;
+        let entry = Entry {
+            id: id.clone(),
+            topic,
+            payload,
+        };
+        let key = seq.to_be_bytes();
+        self.entries.insert(key, postcard::to_allocvec(&entry)?)?;
+        self.ids.insert(id.as_str(), &key)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Removes the entries with these ids (their ack arrived). Returns how
     /// many were in the outbox. Removal is not flushed at once: after a
     /// crash an acknowledged entry may be sent again, and the broker

@@ -5,11 +5,16 @@
 //! allocator: firmware depends on it directly. It owns the [`Message`]s, the
 //! frame format (postcard, CRC-32, COBS, `0x00` delimiter; see
 //! `firmware-bridge/PROTOCOL.md`) and a sans-IO [`Decoder`] with a fixed
-//! buffer that resynchronises after garbage. The bridge daemon that speaks
-//! for these devices on MQTT is built on the `std` feature.
+//! buffer that resynchronises after garbage. [`bridge`] (feature `std`) is
+//! the daemon that speaks for these devices on MQTT, and `dishsync-bridge`
+//! its command line.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
+#[cfg(feature = "std")]
+pub mod bridge;
+#[cfg(feature = "std")]
+pub mod cli;
 pub mod codec;
 
 pub use codec::{decode_frame, encode, DecodeError, Decoder, EncodeError, Message, Status, StockKind, Unit, MAX_FRAME};

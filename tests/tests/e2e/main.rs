@@ -8,6 +8,7 @@ mod support;
 mod availability;
 mod bad_input;
 mod bench;
+mod bridge;
 mod client;
 mod durability;
 mod interop;

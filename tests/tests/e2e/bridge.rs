@@ -1,0 +1,231 @@
+//! The firmware bridge end to end: a simulated MCU scale or sold-out board
+//! → the bridge (child process) → the real broker, and back.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+
+use anyhow::{anyhow, Result};
+use dishsync_broker::store::Store;
+use rumqttc::QoS;
+use serde_json::json;
+
+use crate::availability::stock_and_wait;
+use crate::support::{free_addr, sale, small_chain, stock_event, temp_data_dir, BrokerProcess, Client, DEADLINE};
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn bridge_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_e2e-bridge")
+}
+
+/// The bridge as a child process, killed on drop.
+struct BridgeProcess {
+    child: Child,
+}
+
+impl BridgeProcess {
+    fn start(dir: &Path, broker: SocketAddr, listen: SocketAddr) -> Result<BridgeProcess> {
+        let config = format!(
+            "listen = \"{listen}\"\nbroker = \"{broker}\"\noutbox_dir = \"{}\"\n\n\
+             [[devices]]\nid = \"scale-7\"\nstore = \"s1\"\nkey = \"{KEY}\"\n\n\
+             [[devices]]\nid = \"board-1\"\nstore = \"s1\"\nkey = \"{KEY}\"\n",
+            dir.join("bridge-outbox").display()
+        );
+        let path = dir.join("bridge.toml");
+        std::fs::write(&path, config)?;
+        let mut child = Command::new(bridge_binary())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if line.starts_with("dishsync-bridge listening on tcp://") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(DEADLINE)
+            .map_err(|_| anyhow!("the bridge did not start"))?;
+        Ok(BridgeProcess { child })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a simulated device; its stdout lines arrive on the channel.
+fn sim(bridge: SocketAddr, device: &str, args: &[&str]) -> Result<(Child, std_mpsc::Receiver<String>)> {
+    let mut child = Command::new(bridge_binary())
+        .args([
+            "sim-device",
+            "--bridge",
+            &bridge.to_string(),
+            "--device",
+            device,
+            "--key",
+            KEY,
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok((child, rx))
+}
+
+fn wait_line(rx: &std_mpsc::Receiver<String>, want: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| anyhow!("the device never printed what was expected"))?;
+        if want(&line) {
+            return Ok(line);
+        }
+    }
+}
+
+fn ledger_ids(data: &Path, prefix: &str) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for entry in Store::open(data)?.ledger() {
+        let id = entry?.event.to_string();
+        if id.starts_with(prefix) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_scale_books_stock_through_the_bridge() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let listen = free_addr()?;
+    let _bridge = BridgeProcess::start(tmp.path(), broker.addr, listen)?;
+    let mut pos = Client::connect(broker.addr, "pos-1").await?;
+    pos.subscribe("stores/s1/stock/fries/level", QoS::AtLeastOnce).await?;
+    pos.subscribe("stores/s1/dishes/chips/availability", QoS::AtLeastOnce)
+        .await?;
+
+    let (mut device, lines) = sim(
+        listen,
+        "scale-7",
+        &["--events", "5", "--sku", "fries", "--qty", "200", "--unit", "g"],
+    )?;
+    wait_line(&lines, |l| l == "done: 5 of 5 acknowledged")?;
+    let _ = device.wait();
+    pos.wait_latest("stores/s1/stock/fries/level", |d| d["qty"] == json!(1000))
+        .await?;
+    pos.wait_latest("stores/s1/dishes/chips/availability", |d| d["portions"] == json!(5))
+        .await?;
+    drop(pos);
+    drop(broker);
+    let ids = ledger_ids(&data, "scale-7:")?;
+    assert_eq!(
+        ids,
+        [
+            "scale-7:1:1",
+            "scale-7:1:2",
+            "scale-7:1:3",
+            "scale-7:1:4",
+            "scale-7:1:5"
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sold_out_board_shows_the_sell_out_a_sale_causes() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let listen = free_addr()?;
+    let _bridge = BridgeProcess::start(tmp.path(), broker.addr, listen)?;
+    let mut pos = Client::connect(broker.addr, "pos-1").await?;
+    pos.subscribe("stores/s1/acks/pos-1", QoS::AtLeastOnce).await?;
+    stock_and_wait(
+        &mut pos,
+        "s1",
+        "pos-1",
+        &[("fries", stock_event("r1", "receive", 1.0, "kg", "pos-1"))],
+    )
+    .await?;
+
+    let (mut board, lines) = sim(
+        listen,
+        "board-1",
+        &["--subscribe", "chips", "--until", "chips=sold-out"],
+    )?;
+    wait_line(&lines, |l| l == "availability chips Available 5")?;
+    pos.publish_json(
+        "stores/s1/sales",
+        &sale("s1", &[("chips", 5)], "pos-1"),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    wait_line(&lines, |l| l == "availability chips SoldOut 0")?;
+    wait_line(&lines, |l| l.starts_with("done"))?;
+    let status = board.wait()?;
+    assert!(status.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_killed_and_restarted_while_the_device_retransmits_applies_each_event_once() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let listen = free_addr()?;
+    let mut bridge = BridgeProcess::start(tmp.path(), broker.addr, listen)?;
+    let (mut device, lines) = sim(
+        listen,
+        "scale-7",
+        &[
+            "--events", "40", "--sku", "bun", "--qty", "1", "--unit", "pcs", "--boot", "9",
+        ],
+    )?;
+    wait_line(&lines, |l| l.starts_with("acked"))?;
+    bridge.kill();
+    let _bridge = BridgeProcess::start(tmp.path(), broker.addr, listen)?;
+    wait_line(&lines, |l| l == "done: 40 of 40 acknowledged")?;
+    let _ = device.wait();
+
+    let mut pos = Client::connect(broker.addr, "pos-1").await?;
+    pos.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+    pos.wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(40))
+        .await?;
+    drop(pos);
+    drop(broker);
+    let mut ids = ledger_ids(&data, "scale-7:9:")?;
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (total, ids.len()),
+        (40, 40),
+        "each of the 40 events applied exactly once"
+    );
+    Ok(())
+}
