@@ -24,11 +24,12 @@ fn mosquitto_pub_qos2_changes_the_availability_mosquitto_sub_reads() -> Result<(
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&small_chain(), &data)?;
     let port = broker.addr.port().to_string();
-    let event =
-        r#"{"id":"m-1","kind":"receive","qty":1.2,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"tablet-m"}"#;
+    let event = serde_json::json!({"id": "m-1", "kind": "receive", "qty": 1.2, "unit": "kg",
+            "at": dishsync_protocol::payload::Timestamp::now().to_string(), "device": "tablet-m"})
+    .to_string();
     let status = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port, "-i", "tablet-m", "-q", "2"])
-        .args(["-t", "stores/s1/stock/fries/events", "-m", event])
+        .args(["-t", "stores/s1/stock/fries/events", "-m", &event])
         .status()
         .context("running mosquitto_pub")?;
     assert!(status.success());

@@ -169,7 +169,7 @@ async fn every_role_gets_exactly_the_documented_permissions() -> Result<()> {
                 (
                     Family::Sales,
                     format!("stores/{store}/sales"),
-                    json!({"id": format!("p{n}-{device}-sale"), "lines": [{"dish": "burger", "portions": 1}], "at": "2026-11-25T18:00:00Z", "device": device}),
+                    json!({"id": format!("p{n}-{device}-sale"), "lines": [{"dish": "burger", "portions": 1}], "at": dishsync_protocol::payload::Timestamp::now().to_string(), "device": device}),
                 ),
                 (
                     Family::Override,

@@ -379,11 +379,12 @@ pub fn stock_event(id: &str, kind: &str, qty: f64, unit: &str, device: &str) -> 
     })
 }
 
-/// A sale document.
+/// A sale document, stamped now.
 pub fn sale(id: &str, lines: &[(&str, u32)], device: &str) -> Value {
     let lines: Vec<Value> = lines
         .iter()
         .map(|(d, p)| serde_json::json!({"dish": d, "portions": p}))
         .collect();
-    serde_json::json!({"id": id, "lines": lines, "at": "2026-11-25T18:05:00Z", "device": device})
+    let at = dishsync_protocol::payload::Timestamp::now().to_string();
+    serde_json::json!({"id": id, "lines": lines, "at": at, "device": device})
 }
