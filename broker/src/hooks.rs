@@ -140,20 +140,61 @@ impl IntakeHook {
         }
     }
 
-    async fn refuse_reported(
-        &self,
-        store: Option<&StoreId>,
-        device: &DeviceId,
-        topic: &str,
-        payload: &[u8],
-        code: PublishAckReason,
-        r: Rejection,
-    ) -> PublishAclResult {
-        match store {
-            Some(store) => report(&self.out, store, device, topic, salvage_id(payload), &r).await,
-            None => warn!(%device, topic, reason = %r.message, "publish refused"),
+    /// Decides a publish that has an identity: refused (with the MQTT
+    /// reason, the rejection and the store whose errors topic hears of it),
+    /// passed through (presence), or an input for the rules.
+    fn admit(&self, identity: &Identity, client_id: &str, topic: &str, payload: &[u8]) -> Result<Admitted, Refusal> {
+        // Errors go to the device's own store when the topic names another
+        // (it cannot read the other store's errors topic).
+        let own_store = match &identity.scope {
+            Scope::Store(s) => Some(s.clone()),
+            Scope::Chain => None,
+        };
+        let parsed = topic.parse::<Topic>().map_err(|e| Refusal {
+            code: PublishAckReason::TopicNameInvalid,
+            rejection: Rejection::new(ErrorCode::UnknownTopic, e.to_string()),
+            store: own_store.clone().or_else(|| Topic::store_prefix(topic)),
+        })?;
+        let store = own_store.or_else(|| parsed.store().cloned());
+        let refusal = |code, error, message: String| Refusal {
+            code,
+            rejection: Rejection::new(error, message),
+            store: store.clone(),
+        };
+        if parsed.direction() == Direction::Output {
+            let message = format!("{topic} is published by the broker only");
+            return Err(refusal(
+                PublishAckReason::NotAuthorized,
+                ErrorCode::UnknownTopic,
+                message,
+            ));
         }
-        refuse(code, &r)
+        identity
+            .may_publish(&parsed)
+            .map_err(|denied| refusal(PublishAckReason::NotAuthorized, ErrorCode::NotPermitted, denied.0))?;
+        if !self.limiter.allow(client_id) {
+            let message = format!("more than {} publishes per second; send again later", self.limiter.rate);
+            return Err(refusal(
+                PublishAckReason::QuotaExceeded,
+                ErrorCode::RateLimited,
+                message,
+            ));
+        }
+        match parsed.direction() {
+            Direction::Device if payload == b"online" || payload == b"offline" => Ok(Admitted::Presence),
+            Direction::Device => Err(refusal(
+                PublishAckReason::PayloadFormatInvalid,
+                ErrorCode::MalformedPayload,
+                "device status must be online or offline".into(),
+            )),
+            _ => decode(&parsed, payload)
+                .map(Admitted::Input)
+                .map_err(|rejection| Refusal {
+                    code: PublishAckReason::PayloadFormatInvalid,
+                    rejection,
+                    store: store.clone(),
+                }),
+        }
     }
 
     async fn check(&self, session: &Session, topic: &str, payload: &[u8]) -> PublishAclResult {
@@ -165,125 +206,45 @@ impl IntakeHook {
             );
         };
         let device = identity.device.clone();
-        // Errors go to the device's own store when the topic names another
-        // (it cannot read the other store's errors topic).
-        let own_store = match &identity.scope {
-            Scope::Store(s) => Some(s.clone()),
-            Scope::Chain => None,
-        };
-        let parsed = match topic.parse::<Topic>() {
-            Ok(t) => t,
-            Err(e) => {
-                let store = own_store.or_else(|| Topic::store_prefix(topic));
-                let r = Rejection::new(ErrorCode::UnknownTopic, e.to_string());
-                return self
-                    .refuse_reported(
-                        store.as_ref(),
-                        &device,
-                        topic,
-                        payload,
-                        PublishAckReason::TopicNameInvalid,
-                        r,
-                    )
-                    .await;
-            }
-        };
-        let report_store = own_store.or_else(|| parsed.store().cloned());
-        if parsed.direction() == Direction::Output {
-            let r = Rejection::new(
-                ErrorCode::UnknownTopic,
-                format!("{topic} is published by the broker only"),
-            );
-            return self
-                .refuse_reported(
-                    report_store.as_ref(),
-                    &device,
-                    topic,
-                    payload,
-                    PublishAckReason::NotAuthorized,
-                    r,
-                )
-                .await;
-        }
-        if let Err(denied) = identity.may_publish(&parsed) {
-            let r = Rejection::new(ErrorCode::NotPermitted, denied.0);
-            return self
-                .refuse_reported(
-                    report_store.as_ref(),
-                    &device,
-                    topic,
-                    payload,
-                    PublishAckReason::NotAuthorized,
-                    r,
-                )
-                .await;
-        }
-        if !self.limiter.allow(&session.id.client_id) {
-            let r = Rejection::new(
-                ErrorCode::RateLimited,
-                format!("more than {} publishes per second; send again later", self.limiter.rate),
-            );
-            return self
-                .refuse_reported(
-                    report_store.as_ref(),
-                    &device,
-                    topic,
-                    payload,
-                    PublishAckReason::QuotaExceeded,
-                    r,
-                )
-                .await;
-        }
-        match parsed.direction() {
-            Direction::Device => {
-                if payload == b"online" || payload == b"offline" {
-                    PublishAclResult::allow()
-                } else {
-                    let r = Rejection::new(ErrorCode::MalformedPayload, "device status must be online or offline");
-                    self.refuse_reported(
-                        report_store.as_ref(),
-                        &device,
-                        topic,
-                        &[],
-                        PublishAckReason::PayloadFormatInvalid,
-                        r,
-                    )
-                    .await
+        match self.admit(&identity, &session.id.client_id, topic, payload) {
+            Err(Refusal { code, rejection, store }) => {
+                match store {
+                    Some(store) => report(&self.out, &store, &device, topic, salvage_id(payload), &rejection).await,
+                    None => warn!(%device, topic, reason = %rejection.message, "publish refused"),
                 }
+                refuse(code, &rejection)
             }
-            Direction::Input => {
-                let input = match decode(&parsed, payload) {
-                    Ok(input) => input,
-                    Err(r) => {
-                        return self
-                            .refuse_reported(
-                                report_store.as_ref(),
-                                &device,
-                                topic,
-                                payload,
-                                PublishAckReason::PayloadFormatInvalid,
-                                r,
-                            )
-                            .await;
-                    }
-                };
-                match self.rules.intake(Intake { input, device }).await {
-                    Some(Verdict::Applied) => PublishAclResult::allow(),
-                    Some(Verdict::Duplicate) => PublishAclResult(PublishResult::reason_code(
-                        PublishAckReason::NoMatchingSubscribers,
-                        Some("already applied".into()),
-                        false,
-                    )),
-                    Some(Verdict::Rejected(r)) => refuse(PublishAckReason::PayloadFormatInvalid, &r),
-                    None => refuse(
-                        PublishAckReason::ImplementationSpecificError,
-                        &Rejection::new(ErrorCode::Unavailable, "the rules are stopping; send again"),
-                    ),
-                }
-            }
-            Direction::Output => unreachable!("refused above"),
+            Ok(Admitted::Presence) => PublishAclResult::allow(),
+            Ok(Admitted::Input(input)) => match self.rules.intake(Intake { input, device }).await {
+                Some(Verdict::Applied) => PublishAclResult::allow(),
+                Some(Verdict::Duplicate) => PublishAclResult(PublishResult::reason_code(
+                    PublishAckReason::NoMatchingSubscribers,
+                    Some("already applied".into()),
+                    false,
+                )),
+                Some(Verdict::Rejected(r)) => refuse(PublishAckReason::PayloadFormatInvalid, &r),
+                None => refuse(
+                    PublishAckReason::ImplementationSpecificError,
+                    &Rejection::new(ErrorCode::Unavailable, "the rules are stopping; send again"),
+                ),
+            },
         }
     }
+}
+
+/// What a permitted publish is.
+enum Admitted {
+    /// A device's presence: routed as it is.
+    Presence,
+    /// An input for the rules.
+    Input(crate::rules::Input),
+}
+
+/// Why a publish is refused, and where to say so.
+struct Refusal {
+    code: PublishAckReason,
+    rejection: Rejection,
+    store: Option<StoreId>,
 }
 
 fn unnamed() -> DeviceId {
