@@ -185,7 +185,8 @@ async fn serve_bare() -> Result<()> {
     use rmqtt::context::ServerContext;
     use rmqtt::server::MqttServer;
     let settings = dishsync_broker::Settings::load(&env_path("BENCH_CONFIG")?)?;
-    let scx = ServerContext::new().build().await;
+    // The same context settings as dishsync's (no load-average busy check).
+    let scx = ServerContext::new().busy_check_enable(false).build().await;
     *scx.extends.retain_mut().await = Box::<dishsync_broker::retainer::MemoryRetainer>::default();
     let listener = dishsync_broker::server::listener(&settings, "bare/tcp", "127.0.0.1:0".parse()?).bind()?;
     let addr = listener.local_addr()?;

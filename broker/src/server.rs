@@ -34,7 +34,11 @@ const HOOK_PRIORITY: u32 = 1000;
 /// Runs the broker until the process is stopped. Prints one line,
 /// `dishsync-broker listening on mqtt://ADDR`, once clients can connect.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let scx = ServerContext::new().build().await;
+    // rmqtt's default "busy" check refuses new connections while the
+    // machine's load average is high: on a busy 2-core store server that
+    // would lock POS terminals out exactly at the dinner rush. Connection
+    // limits are set on the listeners instead.
+    let scx = ServerContext::new().busy_check_enable(false).build().await;
     *scx.extends.retain_mut().await = Box::<MemoryRetainer>::default();
     let out = Outbound::new(scx.clone());
 
