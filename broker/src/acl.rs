@@ -142,11 +142,13 @@ pub enum Family {
     Alerts,
     /// `hq/stores/{store}/summary`
     Summary,
+    /// `stores/{store}/scales/{device}/weight`
+    ScaleReadings,
 }
 
 impl Family {
     /// Every family, in matrix order.
-    pub const ALL: [Family; 14] = [
+    pub const ALL: [Family; 15] = [
         Family::StockEvents,
         Family::Sales,
         Family::Override,
@@ -161,6 +163,7 @@ impl Family {
         Family::Transfers,
         Family::Alerts,
         Family::Summary,
+        Family::ScaleReadings,
     ];
 
     /// The family of a topic.
@@ -180,6 +183,7 @@ impl Family {
             Topic::Transfer { .. } => Family::Transfers,
             Topic::Alerts { .. } => Family::Alerts,
             Topic::Summary { .. } => Family::Summary,
+            Topic::ScaleWeight { .. } => Family::ScaleReadings,
         }
     }
 
@@ -213,6 +217,7 @@ impl Family {
             Family::Transfers => &[&["stores", "{store}", "transfers", "*"]],
             Family::Alerts => &[&["stores", "{store}", "alerts"]],
             Family::Summary => &[&["hq", "stores", "{store}", "summary"]],
+            Family::ScaleReadings => &[&["stores", "{store}", "scales", "{device}", "weight"]],
         }
     }
 
@@ -233,6 +238,7 @@ impl Family {
             Family::Transfers => "transfers",
             Family::Alerts => "alerts",
             Family::Summary => "summary",
+            Family::ScaleReadings => "scale readings",
         }
     }
 }
@@ -263,27 +269,27 @@ use Grant::{No, Own, Yes};
 /// [`Role::Demo`]), per family (in [`Family::ALL`] order), (publish,
 /// subscribe). Outputs are never published by clients, whatever the role.
 #[rustfmt::skip]
-pub const MATRIX: [(Role, [(Grant, Grant); 14]); 9] = [
+pub const MATRIX: [(Role, [(Grant, Grant); 15]); 9] = [
     // stock events, sales, override, presence, availability, level, acks+errors, hq alerts,
-    // replenishment actions, replenishment, transfer actions, transfers, alerts, summary
+    // replenishment actions, replenishment, transfer actions, transfers, alerts, summary, scale readings
     (Role::Scale, [(Yes, No), (No, No), (No, No), (Own, No), (No, No), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No)]),
     (Role::Kds, [(Yes, No), (No, No), (Yes, No), (Own, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No)]),
+        (No, No), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No), (No, Yes)]),
     (Role::Pos, [(No, No), (Yes, No), (No, No), (Own, No), (No, Yes), (No, No), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (No, No)]),
     (Role::Manager, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Own, Yes), (No, Yes), (No, Yes), (No, Yes), (No, No),
-        (No, No), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (No, No), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
     (Role::CentralKitchen, [(No, No), (No, No), (No, No), (No, No), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (Yes, Yes), (No, Yes), (No, No), (No, No), (No, No), (No, No)]),
+        (Yes, Yes), (No, Yes), (No, No), (No, No), (No, No), (No, No), (No, No)]),
     (Role::Hq, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
     (Role::Operator, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
     (Role::Bridge, [(Yes, No), (No, No), (No, No), (Yes, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Yes, No)]),
     (Role::Demo, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (Yes, Yes), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (Yes, Yes), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (Yes, Yes)]),
 ];
 
 /// The matrix cell for `role`, `family`, `access`.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dishsync_inventory::Rejection;
-use dishsync_protocol::payload::{BrokerAlertOut, ErrorCode, Timestamp};
+use dishsync_protocol::payload::{BrokerAlertOut, ErrorCode, Timestamp, WeightIn};
 use dishsync_protocol::topic::Direction;
 use dishsync_protocol::{DeviceId, StoreId, Topic};
 use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
@@ -180,13 +180,21 @@ impl IntakeHook {
                 message,
             ));
         }
-        match parsed.direction() {
-            Direction::Device if payload == b"online" || payload == b"offline" => Ok(Admitted::Presence),
-            Direction::Device => Err(refusal(
+        match parsed {
+            Topic::DeviceStatus { .. } if payload == b"online" || payload == b"offline" => Ok(Admitted::Presence),
+            Topic::DeviceStatus { .. } => Err(refusal(
                 PublishAckReason::PayloadFormatInvalid,
                 ErrorCode::MalformedPayload,
                 "device status must be online or offline".into(),
             )),
+            Topic::ScaleWeight { .. } => match serde_json::from_slice::<WeightIn>(payload) {
+                Ok(_) => Ok(Admitted::Presence),
+                Err(e) => Err(refusal(
+                    PublishAckReason::PayloadFormatInvalid,
+                    ErrorCode::MalformedPayload,
+                    format!("malformed reading: {e}"),
+                )),
+            },
             _ => decode(&parsed, payload)
                 .map(Admitted::Input)
                 .map_err(|rejection| Refusal {
@@ -234,7 +242,7 @@ impl IntakeHook {
 
 /// What a permitted publish is.
 enum Admitted {
-    /// A device's presence: routed as it is.
+    /// A device's presence or reading: routed as it is.
     Presence,
     /// An input for the rules.
     Input(crate::rules::Input),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use dishsync_protocol::payload::{
     AckOut, ActionIn, AlertOut, DishAvailabilityOut, ErrorCode, ErrorOut, LevelOut, OverrideIn, OverrideStatus,
     RequestOut, SaleIn, SaleLine, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp, TransferOut,
-    TransferRequestIn,
+    TransferRequestIn, WeightIn,
 };
 use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, Unit};
@@ -99,6 +99,10 @@ pub struct ClientConfig {
     /// An HQ-level device (central kitchen, HQ): its acks and errors come
     /// under whichever store an input concerns.
     pub hq: bool,
+    /// Announce `online` on every connect (the device's own presence). A
+    /// bridge that speaks for a device turns this off and reports the
+    /// device's own link with [`Client::set_presence`].
+    pub presence: bool,
 }
 
 impl ClientConfig {
@@ -117,6 +121,7 @@ impl ClientConfig {
             max_backoff: Duration::from_secs(10),
             watch: Vec::new(),
             hq: false,
+            presence: true,
         }
     }
 }
@@ -176,6 +181,8 @@ pub struct Client {
     config: Arc<ClientConfig>,
     outbox: Outbox,
     wake: Arc<Notify>,
+    /// Best-effort messages (presence, readings) for the connection task.
+    live: mpsc::Sender<(String, Vec<u8>, QoS, bool)>,
     stop: watch::Sender<bool>,
     connected: watch::Receiver<bool>,
     /// Messages in the outbox, updated on every record and ack.
@@ -194,7 +201,10 @@ impl Client {
         let (connected_tx, connected) = watch::channel(false);
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let pending = Arc::new(watch::Sender::new(outbox.len()));
+        let (live, live_rx) = mpsc::channel(256);
         let task = Connection {
+            live: live_rx,
+            states: HashMap::new(),
             pending: Arc::clone(&pending),
             config: Arc::clone(&config),
             outbox: outbox.clone(),
@@ -210,6 +220,7 @@ impl Client {
                 config,
                 outbox,
                 wake,
+                live,
                 stop,
                 connected,
                 pending,
@@ -376,6 +387,38 @@ impl Client {
         Ok(())
     }
 
+    /// Publishes the device's presence now (retained), when connected. Not
+    /// durable: presence is a state, re-sent on every change.
+    pub fn set_presence(&self, online: bool) {
+        let topic = Topic::DeviceStatus {
+            store: self.config.store.clone(),
+            device: self.config.device.clone(),
+        };
+        let payload = if online {
+            b"online".to_vec()
+        } else {
+            b"offline".to_vec()
+        };
+        let _ = self.live.try_send((topic.to_string(), payload, QoS::AtLeastOnce, true));
+    }
+
+    /// Publishes a scale reading now (QoS 0, not durable: the next reading
+    /// replaces it).
+    pub fn publish_weight(&self, grams: i64, stable: bool) {
+        let topic = Topic::ScaleWeight {
+            store: self.config.store.clone(),
+            device: self.config.device.clone(),
+        };
+        let reading = WeightIn {
+            grams,
+            at: Timestamp::now(),
+            stable,
+        };
+        let _ = self
+            .live
+            .try_send((topic.to_string(), Self::json(&reading), QoS::AtMostOnce, false));
+    }
+
     /// Records a request for stock from another store.
     pub fn record_transfer_request(&self, sku: &SkuId, qty: f64, unit: Unit) -> Result<EventId, ClientError> {
         if !qty.is_finite() || qty <= 0.0 {
@@ -482,6 +525,9 @@ struct Connection {
     config: Arc<ClientConfig>,
     outbox: Outbox,
     wake: Arc<Notify>,
+    live: mpsc::Receiver<(String, Vec<u8>, QoS, bool)>,
+    /// Retained states set through `live`, re-published on every connect.
+    states: HashMap<String, Vec<u8>>,
     stop: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
     pending: Arc<watch::Sender<usize>>,
@@ -602,7 +648,12 @@ impl Connection {
                         for w in &self.config.watch {
                             let _ = client.try_subscribe(w.filter(&store), QoS::AtLeastOnce);
                         }
-                        let _ = client.try_publish(self.status_topic(), QoS::AtLeastOnce, true, "online");
+                        if self.config.presence {
+                            let _ = client.try_publish(self.status_topic(), QoS::AtLeastOnce, true, "online");
+                        }
+                        for (topic, payload) in &self.states {
+                            let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone());
+                        }
                         info!(%device, "connected; {} message(s) in the outbox", self.outbox.len());
                         last_progress = Instant::now();
                     }
@@ -631,6 +682,15 @@ impl Connection {
                     }
                 },
                 _ = self.wake.notified() => {}
+                Some((topic, payload, qos, retain)) = self.live.recv() => {
+                    if up {
+                        let _ = client.try_publish(topic.clone(), qos, retain, payload.clone());
+                    }
+                    if retain {
+                        // A state (presence): the latest is re-sent on every connect.
+                        self.states.insert(topic, payload);
+                    }
+                }
                 _ = tokio::time::sleep_until(ack_deadline), if !in_flight.is_empty() => {
                     warn!(%device, in_flight = in_flight.len(), "no ack within the timeout; sending again");
                     in_flight.clear();

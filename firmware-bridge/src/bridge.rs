@@ -11,7 +11,10 @@
 //! broker's end-to-end ack. Availability of the dishes a board subscribed to
 //! is pushed down as it changes.
 //!
-//! What it does not do yet: serial lines, and forwarding `Weight` readings.
+//! Scale readings (`Weight`) go to `stores/{store}/scales/{device}/weight`;
+//! the device's presence follows its own link to the bridge (`online` when
+//! it authenticates, `offline` when it leaves; the bridge's last will covers
+//! a bridge crash). What it does not do yet: serial lines.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -133,6 +136,8 @@ impl Bridge {
         );
         cfg.credentials = device.password.clone().map(|p| (device.id.to_string(), p));
         cfg.watch = vec![Watch::Availability];
+        // Presence follows the device's own link to the bridge.
+        cfg.presence = false;
         cfg.ack_timeout = Duration::from_secs(5);
         cfg.max_backoff = Duration::from_secs(2);
         let (client, mut updates) = Client::start(cfg)?;
@@ -243,6 +248,23 @@ async fn session(bridge: Arc<Bridge>, stream: TcpStream) -> Result<()> {
     .map_err(|_| anyhow!("no hello in time"))??;
 
     let link = bridge.link(&device)?;
+    link.client.set_presence(true);
+    let result = serve_device(&link, &device, boot, leftover, &mut rd, &mut wr, &mut decoder).await;
+    link.client.set_presence(false);
+    result
+}
+
+/// The session of an authenticated device until it disconnects.
+async fn serve_device(
+    link: &Link,
+    device: &DeviceConfig,
+    boot: u32,
+    leftover: Vec<u8>,
+    rd: &mut (impl AsyncReadExt + Unpin),
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    decoder: &mut Decoder,
+) -> Result<()> {
+    let mut buf = [0u8; 512];
     let (tx, mut updates) = mpsc::unbounded_channel();
     if let Ok(mut slot) = link.conn.lock() {
         *slot = Some(tx);
@@ -315,6 +337,7 @@ async fn session(bridge: Arc<Bridge>, stream: TcpStream) -> Result<()> {
                             }
                         }
                         Some(Ok(Message::Ping { n })) => out.push(Message::Pong { n }),
+                        Some(Ok(Message::Weight { grams, stable })) => link.client.publish_weight(i64::from(grams), stable),
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             warn!(device = %device.id, error = ?e, "bad frame");
@@ -324,7 +347,7 @@ async fn session(bridge: Arc<Bridge>, stream: TcpStream) -> Result<()> {
                     }
                 }
                 for m in out {
-                    send(&mut wr, &m).await?;
+                    send(&mut *wr, &m).await?;
                 }
             }
             update = updates.recv() => {
@@ -333,7 +356,7 @@ async fn session(bridge: Arc<Bridge>, stream: TcpStream) -> Result<()> {
                     Update::Acked(ids) => {
                         for id in ids {
                             if let Some(seq) = pending.remove(&id) {
-                                send(&mut wr, &Message::Ack { seq }).await?;
+                                send(&mut *wr, &Message::Ack { seq }).await?;
                             }
                         }
                     }
@@ -344,14 +367,14 @@ async fn session(bridge: Arc<Bridge>, stream: TcpStream) -> Result<()> {
                             // retransmit of an event already applied.
                             if err.code != ErrorCode::IdConflict {
                                 warn!(device = %device.id, %id, reason = %err.error, "the broker refused an event");
-                                send(&mut wr, &Message::Error { code: 5 }).await?;
+                                send(&mut *wr, &Message::Error { code: 5 }).await?;
                             }
-                            send(&mut wr, &Message::Ack { seq }).await?;
+                            send(&mut *wr, &Message::Ack { seq }).await?;
                         }
                     }
                     Update::Availability(a) if subscribed.contains(&a.dish) => {
                         let msg = Message::Availability { dish: a.dish.as_str(), status: dish_status(a.status), portions: a.portions as u32 };
-                        send(&mut wr, &msg).await?;
+                        send(&mut *wr, &msg).await?;
                     }
                     _ => {}
                 }
@@ -381,6 +404,8 @@ pub struct SimDevice {
     pub unit: Unit,
     /// The kind of each event.
     pub kind: StockKind,
+    /// A scale reading to send once after the hello, grams.
+    pub weight: Option<i32>,
     /// Dishes to subscribe to (a sold-out board).
     pub subscribe: Vec<String>,
     /// Stop once this dish shows this status.
@@ -456,6 +481,9 @@ pub async fn sim_device(sim: SimDevice) -> Result<()> {
                     let p = proof(&key, &nonce, &sim.device, sim.boot);
                     send(&mut wr, &Message::Hello { device: &sim.device, boot: sim.boot, firmware: "sim-1", proof: p }).await?;
                     authenticated = true;
+                    if let Some(grams) = sim.weight {
+                        send(&mut wr, &Message::Weight { grams, stable: true }).await?;
+                    }
                     for dish in &sim.subscribe {
                         send(&mut wr, &Message::Subscribe { dish }).await?;
                     }

@@ -55,6 +55,9 @@ enum Command {
         /// Kind of the events.
         #[arg(long, value_enum, default_value_t = KindArg::Receive)]
         kind: KindArg,
+        /// Send one stable scale reading of this many grams after the hello.
+        #[arg(long)]
+        weight: Option<i32>,
         /// Dishes to subscribe to (repeatable).
         #[arg(long)]
         subscribe: Vec<String>,
@@ -128,6 +131,7 @@ pub fn main() -> ExitCode {
                 qty,
                 unit,
                 kind,
+                weight,
                 subscribe,
                 until,
                 seconds,
@@ -154,6 +158,7 @@ pub fn main() -> ExitCode {
                     qty,
                     unit,
                     kind,
+                    weight,
                     subscribe,
                     until,
                     deadline: Duration::from_secs(seconds),

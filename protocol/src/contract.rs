@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::payload::WeightIn;
 use crate::payload::{
     AckOut, ActionIn, AlertOut, BrokerAlertOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, RequestOut,
     SaleIn, StockEventIn, StoreAvailabilityOut, SummaryOut, TransferOut, TransferRequestIn,
@@ -60,6 +61,10 @@ fn every_example_in_topics_md_parses() {
                 parse::<OverrideIn>(topic, body);
                 "override"
             }
+            Topic::ScaleWeight { .. } => {
+                parse::<WeightIn>(topic, body);
+                "weight"
+            }
             Topic::DeviceStatus { .. } => {
                 assert!(matches!(body.trim(), "online" | "offline"), "{topic}: {body}");
                 "status"
@@ -115,7 +120,7 @@ fn every_example_in_topics_md_parses() {
         };
         kinds.insert(kind);
     }
-    assert_eq!(kinds.len(), 16, "every topic of the contract has an example: {kinds:?}");
+    assert_eq!(kinds.len(), 17, "every topic of the contract has an example: {kinds:?}");
 }
 
 #[test]
@@ -125,6 +130,7 @@ fn every_topic_pattern_is_documented() {
         "stores/{store}/sales",
         "stores/{store}/dishes/{dish}/override",
         "stores/{store}/devices/{device}/status",
+        "stores/{store}/scales/{device}/weight",
         "stores/{store}/dishes/{dish}/availability",
         "stores/{store}/availability",
         "stores/{store}/stock/{sku}/level",

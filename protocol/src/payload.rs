@@ -177,6 +177,19 @@ pub struct OverrideIn {
     pub note: Option<String>,
 }
 
+/// `stores/{store}/scales/{device}/weight`: a raw scale reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightIn {
+    /// Grams on the platform.
+    pub grams: i64,
+    /// When it was read.
+    pub at: Timestamp,
+    /// Whether the reading has settled.
+    #[serde(default)]
+    pub stable: bool,
+}
+
 // --------------------------------------------------------------- outputs
 
 /// A dish's availability as a POS sees it.

@@ -40,6 +40,14 @@ pub enum Topic {
         /// The device.
         device: DeviceId,
     },
+    /// `stores/{store}/scales/{device}/weight` — raw scale readings, routed
+    /// as they are.
+    ScaleWeight {
+        /// The store.
+        store: StoreId,
+        /// The scale.
+        device: DeviceId,
+    },
 
     // ---- outputs: broker → devices ----
     /// `stores/{store}/dishes/{dish}/availability` — retained.
@@ -238,7 +246,7 @@ impl Topic {
             | Topic::RequestAction { .. }
             | Topic::TransferRequest { .. }
             | Topic::TransferAction { .. } => Direction::Input,
-            Topic::DeviceStatus { .. } => Direction::Device,
+            Topic::DeviceStatus { .. } | Topic::ScaleWeight { .. } => Direction::Device,
             _ => Direction::Output,
         }
     }
@@ -250,6 +258,7 @@ impl Topic {
             | Topic::Sales { store }
             | Topic::DishOverride { store, .. }
             | Topic::DeviceStatus { store, .. }
+            | Topic::ScaleWeight { store, .. }
             | Topic::DishAvailability { store, .. }
             | Topic::StoreAvailability { store }
             | Topic::StockLevel { store, .. }
@@ -341,6 +350,10 @@ impl FromStr for Topic {
                 id: doc(3)?,
                 action: TransferAction::parse(action).ok_or_else(unknown)?,
             },
+            ["stores", _, "scales", _, "weight"] => Topic::ScaleWeight {
+                store: store(1)?,
+                device: device(3)?,
+            },
             ["stores", _, "devices", _, "status"] => Topic::DeviceStatus {
                 store: store(1)?,
                 device: device(3)?,
@@ -361,6 +374,7 @@ impl fmt::Display for Topic {
             Topic::DeviceStatus { store, device } => {
                 write!(f, "stores/{store}/devices/{device}/status")
             }
+            Topic::ScaleWeight { store, device } => write!(f, "stores/{store}/scales/{device}/weight"),
             Topic::DishAvailability { store, dish } => {
                 write!(f, "stores/{store}/dishes/{dish}/availability")
             }
@@ -399,6 +413,7 @@ mod tests {
             "stores/downtown/acks/pos-1",
             "stores/downtown/errors/pos-1",
             "stores/downtown/devices/scale-1/status",
+            "stores/downtown/scales/scale-1/weight",
             "stores/downtown/transfers/request",
             "stores/downtown/transfers/tr-7",
             "stores/downtown/transfers/tr-7/accept",

@@ -130,14 +130,33 @@ async fn a_simulated_scale_books_stock_through_the_bridge() -> Result<()> {
     pos.subscribe("stores/s1/stock/fries/level", QoS::AtLeastOnce).await?;
     pos.subscribe("stores/s1/dishes/chips/availability", QoS::AtLeastOnce)
         .await?;
+    pos.subscribe("stores/s1/scales/scale-7/weight", QoS::AtLeastOnce)
+        .await?;
+    pos.subscribe("stores/s1/devices/scale-7/status", QoS::AtLeastOnce)
+        .await?;
 
-    let (mut device, lines) = sim(
-        listen,
-        "scale-7",
-        &["--events", "5", "--sku", "fries", "--qty", "200", "--unit", "g"],
-    )?;
+    let args = [
+        "--events", "5", "--sku", "fries", "--qty", "200", "--unit", "g", "--weight", "1234",
+    ];
+    let (mut device, lines) = sim(listen, "scale-7", &args)?;
     wait_line(&lines, |l| l == "done: 5 of 5 acknowledged")?;
     let _ = device.wait();
+    // The reading reached the broker, and presence followed the device's
+    // own link: online while connected, offline once it left.
+    let reading = pos
+        .wait_latest("stores/s1/scales/scale-7/weight", |d| d["grams"] == json!(1234))
+        .await?;
+    assert_eq!(reading["stable"], json!(true));
+    let status = "stores/s1/devices/scale-7/status";
+    pos.wait_until("online then offline", |seen| {
+        let states: Vec<&str> = seen
+            .iter()
+            .filter(|m| m.topic == status)
+            .map(|m| m.text.as_str())
+            .collect();
+        states.windows(2).any(|w| w == ["online", "offline"])
+    })
+    .await?;
     pos.wait_latest("stores/s1/stock/fries/level", |d| d["qty"] == json!(1000))
         .await?;
     pos.wait_latest("stores/s1/dishes/chips/availability", |d| d["portions"] == json!(5))

@@ -87,6 +87,10 @@ fn filters(family: Family, store: &str, device: &str) -> Vec<(String, bool)> {
         Family::Transfers => vec![(format!("stores/{store}/transfers/+"), false)],
         Family::Alerts => vec![(format!("stores/{store}/alerts"), false)],
         Family::Summary => vec![(format!("hq/stores/{store}/summary"), false)],
+        Family::ScaleReadings => vec![
+            (format!("stores/{store}/scales/{device}/weight"), true),
+            (format!("stores/{store}/scales/+/weight"), false),
+        ],
     }
 }
 

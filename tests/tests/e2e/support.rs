@@ -148,6 +148,8 @@ pub struct Received {
     pub topic: String,
     /// The payload, parsed as JSON (`Value::Null` if it was not JSON).
     pub json: Value,
+    /// The payload as text (for plain-text topics such as presence).
+    pub text: String,
 }
 
 /// A real MQTT client that records everything it receives.
@@ -202,10 +204,12 @@ impl Client {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        let text = String::from_utf8_lossy(&p.payload).into_owned();
                         if tx
                             .send(Received {
                                 topic: p.topic.clone(),
                                 json,
+                                text,
                             })
                             .is_err()
                         {
