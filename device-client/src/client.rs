@@ -205,6 +205,7 @@ impl Client {
         let task = Connection {
             live: live_rx,
             states: HashMap::new(),
+            unsent: HashMap::new(),
             pending: Arc::clone(&pending),
             config: Arc::clone(&config),
             outbox: outbox.clone(),
@@ -528,6 +529,8 @@ struct Connection {
     live: mpsc::Receiver<(String, Vec<u8>, QoS, bool)>,
     /// Retained states set through `live`, re-published on every connect.
     states: HashMap<String, Vec<u8>>,
+    /// The latest reading per topic made while disconnected.
+    unsent: HashMap<String, (Vec<u8>, QoS)>,
     stop: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
     pending: Arc<watch::Sender<usize>>,
@@ -654,6 +657,9 @@ impl Connection {
                         for (topic, payload) in &self.states {
                             let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone());
                         }
+                        for (topic, (payload, qos)) in self.unsent.drain() {
+                            let _ = client.try_publish(topic, qos, false, payload);
+                        }
                         info!(%device, "connected; {} message(s) in the outbox", self.outbox.len());
                         last_progress = Instant::now();
                     }
@@ -685,6 +691,10 @@ impl Connection {
                 Some((topic, payload, qos, retain)) = self.live.recv() => {
                     if up {
                         let _ = client.try_publish(topic.clone(), qos, retain, payload.clone());
+                    } else if !retain {
+                        // A reading made while the link is down: the latest
+                        // per topic goes out on connect (it carries its time).
+                        self.unsent.insert(topic.clone(), (payload.clone(), qos));
                     }
                     if retain {
                         // A state (presence): the latest is re-sent on every connect.

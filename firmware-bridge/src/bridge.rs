@@ -14,7 +14,8 @@
 //! Scale readings (`Weight`) go to `stores/{store}/scales/{device}/weight`;
 //! the device's presence follows its own link to the bridge (`online` when
 //! it authenticates, `offline` when it leaves; the bridge's last will covers
-//! a bridge crash). What it does not do yet: serial lines.
+//! a bridge crash). Devices connect over TCP or sit on serial lines
+//! (`[[serial]]` in the configuration), one device per line.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -49,6 +50,24 @@ pub struct BridgeConfig {
     /// The devices this bridge speaks for.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// Serial lines, each with one device on it.
+    #[serde(default)]
+    pub serial: Vec<SerialConfig>,
+}
+
+/// A serial line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// The port, e.g. `/dev/ttyUSB0`.
+    pub path: String,
+    /// Baud rate.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+fn default_baud() -> u32 {
+    115_200
 }
 
 /// One device.
@@ -176,15 +195,19 @@ pub async fn serve(config: BridgeConfig) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    println!("dishsync-bridge listening on tcp://{}", listener.local_addr()?);
     let bridge = Arc::new(Bridge {
         config,
         host,
         port,
         links: Mutex::default(),
     });
+    for line in bridge.config.serial.clone() {
+        tokio::spawn(serve_serial(Arc::clone(&bridge), line));
+    }
+    println!("dishsync-bridge listening on tcp://{}", listener.local_addr()?);
     loop {
         let (stream, peer) = listener.accept().await?;
+        stream.set_nodelay(true)?;
         let bridge = Arc::clone(&bridge);
         tokio::spawn(async move {
             if let Err(e) = session(bridge, stream).await {
@@ -202,10 +225,71 @@ fn dish_status(s: DishStatus) -> Status {
     }
 }
 
+/// Serves one serial line for as long as the bridge runs: a session at a
+/// time, a fresh challenge after each (a device that rebooted waits for one).
+async fn serve_serial(bridge: Arc<Bridge>, line: SerialConfig) {
+    loop {
+        match open_serial(&line) {
+            Ok(stream) => {
+                if let Err(e) = session(Arc::clone(&bridge), stream).await {
+                    warn!(path = %line.path, error = %e, "serial session ended");
+                }
+            }
+            Err(e) => warn!(path = %line.path, error = %e, "cannot open the serial line"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Opens a serial port as an async byte stream: two threads pump bytes
+/// between the (blocking) port and one end of an in-memory duplex pipe.
+fn open_serial(line: &SerialConfig) -> Result<tokio::io::DuplexStream> {
+    let port = serialport::new(&line.path, line.baud)
+        .timeout(Duration::from_millis(100))
+        .open()?;
+    let mut reader = port.try_clone()?;
+    let mut writer = port;
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (mut pipe_rd, mut pipe_wr) = tokio::io::split(theirs);
+    let handle = tokio::runtime::Handle::current();
+    let h = handle.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        loop {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if h.block_on(pipe_wr.write_all(&buf[..n])).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break,
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        loop {
+            match handle.block_on(pipe_rd.read(&mut buf)) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if std::io::Write::write_all(&mut writer, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Ok(ours)
+}
+
 /// One device connection: challenge, hello, then frames both ways.
-async fn session(bridge: Arc<Bridge>, stream: TcpStream) -> Result<()> {
-    stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
+async fn session<S>(bridge: Arc<Bridge>, stream: S) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| anyhow!("no randomness: {e}"))?;
     send(&mut wr, &Message::Challenge { nonce }).await?;

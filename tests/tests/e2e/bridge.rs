@@ -9,8 +9,10 @@ use std::sync::mpsc as std_mpsc;
 
 use anyhow::{anyhow, Result};
 use dishsync_broker::store::Store;
+use dishsync_firmware_bridge::{encode, Decoder, Message, StockKind, Unit};
 use rumqttc::QoS;
 use serde_json::json;
+use serialport::SerialPort;
 
 use crate::availability::stock_and_wait;
 use crate::support::{free_addr, sale, small_chain, stock_event, temp_data_dir, BrokerProcess, Client, DEADLINE};
@@ -28,10 +30,14 @@ struct BridgeProcess {
 
 impl BridgeProcess {
     fn start(dir: &Path, broker: SocketAddr, listen: SocketAddr) -> Result<BridgeProcess> {
+        BridgeProcess::start_with(dir, broker, listen, "")
+    }
+
+    fn start_with(dir: &Path, broker: SocketAddr, listen: SocketAddr, extra: &str) -> Result<BridgeProcess> {
         let config = format!(
             "listen = \"{listen}\"\nbroker = \"{broker}\"\noutbox_dir = \"{}\"\n\n\
              [[devices]]\nid = \"scale-7\"\nstore = \"s1\"\nkey = \"{KEY}\"\n\n\
-             [[devices]]\nid = \"board-1\"\nstore = \"s1\"\nkey = \"{KEY}\"\n",
+             [[devices]]\nid = \"board-1\"\nstore = \"s1\"\nkey = \"{KEY}\"\n\n{extra}",
             dir.join("bridge-outbox").display()
         );
         let path = dir.join("bridge.toml");
@@ -247,4 +253,112 @@ async fn the_bridge_killed_and_restarted_while_the_device_retransmits_applies_ea
         "each of the 40 events applied exactly once"
     );
     Ok(())
+}
+
+/// Reads frames from a serial port until `want` holds for one.
+fn read_until(port: &mut serialport::TTYPort, mut want: impl FnMut(&Message<'_>) -> bool) -> Result<()> {
+    use std::io::Read;
+    let mut decoder = Decoder::new();
+    let mut buf = [0u8; 256];
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::time::Instant::now() < deadline {
+        let n = match port.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for &b in &buf[..n] {
+            if let Some(Ok(msg)) = decoder.push(b) {
+                if want(&msg) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(anyhow!("nothing expected arrived on the serial line"))
+}
+
+fn write_frame(port: &mut serialport::TTYPort, msg: &Message<'_>) -> Result<()> {
+    let mut out = [0u8; dishsync_firmware_bridge::MAX_FRAME];
+    let n = encode(msg, &mut out).map_err(|e| anyhow!("{e:?}"))?;
+    std::io::Write::write_all(port, &out[..n])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_on_a_serial_line_books_stock_through_the_bridge() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    // A pseudo-terminal pair: the bridge opens one end as its serial line,
+    // this test is the device on the other.
+    let (mut device, line) = serialport::TTYPort::pair()?;
+    let path = line.name().ok_or_else(|| anyhow!("the pty has no name"))?;
+    let listen = free_addr()?;
+    let _bridge = BridgeProcess::start_with(
+        tmp.path(),
+        broker.addr,
+        listen,
+        &format!("[[serial]]\npath = \"{path}\"\n"),
+    )?;
+    let mut pos = Client::connect(broker.addr, "pos-1").await?;
+    pos.subscribe("stores/s1/stock/beef/level", QoS::AtLeastOnce).await?;
+
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        device.set_timeout(std::time::Duration::from_millis(100))?;
+        let key = hex_key();
+        let mut nonce = None;
+        read_until(&mut device, |m| match m {
+            Message::Challenge { nonce: n } => {
+                nonce = Some(*n);
+                true
+            }
+            _ => false,
+        })?;
+        let nonce = nonce.ok_or_else(|| anyhow!("no challenge"))?;
+        let proof = dishsync_firmware_bridge::bridge::proof(&key, &nonce, "scale-7", 4);
+        write_frame(
+            &mut device,
+            &Message::Hello {
+                device: "scale-7",
+                boot: 4,
+                firmware: "serial-test",
+                proof,
+            },
+        )?;
+        for seq in 1..=3 {
+            write_frame(
+                &mut device,
+                &Message::StockEvent {
+                    seq,
+                    sku: "beef",
+                    kind: StockKind::Receive,
+                    qty: 100,
+                    unit: Unit::G,
+                },
+            )?;
+        }
+        let mut acked = std::collections::BTreeSet::new();
+        read_until(&mut device, |m| {
+            if let Message::Ack { seq } = m {
+                acked.insert(*seq);
+            }
+            acked.len() == 3
+        })?;
+        drop(line);
+        Ok(())
+    })
+    .await??;
+    pos.wait_latest("stores/s1/stock/beef/level", |d| d["qty"] == json!(300))
+        .await?;
+    drop(pos);
+    drop(broker);
+    assert_eq!(
+        ledger_ids(&data, "scale-7:4:")?,
+        ["scale-7:4:1", "scale-7:4:2", "scale-7:4:3"]
+    );
+    Ok(())
+}
+
+fn hex_key() -> Vec<u8> {
+    (0..32u8).collect()
 }
