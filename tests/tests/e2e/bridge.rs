@@ -1,7 +1,6 @@
 //! The firmware bridge end to end: a simulated MCU scale or sold-out board
 //! → the bridge (child process) → the real broker, and back.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +14,9 @@ use serde_json::json;
 use serialport::SerialPort;
 
 use crate::availability::stock_and_wait;
-use crate::support::{free_addr, sale, small_chain, stock_event, temp_data_dir, BrokerProcess, Client, DEADLINE};
+use crate::support::{
+    free_addr, lines_of, sale, small_chain, stock_event, temp_data_dir, BrokerProcess, Client, DEADLINE,
+};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -49,16 +50,8 @@ impl BridgeProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if line.starts_with("dishsync-bridge listening on tcp://") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(DEADLINE)
+        let lines = lines_of(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+        wait_line(&lines, |l| l.starts_with("dishsync-bridge listening on tcp://"))
             .map_err(|_| anyhow!("the bridge did not start"))?;
         Ok(BridgeProcess { child })
     }
@@ -92,14 +85,8 @@ fn sim(bridge: SocketAddr, device: &str, args: &[&str]) -> Result<(Child, std_mp
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, rx) = std_mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-            let _ = tx.send(line);
-        }
-    });
-    Ok((child, rx))
+    let lines = lines_of(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+    Ok((child, lines))
 }
 
 fn wait_line(rx: &std_mpsc::Receiver<String>, want: impl Fn(&str) -> bool) -> Result<String> {

@@ -3,7 +3,6 @@
 //! happens to the network, the broker or the client process.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc as std_mpsc;
@@ -17,7 +16,9 @@ use dishsync_protocol::{EventId, Unit};
 use serde_json::{json, Value};
 use tokio::time::{timeout_at, Instant};
 
-use crate::support::{cli_binary, free_addr, small_chain, temp_data_dir, BrokerProcess, Client as Mqtt, DEADLINE};
+use crate::support::{
+    cli_binary, free_addr, lines_of, small_chain, temp_data_dir, BrokerProcess, Client as Mqtt, DEADLINE,
+};
 
 fn config(addr: std::net::SocketAddr, device: &str, outbox: &Path) -> Result<ClientConfig> {
     let mut c = ClientConfig::new(
@@ -175,18 +176,17 @@ fn record_then_kill(addr: std::net::SocketAddr, outbox: &Path, args: &[&str]) ->
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, rx) = std_mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-            if let Some(id) = line.strip_prefix("recorded ") {
-                let _ = tx.send(id.to_string());
-            }
+    let lines = lines_of(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let id = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .map_err(|_| anyhow!("the CLI never recorded"))?;
+        if let Some(id) = line.strip_prefix("recorded ") {
+            break id.to_string();
         }
-    });
-    let id = rx
-        .recv_timeout(DEADLINE)
-        .map_err(|_| anyhow!("the CLI never recorded"))?;
+    };
     child.kill()?;
     child.wait()?;
     Ok(id)
@@ -251,22 +251,17 @@ async fn watch_json_shows_a_scripted_service_in_order() -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let stdout = watcher.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, rx) = std_mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    let chips_status = |rx: &std_mpsc::Receiver<Value>, want: &str| -> Result<Value> {
+    let rx = lines_of(watcher.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+    let chips_status = |rx: &std_mpsc::Receiver<String>, want: &str| -> Result<Value> {
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let v = rx
+            let line = rx
                 .recv_timeout(left)
                 .map_err(|_| anyhow!("watch never showed chips {want}"))?;
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
             if v["type"] == "availability" && v["data"]["dish"] == "chips" {
                 assert_eq!(v["data"]["status"], want, "chips changes in order: {v}");
                 return Ok(v);

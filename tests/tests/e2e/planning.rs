@@ -49,8 +49,8 @@ async fn a_replenishment_goes_from_crossing_to_received() -> Result<()> {
     manager.subscribe("stores/s1/alerts", QoS::AtLeastOnce).await?;
     manager.subscribe("stores/s1/acks/manager-1", QoS::AtLeastOnce).await?;
 
-    // Counted at 8, then 7 used: at or below the reorder point of 2? Not yet.
-    // Then down to 1: one request for par 10 − 1 = 9.
+    // Counted at 8, then 5 used: 3 is above the reorder point of 2.
+    // Then 2 more: 1 ≤ 2, one request for par 10 − 1 = 9.
     stock_and_wait(
         &mut manager,
         "s1",

@@ -43,6 +43,20 @@ pub fn free_addr() -> Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
+/// The lines a child process prints, as they come, on a channel (read by
+/// a thread until the pipe closes).
+pub fn lines_of(stdout: std::process::ChildStdout) -> std_mpsc::Receiver<String> {
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A fresh temporary directory holding a `data` directory for a broker.
 pub fn temp_data_dir() -> Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;
