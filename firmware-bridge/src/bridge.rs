@@ -217,6 +217,26 @@ pub async fn serve(config: BridgeConfig) -> Result<()> {
     }
 }
 
+fn contract_kind(k: StockKind) -> dishsync_client::protocol::payload::StockKind {
+    use dishsync_client::protocol::payload::StockKind as Contract;
+    match k {
+        StockKind::Receive => Contract::Receive,
+        StockKind::Consume => Contract::Consume,
+        StockKind::Waste => Contract::Waste,
+        StockKind::Count => Contract::Count,
+        StockKind::Adjust => Contract::Adjust,
+    }
+}
+
+fn contract_unit(u: Unit) -> dishsync_client::protocol::Unit {
+    use dishsync_client::protocol::Unit as Contract;
+    match u {
+        Unit::G => Contract::G,
+        Unit::Ml => Contract::Ml,
+        Unit::Pcs => Contract::Pcs,
+    }
+}
+
 fn dish_status(s: DishStatus) -> Status {
     match s {
         DishStatus::Available => Status::Available,
@@ -384,18 +404,9 @@ async fn serve_device(
                                 out.extend([Message::Error { code: 4 }, Message::Ack { seq }]);
                                 continue;
                             };
-                            let (kind, reason) = match kind {
-                                StockKind::Receive => (dishsync_client::protocol::payload::StockKind::Receive, None),
-                                StockKind::Consume => (dishsync_client::protocol::payload::StockKind::Consume, None),
-                                StockKind::Waste => (dishsync_client::protocol::payload::StockKind::Waste, Some("reported by the device".to_string())),
-                                StockKind::Count => (dishsync_client::protocol::payload::StockKind::Count, None),
-                                StockKind::Adjust => (dishsync_client::protocol::payload::StockKind::Adjust, None),
-                            };
-                            let unit = match unit {
-                                Unit::G => dishsync_client::protocol::Unit::G,
-                                Unit::Ml => dishsync_client::protocol::Unit::Ml,
-                                Unit::Pcs => dishsync_client::protocol::Unit::Pcs,
-                            };
+                            // The contract wants a reason for waste; a device has none to give.
+                            let reason = (kind == StockKind::Waste).then(|| "reported by the device".to_string());
+                            let (kind, unit) = (contract_kind(kind), contract_unit(unit));
                             match link.client.record_stock_as(&id, &sku, kind, f64::from(qty), unit, reason) {
                                 Ok(()) => {
                                     pending.insert(id, seq);
@@ -410,10 +421,8 @@ async fn serve_device(
                             if let Ok(dish) = DishId::new(dish) {
                                 let known = link.availability.lock().ok().and_then(|c| c.get(&dish).copied());
                                 if let Some((status, portions)) = known {
-                                    let mut frame = [0u8; MAX_FRAME];
                                     let msg = Message::Availability { dish: dish.as_str(), status: dish_status(status), portions: portions as u32 };
-                                    let n = encode(&msg, &mut frame).map_err(|e| anyhow!("{e:?}"))?;
-                                    wr.write_all(&frame[..n]).await?;
+                                    send(&mut *wr, &msg).await?;
                                 }
                                 subscribed.insert(dish);
                             } else {
@@ -498,6 +507,21 @@ pub struct SimDevice {
     pub deadline: Duration,
 }
 
+/// Sends every stock event of `sim` that has no ack yet, in order.
+async fn send_unacked(wr: &mut (impl AsyncWriteExt + Unpin), sim: &SimDevice, acked: &BTreeSet<u32>) -> Result<()> {
+    for seq in (1..=sim.events).filter(|s| !acked.contains(s)) {
+        let msg = Message::StockEvent {
+            seq,
+            sku: &sim.sku,
+            kind: sim.kind,
+            qty: sim.qty,
+            unit: sim.unit,
+        };
+        send(&mut *wr, &msg).await?;
+    }
+    Ok(())
+}
+
 /// Runs a simulated device: connects (and reconnects) to the bridge, sends
 /// its events until each is acknowledged, prints what it receives.
 pub async fn sim_device(sim: SimDevice) -> Result<()> {
@@ -525,10 +549,7 @@ pub async fn sim_device(sim: SimDevice) -> Result<()> {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {
                         // Silence: send what is unacknowledged again.
                         if authenticated && last_send.elapsed() >= Duration::from_secs(2) {
-                            for seq in (1..=sim.events).filter(|s| !acked.contains(s)) {
-                                let msg = Message::StockEvent { seq, sku: &sim.sku, kind: sim.kind, qty: sim.qty, unit: sim.unit };
-                                send(&mut wr, &msg).await?;
-                            }
+                            send_unacked(&mut wr, &sim, &acked).await?;
                             last_send = tokio::time::Instant::now();
                         }
                         continue;
@@ -538,7 +559,6 @@ pub async fn sim_device(sim: SimDevice) -> Result<()> {
                 if n == 0 {
                     return Ok(false);
                 }
-                let mut out: Vec<Message<'static>> = Vec::new();
                 let mut hello = None;
                 for &b in &buf[..n] {
                     match decoder.push(b) {
@@ -563,7 +583,16 @@ pub async fn sim_device(sim: SimDevice) -> Result<()> {
                 }
                 if let Some(nonce) = hello {
                     let p = proof(&key, &nonce, &sim.device, sim.boot);
-                    send(&mut wr, &Message::Hello { device: &sim.device, boot: sim.boot, firmware: "sim-1", proof: p }).await?;
+                    send(
+                        &mut wr,
+                        &Message::Hello {
+                            device: &sim.device,
+                            boot: sim.boot,
+                            firmware: "sim-1",
+                            proof: p,
+                        },
+                    )
+                    .await?;
                     authenticated = true;
                     if let Some(grams) = sim.weight {
                         send(&mut wr, &Message::Weight { grams, stable: true }).await?;
@@ -571,19 +600,8 @@ pub async fn sim_device(sim: SimDevice) -> Result<()> {
                     for dish in &sim.subscribe {
                         send(&mut wr, &Message::Subscribe { dish }).await?;
                     }
-                    for seq in (1..=sim.events).filter(|s| !acked.contains(s)) {
-                        out.push(Message::StockEvent { seq, sku: "", kind: sim.kind, qty: sim.qty, unit: sim.unit });
-                    }
-                    for m in out.drain(..) {
-                        if let Message::StockEvent { seq, .. } = m {
-                            let msg = Message::StockEvent { seq, sku: &sim.sku, kind: sim.kind, qty: sim.qty, unit: sim.unit };
-                            send(&mut wr, &msg).await?;
-                        }
-                    }
+                    send_unacked(&mut wr, &sim, &acked).await?;
                     last_send = tokio::time::Instant::now();
-                }
-                for m in out {
-                    send(&mut wr, &m).await?;
                 }
             }
         }

@@ -140,16 +140,27 @@ async fn the_outbox_drains_fully_after_the_broker_is_killed_mid_stream() -> Resu
     Ok(())
 }
 
-/// Runs the CLI to completion.
+/// Runs the CLI to completion as device `tab-1` of store `s1`.
 fn cli(addr: std::net::SocketAddr, outbox: &Path, args: &[&str]) -> Result<(i32, String)> {
+    cli_as(addr, "s1", "tab-1", outbox, args)
+}
+
+/// Runs the CLI to completion as `device` of `store`: (exit code, stdout).
+fn cli_as(
+    addr: std::net::SocketAddr,
+    store: &str,
+    device: &str,
+    outbox: &Path,
+    args: &[&str],
+) -> Result<(i32, String)> {
     let out = Command::new(cli_binary())
         .args([
             "--broker",
             &addr.to_string(),
             "--store",
-            "s1",
+            store,
             "--device",
-            "tab-1",
+            device,
             "--wait",
             "30",
         ])
@@ -362,26 +373,8 @@ async fn the_cli_runs_transfers_and_replenishment() -> Result<()> {
     let (tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&crate::planning::planning_chain(10.0), &data)?;
     let addr = broker.addr;
-    let run = |store: &str, device: &str, args: &[&str]| -> Result<(i32, String)> {
-        let out = Command::new(cli_binary())
-            .args([
-                "--broker",
-                &addr.to_string(),
-                "--store",
-                store,
-                "--device",
-                device,
-                "--wait",
-                "30",
-            ])
-            .arg("--outbox")
-            .arg(tmp.path().join(format!("outbox-{device}")))
-            .args(args)
-            .output()?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ))
+    let run = |store: &str, device: &str, args: &[&str]| {
+        cli_as(addr, store, device, &tmp.path().join(format!("outbox-{device}")), args)
     };
     let mut hq = Mqtt::connect(addr, "hq-view").await?;
     hq.subscribe("stores/+/stock/patty/level", rumqttc::QoS::AtLeastOnce)

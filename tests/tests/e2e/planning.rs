@@ -30,6 +30,17 @@ pub(crate) fn planning_chain(timeout_minutes: f64) -> String {
     config
 }
 
+/// Books a patty stock event at s1 as `manager-1` and waits for its ack.
+async fn book_patty(manager: &mut Client, id: &str, kind: &str, qty: f64) -> Result<()> {
+    stock_and_wait(
+        manager,
+        "s1",
+        "manager-1",
+        &[("patty", stock_event(id, kind, qty, "pcs", "manager-1"))],
+    )
+    .await
+}
+
 async fn act(client: &mut Client, topic: &str, id: &str, device: &str) -> Result<()> {
     client
         .publish_json(topic, &json!({"id": id, "by": device}), QoS::ExactlyOnce)
@@ -51,31 +62,13 @@ async fn a_replenishment_goes_from_crossing_to_received() -> Result<()> {
 
     // Counted at 8, then 5 used: 3 is above the reorder point of 2.
     // Then 2 more: 1 ≤ 2, one request for par 10 − 1 = 9.
-    stock_and_wait(
-        &mut manager,
-        "s1",
-        "manager-1",
-        &[("patty", stock_event("c1", "count", 8.0, "pcs", "manager-1"))],
-    )
-    .await?;
-    stock_and_wait(
-        &mut manager,
-        "s1",
-        "manager-1",
-        &[("patty", stock_event("u1", "consume", 5.0, "pcs", "manager-1"))],
-    )
-    .await?;
+    book_patty(&mut manager, "c1", "count", 8.0).await?;
+    book_patty(&mut manager, "u1", "consume", 5.0).await?;
     assert!(
         manager.all_on("stores/s1/replenishment/rq-s1-1").is_empty(),
         "3 is above the reorder point"
     );
-    stock_and_wait(
-        &mut manager,
-        "s1",
-        "manager-1",
-        &[("patty", stock_event("u2", "consume", 2.0, "pcs", "manager-1"))],
-    )
-    .await?;
+    book_patty(&mut manager, "u2", "consume", 2.0).await?;
     let hq_topic = "hq/replenishment/rq-s1-1";
     let rq = kitchen.wait_latest(hq_topic, |d| d["state"] == json!("open")).await?;
     assert_eq!(
@@ -95,20 +88,8 @@ async fn a_replenishment_goes_from_crossing_to_received() -> Result<()> {
     );
 
     // A wobble around the line raises nothing more.
-    stock_and_wait(
-        &mut manager,
-        "s1",
-        "manager-1",
-        &[("patty", stock_event("w1", "adjust", 1.0, "pcs", "manager-1"))],
-    )
-    .await?;
-    stock_and_wait(
-        &mut manager,
-        "s1",
-        "manager-1",
-        &[("patty", stock_event("w2", "adjust", -1.0, "pcs", "manager-1"))],
-    )
-    .await?;
+    book_patty(&mut manager, "w1", "adjust", 1.0).await?;
+    book_patty(&mut manager, "w2", "adjust", -1.0).await?;
 
     act(
         &mut kitchen,
