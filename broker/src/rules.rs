@@ -4,7 +4,7 @@
 //! Connection tasks decode and validate inputs in parallel ([`decode`]), then
 //! hand them to the rules task and wait for its [`Verdict`]. The rules task
 //! drains every input that is waiting, applies each to the pure core, writes
-//! all of their effects in one atomic sled batch, flushes once (group commit),
+//! all of their effects as one journal record, syncs once (group commit),
 //! and only then answers — so a device's PUBACK/PUBCOMP, which waits for the
 //! verdict, means "durably applied or durably rejected". After the commit it
 //! publishes the changed retained documents, then the verdicts, then the acks

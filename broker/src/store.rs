@@ -1,10 +1,21 @@
-//! Durable state in sled: the ledger, the dedup index, sale records and the
-//! materialised state of every SKU, dish and menu.
+//! Durable state: a write-ahead journal for every group commit, and sled for
+//! the ledger, the dedup index, sale records and the materialised state of
+//! every SKU, dish and menu.
 //!
-//! Everything lives in one sled tree under short key prefixes, so that one
-//! [`sled::Batch`] — one atomic write — carries an input's ledger lines, its
-//! id in the dedup index and every state it changed. A crash, even `kill -9`,
-//! leaves either all of a commit or none of it.
+//! A group commit is a set of key/value pairs — an input's ledger lines, its
+//! id in the dedup index and every state it changed. [`Store::apply`] appends
+//! it to the [`journal`] as one record and keeps its pairs in memory (the
+//! *overlay*), where reads find them at once; [`Store::flush`] makes the
+//! journal durable with one `fdatasync` shared by every commit waiting. A
+//! background checkpointer moves the overlay into sled every
+//! [`CHECKPOINT_EVERY`] as one merged batch (a dish state rewritten by a
+//! thousand commits is written once), flushes sled, notes the last group it
+//! holds under `j`, and deletes the journal segments sled now covers. Opening
+//! the store replays the journal records past `j` into sled first, so a
+//! crash — even `kill -9` — loses nothing that was flushed and leaves either
+//! all of a commit or none of it.
+//!
+//! sled keys, in one tree:
 //!
 //! | prefix | key | value (postcard) |
 //! |---|---|---|
@@ -18,13 +29,22 @@
 //! | `q/` | request id | [`Request`](dishsync_inventory::Request) |
 //! | `t/` | transfer id | [`Transfer`](dishsync_inventory::Transfer) |
 //! | `c` | — | [`ChainPlan`](dishsync_inventory::ChainPlan) |
+//! | `j` | — | last journal group in sled (u64, big-endian) |
 //!
 //! Start-up reads every record but the ledger and the sale records (the
-//! snapshot, always current) — never the ledger, which is history for audit
-//! and reports.
+//! snapshot, current once the journal is replayed) — never the ledger, which
+//! is history for audit and reports.
 //!
 //! Invariant: only the rules shell writes here, and only through [`Commit`].
 
+pub mod journal;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use journal::{Journal, Record};
 use std::path::Path;
 
 use dishsync_inventory::{Inventory, LedgerEntry, Restored, SaleRecord};
@@ -39,6 +59,9 @@ pub enum StoreError {
     /// sled failed.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// The journal could not be read or written.
+    #[error("journal: {0}")]
+    Journal(#[from] std::io::Error),
     /// A record could not be encoded or decoded.
     #[error("record {key}: {source}")]
     Record {
@@ -49,13 +72,55 @@ pub enum StoreError {
     },
 }
 
-/// The durable store.
+/// How often the checkpointer moves committed groups from memory into sled.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// The durable store. Clones share it; the last one dropped runs a final
+/// checkpoint.
 #[derive(Clone)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// What the store and its checkpointer share.
+struct Shared {
     db: sled::Db,
+    journal: Journal,
+    overlay: Mutex<Overlay>,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
+}
+
+/// Pairs journaled but not yet in sled: read before sled.
+#[derive(Default)]
+struct Overlay {
+    /// Written since the last checkpoint began.
+    active: HashMap<Vec<u8>, Vec<u8>>,
+    /// The last group in `active`.
+    active_last: u64,
+    /// Being written to sled by the running checkpoint.
+    sealed: Arc<HashMap<Vec<u8>, Vec<u8>>>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
     /// The next ledger sequence number: read once at open, then advanced by
     /// every applied commit (only the rules task writes).
-    next_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next_seq: AtomicU64,
+    /// The next journal group.
+    next_group: AtomicU64,
+    /// Dropping the sender stops the checkpointer after a last checkpoint.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn key2(prefix: &str, a: &str, b: &str) -> Vec<u8> {
@@ -76,33 +141,153 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
     })
 }
 
+/// The last journal group sled holds.
+const CHECKPOINT_KEY: &[u8] = b"j";
+
+impl Shared {
+    /// Moves the overlay into sled and releases the journal behind it.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
+        let (sealed, last) = {
+            let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            if overlay.active.is_empty() {
+                return Ok(());
+            }
+            let active = std::mem::take(&mut overlay.active);
+            overlay.sealed = Arc::new(active);
+            (overlay.sealed.clone(), overlay.active_last)
+        };
+        let mut batch = sled::Batch::default();
+        for (key, value) in sealed.iter() {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        batch.insert(CHECKPOINT_KEY, &last.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        // sled answers every read of these keys from here on.
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner()).sealed = Arc::default();
+        drop(sealed);
+        self.db.flush()?;
+        self.journal.release(last)?;
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        {
+            let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = overlay.active.get(key).or_else(|| overlay.sealed.get(key)) {
+                return Ok(Some(v.clone()));
+            }
+        }
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+}
+
+/// The checkpointer thread: a checkpoint every [`CHECKPOINT_EVERY`], and a
+/// last one when the store is dropped.
+fn checkpointer(shared: Arc<Shared>, stop: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        let last = match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if let Err(e) = shared.checkpoint() {
+            // The journal still holds everything; the restart replays it.
+            tracing::error!(error = %e, "checkpoint failed; stopping the broker");
+            std::process::exit(70);
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, replaying the journal into
+    /// sled first.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        // We flush explicitly after every group commit; sled's own periodic
-        // flusher would only repeat that work.
+        Store::open_with(dir, true)
+    }
+
+    /// Opens the store; without `background` no checkpointer runs, and
+    /// only [`Store::checkpoint`] moves commits into sled (so dropping the
+    /// store leaves them to the journal alone, as a crash would).
+    fn open_with(dir: &Path, background: bool) -> Result<Store, StoreError> {
+        // The checkpointer flushes explicitly; sled's own periodic flusher
+        // would only repeat that work.
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()?;
-        let store = Store {
+        let journal_dir = dir.join("journal");
+        let mut last = match db.get(CHECKPOINT_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
+            None => 0,
+        };
+        let mut batch = sled::Batch::default();
+        let mut replayed = 0usize;
+        for Record { seq, puts } in journal::recover(&journal_dir)? {
+            if seq <= last {
+                continue;
+            }
+            for (key, value) in puts {
+                batch.insert(key, value);
+            }
+            last = seq;
+            replayed += 1;
+        }
+        if replayed > 0 {
+            batch.insert(CHECKPOINT_KEY, &last.to_be_bytes());
+            db.apply_batch(batch)?;
+            db.flush()?;
+            tracing::info!(groups = replayed, "journal replayed into sled");
+        }
+        let journal = Journal::create(&journal_dir, last + 1)?;
+        let shared = Arc::new(Shared {
             db,
-            next_seq: Default::default(),
+            journal,
+            overlay: Mutex::new(Overlay::default()),
+            checkpointing: Mutex::new(()),
+        });
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = if background {
+            let shared = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("dishsync-checkpoint".into())
+                    .spawn(move || checkpointer(shared, stopped))?,
+            )
+        } else {
+            None
+        };
+        let store = Store {
+            inner: Arc::new(Inner {
+                shared,
+                next_seq: AtomicU64::new(0),
+                next_group: AtomicU64::new(last + 1),
+                stop: Some(stop),
+                checkpointer: thread,
+            }),
         };
         let next = store.scan_next_seq()?;
-        store.next_seq.store(next, std::sync::atomic::Ordering::SeqCst);
+        store.inner.next_seq.store(next, Ordering::SeqCst);
         Ok(store)
     }
 
-    /// The snapshot: every persisted SKU, dish and menu state.
+    fn db(&self) -> &sled::Db {
+        &self.inner.shared.db
+    }
+
+    /// The snapshot: every persisted SKU, dish and menu state. Read it
+    /// right after [`Store::open`], before anything is applied.
     pub fn load(&self) -> Result<Vec<Restored>, StoreError> {
         let mut out = Vec::new();
-        if let Some(chain) = self.db.get("c")? {
+        if let Some(chain) = self.db().get("c")? {
             out.push(Restored::Chain(decode(b"c", &chain)?));
         }
         for prefix in ["q/", "t/"] {
-            for item in self.db.scan_prefix(prefix) {
+            for item in self.db().scan_prefix(prefix) {
                 let (key, value) = item?;
                 out.push(match prefix {
                     "q/" => Restored::Request(decode(&key, &value)?),
@@ -111,7 +296,7 @@ impl Store {
             }
         }
         for prefix in ["k/", "d/", "m/", "p/"] {
-            for item in self.db.scan_prefix(prefix) {
+            for item in self.db().scan_prefix(prefix) {
                 let (key, value) = item?;
                 let text = String::from_utf8_lossy(&key).into_owned();
                 let parts: Vec<&str> = text.split('/').collect();
@@ -143,7 +328,7 @@ impl Store {
     /// The fingerprint an event id was committed with, if it was.
     pub fn fingerprint(&self, store: &StoreId, id: &EventId) -> Result<Option<u64>, StoreError> {
         let key = key2("i", store.as_str(), id.as_str());
-        match self.db.get(&key)? {
+        match self.inner.shared.get(&key)? {
             Some(v) => Ok(Some(decode(&key, &v)?)),
             None => Ok(None),
         }
@@ -152,31 +337,37 @@ impl Store {
     /// A committed sale record.
     pub fn sale(&self, store: &StoreId, id: &EventId) -> Result<Option<SaleRecord>, StoreError> {
         let key = key2("x", store.as_str(), id.as_str());
-        match self.db.get(&key)? {
+        match self.inner.shared.get(&key)? {
             Some(v) => Ok(Some(decode(&key, &v)?)),
             None => Ok(None),
         }
     }
 
-    /// Every ledger entry, in commit order (for audits and tests).
-    pub fn ledger(&self) -> impl Iterator<Item = Result<LedgerEntry, StoreError>> + '_ {
-        self.db.scan_prefix("l/").map(|item| {
+    /// Every ledger entry, in commit order (for audits and tests). Runs a
+    /// checkpoint first, so it includes everything applied.
+    pub fn ledger(&self) -> Result<impl Iterator<Item = Result<LedgerEntry, StoreError>> + '_, StoreError> {
+        self.checkpoint()?;
+        Ok(self.db().scan_prefix("l/").map(|item| {
             let (key, value) = item?;
             decode(&key, &value)
-        })
+        }))
+    }
+
+    /// Moves everything applied so far into sled now.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.inner.shared.checkpoint()
     }
 
     /// Starts a group commit.
     pub fn begin(&self) -> Result<Commit, StoreError> {
         Ok(Commit {
-            batch: sled::Batch::default(),
-            next_seq: self.next_seq.load(std::sync::atomic::Ordering::SeqCst),
-            empty: true,
+            puts: Vec::new(),
+            next_seq: self.inner.next_seq.load(Ordering::SeqCst),
         })
     }
 
     fn scan_next_seq(&self) -> Result<u64, StoreError> {
-        match self.db.scan_prefix("l/").next_back() {
+        match self.db().scan_prefix("l/").next_back() {
             Some(item) => {
                 let (key, _) = item?;
                 let mut seq = [0u8; 8];
@@ -196,29 +387,35 @@ impl Store {
         Ok(next)
     }
 
-    /// Writes a group commit atomically, visible to every later read at
-    /// once, but not yet durable: [`Store::flush`] makes it so.
+    /// Writes a group commit to the journal, visible to every later read
+    /// at once, but not yet durable: [`Store::flush`] makes it so.
     pub fn apply(&self, commit: Commit) -> Result<u64, StoreError> {
-        if !commit.empty {
-            self.db.apply_batch(commit.batch)?;
+        if !commit.puts.is_empty() {
+            let shared = &self.inner.shared;
+            let record = Record {
+                seq: self.inner.next_group.fetch_add(1, Ordering::SeqCst),
+                puts: commit.puts,
+            };
+            shared.journal.append(&record)?;
+            let mut overlay = shared.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            overlay.active.extend(record.puts);
+            overlay.active_last = record.seq;
         }
-        self.next_seq
-            .fetch_max(commit.next_seq, std::sync::atomic::Ordering::SeqCst);
+        self.inner.next_seq.fetch_max(commit.next_seq, Ordering::SeqCst);
         Ok(commit.next_seq)
     }
 
     /// Waits until everything applied so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        self.inner.shared.journal.sync().await?;
         Ok(())
     }
 }
 
 /// One group commit under construction: everything in it lands together.
 pub struct Commit {
-    batch: sled::Batch,
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
     next_seq: u64,
-    empty: bool,
 }
 
 impl Commit {
@@ -298,8 +495,120 @@ impl Commit {
 
     fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StoreError> {
         let bytes = encode(&key, value)?;
-        self.batch.insert(key, bytes);
-        self.empty = false;
+        self.puts.push((key, bytes));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dishsync_inventory::EntryKind;
+    use std::io::Write;
+
+    fn entry(event: &str, amount: i64) -> LedgerEntry {
+        LedgerEntry {
+            store: "s1".parse().expect("valid id"),
+            sku: "patty".parse().expect("valid id"),
+            event: event.parse().expect("valid id"),
+            kind: EntryKind::Sale,
+            amount,
+            at: 1,
+            moved: true,
+        }
+    }
+
+    async fn commit(store: &Store, event: &str, amount: i64) {
+        let s1: StoreId = "s1".parse().expect("valid id");
+        let mut c = store.begin().expect("store");
+        c.event_id(&s1, &event.parse().expect("valid id"), amount as u64)
+            .expect("store");
+        c.ledger(&[entry(event, amount)]).expect("store");
+        store.commit(c).await.expect("store");
+    }
+
+    fn fingerprint(store: &Store, event: &str) -> Option<u64> {
+        store
+            .fingerprint(&"s1".parse().expect("valid id"), &event.parse().expect("valid id"))
+            .expect("store")
+    }
+
+    fn ledger(store: &Store) -> Vec<(String, i64)> {
+        store
+            .ledger()
+            .expect("store")
+            .map(|e| e.map(|e| (e.event.to_string(), e.amount)).expect("store"))
+            .collect()
+    }
+
+    /// A crash after the flush and before any checkpoint: sled never saw
+    /// the commits, the journal brings them back, each once and in order.
+    #[tokio::test]
+    async fn flushed_commits_survive_without_a_checkpoint() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let store = Store::open_with(dir.path(), false).expect("store");
+            commit(&store, "e1", 1).await;
+            store.checkpoint().expect("store");
+            commit(&store, "e2", 2).await;
+            commit(&store, "e3", 3).await;
+            assert_eq!(
+                fingerprint(&store, "e3"),
+                Some(3),
+                "reads see the journaled commit at once"
+            );
+            assert_eq!(
+                store.inner.shared.db.get("i/s1/e3").expect("store"),
+                None,
+                "not in sled yet"
+            );
+        }
+        // A write torn by the crash, never acknowledged.
+        let segment = std::fs::read_dir(dir.path().join("journal"))
+            .expect("store")
+            .next()
+            .expect("store")
+            .expect("store")
+            .path();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(segment)
+            .expect("store")
+            .write_all(&[200, 0, 0, 0, 1, 2, 3])
+            .expect("store");
+
+        let store = Store::open_with(dir.path(), false).expect("store");
+        assert_eq!(
+            store.inner.shared.db.get("i/s1/e3").expect("store").as_deref(),
+            Some(&[3u8][..]),
+            "replayed into sled"
+        );
+        assert_eq!(fingerprint(&store, "e2"), Some(2));
+        commit(&store, "e4", 4).await;
+        assert_eq!(
+            ledger(&store),
+            vec![("e1".into(), 1), ("e2".into(), 2), ("e3".into(), 3), ("e4".into(), 4)]
+        );
+        drop(store);
+
+        // Replaying again changes nothing: the checkpoint mark skips it.
+        let store = Store::open_with(dir.path(), false).expect("store");
+        assert_eq!(ledger(&store).len(), 4);
+        let segments = std::fs::read_dir(dir.path().join("journal")).expect("store").count();
+        assert_eq!(segments, 1, "replayed segments are deleted");
+    }
+
+    /// The background checkpointer moves commits into sled by itself.
+    #[tokio::test]
+    async fn the_checkpointer_moves_commits_into_sled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("store");
+        commit(&store, "e1", 1).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while store.inner.shared.db.get("i/s1/e1").expect("store").is_none() {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fingerprint(&store, "e1"), Some(1));
     }
 }

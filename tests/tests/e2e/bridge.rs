@@ -104,7 +104,7 @@ fn wait_line(rx: &std_mpsc::Receiver<String>, want: impl Fn(&str) -> bool) -> Re
 
 fn ledger_ids(data: &Path, prefix: &str) -> Result<Vec<String>> {
     let mut ids = Vec::new();
-    for entry in Store::open(data)?.ledger() {
+    for entry in Store::open(data)?.ledger()? {
         let id = entry?.event.to_string();
         if id.starts_with(prefix) {
             ids.push(id);

@@ -37,7 +37,7 @@ fn config(addr: std::net::SocketAddr, device: &str, outbox: &Path) -> Result<Cli
 fn ledger_ids(data: &Path) -> Result<Vec<String>> {
     let store = Store::open(data)?;
     let mut ids = Vec::new();
-    for entry in store.ledger() {
+    for entry in store.ledger()? {
         ids.push(entry?.event.to_string());
     }
     Ok(ids)

@@ -194,7 +194,7 @@ async fn kill_9_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()
     // The ledger holds every event exactly once.
     let store = Store::open(&data)?;
     let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
-    for entry in store.ledger() {
+    for entry in store.ledger()? {
         *per_id.entry(entry?.event.to_string()).or_default() += 1;
     }
     assert_eq!(per_id.len(), PUBLISHERS * EVENTS_EACH);

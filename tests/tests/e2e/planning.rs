@@ -176,7 +176,7 @@ async fn sell_s1_out(broker: &BrokerProcess) -> Result<Client> {
 
 fn ledger_of(data: &std::path::Path, store: &str) -> Result<Vec<(StockKindCode, i64)>> {
     let mut out = Vec::new();
-    for entry in Store::open(data)?.ledger() {
+    for entry in Store::open(data)?.ledger()? {
         let entry = entry?;
         if let (EntryKind::Stock(kind @ (StockKindCode::TransferIn | StockKindCode::TransferOut)), true) =
             (entry.kind, entry.store.as_str() == store)
