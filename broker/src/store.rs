@@ -20,7 +20,7 @@
 //! | prefix | key | value (postcard) |
 //! |---|---|---|
 //! | `i/` | store `/` event id | content fingerprint (u64) |
-//! | `l/` | sequence (u64, big-endian) | [`LedgerEntry`] |
+//! | `l/` | first line's sequence (u64, big-endian) | a page of up to 1,024 consecutive [`LedgerEntry`]s: count, then length-prefixed lines (u32 LE) |
 //! | `k/` | store `/` sku | [`SkuState`](dishsync_inventory::SkuState) |
 //! | `d/` | store `/` dish | [`DishState`](dishsync_inventory::DishState) |
 //! | `m/` | store | [`MenuState`](dishsync_inventory::MenuState) |
@@ -157,11 +157,7 @@ impl Shared {
             overlay.sealed = Arc::new(active);
             (overlay.sealed.clone(), overlay.active_last)
         };
-        let mut batch = sled::Batch::default();
-        for (key, value) in sealed.iter() {
-            batch.insert(key.as_slice(), value.as_slice());
-        }
-        batch.insert(CHECKPOINT_KEY, &last.to_be_bytes());
+        let batch = sled_batch(sealed.iter().map(|(k, v)| (k.as_slice(), v.as_slice())), last)?;
         self.db.apply_batch(batch)?;
         // sled answers every read of these keys from here on.
         self.overlay.lock().unwrap_or_else(|e| e.into_inner()).sealed = Arc::default();
@@ -180,6 +176,78 @@ impl Shared {
         }
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
+}
+
+/// Ledger lines per sled record at most.
+const PAGE_LINES: usize = 1024;
+
+/// The ledger line number of a journal key (`l/` + sequence).
+fn ledger_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [b'l', b'/', seq @ ..] => Some(u64::from_be_bytes(seq.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The sled batch that moves `pairs` (the latest value of each key, up to
+/// journal group `last`) into sled. Ledger lines are packed into pages of
+/// consecutive lines, one record each: sled's cost is per record, and the
+/// ledger is only ever read in order.
+fn sled_batch<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>, last: u64) -> Result<sled::Batch, StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut lines: Vec<(u64, &[u8])> = Vec::new();
+    for (key, value) in pairs {
+        match ledger_seq(key) {
+            Some(seq) => lines.push((seq, value)),
+            None => batch.insert(key, value),
+        }
+    }
+    lines.sort_unstable_by_key(|(seq, _)| *seq);
+    let mut start = 0;
+    while start < lines.len() {
+        let mut end = start + 1;
+        while end < lines.len() && end - start < PAGE_LINES && lines[end].0 == lines[end - 1].0 + 1 {
+            end += 1;
+        }
+        let page = &lines[start..end];
+        let mut value = Vec::with_capacity(4 + page.iter().map(|(_, v)| 4 + v.len()).sum::<usize>());
+        value.extend_from_slice(&(page.len() as u32).to_le_bytes());
+        for (_, line) in page {
+            value.extend_from_slice(&(line.len() as u32).to_le_bytes());
+            value.extend_from_slice(line);
+        }
+        batch.insert(ledger_key(page[0].0), value);
+        start = end;
+    }
+    batch.insert(CHECKPOINT_KEY, &last.to_be_bytes());
+    Ok(batch)
+}
+
+fn ledger_key(seq: u64) -> Vec<u8> {
+    let mut key = b"l/".to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The encoded lines of a ledger page, in order.
+fn page_lines<'a>(key: &[u8], page: &'a [u8]) -> Result<Vec<&'a [u8]>, StoreError> {
+    let bad = || StoreError::Record {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source: postcard::Error::DeserializeBadEncoding,
+    };
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let part = page.get(at..at + n).ok_or_else(bad);
+        at += n;
+        part
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
+    let mut lines = Vec::with_capacity(count.min(PAGE_LINES));
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
+        lines.push(take(len)?);
+    }
+    Ok(lines)
 }
 
 /// The checkpointer thread: a checkpoint every [`CHECKPOINT_EVERY`], and a
@@ -225,20 +293,18 @@ impl Store {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
             None => 0,
         };
-        let mut batch = sled::Batch::default();
+        let mut pending = HashMap::new();
         let mut replayed = 0usize;
         for Record { seq, puts } in journal::recover(&journal_dir)? {
             if seq <= last {
                 continue;
             }
-            for (key, value) in puts {
-                batch.insert(key, value);
-            }
+            pending.extend(puts);
             last = seq;
             replayed += 1;
         }
         if replayed > 0 {
-            batch.insert(CHECKPOINT_KEY, &last.to_be_bytes());
+            let batch = sled_batch(pending.iter().map(|(k, v)| (k.as_slice(), v.as_slice())), last)?;
             db.apply_batch(batch)?;
             db.flush()?;
             tracing::info!(groups = replayed, "journal replayed into sled");
@@ -347,9 +413,18 @@ impl Store {
     /// checkpoint first, so it includes everything applied.
     pub fn ledger(&self) -> Result<impl Iterator<Item = Result<LedgerEntry, StoreError>> + '_, StoreError> {
         self.checkpoint()?;
-        Ok(self.db().scan_prefix("l/").map(|item| {
-            let (key, value) = item?;
-            decode(&key, &value)
+        Ok(self.db().scan_prefix("l/").flat_map(|item| {
+            let page = || -> Result<Vec<LedgerEntry>, StoreError> {
+                let (key, value) = item?;
+                page_lines(&key, &value)?
+                    .into_iter()
+                    .map(|line| decode(&key, line))
+                    .collect()
+            };
+            match page() {
+                Ok(entries) => entries.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            }
         }))
     }
 
@@ -369,12 +444,9 @@ impl Store {
     fn scan_next_seq(&self) -> Result<u64, StoreError> {
         match self.db().scan_prefix("l/").next_back() {
             Some(item) => {
-                let (key, _) = item?;
-                let mut seq = [0u8; 8];
-                if key.len() == 10 {
-                    seq.copy_from_slice(&key[2..]);
-                }
-                Ok(u64::from_be_bytes(seq) + 1)
+                let (key, page) = item?;
+                let first = ledger_seq(&key).unwrap_or_default();
+                Ok(first + page_lines(&key, &page)?.len() as u64)
             }
             None => Ok(0),
         }
@@ -427,8 +499,7 @@ impl Commit {
     /// Appends ledger lines.
     pub fn ledger(&mut self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
         for entry in entries {
-            let mut key = b"l/".to_vec();
-            key.extend_from_slice(&self.next_seq.to_be_bytes());
+            let key = ledger_key(self.next_seq);
             self.next_seq += 1;
             self.put(key, entry)?;
         }
@@ -596,6 +667,33 @@ mod tests {
         assert_eq!(ledger(&store).len(), 4);
         let segments = std::fs::read_dir(dir.path().join("journal")).expect("store").count();
         assert_eq!(segments, 1, "replayed segments are deleted");
+    }
+
+    /// Ledger lines are packed into pages of at most 1,024 in sled; they
+    /// read back one by one, in order, and numbering continues after a
+    /// reopen from the last page.
+    #[tokio::test]
+    async fn ledger_pages_read_back_line_by_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lines: Vec<LedgerEntry> = (0..2_500).map(|i| entry(&format!("e{i}"), i)).collect();
+        {
+            let store = Store::open_with(dir.path(), false).expect("store");
+            let mut c = store.begin().expect("store");
+            c.ledger(&lines[..2_000]).expect("store");
+            store.commit(c).await.expect("store");
+            store.checkpoint().expect("store");
+            let mut c = store.begin().expect("store");
+            c.ledger(&lines[2_000..2_400]).expect("store");
+            store.commit(c).await.expect("store");
+        }
+        let store = Store::open_with(dir.path(), false).expect("store");
+        let mut c = store.begin().expect("store");
+        c.ledger(&lines[2_400..]).expect("store");
+        store.commit(c).await.expect("store");
+        let back: Vec<LedgerEntry> = store.ledger().expect("store").map(|e| e.expect("store")).collect();
+        assert_eq!(back, lines);
+        let pages = store.db().scan_prefix("l/").count();
+        assert_eq!(pages, 4, "1,024 + 976 lines, 400 replayed, 100 more");
     }
 
     /// The background checkpointer moves commits into sled by itself.
