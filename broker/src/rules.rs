@@ -3,19 +3,24 @@
 //!
 //! Connection tasks decode and validate inputs in parallel ([`decode`]), then
 //! hand them to the rules task and wait for its [`Verdict`]. The rules task
-//! drains every input that is waiting, applies each to the pure core, writes
-//! all of their effects as one journal record, syncs once (group commit),
-//! and only then answers — so a device's PUBACK/PUBCOMP, which waits for the
-//! verdict, means "durably applied or durably rejected". After the commit it
-//! publishes the changed retained documents, then the verdicts, then the acks
-//! and errors.
+//! applies each input to the pure core at once, into the *open group*; as
+//! soon as the committer is free it closes the group — one journal record
+//! with every effect and the current state of everything changed — and
+//! hands it over. The committer syncs the journal once for the whole group
+//! and only then answers — so a device's PUBACK/PUBCOMP, which waits for
+//! the verdict, means "durably applied or durably rejected" — publishing the
+//! changed retained documents, then the verdicts, then the acks and errors.
+//! A lone input is handed over immediately; under load a group holds
+//! everything that arrived while the previous one was being synced and
+//! published, so a document changed by many inputs is rendered and
+//! published once per group.
 //!
 //! It does not parse topics (that is `dishsync_protocol::Topic`) and makes no
 //! domain decision (that is `dishsync_inventory`).
 //!
 //! Invariant: an event id is applied at most once per store — checked against
-//! the committed index and the batch in flight, and recorded in the same
-//! atomic write as its effects.
+//! the committed index and the open group, and recorded in the same journal
+//! record as its effects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,12 +33,12 @@ use dishsync_protocol::payload::{
 use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::outbound::{publish_doc, Message, Publisher, Rendered};
-use crate::store::{Store, StoreError};
+use crate::store::{Commit, Store, StoreError};
 
 /// Most inputs in one group commit.
 const MAX_BATCH: usize = 4096;
@@ -405,7 +410,7 @@ pub async fn publish_menu(out: &dyn Publisher, inv: &Inventory, store: &StoreId)
 }
 
 /// Writes the states named in `changes` into `commit`.
-pub fn stage_changes(commit: &mut crate::store::Commit, inv: &Inventory, changes: &Changes) -> Result<(), StoreError> {
+pub fn stage_changes(commit: &mut Commit, inv: &Inventory, changes: &Changes) -> Result<(), StoreError> {
     for (store, sku) in &changes.skus {
         commit.sku_state(inv, store, sku)?;
     }
@@ -434,7 +439,12 @@ pub fn stage_changes(commit: &mut crate::store::Commit, inv: &Inventory, changes
 struct Rules {
     inv: Inventory,
     store: Store,
-    /// Where rendered outputs and verdicts go to wait for their commit.
+    /// Inputs applied to the inventory and not yet handed to the committer.
+    group: Group,
+    /// Held by the group the committer is working on: while it is taken,
+    /// the next group keeps growing.
+    committer_idle: Arc<Semaphore>,
+    /// Where handed-over groups go to be made durable and published.
     committer: mpsc::Sender<Completion>,
     /// The committer task (awaited on shutdown).
     committer_task: tokio::task::JoinHandle<()>,
@@ -444,6 +454,28 @@ struct Rules {
     due: BTreeSet<(Throttled, StoreId)>,
     /// Ticks since the last full planning tick.
     ticks: u32,
+}
+
+/// The open group commit: everything applied since the last hand-over.
+#[derive(Default)]
+struct Group {
+    /// Ledger lines, ids and sale records written so far (begun lazily, so
+    /// that its ledger numbering follows the group handed over before it).
+    commit: Option<Commit>,
+    /// The documents and states the group changed.
+    changes: Changes,
+    /// Every input with the verdict it will be answered with.
+    decided: Vec<(Intake, oneshot::Sender<Verdict>, Verdict)>,
+    /// Ids applied in this group (not yet visible in the store).
+    ids: HashMap<(StoreId, EventId), u64>,
+    /// Sales recorded in this group, for voids in the same group.
+    sales: HashMap<(StoreId, EventId), SaleRecord>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.decided.is_empty() && self.changes.is_empty()
+    }
 }
 
 /// Documents re-published at most once per interval while things change.
@@ -471,27 +503,23 @@ pub fn start(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> RulesHand
     RulesHandle { tx }
 }
 
-/// What one group of work waits to do until it is durable: publish the
-/// retained documents, answer the devices (their PUBACK/PUBCOMP), then
-/// publish acks and errors.
+/// What one group waits to do until it is durable: publish the retained
+/// documents, answer the devices (their PUBACK/PUBCOMP), then publish acks,
+/// errors and the throttled documents that were due.
 struct Completion {
     retained: Vec<Message>,
     replies: Vec<(oneshot::Sender<Verdict>, Verdict)>,
     after: Vec<Message>,
+    /// Released once the group is carried out: the next group may go.
+    _idle: OwnedSemaphorePermit,
 }
 
-/// Group commits awaiting their flush.
-const PIPELINE: usize = 64;
-
-/// The committer: flushes once for every completion waiting, then carries
-/// them out in order. Runs beside the rules task, so the next inputs are
-/// applied while the previous ones reach the disk.
+/// The committer: makes each group durable (one journal sync), then carries
+/// it out. Only one group is with it at a time; the rules task keeps
+/// applying inputs to the next group meanwhile, so under load a group holds
+/// everything that arrived during the previous one's sync and publication.
 async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mpsc::Receiver<Completion>) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            group.push(more);
-        }
+    while let Some(group) = rx.recv().await {
         if let Err(e) = store.flush().await {
             // What reached the disk is unknown: stop, and let the restart
             // recover from the last complete commit. Devices re-send what
@@ -499,27 +527,27 @@ async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mpsc::Receiver
             error!(error = %e, "storage failed; stopping the broker");
             std::process::exit(70);
         }
-        for c in group {
-            for (topic, payload, retain) in c.retained {
-                out.publish(&topic, payload, retain).await;
-            }
-            for (reply, verdict) in c.replies {
-                let _ = reply.send(verdict);
-            }
-            for (topic, payload, retain) in c.after {
-                out.publish(&topic, payload, retain).await;
-            }
+        for (topic, payload, retain) in group.retained {
+            out.publish(&topic, payload, retain).await;
+        }
+        for (reply, verdict) in group.replies {
+            let _ = reply.send(verdict);
+        }
+        for (topic, payload, retain) in group.after {
+            out.publish(&topic, payload, retain).await;
         }
     }
 }
 
 impl Rules {
     fn new(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> Rules {
-        let (committer_tx, committer_rx) = mpsc::channel(PIPELINE);
+        let (committer_tx, committer_rx) = mpsc::channel(1);
         let committer_task = tokio::spawn(committer(store.clone(), out, committer_rx));
         Rules {
             inv,
             store,
+            group: Group::default(),
+            committer_idle: Arc::new(Semaphore::new(1)),
             committer: committer_tx,
             committer_task,
             published: HashMap::new(),
@@ -528,8 +556,12 @@ impl Rules {
         }
     }
 
-    /// Stops: lets the committer finish what it holds.
-    async fn shutdown(self) {
+    /// Stops: hands over what is open and lets the committer finish.
+    async fn shutdown(mut self) -> Result<(), StoreError> {
+        if !self.group.is_empty() {
+            let idle = self.idle().await;
+            self.hand_over(idle).await?;
+        }
         let Rules {
             committer,
             committer_task,
@@ -537,14 +569,23 @@ impl Rules {
         } = self;
         drop(committer);
         let _ = committer_task.await;
+        Ok(())
     }
 
-    /// Hands a completion to the committer.
-    async fn complete(&self, completion: Completion) {
-        if self.committer.send(completion).await.is_err() {
-            error!("the committer stopped; stopping the broker");
-            std::process::exit(70);
+    /// Waits until the committer is free.
+    async fn idle(&self) -> OwnedSemaphorePermit {
+        match self.committer_idle.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => {
+                error!("the committer stopped; stopping the broker");
+                std::process::exit(70);
+            }
         }
+    }
+
+    /// Whether there is anything to hand to the committer.
+    fn has_work(&self) -> bool {
+        !self.group.is_empty() || self.ready_due().next().is_some()
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -552,6 +593,12 @@ impl Rules {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let result = tokio::select! {
+                // Handing over first: a group never waits on new inputs.
+                biased;
+                idle = self.committer_idle.clone().acquire_owned(), if self.has_work() => match idle {
+                    Ok(idle) => self.hand_over(idle).await,
+                    Err(_) => break,
+                },
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     let mut batch = vec![cmd];
@@ -561,9 +608,12 @@ impl Rules {
                             Err(_) => break,
                         }
                     }
-                    self.process(batch).await
+                    self.take_in(batch)
                 }
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => {
+                    self.on_tick();
+                    Ok(())
+                }
             };
             if let Err(e) = result {
                 // What reached the disk is unknown: stop, and let the restart
@@ -573,14 +623,18 @@ impl Rules {
                 std::process::exit(70);
             }
         }
-        self.shutdown().await;
+        if let Err(e) = self.shutdown().await {
+            error!(error = %e, "storage failed while stopping");
+            std::process::exit(70);
+        }
         info!("rules task stopped");
     }
 
-    async fn on_tick(&mut self) -> Result<(), StoreError> {
+    /// Time passes: 86es lapse; the rest of planning (proposal expiry,
+    /// forecasts moving, a new day) every few seconds. The changes join the
+    /// open group.
+    fn on_tick(&mut self) {
         let now = Timestamp::now().0;
-        // 86es lapse on time; the rest of planning (proposal expiry,
-        // forecasts moving, a new day) every few seconds.
         self.ticks += 1;
         let changes = if self.ticks >= FULL_TICK_EVERY {
             self.ticks = 0;
@@ -588,79 +642,22 @@ impl Rules {
         } else {
             self.inv.expire_overrides(now)
         };
-        if !changes.is_empty() {
-            self.commit_and_publish(changes).await?;
-        }
-        self.publish_due().await;
-        Ok(())
+        self.group.changes.merge(changes);
     }
 
-    /// Commits changes that came from time or presence (no inputs to
-    /// acknowledge), then publishes them.
-    async fn commit_and_publish(&mut self, changes: Changes) -> Result<(), StoreError> {
-        let mut commit = self.store.begin()?;
-        stage_changes(&mut commit, &self.inv, &changes)?;
-        self.store.apply(commit)?;
-        let rendered = Rendered::default();
-        publish_changes(&rendered, &self.inv, &changes).await;
-        self.complete(Completion {
-            retained: rendered.take(),
-            replies: Vec::new(),
-            after: Vec::new(),
-        })
-        .await;
-        self.mark_due(&changes);
-        Ok(())
-    }
-
-    fn mark_due(&mut self, changes: &Changes) {
-        self.due
-            .extend(changes.menus.iter().map(|s| (Throttled::Menu, s.clone())));
-        self.due
-            .extend(changes.summaries.iter().map(|s| (Throttled::Summary, s.clone())));
-    }
-
-    /// Publishes the throttled documents that are due and whose interval passed.
-    async fn publish_due(&mut self) {
+    /// The throttled documents that are due and whose interval passed.
+    fn ready_due(&self) -> impl Iterator<Item = &(Throttled, StoreId)> {
         let now = Instant::now();
-        let ready: Vec<(Throttled, StoreId)> = self
-            .due
-            .iter()
-            .filter(|key| {
-                self.published
-                    .get(*key)
-                    .is_none_or(|t| now.duration_since(*t) >= key.0.interval())
-            })
-            .cloned()
-            .collect();
-        if ready.is_empty() {
-            return;
-        }
-        let rendered = Rendered::default();
-        for key in ready {
-            self.due.remove(&key);
-            self.published.insert(key.clone(), now);
-            match key.0 {
-                Throttled::Menu => publish_menu(&rendered, &self.inv, &key.1).await,
-                Throttled::Summary => publish_summary(&rendered, &self.inv, &key.1, Timestamp::now().0).await,
-            }
-        }
-        // Behind every commit already queued: never ahead of what is durable.
-        self.complete(Completion {
-            retained: rendered.take(),
-            replies: Vec::new(),
-            after: Vec::new(),
+        self.due.iter().filter(move |key| {
+            self.published
+                .get(*key)
+                .is_none_or(|t| now.duration_since(*t) >= key.0.interval())
         })
-        .await;
     }
 
-    async fn process(&mut self, batch: Vec<Command>) -> Result<(), StoreError> {
+    /// Applies a batch of commands to the inventory, into the open group.
+    fn take_in(&mut self, batch: Vec<Command>) -> Result<(), StoreError> {
         let now = Timestamp::now().0;
-        let mut commit = self.store.begin()?;
-        let mut ids_in_batch: HashMap<(StoreId, EventId), u64> = HashMap::new();
-        let mut sales_in_batch: HashMap<(StoreId, EventId), SaleRecord> = HashMap::new();
-        let mut changes = Changes::default();
-        let mut decided = Vec::with_capacity(batch.len());
         for command in batch {
             let (intake, reply) = match command {
                 Command::Intake(intake, reply) => (intake, reply),
@@ -676,78 +673,106 @@ impl Rules {
                         .collect();
                     for store in stores {
                         info!(%store, %device, online, "feeding device presence");
-                        changes.merge(self.inv.set_presence(&store, &device, online, now));
+                        self.group
+                            .changes
+                            .merge(self.inv.set_presence(&store, &device, online, now));
                     }
                     continue;
                 }
             };
-            let store = intake.input.store().clone();
-            let id = intake.input.id().clone();
-            let fingerprint = intake.input.fingerprint();
-            let key = (store.clone(), id.clone());
-            let prior = match ids_in_batch.get(&key) {
-                Some(fp) => Some(*fp),
-                None => self.store.fingerprint(&store, &id)?,
-            };
-            let verdict = match prior {
-                Some(fp) if fp == fingerprint => Verdict::Duplicate,
-                Some(_) => Verdict::Rejected(Rejection::new(
+            let verdict = self.decide(&intake, now)?;
+            self.group.decided.push((intake, reply, verdict));
+        }
+        Ok(())
+    }
+
+    /// Applies one input (unless its id was seen) and says how to answer it.
+    fn decide(&mut self, intake: &Intake, now: dishsync_protocol::Millis) -> Result<Verdict, StoreError> {
+        let store = intake.input.store().clone();
+        let id = intake.input.id().clone();
+        let fingerprint = intake.input.fingerprint();
+        let key = (store.clone(), id.clone());
+        let prior = match self.group.ids.get(&key) {
+            Some(fp) => Some(*fp),
+            None => self.store.fingerprint(&store, &id)?,
+        };
+        match prior {
+            Some(fp) if fp == fingerprint => return Ok(Verdict::Duplicate),
+            Some(_) => {
+                return Ok(Verdict::Rejected(Rejection::new(
                     ErrorCode::IdConflict,
                     format!("id {id} was already used for different content"),
-                )),
-                None => {
-                    let result = match &intake.input {
-                        Input::Stock { store, sku, event } => self.inv.apply_stock(store, sku, event, now),
-                        Input::Sale { store, sale } => self.inv.apply_sale(store, sale, now),
-                        Input::Void { store, void } => {
-                            let record = match &void.void {
-                                Some(sale_id) => match sales_in_batch.get(&(store.clone(), sale_id.clone())) {
-                                    Some(r) => Some(r.clone()),
-                                    None => self.store.sale(store, sale_id)?,
-                                },
-                                None => None,
-                            };
-                            self.inv.apply_void(store, void, record.as_ref(), now)
-                        }
-                        Input::Override { store, dish, ov } => self.inv.apply_override(store, dish, ov, now),
-                        Input::RequestAction {
-                            request, action, body, ..
-                        } => self.inv.apply_request_action(request, *action, body, now),
-                        Input::TransferAction {
-                            store,
-                            transfer,
-                            action,
-                            body,
-                        } => self
-                            .inv
-                            .apply_transfer_action(store, transfer, *action, body, &body.id, now),
-                        Input::TransferRequest { store, body } => self.inv.apply_transfer_request(store, body, now),
-                    };
-                    match result {
-                        Ok(outcome) => {
-                            commit.event_id(&store, &id, fingerprint)?;
-                            commit.ledger(&outcome.entries)?;
-                            if let Some((sale_id, record)) = outcome.sale {
-                                commit.sale(&store, &sale_id, &record)?;
-                                sales_in_batch.insert((store.clone(), sale_id), record);
-                            }
-                            changes.merge(outcome.changes);
-                            ids_in_batch.insert(key, fingerprint);
-                            Verdict::Applied
-                        }
-                        Err(rejection) => Verdict::Rejected(rejection),
-                    }
-                }
-            };
-            decided.push((intake, reply, verdict));
+                )))
+            }
+            None => {}
         }
+        let result = match &intake.input {
+            Input::Stock { store, sku, event } => self.inv.apply_stock(store, sku, event, now),
+            Input::Sale { store, sale } => self.inv.apply_sale(store, sale, now),
+            Input::Void { store, void } => {
+                let record = match &void.void {
+                    Some(sale_id) => match self.group.sales.get(&(store.clone(), sale_id.clone())) {
+                        Some(r) => Some(r.clone()),
+                        None => self.store.sale(store, sale_id)?,
+                    },
+                    None => None,
+                };
+                self.inv.apply_void(store, void, record.as_ref(), now)
+            }
+            Input::Override { store, dish, ov } => self.inv.apply_override(store, dish, ov, now),
+            Input::RequestAction {
+                request, action, body, ..
+            } => self.inv.apply_request_action(request, *action, body, now),
+            Input::TransferAction {
+                store,
+                transfer,
+                action,
+                body,
+            } => self
+                .inv
+                .apply_transfer_action(store, transfer, *action, body, &body.id, now),
+            Input::TransferRequest { store, body } => self.inv.apply_transfer_request(store, body, now),
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(rejection) => return Ok(Verdict::Rejected(rejection)),
+        };
+        let commit = match &mut self.group.commit {
+            Some(commit) => commit,
+            empty => empty.insert(self.store.begin()?),
+        };
+        commit.event_id(&store, &id, fingerprint)?;
+        commit.ledger(&outcome.entries)?;
+        if let Some((sale_id, record)) = outcome.sale {
+            commit.sale(&store, &sale_id, &record)?;
+            self.group.sales.insert((store, sale_id), record);
+        }
+        self.group.changes.merge(outcome.changes);
+        self.group.ids.insert(key, fingerprint);
+        Ok(Verdict::Applied)
+    }
+
+    /// Closes the open group: writes it to the journal with the current
+    /// state of everything it changed, renders what it publishes, and hands
+    /// it to the (idle) committer.
+    async fn hand_over(&mut self, idle: OwnedSemaphorePermit) -> Result<(), StoreError> {
+        let Group {
+            commit,
+            changes,
+            decided,
+            ..
+        } = std::mem::take(&mut self.group);
+        let mut commit = match commit {
+            Some(commit) => commit,
+            None => self.store.begin()?,
+        };
         stage_changes(&mut commit, &self.inv, &changes)?;
         self.store.apply(commit)?;
         debug!(
             inputs = decided.len(),
             levels = changes.levels.len(),
             dishes = changes.dishes.len(),
-            "applied"
+            "group committed"
         );
 
         // Retained state first, so that a device holding its PUBACK already
@@ -776,15 +801,50 @@ impl Rules {
         for ((store, device), ids) in acks {
             publish_doc(&after, &Topic::Acks { store, device }, &AckOut { ids }, false).await;
         }
-        self.complete(Completion {
+        // Whole-store documents, at most once per interval each.
+        self.mark_due(&changes);
+        self.render_due(&after).await;
+        let completion = Completion {
             retained: retained.take(),
             replies,
             after: after.take(),
-        })
-        .await;
-        self.mark_due(&changes);
-        self.publish_due().await;
+            _idle: idle,
+        };
+        if self.committer.send(completion).await.is_err() {
+            error!("the committer stopped; stopping the broker");
+            std::process::exit(70);
+        }
         Ok(())
+    }
+
+    fn mark_due(&mut self, changes: &Changes) {
+        self.due
+            .extend(changes.menus.iter().map(|s| (Throttled::Menu, s.clone())));
+        self.due
+            .extend(changes.summaries.iter().map(|s| (Throttled::Summary, s.clone())));
+    }
+
+    /// Renders the throttled documents that are due and whose interval
+    /// passed.
+    async fn render_due(&mut self, out: &Rendered) {
+        let ready: Vec<(Throttled, StoreId)> = self.ready_due().cloned().collect();
+        let now = Instant::now();
+        for key in ready {
+            self.due.remove(&key);
+            self.published.insert(key.clone(), now);
+            match key.0 {
+                Throttled::Menu => publish_menu(out, &self.inv, &key.1).await,
+                Throttled::Summary => publish_summary(out, &self.inv, &key.1, Timestamp::now().0).await,
+            }
+        }
+    }
+
+    /// Applies a batch and commits it as a group of its own (tests).
+    #[cfg(test)]
+    async fn process(&mut self, batch: Vec<Command>) -> Result<(), StoreError> {
+        self.take_in(batch)?;
+        let idle = self.idle().await;
+        self.hand_over(idle).await
     }
 }
 
@@ -985,14 +1045,21 @@ mod tests {
         Rules::new(inv, store, Arc::new(Collector::default()))
     }
 
-    /// Runs `batches` of pool indices through the rules on a real sled in
-    /// `dir`, reopening everything after batch `restart_after`.
-    async fn run(dir: &std::path::Path, batches: &[Vec<usize>], restart_after: usize) -> (Vec<Verdict>, Inventory) {
+    /// Runs `batches` of pool indices through the rules on a real store in
+    /// `dir`, reopening everything after batch `restart_after`. A batch
+    /// whose `hand_over` is false stays in the open group with the next one
+    /// (as under load, while the committer is busy). Returns the verdicts,
+    /// the inventory at the end and the inventory restored from the store.
+    async fn run(
+        dir: &std::path::Path,
+        batches: &[(Vec<usize>, bool)],
+        restart_after: usize,
+    ) -> (Vec<Verdict>, Inventory, Inventory) {
         let mut rules = open(dir);
         let mut verdicts = Vec::new();
-        for (i, batch) in batches.iter().enumerate() {
+        let mut replies = Vec::new();
+        for (i, (batch, hand_over)) in batches.iter().enumerate() {
             let mut commands = Vec::new();
-            let mut replies = Vec::new();
             for &k in batch {
                 let (tx, rx) = oneshot::channel();
                 commands.push(Command::Intake(
@@ -1004,24 +1071,25 @@ mod tests {
                 ));
                 replies.push(rx);
             }
-            rules.process(commands).await.expect("commit");
-            for rx in replies {
-                verdicts.push(rx.await.expect("verdict"));
+            rules.take_in(commands).expect("apply");
+            if *hand_over || i == restart_after || i + 1 == batches.len() {
+                let idle = rules.idle().await;
+                rules.hand_over(idle).await.expect("commit");
+                for rx in replies.drain(..) {
+                    verdicts.push(rx.await.expect("verdict"));
+                }
             }
             if i == restart_after {
-                rules.shutdown().await;
+                rules.shutdown().await.expect("shutdown");
                 rules = open(dir);
             }
         }
-        let Rules {
-            inv,
-            committer,
-            committer_task,
-            ..
-        } = rules;
-        drop(committer);
-        let _ = committer_task.await;
-        (verdicts, inv)
+        let inv = rules.inv.clone();
+        rules.shutdown().await.expect("shutdown");
+        let restored = open(dir);
+        let restored_inv = restored.inv.clone();
+        restored.shutdown().await.expect("shutdown");
+        (verdicts, inv, restored_inv)
     }
 
     proptest! {
@@ -1031,16 +1099,16 @@ mod tests {
         /// exactly once: the state equals applying each distinct input once.
         #[test]
         fn any_input_applied_twice_counts_once(
-            batches in prop::collection::vec(prop::collection::vec(0usize..12, 1..8), 1..8),
+            batches in prop::collection::vec((prop::collection::vec(0usize..12, 1..8), any::<bool>()), 1..8),
             restart_after in 0usize..8,
         ) {
             let dir = tempfile::tempdir().expect("tempdir");
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            let (verdicts, inv) = runtime.block_on(run(dir.path(), &batches, restart_after));
+            let (verdicts, inv, restored) = runtime.block_on(run(dir.path(), &batches, restart_after));
 
             let mut expected = Inventory::new(catalog(), 0);
             let mut first = std::collections::HashSet::new();
-            let flat: Vec<usize> = batches.iter().flatten().copied().collect();
+            let flat: Vec<usize> = batches.iter().flat_map(|(b, _)| b).copied().collect();
             for (n, &k) in flat.iter().enumerate() {
                 if first.insert(k) {
                     let Input::Stock { store, sku, event } = pool(k) else { unreachable!("pool is stock events") };
@@ -1054,6 +1122,8 @@ mod tests {
                 let got = inv.level_out(&id("s1"), &id(sku)).map(|l| l.qty);
                 let want = expected.level_out(&id("s1"), &id(sku)).map(|l| l.qty);
                 prop_assert_eq!(got, want, "sku {}", sku);
+                let reopened = restored.level_out(&id("s1"), &id(sku)).map(|l| l.qty);
+                prop_assert_eq!(reopened, want, "sku {} after reopening", sku);
             }
         }
     }
@@ -1061,9 +1131,8 @@ mod tests {
     #[tokio::test]
     async fn a_reused_id_with_other_content_is_refused_after_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (verdicts, inv) = run(dir.path(), &[vec![0], vec![0]], 0).await;
+        let (verdicts, _, _) = run(dir.path(), &[(vec![0], true), (vec![0], true)], 0).await;
         assert_eq!(verdicts, vec![Verdict::Applied, Verdict::Duplicate]);
-        drop(inv);
         // `run` shut its rules down; the store is free to reopen.
         let mut rules = open(dir.path());
         let Input::Stock { store, sku, mut event } = pool(0) else {

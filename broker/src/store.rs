@@ -178,6 +178,31 @@ impl Shared {
     }
 }
 
+/// Opens sled in `dir`. sled's IO threads release the directory's lock a
+/// moment after the last handle is dropped, so a reopen in the same process
+/// (a restart in tests and benchmarks) waits for the lock, up to 5 s; a
+/// second broker on the same directory fails after that wait.
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // The checkpointer flushes explicitly; sled's own periodic flusher
+        // would only repeat that work.
+        let opened = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Ledger lines per sled record at most.
 const PAGE_LINES: usize = 1024;
 
@@ -281,13 +306,7 @@ impl Store {
     /// only [`Store::checkpoint`] moves commits into sled (so dropping the
     /// store leaves them to the journal alone, as a crash would).
     fn open_with(dir: &Path, background: bool) -> Result<Store, StoreError> {
-        // The checkpointer flushes explicitly; sled's own periodic flusher
-        // would only repeat that work.
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_sled(dir)?;
         let journal_dir = dir.join("journal");
         let mut last = match db.get(CHECKPOINT_KEY)? {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
