@@ -9,7 +9,8 @@
 //! - [`rules`]: the rules task, single owner of the inventory and the store;
 //! - [`store`]: sled — ledger, dedup index, snapshot;
 //! - [`outbound`]: in-process publication into the router;
-//! - [`retainer`]: retained-message storage.
+//! - [`retainer`]: retained-message storage;
+//! - [`memory`]: the allocator's page size.
 //!
 //! The domain decisions themselves are in `dishsync-inventory`.
 
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod hooks;
+pub mod memory;
 pub mod outbound;
 pub mod retainer;
 pub mod rules;

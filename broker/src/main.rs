@@ -1,10 +1,10 @@
 //! `dishsync-broker`: see `dishsync_broker::cli`.
 
-/// Every input allocates a few short-lived buffers on several threads; the
-/// system allocator spent a fifth of the broker's CPU on them (BENCHMARKS.md).
+/// See `dishsync_broker::memory`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    dishsync_broker::memory::use_small_pages();
     dishsync_broker::cli::main()
 }
