@@ -386,8 +386,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// The documents one POS received, in order: (rev, arrival).
+type Arrivals = Vec<(u64, Instant)>;
+
 /// Latency from a stock change's intended send time to each POS receiving
 /// the availability it caused, in milliseconds: (p50, p99, p99.9, samples).
+/// A change counts as received with the first document whose rev is at
+/// least the change's, so a document that stands for several changes is
+/// not mistaken for the fast delivery of only the last one.
 async fn latency(
     target: Target,
     addr: SocketAddr,
@@ -405,14 +411,15 @@ async fn latency(
             .publish(topic, QoS::AtLeastOnce, true, serde_json::to_vec(&json!({"rev": 0}))?)
             .await?;
     }
-    let samples: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    // What each POS received, in order.
+    let seen: Arc<Mutex<Vec<Arrivals>>> = Arc::new(Mutex::new(vec![Vec::new(); subscribers]));
     let base_rev: Arc<Mutex<Option<u64>>> = Arc::default();
     let mut subs = Vec::new();
     let ready = Arc::new(tokio::sync::Semaphore::new(0));
     for s in 0..subscribers {
         let (client, mut eventloop) = AsyncClient::new(options(&format!("pos-{s}"), addr), 100);
         client.subscribe(topic, QoS::AtLeastOnce).await?;
-        let samples = Arc::clone(&samples);
+        let seen = Arc::clone(&seen);
         let base_rev = Arc::clone(&base_rev);
         let ready = Arc::clone(&ready);
         subs.push((
@@ -432,8 +439,8 @@ async fn latency(
                                 b.get_or_insert(rev);
                             }
                             ready.add_permits(1);
-                        } else if let Ok(mut s) = samples.lock() {
-                            s.push((rev, now));
+                        } else if let Ok(mut seen) = seen.lock() {
+                            seen[s].push((rev, now));
                         }
                     }
                 }
@@ -467,24 +474,29 @@ async fn latency(
     // Wait (bounded) until every POS saw the last change.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got = samples
+        let got = seen
             .lock()
             .map_err(|_| anyhow!("lock"))?
             .iter()
-            .filter(|(rev, _)| *rev >= r0 + events)
+            .filter(|pos| pos.last().is_some_and(|(rev, _)| *rev >= r0 + events))
             .count();
         if got >= subscribers || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut ms: Vec<f64> = samples
-        .lock()
-        .map_err(|_| anyhow!("lock"))?
-        .iter()
-        .filter(|(rev, _)| *rev > r0 && *rev <= r0 + events)
-        .map(|(rev, t)| t.saturating_duration_since(intended(rev - r0)).as_secs_f64() * 1000.0)
-        .collect();
+    // Change k reached a POS with the first document at rev ≥ r0 + k (a
+    // document may stand for several changes); one sample per change per POS.
+    let mut ms: Vec<f64> = Vec::new();
+    for pos in seen.lock().map_err(|_| anyhow!("lock"))?.iter() {
+        let mut arrivals = pos.iter().peekable();
+        for k in 1..=events {
+            while arrivals.next_if(|(rev, _)| *rev < r0 + k).is_some() {}
+            if let Some((_, t)) = arrivals.peek() {
+                ms.push(t.saturating_duration_since(intended(k)).as_secs_f64() * 1000.0);
+            }
+        }
+    }
     ms.sort_by(f64::total_cmp);
     for (client, task) in subs {
         let _ = client.disconnect().await;
