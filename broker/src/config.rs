@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dishsync_inventory::catalog::{Dish, Kitchen, Planning, RecipeLine, Sku, StockParams, Store};
+use dishsync_inventory::catalog::{Dish, Kitchen, Planning, RecipeLine, ScaleBinding, Sku, StockParams, Store};
 use dishsync_inventory::Catalog;
 use dishsync_protocol::{BaseUnit, DeviceId, DishId, Quantity, SkuId, StoreId, Unit};
 
@@ -160,6 +160,18 @@ struct StoreSection {
     hours: Option<HoursSection>,
     #[serde(default)]
     feeds: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    scales: BTreeMap<String, ScaleSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleSection {
+    sku: String,
+    #[serde(default)]
+    tare_grams: i64,
+    piece_grams: Option<i64>,
+    deadband: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -562,6 +574,9 @@ impl Validator {
             return None;
         }
         let planning = self.planning(&file, &store_ids, &units)?;
+        if !self.issues.is_empty() {
+            return None;
+        }
         let catalog = match Catalog::new(skus, dishes, stores).and_then(|c| c.with_planning(planning)) {
             Ok(c) => c,
             Err(e) => {
@@ -715,7 +730,58 @@ impl Validator {
                 feeds.insert(device, fed);
             }
             if !feeds.is_empty() {
-                p.feeds.insert(store, feeds);
+                p.feeds.insert(store.clone(), feeds);
+            }
+            let mut scales = BTreeMap::new();
+            for (device, scale) in &s.scales {
+                let place = format!("stores[{i}].scales.{device}");
+                let Some(device) = self.id::<DeviceId>(&place, device) else {
+                    continue;
+                };
+                let Some(sku) = self.id::<SkuId>(&format!("{place}.sku"), &scale.sku) else {
+                    continue;
+                };
+                let Some(unit) = units.get(&sku) else {
+                    self.issue(format!("{place}.sku"), format!("unknown SKU {sku}"));
+                    continue;
+                };
+                match (unit, scale.piece_grams) {
+                    (BaseUnit::G, None) => {}
+                    (BaseUnit::Pcs, Some(p)) if p >= 1 => {}
+                    (BaseUnit::Pcs, Some(_)) => self.issue(format!("{place}.piece_grams"), "must be at least 1"),
+                    (BaseUnit::Pcs, None) => self.issue(
+                        place.clone(),
+                        format!("{sku} is kept in pieces: give piece_grams, the weight of one"),
+                    ),
+                    (BaseUnit::G, Some(_)) => self.issue(
+                        format!("{place}.piece_grams"),
+                        format!("{sku} is kept in grams; piece_grams is for SKUs kept in pieces"),
+                    ),
+                    (BaseUnit::Ml, _) => self.issue(
+                        format!("{place}.sku"),
+                        format!("{sku} is kept in ml; a scale can weigh SKUs kept in g or pcs"),
+                    ),
+                }
+                if scale.tare_grams < 0 {
+                    self.issue(format!("{place}.tare_grams"), "must not be negative");
+                }
+                // Scales wander by a few grams; one piece is always real.
+                let deadband = scale.deadband.unwrap_or(if *unit == BaseUnit::Pcs { 1 } else { 10 });
+                if deadband < 1 {
+                    self.issue(format!("{place}.deadband"), "must be at least 1");
+                }
+                scales.insert(
+                    device,
+                    ScaleBinding {
+                        sku,
+                        tare_grams: scale.tare_grams,
+                        piece_grams: scale.piece_grams,
+                        deadband,
+                    },
+                );
+            }
+            if !scales.is_empty() {
+                p.scales.insert(store, scales);
             }
         }
         Some(p)
@@ -867,6 +933,89 @@ menu = ["burger", "pizza"]
             ],
             "{err}"
         );
+    }
+
+    #[test]
+    fn scales_are_checked() {
+        let chain = |scales: &str| {
+            format!(
+                r#"
+[[skus]]
+id = "bun"
+name = "Bun"
+unit = "pcs"
+reorder_point = 1
+par = 2
+
+[[skus]]
+id = "beef"
+name = "Beef"
+unit = "g"
+reorder_point = 1
+par = 2
+
+[[skus]]
+id = "cola"
+name = "Cola"
+unit = "ml"
+reorder_point = 1
+par = 2
+
+[[dishes]]
+id = "b"
+name = "B"
+recipe = [{{ sku = "bun", qty = 1 }}]
+
+[[stores]]
+id = "s1"
+name = "S1"
+{scales}
+"#
+            )
+        };
+        let good = Settings::parse(&chain(
+            r#"scales = { scale-1 = { sku = "beef", tare_grams = 350 }, scale-2 = { sku = "bun", piece_grams = 60 } }"#,
+        ))
+        .expect("valid");
+        let s1: StoreId = "s1".parse().expect("id");
+        let scale1 = settings_scale(&good, &s1, "scale-1");
+        assert_eq!(
+            (scale1.tare_grams, scale1.piece_grams, scale1.deadband),
+            (350, None, 10)
+        );
+        assert_eq!(settings_scale(&good, &s1, "scale-2").deadband, 1, "one piece");
+
+        let err = Settings::parse(&chain(
+            r#"scales = { a = { sku = "cola" }, b = { sku = "bun" }, c = { sku = "beef", piece_grams = 5 }, d = { sku = "beef", tare_grams = -1, deadband = 0 }, e = { sku = "lamb" }, f = { sku = "beef", colour = "red" } }"#,
+        ))
+        .expect_err("invalid");
+        let places: Vec<&str> = err.issues.iter().map(|i| i.place.as_str()).collect();
+        assert!(
+            places.iter().all(|p| p.starts_with("line ")),
+            "unknown field first: {err}"
+        );
+        let err = Settings::parse(&chain(
+            r#"scales = { a = { sku = "cola" }, b = { sku = "bun" }, c = { sku = "beef", piece_grams = 5 }, d = { sku = "beef", tare_grams = -1, deadband = 0 }, e = { sku = "lamb" } }"#,
+        ))
+        .expect_err("invalid");
+        let places: Vec<&str> = err.issues.iter().map(|i| i.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "stores[0].scales.a.sku",
+                "stores[0].scales.b",
+                "stores[0].scales.c.piece_grams",
+                "stores[0].scales.d.tare_grams",
+                "stores[0].scales.d.deadband",
+                "stores[0].scales.e.sku"
+            ],
+            "{err}"
+        );
+    }
+
+    fn settings_scale<'a>(settings: &'a Settings, store: &StoreId, device: &str) -> &'a ScaleBinding {
+        let device: DeviceId = device.parse().expect("id");
+        settings.catalog.scale(store, &device).expect("bound")
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dishsync_inventory::Rejection;
-use dishsync_protocol::payload::{BrokerAlertOut, ErrorCode, Timestamp, WeightIn};
+use dishsync_protocol::payload::{BrokerAlertOut, ErrorCode, Timestamp};
 use dishsync_protocol::topic::Direction;
 use dishsync_protocol::{DeviceId, StoreId, Topic};
 use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
@@ -43,7 +43,7 @@ use tracing::warn;
 use crate::acl::{Identity, Scope};
 use crate::auth::Identities;
 use crate::outbound::{publish_doc, Outbound};
-use crate::rules::{decode, report, salvage_id, Intake, RulesHandle, Verdict};
+use crate::rules::{decode, report, salvage_id, Input, Intake, RulesHandle, Verdict};
 
 /// The device id used for an anonymous client whose MQTT client id is not a
 /// valid id.
@@ -187,13 +187,16 @@ impl IntakeHook {
                 ErrorCode::MalformedPayload,
                 "device status must be online or offline".into(),
             )),
-            Topic::ScaleWeight { .. } => match serde_json::from_slice::<WeightIn>(payload) {
-                Ok(_) => Ok(Admitted::Presence),
-                Err(e) => Err(refusal(
-                    PublishAckReason::PayloadFormatInvalid,
-                    ErrorCode::MalformedPayload,
-                    format!("malformed reading: {e}"),
-                )),
+            // A settled reading may set a bound SKU's level: the rules
+            // decide. A moving one is only routed.
+            Topic::ScaleWeight { .. } => match decode(&parsed, payload) {
+                Ok(Input::Reading { reading, .. }) if !reading.stable => Ok(Admitted::Presence),
+                Ok(input) => Ok(Admitted::Input(input)),
+                Err(rejection) => Err(Refusal {
+                    code: PublishAckReason::PayloadFormatInvalid,
+                    rejection,
+                    store: store.clone(),
+                }),
             },
             _ => decode(&parsed, payload)
                 .map(Admitted::Input)
@@ -224,7 +227,7 @@ impl IntakeHook {
             }
             Ok(Admitted::Presence) => PublishAclResult::allow(),
             Ok(Admitted::Input(input)) => match self.rules.intake(Intake { input, device }).await {
-                Some(Verdict::Applied) => PublishAclResult::allow(),
+                Some(Verdict::Applied | Verdict::Unchanged) => PublishAclResult::allow(),
                 Some(Verdict::Duplicate) => PublishAclResult(PublishResult::reason_code(
                     PublishAckReason::NoMatchingSubscribers,
                     Some("already applied".into()),

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use dishsync_inventory::{Changes, Inventory, Rejection, SaleRecord};
 use dishsync_protocol::payload::{
-    AckOut, ActionIn, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp, TransferRequestIn,
+    AckOut, ActionIn, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp, TransferRequestIn, WeightIn,
 };
 use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
@@ -115,6 +115,29 @@ pub enum Input {
         /// What it needs.
         body: TransferRequestIn,
     },
+    /// A settled scale reading (unsettled ones never reach the rules).
+    Reading {
+        /// The store.
+        store: StoreId,
+        /// The scale.
+        device: DeviceId,
+        /// The reading.
+        reading: WeightIn,
+        /// The id its count is recorded under ([`reading_id`]).
+        id: EventId,
+    },
+}
+
+/// The id a scale reading's count is recorded under: the scale and the
+/// reading's stamp, so a re-sent reading is recognised like any input.
+pub fn reading_id(device: &DeviceId, reading: &WeightIn) -> EventId {
+    let at = reading.at.0;
+    format!("{device}:w:{at}").parse().unwrap_or_else(|_| {
+        // A device id near the length limit: its hash instead (≤ 39 bytes).
+        format!("w:{at}:{:016x}", fnv1a(device.as_str().as_bytes().iter()))
+            .parse()
+            .expect("w, digits, '-', ':' and hex always form a valid event id")
+    })
 }
 
 impl Input {
@@ -127,8 +150,15 @@ impl Input {
             | Input::Override { store, .. }
             | Input::RequestAction { store, .. }
             | Input::TransferAction { store, .. }
-            | Input::TransferRequest { store, .. } => store,
+            | Input::TransferRequest { store, .. }
+            | Input::Reading { store, .. } => store,
         }
+    }
+
+    /// Whether the sender expects its id on the acks topic (every input
+    /// but a scale reading, which is not an event the scale keeps).
+    pub fn acknowledged(&self) -> bool {
+        !matches!(self, Input::Reading { .. })
     }
 
     /// The input's client-made id.
@@ -139,6 +169,7 @@ impl Input {
             Input::Override { ov, .. } => &ov.id,
             Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => &body.id,
             Input::TransferRequest { body, .. } => &body.id,
+            Input::Reading { id, .. } => id,
         }
     }
 
@@ -154,6 +185,7 @@ impl Input {
             Input::Override { ov, .. } => json(ov),
             Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => json(body),
             Input::TransferRequest { body, .. } => json(body),
+            Input::Reading { reading, .. } => json(reading),
         };
         let topic = input_topic(self);
         fnv1a(
@@ -236,6 +268,15 @@ pub fn decode(topic: &Topic, payload: &[u8]) -> Result<Input, Rejection> {
             store: store.clone(),
             body: serde_json::from_slice(payload).map_err(malformed)?,
         },
+        Topic::ScaleWeight { store, device } => {
+            let reading: WeightIn = serde_json::from_slice(payload).map_err(malformed)?;
+            Input::Reading {
+                store: store.clone(),
+                device: device.clone(),
+                id: reading_id(device, &reading),
+                reading,
+            }
+        }
         other => {
             return Err(Rejection::new(
                 ErrorCode::UnknownTopic,
@@ -262,6 +303,9 @@ pub enum Verdict {
     Applied,
     /// Committed earlier with the same content; acknowledged again, not applied.
     Duplicate,
+    /// Well formed, and nothing to apply (a scale reading within its
+    /// deadband, or from a scale bound to no SKU).
+    Unchanged,
     /// Refused; nothing applied.
     Rejected(Rejection),
 }
@@ -707,6 +751,16 @@ impl Rules {
             None => {}
         }
         let result = match &intake.input {
+            Input::Reading {
+                store,
+                device,
+                reading,
+                id,
+            } => match self.inv.apply_reading(store, device, reading, id, now) {
+                Ok(Some(outcome)) => Ok(outcome),
+                Ok(None) => return Ok(Verdict::Unchanged),
+                Err(rejection) => Err(rejection),
+            },
             Input::Stock { store, sku, event } => self.inv.apply_stock(store, sku, event, now),
             Input::Sale { store, sale } => self.inv.apply_sale(store, sale, now),
             Input::Void { store, void } => {
@@ -785,11 +839,12 @@ impl Rules {
         for (intake, reply, verdict) in decided {
             let store = intake.input.store().clone();
             match &verdict {
-                Verdict::Applied | Verdict::Duplicate => {
+                Verdict::Applied | Verdict::Duplicate if intake.input.acknowledged() => {
                     acks.entry((store, intake.device.clone()))
                         .or_default()
                         .push(intake.input.id().clone());
                 }
+                Verdict::Applied | Verdict::Duplicate | Verdict::Unchanged => {}
                 Verdict::Rejected(r) => {
                     let topic = input_topic(&intake.input).to_string();
                     let id = Some(intake.input.id().to_string());
@@ -874,6 +929,10 @@ fn input_topic(input: &Input) -> Topic {
             action: *action,
         },
         Input::TransferRequest { store, .. } => Topic::TransferRequest { store: store.clone() },
+        Input::Reading { store, device, .. } => Topic::ScaleWeight {
+            store: store.clone(),
+            device: device.clone(),
+        },
     }
 }
 

@@ -67,6 +67,22 @@ pub struct Store {
     pub stock: BTreeMap<SkuId, StockParams>,
 }
 
+/// A scale whose stable readings are the level of one SKU in one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleBinding {
+    /// The SKU on the platform (kept in grams, or in pieces with
+    /// `piece_grams`).
+    pub sku: SkuId,
+    /// Grams of the container, taken off every reading.
+    pub tare_grams: i64,
+    /// For a SKU kept in pieces: grams per piece (readings round to the
+    /// nearest piece).
+    pub piece_grams: Option<i64>,
+    /// A reading less than this many base units from the level is the
+    /// scale's noise and changes nothing (≥ 1).
+    pub deadband: i64,
+}
+
 /// A reference in the catalog that points nowhere.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
@@ -98,6 +114,16 @@ pub enum CatalogError {
     /// Planning names a SKU that does not exist.
     #[error("planning refers to unknown SKU {0}")]
     UnknownSku(SkuId),
+    /// A scale binding that cannot turn grams into the SKU's unit.
+    #[error("store {store}: scale {device}: {problem}")]
+    Scale {
+        /// The store.
+        store: StoreId,
+        /// The scale.
+        device: DeviceId,
+        /// What is wrong.
+        problem: String,
+    },
     /// A store lacks stock parameters for a SKU.
     #[error("store {store}: no stock parameters for SKU {sku}")]
     MissingParams {
@@ -143,8 +169,11 @@ pub struct Planning {
     /// Store-local service hours (open, close minutes of the day); a store
     /// without hours is always open.
     pub hours: BTreeMap<StoreId, (u32, u32)>,
-    /// Per store: the SKUs each device feeds (for freshness).
+    /// Per store: the SKUs each device feeds (for freshness). A bound scale
+    /// feeds its SKU whether or not it is listed here.
     pub feeds: BTreeMap<StoreId, BTreeMap<DeviceId, Vec<SkuId>>>,
+    /// Per store: the scales whose stable readings set a SKU's level.
+    pub scales: BTreeMap<StoreId, BTreeMap<DeviceId, ScaleBinding>>,
 }
 
 impl Default for Planning {
@@ -164,6 +193,7 @@ impl Default for Planning {
             travel: BTreeMap::new(),
             hours: BTreeMap::new(),
             feeds: BTreeMap::new(),
+            scales: BTreeMap::new(),
         }
     }
 }
@@ -245,7 +275,7 @@ impl Catalog {
 
     /// The same catalog with `planning`, whose store, SKU and device
     /// references are checked.
-    pub fn with_planning(mut self, planning: Planning) -> Result<Catalog, CatalogError> {
+    pub fn with_planning(mut self, mut planning: Planning) -> Result<Catalog, CatalogError> {
         for (a, b) in planning.travel.keys() {
             for s in [a, b] {
                 if !self.stores.contains_key(s) {
@@ -263,6 +293,46 @@ impl Catalog {
                 return Err(CatalogError::UnknownSku(sku.clone()));
             }
         }
+        for (store, scales) in &planning.scales {
+            if !self.stores.contains_key(store) {
+                return Err(CatalogError::UnknownStore(store.clone()));
+            }
+            for (device, binding) in scales {
+                let problem = |problem: &str| CatalogError::Scale {
+                    store: store.clone(),
+                    device: device.clone(),
+                    problem: problem.into(),
+                };
+                let sku = self
+                    .skus
+                    .get(&binding.sku)
+                    .ok_or_else(|| CatalogError::UnknownSku(binding.sku.clone()))?;
+                match (sku.unit, binding.piece_grams) {
+                    (BaseUnit::G, None) => {}
+                    (BaseUnit::Pcs, Some(p)) if p >= 1 => {}
+                    (BaseUnit::Pcs, _) => return Err(problem("a SKU kept in pieces needs piece_grams ≥ 1")),
+                    (BaseUnit::G, Some(_)) => return Err(problem("piece_grams is for SKUs kept in pieces")),
+                    (BaseUnit::Ml, _) => return Err(problem("a scale cannot weigh a SKU kept in ml")),
+                }
+                if binding.tare_grams < 0 || binding.deadband < 1 {
+                    return Err(problem("tare must not be negative and the deadband must be at least 1"));
+                }
+            }
+        }
+        // A bound scale feeds its SKU: its going offline makes the level stale.
+        for (store, scales) in &planning.scales {
+            for (device, binding) in scales {
+                let fed = planning
+                    .feeds
+                    .entry(store.clone())
+                    .or_default()
+                    .entry(device.clone())
+                    .or_default();
+                if !fed.contains(&binding.sku) {
+                    fed.push(binding.sku.clone());
+                }
+            }
+        }
         self.planning = planning;
         Ok(self)
     }
@@ -270,6 +340,11 @@ impl Catalog {
     /// How the planning rules are tuned.
     pub fn planning(&self) -> &Planning {
         &self.planning
+    }
+
+    /// The SKU binding of a scale, if it has one.
+    pub fn scale(&self, store: &StoreId, device: &DeviceId) -> Option<&ScaleBinding> {
+        self.planning.scales.get(store)?.get(device)
     }
 
     /// Travel minutes between two stores, if configured.

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use dishsync_protocol::payload::{
     ActiveOverride, AlertOut, DishAvailabilityOut, DishStatus, ErrorCode, LevelOut, LevelState, MenuEntry, OverrideIn,
-    OverrideStatus, SaleIn, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
+    OverrideStatus, SaleIn, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp, WeightIn,
 };
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Millis, Quantity, SkuId, StoreId};
 use serde::{Deserialize, Serialize};
@@ -533,6 +533,53 @@ impl Inventory {
         }
         self.after_moves(store, &[(sku.clone(), before)], now, &mut outcome.changes);
         Ok(outcome)
+    }
+
+    /// Applies a scale reading. A stable reading from a scale bound to a SKU
+    /// (`Planning::scales`) is a count of that SKU, recorded as `id`: the
+    /// grams less the container's tare, rounded to whole pieces where the
+    /// SKU is kept in pieces. A reading within the binding's deadband of the
+    /// level is the scale's noise; an unstable reading, an unbound scale and
+    /// a platform lighter than its tare (the container lifted off) say
+    /// nothing about stock. Those change nothing: `Ok(None)`.
+    pub fn apply_reading(
+        &mut self,
+        store: &StoreId,
+        device: &DeviceId,
+        reading: &WeightIn,
+        id: &EventId,
+        now: Millis,
+    ) -> Result<Option<Outcome>, Rejection> {
+        self.store_checked(store)?;
+        let Some(binding) = self.catalog.scale(store, device).cloned() else {
+            return Ok(None);
+        };
+        let net = reading.grams.saturating_sub(binding.tare_grams);
+        if !reading.stable || net < 0 {
+            return Ok(None);
+        }
+        let level = match binding.piece_grams {
+            Some(piece) => (net + piece / 2) / piece,
+            None => net,
+        };
+        let current = self.sku_state(store, &binding.sku).map(|s| s.ledger.qty());
+        if current.is_some_and(|c| level.abs_diff(c) < binding.deadband.unsigned_abs()) {
+            return Ok(None);
+        }
+        let Some(unit) = self.catalog.sku(&binding.sku).map(|s| s.unit) else {
+            return Ok(None);
+        };
+        let count = StockEventIn {
+            id: id.clone(),
+            kind: StockKind::Count,
+            qty: level as f64,
+            unit: unit.into(),
+            at: reading.at,
+            device: device.clone(),
+            reference: None,
+            reason: None,
+        };
+        self.apply_stock(store, &binding.sku, &count, now).map(Some)
     }
 
     /// Applies a sale: depletes every ingredient by recipe × portions.

@@ -106,6 +106,7 @@ fn chain() -> Arc<Catalog> {
             .collect(),
         hours: ["a", "b", "c"].iter().map(|s| (id(s), (11 * 60, 23 * 60))).collect(),
         feeds: BTreeMap::new(),
+        scales: BTreeMap::new(),
     };
     Arc::new(catalog.with_planning(planning).expect("planning"))
 }

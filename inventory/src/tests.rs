@@ -1,6 +1,6 @@
 //! Table-driven and property tests of the core, with no I/O and no clock.
 
-use super::catalog::{Dish, RecipeLine, Sku, StockParams, Store};
+use super::catalog::{CatalogError, Dish, RecipeLine, Sku, StockParams, Store};
 use super::*;
 use dishsync_protocol::payload::SaleLine;
 use dishsync_protocol::{BaseUnit, Unit};
@@ -451,4 +451,116 @@ proptest! {
         prop_assert_eq!(qty(&inv, "beef"), 1000 + between);
         prop_assert_eq!(qty(&inv, "bun"), 10);
     }
+}
+
+fn reading(grams: i64, stable: bool, at: Millis) -> WeightIn {
+    WeightIn {
+        grams,
+        at: Timestamp(at),
+        stable,
+    }
+}
+
+/// s1's catalog with scale-1 under the beef (a 350 g tray, 10 g deadband)
+/// and scale-2 under the buns (60 g each, no container).
+fn scales() -> Arc<Catalog> {
+    let binding = |sku: &str, tare_grams, piece_grams, deadband| catalog::ScaleBinding {
+        sku: id(sku),
+        tare_grams,
+        piece_grams,
+        deadband,
+    };
+    let mut planning = catalog::Planning::default();
+    planning.scales.insert(
+        id("s1"),
+        [
+            (id("scale-1"), binding("beef", 350, None, 10)),
+            (id("scale-2"), binding("bun", 0, Some(60), 1)),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    Arc::new((*catalog()).clone().with_planning(planning).expect("valid scales"))
+}
+
+#[test]
+fn stable_readings_of_a_bound_scale_count_the_sku() {
+    let mut inv = Inventory::new(scales(), T0);
+    let (s1, scale1, scale2): (StoreId, DeviceId, DeviceId) = (id("s1"), id("scale-1"), id("scale-2"));
+    inv.apply_stock(&s1, &id("bun"), &ev("r1", StockKind::Receive, 10.0, Unit::Pcs, T0), T0)
+        .expect("bun");
+    inv.apply_stock(&s1, &id("beef"), &ev("r2", StockKind::Receive, 1.0, Unit::Kg, T0), T0)
+        .expect("beef");
+    let apply = |inv: &mut Inventory, device: &DeviceId, r: WeightIn, eid: &str| {
+        inv.apply_reading(&s1, device, &r, &id(eid), T0 + 1)
+            .expect("a reading is never refused here")
+    };
+
+    // 1,355 g on the 350 g tray is 1,005 g of beef: 5 g from the level, noise.
+    assert!(apply(&mut inv, &scale1, reading(1_355, true, T0 + 1), "w1").is_none());
+    // Moving, lifted off, or an unbound scale: nothing about stock.
+    assert!(apply(&mut inv, &scale1, reading(2_000, false, T0 + 2), "w2").is_none());
+    assert!(apply(&mut inv, &scale1, reading(120, true, T0 + 3), "w3").is_none());
+    assert!(apply(&mut inv, &id("scale-9"), reading(5_000, true, T0 + 4), "w4").is_none());
+    assert_eq!(qty(&inv, "beef"), 1_000);
+
+    // 1,250 g is 900 g of beef: a count, in the ledger under the reading's id.
+    let outcome = apply(&mut inv, &scale1, reading(1_250, true, T0 + 5), "w5").expect("a count");
+    assert_eq!(qty(&inv, "beef"), 900);
+    assert_eq!(outcome.entries.len(), 1);
+    let line = &outcome.entries[0];
+    assert_eq!(
+        (line.event.as_str(), line.kind, line.amount, line.at),
+        ("w5", EntryKind::Stock(StockKind::Count.into()), 900, T0 + 5)
+    );
+    assert_eq!(dish(&inv, "burger").portions, 6, "900 g / 150 g");
+
+    // Buns by weight: 545 g is 9.08 buns → 9; 605 g is 10.08 → 10.
+    assert!(
+        apply(&mut inv, &scale2, reading(605, true, T0 + 6), "w6").is_none(),
+        "10 already"
+    );
+    apply(&mut inv, &scale2, reading(545, true, T0 + 7), "w7").expect("9 buns");
+    assert_eq!(qty(&inv, "bun"), 9);
+}
+
+#[test]
+fn a_scale_binding_must_fit_the_sku() {
+    let bind = |sku: &str, piece_grams, deadband| {
+        let mut planning = catalog::Planning::default();
+        planning.scales.insert(
+            id("s1"),
+            [(
+                id::<DeviceId>("scale-1"),
+                catalog::ScaleBinding {
+                    sku: id(sku),
+                    tare_grams: 0,
+                    piece_grams,
+                    deadband,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        );
+        (*catalog()).clone().with_planning(planning)
+    };
+    assert!(bind("beef", None, 5).is_ok());
+    assert!(bind("bun", Some(60), 1).is_ok());
+    assert!(matches!(bind("cola", None, 5), Err(CatalogError::Scale { .. })), "ml");
+    assert!(
+        matches!(bind("bun", None, 1), Err(CatalogError::Scale { .. })),
+        "pieces need a weight"
+    );
+    assert!(matches!(bind("beef", Some(60), 5), Err(CatalogError::Scale { .. })));
+    assert!(
+        matches!(bind("beef", None, 0), Err(CatalogError::Scale { .. })),
+        "deadband"
+    );
+    assert!(matches!(bind("lamb", None, 5), Err(CatalogError::UnknownSku(_))));
+    // A bound scale feeds its SKU (freshness).
+    let fed = bind("beef", None, 5).expect("valid");
+    assert_eq!(
+        fed.planning().feeds[&id::<StoreId>("s1")][&id::<DeviceId>("scale-1")],
+        vec![id::<SkuId>("beef")]
+    );
 }

@@ -243,3 +243,70 @@ async fn an_86_wins_until_released_or_until_its_time() -> Result<()> {
     assert_eq!(d["override"], Value::Null);
     Ok(())
 }
+
+/// A scale bound to a SKU keeps its level from settled readings: net of the
+/// tray, rounded to pieces, noise and moving readings ignored, each count in
+/// the ledger under the reading's id (checked after a kill -9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_scale_keeps_its_sku_level_from_settled_readings() -> Result<()> {
+    let config = small_chain().replace(
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n",
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n\
+         scales = { scale-1 = { sku = \"beef\", tare_grams = 300 }, scale-2 = { sku = \"bun\", piece_grams = 60 } }\n",
+    );
+    let (_tmp, data) = temp_data_dir()?;
+    let mut broker = BrokerProcess::start(&config, &data)?;
+    let mut pos = Client::connect(broker.addr, "pos-1").await?;
+    pos.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce).await?;
+    pos.subscribe("stores/s1/dishes/burger/availability", QoS::AtLeastOnce)
+        .await?;
+    let beef = "stores/s1/stock/beef/level";
+    pos.wait_latest(beef, |l| l["qty"] == 0).await?;
+
+    let scale1 = Client::connect(broker.addr, "scale-1").await?;
+    let scale2 = Client::connect(broker.addr, "scale-2").await?;
+    let t0 = dishsync_protocol::payload::Timestamp::now().0;
+    let reading = |grams: i64, stable: bool, k: i64| json!({"grams": grams, "at": dishsync_protocol::payload::Timestamp(t0 + k).to_string(), "stable": stable});
+    let weigh = |scale: &Client, device: &str, body: Value| {
+        let topic = format!("stores/s1/scales/{device}/weight");
+        let mqtt = scale.mqtt.clone();
+        async move {
+            mqtt.publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&body)?)
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    // 605 g of buns at 60 g each: 10.
+    weigh(&scale2, "scale-2", reading(605, true, 1)).await?;
+    // In order from one scale: a settled 2.3 kg (2,000 g of beef on the
+    // 300 g tray), a moving 5 kg, 2,305 g (5 g of noise), a settled 2 kg.
+    for (grams, stable, k) in [(2_300, true, 2), (5_000, false, 3), (2_305, true, 4), (2_000, true, 5)] {
+        weigh(&scale1, "scale-1", reading(grams, stable, k)).await?;
+    }
+    pos.wait_latest(beef, |l| l["qty"] == 1_700).await?;
+    let levels: Vec<i64> = pos.all_on(beef).iter().filter_map(|l| l["qty"].as_i64()).collect();
+    assert_eq!(levels, [0, 2_000, 1_700], "noise and a moving reading publish nothing");
+    assert_eq!(
+        pos.latest("stores/s1/stock/bun/level").map(|l| l["qty"].clone()),
+        Some(json!(10))
+    );
+    // 1,700 g of beef and 10 buns: 10 burgers.
+    pos.wait_latest("stores/s1/dishes/burger/availability", |d| d["portions"] == 10)
+        .await?;
+
+    broker.kill();
+    let counts: Vec<(String, i64)> = dishsync_broker::store::Store::open(&data)?
+        .ledger()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.sku.as_str() == "beef")
+        .map(|e| (e.event.to_string(), e.amount))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            (format!("scale-1:w:{}", t0 + 2), 2_000),
+            (format!("scale-1:w:{}", t0 + 5), 1_700)
+        ]
+    );
+    Ok(())
+}
