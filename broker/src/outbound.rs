@@ -17,7 +17,7 @@ use dishsync_protocol::Topic;
 use rmqtt::codec::types::QoS;
 use rmqtt::context::ServerContext;
 use rmqtt::session::SessionState;
-use rmqtt::types::{CodecPublish, From, Id, Publish};
+use rmqtt::types::{CodecPublish, From, Id, Publish, Retain};
 use rmqtt::utils::timestamp_millis;
 use serde::Serialize;
 use tracing::warn;
@@ -32,6 +32,11 @@ pub trait Publisher: Send + Sync {
     /// not returned: sled, not the broker, is the source of truth, and
     /// retained state is re-published from it at every start.
     async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool);
+
+    /// Makes `payload` the retained document of `topic` for every later
+    /// subscriber, without delivering it to the current ones (the rules
+    /// deliver it separately, with `publish(.., false)`).
+    async fn retain(&self, topic: &Topic, payload: Vec<u8>);
 }
 
 /// Publishes `doc` as JSON on `topic`.
@@ -64,6 +69,10 @@ impl Publisher for Rendered {
             v.push((topic.clone(), payload, retain));
         }
     }
+
+    async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
+        self.publish(topic, payload, true).await;
+    }
 }
 
 /// A handle that publishes into the embedded broker. Cheap to clone.
@@ -84,9 +93,8 @@ impl Outbound {
     }
 }
 
-#[async_trait]
-impl Publisher for Outbound {
-    async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool) {
+impl Outbound {
+    fn message(&self, topic: &Topic, payload: Vec<u8>, retain: bool) -> Publish {
         let publish = CodecPublish {
             dup: false,
             retain,
@@ -96,9 +104,29 @@ impl Publisher for Outbound {
             payload: Bytes::from(payload),
             properties: None,
         };
-        let publish = Publish::from(publish).create_time(timestamp_millis());
+        Publish::from(publish).create_time(timestamp_millis())
+    }
+}
+
+#[async_trait]
+impl Publisher for Outbound {
+    async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool) {
+        let publish = self.message(topic, payload, retain);
         if let Err(e) = SessionState::forwards(&self.scx, (*self.from).clone(), publish, false, None).await {
             warn!(%topic, error = %e, "in-process publish failed");
+        }
+    }
+
+    async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
+        let publish = self.message(topic, payload, true);
+        let name = publish.topic.clone();
+        let retained = Retain {
+            msg_id: None,
+            from: (*self.from).clone(),
+            publish,
+        };
+        if let Err(e) = self.scx.extends.retain().await.set(&name, retained, None).await {
+            warn!(%topic, error = %e, "storing a retained document failed");
         }
     }
 }

@@ -8,8 +8,9 @@
 //! with every effect and the current state of everything changed — and
 //! hands it over. The committer syncs the journal once for the whole group
 //! and only then answers — so a device's PUBACK/PUBCOMP, which waits for
-//! the verdict, means "durably applied or durably rejected" — publishing the
-//! changed retained documents, then the verdicts, then the acks and errors.
+//! the verdict, means "durably applied or durably rejected" — storing the
+//! changed retained documents, then answering, then queueing the documents,
+//! acks and errors for the deliverer ([`DeliveryQueue`]).
 //! A lone input is handed over immediately; under load a group holds
 //! everything that arrived while the previous one was being synced and
 //! published, so a document changed by many inputs is rendered and
@@ -22,7 +23,7 @@
 //! the committed index and the open group, and recorded in the same journal
 //! record as its effects.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use dishsync_protocol::payload::{
 use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -547,22 +548,206 @@ pub fn start(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> RulesHand
     RulesHandle { tx }
 }
 
-/// What one group waits to do until it is durable: publish the retained
-/// documents, answer the devices (their PUBACK/PUBCOMP), then publish acks,
-/// errors and the throttled documents that were due.
+/// What one group waits to do until it is durable: store the retained
+/// documents, answer the devices (their PUBACK/PUBCOMP), then deliver the
+/// documents, acks, errors and the throttled documents that were due.
 struct Completion {
     retained: Vec<Message>,
     replies: Vec<(oneshot::Sender<Verdict>, Verdict)>,
     after: Vec<Message>,
-    /// Released once the group is carried out: the next group may go.
+    /// Released once the group is answered: the next group may go.
     _idle: OwnedSemaphorePermit,
 }
 
-/// The committer: makes each group durable (one journal sync), then carries
-/// it out. Only one group is with it at a time; the rules task keeps
+/// Messages waiting for delivery to current subscribers, at most this many
+/// (beyond it the committer, and so the devices, wait).
+const DELIVERY_QUEUE: usize = 50_000;
+
+/// A retained topic is delivered to current subscribers at most this often;
+/// a document that comes sooner waits, and a newer one replaces it while it
+/// waits. No one reads availability faster, and under an update storm it
+/// keeps the deliveries per topic bounded however many POS subscribe.
+pub const DOCUMENT_INTERVAL: Duration = Duration::from_millis(5);
+
+/// What the deliverer does next.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// Deliver this message now.
+    Deliver(Message),
+    /// Nothing is due before this instant.
+    WaitUntil(Instant),
+    /// Nothing is queued.
+    Idle,
+}
+
+/// Messages on their way to current subscribers, in order. A retained
+/// document that a newer one of the same topic supersedes before it is
+/// delivered is dropped — a subscriber needs the latest state, and the
+/// retained store already holds it — and a retained topic is delivered at
+/// most once per [`DOCUMENT_INTERVAL`]. Everything else (acks, errors,
+/// alerts) goes out as queued, never held back by a document.
+#[derive(Default)]
+pub struct DeliveryQueue {
+    queue: VecDeque<(u64, Message)>,
+    /// Per retained topic, the position of its newest document.
+    newest: HashMap<Topic, u64>,
+    next: u64,
+    /// Per retained topic, when a document of it was last delivered.
+    delivered: HashMap<Topic, Instant>,
+    /// Documents waiting for their topic's interval: position, message, due.
+    held: HashMap<Topic, (u64, Message, Instant)>,
+}
+
+impl DeliveryQueue {
+    /// Queues a message.
+    pub fn push(&mut self, message: Message) {
+        let at = self.next;
+        self.next += 1;
+        if message.2 {
+            self.newest.insert(message.0.clone(), at);
+        }
+        self.queue.push_back((at, message));
+    }
+
+    /// Messages queued or held.
+    pub fn len(&self) -> usize {
+        self.queue.len() + self.held.len()
+    }
+
+    /// Whether nothing is queued or held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What to do at `now`, and how many superseded documents were dropped
+    /// on the way to it.
+    pub fn next(&mut self, now: Instant) -> (Next, usize) {
+        let mut dropped = 0;
+        let due = self
+            .held
+            .iter()
+            .filter(|(_, (_, _, due))| *due <= now)
+            .map(|(topic, _)| topic.clone())
+            .next();
+        if let Some(topic) = due {
+            if let Some((at, message, _)) = self.held.remove(&topic) {
+                if self.newest.get(&topic) == Some(&at) {
+                    self.newest.remove(&topic);
+                    self.delivered.insert(topic, now);
+                    return (Next::Deliver(message), dropped);
+                }
+                // A newer document is queued behind; it takes the turn.
+                dropped += 1;
+            }
+        }
+        while let Some((at, message)) = self.queue.pop_front() {
+            if !message.2 {
+                return (Next::Deliver(message), dropped);
+            }
+            if self.newest.get(&message.0) != Some(&at) {
+                dropped += 1;
+                continue;
+            }
+            let topic = message.0.clone();
+            match self.delivered.get(&topic) {
+                Some(last) if now < *last + DOCUMENT_INTERVAL => {
+                    let due = *last + DOCUMENT_INTERVAL;
+                    if self.held.insert(topic, (at, message, due)).is_some() {
+                        dropped += 1;
+                    }
+                }
+                _ => {
+                    self.newest.remove(&topic);
+                    self.delivered.insert(topic, now);
+                    return (Next::Deliver(message), dropped);
+                }
+            }
+        }
+        // Forget delivery times that can no longer hold anything back.
+        self.delivered.retain(|_, last| now < *last + DOCUMENT_INTERVAL);
+        match self.held.values().map(|(_, _, due)| *due).min() {
+            Some(due) => (Next::WaitUntil(due), dropped),
+            None => (Next::Idle, dropped),
+        }
+    }
+}
+
+/// The deliverer: sends queued messages to current subscribers, one at a
+/// time (see [`DeliveryQueue`]). Runs beside the committer, so a device's
+/// next input is synced while the documents its last one changed are still
+/// being delivered.
+struct Deliverer {
+    queue: std::sync::Mutex<DeliveryQueue>,
+    /// Signalled when something is queued or the committer stops.
+    ready: Notify,
+    /// One permit per message the queue may still take.
+    room: Semaphore,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Deliverer {
+    fn new() -> Deliverer {
+        Deliverer {
+            queue: std::sync::Mutex::new(DeliveryQueue::default()),
+            ready: Notify::new(),
+            room: Semaphore::new(DELIVERY_QUEUE),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Queues `messages`, waiting for room first.
+    async fn queue(&self, messages: Vec<Message>) {
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let chunk: Vec<Message> = messages.by_ref().take(DELIVERY_QUEUE).collect();
+            let n = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            if let Ok(permits) = self.room.acquire_many(n).await {
+                permits.forget();
+            }
+            if let Ok(mut queue) = self.queue.lock() {
+                for m in chunk {
+                    queue.push(m);
+                }
+            }
+            self.ready.notify_one();
+        }
+    }
+
+    async fn run(&self, out: Arc<dyn Publisher>) {
+        loop {
+            let (next, dropped) = match self.queue.lock() {
+                Ok(mut queue) => queue.next(Instant::now()),
+                Err(_) => return,
+            };
+            let delivered = usize::from(matches!(next, Next::Deliver(_)));
+            self.room.add_permits(dropped + delivered);
+            match next {
+                Next::Deliver((topic, payload, _)) => out.publish(&topic, payload, false).await,
+                Next::WaitUntil(due) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = self.ready.notified() => {}
+                    }
+                }
+                Next::Idle if self.stopping.load(std::sync::atomic::Ordering::SeqCst) => return,
+                Next::Idle => self.ready.notified().await,
+            }
+        }
+    }
+}
+
+/// The committer: makes each group durable (one journal sync), stores its
+/// retained documents and answers its devices, then queues its messages for
+/// the deliverer. Only one group is with it at a time; the rules task keeps
 /// applying inputs to the next group meanwhile, so under load a group holds
-/// everything that arrived during the previous one's sync and publication.
+/// everything that arrived during the previous one's sync.
 async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mpsc::Receiver<Completion>) {
+    let deliverer = Arc::new(Deliverer::new());
+    let delivering = {
+        let deliverer = Arc::clone(&deliverer);
+        let out = Arc::clone(&out);
+        tokio::spawn(async move { deliverer.run(out).await })
+    };
     while let Some(group) = rx.recv().await {
         if let Err(e) = store.flush().await {
             // What reached the disk is unknown: stop, and let the restart
@@ -571,16 +756,25 @@ async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mpsc::Receiver
             error!(error = %e, "storage failed; stopping the broker");
             std::process::exit(70);
         }
-        for (topic, payload, retain) in group.retained {
-            out.publish(&topic, payload, retain).await;
+        // A device holding its PUBACK finds the new state retained.
+        for (topic, payload, _) in &group.retained {
+            out.retain(topic, payload.clone()).await;
         }
         for (reply, verdict) in group.replies {
             let _ = reply.send(verdict);
         }
-        for (topic, payload, retain) in group.after {
-            out.publish(&topic, payload, retain).await;
+        for (topic, payload, retain) in &group.after {
+            if *retain {
+                out.retain(topic, payload.clone()).await;
+            }
         }
+        let mut messages = group.retained;
+        messages.extend(group.after);
+        deliverer.queue(messages).await;
     }
+    deliverer.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    deliverer.ready.notify_one();
+    let _ = delivering.await;
 }
 
 impl Rules {
@@ -1012,6 +1206,8 @@ mod tests {
                 seen.push(topic.to_string());
             }
         }
+
+        async fn retain(&self, _topic: &Topic, _payload: Vec<u8>) {}
     }
 
     fn id<T: std::str::FromStr>(s: &str) -> T
@@ -1185,6 +1381,62 @@ mod tests {
                 prop_assert_eq!(reopened, want, "sku {} after reopening", sku);
             }
         }
+    }
+
+    /// Superseded retained documents are dropped before delivery, a topic
+    /// is delivered at most once per interval, and everything else goes out
+    /// in order without waiting.
+    #[test]
+    fn the_delivery_queue_keeps_the_newest_document_of_each_topic() {
+        let level = |sku: &str| Topic::StockLevel {
+            store: id("s1"),
+            sku: id(sku),
+        };
+        let acks = Topic::Acks {
+            store: id("s1"),
+            device: id("pos-1"),
+        };
+        let mut queue = DeliveryQueue::default();
+        let drain = |queue: &mut DeliveryQueue, now: Instant| {
+            let mut out = Vec::new();
+            let mut dropped = 0;
+            loop {
+                let (next, d) = queue.next(now);
+                dropped += d;
+                match next {
+                    Next::Deliver((_, body, _)) => out.push(String::from_utf8(body).expect("utf-8")),
+                    other => return (out, dropped, other),
+                }
+            }
+        };
+        let t0 = Instant::now();
+        for (topic, body, retain) in [
+            (level("a"), "a1", true),
+            (acks.clone(), "ack1", false),
+            (level("b"), "b1", true),
+            (level("a"), "a2", true),
+            (acks.clone(), "ack2", false),
+            (level("a"), "a3", true),
+        ] {
+            queue.push((topic, body.as_bytes().to_vec(), retain));
+        }
+        let (out, dropped, then) = drain(&mut queue, t0);
+        assert_eq!(out, ["ack1", "b1", "ack2", "a3"]);
+        assert_eq!((dropped, then), (2, Next::Idle));
+
+        // a3 just went out: a4 waits for the interval, a5 replaces it, the
+        // ack does not wait.
+        queue.push((level("a"), b"a4".to_vec(), true));
+        queue.push((acks.clone(), b"ack3".to_vec(), false));
+        queue.push((level("a"), b"a5".to_vec(), true));
+        let (out, dropped, then) = drain(&mut queue, t0 + Duration::from_millis(1));
+        assert_eq!(out, ["ack3"]);
+        assert_eq!((dropped, then), (1, Next::WaitUntil(t0 + DOCUMENT_INTERVAL)));
+        assert_eq!(queue.len(), 1);
+        let (out, _, then) = drain(&mut queue, t0 + DOCUMENT_INTERVAL);
+        assert_eq!(out, ["a5"]);
+        assert_eq!(then, Next::Idle);
+        assert!(queue.is_empty());
     }
 
     #[tokio::test]

@@ -284,8 +284,13 @@ async fn a_bound_scale_keeps_its_sku_level_from_settled_readings() -> Result<()>
         weigh(&scale1, "scale-1", reading(grams, stable, k)).await?;
     }
     pos.wait_latest(beef, |l| l["qty"] == 1_700).await?;
+    // Live delivery may skip a document superseded within milliseconds, never
+    // show a state that was not: noise and the moving reading are absent.
     let levels: Vec<i64> = pos.all_on(beef).iter().filter_map(|l| l["qty"].as_i64()).collect();
-    assert_eq!(levels, [0, 2_000, 1_700], "noise and a moving reading publish nothing");
+    assert!(
+        levels.iter().all(|q| [0, 2_000, 1_700].contains(q)) && levels.last() == Some(&1_700),
+        "noise and a moving reading publish nothing: {levels:?}"
+    );
     assert_eq!(
         pos.latest("stores/s1/stock/bun/level").map(|l| l["qty"].clone()),
         Some(json!(10))
