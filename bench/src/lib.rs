@@ -327,13 +327,12 @@ async fn throughput(target: Target, addr: SocketAddr, devices: usize, per_device
                 client.subscribe(&acks, QoS::AtLeastOnce).await?;
             }
             // Connected and subscribed before the clock starts.
-            loop {
-                match eventloop.poll().await? {
-                    Event::Incoming(Packet::SubAck(_)) if target == Target::Dishsync => break,
-                    Event::Incoming(Packet::ConnAck(_)) if target == Target::Bare => break,
-                    _ => {}
-                }
-            }
+            let ready = |ev: &Event| match ev {
+                Event::Incoming(Packet::SubAck(_)) => target == Target::Dishsync,
+                Event::Incoming(Packet::ConnAck(_)) => target == Target::Bare,
+                _ => false,
+            };
+            until_connected(&mut eventloop, ready).await?;
             start.wait().await;
             let publisher = client.clone();
             let topic = format!("stores/s1/stock/sku-{}/events", d % 50);
@@ -376,6 +375,26 @@ async fn throughput(target: Target, addr: SocketAddr, devices: usize, per_device
             .map_err(|_| anyhow!("throughput run timed out"))???;
     }
     Ok((devices * per_device) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Polls a client being set up until `ready` says so (before any clock
+/// starts). A broker under load may refuse a CONNECT (rmqtt's handshake
+/// timeout answers `ServiceUnavailable`); the client tries again, a few
+/// times, as a device would.
+async fn until_connected(eventloop: &mut rumqttc::EventLoop, ready: impl Fn(&Event) -> bool) -> Result<()> {
+    let mut refused = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(ev) if ready(&ev) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if refused < 5 => {
+                refused += 1;
+                eprintln!("dishsync-bench: a connect was refused ({e}); trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -548,11 +567,7 @@ async fn retained(target: Target, addr: SocketAddr, pos: usize, dishes: usize) -
     for p in 0..pos {
         tasks.push(tokio::spawn(async move {
             let (client, mut eventloop) = AsyncClient::new(options(&format!("pos-{p}"), addr), 100);
-            loop {
-                if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await? {
-                    break;
-                }
-            }
+            until_connected(&mut eventloop, |ev| matches!(ev, Event::Incoming(Packet::ConnAck(_)))).await?;
             let t0 = Instant::now();
             client
                 .subscribe("stores/s1/dishes/+/availability", QoS::AtLeastOnce)
