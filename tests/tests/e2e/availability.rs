@@ -315,3 +315,42 @@ async fn a_bound_scale_keeps_its_sku_level_from_settled_readings() -> Result<()>
     );
     Ok(())
 }
+
+/// topics.md: a PUBACK means the retained documents already show the
+/// change. A POS that subscribes the moment the scale holds its PUBACK gets
+/// the new level as its retained document, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_puback_the_retained_level_already_shows_the_change() -> Result<()> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let mut opts = MqttOptions::new("scale-1", broker.addr.ip().to_string(), broker.addr.port());
+    opts.set_keep_alive(std::time::Duration::from_secs(30));
+    let (scale, mut eventloop) = AsyncClient::new(opts, 64);
+    let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
+    let level = "stores/s1/stock/fries/level";
+    for k in 1..=10i64 {
+        let ev = stock_event(&format!("r{k}"), "receive", 100.0, "g", "scale-1");
+        scale
+            .publish(
+                "stores/s1/stock/fries/events",
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&ev)?,
+            )
+            .await?;
+        loop {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => anyhow::bail!("scale connection: {e}"),
+                Err(_) => anyhow::bail!("no PUBACK in time"),
+            }
+        }
+        let mut pos = Client::connect(broker.addr, &format!("pos-{k}")).await?;
+        pos.subscribe(level, QoS::AtLeastOnce).await?;
+        let retained = pos.next_on(level).await?;
+        assert_eq!(retained["qty"], json!(100 * k), "after PUBACK {k}: {retained}");
+    }
+    Ok(())
+}
