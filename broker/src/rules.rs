@@ -162,6 +162,13 @@ impl Input {
         !matches!(self, Input::Reading { .. })
     }
 
+    /// Whether the input's id goes into the dedup index. Not a scale
+    /// reading's: it is an absolute count, so applying it again changes
+    /// nothing, and two readings in one millisecond are no conflict.
+    pub fn deduplicated(&self) -> bool {
+        !matches!(self, Input::Reading { .. })
+    }
+
     /// The input's client-made id.
     pub fn id(&self) -> &EventId {
         match self {
@@ -930,7 +937,9 @@ impl Rules {
         let id = intake.input.id().clone();
         let fingerprint = intake.input.fingerprint();
         let key = (store.clone(), id.clone());
+        let indexed = intake.input.deduplicated();
         let prior = match self.group.ids.get(&key) {
+            _ if !indexed => None,
             Some(fp) => Some(*fp),
             None => self.store.fingerprint(&store, &id)?,
         };
@@ -989,14 +998,16 @@ impl Rules {
             Some(commit) => commit,
             empty => empty.insert(self.store.begin()?),
         };
-        commit.event_id(&store, &id, fingerprint)?;
+        if indexed {
+            commit.event_id(&store, &id, fingerprint)?;
+            self.group.ids.insert(key, fingerprint);
+        }
         commit.ledger(&outcome.entries)?;
         if let Some((sale_id, record)) = outcome.sale {
             commit.sale(&store, &sale_id, &record)?;
             self.group.sales.insert((store, sale_id), record);
         }
         self.group.changes.merge(outcome.changes);
-        self.group.ids.insert(key, fingerprint);
         Ok(Verdict::Applied)
     }
 

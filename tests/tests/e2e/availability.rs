@@ -298,6 +298,16 @@ async fn a_bound_scale_keeps_its_sku_level_from_settled_readings() -> Result<()>
     // 1,700 g of beef and 10 buns: 10 burgers.
     pos.wait_latest("stores/s1/dishes/burger/availability", |d| d["portions"] == 10)
         .await?;
+    // Two readings stamped in the same millisecond are no id conflict: a
+    // reading is an absolute count, not an event with an id to protect.
+    pos.subscribe("stores/s1/errors/scale-1", QoS::AtLeastOnce).await?;
+    weigh(&scale1, "scale-1", reading(1_900, true, 5)).await?;
+    weigh(&scale1, "scale-1", reading(1_300, true, 6)).await?;
+    pos.wait_latest(beef, |l| l["qty"] == 1_000).await?;
+    assert!(
+        pos.all_on("stores/s1/errors/scale-1").is_empty(),
+        "no error for a reading"
+    );
 
     broker.kill();
     let counts: Vec<(String, i64)> = dishsync_broker::store::Store::open(&data)?
@@ -310,7 +320,9 @@ async fn a_bound_scale_keeps_its_sku_level_from_settled_readings() -> Result<()>
         counts,
         [
             (format!("scale-1:w:{}", t0 + 2), 2_000),
-            (format!("scale-1:w:{}", t0 + 5), 1_700)
+            (format!("scale-1:w:{}", t0 + 5), 1_700),
+            (format!("scale-1:w:{}", t0 + 5), 1_600),
+            (format!("scale-1:w:{}", t0 + 6), 1_000)
         ]
     );
     Ok(())
