@@ -593,6 +593,64 @@ async fn retained(target: Target, addr: SocketAddr, pos: usize, dishes: usize) -
     Ok((times[0], times[times.len() - 1]))
 }
 
+/// Time for `pos` POS at once to receive the whole-menu document of a store
+/// with `dishes` dishes (`stores/{store}/availability`, one retained
+/// message), from their SUBSCRIBE: the slowest, in milliseconds.
+async fn whole_menu(target: Target, addr: SocketAddr, pos: usize, dishes: usize) -> Result<f64> {
+    const MENU: &str = "stores/s1/availability";
+    if target == Target::Bare {
+        // The document a dishsync broker holds for the same store.
+        let entries: serde_json::Map<String, Value> = (0..dishes)
+            .map(|i| {
+                let entry = json!({"status": "sold_out", "portions": 0, "limited_by": "sku-0",
+                    "override": false, "stale": false, "rev": 1});
+                (format!("dish-{i}"), entry)
+            })
+            .collect();
+        let doc = json!({"store": "s1", "rev": 1, "at": "2026-11-25T12:00:00.000Z", "dishes": entries});
+        let (loader, mut eventloop) = AsyncClient::new(options("menu-loader", addr), 10);
+        loader
+            .publish(MENU, QoS::AtLeastOnce, true, serde_json::to_vec(&doc)?)
+            .await?;
+        timeout(Duration::from_secs(60), async {
+            loop {
+                if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                    return anyhow::Ok(());
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("loading the menu timed out"))??;
+    }
+    let mut tasks = Vec::new();
+    for p in 0..pos {
+        tasks.push(tokio::spawn(async move {
+            let (client, mut eventloop) = AsyncClient::new(options(&format!("menu-pos-{p}"), addr), 100);
+            until_connected(&mut eventloop, |ev| matches!(ev, Event::Incoming(Packet::ConnAck(_)))).await?;
+            let t0 = Instant::now();
+            client.subscribe(MENU, QoS::AtLeastOnce).await?;
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await? {
+                    let menu: Value = serde_json::from_slice(&p.payload)?;
+                    let got = menu["dishes"].as_object().map_or(0, |d| d.len());
+                    if got != dishes {
+                        return Err(anyhow!("the menu holds {got} dishes, not {dishes}"));
+                    }
+                    return anyhow::Ok(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }));
+    }
+    let mut slowest: f64 = 0.0;
+    for t in tasks {
+        let ms = timeout(Duration::from_secs(120), t)
+            .await
+            .map_err(|_| anyhow!("menu run timed out"))???;
+        slowest = slowest.max(ms);
+    }
+    Ok(slowest)
+}
+
 /// An MQTT 3.1.1 CONNECT with keep-alive 0 (idle forever).
 fn connect_packet(client_id: &str) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0010, 0, 0];
@@ -793,6 +851,7 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
     }
     if all || scenario == Scenario::Retained {
         let (mut one, mut many) = (Results::new(), Results::new());
+        let (mut menu_one, mut menu_many) = (Results::new(), Results::new());
         for round in 0..sizes.rounds {
             for target in [Target::Bare, Target::Dishsync] {
                 let (config, data) = fresh(&format!("retained-{round}"), &config(20, sizes.dishes))?;
@@ -803,6 +862,11 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
                     retained(Target::Dishsync, server.addr, sizes.pos, sizes.dishes)
                         .await?
                         .1,
+                );
+                menu_one.add(target, whole_menu(target, server.addr, 1, sizes.dishes).await?);
+                menu_many.add(
+                    target,
+                    whole_menu(Target::Dishsync, server.addr, sizes.pos, sizes.dishes).await?,
                 );
                 drop(server);
                 let _ = std::fs::remove_dir_all(&data);
@@ -823,6 +887,22 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             "ms",
             "≤ 250 ms",
             &many,
+        );
+        report(
+            cli,
+            "retained",
+            &format!("1 POS gets the whole menu ({} dishes)", sizes.dishes),
+            "ms",
+            "≤ 25 ms",
+            &menu_one,
+        );
+        report(
+            cli,
+            "retained",
+            &format!("{} POS get the whole menu at once", sizes.pos),
+            "ms",
+            "≤ 250 ms",
+            &menu_many,
         );
     }
     if all || scenario == Scenario::Connections {
