@@ -13,7 +13,7 @@
 //! (bare: at PUBCOMP); `latency` stock change → availability update at many
 //! POS, timed from the intended send time (no coordinated omission);
 //! `retained` a new POS receiving every dish's retained availability, alone
-//! and many at once; `connections` memory per idle connection; `restart`
+//! and many at once, per dish and as the whole-menu document; `connections` memory per idle connection; `restart`
 //! start-up with a long ledger until serving.
 
 use std::collections::BTreeMap;
@@ -63,7 +63,8 @@ enum Scenario {
     Throughput,
     /// Stock change → availability update latency at many POS subscribers.
     Latency,
-    /// A new POS receiving every retained availability; many POS at once.
+    /// A new POS receiving every retained availability (per dish, and as
+    /// the whole-menu document); many POS at once.
     Retained,
     /// Broker memory per idle connection.
     Connections,
