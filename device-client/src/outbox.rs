@@ -56,7 +56,21 @@ pub struct Outbox {
 impl Outbox {
     /// Opens (or creates) the outbox in `dir`, holding at most `limit` messages.
     pub fn open(dir: &Path, limit: usize) -> Result<Outbox, OutboxError> {
-        let db = sled::open(dir)?;
+        // sled's IO threads release the directory's lock a moment after the
+        // last handle is dropped: a reopen in the same process (a restarted
+        // client) waits for it, up to 5 s; a second client on the same
+        // directory fails after that wait.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir) {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened?,
+            }
+        };
         let entries = db.open_tree("entries")?;
         let ids = db.open_tree("ids")?;
         let tag = match db.get("tag")? {
