@@ -935,11 +935,12 @@ menu = ["burger", "pizza"]
         );
     }
 
-    #[test]
-    fn scales_are_checked() {
-        let chain = |scales: &str| {
-            format!(
-                r#"
+    /// A chain of one store `s1` selling dish `b` (one bun): `skus` are
+    /// more `[[skus]]`, `store` lines go in the store's table, `tail` after
+    /// it.
+    fn bun_chain(skus: &str, store: &str, tail: &str) -> String {
+        format!(
+            r#"
 [[skus]]
 id = "bun"
 name = "Bun"
@@ -947,20 +948,7 @@ unit = "pcs"
 reorder_point = 1
 par = 2
 
-[[skus]]
-id = "beef"
-name = "Beef"
-unit = "g"
-reorder_point = 1
-par = 2
-
-[[skus]]
-id = "cola"
-name = "Cola"
-unit = "ml"
-reorder_point = 1
-par = 2
-
+{skus}
 [[dishes]]
 id = "b"
 name = "B"
@@ -969,10 +957,18 @@ recipe = [{{ sku = "bun", qty = 1 }}]
 [[stores]]
 id = "s1"
 name = "S1"
-{scales}
-"#
-            )
+{store}
+{tail}"#
+        )
+    }
+
+    #[test]
+    fn scales_are_checked() {
+        let sku = |id: &str, unit: &str| {
+            format!("[[skus]]\nid = \"{id}\"\nname = \"{id}\"\nunit = \"{unit}\"\nreorder_point = 1\npar = 2\n")
         };
+        let skus = [sku("beef", "g"), sku("cola", "ml")].concat();
+        let chain = |scales: &str| bun_chain(&skus, scales, "");
         let good = Settings::parse(&chain(
             r#"scales = { scale-1 = { sku = "beef", tare_grams = 350 }, scale-2 = { sku = "bun", piece_grams = 60 } }"#,
         ))
@@ -1021,24 +1017,8 @@ name = "S1"
     #[test]
     fn devices_are_checked() {
         let hash = crate::auth::hash_password("pw").expect("hash");
-        let text = format!(
+        let devices = format!(
             r#"
-[[skus]]
-id = "bun"
-name = "Bun"
-unit = "pcs"
-reorder_point = 1
-par = 2
-
-[[dishes]]
-id = "b"
-name = "B"
-recipe = [{{ sku = "bun", qty = 1 }}]
-
-[[stores]]
-id = "s1"
-name = "S1"
-
 [[devices]]
 id = "pos-1"
 role = "pos"
@@ -1068,6 +1048,7 @@ store = "s9"
 password_hash = "secret"
 "#
         );
+        let text = bun_chain("", "", &devices);
         let err = Settings::parse(&text).expect_err("invalid devices");
         let places: Vec<&str> = err.issues.iter().map(|i| i.place.as_str()).collect();
         assert_eq!(

@@ -10,7 +10,7 @@
 //! and only then answers — so a device's PUBACK/PUBCOMP, which waits for
 //! the verdict, means "durably applied or durably rejected" — storing the
 //! changed retained documents, then answering, then queueing the documents,
-//! acks and errors for the deliverer ([`DeliveryQueue`]).
+//! acks and errors for the deliverer (`DeliveryQueue`).
 //! A lone input is handed over immediately; under load a group holds
 //! everything that arrived while the previous one was being synced and
 //! published, so a document changed by many inputs is rendered and
@@ -156,16 +156,12 @@ impl Input {
         }
     }
 
-    /// Whether the sender expects its id on the acks topic (every input
-    /// but a scale reading, which is not an event the scale keeps).
-    pub fn acknowledged(&self) -> bool {
-        !matches!(self, Input::Reading { .. })
-    }
-
-    /// Whether the input's id goes into the dedup index. Not a scale
-    /// reading's: it is an absolute count, so applying it again changes
-    /// nothing, and two readings in one millisecond are no conflict.
-    pub fn deduplicated(&self) -> bool {
+    /// Whether the input is an event its sender keeps until acknowledged:
+    /// its id goes into the dedup index and onto the acks topic. Every input
+    /// but a scale reading, which is an absolute count (applied again it
+    /// changes nothing, and two readings in one millisecond are no
+    /// conflict) that the scale does not keep.
+    pub fn is_event(&self) -> bool {
         !matches!(self, Input::Reading { .. })
     }
 
@@ -574,11 +570,11 @@ const DELIVERY_QUEUE: usize = 50_000;
 /// a document that comes sooner waits, and a newer one replaces it while it
 /// waits. No one reads availability faster, and under an update storm it
 /// keeps the deliveries per topic bounded however many POS subscribe.
-pub const DOCUMENT_INTERVAL: Duration = Duration::from_millis(5);
+const DOCUMENT_INTERVAL: Duration = Duration::from_millis(5);
 
 /// What the deliverer does next.
 #[derive(Debug, PartialEq)]
-pub enum Next {
+enum Next {
     /// Deliver this message now.
     Deliver(Message),
     /// Nothing is due before this instant.
@@ -594,7 +590,7 @@ pub enum Next {
 /// most once per [`DOCUMENT_INTERVAL`]. Everything else (acks, errors,
 /// alerts) goes out as queued, never held back by a document.
 #[derive(Default)]
-pub struct DeliveryQueue {
+struct DeliveryQueue {
     queue: VecDeque<(u64, Message)>,
     /// Per retained topic, the position of its newest document.
     newest: HashMap<Topic, u64>,
@@ -607,7 +603,7 @@ pub struct DeliveryQueue {
 
 impl DeliveryQueue {
     /// Queues a message.
-    pub fn push(&mut self, message: Message) {
+    fn push(&mut self, message: Message) {
         let at = self.next;
         self.next += 1;
         if message.2 {
@@ -617,18 +613,14 @@ impl DeliveryQueue {
     }
 
     /// Messages queued or held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.queue.len() + self.held.len()
-    }
-
-    /// Whether nothing is queued or held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// What to do at `now`, and how many superseded documents were dropped
     /// on the way to it.
-    pub fn next(&mut self, now: Instant) -> (Next, usize) {
+    fn next(&mut self, now: Instant) -> (Next, usize) {
         let mut dropped = 0;
         let due = self
             .held
@@ -937,7 +929,7 @@ impl Rules {
         let id = intake.input.id().clone();
         let fingerprint = intake.input.fingerprint();
         let key = (store.clone(), id.clone());
-        let indexed = intake.input.deduplicated();
+        let indexed = intake.input.is_event();
         let prior = match self.group.ids.get(&key) {
             _ if !indexed => None,
             Some(fp) => Some(*fp),
@@ -1044,7 +1036,7 @@ impl Rules {
         for (intake, reply, verdict) in decided {
             let store = intake.input.store().clone();
             match &verdict {
-                Verdict::Applied | Verdict::Duplicate if intake.input.acknowledged() => {
+                Verdict::Applied | Verdict::Duplicate if intake.input.is_event() => {
                     acks.entry((store, intake.device.clone()))
                         .or_default()
                         .push(intake.input.id().clone());
@@ -1447,7 +1439,7 @@ mod tests {
         let (out, _, then) = drain(&mut queue, t0 + DOCUMENT_INTERVAL);
         assert_eq!(out, ["a5"]);
         assert_eq!(then, Next::Idle);
-        assert!(queue.is_empty());
+        assert_eq!(queue.len(), 0);
     }
 
     #[tokio::test]

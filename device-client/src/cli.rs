@@ -291,26 +291,36 @@ fn parse_time(s: &str) -> Result<Timestamp, String> {
     Timestamp::parse(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 time"))
 }
 
-/// Runs the command line; returns the process exit code.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// What a dishsync command line (`dishsync`, `dishsync-bridge`) starts
+/// with: logs on stderr, filtered by `RUST_LOG` or else `default_log`, and a
+/// two-thread runtime. `None` (having said why on stderr) when the runtime
+/// cannot start.
+pub fn command_runtime(program: &str, default_log: &str) -> Option<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
-            eprintln!("dishsync: cannot start: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("{program}: cannot start: {e}");
+            None
         }
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(runtime) = command_runtime("dishsync", "error") else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,

@@ -455,14 +455,7 @@ impl Client {
             id: transfer.clone(),
             action,
         };
-        let by = self.config.device.clone();
-        self.record(topic, |id| {
-            Self::json(&ActionIn {
-                id: id.clone(),
-                by,
-                note,
-            })
-        })
+        self.record_action(topic, note)
     }
 
     /// Records the central kitchen's action on a replenishment request.
@@ -476,6 +469,12 @@ impl Client {
             id: request.clone(),
             action,
         };
+        self.record_action(topic, note)
+    }
+
+    /// Records an action on a document (`{"id", "by", "note?"}` on `topic`),
+    /// by this device.
+    fn record_action(&self, topic: Topic, note: Option<String>) -> Result<EventId, ClientError> {
         let by = self.config.device.clone();
         self.record(topic, |id| {
             Self::json(&ActionIn {

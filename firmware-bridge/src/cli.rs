@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::bridge::{serve, sim_device, BridgeConfig, SimDevice};
 use crate::codec::{Status, StockKind, Unit};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The dishsync bridge for microcontroller scales and sold-out boards.
 #[derive(Parser)]
@@ -27,47 +27,51 @@ enum Command {
         config: PathBuf,
     },
     /// Behave like an MCU scale or sold-out board.
-    SimDevice {
-        /// The bridge, host:port.
-        #[arg(long)]
-        bridge: String,
-        /// Device id.
-        #[arg(long)]
-        device: String,
-        /// Device key, hex.
-        #[arg(long)]
-        key: String,
-        /// Boot id.
-        #[arg(long, default_value_t = 1)]
-        boot: u32,
-        /// Stock events to send.
-        #[arg(long, default_value_t = 0)]
-        events: u32,
-        /// SKU of the events.
-        #[arg(long, default_value = "")]
-        sku: String,
-        /// Quantity per event.
-        #[arg(long, default_value_t = 1)]
-        qty: i32,
-        /// Unit.
-        #[arg(long, value_enum, default_value_t = UnitArg::G)]
-        unit: UnitArg,
-        /// Kind of the events.
-        #[arg(long, value_enum, default_value_t = KindArg::Receive)]
-        kind: KindArg,
-        /// Send one stable scale reading of this many grams after the hello.
-        #[arg(long)]
-        weight: Option<i32>,
-        /// Dishes to subscribe to (repeatable).
-        #[arg(long)]
-        subscribe: Vec<String>,
-        /// Stop when DISH shows STATUS (available, low, sold-out).
-        #[arg(long, value_parser = parse_until)]
-        until: Option<(String, Status)>,
-        /// Seconds before giving up.
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-    },
+    SimDevice(SimArgs),
+}
+
+/// `sim-device`'s arguments.
+#[derive(Args)]
+struct SimArgs {
+    /// The bridge, host:port.
+    #[arg(long)]
+    bridge: String,
+    /// Device id.
+    #[arg(long)]
+    device: String,
+    /// Device key, hex.
+    #[arg(long)]
+    key: String,
+    /// Boot id.
+    #[arg(long, default_value_t = 1)]
+    boot: u32,
+    /// Stock events to send.
+    #[arg(long, default_value_t = 0)]
+    events: u32,
+    /// SKU of the events.
+    #[arg(long, default_value = "")]
+    sku: String,
+    /// Quantity per event.
+    #[arg(long, default_value_t = 1)]
+    qty: i32,
+    /// Unit.
+    #[arg(long, value_enum, default_value_t = UnitArg::G)]
+    unit: UnitArg,
+    /// Kind of the events.
+    #[arg(long, value_enum, default_value_t = KindArg::Receive)]
+    kind: KindArg,
+    /// Send one stable scale reading of this many grams after the hello.
+    #[arg(long)]
+    weight: Option<i32>,
+    /// Dishes to subscribe to (repeatable).
+    #[arg(long)]
+    subscribe: Vec<String>,
+    /// Stop when DISH shows STATUS (available, low, sold-out).
+    #[arg(long, value_parser = parse_until)]
+    until: Option<(String, Status)>,
+    /// Seconds before giving up.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,74 +101,46 @@ fn parse_until(s: &str) -> Result<(String, Status), String> {
     Ok((dish.to_string(), status))
 }
 
+impl SimArgs {
+    fn into_device(self) -> SimDevice {
+        SimDevice {
+            bridge: self.bridge,
+            device: self.device,
+            key: self.key,
+            boot: self.boot,
+            events: self.events,
+            sku: self.sku,
+            qty: self.qty,
+            unit: match self.unit {
+                UnitArg::G => Unit::G,
+                UnitArg::Ml => Unit::Ml,
+                UnitArg::Pcs => Unit::Pcs,
+            },
+            kind: match self.kind {
+                KindArg::Receive => StockKind::Receive,
+                KindArg::Consume => StockKind::Consume,
+                KindArg::Waste => StockKind::Waste,
+                KindArg::Count => StockKind::Count,
+                KindArg::Adjust => StockKind::Adjust,
+            },
+            weight: self.weight,
+            subscribe: self.subscribe,
+            until: self.until,
+            deadline: Duration::from_secs(self.seconds),
+        }
+    }
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dishsync-bridge: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = dishsync_client::cli::command_runtime("dishsync-bridge", "info") else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => serve(BridgeConfig::load(&config)?).await,
-            Command::SimDevice {
-                bridge,
-                device,
-                key,
-                boot,
-                events,
-                sku,
-                qty,
-                unit,
-                kind,
-                weight,
-                subscribe,
-                until,
-                seconds,
-            } => {
-                let unit = match unit {
-                    UnitArg::G => Unit::G,
-                    UnitArg::Ml => Unit::Ml,
-                    UnitArg::Pcs => Unit::Pcs,
-                };
-                let kind = match kind {
-                    KindArg::Receive => StockKind::Receive,
-                    KindArg::Consume => StockKind::Consume,
-                    KindArg::Waste => StockKind::Waste,
-                    KindArg::Count => StockKind::Count,
-                    KindArg::Adjust => StockKind::Adjust,
-                };
-                sim_device(SimDevice {
-                    bridge,
-                    device,
-                    key,
-                    boot,
-                    events,
-                    sku,
-                    qty,
-                    unit,
-                    kind,
-                    weight,
-                    subscribe,
-                    until,
-                    deadline: Duration::from_secs(seconds),
-                })
-                .await
-            }
+            Command::SimDevice(args) => sim_device(args.into_device()).await,
         }
     });
     match result {

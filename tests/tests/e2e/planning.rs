@@ -132,20 +132,25 @@ async fn a_replenishment_goes_from_crossing_to_received() -> Result<()> {
     Ok(())
 }
 
+/// Subscribes `staff` to a store's acks for it, transfer documents and
+/// patty level.
+async fn watch_store(staff: &mut Client, store: &str) -> Result<()> {
+    for filter in [
+        format!("stores/{store}/acks/staff-1"),
+        format!("stores/{store}/transfers/+"),
+        format!("stores/{store}/stock/patty/level"),
+    ] {
+        staff.subscribe(&filter, QoS::AtLeastOnce).await?;
+    }
+    Ok(())
+}
+
 /// Stocks the three stores and sells s1 out of burgers; returns the client
 /// watching the transfer documents of all stores.
 async fn sell_s1_out(broker: &BrokerProcess) -> Result<Client> {
     let mut staff = Client::connect(broker.addr, "staff-1").await?;
     for store in ["s1", "s2", "s3"] {
-        staff
-            .subscribe(&format!("stores/{store}/acks/staff-1"), QoS::AtLeastOnce)
-            .await?;
-        staff
-            .subscribe(&format!("stores/{store}/transfers/+"), QoS::AtLeastOnce)
-            .await?;
-        staff
-            .subscribe(&format!("stores/{store}/stock/patty/level"), QoS::AtLeastOnce)
-            .await?;
+        watch_store(&mut staff, store).await?;
         let patty = if store == "s1" { 3.0 } else { 20.0 };
         stock_and_wait(
             &mut staff,
@@ -296,15 +301,7 @@ async fn a_restart_in_the_middle_of_a_transfer_continues_it() -> Result<()> {
     let broker = BrokerProcess::start(&config, &data)?;
     let mut staff = Client::connect(broker.addr, "staff-1").await?;
     for store in ["s1", "s2"] {
-        staff
-            .subscribe(&format!("stores/{store}/acks/staff-1"), QoS::AtLeastOnce)
-            .await?;
-        staff
-            .subscribe(&format!("stores/{store}/transfers/+"), QoS::AtLeastOnce)
-            .await?;
-        staff
-            .subscribe(&format!("stores/{store}/stock/patty/level"), QoS::AtLeastOnce)
-            .await?;
+        watch_store(&mut staff, store).await?;
     }
     // The retained state is back, and the transfer goes on from there.
     let tr = staff
