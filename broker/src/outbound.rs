@@ -35,8 +35,12 @@ pub trait Publisher: Send + Sync {
 
     /// Makes `payload` the retained document of `topic` for every later
     /// subscriber, without delivering it to the current ones (the rules
-    /// deliver it separately, with `publish(.., false)`).
+    /// deliver it separately, with [`Publisher::deliver`]).
     async fn retain(&self, topic: &Topic, payload: Vec<u8>);
+
+    /// Hands `payload` on `topic`, not retained, to the current subscribers
+    /// and says to how many.
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize;
 }
 
 /// Publishes `doc` as JSON on `topic`.
@@ -72,6 +76,11 @@ impl Publisher for Rendered {
 
     async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
         self.publish(topic, payload, true).await;
+    }
+
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
+        self.publish(topic, payload, false).await;
+        0
     }
 }
 
@@ -127,6 +136,32 @@ impl Publisher for Outbound {
         };
         if let Err(e) = self.scx.extends.retain().await.set(&name, retained, None).await {
             warn!(%topic, error = %e, "storing a retained document failed");
+        }
+    }
+
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
+        // What `SessionState::forwards` does for a message that is neither
+        // retained nor delayed nor stored, keeping the count it drops.
+        let publish = self.message(topic, payload, false);
+        let routed = self
+            .scx
+            .extends
+            .shared()
+            .await
+            .forwards(None, (*self.from).clone(), publish)
+            .await;
+        match routed {
+            Ok(subscribers) => subscribers,
+            Err((subscribers, failed)) => {
+                for (to, from, publish, reason) in failed {
+                    self.scx
+                        .extends
+                        .hook_mgr()
+                        .message_dropped(Some(to), from, publish, reason)
+                        .await;
+                }
+                subscribers
+            }
         }
     }
 }

@@ -566,11 +566,17 @@ struct Completion {
 /// (beyond it the committer, and so the devices, wait).
 const DELIVERY_QUEUE: usize = 50_000;
 
-/// A retained topic is delivered to current subscribers at most this often;
-/// a document that comes sooner waits, and a newer one replaces it while it
-/// waits. No one reads availability faster, and under an update storm it
-/// keeps the deliveries per topic bounded however many POS subscribe.
-const DOCUMENT_INTERVAL: Duration = Duration::from_millis(5);
+/// Each subscriber a retained document is handed to buys its topic this
+/// much time before the topic's next document goes out: a topic 200 POS
+/// watch is delivered at most every 5 ms, one 20 POS watch every 0.5 ms. A
+/// document that comes sooner waits, and a newer one replaces it while it
+/// waits. So under an update storm a topic causes at most 40,000 deliveries
+/// a second however many POS subscribe, and a small audience is not held
+/// back for a large one's sake.
+const TURN_PER_SUBSCRIBER: Duration = Duration::from_micros(25);
+
+/// Half of the timer's resolution (see [`Deliverer::run`]).
+const TIMER_SLACK: Duration = Duration::from_micros(500);
 
 /// What the deliverer does next.
 #[derive(Debug, PartialEq)]
@@ -586,17 +592,17 @@ enum Next {
 /// Messages on their way to current subscribers, in order. A retained
 /// document that a newer one of the same topic supersedes before it is
 /// delivered is dropped — a subscriber needs the latest state, and the
-/// retained store already holds it — and a retained topic is delivered at
-/// most once per [`DOCUMENT_INTERVAL`]. Everything else (acks, errors,
-/// alerts) goes out as queued, never held back by a document.
+/// retained store already holds it — and a retained topic is not delivered
+/// again before its turn ends ([`TURN_PER_SUBSCRIBER`]). Everything else
+/// (acks, errors, alerts) goes out as queued, never held back by a document.
 #[derive(Default)]
 struct DeliveryQueue {
     queue: VecDeque<(u64, Message)>,
     /// Per retained topic, the position of its newest document.
     newest: HashMap<Topic, u64>,
     next: u64,
-    /// Per retained topic, when a document of it was last delivered.
-    delivered: HashMap<Topic, Instant>,
+    /// Per retained topic, when its next document may go out.
+    turn_ends: HashMap<Topic, Instant>,
     /// Documents waiting for their topic's interval: position, message, due.
     held: HashMap<Topic, (u64, Message, Instant)>,
 }
@@ -610,6 +616,15 @@ impl DeliveryQueue {
             self.newest.insert(message.0.clone(), at);
         }
         self.queue.push_back((at, message));
+    }
+
+    /// A document of `topic` went to `subscribers` subscribers at `now`:
+    /// its turn lasts [`TURN_PER_SUBSCRIBER`] for each.
+    fn delivered(&mut self, topic: Topic, now: Instant, subscribers: usize) {
+        if subscribers > 0 {
+            let per = u32::try_from(subscribers).unwrap_or(u32::MAX);
+            self.turn_ends.insert(topic, now + TURN_PER_SUBSCRIBER * per);
+        }
     }
 
     /// Messages queued or held.
@@ -632,7 +647,6 @@ impl DeliveryQueue {
             if let Some((at, message, _)) = self.held.remove(&topic) {
                 if self.newest.get(&topic) == Some(&at) {
                     self.newest.remove(&topic);
-                    self.delivered.insert(topic, now);
                     return (Next::Deliver(message), dropped);
                 }
                 // A newer document is queued behind; it takes the turn.
@@ -648,22 +662,21 @@ impl DeliveryQueue {
                 continue;
             }
             let topic = message.0.clone();
-            match self.delivered.get(&topic) {
-                Some(last) if now < *last + DOCUMENT_INTERVAL => {
-                    let due = *last + DOCUMENT_INTERVAL;
+            match self.turn_ends.get(&topic) {
+                Some(end) if now < *end => {
+                    let due = *end;
                     if self.held.insert(topic, (at, message, due)).is_some() {
                         dropped += 1;
                     }
                 }
                 _ => {
                     self.newest.remove(&topic);
-                    self.delivered.insert(topic, now);
                     return (Next::Deliver(message), dropped);
                 }
             }
         }
-        // Forget delivery times that can no longer hold anything back.
-        self.delivered.retain(|_, last| now < *last + DOCUMENT_INTERVAL);
+        // Forget turns that can no longer hold anything back.
+        self.turn_ends.retain(|_, end| now < *end);
         match self.held.values().map(|(_, _, due)| *due).min() {
             Some(due) => (Next::WaitUntil(due), dropped),
             None => (Next::Idle, dropped),
@@ -713,18 +726,32 @@ impl Deliverer {
     }
 
     async fn run(&self, out: Arc<dyn Publisher>) {
+        // Where a timer woke the deliverer, the turn it waited for.
+        let mut woken_for: Option<Instant> = None;
         loop {
+            let now = Instant::now().max(woken_for.take().unwrap_or_else(Instant::now));
             let (next, dropped) = match self.queue.lock() {
-                Ok(mut queue) => queue.next(Instant::now()),
+                Ok(mut queue) => queue.next(now),
                 Err(_) => return,
             };
             let delivered = usize::from(matches!(next, Next::Deliver(_)));
             self.room.add_permits(dropped + delivered);
             match next {
-                Next::Deliver((topic, payload, _)) => out.publish(&topic, payload, false).await,
+                Next::Deliver((topic, payload, retained)) => {
+                    let subscribers = out.deliver(&topic, payload).await;
+                    if retained {
+                        if let Ok(mut queue) = self.queue.lock() {
+                            queue.delivered(topic, Instant::now(), subscribers);
+                        }
+                    }
+                }
                 Next::WaitUntil(due) => {
+                    // tokio's timer fires on whole milliseconds, up to one
+                    // late: aim half a millisecond early and take the turn
+                    // as ended, so a held document is off by ±0.5 ms, not
+                    // late by 0–1 ms.
                     tokio::select! {
-                        _ = tokio::time::sleep_until(due) => {}
+                        _ = tokio::time::sleep_until(due - TIMER_SLACK) => woken_for = Some(due),
                         _ = self.ready.notified() => {}
                     }
                 }
@@ -1211,6 +1238,11 @@ mod tests {
         }
 
         async fn retain(&self, _topic: &Topic, _payload: Vec<u8>) {}
+
+        async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
+            self.publish(topic, payload, false).await;
+            1
+        }
     }
 
     fn id<T: std::str::FromStr>(s: &str) -> T
@@ -1387,8 +1419,9 @@ mod tests {
     }
 
     /// Superseded retained documents are dropped before delivery, a topic
-    /// is delivered at most once per interval, and everything else goes out
-    /// in order without waiting.
+    /// is not delivered again before its turn ends — the longer the more
+    /// subscribers it has — and everything else goes out in order without
+    /// waiting.
     #[test]
     fn the_delivery_queue_keeps_the_newest_document_of_each_topic() {
         let level = |sku: &str| Topic::StockLevel {
@@ -1399,6 +1432,12 @@ mod tests {
             store: id("s1"),
             device: id("pos-1"),
         };
+        // Level a has 200 subscribers, level b 20, level c none.
+        let subscribers = |topic: &Topic| match topic {
+            t if *t == level("a") => 200,
+            t if *t == level("b") => 20,
+            _ => 0,
+        };
         let mut queue = DeliveryQueue::default();
         let drain = |queue: &mut DeliveryQueue, now: Instant| {
             let mut out = Vec::new();
@@ -1407,7 +1446,12 @@ mod tests {
                 let (next, d) = queue.next(now);
                 dropped += d;
                 match next {
-                    Next::Deliver((_, body, _)) => out.push(String::from_utf8(body).expect("utf-8")),
+                    Next::Deliver((topic, body, retained)) => {
+                        if retained {
+                            queue.delivered(topic.clone(), now, subscribers(&topic));
+                        }
+                        out.push(String::from_utf8(body).expect("utf-8"));
+                    }
                     other => return (out, dropped, other),
                 }
             }
@@ -1427,16 +1471,30 @@ mod tests {
         assert_eq!(out, ["ack1", "b1", "ack2", "a3"]);
         assert_eq!((dropped, then), (2, Next::Idle));
 
-        // a3 just went out: a4 waits for the interval, a5 replaces it, the
-        // ack does not wait.
+        // a3 just went out to 200: a4 waits 5 ms, a5 replaces it. b1 went
+        // out to 20: b2 waits 0.5 ms. c has no subscribers and never waits
+        // (c2 replaces c1 only because both were queued). The ack does not
+        // wait.
+        let a_turn = Duration::from_millis(5);
+        let b_turn = Duration::from_micros(500);
         queue.push((level("a"), b"a4".to_vec(), true));
+        queue.push((level("b"), b"b2".to_vec(), true));
+        queue.push((level("c"), b"c1".to_vec(), true));
         queue.push((acks.clone(), b"ack3".to_vec(), false));
         queue.push((level("a"), b"a5".to_vec(), true));
-        let (out, dropped, then) = drain(&mut queue, t0 + Duration::from_millis(1));
-        assert_eq!(out, ["ack3"]);
-        assert_eq!((dropped, then), (1, Next::WaitUntil(t0 + DOCUMENT_INTERVAL)));
-        assert_eq!(queue.len(), 1);
-        let (out, _, then) = drain(&mut queue, t0 + DOCUMENT_INTERVAL);
+        queue.push((level("c"), b"c2".to_vec(), true));
+        let soon = t0 + Duration::from_micros(100);
+        let (out, dropped, then) = drain(&mut queue, soon);
+        assert_eq!(out, ["ack3", "c2"]);
+        assert_eq!((dropped, then), (2, Next::WaitUntil(t0 + b_turn)));
+        assert_eq!(queue.len(), 2);
+        queue.push((level("c"), b"c3".to_vec(), true));
+        let (out, _, _) = drain(&mut queue, soon);
+        assert_eq!(out, ["c3"]);
+        let (out, _, then) = drain(&mut queue, t0 + b_turn);
+        assert_eq!(out, ["b2"]);
+        assert_eq!(then, Next::WaitUntil(t0 + a_turn));
+        let (out, _, then) = drain(&mut queue, t0 + a_turn);
         assert_eq!(out, ["a5"]);
         assert_eq!(then, Next::Idle);
         assert_eq!(queue.len(), 0);
