@@ -581,7 +581,13 @@ impl Connection {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let (client, eventloop) = AsyncClient::new(self.options(), WINDOW * 2 + 16);
+            let (client, mut eventloop) = AsyncClient::new(self.options(), WINDOW * 2 + 16);
+            // Acks, PUBRELs and events are small and often written while an
+            // earlier one is unacknowledged: with Nagle's algorithm each such
+            // write waits for the broker's delayed ACK (40 ms on Linux).
+            let mut network = eventloop.network_options();
+            network.set_tcp_nodelay(true);
+            eventloop.set_network_options(network);
             match self.session(&client, eventloop).await {
                 Ended::Stopped => {
                     let _ = client.try_publish(self.status_topic(), QoS::AtLeastOnce, true, "offline");

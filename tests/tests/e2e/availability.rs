@@ -339,6 +339,9 @@ async fn at_the_puback_the_retained_level_already_shows_the_change() -> Result<(
     let mut opts = MqttOptions::new("scale-1", broker.addr.ip().to_string(), broker.addr.port());
     opts.set_keep_alive(std::time::Duration::from_secs(30));
     let (scale, mut eventloop) = AsyncClient::new(opts, 64);
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
     let level = "stores/s1/stock/fries/level";
     for k in 1..=10i64 {

@@ -210,6 +210,9 @@ impl Client {
             opts.set_transport(rumqttc::Transport::tls_with_config(tls));
         }
         let (mqtt, mut eventloop) = AsyncClient::new(opts, 1024);
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, rx) = mpsc::unbounded_channel();
         let (sub_tx, suback) = mpsc::unbounded_channel();
         let (conn_tx, mut connected) = mpsc::unbounded_channel();
