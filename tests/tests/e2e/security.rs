@@ -329,6 +329,18 @@ fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
     packet
 }
 
+/// MQTT 3.1.1 SUBSCRIBE to one filter at QoS 1, packet id 1.
+fn subscribe_packet(filter: &str) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(1);
+    let mut packet = vec![0x82];
+    packet.extend(remaining_length(body.len()));
+    packet.extend(body);
+    packet
+}
+
 fn remaining_length(mut n: usize) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -585,5 +597,75 @@ async fn oversize_packets_close_the_connection_and_a_flooding_client_is_limited_
     if acked(&flood.seen, "stores/s1/acks/scale-1") == 0 {
         bail!("the flooding client got nothing through at all");
     }
+    Ok(())
+}
+
+/// A subscriber that stops reading loses messages alone: what overflows its
+/// queue is counted, logged and raised on `hq/alerts`, and everyone else is
+/// served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_loses_messages_alone_and_the_drops_are_alerted() -> Result<()> {
+    const EVENTS: usize = 1_100;
+    let (_tmp, data) = temp_data_dir()?;
+    let limits = "max_inflight = 1\nmax_mqueue_len = 1000\nmax_publish_rate = 100000";
+    let broker = BrokerProcess::start(&secured_chain(limits)?, &data)?;
+    let addr = broker.addr;
+    let mut hq = Client::login(addr, "hq-1", &password("hq-1")).await?;
+    hq.subscribe("hq/alerts", QoS::AtLeastOnce).await?;
+    hq.subscribe("stores/s1/stock/beef/level", QoS::AtLeastOnce).await?;
+
+    // kds-1 subscribes to every level, then never reads or acknowledges
+    // again: one message in flight, a thousand queued, the rest dropped.
+    let mut stuck = TcpStream::connect(addr)?;
+    stuck.set_read_timeout(Some(DEADLINE))?;
+    let mut bytes = connect_packet("kds-1", "kds-1", &password("kds-1"));
+    bytes.extend(subscribe_packet("stores/s1/stock/+/level"));
+    stuck.write_all(&bytes)?;
+    let mut reply = [0u8; 9];
+    stuck.read_exact(&mut reply)?;
+    assert_eq!(&reply[..4], &[0x20, 2, 0, 0], "CONNACK accepted");
+    assert_eq!(&reply[4..], &[0x90, 3, 0, 1, 1], "SUBACK granted at QoS 1");
+
+    // One change at a time, each its own group, so each makes a level
+    // document for kds-1.
+    let mut scale = Client::login(addr, "scale-1", &password("scale-1")).await?;
+    scale.subscribe("stores/s1/acks/scale-1", QoS::AtLeastOnce).await?;
+    for i in 0..EVENTS {
+        let id = format!("d{i}");
+        scale
+            .publish_json(
+                "stores/s1/stock/beef/events",
+                &stock_event(&id, "receive", 1.0, "g", "scale-1"),
+                QoS::AtLeastOnce,
+            )
+            .await?;
+        scale
+            .wait_until(&format!("the ack of {id}"), |seen| {
+                seen.iter().any(|m| {
+                    m.topic == "stores/s1/acks/scale-1"
+                        && m.json["ids"].as_array().is_some_and(|ids| ids.contains(&json!(id)))
+                })
+            })
+            .await?;
+    }
+
+    let alert = hq
+        .wait_latest("hq/alerts", |a| a["kind"] == json!("messages_dropped"))
+        .await?;
+    assert!(alert["count"].as_u64().is_some_and(|n| n >= 1), "{alert}");
+    assert!(
+        alert["message"].as_str().is_some_and(|m| m.contains("kds-1")),
+        "{alert}"
+    );
+    // Everyone else still has every change.
+    hq.wait_latest("stores/s1/stock/beef/level", |d| d["qty"] == json!(EVENTS))
+        .await?;
+    let log = broker.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("message dropped before delivery") && l.contains("kds-1")),
+        "the drops are in the log"
+    );
+    drop(stuck);
     Ok(())
 }
