@@ -300,13 +300,21 @@ fn stock_event(id: &str, kind: &str, device: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn options(id: &str, addr: SocketAddr) -> MqttOptions {
+/// A benchmark client `id` of the broker at `addr`, with room for `cap`
+/// requests, and with Nagle's algorithm off as the dishsync client has it
+/// (else a small write behind an unacknowledged one waits for the delayed
+/// ACK, 40 ms on Linux).
+fn bench_client(id: &str, addr: SocketAddr, cap: usize) -> (AsyncClient, rumqttc::EventLoop) {
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(60));
     o.set_max_packet_size(1 << 20, 1 << 20);
     o.set_inflight(100);
     o.set_request_channel_capacity(10_000);
-    o
+    let (client, mut eventloop) = AsyncClient::new(o, cap);
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }
 
 // ------------------------------------------------------------------ scenarios
@@ -322,7 +330,7 @@ async fn throughput(target: Target, addr: SocketAddr, devices: usize, per_device
         let start = Arc::clone(&start);
         tasks.push(tokio::spawn(async move {
             let device = format!("dev-{d}");
-            let (client, mut eventloop) = AsyncClient::new(options(&device, addr), 10_000);
+            let (client, mut eventloop) = bench_client(&device, addr, 10_000);
             let acks = format!("stores/s1/acks/{device}");
             if target == Target::Dishsync {
                 client.subscribe(&acks, QoS::AtLeastOnce).await?;
@@ -424,7 +432,7 @@ async fn latency(
     let topic = "stores/s1/dishes/dish-0/availability";
     let events = (rate * seconds).round() as u64;
     // Bare: the retained starting document a dishsync broker would have.
-    let (publisher, mut pub_loop) = AsyncClient::new(options("pub-1", addr), 10_000);
+    let (publisher, mut pub_loop) = bench_client("pub-1", addr, 10_000);
     let pub_task = tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
     if target == Target::Bare {
         publisher
@@ -437,7 +445,7 @@ async fn latency(
     let mut subs = Vec::new();
     let ready = Arc::new(tokio::sync::Semaphore::new(0));
     for s in 0..subscribers {
-        let (client, mut eventloop) = AsyncClient::new(options(&format!("pos-{s}"), addr), 100);
+        let (client, mut eventloop) = bench_client(&format!("pos-{s}"), addr, 100);
         client.subscribe(topic, QoS::AtLeastOnce).await?;
         let seen = Arc::clone(&seen);
         let base_rev = Arc::clone(&base_rev);
@@ -560,7 +568,7 @@ async fn latency(
 async fn retained(target: Target, addr: SocketAddr, pos: usize, dishes: usize) -> Result<(f64, f64)> {
     if target == Target::Bare {
         // The same documents a dishsync broker holds.
-        let (loader, mut eventloop) = AsyncClient::new(options("loader", addr), 10_000);
+        let (loader, mut eventloop) = bench_client("loader", addr, 10_000);
         let total = dishes;
         let wait = tokio::spawn(async move {
             let mut acked = 0;
@@ -591,7 +599,7 @@ async fn retained(target: Target, addr: SocketAddr, pos: usize, dishes: usize) -
     let mut tasks = Vec::new();
     for p in 0..pos {
         tasks.push(tokio::spawn(async move {
-            let (client, mut eventloop) = AsyncClient::new(options(&format!("pos-{p}"), addr), 100);
+            let (client, mut eventloop) = bench_client(&format!("pos-{p}"), addr, 100);
             until_connected(&mut eventloop, |ev| matches!(ev, Event::Incoming(Packet::ConnAck(_)))).await?;
             let t0 = Instant::now();
             client
@@ -633,7 +641,7 @@ async fn whole_menu(target: Target, addr: SocketAddr, pos: usize, dishes: usize)
             })
             .collect();
         let doc = json!({"store": "s1", "rev": 1, "at": "2026-11-25T12:00:00.000Z", "dishes": entries});
-        let (loader, mut eventloop) = AsyncClient::new(options("menu-loader", addr), 10);
+        let (loader, mut eventloop) = bench_client("menu-loader", addr, 10);
         loader
             .publish(MENU, QoS::AtLeastOnce, true, serde_json::to_vec(&doc)?)
             .await?;
@@ -650,7 +658,7 @@ async fn whole_menu(target: Target, addr: SocketAddr, pos: usize, dishes: usize)
     let mut tasks = Vec::new();
     for p in 0..pos {
         tasks.push(tokio::spawn(async move {
-            let (client, mut eventloop) = AsyncClient::new(options(&format!("menu-pos-{p}"), addr), 100);
+            let (client, mut eventloop) = bench_client(&format!("menu-pos-{p}"), addr, 100);
             until_connected(&mut eventloop, |ev| matches!(ev, Event::Incoming(Packet::ConnAck(_)))).await?;
             let t0 = Instant::now();
             client.subscribe(MENU, QoS::AtLeastOnce).await?;
@@ -853,7 +861,7 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
                 let server = Server::start(target, &config, &data)?;
                 if target == Target::Dishsync {
                     // Enough stock that the dish never sells out.
-                    let (c, mut l) = AsyncClient::new(options("stocker", server.addr), 10);
+                    let (c, mut l) = bench_client("stocker", server.addr, 10);
                     c.publish("stores/s1/stock/sku-0/events", QoS::ExactlyOnce, false, {
                         let at = dishsync_protocol::payload::Timestamp::now().to_string();
                         serde_json::to_vec(&json!({"id": "init", "kind": "count", "qty": 1000, "unit": "g", "at": at, "device": "stocker"}))?
