@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dishsync_inventory::{Changes, Inventory, Rejection, SaleRecord};
+use dishsync_inventory::{Changes, Inventory, Rejection, Retired, SaleRecord};
 use dishsync_protocol::payload::{
     AckOut, ActionIn, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp, TransferRequestIn, WeightIn,
 };
@@ -378,10 +378,29 @@ pub async fn report(
     .await;
 }
 
+/// Where a request is retained: under its store and for HQ.
+fn request_topics(id: &DocId, store: &StoreId) -> [Topic; 2] {
+    [
+        Topic::StoreRequest {
+            store: store.clone(),
+            id: id.clone(),
+        },
+        Topic::HqRequest { id: id.clone() },
+    ]
+}
+
+/// Where a transfer is retained: under both stores.
+fn transfer_topics(id: &DocId, from: &StoreId, to: &StoreId) -> [Topic; 2] {
+    [from, to].map(|store| Topic::Transfer {
+        store: store.clone(),
+        id: id.clone(),
+    })
+}
+
 /// Publishes every document of `changes` from `inv`: levels, dish
 /// availability, requests (under the store and HQ), transfers (under both
-/// stores) and alerts. Menu and summary documents are throttled by the
-/// caller.
+/// stores), the clearing of retired ones, and alerts. Menu and summary
+/// documents are throttled by the caller.
 pub async fn publish_changes(out: &dyn Publisher, inv: &Inventory, changes: &Changes) {
     for (store, sku) in &changes.levels {
         if let Some(doc) = inv.level_out(store, sku) {
@@ -408,33 +427,27 @@ pub async fn publish_changes(out: &dyn Publisher, inv: &Inventory, changes: &Cha
     }
     for id in &changes.requests {
         if let Some(doc) = inv.request_out(id) {
-            publish_doc(
-                out,
-                &Topic::StoreRequest {
-                    store: doc.store.clone(),
-                    id: id.clone(),
-                },
-                &doc,
-                true,
-            )
-            .await;
-            publish_doc(out, &Topic::HqRequest { id: id.clone() }, &doc, true).await;
+            for topic in request_topics(id, &doc.store) {
+                publish_doc(out, &topic, &doc, true).await;
+            }
         }
     }
     for id in &changes.transfers {
         if let Some(doc) = inv.transfer_out(id) {
-            for store in [&doc.from, &doc.to] {
-                publish_doc(
-                    out,
-                    &Topic::Transfer {
-                        store: store.clone(),
-                        id: id.clone(),
-                    },
-                    &doc,
-                    true,
-                )
-                .await;
+            for topic in transfer_topics(id, &doc.from, &doc.to) {
+                publish_doc(out, &topic, &doc, true).await;
             }
+        }
+    }
+    // Shown long enough: an empty retained message clears a finished
+    // document for every later subscriber (it stays on record in sled).
+    for retired in &changes.retired {
+        let topics = match retired {
+            Retired::Request { id, store } => request_topics(id, store),
+            Retired::Transfer { id, from, to } => transfer_topics(id, from, to),
+        };
+        for topic in topics {
+            out.publish(&topic, Vec::new(), true).await;
         }
     }
     for (store, alert) in &changes.alerts {
@@ -1416,6 +1429,38 @@ mod tests {
                 prop_assert_eq!(reopened, want, "sku {} after reopening", sku);
             }
         }
+    }
+
+    /// A retired request or transfer is cleared — an empty retained
+    /// message — under every topic it was retained on.
+    #[tokio::test]
+    async fn a_retired_document_is_cleared_under_each_of_its_topics() {
+        let inv = Inventory::new(catalog(), 0);
+        let mut changes = Changes::default();
+        changes.retired.insert(Retired::Request {
+            id: id("rq-s1-1"),
+            store: id("s1"),
+        });
+        changes.retired.insert(Retired::Transfer {
+            id: id("tr-1"),
+            from: id("s1"),
+            to: id("s2"),
+        });
+        let out = Rendered::default();
+        publish_changes(&out, &inv, &changes).await;
+        let cleared: Vec<(String, usize, bool)> = out
+            .take()
+            .into_iter()
+            .map(|(topic, payload, retain)| (topic.to_string(), payload.len(), retain))
+            .collect();
+        let expected = [
+            "stores/s1/replenishment/rq-s1-1",
+            "hq/replenishment/rq-s1-1",
+            "stores/s1/transfers/tr-1",
+            "stores/s2/transfers/tr-1",
+        ]
+        .map(|topic| (topic.to_string(), 0, true));
+        assert_eq!(cleared, expected);
     }
 
     /// Superseded retained documents are dropped before delivery, a topic

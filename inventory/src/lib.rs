@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use catalog::Catalog;
 use ledger::{Applied, SkuLedger};
-pub use planning::{ChainPlan, Request, StorePlan, Transfer};
+pub use planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
 
 /// Most portions of one dish on one sale line.
 pub const MAX_PORTIONS: u32 = 10_000;
@@ -214,6 +214,9 @@ pub struct Changes {
     pub alerts: Vec<(StoreId, AlertOut)>,
     /// Whether the chain counters changed.
     pub chain: bool,
+    /// Finished requests and transfers no longer shown: their retained
+    /// documents are cleared.
+    pub retired: BTreeSet<Retired>,
 }
 
 impl Changes {
@@ -229,6 +232,7 @@ impl Changes {
         self.summaries.extend(other.summaries);
         self.alerts.extend(other.alerts);
         self.chain |= other.chain;
+        self.retired.extend(other.retired);
     }
 
     /// True when nothing changed.
@@ -243,6 +247,7 @@ impl Changes {
             && self.summaries.is_empty()
             && self.alerts.is_empty()
             && !self.chain
+            && self.retired.is_empty()
     }
 }
 
@@ -369,13 +374,14 @@ impl Inventory {
                         s.plan = plan;
                     }
                 }
+                // Finished long ago: on record, no longer shown.
                 Restored::Request(r) => {
-                    if stores.contains_key(&r.store) {
+                    if stores.contains_key(&r.store) && r.is_shown(now) {
                         requests.insert(r.id.clone(), r);
                     }
                 }
                 Restored::Transfer(t) => {
-                    if stores.contains_key(&t.from) && stores.contains_key(&t.to) {
+                    if stores.contains_key(&t.from) && stores.contains_key(&t.to) && t.is_shown(now) {
                         transfers.insert(t.id.clone(), t);
                     }
                 }

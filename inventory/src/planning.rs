@@ -92,6 +92,12 @@ impl Request {
             RequestState::Open | RequestState::Acknowledged | RequestState::Shipped
         )
     }
+
+    /// Whether it is still shown at `now`: while open, and for
+    /// [`FINISHED_SHOWN_FOR`] after it finished.
+    pub fn is_shown(&self, now: Millis) -> bool {
+        self.is_open() || now - self.updated_at < FINISHED_SHOWN_FOR
+    }
 }
 
 /// A transfer between two stores.
@@ -135,6 +141,37 @@ impl Transfer {
             TransferState::Proposed | TransferState::Accepted | TransferState::Dispatched
         )
     }
+
+    /// Whether it is still shown at `now`: while active, and for
+    /// [`FINISHED_SHOWN_FOR`] after it finished.
+    pub fn is_shown(&self, now: Millis) -> bool {
+        self.is_active() || now - self.updated_at < FINISHED_SHOWN_FOR
+    }
+}
+
+/// How long a finished request or transfer keeps its retained documents
+/// (then they are cleared; it stays on record in the broker's store).
+pub const FINISHED_SHOWN_FOR: Millis = DAY;
+
+/// A finished request or transfer whose retained documents are cleared.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Retired {
+    /// A replenishment request of `store`.
+    Request {
+        /// The request.
+        id: DocId,
+        /// Its store.
+        store: StoreId,
+    },
+    /// A transfer between two stores.
+    Transfer {
+        /// The transfer.
+        id: DocId,
+        /// The giver.
+        from: StoreId,
+        /// The taker.
+        to: StoreId,
+    },
 }
 
 /// A store's planning state (persisted with the store).
@@ -1065,10 +1102,23 @@ impl Inventory {
                 }
             }
         }
-        // Finished requests and transfers stay on record in the store; the
-        // live maps keep them a day.
-        self.requests.retain(|_, r| r.is_open() || now - r.updated_at < DAY);
-        self.transfers.retain(|_, t| t.is_active() || now - t.updated_at < DAY);
+        // Finished requests and transfers stay on record in the store; they
+        // are shown (kept here and retained) for a day.
+        for r in self.requests.values().filter(|r| !r.is_shown(now)) {
+            changes.retired.insert(Retired::Request {
+                id: r.id.clone(),
+                store: r.store.clone(),
+            });
+        }
+        for t in self.transfers.values().filter(|t| !t.is_shown(now)) {
+            changes.retired.insert(Retired::Transfer {
+                id: t.id.clone(),
+                from: t.from.clone(),
+                to: t.to.clone(),
+            });
+        }
+        self.requests.retain(|_, r| r.is_shown(now));
+        self.transfers.retain(|_, t| t.is_shown(now));
         self.finish(now, &mut changes);
         changes
     }

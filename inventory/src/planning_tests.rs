@@ -632,3 +632,77 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn finished_requests_and_transfers_are_shown_for_a_day_then_retired() {
+    use crate::planning::{Retired, FINISHED_SHOWN_FOR};
+    use crate::{Restored, Transfer};
+    use std::collections::BTreeSet;
+
+    let mut inv = Inventory::new(chain(), at(17, 0));
+    stock(&mut inv, "a", "patty", StockKind::Count, 11.0, at(17, 0), "c0", None);
+    stock(&mut inv, "a", "patty", StockKind::Consume, 5.0, at(18, 0), "u0", None);
+    let rq: DocId = id("rq-a-1");
+    let done = at(18, 5);
+    inv.apply_request_action(&rq, RequestAction::Cancel, &action("ck-1"), done)
+        .expect("cancel");
+    let request = inv.request(&rq).expect("the request").clone();
+    let transfer = Transfer {
+        id: id("tr-9"),
+        from: id("b"),
+        to: id("c"),
+        sku: id("patty"),
+        qty: 5,
+        need: 5,
+        state: TransferState::Received,
+        reason: "received".into(),
+        expires_at: None,
+        travel_minutes: 10,
+        tried: Vec::new(),
+        created_at: at(17, 30),
+        updated_at: done,
+        rev: 4,
+    };
+    let shown = |now: Millis| {
+        let restored = vec![Restored::Request(request.clone()), Restored::Transfer(transfer.clone())];
+        let (inv, _) = Inventory::restore(chain(), restored, now);
+        (inv.request_out(&rq).is_some(), inv.transfer_out(&transfer.id).is_some())
+    };
+    let last_minute = done + FINISHED_SHOWN_FOR - MINUTE;
+    assert_eq!(shown(last_minute), (true, true), "a restart within the day shows both");
+    assert_eq!(shown(done + FINISHED_SHOWN_FOR), (false, false), "a day later neither");
+
+    // Both shown until a day has passed; then retired, once, with the
+    // stores whose topics to clear.
+    let (mut inv, _) = Inventory::restore(
+        chain(),
+        vec![Restored::Request(request.clone()), Restored::Transfer(transfer.clone())],
+        last_minute,
+    );
+    assert!(inv.tick(last_minute).retired.is_empty());
+    assert!(inv.request_out(&rq).is_some() && inv.transfer_out(&transfer.id).is_some());
+    let retired = inv.tick(done + FINISHED_SHOWN_FOR).retired;
+    assert_eq!(
+        retired,
+        BTreeSet::from([
+            Retired::Request {
+                id: rq.clone(),
+                store: id("a"),
+            },
+            Retired::Transfer {
+                id: transfer.id.clone(),
+                from: id("b"),
+                to: id("c"),
+            },
+        ])
+    );
+    assert!(inv.request_out(&rq).is_none() && inv.transfer_out(&transfer.id).is_none());
+    assert!(inv.tick(done + FINISHED_SHOWN_FOR + MINUTE).retired.is_empty());
+    // An open request is never retired, however old.
+    stock(&mut inv, "b", "patty", StockKind::Count, 11.0, at(17, 0), "c1", None);
+    stock(&mut inv, "b", "patty", StockKind::Consume, 5.0, at(18, 0), "u1", None);
+    let open: Vec<DocId> = inv.documents().0;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(inv.tick(at(18, 0) + 10 * FINISHED_SHOWN_FOR).retired.is_empty());
+    assert!(inv.request_out(&open[0]).is_some());
+}
