@@ -228,6 +228,10 @@ impl Server {
             Target::Bare => "serve-bare",
             Target::Dishsync => "serve-dishsync",
         };
+        // Each broker starts on a settled disk: what earlier rounds wrote
+        // (and deleted) reaches the disk now, not as writeback during this
+        // round's measurement.
+        rustix::fs::sync();
         let t0 = std::time::Instant::now();
         let mut child = Command::new(std::env::current_exe()?)
             .arg(verb)

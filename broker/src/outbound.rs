@@ -141,7 +141,8 @@ impl Publisher for Outbound {
 
     async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
         // What `SessionState::forwards` does for a message that is neither
-        // retained nor delayed nor stored, keeping the count it drops.
+        // retained, delayed nor stored, except that the number of
+        // subscribers it reached is kept.
         let publish = self.message(topic, payload, false);
         let routed = self
             .scx

@@ -616,7 +616,8 @@ struct DeliveryQueue {
     next: u64,
     /// Per retained topic, when its next document may go out.
     turn_ends: HashMap<Topic, Instant>,
-    /// Documents waiting for their topic's interval: position, message, due.
+    /// Documents waiting for their topic's turn to end: position, message,
+    /// due.
     held: HashMap<Topic, (u64, Message, Instant)>,
 }
 
