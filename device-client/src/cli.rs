@@ -588,6 +588,7 @@ fn print_json(conn: &Connection, u: &Update) {
         Update::Alert(d) => json!({"type": "alert", "data": d}),
         Update::Request(d) => json!({"type": "request", "data": d}),
         Update::Transfer(d) => json!({"type": "transfer", "data": d}),
+        Update::Cleared(id) => json!({"type": "cleared", "data": {"id": id}}),
         Update::Acked(_) | Update::Rejected(_) => return,
     };
     say(conn, "", doc);
@@ -655,6 +656,9 @@ impl Table {
             Update::Transfer(t) => {
                 let line = format!("{:?} {} → {}: {} {} {}", t.state, t.from, t.to, t.sku, t.qty, t.unit);
                 self.docs.insert(t.id.to_string(), line);
+            }
+            Update::Cleared(id) => {
+                self.docs.remove(id.as_str());
             }
             Update::Acked(_) | Update::Rejected(_) => {}
         }

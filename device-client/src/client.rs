@@ -173,6 +173,9 @@ pub enum Update {
     Request(RequestOut),
     /// A transfer changed.
     Transfer(TransferOut),
+    /// A finished request or transfer is no longer shown: the broker
+    /// cleared its retained document a day after it finished.
+    Cleared(DocId),
 }
 
 /// A handle to a running device client. Cheap to clone.
@@ -774,9 +777,31 @@ impl Connection {
         let _ = self.updates.send(Update::Rejected(err));
     }
 
-    /// Delivers a watched document unless an equal or newer `rev` was seen.
+    /// Delivers a watched document unless an equal or newer `rev` was seen;
+    /// alerts (events, with no `rev`) always, and a cleared request or
+    /// transfer as [`Update::Cleared`].
     fn on_watched(&mut self, topic: &str, payload: &[u8]) {
-        let update = match topic.parse::<Topic>() {
+        let parsed = topic.parse::<Topic>();
+        match &parsed {
+            Ok(Topic::Alerts { .. }) => {
+                match serde_json::from_slice::<AlertOut>(payload) {
+                    Ok(alert) => {
+                        let _ = self.updates.send(Update::Alert(alert));
+                    }
+                    Err(e) => debug!(topic, error = %e, "ignored an alert that does not parse"),
+                }
+                return;
+            }
+            Ok(Topic::StoreRequest { id, .. } | Topic::HqRequest { id } | Topic::Transfer { id, .. })
+                if payload.is_empty() =>
+            {
+                self.revs.remove(topic);
+                let _ = self.updates.send(Update::Cleared(id.clone()));
+                return;
+            }
+            _ => {}
+        }
+        let update = match parsed {
             Ok(Topic::DishAvailability { .. }) => serde_json::from_slice::<DishAvailabilityOut>(payload)
                 .ok()
                 .map(|d| (d.rev, Update::Availability(d))),
@@ -786,6 +811,12 @@ impl Connection {
             Ok(Topic::StockLevel { .. }) => serde_json::from_slice::<LevelOut>(payload)
                 .ok()
                 .map(|d| (d.rev, Update::Level(d))),
+            Ok(Topic::StoreRequest { .. } | Topic::HqRequest { .. }) => serde_json::from_slice::<RequestOut>(payload)
+                .ok()
+                .map(|d| (d.rev, Update::Request(d))),
+            Ok(Topic::Transfer { .. }) => serde_json::from_slice::<TransferOut>(payload)
+                .ok()
+                .map(|d| (d.rev, Update::Transfer(d))),
             _ => None,
         };
         let Some((rev, update)) = update else {

@@ -323,3 +323,106 @@ async fn a_restart_in_the_middle_of_a_transfer_continues_it() -> Result<()> {
     assert!(staff.all_on("stores/s1/transfers/tr-2").is_empty());
     Ok(())
 }
+
+/// `dishsync watch all --json` shows its store's alerts, replenishment
+/// requests and transfers as they happen, not only availability and levels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_shows_the_alerts_requests_and_transfers_of_its_store() -> Result<()> {
+    use std::process::{Command, Stdio};
+
+    use crate::support::{cli_binary, lines_of, DEADLINE};
+
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&planning_chain(10.0), &data)?;
+    let mut watcher = Command::new(cli_binary())
+        .args([
+            "--broker",
+            &broker.addr.to_string(),
+            "--store",
+            "s1",
+            "--device",
+            "manager-1",
+            "--json",
+        ])
+        .arg("--outbox")
+        .arg(tmp.path().join("watch"))
+        .args(["watch", "all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let rx = lines_of(watcher.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    // Everything the watcher printed so far, searched as a whole: the
+    // order of documents from one commit group is not part of the contract.
+    let mut printed: Vec<Value> = Vec::new();
+    let mut shown = |what: &str, ok: &dyn Fn(&Value) -> bool| -> Result<Value> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(v) = printed.iter().find(|v| ok(v)) {
+                return Ok(v.clone());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .map_err(|_| anyhow::anyhow!("watch never showed {what}"))?;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                printed.push(v);
+            }
+        }
+    };
+
+    // s2 and s3 can give; s1 drops to its reorder point: a request.
+    let mut staff = Client::connect(broker.addr, "staff-1").await?;
+    for (store, patty) in [("s2", 20.0), ("s3", 20.0), ("s1", 1.0)] {
+        staff
+            .subscribe(&format!("stores/{store}/acks/staff-1"), QoS::AtLeastOnce)
+            .await?;
+        stock_and_wait(
+            &mut staff,
+            store,
+            "staff-1",
+            &[
+                (
+                    "patty",
+                    stock_event(&format!("{store}-p"), "count", patty, "pcs", "staff-1"),
+                ),
+                (
+                    "bun",
+                    stock_event(&format!("{store}-b"), "count", 50.0, "pcs", "staff-1"),
+                ),
+            ],
+        )
+        .await?;
+    }
+    let request = shown("the request", &|v| v["type"] == "request")?;
+    assert_eq!(
+        (request["data"]["store"].clone(), request["data"]["state"].clone()),
+        (json!("s1"), json!("open")),
+        "{request}"
+    );
+    // The request topic is subscribed after the alerts topic: from here
+    // on no alert can be missed. Selling the last patty sells burgers out.
+    staff
+        .publish_json(
+            "stores/s1/sales",
+            &sale("sale-1", &[("burger", 1)], "staff-1"),
+            QoS::ExactlyOnce,
+        )
+        .await?;
+    let alert = shown("the sold-out alert", &|v| {
+        v["type"] == "alert" && v["data"]["kind"] == "sold_out" && v["data"]["state"] == "raised"
+    })?;
+    assert_eq!(alert["data"]["dish"], json!("burger"), "{alert}");
+    let transfer = shown("the transfer proposal", &|v| v["type"] == "transfer")?;
+    assert_eq!(
+        (
+            transfer["data"]["from"].clone(),
+            transfer["data"]["to"].clone(),
+            transfer["data"]["state"].clone()
+        ),
+        (json!("s2"), json!("s1"), json!("proposed")),
+        "{transfer}"
+    );
+    watcher.kill()?;
+    watcher.wait()?;
+    Ok(())
+}
