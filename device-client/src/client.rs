@@ -50,14 +50,16 @@ pub enum Watch {
     Levels,
     /// The store's alerts.
     Alerts,
-    /// The store's replenishment requests.
+    /// The store's replenishment requests; for an HQ device (the central
+    /// kitchen), every store's.
     Requests,
     /// Transfers to and from the store.
     Transfers,
 }
 
 impl Watch {
-    fn filter(self, store: &StoreId) -> String {
+    /// The topic filter for `store`; `hq` for a device of HQ.
+    fn filter(self, store: &StoreId, hq: bool) -> String {
         // Wildcard filters are the one place topics are built from parts
         // outside `Topic`: a filter is not a topic.
         match self {
@@ -65,6 +67,7 @@ impl Watch {
             Watch::Menu => Topic::StoreAvailability { store: store.clone() }.to_string(),
             Watch::Levels => format!("stores/{store}/stock/+/level"),
             Watch::Alerts => Topic::Alerts { store: store.clone() }.to_string(),
+            Watch::Requests if hq => "hq/replenishment/+".to_string(),
             Watch::Requests => format!("stores/{store}/replenishment/+"),
             Watch::Transfers => format!("stores/{store}/transfers/+"),
         }
@@ -657,7 +660,7 @@ impl Connection {
                         let _ = client.try_subscribe(&acks, QoS::AtLeastOnce);
                         let _ = client.try_subscribe(&errors, QoS::AtLeastOnce);
                         for w in &self.config.watch {
-                            let _ = client.try_subscribe(w.filter(&store), QoS::AtLeastOnce);
+                            let _ = client.try_subscribe(w.filter(&store, self.config.hq), QoS::AtLeastOnce);
                         }
                         if self.config.presence {
                             let _ = client.try_publish(self.status_topic(), QoS::AtLeastOnce, true, "online");

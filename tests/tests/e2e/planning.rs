@@ -351,6 +351,23 @@ async fn watch_shows_the_alerts_requests_and_transfers_of_its_store() -> Result<
         .stderr(Stdio::null())
         .spawn()?;
     let rx = lines_of(watcher.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    // The central kitchen watches every store's requests.
+    let mut kitchen = Command::new(cli_binary())
+        .args([
+            "--broker",
+            &broker.addr.to_string(),
+            "--device",
+            "kitchen-1",
+            "--hq",
+            "--json",
+        ])
+        .arg("--outbox")
+        .arg(tmp.path().join("kitchen"))
+        .args(["watch", "requests"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let kitchen_rx = lines_of(kitchen.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
     // Everything the watcher printed so far, searched as a whole: the
     // order of documents from one commit group is not part of the contract.
     let mut printed: Vec<Value> = Vec::new();
@@ -422,7 +439,19 @@ async fn watch_shows_the_alerts_requests_and_transfers_of_its_store() -> Result<
         (json!("s2"), json!("s1"), json!("proposed")),
         "{transfer}"
     );
-    watcher.kill()?;
-    watcher.wait()?;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = kitchen_rx
+            .recv_timeout(left)
+            .map_err(|_| anyhow::anyhow!("the kitchen's watch never showed rq-s1-1"))?;
+        if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["type"] == "request" && v["data"]["id"] == "rq-s1-1") {
+            break;
+        }
+    }
+    for child in [&mut watcher, &mut kitchen] {
+        child.kill()?;
+        child.wait()?;
+    }
     Ok(())
 }
