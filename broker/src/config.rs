@@ -745,40 +745,22 @@ impl Validator {
                     self.issue(format!("{place}.sku"), format!("unknown SKU {sku}"));
                     continue;
                 };
-                match (unit, scale.piece_grams) {
-                    (BaseUnit::G, None) => {}
-                    (BaseUnit::Pcs, Some(p)) if p >= 1 => {}
-                    (BaseUnit::Pcs, Some(_)) => self.issue(format!("{place}.piece_grams"), "must be at least 1"),
-                    (BaseUnit::Pcs, None) => self.issue(
-                        place.clone(),
-                        format!("{sku} is kept in pieces: give piece_grams, the weight of one"),
-                    ),
-                    (BaseUnit::G, Some(_)) => self.issue(
-                        format!("{place}.piece_grams"),
-                        format!("{sku} is kept in grams; piece_grams is for SKUs kept in pieces"),
-                    ),
-                    (BaseUnit::Ml, _) => self.issue(
-                        format!("{place}.sku"),
-                        format!("{sku} is kept in ml; a scale can weigh SKUs kept in g or pcs"),
-                    ),
-                }
-                if scale.tare_grams < 0 {
-                    self.issue(format!("{place}.tare_grams"), "must not be negative");
-                }
                 // Scales wander by a few grams; one piece is always real.
                 let deadband = scale.deadband.unwrap_or(if *unit == BaseUnit::Pcs { 1 } else { 10 });
-                if deadband < 1 {
-                    self.issue(format!("{place}.deadband"), "must be at least 1");
+                let binding = ScaleBinding {
+                    sku,
+                    tare_grams: scale.tare_grams,
+                    piece_grams: scale.piece_grams,
+                    deadband,
+                };
+                for problem in binding.problems(*unit) {
+                    let at = match problem.field {
+                        "" => place.clone(),
+                        field => format!("{place}.{field}"),
+                    };
+                    self.issue(at, problem.message);
                 }
-                scales.insert(
-                    device,
-                    ScaleBinding {
-                        sku,
-                        tare_grams: scale.tare_grams,
-                        piece_grams: scale.piece_grams,
-                        deadband,
-                    },
-                );
+                scales.insert(device, binding);
             }
             if !scales.is_empty() {
                 p.scales.insert(store, scales);

@@ -187,9 +187,9 @@ impl IntakeHook {
                 ErrorCode::MalformedPayload,
                 "device status must be online or offline".into(),
             )),
-            // A settled reading may set a bound SKU's level: the rules
-            // decide. A moving one is only routed.
-            Topic::ScaleWeight { .. } => match decode(&parsed, payload) {
+            _ => match decode(&parsed, payload) {
+                // A moving scale reading is only routed; a settled one may
+                // set a bound SKU's level: the rules decide.
                 Ok(Input::Reading { reading, .. }) if !reading.stable => Ok(Admitted::Presence),
                 Ok(input) => Ok(Admitted::Input(input)),
                 Err(rejection) => Err(Refusal {
@@ -198,13 +198,6 @@ impl IntakeHook {
                     store: store.clone(),
                 }),
             },
-            _ => decode(&parsed, payload)
-                .map(Admitted::Input)
-                .map_err(|rejection| Refusal {
-                    code: PublishAckReason::PayloadFormatInvalid,
-                    rejection,
-                    store: store.clone(),
-                }),
         }
     }
 

@@ -100,9 +100,8 @@ impl Outbound {
             from: Arc::new(From::from_system(id)),
         }
     }
-}
 
-impl Outbound {
+    /// The QoS 1 message our publications carry, stamped now.
     fn message(&self, topic: &Topic, payload: Vec<u8>, retain: bool) -> Publish {
         let publish = CodecPublish {
             dup: false,

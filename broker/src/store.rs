@@ -157,7 +157,7 @@ impl Shared {
             overlay.sealed = Arc::new(active);
             (overlay.sealed.clone(), overlay.active_last)
         };
-        let batch = sled_batch(sealed.iter().map(|(k, v)| (k.as_slice(), v.as_slice())), last)?;
+        let batch = sled_batch(sealed.iter().map(|(k, v)| (k.as_slice(), v.as_slice())), last);
         self.db.apply_batch(batch)?;
         // sled answers every read of these keys from here on.
         self.overlay.lock().unwrap_or_else(|e| e.into_inner()).sealed = Arc::default();
@@ -218,7 +218,7 @@ fn ledger_seq(key: &[u8]) -> Option<u64> {
 /// journal group `last`) into sled. Ledger lines are packed into pages of
 /// consecutive lines, one record each: sled's cost is per record, and the
 /// ledger is only ever read in order.
-fn sled_batch<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>, last: u64) -> Result<sled::Batch, StoreError> {
+fn sled_batch<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>, last: u64) -> sled::Batch {
     let mut batch = sled::Batch::default();
     let mut lines: Vec<(u64, &[u8])> = Vec::new();
     for (key, value) in pairs {
@@ -245,7 +245,7 @@ fn sled_batch<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>, last: u64) 
         start = end;
     }
     batch.insert(CHECKPOINT_KEY, &last.to_be_bytes());
-    Ok(batch)
+    batch
 }
 
 fn ledger_key(seq: u64) -> Vec<u8> {
@@ -323,7 +323,7 @@ impl Store {
             replayed += 1;
         }
         if replayed > 0 {
-            let batch = sled_batch(pending.iter().map(|(k, v)| (k.as_slice(), v.as_slice())), last)?;
+            let batch = sled_batch(pending.iter().map(|(k, v)| (k.as_slice(), v.as_slice())), last);
             db.apply_batch(batch)?;
             db.flush()?;
             tracing::info!(groups = replayed, "journal replayed into sled");

@@ -83,6 +83,51 @@ pub struct ScaleBinding {
     pub deadband: i64,
 }
 
+/// Something wrong with a [`ScaleBinding`]: the field it is in (`""` for
+/// the binding as a whole) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleProblem {
+    /// `sku`, `piece_grams`, `tare_grams`, `deadband`, or `""`.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ScaleBinding {
+    /// Everything wrong with this binding for its SKU, kept in `unit`: a
+    /// scale weighs grams, so a SKU kept in pieces needs the weight of one
+    /// and a SKU kept in ml cannot be weighed.
+    pub fn problems(&self, unit: BaseUnit) -> Vec<ScaleProblem> {
+        let sku = &self.sku;
+        let problem = |field, message: String| ScaleProblem { field, message };
+        let mut problems = Vec::new();
+        match (unit, self.piece_grams) {
+            (BaseUnit::G, None) => {}
+            (BaseUnit::Pcs, Some(p)) if p >= 1 => {}
+            (BaseUnit::Pcs, Some(_)) => problems.push(problem("piece_grams", "must be at least 1".into())),
+            (BaseUnit::Pcs, None) => problems.push(problem(
+                "",
+                format!("{sku} is kept in pieces: give piece_grams, the weight of one"),
+            )),
+            (BaseUnit::G, Some(_)) => problems.push(problem(
+                "piece_grams",
+                format!("{sku} is kept in grams; piece_grams is for SKUs kept in pieces"),
+            )),
+            (BaseUnit::Ml, _) => problems.push(problem(
+                "sku",
+                format!("{sku} is kept in ml; a scale can weigh SKUs kept in g or pcs"),
+            )),
+        }
+        if self.tare_grams < 0 {
+            problems.push(problem("tare_grams", "must not be negative".into()));
+        }
+        if self.deadband < 1 {
+            problems.push(problem("deadband", "must be at least 1".into()));
+        }
+        problems
+    }
+}
+
 /// A reference in the catalog that points nowhere.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
@@ -298,24 +343,17 @@ impl Catalog {
                 return Err(CatalogError::UnknownStore(store.clone()));
             }
             for (device, binding) in scales {
-                let problem = |problem: &str| CatalogError::Scale {
-                    store: store.clone(),
-                    device: device.clone(),
-                    problem: problem.into(),
-                };
                 let sku = self
                     .skus
                     .get(&binding.sku)
                     .ok_or_else(|| CatalogError::UnknownSku(binding.sku.clone()))?;
-                match (sku.unit, binding.piece_grams) {
-                    (BaseUnit::G, None) => {}
-                    (BaseUnit::Pcs, Some(p)) if p >= 1 => {}
-                    (BaseUnit::Pcs, _) => return Err(problem("a SKU kept in pieces needs piece_grams ≥ 1")),
-                    (BaseUnit::G, Some(_)) => return Err(problem("piece_grams is for SKUs kept in pieces")),
-                    (BaseUnit::Ml, _) => return Err(problem("a scale cannot weigh a SKU kept in ml")),
-                }
-                if binding.tare_grams < 0 || binding.deadband < 1 {
-                    return Err(problem("tare must not be negative and the deadband must be at least 1"));
+                if let Some(first) = binding.problems(sku.unit).into_iter().next() {
+                    let separator = if first.field.is_empty() { "" } else { ": " };
+                    return Err(CatalogError::Scale {
+                        store: store.clone(),
+                        device: device.clone(),
+                        problem: format!("{}{separator}{}", first.field, first.message),
+                    });
                 }
             }
         }

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::time::{timeout_at, Instant};
 
 use crate::support::{
-    cli_binary, free_addr, lines_of, small_chain, temp_data_dir, BrokerProcess, Client as Mqtt, DEADLINE,
+    cli_binary, free_addr, lines_of, small_chain, temp_data_dir, BrokerProcess, Client as Mqtt, Watcher, DEADLINE,
 };
 
 fn config(addr: std::net::SocketAddr, device: &str, outbox: &Path) -> Result<ClientConfig> {
@@ -246,40 +245,19 @@ async fn watch_json_shows_a_scripted_service_in_order() -> Result<()> {
     let (tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&small_chain(), &data)?;
     let addr = broker.addr;
-    let mut watcher = Command::new(cli_binary())
-        .args([
-            "--broker",
-            &addr.to_string(),
-            "--store",
-            "s1",
-            "--device",
-            "manager-1",
-            "--json",
-        ])
-        .arg("--outbox")
-        .arg(tmp.path().join("watch"))
-        .args(["watch", "availability"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let rx = lines_of(watcher.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
-    let chips_status = |rx: &std_mpsc::Receiver<String>, want: &str| -> Result<Value> {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("watch never showed chips {want}"))?;
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if v["type"] == "availability" && v["data"]["dish"] == "chips" {
-                assert_eq!(v["data"]["status"], want, "chips changes in order: {v}");
-                return Ok(v);
-            }
-        }
+    let mut watcher = Watcher::start(
+        addr,
+        &tmp.path().join("watch"),
+        &["--store", "s1", "--device", "manager-1", "watch", "availability"],
+    )?;
+    let mut chips_status = |want: &str| -> Result<Value> {
+        let v = watcher.next(&format!("chips {want}"), |v| {
+            v["type"] == "availability" && v["data"]["dish"] == "chips"
+        })?;
+        assert_eq!(v["data"]["status"], want, "chips changes in order: {v}");
+        Ok(v)
     };
-    let first = chips_status(&rx, "sold_out")?;
+    let first = chips_status("sold_out")?;
     let outbox = tmp.path().join("outbox");
     let steps: [(&[&str], &str); 4] = [
         (&["stock", "receive", "fries", "2", "kg"], "available"),
@@ -291,7 +269,7 @@ async fn watch_json_shows_a_scripted_service_in_order() -> Result<()> {
     for (i, (args, want)) in steps.iter().enumerate() {
         let (code, out) = cli(addr, &outbox, args)?;
         assert_eq!(code, 0, "step {i}: {out}");
-        let v = chips_status(&rx, want)?;
+        let v = chips_status(want)?;
         let overridden = v["data"]["override"] != Value::Null;
         assert_eq!(overridden, i == 2, "step {i}: {v}");
         revs.push(v["data"]["rev"].as_u64().unwrap_or(0));
@@ -300,8 +278,6 @@ async fn watch_json_shows_a_scripted_service_in_order() -> Result<()> {
         revs.windows(2).all(|w| w[1] == w[0] + 1),
         "one rev per change: {revs:?}"
     );
-    watcher.kill()?;
-    watcher.wait()?;
     Ok(())
 }
 

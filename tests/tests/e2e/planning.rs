@@ -8,7 +8,7 @@ use rumqttc::QoS;
 use serde_json::{json, Value};
 
 use crate::availability::stock_and_wait;
-use crate::support::{chain_toml, sale, stock_event, temp_data_dir, BrokerProcess, Client};
+use crate::support::{chain_toml, sale, stock_event, temp_data_dir, BrokerProcess, Client, Watcher};
 
 /// Three stores; s1 is 5 minutes from s2 and 15 from s3. The central
 /// kitchen needs ten hours, so a sell-out during service calls for a
@@ -145,15 +145,13 @@ async fn watch_store(staff: &mut Client, store: &str) -> Result<()> {
     Ok(())
 }
 
-/// Stocks the three stores and sells s1 out of burgers; returns the client
-/// watching the transfer documents of all stores.
-async fn sell_s1_out(broker: &BrokerProcess) -> Result<Client> {
-    let mut staff = Client::connect(broker.addr, "staff-1").await?;
+/// Counts patties (`s1_patty` at s1, 20 at s2 and s3) and 50 buns in each
+/// store as `staff-1`, waiting for the acks (`staff` must see them).
+async fn stock_stores(staff: &mut Client, s1_patty: f64) -> Result<()> {
     for store in ["s1", "s2", "s3"] {
-        watch_store(&mut staff, store).await?;
-        let patty = if store == "s1" { 3.0 } else { 20.0 };
+        let patty = if store == "s1" { s1_patty } else { 20.0 };
         stock_and_wait(
-            &mut staff,
+            staff,
             store,
             "staff-1",
             &[
@@ -169,6 +167,17 @@ async fn sell_s1_out(broker: &BrokerProcess) -> Result<Client> {
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Stocks the three stores and sells s1 out of burgers; returns the client
+/// watching the transfer documents of all stores.
+async fn sell_s1_out(broker: &BrokerProcess) -> Result<Client> {
+    let mut staff = Client::connect(broker.addr, "staff-1").await?;
+    for store in ["s1", "s2", "s3"] {
+        watch_store(&mut staff, store).await?;
+    }
+    stock_stores(&mut staff, 3.0).await?;
     staff
         .publish_json(
             "stores/s1/sales",
@@ -328,89 +337,29 @@ async fn a_restart_in_the_middle_of_a_transfer_continues_it() -> Result<()> {
 /// requests and transfers as they happen, not only availability and levels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_shows_the_alerts_requests_and_transfers_of_its_store() -> Result<()> {
-    use std::process::{Command, Stdio};
-
-    use crate::support::{cli_binary, lines_of, DEADLINE};
-
     let (tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&planning_chain(10.0), &data)?;
-    let mut watcher = Command::new(cli_binary())
-        .args([
-            "--broker",
-            &broker.addr.to_string(),
-            "--store",
-            "s1",
-            "--device",
-            "manager-1",
-            "--json",
-        ])
-        .arg("--outbox")
-        .arg(tmp.path().join("watch"))
-        .args(["watch", "all"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let rx = lines_of(watcher.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let mut watcher = Watcher::start(
+        broker.addr,
+        &tmp.path().join("watch"),
+        &["--store", "s1", "--device", "manager-1", "watch", "all"],
+    )?;
     // The central kitchen watches every store's requests.
-    let mut kitchen = Command::new(cli_binary())
-        .args([
-            "--broker",
-            &broker.addr.to_string(),
-            "--device",
-            "kitchen-1",
-            "--hq",
-            "--json",
-        ])
-        .arg("--outbox")
-        .arg(tmp.path().join("kitchen"))
-        .args(["watch", "requests"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let kitchen_rx = lines_of(kitchen.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
-    // Everything the watcher printed so far, searched as a whole: the
-    // order of documents from one commit group is not part of the contract.
-    let mut printed: Vec<Value> = Vec::new();
-    let mut shown = |what: &str, ok: &dyn Fn(&Value) -> bool| -> Result<Value> {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(v) = printed.iter().find(|v| ok(v)) {
-                return Ok(v.clone());
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .map_err(|_| anyhow::anyhow!("watch never showed {what}"))?;
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                printed.push(v);
-            }
-        }
-    };
+    let mut kitchen = Watcher::start(
+        broker.addr,
+        &tmp.path().join("kitchen"),
+        &["--device", "kitchen-1", "--hq", "watch", "requests"],
+    )?;
 
-    // s2 and s3 can give; s1 drops to its reorder point: a request.
+    // s2 and s3 can give; s1 is at its reorder point: a request.
     let mut staff = Client::connect(broker.addr, "staff-1").await?;
-    for (store, patty) in [("s2", 20.0), ("s3", 20.0), ("s1", 1.0)] {
+    for store in ["s1", "s2", "s3"] {
         staff
             .subscribe(&format!("stores/{store}/acks/staff-1"), QoS::AtLeastOnce)
             .await?;
-        stock_and_wait(
-            &mut staff,
-            store,
-            "staff-1",
-            &[
-                (
-                    "patty",
-                    stock_event(&format!("{store}-p"), "count", patty, "pcs", "staff-1"),
-                ),
-                (
-                    "bun",
-                    stock_event(&format!("{store}-b"), "count", 50.0, "pcs", "staff-1"),
-                ),
-            ],
-        )
-        .await?;
     }
-    let request = shown("the request", &|v| v["type"] == "request")?;
+    stock_stores(&mut staff, 1.0).await?;
+    let request = watcher.shown("the request", |v| v["type"] == "request")?;
     assert_eq!(
         (request["data"]["store"].clone(), request["data"]["state"].clone()),
         (json!("s1"), json!("open")),
@@ -425,11 +374,11 @@ async fn watch_shows_the_alerts_requests_and_transfers_of_its_store() -> Result<
             QoS::ExactlyOnce,
         )
         .await?;
-    let alert = shown("the sold-out alert", &|v| {
+    let alert = watcher.shown("the sold-out alert", |v| {
         v["type"] == "alert" && v["data"]["kind"] == "sold_out" && v["data"]["state"] == "raised"
     })?;
     assert_eq!(alert["data"]["dish"], json!("burger"), "{alert}");
-    let transfer = shown("the transfer proposal", &|v| v["type"] == "transfer")?;
+    let transfer = watcher.shown("the transfer proposal", |v| v["type"] == "transfer")?;
     assert_eq!(
         (
             transfer["data"]["from"].clone(),
@@ -439,19 +388,6 @@ async fn watch_shows_the_alerts_requests_and_transfers_of_its_store() -> Result<
         (json!("s2"), json!("s1"), json!("proposed")),
         "{transfer}"
     );
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = kitchen_rx
-            .recv_timeout(left)
-            .map_err(|_| anyhow::anyhow!("the kitchen's watch never showed rq-s1-1"))?;
-        if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["type"] == "request" && v["data"]["id"] == "rq-s1-1") {
-            break;
-        }
-    }
-    for child in [&mut watcher, &mut kitchen] {
-        child.kill()?;
-        child.wait()?;
-    }
+    kitchen.shown("rq-s1-1", |v| v["type"] == "request" && v["data"]["id"] == "rq-s1-1")?;
     Ok(())
 }

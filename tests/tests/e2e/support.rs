@@ -57,6 +57,82 @@ pub fn lines_of(stdout: std::process::ChildStdout) -> std_mpsc::Receiver<String>
     rx
 }
 
+/// `dishsync --json … watch …` as a child process (killed on drop), and
+/// the JSON documents it printed.
+pub struct Watcher {
+    child: Child,
+    lines: std_mpsc::Receiver<String>,
+    printed: Vec<Value>,
+    /// Where [`Watcher::next`] goes on from.
+    read: usize,
+}
+
+impl Watcher {
+    /// Starts `dishsync --broker ADDR --outbox OUTBOX --json ARGS`, where
+    /// `ARGS` (device, store, …) end with the `watch` subcommand.
+    pub fn start(addr: SocketAddr, outbox: &Path, args: &[&str]) -> Result<Watcher> {
+        let mut child = Command::new(cli_binary())
+            .args(["--broker", &addr.to_string(), "--json", "--outbox"])
+            .arg(outbox)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning dishsync watch")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        Ok(Watcher {
+            child,
+            lines: lines_of(stdout),
+            printed: Vec::new(),
+            read: 0,
+        })
+    }
+
+    /// A document it printed, at any time, that satisfies `ok` (documents
+    /// of one commit group come in no set order).
+    pub fn shown(&mut self, what: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
+        let at = self.wait(what, 0, ok)?;
+        Ok(self.printed[at].clone())
+    }
+
+    /// The next document satisfying `ok` after the one `next` returned last.
+    pub fn next(&mut self, what: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
+        let at = self.wait(what, self.read, ok)?;
+        self.read = at + 1;
+        Ok(self.printed[at].clone())
+    }
+
+    /// Where, from `from` on, the first document satisfying `ok` was
+    /// printed, reading more lines until one comes or [`DEADLINE`] passes.
+    fn wait(&mut self, what: &str, from: usize, ok: impl Fn(&Value) -> bool) -> Result<usize> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut at = from;
+        loop {
+            while at < self.printed.len() {
+                if ok(&self.printed[at]) {
+                    return Ok(at);
+                }
+                at += 1;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("the watch never showed {what}"))?;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                self.printed.push(v);
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A fresh temporary directory holding a `data` directory for a broker.
 pub fn temp_data_dir() -> Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;
