@@ -260,6 +260,11 @@ impl Server {
         })
     }
 
+    /// CPU time the broker process has used so far, in seconds.
+    fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     fn rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         status
@@ -269,6 +274,25 @@ impl Server {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("no VmRSS"))
     }
+}
+
+/// User plus system CPU time of the process whose `/proc/…/stat` is at
+/// `path`, in seconds.
+fn cpu_seconds(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path)?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no CPU times in {path}"))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
 impl Drop for Server {
@@ -901,17 +925,23 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
     if all || scenario == Scenario::Retained {
         let (mut one, mut many) = (Results::new(), Results::new());
         let (mut menu_one, mut menu_many) = (Results::new(), Results::new());
+        let (mut many_broker_cpu, mut many_client_cpu) = (Results::new(), Results::new());
         for round in 0..sizes.rounds {
             for target in [Target::Bare, Target::Dishsync] {
                 let (config, data) = fresh(&format!("retained-{round}"), &config(20, sizes.dishes))?;
                 let server = Server::start(target, &config, &data)?;
                 one.add(target, retained(target, server.addr, 1, sizes.dishes).await?.1);
+                let (broker_before, own_before) = (server.cpu_seconds()?, cpu_seconds("/proc/self/stat")?);
                 many.add(
                     target,
                     retained(Target::Dishsync, server.addr, sizes.pos, sizes.dishes)
                         .await?
                         .1,
                 );
+                // CPU per message delivered to the many POS, in µs.
+                let messages = (sizes.pos * sizes.dishes) as f64 / 1e6;
+                many_broker_cpu.add(target, (server.cpu_seconds()? - broker_before) / messages);
+                many_client_cpu.add(target, (cpu_seconds("/proc/self/stat")? - own_before) / messages);
                 menu_one.add(target, whole_menu(target, server.addr, 1, sizes.dishes).await?);
                 menu_many.add(
                     target,
@@ -936,6 +966,22 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             "ms",
             "≤ 250 ms",
             &many,
+        );
+        report(
+            cli,
+            "retained",
+            &format!("{} POS at once, broker CPU per message", sizes.pos),
+            "µs",
+            "—",
+            &many_broker_cpu,
+        );
+        report(
+            cli,
+            "retained",
+            &format!("{} POS at once, POS CPU per message", sizes.pos),
+            "µs",
+            "—",
+            &many_client_cpu,
         );
         report(
             cli,
