@@ -12,5 +12,6 @@ mod bridge;
 mod client;
 mod durability;
 mod interop;
+mod mqtt5;
 mod planning;
 mod security;
