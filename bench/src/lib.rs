@@ -724,6 +724,67 @@ async fn whole_menu(target: Target, addr: SocketAddr, pos: usize, dishes: usize)
     Ok(slowest)
 }
 
+/// Time for `pos` MQTT 5 POS at once to load a store of `dishes` dishes the
+/// way topics.md describes: one SUBSCRIBE with the per-dish filter at Retain
+/// Handling 2 (no retained burst) and the whole-menu document. The slowest,
+/// in milliseconds, from the SUBSCRIBE to a menu with every dish. The
+/// whole-menu document must already be retained.
+async fn mqtt5_load(addr: SocketAddr, pos: usize, dishes: usize) -> Result<f64> {
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet as Packet5, RetainForwardRule};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+    const MENU: &str = "stores/s1/availability";
+    let mut tasks = Vec::new();
+    for p in 0..pos {
+        tasks.push(tokio::spawn(async move {
+            let mut o = Options5::new(format!("v5-pos-{p}"), addr.ip().to_string(), addr.port());
+            o.set_keep_alive(Duration::from_secs(60));
+            o.set_max_packet_size(Some(1 << 20));
+            let (client, mut eventloop) = Client5::new(o, 100);
+            let mut refused = 0;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event5::Incoming(Packet5::ConnAck(_))) => break,
+                    Ok(_) => {}
+                    Err(e) if refused < 5 => {
+                        refused += 1;
+                        eprintln!("dishsync-bench: a connect was refused ({e}); trying again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let mut per_dish = Filter::new("stores/s1/dishes/+/availability", QoS5::AtLeastOnce);
+            per_dish.retain_forward_rule = RetainForwardRule::Never;
+            let t0 = Instant::now();
+            client
+                .subscribe_many([per_dish, Filter::new(MENU, QoS5::AtLeastOnce)])
+                .await?;
+            loop {
+                if let Event5::Incoming(Packet5::Publish(p)) = eventloop.poll().await? {
+                    if p.topic != MENU.as_bytes() {
+                        return Err(anyhow!("a per-dish document came despite Retain Handling 2"));
+                    }
+                    let menu: Value = serde_json::from_slice(&p.payload)?;
+                    let got = menu["dishes"].as_object().map_or(0, |d| d.len());
+                    if got != dishes {
+                        return Err(anyhow!("the menu holds {got} dishes, not {dishes}"));
+                    }
+                    return anyhow::Ok(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }));
+    }
+    let mut slowest: f64 = 0.0;
+    for t in tasks {
+        let ms = timeout(Duration::from_secs(120), t)
+            .await
+            .map_err(|_| anyhow!("MQTT 5 load timed out"))???;
+        slowest = slowest.max(ms);
+    }
+    Ok(slowest)
+}
+
 /// An MQTT 3.1.1 CONNECT with keep-alive 0 (idle forever).
 fn connect_packet(client_id: &str) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0010, 0, 0];
@@ -926,6 +987,7 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
         let (mut one, mut many) = (Results::new(), Results::new());
         let (mut menu_one, mut menu_many) = (Results::new(), Results::new());
         let (mut many_broker_cpu, mut many_client_cpu) = (Results::new(), Results::new());
+        let mut mqtt5_many = Results::new();
         for round in 0..sizes.rounds {
             for target in [Target::Bare, Target::Dishsync] {
                 let (config, data) = fresh(&format!("retained-{round}"), &config(20, sizes.dishes))?;
@@ -947,6 +1009,7 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
                     target,
                     whole_menu(Target::Dishsync, server.addr, sizes.pos, sizes.dishes).await?,
                 );
+                mqtt5_many.add(target, mqtt5_load(server.addr, sizes.pos, sizes.dishes).await?);
                 drop(server);
                 let _ = std::fs::remove_dir_all(&data);
             }
@@ -998,6 +1061,14 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             "ms",
             "≤ 250 ms",
             &menu_many,
+        );
+        report(
+            cli,
+            "retained",
+            &format!("{} MQTT 5 POS load at once (no burst)", sizes.pos),
+            "ms",
+            "≤ 250 ms",
+            &mqtt5_many,
         );
     }
     if all || scenario == Scenario::Connections {
