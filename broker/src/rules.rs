@@ -490,6 +490,9 @@ pub fn stage_changes(commit: &mut Commit, inv: &Inventory, changes: &Changes) ->
     for id in &changes.transfers {
         commit.transfer(inv, id)?;
     }
+    if !(changes.requests.is_empty() && changes.transfers.is_empty() && changes.retired.is_empty()) {
+        commit.shown(inv)?;
+    }
     if changes.chain {
         commit.chain_state(inv)?;
     }

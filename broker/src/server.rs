@@ -47,11 +47,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let fresh_start = restored.is_empty();
     let now = Timestamp::now().0;
     let (inventory, changes) = Inventory::restore(settings.catalog.clone(), restored, now);
-    if !changes.is_empty() {
-        let mut commit = store.begin()?;
-        stage_changes(&mut commit, &inventory, &changes)?;
-        store.commit(commit).await.context("persisting the initial state")?;
-    }
+    // The restored state, and which requests and transfers it holds (a data
+    // directory from before that index gets it here).
+    let mut commit = store.begin()?;
+    stage_changes(&mut commit, &inventory, &changes)?;
+    commit.shown(&inventory)?;
+    store.commit(commit).await.context("persisting the initial state")?;
     republish_all(&out, &inventory).await;
     info!(
         fresh_start,

@@ -29,12 +29,15 @@
 //! | `p/` | store | [`StorePlan`](dishsync_inventory::StorePlan) |
 //! | `q/` | request id | [`Request`](dishsync_inventory::Request) |
 //! | `t/` | transfer id | [`Transfer`](dishsync_inventory::Transfer) |
+//! | `s` | — | [`Shown`]: the ids of the requests and transfers the planning state holds |
 //! | `c` | — | [`ChainPlan`](dishsync_inventory::ChainPlan) |
 //! | `j` | — | last journal group in sled (u64, big-endian) |
 //!
-//! Start-up reads every record but the ledger and the sale records (the
-//! snapshot, current once the journal is replayed) — never the ledger, which
-//! is history for audit and reports.
+//! Start-up reads the snapshot, current once the journal is replayed: the
+//! SKU, dish, menu and plan records, and the requests and transfers `s`
+//! names — open ones and those finished less than a day ago. Never the
+//! ledger, the sale records or older requests and transfers: history for
+//! audit and reports, which grows with every day of trading.
 //!
 //! Invariant: only the rules shell writes here, and only through [`Commit`].
 
@@ -144,6 +147,20 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 
 /// The last journal group sled holds.
 const CHECKPOINT_KEY: &[u8] = b"j";
+
+/// Where [`Shown`] is kept.
+const SHOWN_KEY: &[u8] = b"s";
+
+/// The requests and transfers the planning state holds (open or active, or
+/// finished less than a day ago): the ones a restart reads. Rewritten with
+/// every commit that changes a request or transfer, or retires one.
+#[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Shown {
+    /// Replenishment request ids.
+    pub requests: Vec<DocId>,
+    /// Transfer ids.
+    pub transfers: Vec<DocId>,
+}
 
 impl Shared {
     /// Moves the overlay into sled and releases the journal behind it.
@@ -388,13 +405,35 @@ impl Store {
         if let Some(chain) = self.db().get("c")? {
             out.push(Restored::Chain(decode(b"c", &chain)?));
         }
-        for prefix in ["q/", "t/"] {
-            for item in self.db().scan_prefix(prefix) {
-                let (key, value) = item?;
-                out.push(match prefix {
-                    "q/" => Restored::Request(decode(&key, &value)?),
-                    _ => Restored::Transfer(decode(&key, &value)?),
-                });
+        match self.db().get(SHOWN_KEY)? {
+            Some(shown) => {
+                let shown: Shown = decode(SHOWN_KEY, &shown)?;
+                for (prefix, ids) in [("q", &shown.requests), ("t", &shown.transfers)] {
+                    for id in ids {
+                        let key = format!("{prefix}/{id}").into_bytes();
+                        let Some(value) = self.db().get(&key)? else {
+                            tracing::warn!(key = %String::from_utf8_lossy(&key), "a shown document has no record");
+                            continue;
+                        };
+                        out.push(match prefix {
+                            "q" => Restored::Request(decode(&key, &value)?),
+                            _ => Restored::Transfer(decode(&key, &value)?),
+                        });
+                    }
+                }
+            }
+            // A data directory from before the index: every record (the
+            // restore keeps the shown ones, and start-up writes the index).
+            None => {
+                for prefix in ["q/", "t/"] {
+                    for item in self.db().scan_prefix(prefix) {
+                        let (key, value) = item?;
+                        out.push(match prefix {
+                            "q/" => Restored::Request(decode(&key, &value)?),
+                            _ => Restored::Transfer(decode(&key, &value)?),
+                        });
+                    }
+                }
             }
         }
         for prefix in ["k/", "d/", "m/", "p/"] {
@@ -595,6 +634,12 @@ impl Commit {
         }
     }
 
+    /// Stores which requests and transfers the planning state holds.
+    pub fn shown(&mut self, inv: &Inventory) -> Result<(), StoreError> {
+        let (requests, transfers) = inv.documents();
+        self.put(SHOWN_KEY.to_vec(), &Shown { requests, transfers })
+    }
+
     /// Stores the chain counters.
     pub fn chain_state(&mut self, inv: &Inventory) -> Result<(), StoreError> {
         self.put(b"c".to_vec(), &inv.chain_state())
@@ -703,6 +748,86 @@ mod tests {
         assert_eq!(ledger(&store).len(), 4);
         let segments = std::fs::read_dir(dir.path().join("journal")).expect("store").count();
         assert_eq!(segments, 1, "replayed segments are deleted");
+    }
+
+    fn restored_ids(store: &Store) -> (Vec<String>, Vec<String>) {
+        let (mut requests, mut transfers) = (Vec::new(), Vec::new());
+        for restored in store.load().expect("store") {
+            match restored {
+                Restored::Request(r) => requests.push(r.id.to_string()),
+                Restored::Transfer(t) => transfers.push(t.id.to_string()),
+                _ => {}
+            }
+        }
+        (requests, transfers)
+    }
+
+    /// Start-up reads the requests and transfers `s` names, not every one
+    /// ever made; without `s` (a data directory from before it) it reads
+    /// them all.
+    #[tokio::test]
+    async fn a_restart_reads_the_requests_and_transfers_the_index_names() {
+        use dishsync_protocol::payload::{RequestState, TransferState};
+        let id = |s: &str| -> DocId { s.parse().expect("valid id") };
+        let s1: StoreId = "s1".parse().expect("valid id");
+        let request = |n: &str| dishsync_inventory::Request {
+            id: id(n),
+            store: s1.clone(),
+            lines: Vec::new(),
+            state: RequestState::Received,
+            reason: String::new(),
+            created_at: 0,
+            updated_at: 0,
+            rev: 1,
+        };
+        let transfer = |n: &str| dishsync_inventory::Transfer {
+            id: id(n),
+            from: s1.clone(),
+            to: "s2".parse().expect("valid id"),
+            sku: "patty".parse().expect("valid id"),
+            qty: 1,
+            need: 1,
+            state: TransferState::Received,
+            reason: String::new(),
+            expires_at: None,
+            travel_minutes: 10,
+            tried: Vec::new(),
+            created_at: 0,
+            updated_at: 0,
+            rev: 1,
+        };
+        for indexed in [true, false] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            {
+                let store = Store::open_with(dir.path(), false).expect("store");
+                let mut c = store.begin().expect("store");
+                for n in ["rq-s1-1", "rq-s1-2", "rq-s1-3"] {
+                    c.put(format!("q/{n}").into_bytes(), &request(n)).expect("store");
+                }
+                for n in ["tr-1", "tr-2"] {
+                    c.put(format!("t/{n}").into_bytes(), &transfer(n)).expect("store");
+                }
+                if indexed {
+                    let shown = Shown {
+                        requests: vec![id("rq-s1-3")],
+                        transfers: vec![id("tr-2")],
+                    };
+                    c.put(SHOWN_KEY.to_vec(), &shown).expect("store");
+                }
+                store.commit(c).await.expect("store");
+                store.checkpoint().expect("store");
+            }
+            let store = Store::open_with(dir.path(), false).expect("store");
+            let expected = if indexed {
+                (vec!["rq-s1-3".to_string()], vec!["tr-2".to_string()])
+            } else {
+                (
+                    vec!["rq-s1-1".into(), "rq-s1-2".into(), "rq-s1-3".into()],
+                    vec!["tr-1".into(), "tr-2".into()],
+                )
+            };
+            assert_eq!(restored_ids(&store), expected, "indexed: {indexed}");
+        }
     }
 
     /// A crash part-way through a checkpoint: some pairs are in sled, `j`
