@@ -43,6 +43,9 @@ struct Cli {
     /// Print one JSON object per scenario instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Throughput: devices publishing at once (overrides the default).
+    #[arg(long, global = true)]
+    devices: Option<usize>,
     /// Latency: POS subscribers (overrides the default).
     #[arg(long, global = true)]
     subscribers: Option<usize>,
@@ -126,6 +129,9 @@ impl Sizes {
         };
         if let Some(r) = cli.rounds {
             s.rounds = r.max(1);
+        }
+        if let Some(n) = cli.devices {
+            s.devices = n.max(1);
         }
         if let Some(n) = cli.subscribers {
             s.subscribers = n.max(1);
