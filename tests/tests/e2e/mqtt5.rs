@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, Publish, RetainForwardRule};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, PubRecReason, Publish, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::{json, Value};
@@ -149,6 +149,18 @@ async fn an_mqtt5_puback_carries_the_outcome_of_the_input() -> Result<()> {
         let reason = tablet.publish_for_reason(topic, payload).await?;
         assert_eq!(reason, expected, "{what}");
     }
+    // At QoS 2 the outcome is in the PUBREC: a refused input ends there.
+    tablet
+        .mqtt
+        .publish(events, QoS::ExactlyOnce, false, b"{three buns".to_vec())
+        .await?;
+    let refused = tablet
+        .next("the PUBREC of a refused input", |p| match p {
+            Packet::PubRec(rec) => Some(rec.reason),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(refused, PubRecReason::PayloadFormatInvalid);
 
     // Applied once: three buns, not six.
     let mut pos = Client::connect(broker.addr, "pos-5").await?;
