@@ -425,18 +425,31 @@ async fn throughput(target: Target, addr: SocketAddr, devices: usize, per_device
 /// timeout answers `ServiceUnavailable`); the client tries again, a few
 /// times, as a device would.
 async fn until_connected(eventloop: &mut rumqttc::EventLoop, ready: impl Fn(&Event) -> bool) -> Result<()> {
-    let mut refused = 0;
+    let mut refused = Refusals::default();
     loop {
         match eventloop.poll().await {
             Ok(ev) if ready(&ev) => return Ok(()),
             Ok(_) => {}
-            Err(e) if refused < 5 => {
-                refused += 1;
-                eprintln!("dishsync-bench: a connect was refused ({e}); trying again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => refused.try_again(e).await?,
         }
+    }
+}
+
+/// Refused CONNECTs of one client being set up: each is tried again after
+/// 200 ms, up to five times.
+#[derive(Default)]
+struct Refusals(u32);
+
+impl Refusals {
+    /// Waits before the next attempt, or gives up with `error`.
+    async fn try_again<E: std::error::Error + Send + Sync + 'static>(&mut self, error: E) -> Result<()> {
+        if self.0 >= 5 {
+            return Err(error.into());
+        }
+        self.0 += 1;
+        eprintln!("dishsync-bench: a connect was refused ({error}); trying again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
     }
 }
 
@@ -710,21 +723,32 @@ async fn whole_menu(target: Target, addr: SocketAddr, pos: usize, dishes: usize)
             client.subscribe(MENU, QoS::AtLeastOnce).await?;
             loop {
                 if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await? {
-                    let menu: Value = serde_json::from_slice(&p.payload)?;
-                    let got = menu["dishes"].as_object().map_or(0, |d| d.len());
-                    if got != dishes {
-                        return Err(anyhow!("the menu holds {got} dishes, not {dishes}"));
-                    }
+                    check_menu(&p.payload, dishes)?;
                     return anyhow::Ok(t0.elapsed().as_secs_f64() * 1000.0);
                 }
             }
         }));
     }
+    slowest(tasks, "menu run").await
+}
+
+/// Checks that a whole-menu document holds `dishes` dishes.
+fn check_menu(payload: &[u8], dishes: usize) -> Result<()> {
+    let menu: Value = serde_json::from_slice(payload)?;
+    let got = menu["dishes"].as_object().map_or(0, |d| d.len());
+    if got != dishes {
+        bail!("the menu holds {got} dishes, not {dishes}");
+    }
+    Ok(())
+}
+
+/// Waits (up to two minutes each) for the POS tasks; the slowest time.
+async fn slowest(tasks: Vec<tokio::task::JoinHandle<Result<f64>>>, run: &str) -> Result<f64> {
     let mut slowest: f64 = 0.0;
     for t in tasks {
         let ms = timeout(Duration::from_secs(120), t)
             .await
-            .map_err(|_| anyhow!("menu run timed out"))???;
+            .map_err(|_| anyhow!("{run} timed out"))???;
         slowest = slowest.max(ms);
     }
     Ok(slowest)
@@ -747,17 +771,12 @@ async fn mqtt5_load(addr: SocketAddr, pos: usize, dishes: usize) -> Result<f64> 
             o.set_keep_alive(Duration::from_secs(60));
             o.set_max_packet_size(Some(1 << 20));
             let (client, mut eventloop) = Client5::new(o, 100);
-            let mut refused = 0;
+            let mut refused = Refusals::default();
             loop {
                 match eventloop.poll().await {
                     Ok(Event5::Incoming(Packet5::ConnAck(_))) => break,
                     Ok(_) => {}
-                    Err(e) if refused < 5 => {
-                        refused += 1;
-                        eprintln!("dishsync-bench: a connect was refused ({e}); trying again");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => refused.try_again(e).await?,
                 }
             }
             let mut per_dish = Filter::new("stores/s1/dishes/+/availability", QoS5::AtLeastOnce);
@@ -771,24 +790,13 @@ async fn mqtt5_load(addr: SocketAddr, pos: usize, dishes: usize) -> Result<f64> 
                     if p.topic != MENU.as_bytes() {
                         return Err(anyhow!("a per-dish document came despite Retain Handling 2"));
                     }
-                    let menu: Value = serde_json::from_slice(&p.payload)?;
-                    let got = menu["dishes"].as_object().map_or(0, |d| d.len());
-                    if got != dishes {
-                        return Err(anyhow!("the menu holds {got} dishes, not {dishes}"));
-                    }
+                    check_menu(&p.payload, dishes)?;
                     return anyhow::Ok(t0.elapsed().as_secs_f64() * 1000.0);
                 }
             }
         }));
     }
-    let mut slowest: f64 = 0.0;
-    for t in tasks {
-        let ms = timeout(Duration::from_secs(120), t)
-            .await
-            .map_err(|_| anyhow!("MQTT 5 load timed out"))???;
-        slowest = slowest.max(ms);
-    }
-    Ok(slowest)
+    slowest(tasks, "MQTT 5 load").await
 }
 
 /// An MQTT 3.1.1 CONNECT with keep-alive 0 (idle forever).

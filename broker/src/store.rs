@@ -693,17 +693,24 @@ mod tests {
             .collect()
     }
 
+    /// A store without a checkpointer in `dir`: e1 checkpointed into sled,
+    /// then e2 and e3 in the journal only.
+    async fn e1_in_sled_e2_e3_journaled(dir: &Path) -> Store {
+        let store = Store::open_with(dir, false).expect("store");
+        commit(&store, "e1", 1).await;
+        store.checkpoint().expect("store");
+        commit(&store, "e2", 2).await;
+        commit(&store, "e3", 3).await;
+        store
+    }
+
     /// A crash after the flush and before any checkpoint: sled never saw
     /// the commits, the journal brings them back, each once and in order.
     #[tokio::test]
     async fn flushed_commits_survive_without_a_checkpoint() {
         let dir = tempfile::tempdir().expect("temp dir");
         {
-            let store = Store::open_with(dir.path(), false).expect("store");
-            commit(&store, "e1", 1).await;
-            store.checkpoint().expect("store");
-            commit(&store, "e2", 2).await;
-            commit(&store, "e3", 3).await;
+            let store = e1_in_sled_e2_e3_journaled(dir.path()).await;
             assert_eq!(
                 fingerprint(&store, "e3"),
                 Some(3),
@@ -838,11 +845,7 @@ mod tests {
     async fn a_checkpoint_cut_short_is_written_again_at_open() {
         let dir = tempfile::tempdir().expect("temp dir");
         {
-            let store = Store::open_with(dir.path(), false).expect("store");
-            commit(&store, "e1", 1).await;
-            store.checkpoint().expect("store");
-            commit(&store, "e2", 2).await;
-            commit(&store, "e3", 3).await;
+            let store = e1_in_sled_e2_e3_journaled(dir.path()).await;
             let shared = &store.inner.shared;
             let active = shared.overlay.lock().expect("overlay").active.clone();
             write_pairs(&shared.db, active.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).expect("store");
