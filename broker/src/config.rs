@@ -198,7 +198,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Largest MQTT packet accepted; a larger one closes the connection.
     pub max_packet_size: u32,
-    /// Publishes per second one client may send (bursts up to twice that).
+    /// Publishes per second one client may send (bursts up to twice that);
+    /// a faster client is slowed down to it.
     pub max_publish_rate: u32,
     /// Failed logins per minute from one address before logins from it are
     /// refused unchecked.

@@ -3,18 +3,19 @@
 //!
 //! [`IntakeHook`] answers `MessagePublishCheckAcl`, which rmqtt runs inline in
 //! the publisher's session *before* it acknowledges the PUBLISH. In order it
-//! resolves the session's identity (fixed at login, see `auth`), checks the
-//! topic against the contract and the permission matrix (`acl`), applies the
-//! per-client publish rate limit, decodes input payloads, hands them to the
-//! rules task and waits for the commit — so the device's PUBACK/PUBCOMP
-//! follows the durable commit. (`MessagePublish` fires before the permission
-//! check and cannot drop a message; it is not used.)
+//! resolves the session's identity (fixed at login, see `auth`), holds the
+//! publish back while the client is over its publish rate, checks the topic
+//! against the contract and the permission matrix (`acl`), decodes input
+//! payloads, hands them to the rules task and waits for the commit — so the
+//! device's PUBACK/PUBCOMP follows the durable commit. (`MessagePublish`
+//! fires before the permission check and cannot drop a message; it is not
+//! used.)
 //!
 //! Outcomes, as the publisher sees them:
 //! - applied: routed on to subscribers, PUBACK success;
 //! - a re-sent id already applied: not routed again, PUBACK "no matching
 //!   subscribers" (a success code in MQTT 5), id acknowledged again;
-//! - refused (not permitted, rate limited, invalid): not routed, not applied,
+//! - refused (not permitted, invalid): not routed, not applied,
 //!   an error on the sender's `errors` topic, and (MQTT 5) a failure reason
 //!   code in the PUBACK.
 //!
@@ -80,14 +81,29 @@ impl Sessions {
 }
 
 /// A token bucket per client: `rate` publishes per second, bursts of twice
-/// that.
+/// that. A client over its rate is slowed down, not refused: its publish
+/// waits in its own session (which reads nothing more from that client
+/// meanwhile) until a token is due. Nothing it sends is lost or reordered,
+/// and no other client waits.
 ///
 /// Behind a lock because every connection task consults it; the critical
 /// section is a few arithmetic operations and never awaits.
 struct PublishLimiter {
     rate: f64,
-    buckets: Mutex<HashMap<String, (Instant, f64)>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
+
+/// One client's tokens.
+struct Bucket {
+    refilled: Instant,
+    /// Below zero while the client's publishes are held back.
+    tokens: f64,
+    /// When holding it back was last logged.
+    warned: Option<Instant>,
+}
+
+/// A client held back is logged at most this often.
+const HELD_BACK_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 impl PublishLimiter {
     fn new(rate: u32) -> PublishLimiter {
@@ -97,26 +113,32 @@ impl PublishLimiter {
         }
     }
 
-    fn allow(&self, client_id: &str) -> bool {
+    /// Takes a token for `client_id`'s publish at `now`: how long the
+    /// publish must wait for it (zero within the rate), and whether to log
+    /// that it is held back (at most every [`HELD_BACK_WARNING_EVERY`]).
+    fn wait(&self, client_id: &str, now: Instant) -> (Duration, bool) {
         let Ok(mut buckets) = self.buckets.lock() else {
-            return true;
+            return (Duration::ZERO, false);
         };
         let burst = self.rate * 2.0;
-        let now = Instant::now();
-        if !buckets.contains_key(client_id) {
-            buckets.insert(client_id.to_string(), (now, burst));
+        let bucket = buckets.entry(client_id.to_string()).or_insert(Bucket {
+            refilled: now,
+            tokens: burst,
+            warned: None,
+        });
+        let earned = now.saturating_duration_since(bucket.refilled).as_secs_f64() * self.rate;
+        bucket.tokens = (bucket.tokens + earned).min(burst) - 1.0;
+        bucket.refilled = now;
+        if bucket.tokens >= 0.0 {
+            return (Duration::ZERO, false);
         }
-        let Some((last, tokens)) = buckets.get_mut(client_id) else {
-            return true;
-        };
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        let warn = bucket
+            .warned
+            .is_none_or(|at| now.saturating_duration_since(at) >= HELD_BACK_WARNING_EVERY);
+        if warn {
+            bucket.warned = Some(now);
         }
+        (Duration::from_secs_f64(-bucket.tokens / self.rate), warn)
     }
 }
 
@@ -143,7 +165,7 @@ impl IntakeHook {
     /// Decides a publish that has an identity: refused (with the MQTT
     /// reason, the rejection and the store whose errors topic hears of it),
     /// passed through (presence), or an input for the rules.
-    fn admit(&self, identity: &Identity, client_id: &str, topic: &str, payload: &[u8]) -> Result<Admitted, Refusal> {
+    fn admit(&self, identity: &Identity, topic: &str, payload: &[u8]) -> Result<Admitted, Refusal> {
         // Errors go to the device's own store when the topic names another
         // (it cannot read the other store's errors topic).
         let own_store = match &identity.scope {
@@ -172,14 +194,6 @@ impl IntakeHook {
         identity
             .may_publish(&parsed)
             .map_err(|denied| refusal(PublishAckReason::NotAuthorized, ErrorCode::NotPermitted, denied.0))?;
-        if !self.limiter.allow(client_id) {
-            let message = format!("more than {} publishes per second; send again later", self.limiter.rate);
-            return Err(refusal(
-                PublishAckReason::QuotaExceeded,
-                ErrorCode::RateLimited,
-                message,
-            ));
-        }
         match parsed {
             Topic::DeviceStatus { .. } if payload == b"online" || payload == b"offline" => Ok(Admitted::Presence),
             Topic::DeviceStatus { .. } => Err(refusal(
@@ -210,7 +224,14 @@ impl IntakeHook {
             );
         };
         let device = identity.device.clone();
-        match self.admit(&identity, &session.id.client_id, topic, payload) {
+        let (wait, warn) = self.limiter.wait(&session.id.client_id, Instant::now());
+        if warn {
+            warn!(%device, rate = self.limiter.rate, "publishing faster than max_publish_rate: slowing it down");
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        match self.admit(&identity, topic, payload) {
             Err(Refusal { code, rejection, store }) => {
                 match store {
                     Some(store) => report(&self.out, &store, &device, topic, salvage_id(payload), &rejection).await,
@@ -408,5 +429,47 @@ impl Handler for DropCounter {
             }
         }
         (true, acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(d: Duration) -> f64 {
+        d.as_secs_f64()
+    }
+
+    #[test]
+    fn a_client_over_its_rate_waits_for_its_tokens_and_no_one_else_does() {
+        let limiter = PublishLimiter::new(10);
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(
+                limiter.wait("scale-1", t0),
+                (Duration::ZERO, false),
+                "a burst of twice the rate"
+            );
+        }
+        let (first, warn) = limiter.wait("scale-1", t0);
+        assert!((secs(first) - 0.1).abs() < 1e-9 && warn, "{first:?}");
+        let (second, warn) = limiter.wait("scale-1", t0);
+        assert!((secs(second) - 0.2).abs() < 1e-9 && !warn, "{second:?}: logged once");
+        assert_eq!(limiter.wait("pos-1", t0), (Duration::ZERO, false), "another client");
+        // A second later it has earned ten tokens and owes two.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(limiter.wait("scale-1", later), (Duration::ZERO, false));
+        // Held back again within the minute: not logged again; after it, logged.
+        for _ in 0..8 {
+            limiter.wait("scale-1", later);
+        }
+        assert!(!limiter.wait("scale-1", later).1);
+        let minute = t0 + HELD_BACK_WARNING_EVERY;
+        assert!(limiter.wait("scale-1", minute).0.is_zero());
+        let (_, warn) = (0..2_000)
+            .map(|_| limiter.wait("scale-1", minute))
+            .find(|(w, _)| !w.is_zero())
+            .expect("held back");
+        assert!(warn);
     }
 }

@@ -352,8 +352,6 @@ pub enum ErrorCode {
     /// The action does not fit the document's state (shipping a cancelled
     /// request, dispatching an unaccepted transfer).
     InvalidTransition,
-    /// The device publishes faster than its limit; send again later.
-    RateLimited,
     /// The broker could not commit; the input was not applied. Retry.
     Unavailable,
 }

@@ -101,6 +101,40 @@ async fn events_recorded_while_the_broker_is_down_are_applied_once_and_in_order(
     Ok(())
 }
 
+/// A device records faster than the broker lets it publish (a backlog
+/// after an outage, or just a busy device): the broker slows it down and
+/// every input is applied once, in order; none is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_over_its_publish_rate_is_slowed_down_and_loses_nothing() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let chain = small_chain().replace(
+        "allow_anonymous = true\n",
+        "allow_anonymous = true\nmax_publish_rate = 25\n",
+    );
+    let broker = BrokerProcess::start(&chain, &data)?;
+    let (client, mut updates) = Client::start(config(broker.addr, "tablet-2", &tmp.path().join("outbox"))?)?;
+    // Twice the burst of 2 × 25.
+    let fries = "fries".parse()?;
+    let recorded: Vec<EventId> = (0..100)
+        .map(|_| client.record_stock(&fries, StockKind::Receive, 1.0, Unit::G, None, None))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(client.drain(DEADLINE).await, 0, "broker log:\n{}", broker.log());
+    while let Ok(update) = updates.try_recv() {
+        assert!(!matches!(update, Update::Rejected(_)), "{update:?}");
+    }
+    assert!(
+        broker.log().contains("publishing faster than max_publish_rate"),
+        "the device was held back:\n{}",
+        broker.log()
+    );
+    client.shutdown(Duration::from_secs(5)).await;
+    drop(broker);
+    let ledger = ledger_ids(&data)?;
+    let want: Vec<&str> = recorded.iter().map(EventId::as_str).collect();
+    assert_eq!(ledger, want, "each once, in recording order");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_drains_fully_after_the_broker_is_killed_mid_stream() -> Result<()> {
     let (tmp, data) = temp_data_dir()?;
