@@ -40,6 +40,25 @@ enum Command {
     /// Hash a device password for the configuration file (`password_hash`).
     /// Reads the password from the first line of standard input.
     HashPassword,
+    /// Run the rules as a worker attached to an external MQTT broker (EMQX,
+    /// HiveMQ, VerneMQ, mosquitto) instead of embedding one: inputs of the
+    /// configuration's stores are taken from it, every output is published
+    /// there. `--config` and `--data-dir` apply; `--listen` does not.
+    Worker {
+        /// The external broker, host:port.
+        #[arg(long)]
+        connect: String,
+        /// The worker's client id: keep it the same across restarts, so the
+        /// inputs queued for it meanwhile are delivered.
+        #[arg(long, default_value = "dishsync-worker")]
+        client_id: String,
+        /// Username at the external broker.
+        #[arg(long, env = "DISHSYNC_WORKER_USERNAME")]
+        username: Option<String>,
+        /// Password at the external broker.
+        #[arg(long, env = "DISHSYNC_WORKER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -111,7 +130,7 @@ pub fn main() -> ExitCode {
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
     }
-    if args.config.is_none() {
+    if args.config.is_none() && args.command.is_none() {
         print_demo_banner(&settings);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -121,7 +140,28 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::run(settings)) {
+    let served = match args.command {
+        Some(Command::Worker {
+            connect,
+            client_id,
+            username,
+            password,
+        }) => {
+            let Some((host, port)) = connect.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse().ok()?))) else {
+                eprintln!("dishsync-broker: --connect wants host:port, not {connect}");
+                return ExitCode::from(2);
+            };
+            let attach = crate::worker::Attach {
+                host: host.to_string(),
+                port,
+                client_id,
+                credentials: username.map(|u| (u, password.unwrap_or_default())),
+            };
+            runtime.block_on(crate::worker::run(settings, attach))
+        }
+        _ => runtime.block_on(crate::run(settings)),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dishsync-broker: {e:#}");

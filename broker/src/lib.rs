@@ -25,6 +25,7 @@ pub mod retainer;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod worker;
 
 pub use config::Settings;
 pub use server::run;

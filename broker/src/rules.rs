@@ -339,9 +339,16 @@ impl RulesHandle {
     /// Hands an input to the rules and waits until it is committed or
     /// refused. `None` means the rules task is gone (the broker is stopping).
     pub async fn intake(&self, intake: Intake) -> Option<Verdict> {
+        self.submit(intake).await?.await.ok()
+    }
+
+    /// Hands an input to the rules, in order, without waiting for its
+    /// verdict: the receiver gets it once the input is committed or
+    /// refused. `None` means the rules task is gone.
+    pub async fn submit(&self, intake: Intake) -> Option<oneshot::Receiver<Verdict>> {
         let (reply, verdict) = oneshot::channel();
         self.tx.send(Command::Intake(intake, reply)).await.ok()?;
-        verdict.await.ok()
+        Some(verdict)
     }
 
     /// Tells the rules that a device connected or disconnected (freshness).

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::auth::{Authenticator, Identities};
 use crate::config::Settings;
 use crate::hooks::{DropCounter, IntakeHook, PresenceHook, Sessions, SubscribeHook};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Publisher};
 use crate::retainer::MemoryRetainer;
 use crate::rules::{self, publish_changes, publish_menu, publish_summary, stage_changes};
 use crate::store::Store;
@@ -42,23 +42,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     *scx.extends.retain_mut().await = Box::<MemoryRetainer>::default();
     let out = Outbound::new(scx.clone());
 
-    let store = open_data_dir(&settings.data_dir)?;
-    let restored = store.load().context("reading the snapshot")?;
-    let fresh_start = restored.is_empty();
-    let now = Timestamp::now().0;
-    let (inventory, changes) = Inventory::restore(settings.catalog.clone(), restored, now);
-    // The restored state, and which requests and transfers it holds (a data
-    // directory from before that index gets it here).
-    let mut commit = store.begin()?;
-    stage_changes(&mut commit, &inventory, &changes)?;
-    commit.shown(&inventory)?;
-    store.commit(commit).await.context("persisting the initial state")?;
+    let (store, inventory) = restore(&settings).await?;
     republish_all(&out, &inventory).await;
-    info!(
-        fresh_start,
-        changed = changes.levels.len() + changes.dishes.len(),
-        "state restored and re-published"
-    );
+    info!("state restored and re-published");
 
     let rules = rules::start(inventory, store, Arc::new(out.clone()));
     let identities = Identities::default();
@@ -147,6 +133,27 @@ pub fn listener(settings: &Settings, name: &str, addr: std::net::SocketAddr) -> 
         .max_keepalive(3600)
 }
 
+/// Opens the data directory and restores the chain's state from it,
+/// persisting what the restore changed (and which requests and transfers
+/// it holds: a data directory from before that index gets it here).
+pub(crate) async fn restore(settings: &Settings) -> anyhow::Result<(Store, Inventory)> {
+    let store = open_data_dir(&settings.data_dir)?;
+    let restored = store.load().context("reading the snapshot")?;
+    let fresh_start = restored.is_empty();
+    let now = Timestamp::now().0;
+    let (inventory, changes) = Inventory::restore(settings.catalog.clone(), restored, now);
+    let mut commit = store.begin()?;
+    stage_changes(&mut commit, &inventory, &changes)?;
+    commit.shown(&inventory)?;
+    store.commit(commit).await.context("persisting the initial state")?;
+    info!(
+        fresh_start,
+        changed = changes.levels.len() + changes.dishes.len(),
+        "state restored"
+    );
+    Ok((store, inventory))
+}
+
 fn open_data_dir(dir: &Path) -> anyhow::Result<Store> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     #[cfg(unix)]
@@ -160,7 +167,7 @@ fn open_data_dir(dir: &Path) -> anyhow::Result<Store> {
 }
 
 /// Publishes every retained document of the chain.
-async fn republish_all(out: &Outbound, inv: &Inventory) {
+pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
     let mut all = Changes::default();
     let catalog = inv.catalog().clone();
     for store in catalog.stores() {

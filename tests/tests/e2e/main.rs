@@ -15,3 +15,4 @@ mod interop;
 mod mqtt5;
 mod planning;
 mod security;
+mod worker;

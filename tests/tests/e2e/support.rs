@@ -27,7 +27,7 @@ use tokio::time::{timeout_at, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The broker binary built alongside these tests.
-fn broker_binary() -> PathBuf {
+pub fn broker_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_e2e-broker"))
 }
 

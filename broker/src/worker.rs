@@ -1,0 +1,260 @@
+//! Worker mode: the same rules attached as an MQTT client to an external
+//! broker (EMQX, HiveMQ, VerneMQ, mosquitto — anything MQTT), which is how a
+//! chain outgrows one machine (DESIGN §7): each worker owns the stores of
+//! its configuration and its own data directory.
+//!
+//! The worker subscribes to the inputs of its stores at QoS 1 with a
+//! persistent session and acknowledges each one to the external broker only
+//! after the rules committed or refused it, so inputs that arrive while it
+//! is down or restarting wait in that broker. It publishes every output
+//! (retained documents, acks, errors, alerts) there, over the same
+//! connection and in the same order as the embedded broker delivers them.
+//!
+//! What changes for devices: the external broker's PUBACK no longer means
+//! "applied" — the end-to-end ack on `stores/{store}/acks/{device}` does,
+//! and the dishsync client already waits for it. The external broker
+//! enforces who may publish what; the worker acks and reports errors to the
+//! device an input names (`device` or `by`, or the device in the topic).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use dishsync_protocol::{DeviceId, Topic};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::outbound::Publisher;
+use crate::rules::{self, decode, report, salvage_id, Input, Intake, RulesHandle, Verdict};
+use crate::server::{republish_all, restore};
+
+/// Where the worker attaches.
+#[derive(Debug, Clone)]
+pub struct Attach {
+    /// The external broker's host.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The worker's client id: stable, so its persistent session (and the
+    /// inputs queued in it) survive a restart.
+    pub client_id: String,
+    /// Username and password at the external broker.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Inputs in flight between the external broker and the rules.
+const PIPELINE: usize = 1_024;
+
+/// The input filters of the stores the worker owns.
+fn input_filters(settings: &Settings) -> Vec<String> {
+    let mut filters = vec!["hq/replenishment/+/+".to_string()];
+    for store in settings.catalog.stores() {
+        let s = &store.id;
+        filters.extend([
+            format!("stores/{s}/stock/+/events"),
+            format!("stores/{s}/sales"),
+            format!("stores/{s}/dishes/+/override"),
+            format!("stores/{s}/scales/+/weight"),
+            format!("stores/{s}/transfers/request"),
+            format!("stores/{s}/transfers/+/+"),
+            format!("stores/{s}/devices/+/status"),
+        ]);
+    }
+    filters
+}
+
+/// The device an input names: its acks and errors go there.
+fn sender(input: &Input) -> Option<DeviceId> {
+    match input {
+        Input::Stock { event, .. } => Some(event.device.clone()),
+        Input::Sale { sale, .. } | Input::Void { void: sale, .. } => sale.device.clone(),
+        Input::Override { ov, .. } => Some(ov.by.clone()),
+        Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => Some(body.by.clone()),
+        Input::TransferRequest { body, .. } => Some(body.by.clone()),
+        Input::Reading { device, .. } => Some(device.clone()),
+    }
+}
+
+/// Runs the rules attached to the external broker until the process is
+/// stopped. Prints one line, `dishsync-broker attached to mqtt://HOST:PORT`,
+/// once it is subscribed.
+pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
+    let (store, inventory) = restore(&settings).await?;
+    let mut opts = MqttOptions::new(attach.client_id.clone(), attach.host.clone(), attach.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(settings.max_packet_size as usize, 1 << 20);
+    opts.set_inflight(100);
+    if let Some((user, pass)) = &attach.credentials {
+        opts.set_credentials(user.clone(), pass.clone());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+
+    let (inputs_tx, mut inputs) = mpsc::channel::<Publish>(PIPELINE);
+    let (subscribed_tx, subscribed) = oneshot::channel();
+    let filters = input_filters(&settings);
+    let subscriber = client.clone();
+    tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    info!(session_present = ack.session_present, "attached");
+                    // QoS 1, not 2: the inputs' ids make them exactly-once, and
+                    // rumqttc keeps a QoS 2 exchange in memory only, so after a
+                    // restart the broker's PUBREL for an input received before
+                    // the crash is an error to it, on every reconnect.
+                    for filter in &filters {
+                        let _ = subscriber.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if inputs_tx.send(p).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "the external broker is unreachable; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+
+    let out = Arc::new(Attached { client: client.clone() });
+    republish_all(&*out, &inventory).await;
+    let rules = rules::start(inventory, store, out.clone());
+    subscribed.await.context("the connection task stopped")?;
+    println!("dishsync-broker attached to mqtt://{}:{}", attach.host, attach.port);
+
+    // Each input is acknowledged to the external broker, in the order it
+    // came, once its verdict is in: a crash before that leaves it with the
+    // external broker, which sends it again.
+    let (verdicts_tx, mut verdicts) = mpsc::channel::<(Publish, Option<oneshot::Receiver<Verdict>>)>(PIPELINE);
+    let acker = tokio::spawn(async move {
+        while let Some((publish, verdict)) = verdicts.recv().await {
+            if let Some(verdict) = verdict {
+                if verdict.await.is_err() {
+                    error!("the rules stopped before deciding an input; stopping");
+                    return;
+                }
+            }
+            if let Err(e) = client.ack(&publish).await {
+                warn!(error = %e, "acknowledging an input to the external broker failed");
+            }
+        }
+    });
+    while let Some(publish) = inputs.recv().await {
+        let verdict = route(&rules, &*out, &publish).await;
+        if verdicts_tx.send((publish, verdict)).await.is_err() {
+            break;
+        }
+    }
+    drop(verdicts_tx);
+    let _ = acker.await;
+    Ok(())
+}
+
+/// Hands one input to the rules (or reports why it cannot be applied);
+/// the verdict to wait for before acknowledging it, if any.
+async fn route(rules: &RulesHandle, out: &dyn Publisher, publish: &Publish) -> Option<oneshot::Receiver<Verdict>> {
+    let topic = match publish.topic.parse::<Topic>() {
+        Ok(topic) => topic,
+        Err(e) => {
+            warn!(topic = %publish.topic, error = %e, "ignored a message outside the contract");
+            return None;
+        }
+    };
+    if let Topic::DeviceStatus { device, .. } = &topic {
+        match &publish.payload[..] {
+            b"online" => rules.presence(device.clone(), true).await,
+            b"offline" => rules.presence(device.clone(), false).await,
+            _ => warn!(%topic, "ignored a device status that is neither online nor offline"),
+        }
+        return None;
+    }
+    match decode(&topic, &publish.payload) {
+        Ok(Input::Reading { reading, .. }) if !reading.stable => None,
+        Ok(input) => match sender(&input) {
+            Some(device) => rules.submit(Intake { input, device }).await,
+            None => {
+                warn!(%topic, id = %input.id(), "ignored an input that names no device");
+                None
+            }
+        },
+        Err(rejection) => {
+            let in_topic = match &topic {
+                Topic::ScaleWeight { device, .. } => Some(device.clone()),
+                _ => None,
+            };
+            let device = in_topic.or_else(|| {
+                serde_json::from_slice::<serde_json::Value>(&publish.payload)
+                    .ok()
+                    .and_then(|v| v["device"].as_str().or(v["by"].as_str()).and_then(|d| d.parse().ok()))
+            });
+            match (topic.store(), device) {
+                (Some(store), Some(device)) => {
+                    report(
+                        out,
+                        store,
+                        &device,
+                        &publish.topic,
+                        salvage_id(&publish.payload),
+                        &rejection,
+                    )
+                    .await
+                }
+                _ => warn!(%topic, reason = %rejection.message, "input rejected"),
+            }
+            None
+        }
+    }
+}
+
+/// The rules' messages, published on the external broker. A retained
+/// document published there reaches its current subscribers too, so the
+/// deliverer's second copy of it is not sent.
+struct Attached {
+    client: AsyncClient,
+}
+
+#[async_trait]
+impl Publisher for Attached {
+    async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool) {
+        if let Err(e) = self
+            .client
+            .publish(topic.to_string(), QoS::AtLeastOnce, retain, payload)
+            .await
+        {
+            warn!(%topic, error = %e, "publishing on the external broker failed");
+        }
+    }
+
+    async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
+        self.publish(topic, payload, true).await;
+    }
+
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
+        let event = matches!(
+            topic,
+            Topic::Acks { .. } | Topic::Errors { .. } | Topic::Alerts { .. } | Topic::BrokerAlerts
+        );
+        if event {
+            self.publish(topic, payload, false).await;
+        }
+        0
+    }
+}

@@ -1,0 +1,135 @@
+//! The rules as a worker attached to an external broker: mosquitto, where
+//! installed (CI installs it; without it, and outside CI, the test says
+//! so). Devices talk to mosquitto only; the worker takes their inputs from
+//! it and publishes every output there.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use rumqttc::QoS;
+use serde_json::json;
+
+use crate::availability::stock_and_wait;
+use crate::support::{broker_binary, free_addr, lines_of, small_chain, stock_event, temp_data_dir, Client, DEADLINE};
+
+/// A child process killed (SIGKILL) on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// mosquitto on `addr`, anonymous, keeping sessions in memory. `None` when
+/// it is not installed (outside CI).
+fn mosquitto(dir: &Path, addr: SocketAddr) -> Result<Option<Process>> {
+    if Command::new("mosquitto").arg("-h").output().is_err() {
+        if std::env::var_os("CI").is_some() {
+            bail!("mosquitto must be installed in CI");
+        }
+        eprintln!("mosquitto not installed: skipping the worker test");
+        return Ok(None);
+    }
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {} {}\nallow_anonymous true\n", addr.port(), addr.ip()),
+    )?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting mosquitto")?;
+    Ok(Some(Process(child)))
+}
+
+/// `dishsync-broker worker` attached to `external`, once it says it is.
+fn worker(config: &Path, data: &Path, external: SocketAddr) -> Result<Process> {
+    let mut child = Command::new(broker_binary())
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["worker", "--connect", &external.to_string(), "--client-id", "worker-1"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the worker")?;
+    let lines = lines_of(child.stdout.take().context("no stdout")?);
+    let process = Process(child);
+    loop {
+        match lines.recv_timeout(DEADLINE) {
+            Ok(line) if line.starts_with("dishsync-broker attached to") => return Ok(process),
+            Ok(_) => {}
+            Err(_) => bail!("the worker did not attach"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let external = free_addr()?;
+    let Some(_mosquitto) = mosquitto(tmp.path(), external)? else {
+        return Ok(());
+    };
+    let config = tmp.path().join("chain.toml");
+    std::fs::write(&config, small_chain())?;
+    let mut running = worker(&config, &data, external)?;
+
+    // Devices on mosquitto: a tablet booking fries, a POS watching chips.
+    let mut tablet = Client::connect(external, "tablet-1").await?;
+    tablet.subscribe("stores/s1/acks/tablet-1", QoS::AtLeastOnce).await?;
+    let mut pos = Client::connect(external, "pos-1").await?;
+    pos.subscribe("stores/s1/dishes/chips/availability", QoS::AtLeastOnce)
+        .await?;
+    let receive = |i: usize| {
+        (
+            "fries",
+            stock_event(&format!("r{i}"), "receive", 100.0, "g", "tablet-1"),
+        )
+    };
+    let first: Vec<_> = (0..20).map(receive).collect();
+    stock_and_wait(&mut tablet, "s1", "tablet-1", &first).await?;
+    let chips = "stores/s1/dishes/chips/availability";
+    pos.wait_latest(chips, |d| d["portions"] == json!(10)).await?;
+
+    // The worker dies; inputs keep coming and wait in mosquitto for it.
+    drop(running);
+    let second: Vec<_> = (20..40).map(receive).collect();
+    for (sku, event) in &second {
+        tablet
+            .publish_json(&format!("stores/s1/stock/{sku}/events"), event, QoS::ExactlyOnce)
+            .await?;
+    }
+    running = worker(&config, &data, external)?;
+    stock_and_wait(&mut tablet, "s1", "tablet-1", &second).await?;
+    // A device that saw no ack sends again: acknowledged again, not applied again.
+    stock_and_wait(&mut tablet, "s1", "tablet-1", &first[..5]).await?;
+    // Bad input: refused on the sender's errors topic, nothing applied.
+    tablet.subscribe("stores/s1/errors/tablet-1", QoS::AtLeastOnce).await?;
+    let wrong_unit = stock_event("bad-1", "receive", 1.0, "ml", "tablet-1");
+    tablet
+        .publish_json("stores/s1/stock/fries/events", &wrong_unit, QoS::ExactlyOnce)
+        .await?;
+    let error = tablet.next_on("stores/s1/errors/tablet-1").await?;
+    assert_eq!(
+        (error["id"].clone(), error["code"].clone()),
+        (json!("bad-1"), json!("wrong_unit"))
+    );
+    let done = pos.wait_latest(chips, |d| d["portions"] == json!(20)).await?;
+    let mut late = Client::connect(external, "pos-2").await?;
+    late.subscribe("stores/s1/stock/fries/level", QoS::AtLeastOnce).await?;
+    let level = late.next_on("stores/s1/stock/fries/level").await?;
+    assert_eq!(level["qty"], json!(4000), "forty receives of 100 g, each once: {level}");
+    assert_eq!(done["status"], json!("available"));
+    drop(running);
+    Ok(())
+}
