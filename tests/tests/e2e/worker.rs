@@ -27,19 +27,23 @@ impl Drop for Process {
 /// mosquitto on `addr`, anonymous, keeping sessions in memory. `None` when
 /// it is not installed (outside CI).
 fn mosquitto(dir: &Path, addr: SocketAddr) -> Result<Option<Process>> {
-    if Command::new("mosquitto").arg("-h").output().is_err() {
+    // Debian installs it in /usr/sbin, which a user's PATH may lack.
+    let Some(binary) = ["mosquitto", "/usr/sbin/mosquitto"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("-h").output().is_ok())
+    else {
         if std::env::var_os("CI").is_some() {
             bail!("mosquitto must be installed in CI");
         }
         eprintln!("mosquitto not installed: skipping the worker test");
         return Ok(None);
-    }
+    };
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
         format!("listener {} {}\nallow_anonymous true\n", addr.port(), addr.ip()),
     )?;
-    let child = Command::new("mosquitto")
+    let child = Command::new(binary)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
