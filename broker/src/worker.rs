@@ -16,12 +16,13 @@
 //! enforces who may publish what; the worker acks and reports errors to the
 //! device an input names (`device` or `by`, or the device in the topic).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use dishsync_protocol::{DeviceId, Topic};
+use dishsync_protocol::{DeviceId, StoreId, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -157,8 +158,9 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
             }
         }
     });
+    let owned: HashSet<StoreId> = settings.catalog.stores().map(|s| s.id.clone()).collect();
     while let Some(publish) = inputs.recv().await {
-        let verdict = route(&rules, &*out, &publish).await;
+        let verdict = route(&rules, &*out, &owned, &publish).await;
         if verdicts_tx.send((publish, verdict)).await.is_err() {
             break;
         }
@@ -169,8 +171,15 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
 }
 
 /// Hands one input to the rules (or reports why it cannot be applied);
-/// the verdict to wait for before acknowledging it, if any.
-async fn route(rules: &RulesHandle, out: &dyn Publisher, publish: &Publish) -> Option<oneshot::Receiver<Verdict>> {
+/// the verdict to wait for before acknowledging it, if any. An input for a
+/// store the worker does not own (the central kitchen's action on another
+/// region's request) is another worker's: passed over.
+async fn route(
+    rules: &RulesHandle,
+    out: &dyn Publisher,
+    owned: &HashSet<StoreId>,
+    publish: &Publish,
+) -> Option<oneshot::Receiver<Verdict>> {
     let topic = match publish.topic.parse::<Topic>() {
         Ok(topic) => topic,
         Err(e) => {
@@ -188,6 +197,7 @@ async fn route(rules: &RulesHandle, out: &dyn Publisher, publish: &Publish) -> O
     }
     match decode(&topic, &publish.payload) {
         Ok(Input::Reading { reading, .. }) if !reading.stable => None,
+        Ok(input) if !owned.contains(input.store()) => None,
         Ok(input) => match sender(&input) {
             Some(device) => rules.submit(Intake { input, device }).await,
             None => {

@@ -12,7 +12,9 @@ use rumqttc::QoS;
 use serde_json::json;
 
 use crate::availability::stock_and_wait;
-use crate::support::{broker_binary, free_addr, lines_of, small_chain, stock_event, temp_data_dir, Client, DEADLINE};
+use crate::support::{
+    broker_binary, chain_toml, free_addr, lines_of, small_chain, stock_event, temp_data_dir, Client, DEADLINE,
+};
 
 /// A child process killed (SIGKILL) on drop.
 struct Process(Child);
@@ -53,14 +55,15 @@ fn mosquitto(dir: &Path, addr: SocketAddr) -> Result<Option<Process>> {
     Ok(Some(Process(child)))
 }
 
-/// `dishsync-broker worker` attached to `external`, once it says it is.
-fn worker(config: &Path, data: &Path, external: SocketAddr) -> Result<Process> {
+/// `dishsync-broker worker` attached to `external` as `client_id`, once it
+/// says it is.
+fn worker(config: &Path, data: &Path, external: SocketAddr, client_id: &str) -> Result<Process> {
     let mut child = Command::new(broker_binary())
         .arg("--config")
         .arg(config)
         .arg("--data-dir")
         .arg(data)
-        .args(["worker", "--connect", &external.to_string(), "--client-id", "worker-1"])
+        .args(["worker", "--connect", &external.to_string(), "--client-id", client_id])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -86,7 +89,7 @@ async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Resul
     };
     let config = tmp.path().join("chain.toml");
     std::fs::write(&config, small_chain())?;
-    let mut running = worker(&config, &data, external)?;
+    let mut running = worker(&config, &data, external, "worker-1")?;
 
     // Devices on mosquitto: a tablet booking fries, a POS watching chips.
     let mut tablet = Client::connect(external, "tablet-1").await?;
@@ -113,7 +116,7 @@ async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Resul
             .publish_json(&format!("stores/s1/stock/{sku}/events"), event, QoS::ExactlyOnce)
             .await?;
     }
-    running = worker(&config, &data, external)?;
+    running = worker(&config, &data, external, "worker-1")?;
     stock_and_wait(&mut tablet, "s1", "tablet-1", &second).await?;
     // A device that saw no ack sends again: acknowledged again, not applied again.
     stock_and_wait(&mut tablet, "s1", "tablet-1", &first[..5]).await?;
@@ -135,5 +138,87 @@ async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Resul
     assert_eq!(level["qty"], json!(4000), "forty receives of 100 g, each once: {level}");
     assert_eq!(done["status"], json!("available"));
     drop(running);
+    Ok(())
+}
+
+/// A region of one store, with the central kitchen's planning.
+fn region(store: &str) -> String {
+    chain_toml(
+        &[store],
+        &[("patty", "pcs", 2, 10), ("bun", "pcs", 2, 40)],
+        &[("burger", 1, vec![("patty", 1), ("bun", 1)])],
+    )
+    .replace(
+        "[broker]\nallow_anonymous = true\n",
+        "[broker]\nallow_anonymous = true\n\n[central_kitchen]\nlead_time_minutes = 600\ndelivery_windows = []\n",
+    )
+}
+
+/// Two workers on one broker, each owning its store: the central kitchen's
+/// action on s1's request is applied by s1's worker and passed over by
+/// s2's, which neither applies nor refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_each_serve_their_own_stores() -> Result<()> {
+    let (tmp, _) = temp_data_dir()?;
+    let external = free_addr()?;
+    let Some(_mosquitto) = mosquitto(tmp.path(), external)? else {
+        return Ok(());
+    };
+    let mut workers = Vec::new();
+    for store in ["s1", "s2"] {
+        let config = tmp.path().join(format!("{store}.toml"));
+        std::fs::write(&config, region(store))?;
+        let data = tmp.path().join(format!("data-{store}"));
+        workers.push(worker(&config, &data, external, &format!("worker-{store}"))?);
+    }
+    let mut kitchen = Client::connect(external, "kitchen-1").await?;
+    kitchen.subscribe("hq/replenishment/+", QoS::AtLeastOnce).await?;
+    kitchen.subscribe("stores/+/acks/kitchen-1", QoS::AtLeastOnce).await?;
+    kitchen.subscribe("stores/+/errors/kitchen-1", QoS::AtLeastOnce).await?;
+    let mut manager = Client::connect(external, "manager-1").await?;
+    manager.subscribe("stores/s1/acks/manager-1", QoS::AtLeastOnce).await?;
+    // Counted at 8, then 7 used: 1 ≤ the reorder point of 2, one request.
+    let patty = |id: &str, kind: &str, qty: f64| ("patty", stock_event(id, kind, qty, "pcs", "manager-1"));
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[patty("c1", "count", 8.0), patty("u1", "consume", 7.0)],
+    )
+    .await?;
+    kitchen
+        .wait_latest("hq/replenishment/rq-s1-1", |d| d["state"] == json!("open"))
+        .await?;
+
+    kitchen
+        .publish_json(
+            "hq/replenishment/rq-s1-1/acknowledge",
+            &json!({"id": "ck-1", "by": "kitchen-1"}),
+            QoS::ExactlyOnce,
+        )
+        .await?;
+    kitchen
+        .wait_latest("hq/replenishment/rq-s1-1", |d| d["state"] == json!("acknowledged"))
+        .await?;
+    // A probe only s2's worker takes: its ack comes after anything that
+    // worker would have said about the action before it.
+    stock_and_wait(
+        &mut kitchen,
+        "s2",
+        "kitchen-1",
+        &[("bun", stock_event("probe-1", "receive", 1.0, "pcs", "kitchen-1"))],
+    )
+    .await?;
+    kitchen
+        .wait_until("s1's worker acknowledging the action", |seen| {
+            seen.iter().any(|m| {
+                m.topic == "stores/s1/acks/kitchen-1"
+                    && m.json["ids"].as_array().is_some_and(|ids| ids.contains(&json!("ck-1")))
+            })
+        })
+        .await?;
+    let errors: Vec<_> = kitchen.seen.iter().filter(|m| m.topic.contains("/errors/")).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    drop(workers);
     Ok(())
 }
