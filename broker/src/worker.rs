@@ -20,7 +20,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use dishsync_protocol::{DeviceId, StoreId, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
@@ -81,7 +80,7 @@ fn sender(input: &Input) -> Option<DeviceId> {
 
 /// Runs the rules attached to the external broker until the process is
 /// stopped. Prints one line, `dishsync-broker attached to mqtt://HOST:PORT`,
-/// once it is subscribed.
+/// once it is subscribed (the first time).
 pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     let (store, inventory) = restore(&settings).await?;
     let mut opts = MqttOptions::new(attach.client_id.clone(), attach.host.clone(), attach.port);
@@ -98,12 +97,16 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
 
-    let (inputs_tx, mut inputs) = mpsc::channel::<Publish>(PIPELINE);
-    let (subscribed_tx, subscribed) = oneshot::channel();
+    // The connection task only ever polls: it must never wait for the rules,
+    // which may be waiting for it to send what they publish. Inputs queue
+    // unbounded, yet no more than the external broker has in flight to the
+    // worker unacknowledged (its in-flight window).
+    let (inputs_tx, mut inputs) = mpsc::unbounded_channel::<Publish>();
     let filters = input_filters(&settings);
     let subscriber = client.clone();
+    let external = format!("{}:{}", attach.host, attach.port);
     tokio::spawn(async move {
-        let mut subscribed_tx = Some(subscribed_tx);
+        let mut subacks = 0;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -113,16 +116,19 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
                     // restart the broker's PUBREL for an input received before
                     // the crash is an error to it, on every reconnect.
                     for filter in &filters {
-                        let _ = subscriber.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                        if let Err(e) = subscriber.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                            error!(%filter, error = %e, "cannot subscribe");
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
+                    subacks += 1;
+                    if subacks == filters.len() {
+                        println!("dishsync-broker attached to mqtt://{external}");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if inputs_tx.send(p).await.is_err() {
+                    if inputs_tx.send(p).is_err() {
                         return;
                     }
                 }
@@ -138,8 +144,6 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     let out = Arc::new(Attached { client: client.clone() });
     republish_all(&*out, &inventory).await;
     let rules = rules::start(inventory, store, out.clone());
-    subscribed.await.context("the connection task stopped")?;
-    println!("dishsync-broker attached to mqtt://{}:{}", attach.host, attach.port);
 
     // Each input is acknowledged to the external broker, in the order it
     // came, once its verdict is in: a crash before that leaves it with the

@@ -43,7 +43,12 @@ fn mosquitto(dir: &Path, addr: SocketAddr) -> Result<Option<Process>> {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {} {}\nallow_anonymous true\n", addr.port(), addr.ip()),
+        // No cap on what it queues for the worker's session (README).
+        format!(
+            "listener {} {}\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 100\n",
+            addr.port(),
+            addr.ip()
+        ),
     )?;
     let child = Command::new(binary)
         .arg("-c")
@@ -80,6 +85,9 @@ fn worker(config: &Path, data: &Path, external: SocketAddr, client_id: &str) -> 
     }
 }
 
+/// Inputs sent while the worker is down: more than its pipeline holds.
+const BACKLOG: usize = 1_500;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Result<()> {
     let (tmp, data) = temp_data_dir()?;
@@ -108,9 +116,10 @@ async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Resul
     let chips = "stores/s1/dishes/chips/availability";
     pos.wait_latest(chips, |d| d["portions"] == json!(10)).await?;
 
-    // The worker dies; inputs keep coming and wait in mosquitto for it.
+    // The worker dies; inputs keep coming and wait in mosquitto for it:
+    // more than the worker takes in at once.
     drop(running);
-    let second: Vec<_> = (20..40).map(receive).collect();
+    let second: Vec<_> = (20..BACKLOG + 20).map(receive).collect();
     for (sku, event) in &second {
         tablet
             .publish_json(&format!("stores/s1/stock/{sku}/events"), event, QoS::ExactlyOnce)
@@ -131,11 +140,12 @@ async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Resul
         (error["id"].clone(), error["code"].clone()),
         (json!("bad-1"), json!("wrong_unit"))
     );
-    let done = pos.wait_latest(chips, |d| d["portions"] == json!(20)).await?;
+    let total = (BACKLOG + 20) * 100;
+    let done = pos.wait_latest(chips, |d| d["portions"] == json!(total / 200)).await?;
     let mut late = Client::connect(external, "pos-2").await?;
     late.subscribe("stores/s1/stock/fries/level", QoS::AtLeastOnce).await?;
     let level = late.next_on("stores/s1/stock/fries/level").await?;
-    assert_eq!(level["qty"], json!(4000), "forty receives of 100 g, each once: {level}");
+    assert_eq!(level["qty"], json!(total), "every receive of 100 g once: {level}");
     assert_eq!(done["status"], json!("available"));
     drop(running);
     Ok(())
