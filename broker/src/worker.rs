@@ -98,9 +98,10 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     eventloop.set_network_options(network);
 
     // The connection task only ever polls: it must never wait for the rules,
-    // which may be waiting for it to send what they publish. Inputs queue
-    // unbounded, yet no more than the external broker has in flight to the
-    // worker unacknowledged (its in-flight window).
+    // which may be waiting for it to send what they publish. So inputs queue
+    // unbounded: as many as the external broker sends before the worker
+    // acknowledges them (its in-flight window, or more of a backlog queued
+    // while the worker was down — some hundred bytes each).
     let (inputs_tx, mut inputs) = mpsc::unbounded_channel::<Publish>();
     let filters = input_filters(&settings);
     let subscriber = client.clone();
