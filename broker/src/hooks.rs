@@ -44,7 +44,7 @@ use tracing::warn;
 use crate::acl::{Identity, Scope};
 use crate::auth::Identities;
 use crate::outbound::{publish_doc, Outbound};
-use crate::rules::{decode, report, salvage_id, Input, Intake, RulesHandle, Verdict};
+use crate::rules::{decode, report, salvage_id, Intake, RulesHandle, Verdict};
 
 /// The device id used for an anonymous client whose MQTT client id is not a
 /// valid id.
@@ -204,7 +204,7 @@ impl IntakeHook {
             _ => match decode(&parsed, payload) {
                 // A moving scale reading is only routed; a settled one may
                 // set a bound SKU's level: the rules decide.
-                Ok(Input::Reading { reading, .. }) if !reading.stable => Ok(Admitted::Presence),
+                Ok(input) if input.is_moving_reading() => Ok(Admitted::Presence),
                 Ok(input) => Ok(Admitted::Input(input)),
                 Err(rejection) => Err(Refusal {
                     code: PublishAckReason::PayloadFormatInvalid,

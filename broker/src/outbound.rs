@@ -39,8 +39,10 @@ pub trait Publisher: Send + Sync {
     async fn retain(&self, topic: &Topic, payload: Vec<u8>);
 
     /// Hands `payload` on `topic`, not retained, to the current subscribers
-    /// and says to how many.
-    async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize;
+    /// and says to how many. `retained`: it is the document
+    /// [`Publisher::retain`] already stored for the topic (a publisher whose
+    /// `retain` also delivers sends it no second time).
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, retained: bool) -> usize;
 }
 
 /// Publishes `doc` as JSON on `topic`.
@@ -78,7 +80,7 @@ impl Publisher for Rendered {
         self.publish(topic, payload, true).await;
     }
 
-    async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, _retained: bool) -> usize {
         self.publish(topic, payload, false).await;
         0
     }
@@ -138,7 +140,7 @@ impl Publisher for Outbound {
         }
     }
 
-    async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, _retained: bool) -> usize {
         // What `SessionState::forwards` does for a message that is neither
         // retained, delayed nor stored, except that the number of
         // subscribers it reached is kept.

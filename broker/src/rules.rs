@@ -165,6 +165,12 @@ impl Input {
         !matches!(self, Input::Reading { .. })
     }
 
+    /// A scale reading taken while the load still moves: routed on to
+    /// subscribers, never applied (only a settled reading sets a level).
+    pub fn is_moving_reading(&self) -> bool {
+        matches!(self, Input::Reading { reading, .. } if !reading.stable)
+    }
+
     /// The input's client-made id.
     pub fn id(&self) -> &EventId {
         match self {
@@ -762,7 +768,7 @@ impl Deliverer {
             self.room.add_permits(dropped + delivered);
             match next {
                 Next::Deliver((topic, payload, retained)) => {
-                    let subscribers = out.deliver(&topic, payload).await;
+                    let subscribers = out.deliver(&topic, payload, retained).await;
                     if retained {
                         if let Ok(mut queue) = self.queue.lock() {
                             queue.delivered(topic, Instant::now(), subscribers);
@@ -1263,7 +1269,7 @@ mod tests {
 
         async fn retain(&self, _topic: &Topic, _payload: Vec<u8>) {}
 
-        async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
+        async fn deliver(&self, topic: &Topic, payload: Vec<u8>, _retained: bool) -> usize {
             self.publish(topic, payload, false).await;
             1
         }

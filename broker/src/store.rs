@@ -405,34 +405,30 @@ impl Store {
         if let Some(chain) = self.db().get("c")? {
             out.push(Restored::Chain(decode(b"c", &chain)?));
         }
+        // A request (`q/`) or transfer (`t/`) record.
+        let document = |key: &[u8], value: &[u8]| -> Result<Restored, StoreError> {
+            Ok(match key {
+                [b'q', ..] => Restored::Request(decode(key, value)?),
+                _ => Restored::Transfer(decode(key, value)?),
+            })
+        };
         match self.db().get(SHOWN_KEY)? {
             Some(shown) => {
                 let shown: Shown = decode(SHOWN_KEY, &shown)?;
-                for (prefix, ids) in [("q", &shown.requests), ("t", &shown.transfers)] {
-                    for id in ids {
-                        let key = format!("{prefix}/{id}").into_bytes();
-                        let Some(value) = self.db().get(&key)? else {
-                            tracing::warn!(key = %String::from_utf8_lossy(&key), "a shown document has no record");
-                            continue;
-                        };
-                        out.push(match prefix {
-                            "q" => Restored::Request(decode(&key, &value)?),
-                            _ => Restored::Transfer(decode(&key, &value)?),
-                        });
+                let requests = shown.requests.iter().map(|id| format!("q/{id}"));
+                for key in requests.chain(shown.transfers.iter().map(|id| format!("t/{id}"))) {
+                    match self.db().get(&key)? {
+                        Some(value) => out.push(document(key.as_bytes(), &value)?),
+                        None => tracing::warn!(%key, "a shown document has no record"),
                     }
                 }
             }
             // A data directory from before the index: every record (the
             // restore keeps the shown ones, and start-up writes the index).
             None => {
-                for prefix in ["q/", "t/"] {
-                    for item in self.db().scan_prefix(prefix) {
-                        let (key, value) = item?;
-                        out.push(match prefix {
-                            "q/" => Restored::Request(decode(&key, &value)?),
-                            _ => Restored::Transfer(decode(&key, &value)?),
-                        });
-                    }
+                for item in self.db().scan_prefix("q/").chain(self.db().scan_prefix("t/")) {
+                    let (key, value) = item?;
+                    out.push(document(&key, &value)?);
                 }
             }
         }

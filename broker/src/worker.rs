@@ -201,7 +201,7 @@ async fn route(
         return None;
     }
     match decode(&topic, &publish.payload) {
-        Ok(Input::Reading { reading, .. }) if !reading.stable => None,
+        Ok(input) if input.is_moving_reading() => None,
         Ok(input) if !owned.contains(input.store()) => None,
         Ok(input) => match sender(&input) {
             Some(device) => rules.submit(Intake { input, device }).await,
@@ -240,8 +240,8 @@ async fn route(
 }
 
 /// The rules' messages, published on the external broker. A retained
-/// document published there reaches its current subscribers too, so the
-/// deliverer's second copy of it is not sent.
+/// document published there ([`Publisher::retain`]) reaches its current
+/// subscribers too, so the deliverer's copy of it is not sent again.
 struct Attached {
     client: AsyncClient,
 }
@@ -262,12 +262,8 @@ impl Publisher for Attached {
         self.publish(topic, payload, true).await;
     }
 
-    async fn deliver(&self, topic: &Topic, payload: Vec<u8>) -> usize {
-        let event = matches!(
-            topic,
-            Topic::Acks { .. } | Topic::Errors { .. } | Topic::Alerts { .. } | Topic::BrokerAlerts
-        );
-        if event {
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, retained: bool) -> usize {
+        if !retained {
             self.publish(topic, payload, false).await;
         }
         0
