@@ -314,7 +314,10 @@ pub struct Denied(pub String);
 /// The device a per-device topic names.
 fn topic_device(topic: &Topic) -> Option<&DeviceId> {
     match topic {
-        Topic::DeviceStatus { device, .. } | Topic::Acks { device, .. } | Topic::Errors { device, .. } => Some(device),
+        Topic::DeviceStatus { device, .. }
+        | Topic::Acks { device, .. }
+        | Topic::Errors { device, .. }
+        | Topic::ScaleWeight { device, .. } => Some(device),
         _ => None,
     }
 }
@@ -502,6 +505,10 @@ mod tests {
         assert!(scale.may_publish(&id("stores/s1/sales")).is_err());
         assert!(scale.may_publish(&id("stores/s1/devices/dev-1/status")).is_ok());
         assert!(scale.may_publish(&id("stores/s1/devices/dev-2/status")).is_err());
+        // A bound scale keeps its SKU's level from its own readings only.
+        assert!(scale.may_publish(&id("stores/s1/scales/dev-1/weight")).is_ok());
+        assert!(scale.may_publish(&id("stores/s1/scales/dev-2/weight")).is_err());
+        assert!(scale.may_publish(&id("stores/s2/scales/dev-1/weight")).is_err());
         for role in Role::CONFIGURABLE {
             let anyone = who(role, None);
             for output in [

@@ -40,6 +40,10 @@ enum Command {
     /// Hash a device password for the configuration file (`password_hash`).
     /// Reads the password from the first line of standard input.
     HashPassword,
+    /// Repair a damaged journal in the data directory (the broker must be
+    /// stopped): keeps every intact record, sets the damaged segments
+    /// aside, and reports what is lost.
+    Repair,
     /// Run the rules as a worker attached to an external MQTT broker (EMQX,
     /// HiveMQ, VerneMQ, mosquitto) instead of embedding one: inputs of the
     /// configuration's stores are taken from it, every output is published
@@ -130,6 +134,9 @@ pub fn main() -> ExitCode {
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
     }
+    if let Some(Command::Repair) = &args.command {
+        return repair(&settings.data_dir);
+    }
     if args.config.is_none() && args.command.is_none() {
         print_demo_banner(&settings);
     }
@@ -165,6 +172,25 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dishsync-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `dishsync-broker repair`: exit 0 when the journal is intact or was
+/// repaired, with the report on standard output.
+fn repair(data_dir: &std::path::Path) -> ExitCode {
+    if !data_dir.exists() {
+        eprintln!("dishsync-broker: no data directory at {}", data_dir.display());
+        return ExitCode::from(2);
+    }
+    match crate::store::Store::repair(data_dir) {
+        Ok(report) => {
+            println!("{}: {report}", data_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dishsync-broker: cannot repair {}: {e}", data_dir.display());
             ExitCode::FAILURE
         }
     }

@@ -112,6 +112,7 @@ struct BrokerSection {
     max_packet_size: Option<u32>,
     max_publish_rate: Option<u32>,
     login_failures_per_minute: Option<u32>,
+    checkpoint_interval_ms: Option<u64>,
     tls: Option<TlsSection>,
 }
 
@@ -204,6 +205,9 @@ pub struct Settings {
     /// Failed logins per minute from one address before logins from it are
     /// refused unchecked.
     pub login_failures_per_minute: u32,
+    /// How often committed groups move from the journal into sled: longer
+    /// means fewer sled writes and a longer journal to replay at start.
+    pub checkpoint_interval: std::time::Duration,
     /// The TLS listener, if any.
     pub tls: Option<TlsSettings>,
     /// Every device allowed to log in.
@@ -570,6 +574,10 @@ impl Validator {
         if limits.2 == 0 {
             self.issue("broker.max_publish_rate", "must be at least 1");
         }
+        let checkpoint_ms = file.broker.checkpoint_interval_ms.unwrap_or(500);
+        if !(10..=86_400_000).contains(&checkpoint_ms) {
+            self.issue("broker.checkpoint_interval_ms", "must be from 10 to 86400000 (a day)");
+        }
 
         if !self.issues.is_empty() {
             return None;
@@ -595,6 +603,7 @@ impl Validator {
             max_packet_size: limits.1,
             max_publish_rate: limits.2,
             login_failures_per_minute: limits.3,
+            checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms),
             tls,
             credentials,
             catalog: Arc::new(catalog),

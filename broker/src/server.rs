@@ -137,7 +137,7 @@ pub fn listener(settings: &Settings, name: &str, addr: std::net::SocketAddr) -> 
 /// persisting what the restore changed (and which requests and transfers
 /// it holds: a data directory from before that index gets it here).
 pub(crate) async fn restore(settings: &Settings) -> anyhow::Result<(Store, Inventory)> {
-    let store = open_data_dir(&settings.data_dir)?;
+    let store = open_data_dir(&settings.data_dir, settings.checkpoint_interval)?;
     let restored = store.load().context("reading the snapshot")?;
     let fresh_start = restored.is_empty();
     let now = Timestamp::now().0;
@@ -154,7 +154,7 @@ pub(crate) async fn restore(settings: &Settings) -> anyhow::Result<(Store, Inven
     Ok((store, inventory))
 }
 
-fn open_data_dir(dir: &Path) -> anyhow::Result<Store> {
+fn open_data_dir(dir: &Path, checkpoint_interval: std::time::Duration) -> anyhow::Result<Store> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     #[cfg(unix)]
     {
@@ -163,7 +163,8 @@ fn open_data_dir(dir: &Path) -> anyhow::Result<Store> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", dir.display()))?;
     }
-    Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
+    Store::open_checkpointing_every(dir, checkpoint_interval)
+        .with_context(|| format!("opening the store in {}", dir.display()))
 }
 
 /// Publishes every retained document of the chain.

@@ -66,6 +66,17 @@ pub enum StoreError {
     /// The journal could not be read or written.
     #[error("journal: {0}")]
     Journal(#[from] std::io::Error),
+    /// sled's own checksums found damage in its files. The journal holds
+    /// only the latest group commits and cannot rebuild them.
+    #[error(
+        "sled's files in the data directory are damaged ({0}); the journal holds only the latest group \
+         commits and cannot rebuild them: restore the data directory from a backup"
+    )]
+    SledDamaged(sled::Error),
+    /// The journal holds damage that a crash cannot leave: acknowledged
+    /// group commits are unreadable. Nothing was opened.
+    #[error("{0}")]
+    Damaged(Box<journal::Damage>),
     /// A record could not be encoded or decoded.
     #[error("record {key}: {source}")]
     Record {
@@ -215,6 +226,7 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
             {
                 std::thread::sleep(Duration::from_millis(10));
             }
+            Err(e @ sled::Error::Corruption { .. }) => return Err(StoreError::SledDamaged(e)),
             other => return Ok(other?),
         }
     }
@@ -310,12 +322,12 @@ fn page_lines<'a>(key: &[u8], page: &'a [u8]) -> Result<Vec<&'a [u8]>, StoreErro
     Ok(lines)
 }
 
-/// The checkpointer thread: a checkpoint every [`CHECKPOINT_EVERY`], and a
-/// last one when the store is dropped.
-fn checkpointer(shared: Arc<Shared>, stop: std::sync::mpsc::Receiver<()>) {
+/// The checkpointer thread: a checkpoint every `every`, and a last one
+/// when the store is dropped.
+fn checkpointer(shared: Arc<Shared>, every: Duration, stop: std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
     loop {
-        let last = match stop.recv_timeout(CHECKPOINT_EVERY) {
+        let last = match stop.recv_timeout(every) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
@@ -330,38 +342,180 @@ fn checkpointer(shared: Arc<Shared>, stop: std::sync::mpsc::Receiver<()>) {
     }
 }
 
+/// The last journal group sled holds (0 for a new store).
+fn checkpoint_mark(db: &sled::Db) -> Result<u64, StoreError> {
+    Ok(match db.get(CHECKPOINT_KEY)? {
+        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
+        None => 0,
+    })
+}
+
+/// Writes the records past `checkpointed` into sled, durably, and returns
+/// the last group sled then holds.
+fn replay(db: &sled::Db, checkpointed: u64, records: Vec<Record>) -> Result<u64, StoreError> {
+    let mut last = checkpointed;
+    let mut pending = HashMap::new();
+    let mut replayed = 0usize;
+    for Record { seq, puts } in records {
+        if seq <= last {
+            continue;
+        }
+        pending.extend(puts);
+        last = seq;
+        replayed += 1;
+    }
+    if replayed > 0 {
+        write_pairs(db, pending.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
+        mark_checkpoint(db, last)?;
+        tracing::info!(groups = replayed, "journal replayed into sled");
+    }
+    Ok(last)
+}
+
+/// What [`Store::repair`] found and did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// The journal was intact (at most a torn tail): nothing changed.
+    Intact,
+    /// The journal was damaged; every intact record is now in sled.
+    Repaired {
+        /// What was wrong.
+        damage: Box<journal::Damage>,
+        /// Intact records kept from after the damage.
+        kept_after: usize,
+        /// Where the damaged segments were set aside.
+        set_aside: std::path::PathBuf,
+    },
+}
+
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (damage, kept_after, set_aside) = match self {
+            Repair::Intact => return write!(f, "the journal is intact: nothing to repair"),
+            Repair::Repaired {
+                damage,
+                kept_after,
+                set_aside,
+            } => (damage, kept_after, set_aside),
+        };
+        match &damage.kind {
+            journal::DamageKind::BadRecord { segment, offset } => {
+                writeln!(f, "damaged: the record at byte {offset} of {}", segment.display())?
+            }
+            journal::DamageKind::MissingGroups { segment, at_checkpoint } => writeln!(
+                f,
+                "damaged: group commits missing before {}{}",
+                segment.display(),
+                if *at_checkpoint {
+                    " (sled lost its latest writes, or a journal segment is missing)"
+                } else {
+                    ""
+                }
+            )?,
+            journal::DamageKind::NoSegments => writeln!(f, "damaged: the journal had no segment")?,
+        }
+        writeln!(
+            f,
+            "kept: every intact record, {kept_after} of them after the damage; the store holds group {} on",
+            damage.last_intact
+        )?;
+        match damage.lost_groups() {
+            Some((first, last)) => writeln!(f, "lost: group commits {first} to {last} ({})", last - first + 1)?,
+            None => writeln!(
+                f,
+                "lost: the group commits after {} (how many cannot be told)",
+                damage.last_intact
+            )?,
+        }
+        if damage.readable_ids.is_empty() {
+            writeln!(f, "lost inputs: none could be read from the damaged bytes")?;
+        } else {
+            writeln!(
+                f,
+                "lost inputs: at least {}, read from the damaged bytes (store/id): {}",
+                damage.readable_ids.len(),
+                damage.readable_ids.join(", ")
+            )?;
+        }
+        writeln!(
+            f,
+            "Their ledger lines and their ids in the duplicate index are gone; their effect stays wherever a \
+             later group rewrote the same state (a SKU's level, a dish). Do not book them again: count the \
+             SKUs they touched instead{}",
+            if damage.readable_skus.is_empty() {
+                ".".to_string()
+            } else {
+                format!(" (store/sku): {}.", damage.readable_skus.join(", "))
+            }
+        )?;
+        write!(f, "The damaged segments are kept in {}", set_aside.display())
+    }
+}
+
 impl Store {
+    /// Repairs a damaged journal in the data directory `dir` (the broker
+    /// must not be running: sled's lock keeps a second process out). Every
+    /// intact record — before the damage and after it — goes into sled; the
+    /// damaged segments are moved to `journal-damaged-{unix seconds}/`, and
+    /// a fresh journal starts. A later record rewrites the whole state of
+    /// each SKU, dish and menu it touches, so those come back exactly; what
+    /// only the damaged records held (their ledger lines and input ids,
+    /// the state they alone touched) is lost, and reported.
+    pub fn repair(dir: &Path) -> Result<Repair, StoreError> {
+        let db = open_sled(dir)?;
+        let journal_dir = dir.join("journal");
+        let checkpointed = checkpoint_mark(&db)?;
+        let reading = journal::read(&journal_dir, checkpointed)?;
+        let Some(damage) = reading.damage else {
+            return Ok(Repair::Intact);
+        };
+        let kept_after = damage.intact_after.len();
+        let mut records = reading.records;
+        records.extend(damage.intact_after.iter().cloned());
+        let last = replay(&db, checkpointed, records)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let set_aside = dir.join(format!("journal-damaged-{now}"));
+        if journal_dir.exists() {
+            std::fs::rename(&journal_dir, &set_aside)?;
+        } else {
+            std::fs::create_dir_all(&set_aside)?;
+        }
+        drop(Journal::create(&journal_dir, last + 1)?);
+        std::fs::File::open(dir)?.sync_all()?;
+        tracing::warn!(groups_lost = ?damage.lost_groups(), kept_after, "journal repaired");
+        Ok(Repair::Repaired {
+            damage: Box::new(damage),
+            kept_after,
+            set_aside,
+        })
+    }
+
     /// Opens (or creates) the store in `dir`, replaying the journal into
     /// sled first.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, true)
+        Store::open_with(dir, Some(CHECKPOINT_EVERY))
     }
 
-    /// Opens the store; without `background` no checkpointer runs, and
+    /// Opens the store with a checkpoint every `interval` instead of
+    /// [`CHECKPOINT_EVERY`].
+    pub fn open_checkpointing_every(dir: &Path, interval: Duration) -> Result<Store, StoreError> {
+        Store::open_with(dir, Some(interval))
+    }
+
+    /// Opens the store; with no checkpoint interval no checkpointer runs, and
     /// only [`Store::checkpoint`] moves commits into sled (so dropping the
     /// store leaves them to the journal alone, as a crash would).
-    fn open_with(dir: &Path, background: bool) -> Result<Store, StoreError> {
+    fn open_with(dir: &Path, checkpoint_every: Option<Duration>) -> Result<Store, StoreError> {
         let db = open_sled(dir)?;
         let journal_dir = dir.join("journal");
-        let mut last = match db.get(CHECKPOINT_KEY)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
-            None => 0,
-        };
-        let mut pending = HashMap::new();
-        let mut replayed = 0usize;
-        for Record { seq, puts } in journal::recover(&journal_dir)? {
-            if seq <= last {
-                continue;
-            }
-            pending.extend(puts);
-            last = seq;
-            replayed += 1;
+        let checkpointed = checkpoint_mark(&db)?;
+        let reading = journal::read(&journal_dir, checkpointed)?;
+        if let Some(damage) = reading.damage {
+            return Err(StoreError::Damaged(Box::new(damage)));
         }
-        if replayed > 0 {
-            write_pairs(&db, pending.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
-            mark_checkpoint(&db, last)?;
-            tracing::info!(groups = replayed, "journal replayed into sled");
-        }
+        let last = replay(&db, checkpointed, reading.records)?;
         let journal = Journal::create(&journal_dir, last + 1)?;
         let shared = Arc::new(Shared {
             db,
@@ -370,12 +524,12 @@ impl Store {
             checkpointing: Mutex::new(()),
         });
         let (stop, stopped) = std::sync::mpsc::channel();
-        let thread = if background {
+        let thread = if let Some(every) = checkpoint_every {
             let shared = shared.clone();
             Some(
                 std::thread::Builder::new()
                     .name("dishsync-checkpoint".into())
-                    .spawn(move || checkpointer(shared, stopped))?,
+                    .spawn(move || checkpointer(shared, every, stopped))?,
             )
         } else {
             None
@@ -692,7 +846,7 @@ mod tests {
     /// A store without a checkpointer in `dir`: e1 checkpointed into sled,
     /// then e2 and e3 in the journal only.
     async fn e1_in_sled_e2_e3_journaled(dir: &Path) -> Store {
-        let store = Store::open_with(dir, false).expect("store");
+        let store = Store::open_with(dir, None).expect("store");
         commit(&store, "e1", 1).await;
         store.checkpoint().expect("store");
         commit(&store, "e2", 2).await;
@@ -732,7 +886,7 @@ mod tests {
             .write_all(&[200, 0, 0, 0, 1, 2, 3])
             .expect("store");
 
-        let store = Store::open_with(dir.path(), false).expect("store");
+        let store = Store::open_with(dir.path(), None).expect("store");
         assert_eq!(
             store.inner.shared.db.get("i/s1/e3").expect("store").as_deref(),
             Some(&[3u8][..]),
@@ -747,7 +901,7 @@ mod tests {
         drop(store);
 
         // Replaying again changes nothing: the checkpoint mark skips it.
-        let store = Store::open_with(dir.path(), false).expect("store");
+        let store = Store::open_with(dir.path(), None).expect("store");
         assert_eq!(ledger(&store).len(), 4);
         let segments = std::fs::read_dir(dir.path().join("journal")).expect("store").count();
         assert_eq!(segments, 1, "replayed segments are deleted");
@@ -802,7 +956,7 @@ mod tests {
         for indexed in [true, false] {
             let dir = tempfile::tempdir().expect("temp dir");
             {
-                let store = Store::open_with(dir.path(), false).expect("store");
+                let store = Store::open_with(dir.path(), None).expect("store");
                 let mut c = store.begin().expect("store");
                 for n in ["rq-s1-1", "rq-s1-2", "rq-s1-3"] {
                     c.put(format!("q/{n}").into_bytes(), &request(n)).expect("store");
@@ -820,7 +974,7 @@ mod tests {
                 store.commit(c).await.expect("store");
                 store.checkpoint().expect("store");
             }
-            let store = Store::open_with(dir.path(), false).expect("store");
+            let store = Store::open_with(dir.path(), None).expect("store");
             let expected = if indexed {
                 (vec!["rq-s1-3".to_string()], vec!["tr-2".to_string()])
             } else {
@@ -849,7 +1003,7 @@ mod tests {
             // The crash: `j` is never moved past e1's group.
             commit(&store, "e4", 4).await;
         }
-        let store = Store::open_with(dir.path(), false).expect("store");
+        let store = Store::open_with(dir.path(), None).expect("store");
         assert_eq!(
             ledger(&store),
             vec![("e1".into(), 1), ("e2".into(), 2), ("e3".into(), 3), ("e4".into(), 4)]
@@ -868,7 +1022,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let lines: Vec<LedgerEntry> = (0..2_500).map(|i| entry(&format!("e{i}"), i)).collect();
         {
-            let store = Store::open_with(dir.path(), false).expect("store");
+            let store = Store::open_with(dir.path(), None).expect("store");
             let mut c = store.begin().expect("store");
             c.ledger(&lines[..2_000]).expect("store");
             store.commit(c).await.expect("store");
@@ -877,7 +1031,7 @@ mod tests {
             c.ledger(&lines[2_000..2_400]).expect("store");
             store.commit(c).await.expect("store");
         }
-        let store = Store::open_with(dir.path(), false).expect("store");
+        let store = Store::open_with(dir.path(), None).expect("store");
         let mut c = store.begin().expect("store");
         c.ledger(&lines[2_400..]).expect("store");
         store.commit(c).await.expect("store");
@@ -899,5 +1053,190 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(fingerprint(&store, "e1"), Some(1));
+    }
+
+    /// `n` inputs `e1`… in their own group commits, left to the journal.
+    async fn journaled_inputs(dir: &Path, n: u64) {
+        let store = Store::open_with(dir, None).expect("store");
+        for i in 1..=n {
+            commit(&store, &format!("e{i}"), i as i64).await;
+        }
+    }
+
+    fn segment(dir: &Path) -> std::path::PathBuf {
+        let mut paths: Vec<_> = std::fs::read_dir(dir.join("journal"))
+            .expect("store")
+            .map(|e| e.expect("store").path())
+            .collect();
+        paths.sort();
+        paths.pop().expect("a segment")
+    }
+
+    /// One flipped bit in a journaled group with intact groups after it:
+    /// the store refuses to open, and the repair keeps every other group
+    /// and names the input that is lost.
+    #[tokio::test]
+    async fn a_damaged_journal_record_is_refused_and_repaired() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        journaled_inputs(dir.path(), 10).await;
+        let path = segment(dir.path());
+        let mut bytes = std::fs::read(&path).expect("store");
+        let key = b"i/s1/e5";
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key)
+            .expect("e5 is journaled");
+        // The first byte of its fingerprint, past the value's length.
+        bytes[at + key.len() + 4] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("store");
+
+        let refused = Store::open_with(dir.path(), None)
+            .err()
+            .expect("a damaged journal is refused");
+        let StoreError::Damaged(damage) = &refused else {
+            panic!("not reported as damage: {refused}");
+        };
+        assert_eq!(damage.lost_groups(), Some((5, 5)));
+        assert!(refused.to_string().contains("repair"), "{refused}");
+
+        let report = Store::repair(dir.path()).expect("repair");
+        let Repair::Repaired { kept_after, .. } = &report else {
+            panic!("nothing repaired: {report}");
+        };
+        assert_eq!(*kept_after, 5);
+        let text = report.to_string();
+        assert!(
+            text.contains("group commits 5 to 5") && text.contains("s1/e5"),
+            "{text}"
+        );
+        assert!(text.contains("count the SKUs"), "{text}");
+
+        let store = Store::open_with(dir.path(), None).expect("the repaired store opens");
+        for i in (1..=10).filter(|i| *i != 5) {
+            assert_eq!(fingerprint(&store, &format!("e{i}")), Some(i), "e{i} is kept");
+        }
+        assert_eq!(fingerprint(&store, "e5"), None, "e5 is lost, and said to be");
+        commit(&store, "e11", 11).await;
+        drop(store);
+        let store = Store::open_with(dir.path(), None).expect("store");
+        assert_eq!(fingerprint(&store, "e11"), Some(11));
+        drop(store);
+        assert_eq!(Store::repair(dir.path()).expect("repair"), Repair::Intact);
+    }
+
+    /// 2,000 inputs with a checkpoint every 100, in `dir`.
+    async fn checkpointed_inputs(dir: &Path) {
+        let store = Store::open_with(dir, None).expect("store");
+        for i in 1..=2_000 {
+            commit(&store, &format!("e{i}"), i).await;
+            if i % 100 == 0 {
+                store.checkpoint().expect("store");
+            }
+        }
+    }
+
+    /// sled's files (its log, configuration and snapshots) and their bytes.
+    fn sled_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        std::fs::read_dir(dir)
+            .expect("store")
+            .map(|e| e.expect("store").path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes = std::fs::read(&p).expect("store");
+                (p, bytes)
+            })
+            .collect()
+    }
+
+    /// sled's log cut in half, as a copy cut short or a lost disk write
+    /// leaves it: sled opens at its last intact write, silently older.
+    fn cut_sled(dir: &Path) -> u64 {
+        let db = dir.join("db");
+        let len = std::fs::metadata(&db).expect("store").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .expect("store")
+            .set_len(len / 2)
+            .expect("store");
+        let mark = checkpoint_mark(&open_sled(dir).expect("sled opens")).expect("store");
+        assert!(mark < 2_000, "sled lost its latest writes: it holds up to {mark}");
+        mark
+    }
+
+    /// sled loses its latest writes while the journal still holds them
+    /// (everything since the last open): the replay brings them back.
+    #[tokio::test]
+    async fn sled_damage_the_journal_still_covers_is_healed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        checkpointed_inputs(dir.path()).await;
+        cut_sled(dir.path());
+        let store = Store::open_with(dir.path(), None).expect("the journal covers sled's loss");
+        for i in 1..=2_000 {
+            assert_eq!(fingerprint(&store, &format!("e{i}")), Some(i as u64), "e{i}");
+        }
+    }
+
+    /// sled loses writes the journal no longer holds (an open since has
+    /// started a new journal): the store refuses to open and says so; the
+    /// repair keeps what sled still has and reports the groups lost.
+    #[tokio::test]
+    async fn sled_damage_past_the_journal_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        checkpointed_inputs(dir.path()).await;
+        let saved = sled_files(dir.path());
+        // An open replays nothing new and starts an empty journal at 2001.
+        drop(Store::open_with(dir.path(), None).expect("store"));
+        // sled as it was before that open, then cut.
+        for (path, _) in sled_files(dir.path()) {
+            std::fs::remove_file(path).expect("store");
+        }
+        for (path, bytes) in saved {
+            std::fs::write(path, bytes).expect("store");
+        }
+        let kept = cut_sled(dir.path());
+
+        let refused = Store::open_with(dir.path(), None)
+            .err()
+            .expect("sled's loss is refused");
+        let text = refused.to_string();
+        assert!(text.contains("sled lost its latest writes"), "{text}");
+        let StoreError::Damaged(damage) = &refused else {
+            panic!("not reported as damage: {refused}");
+        };
+        assert_eq!(damage.lost_groups(), Some((kept + 1, 2_000)));
+
+        let report = Store::repair(dir.path()).expect("repair");
+        let lost = format!("group commits {} to 2000", kept + 1);
+        assert!(report.to_string().contains(&lost), "{report}");
+        let store = Store::open_with(dir.path(), None).expect("the repaired store opens");
+        assert_eq!(fingerprint(&store, "e1"), Some(1));
+        assert_eq!(fingerprint(&store, "e2000"), None);
+        commit(&store, "e2001", 2_001).await;
+        drop(store);
+        let store = Store::open_with(dir.path(), None).expect("store");
+        assert_eq!(fingerprint(&store, "e2001"), Some(2_001));
+    }
+
+    /// sled's own checksums catch damage inside its log: the store
+    /// refuses to open with words that say what to do, and so does the
+    /// repair (the journal cannot rebuild sled).
+    #[tokio::test]
+    async fn a_damaged_sled_file_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        checkpointed_inputs(dir.path()).await;
+        // The journal no longer covers sled's writes after this open.
+        drop(Store::open_with(dir.path(), None).expect("store"));
+        let db = dir.path().join("db");
+        let mut bytes = std::fs::read(&db).expect("store");
+        for at in (4096..bytes.len()).step_by(4096) {
+            bytes[at] ^= 0x40;
+        }
+        std::fs::write(&db, bytes).expect("store");
+        let refused = Store::open_with(dir.path(), None).err().expect("refused");
+        let text = refused.to_string();
+        assert!(text.contains("sled") && text.contains("backup"), "{text}");
+        let refused = Store::repair(dir.path()).expect_err("no repair from the journal");
+        assert!(refused.to_string().contains("backup"), "{refused}");
     }
 }
