@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::outbox::{Entry, Outbox, OutboxError};
+use crate::outbox::{Entry, Outbox, OutboxError, Recorded};
 
 /// Unacknowledged messages on the wire at once.
 const WINDOW: usize = 256;
@@ -360,8 +360,9 @@ impl Client {
 
     /// Records a stock event under an id the caller made (a bridge speaking
     /// for a device uses `{device}:{boot}:{seq}`, so that a retransmit after
-    /// any restart is applied once). A retransmit still waiting is recorded
-    /// once.
+    /// any restart is applied once). A retransmit, waiting or already
+    /// acknowledged, records nothing and keeps the first stamp; the same id
+    /// with other content is refused with [`OutboxError::Conflict`].
     pub fn record_stock_as(
         &self,
         id: &EventId,
@@ -370,7 +371,7 @@ impl Client {
         qty: f64,
         unit: Unit,
         reason: Option<String>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Recorded, ClientError> {
         if *self.stop.borrow() {
             return Err(ClientError::Stopped);
         }
@@ -378,20 +379,26 @@ impl Client {
             store: self.config.store.clone(),
             sku: sku.clone(),
         };
-        let event = StockEventIn {
-            id: id.clone(),
-            kind,
-            qty,
-            unit,
-            at: Timestamp::now(),
-            device: self.config.device.clone(),
-            reference: None,
-            reason,
-        };
-        self.outbox.record_as(id, topic.to_string(), Self::json(&event))?;
-        self.pending.send_replace(self.outbox.len());
-        self.wake.notify_one();
-        Ok(())
+        // What the device said; the stamp is added once, at the first
+        // recording, and kept for every retransmit.
+        let content = format!("{sku}|{kind:?}|{qty}|{unit}|{}", reason.as_deref().unwrap_or(""));
+        let recorded = self.outbox.record_once(id, topic.to_string(), content.as_bytes(), || {
+            Self::json(&StockEventIn {
+                id: id.clone(),
+                kind,
+                qty,
+                unit,
+                at: Timestamp::now(),
+                device: self.config.device.clone(),
+                reference: None,
+                reason,
+            })
+        })?;
+        if recorded == Recorded::New {
+            self.pending.send_replace(self.outbox.len());
+            self.wake.notify_one();
+        }
+        Ok(recorded)
     }
 
     /// Publishes the device's presence now (retained), when connected. Not

@@ -37,4 +37,4 @@ mod sim;
 
 pub use client::{Client, ClientConfig, ClientError, TlsSettings, Update, Watch};
 pub use dishsync_protocol as protocol;
-pub use outbox::{Outbox, OutboxError};
+pub use outbox::{Outbox, OutboxError, Recorded};

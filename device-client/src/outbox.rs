@@ -11,6 +11,13 @@
 //! (u64 big-endian) to an [`Entry`]; tree `ids` maps an event id to its
 //! sequence; the default tree keeps this outbox's random instance tag, from
 //! which event ids are made unique.
+//!
+//! Ids a caller makes itself ([`Outbox::record_once`], a firmware device's
+//! `{device}:{boot}:{seq}`) also keep their content's fingerprint in tree
+//! `content`, while waiting and for the last [`SETTLED_KEPT`] after their
+//! ack (tree `settled`, ack order → id): a retransmit then keeps the first
+//! recording's payload, stamp and all, and the same id with other content
+//! is a conflict, not a new input.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
@@ -30,6 +37,31 @@ pub enum OutboxError {
     /// A stored entry could not be read.
     #[error("outbox entry corrupt: {0}")]
     Corrupt(#[from] postcard::Error),
+    /// The id was recorded before with other content.
+    #[error("{0} was recorded before with other content")]
+    Conflict(EventId),
+}
+
+/// How many acknowledged caller-made ids keep their fingerprint, so that a
+/// late retransmit is still recognised.
+pub const SETTLED_KEPT: usize = 10_000;
+
+/// What [`Outbox::record_once`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new entry: it waits for its ack.
+    New,
+    /// A retransmit of an entry still waiting: nothing was recorded.
+    Waiting,
+    /// A retransmit of an entry already acknowledged: nothing to send.
+    Settled,
+}
+
+/// A fingerprint of `content` that is the same in every process (FNV-1a).
+fn fingerprint(content: &[u8]) -> u64 {
+    content.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// One recorded message waiting for its ack.
@@ -49,6 +81,8 @@ pub struct Outbox {
     db: sled::Db,
     entries: sled::Tree,
     ids: sled::Tree,
+    content: sled::Tree,
+    settled: sled::Tree,
     limit: usize,
     tag: String,
 }
@@ -73,6 +107,8 @@ impl Outbox {
         };
         let entries = db.open_tree("entries")?;
         let ids = db.open_tree("ids")?;
+        let content = db.open_tree("content")?;
+        let settled = db.open_tree("settled")?;
         let tag = match db.get("tag")? {
             Some(t) => String::from_utf8_lossy(&t).into_owned(),
             None => {
@@ -86,6 +122,8 @@ impl Outbox {
             db,
             entries,
             ids,
+            content,
+            settled,
             limit,
             tag,
         })
@@ -120,11 +158,27 @@ impl Outbox {
     }
 
     /// Records a message under an id the caller made (a device's
-    /// `{device}:{boot}:{seq}`), and flushes it. A retransmit of an id that
-    /// is still waiting is recorded once.
-    pub fn record_as(&self, id: &EventId, topic: String, payload: Vec<u8>) -> Result<(), OutboxError> {
-        if self.contains(id) {
-            return Ok(());
+    /// `{device}:{boot}:{seq}`) whose `content` is what the device said (its
+    /// payload may add a stamp), and flushes it. A retransmit — the same id
+    /// and content — records nothing and keeps the first payload; the same
+    /// id with other content is [`OutboxError::Conflict`].
+    pub fn record_once(
+        &self,
+        id: &EventId,
+        topic: String,
+        content: &[u8],
+        payload: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Recorded, OutboxError> {
+        let print = fingerprint(content).to_be_bytes();
+        if let Some(known) = self.content.get(id.as_str())? {
+            if known.as_ref() != print {
+                return Err(OutboxError::Conflict(id.clone()));
+            }
+            return Ok(if self.contains(id) {
+                Recorded::Waiting
+            } else {
+                Recorded::Settled
+            });
         }
         let len = self.len();
         if len >= self.limit {
@@ -134,13 +188,14 @@ impl Outbox {
         let entry = Entry {
             id: id.clone(),
             topic,
-            payload,
+            payload: payload(),
         };
         let key = seq.to_be_bytes();
         self.entries.insert(key, postcard::to_allocvec(&entry)?)?;
         self.ids.insert(id.as_str(), &key)?;
+        self.content.insert(id.as_str(), &print)?;
         self.db.flush()?;
-        Ok(())
+        Ok(Recorded::New)
     }
 
     /// Removes the entries with these ids (their ack arrived). Returns how
@@ -153,6 +208,16 @@ impl Outbox {
             if let Some(key) = self.ids.remove(id.as_str())? {
                 self.entries.remove(key)?;
                 removed += 1;
+                if self.content.contains_key(id.as_str())? {
+                    self.settled.insert(self.db.generate_id()?.to_be_bytes(), id.as_str())?;
+                }
+            }
+        }
+        // The oldest settled ids forget their content.
+        while self.settled.len() > SETTLED_KEPT {
+            let Some((_, old)) = self.settled.pop_min()? else { break };
+            if !self.ids.contains_key(&old)? {
+                self.content.remove(&old)?;
             }
         }
         Ok(removed)
@@ -270,5 +335,41 @@ mod tests {
             Err(OutboxError::Full(2))
         ));
         assert_eq!(outbox.len(), 2);
+    }
+
+    /// A caller-made id keeps its first payload for every retransmit,
+    /// before its ack and after, across a reopen; other content under the
+    /// same id is a conflict.
+    #[test]
+    fn a_caller_made_id_is_recorded_once_and_remembered_after_its_ack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id: EventId = "scale-7:3:2".parse().expect("id");
+        let record = |outbox: &Outbox, content: &str, stamp: &str| {
+            let payload = stamp.as_bytes().to_vec();
+            outbox.record_once(&id, "t".into(), content.as_bytes(), || payload)
+        };
+        {
+            let outbox = Outbox::open(dir.path(), 10).expect("open");
+            assert_eq!(record(&outbox, "beef|200", "first").expect("record"), Recorded::New);
+            assert_eq!(
+                record(&outbox, "beef|200", "second").expect("record"),
+                Recorded::Waiting
+            );
+            assert!(matches!(
+                record(&outbox, "beef|300", "third"),
+                Err(OutboxError::Conflict(_))
+            ));
+            let pending = outbox.pending().expect("pending");
+            assert_eq!(pending.len(), 1);
+            assert_eq!(pending[0].1.payload, b"first", "the first stamp is kept");
+            assert_eq!(outbox.remove(std::slice::from_ref(&id)).expect("remove"), 1);
+        }
+        let outbox = Outbox::open(dir.path(), 10).expect("reopen");
+        assert_eq!(record(&outbox, "beef|200", "late").expect("record"), Recorded::Settled);
+        assert!(outbox.is_empty(), "a settled retransmit sends nothing");
+        assert!(matches!(
+            record(&outbox, "beef|300", "late"),
+            Err(OutboxError::Conflict(_))
+        ));
     }
 }

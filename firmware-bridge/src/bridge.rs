@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use dishsync_client::protocol::payload::{DishStatus, ErrorCode};
 use dishsync_client::protocol::{DeviceId, DishId, EventId, SkuId, StoreId};
-use dishsync_client::{Client, ClientConfig, Update, Watch};
+use dishsync_client::{Client, ClientConfig, ClientError, OutboxError, Recorded, Update, Watch};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -324,26 +324,32 @@ where
                 bail!("closed before hello");
             }
             for (i, &b) in buf[..n].iter().enumerate() {
-                if let Some(Ok(Message::Hello {
-                    device,
-                    boot,
-                    firmware,
-                    proof,
-                })) = decoder.push(b)
-                {
-                    let known = bridge.config.devices.iter().find(|d| d.id.as_str() == device).cloned();
-                    let Some(cfg) = known else {
-                        send(&mut wr, &Message::Error { code: 3 }).await?;
-                        bail!("unknown device {device}");
-                    };
-                    let key = hex::decode(&cfg.key)?;
-                    if !verify(&key, &nonce, device, boot, &proof) {
-                        send(&mut wr, &Message::Error { code: 3 }).await?;
-                        bail!("device {device}: wrong proof");
+                match decoder.push(b) {
+                    Some(Ok(Message::Hello {
+                        device,
+                        boot,
+                        firmware,
+                        proof,
+                    })) => {
+                        let known = bridge.config.devices.iter().find(|d| d.id.as_str() == device).cloned();
+                        let Some(cfg) = known else {
+                            send(&mut wr, &Message::Error { code: 3 }).await?;
+                            bail!("unknown device {device}");
+                        };
+                        let key = hex::decode(&cfg.key)?;
+                        if !verify(&key, &nonce, device, boot, &proof) {
+                            send(&mut wr, &Message::Error { code: 3 }).await?;
+                            bail!("device {device}: wrong proof");
+                        }
+                        info!(device, boot, firmware, "device authenticated");
+                        // What arrived right behind the hello is the session's.
+                        return Ok((cfg, boot, buf[i + 1..n].to_vec()));
                     }
-                    info!(device, boot, firmware, "device authenticated");
-                    // What arrived right behind the hello is the session's.
-                    return Ok((cfg, boot, buf[i + 1..n].to_vec()));
+                    // What needs a session, before the hello: not authenticated.
+                    Some(Ok(Message::StockEvent { .. } | Message::Weight { .. } | Message::Subscribe { .. })) => {
+                        send(&mut wr, &Message::Error { code: 2 }).await?;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -401,15 +407,22 @@ async fn serve_device(
                         Some(Ok(Message::StockEvent { seq, sku, kind, qty, unit })) => {
                             let id = EventId::new(format!("{prefix}{seq}"))?;
                             let Ok(sku) = SkuId::new(sku) else {
-                                out.extend([Message::Error { code: 4 }, Message::Ack { seq }]);
+                                out.extend([Message::Refused { seq, code: 4 }, Message::Ack { seq }]);
                                 continue;
                             };
                             // The contract wants a reason for waste; a device has none to give.
                             let reason = (kind == StockKind::Waste).then(|| "reported by the device".to_string());
                             let (kind, unit) = (contract_kind(kind), contract_unit(unit));
                             match link.client.record_stock_as(&id, &sku, kind, f64::from(qty), unit, reason) {
-                                Ok(()) => {
+                                Ok(Recorded::New | Recorded::Waiting) => {
                                     pending.insert(id, seq);
+                                }
+                                // A retransmit of an event the broker has
+                                // acknowledged: the ack was lost on the way.
+                                Ok(Recorded::Settled) => out.push(Message::Ack { seq }),
+                                Err(ClientError::Outbox(OutboxError::Conflict(_))) => {
+                                    warn!(device = %device.id, %id, "the device re-used a seq with other content");
+                                    out.extend([Message::Refused { seq, code: 7 }, Message::Ack { seq }]);
                                 }
                                 Err(e) => {
                                     warn!(device = %device.id, error = %e, "cannot record");
@@ -456,12 +469,9 @@ async fn serve_device(
                     Update::Rejected(err) => {
                         let Some(id) = err.id.as_deref().and_then(|i| EventId::new(i).ok()) else { continue };
                         if let Some(seq) = pending.remove(&id) {
-                            // An id seen before with other content is a
-                            // retransmit of an event already applied.
-                            if err.code != ErrorCode::IdConflict {
-                                warn!(device = %device.id, %id, reason = %err.error, "the broker refused an event");
-                                send(&mut *wr, &Message::Error { code: 5 }).await?;
-                            }
+                            warn!(device = %device.id, %id, reason = %err.error, "the broker refused an event");
+                            let code = if err.code == ErrorCode::IdConflict { 7 } else { 5 };
+                            send(&mut *wr, &Message::Refused { seq, code }).await?;
                             send(&mut *wr, &Message::Ack { seq }).await?;
                         }
                     }
@@ -577,6 +587,7 @@ pub async fn sim_device(sim: SimDevice) -> Result<()> {
                             }
                         }
                         Some(Ok(Message::Error { code })) => println!("error {code}"),
+                        Some(Ok(Message::Refused { seq, code })) => println!("refused {seq} {code}"),
                         Some(Ok(Message::Pong { .. })) | Some(Ok(_)) | None => {}
                         Some(Err(e)) => println!("bad frame {e:?}"),
                     }

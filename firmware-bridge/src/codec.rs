@@ -135,6 +135,15 @@ pub enum Message<'a> {
         /// 4 unknown SKU or dish, 5 refused by the broker, 6 busy.
         code: u8,
     },
+    /// bridge → device: stock event `seq` is refused for good and nothing
+    /// of it was applied; its `Ack` follows, so the device drops it.
+    Refused {
+        /// The event's sequence number.
+        seq: u32,
+        /// 4 unknown SKU, 5 refused by the broker, 7 this seq was already
+        /// sent in this boot with other content.
+        code: u8,
+    },
 }
 
 /// Why a message could not be encoded.

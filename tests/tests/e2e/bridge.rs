@@ -349,3 +349,158 @@ async fn a_device_on_a_serial_line_books_stock_through_the_bridge() -> Result<()
 fn hex_key() -> Vec<u8> {
     (0..32u8).collect()
 }
+
+/// A firmware device on TCP, driven frame by frame (blocking I/O).
+struct TcpDevice {
+    stream: std::net::TcpStream,
+    decoder: Decoder,
+    /// Every message received, as `Debug` text.
+    seen: Vec<String>,
+    /// Bytes read past the message a wait ended on.
+    unread: Vec<u8>,
+}
+
+impl TcpDevice {
+    /// Connects and reads the challenge; says hello only if `hello`.
+    fn connect(bridge: SocketAddr, boot: u32, hello: bool) -> Result<TcpDevice> {
+        let stream = std::net::TcpStream::connect(bridge)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
+        let mut device = TcpDevice {
+            stream,
+            decoder: Decoder::new(),
+            seen: Vec::new(),
+            unread: Vec::new(),
+        };
+        let mut nonce = None;
+        device.read_until(|m| match m {
+            Message::Challenge { nonce: n } => {
+                nonce = Some(*n);
+                true
+            }
+            _ => false,
+        })?;
+        let nonce = nonce.ok_or_else(|| anyhow!("no challenge"))?;
+        if hello {
+            let proof = dishsync_firmware_bridge::bridge::proof(&hex_key(), &nonce, "scale-7", boot);
+            device.send(&Message::Hello {
+                device: "scale-7",
+                boot,
+                firmware: "tcp-test",
+                proof,
+            })?;
+        }
+        Ok(device)
+    }
+
+    fn send(&mut self, msg: &Message<'_>) -> Result<()> {
+        let mut out = [0u8; dishsync_firmware_bridge::MAX_FRAME];
+        let n = encode(msg, &mut out).map_err(|e| anyhow!("{e:?}"))?;
+        std::io::Write::write_all(&mut self.stream, &out[..n])?;
+        Ok(())
+    }
+
+    fn stock(&mut self, seq: u32, qty: i32) -> Result<()> {
+        self.send(&Message::StockEvent {
+            seq,
+            sku: "bun",
+            kind: StockKind::Receive,
+            qty,
+            unit: Unit::Pcs,
+        })
+    }
+
+    fn read_until(&mut self, mut want: impl FnMut(&Message<'_>) -> bool) -> Result<()> {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while std::time::Instant::now() < deadline {
+            let mut bytes = std::mem::take(&mut self.unread);
+            if bytes.is_empty() {
+                match self.stream.read(&mut buf) {
+                    Ok(0) => return Err(anyhow!("the bridge closed the connection")),
+                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        continue
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            for (i, &b) in bytes.iter().enumerate() {
+                if let Some(Ok(msg)) = self.decoder.push(b) {
+                    self.seen.push(format!("{msg:?}"));
+                    if want(&msg) {
+                        self.unread = bytes[i + 1..].to_vec();
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(anyhow!("nothing expected arrived; saw {:?}", self.seen))
+    }
+
+    fn acked(&mut self, seq: u32) -> Result<()> {
+        self.read_until(|m| matches!(m, Message::Ack { seq: s } if *s == seq))
+    }
+}
+
+/// A retransmit of an acknowledged event (its ack lost with the
+/// connection) is acknowledged again and applied once, with no error
+/// anywhere; the same seq with other content is refused to the device,
+/// naming the seq; a stock event before the hello gets Error 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_retransmit_is_acked_once_and_a_conflicting_one_is_refused_by_seq() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let listen = free_addr()?;
+    let _bridge = BridgeProcess::start(tmp.path(), broker.addr, listen)?;
+    let mut watch = Client::connect(broker.addr, "audit-1").await?;
+    watch.subscribe("stores/s1/errors/scale-7", QoS::AtLeastOnce).await?;
+    watch.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+
+    let seen = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let mut early = TcpDevice::connect(listen, 5, false)?;
+        early.stock(1, 3)?;
+        early.read_until(|m| matches!(m, Message::Error { code: 2 }))?;
+        drop(early);
+
+        let mut device = TcpDevice::connect(listen, 5, true)?;
+        device.stock(1, 3)?;
+        device.stock(2, 4)?;
+        device.acked(1)?;
+        device.acked(2)?;
+        drop(device);
+        // Power stays on (same boot); the acks were lost with the line.
+        let mut device = TcpDevice::connect(listen, 5, true)?;
+        device.stock(1, 3)?;
+        device.acked(1)?;
+        // A firmware bug: seq 2 again, with another quantity.
+        device.stock(2, 9)?;
+        device.read_until(|m| matches!(m, Message::Refused { seq: 2, code: 7 }))?;
+        device.acked(2)?;
+        // One more event proves the session still serves.
+        device.stock(3, 1)?;
+        device.acked(3)?;
+        Ok(device.seen)
+    })
+    .await??;
+    assert!(
+        !seen
+            .iter()
+            .any(|m| m.starts_with("Error") || m.contains("seq: 1, code")),
+        "the retransmit of seq 1 was answered with an ack alone: {seen:?}"
+    );
+    watch
+        .wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(8))
+        .await?;
+    assert!(
+        watch.all_on("stores/s1/errors/scale-7").is_empty(),
+        "no error reached the broker's errors topic"
+    );
+    drop(watch);
+    drop(broker);
+    assert_eq!(
+        ledger_ids(&data, "scale-7:5:")?,
+        ["scale-7:5:1", "scale-7:5:2", "scale-7:5:3"]
+    );
+    Ok(())
+}

@@ -673,3 +673,61 @@ async fn a_stuck_subscriber_loses_messages_alone_and_the_drops_are_alerted() -> 
     drop(stuck);
     Ok(())
 }
+
+/// With anonymous access off, a scale bound to a SKU logs in with its own
+/// credentials and keeps that SKU's level from its own readings; it may not
+/// publish another scale's readings. The bridge role speaks for any scale
+/// of its store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_scale_keeps_its_sku_level_from_its_own_readings() -> Result<()> {
+    let config = secured_chain("")?.replace(
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n",
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n\
+         scales = { scale-1 = { sku = \"beef\" }, scale-7 = { sku = \"fries\" } }\n",
+    );
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut audit = Client::login(broker.addr, "audit-1", &password("audit-1")).await?;
+    audit.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce).await?;
+    audit
+        .wait_latest("stores/s1/stock/beef/level", |l| l["qty"] == 0)
+        .await?;
+
+    let mut scale = Client::login(broker.addr, "scale-1", &password("scale-1")).await?;
+    scale.subscribe("stores/s1/errors/scale-1", QoS::AtLeastOnce).await?;
+    let now = dishsync_protocol::payload::Timestamp::now();
+    let reading = json!({"grams": 1_250, "at": now.to_string(), "stable": true});
+    scale
+        .publish_json("stores/s1/scales/scale-1/weight", &reading, QoS::AtLeastOnce)
+        .await?;
+    audit
+        .wait_latest("stores/s1/stock/beef/level", |l| l["qty"] == 1_250)
+        .await?;
+    // Another scale's readings are refused, with the reason.
+    scale
+        .publish_json("stores/s1/scales/scale-7/weight", &reading, QoS::AtLeastOnce)
+        .await?;
+    let refused = scale.next_on("stores/s1/errors/scale-1").await?;
+    assert_eq!(refused["code"], json!("not_permitted"), "{refused}");
+    assert_eq!(
+        scale.all_on("stores/s1/errors/scale-1").len(),
+        1,
+        "the own reading was not refused"
+    );
+
+    // The bridge role publishes for the scales behind it.
+    let bridge = Client::login(broker.addr, "bridge-1", &password("bridge-1")).await?;
+    let fries = json!({"grams": 3_000, "at": now.to_string(), "stable": true});
+    bridge
+        .publish_json("stores/s1/scales/scale-7/weight", &fries, QoS::AtLeastOnce)
+        .await?;
+    audit
+        .wait_latest("stores/s1/stock/fries/level", |l| l["qty"] == 3_000)
+        .await?;
+    assert_eq!(
+        audit.latest("stores/s1/stock/beef/level").map(|l| l["qty"].clone()),
+        Some(json!(1_250)),
+        "scale-7's refused reading for beef's scale changed nothing"
+    );
+    Ok(())
+}
