@@ -767,14 +767,11 @@ impl Inventory {
             }
             OverrideStatus::Auto => None,
         };
-        let state = self
-            .stores
-            .get_mut(store)
-            .and_then(|s| s.dishes.get_mut(dish))
-            .ok_or_else(|| reject(ErrorCode::UnknownDish, format!("unknown dish {dish}")))?;
-        state.override_ = new;
+        if self.dish_state(store, dish).is_none() {
+            return Err(reject(ErrorCode::UnknownDish, format!("unknown dish {dish}")));
+        }
         let mut outcome = Outcome::default();
-        self.recompute_dish(store, dish, now, &mut outcome.changes);
+        self.recompute_dish_with(store, dish, Some(new), now, &mut outcome.changes);
         self.finish(now, &mut outcome.changes);
         Ok(outcome)
     }
@@ -782,17 +779,16 @@ impl Inventory {
     /// Lapses every 86 whose `until` has passed.
     pub fn expire_overrides(&mut self, now: Millis) -> Changes {
         let mut lapsed = Vec::new();
-        for (store_id, store) in &mut self.stores {
-            for (dish_id, dish) in &mut store.dishes {
+        for (store_id, store) in &self.stores {
+            for (dish_id, dish) in &store.dishes {
                 if dish.override_.as_ref().and_then(|o| o.until).is_some_and(|u| u <= now) {
-                    dish.override_ = None;
                     lapsed.push((store_id.clone(), dish_id.clone()));
                 }
             }
         }
         let mut changes = Changes::default();
         for (store, dish) in lapsed {
-            self.recompute_dish(&store, &dish, now, &mut changes);
+            self.recompute_dish_with(&store, &dish, Some(None), now, &mut changes);
         }
         self.finish(now, &mut changes);
         changes
@@ -852,6 +848,21 @@ impl Inventory {
 
     /// Recomputes one dish; bumps its revision when anything visible changed.
     fn recompute_dish(&mut self, store: &StoreId, dish_id: &DishId, now: Millis, changes: &mut Changes) {
+        self.recompute_dish_with(store, dish_id, None, now, changes);
+    }
+
+    /// Recomputes one dish with a new override (`Some(None)`: released),
+    /// or its current one (`None`). The override is compared with the one
+    /// the dish had, so an 86 of a dish already sold out by stock is a
+    /// change like any other.
+    fn recompute_dish_with(
+        &mut self,
+        store: &StoreId,
+        dish_id: &DishId,
+        new_override: Option<Option<Override>>,
+        now: Millis,
+        changes: &mut Changes,
+    ) {
         let Some(dish) = self.catalog.dish(dish_id) else {
             return;
         };
@@ -871,7 +882,7 @@ impl Inventory {
         let sellout_eta = self.eta(store, dish_id, portions, now);
         let predicted = self.within_horizon(sellout_eta, now);
         let current = state.dishes.get(dish_id);
-        let override_ = current.and_then(|d| d.override_.clone());
+        let override_ = new_override.unwrap_or_else(|| current.and_then(|d| d.override_.clone()));
         let status = if override_.is_some() || portions == 0 {
             DishStatus::SoldOut
         } else if portions <= dish.low_mark || predicted {
@@ -958,22 +969,7 @@ impl Inventory {
     /// The retained availability document of a dish.
     pub fn dish_out(&self, store: &StoreId, dish: &DishId) -> Option<DishAvailabilityOut> {
         let state = self.dish_state(store, dish)?;
-        Some(DishAvailabilityOut {
-            store: store.clone(),
-            dish: dish.clone(),
-            status: state.status,
-            portions: state.portions,
-            limited_by: state.limited_by.clone(),
-            override_: state.override_.as_ref().map(|o| ActiveOverride {
-                by: o.by.clone(),
-                until: o.until.map(Timestamp),
-                note: o.note.clone(),
-            }),
-            sellout_eta: state.sellout_eta.map(Timestamp),
-            stale: state.stale,
-            rev: state.rev,
-            at: Timestamp(state.at),
-        })
+        Some(menu_entry(state).into_dish(store.clone(), dish.clone()))
     }
 
     /// The retained whole-menu document of a store.
@@ -982,17 +978,7 @@ impl Inventory {
         let dishes = state
             .dishes
             .iter()
-            .map(|(id, d)| {
-                let entry = MenuEntry {
-                    status: d.status,
-                    portions: d.portions,
-                    limited_by: d.limited_by.clone(),
-                    override_: d.override_.is_some(),
-                    stale: d.stale,
-                    rev: d.rev,
-                };
-                (id.clone(), entry)
-            })
+            .map(|(id, d)| (id.clone(), menu_entry(d)))
             .collect();
         Some(StoreAvailabilityOut {
             store: store.clone(),
@@ -1000,6 +986,24 @@ impl Inventory {
             at: Timestamp(state.menu.at),
             dishes,
         })
+    }
+}
+
+/// A dish's state as the documents show it.
+fn menu_entry(state: &DishState) -> MenuEntry {
+    MenuEntry {
+        status: state.status,
+        portions: state.portions,
+        limited_by: state.limited_by.clone(),
+        override_: state.override_.as_ref().map(|o| ActiveOverride {
+            by: o.by.clone(),
+            until: o.until.map(Timestamp),
+            note: o.note.clone(),
+        }),
+        sellout_eta: state.sellout_eta.map(Timestamp),
+        stale: state.stale,
+        rev: state.rev,
+        at: Timestamp(state.at),
     }
 }
 

@@ -334,6 +334,61 @@ fn override_wins_until_released_or_until() {
     assert_eq!(dish(&inv, "burger").status, DishStatus::Available);
 }
 
+/// An 86 on a dish the stock has already sold out is shown all the same:
+/// a new revision, the override with who, until and note in the per-dish
+/// document and in the whole-menu entry; its release and its lapse too.
+#[test]
+fn an_override_of_a_dish_sold_out_by_stock_is_shown() {
+    let mut inv = Inventory::new(catalog(), T0);
+    let s1: StoreId = id("s1");
+    let before = dish(&inv, "burger");
+    assert_eq!((before.status, before.portions), (DishStatus::SoldOut, 0));
+    let eighty_six = OverrideIn {
+        id: id("o1"),
+        status: OverrideStatus::SoldOut,
+        by: id("chef-anna"),
+        until: Some(Timestamp(T0 + 1000)),
+        note: Some("fryer down".into()),
+    };
+    let outcome = inv
+        .apply_override(&s1, &id("burger"), &eighty_six, T0)
+        .expect("86");
+    assert!(outcome.changes.dishes.contains(&(s1.clone(), id("burger"))));
+    let d = dish(&inv, "burger");
+    assert_eq!(d.rev, before.rev + 1);
+    let shown = d.override_.clone().expect("the override is shown");
+    assert_eq!(shown.by.as_str(), "chef-anna");
+    assert_eq!(shown.note.as_deref(), Some("fryer down"));
+    assert_eq!(shown.until, Some(Timestamp(T0 + 1000)));
+    let menu = inv.menu_out(&s1).expect("menu");
+    let entry = menu.dishes[&id::<DishId>("burger")].clone();
+    assert_eq!(entry.clone().into_dish(s1.clone(), id("burger")), d, "one shape for a dish");
+    assert_eq!(entry.override_, Some(shown));
+
+    // The lapse of its `until` is a change too.
+    let lapsed = inv.expire_overrides(T0 + 1000);
+    assert!(lapsed.dishes.contains(&(s1.clone(), id("burger"))));
+    let d = dish(&inv, "burger");
+    assert_eq!((d.override_, d.rev), (None, before.rev + 2));
+    // As is a release of an 86 without `until`.
+    let untimed = OverrideIn {
+        until: None,
+        id: id("o2"),
+        ..eighty_six
+    };
+    inv.apply_override(&s1, &id("burger"), &untimed, T0 + 2000).expect("86");
+    let release = OverrideIn {
+        id: id("o3"),
+        status: OverrideStatus::Auto,
+        by: id("chef-anna"),
+        until: None,
+        note: None,
+    };
+    inv.apply_override(&s1, &id("burger"), &release, T0 + 3000).expect("release");
+    let d = dish(&inv, "burger");
+    assert_eq!((d.override_, d.rev), (None, before.rev + 4));
+}
+
 #[test]
 fn revs_move_only_on_change() {
     let mut inv = stocked();

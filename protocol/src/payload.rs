@@ -241,7 +241,8 @@ pub struct DishAvailabilityOut {
     pub at: Timestamp,
 }
 
-/// One dish inside the whole-menu document.
+/// One dish inside the whole-menu document: every field of its
+/// [`DishAvailabilityOut`] but the store and dish, which the document names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MenuEntry {
     /// As in [`DishAvailabilityOut`].
@@ -250,13 +251,36 @@ pub struct MenuEntry {
     pub portions: u64,
     /// As in [`DishAvailabilityOut`].
     pub limited_by: Option<SkuId>,
-    /// True while a chef's 86 is active.
+    /// As in [`DishAvailabilityOut`]: the chef's 86 with who, until and
+    /// note, while active.
     #[serde(rename = "override")]
-    pub override_: bool,
+    pub override_: Option<ActiveOverride>,
+    /// As in [`DishAvailabilityOut`].
+    pub sellout_eta: Option<Timestamp>,
     /// As in [`DishAvailabilityOut`].
     pub stale: bool,
     /// The dish topic's `rev` this entry reflects.
     pub rev: u64,
+    /// When that revision was made.
+    pub at: Timestamp,
+}
+
+impl MenuEntry {
+    /// The per-dish document of this entry.
+    pub fn into_dish(self, store: StoreId, dish: DishId) -> DishAvailabilityOut {
+        DishAvailabilityOut {
+            store,
+            dish,
+            status: self.status,
+            portions: self.portions,
+            limited_by: self.limited_by,
+            override_: self.override_,
+            sellout_eta: self.sellout_eta,
+            stale: self.stale,
+            rev: self.rev,
+            at: self.at,
+        }
+    }
 }
 
 /// `stores/{store}/availability` (retained): the whole menu at once.
