@@ -180,6 +180,7 @@ struct ScaleSection {
 struct StockSection {
     reorder_point: Option<f64>,
     par: Option<f64>,
+    opening: Option<f64>,
 }
 
 /// Everything the broker needs to run, validated.
@@ -425,7 +426,14 @@ impl Validator {
                         format!("par {par} is below the reorder point {rp}"),
                     );
                 }
-                defaults.insert(id.clone(), StockParams { reorder_point: rp, par });
+                defaults.insert(
+                    id.clone(),
+                    StockParams {
+                        reorder_point: rp,
+                        par,
+                        opening: None,
+                    },
+                );
             }
             if let Some(pack) = pack {
                 skus.push(Sku {
@@ -530,14 +538,25 @@ impl Validator {
                     Some(q) => self.base_qty(&format!("{splace}.par"), q, None, unit, 0),
                     None => Some(default.par),
                 };
-                if let (Some(reorder_point), Some(par)) = (rp, par) {
+                let opening = match params.opening {
+                    Some(q) => self.base_qty(&format!("{splace}.opening"), q, None, unit, 0).map(Some),
+                    None => Some(None),
+                };
+                if let (Some(reorder_point), Some(par), Some(opening)) = (rp, par, opening) {
                     if par < reorder_point {
                         self.issue(
                             splace.clone(),
                             format!("par {par} is below the reorder point {reorder_point}"),
                         );
                     }
-                    stock.insert(sku, StockParams { reorder_point, par });
+                    stock.insert(
+                        sku,
+                        StockParams {
+                            reorder_point,
+                            par,
+                            opening,
+                        },
+                    );
                 }
             }
             stores.push(Store {

@@ -1292,6 +1292,7 @@ mod tests {
         let params = StockParams {
             reorder_point: 1,
             par: 10,
+            opening: None,
         };
         Arc::new(
             Catalog::new(

@@ -1,8 +1,9 @@
 //! Start-up and the listener: the broker's imperative shell, in order.
 //!
 //! 1. Build rmqtt's context with our retainer and hooks.
-//! 2. Open sled, restore the inventory from its snapshot, persist whatever
-//!    the catalog added.
+//! 2. Open sled, restore the inventory from its snapshot, start it (opening
+//!    stock for new stores, the condition pass over every SKU and dish),
+//!    persist whatever that changed.
 //! 3. Publish every level, dish availability and menu document, retained —
 //!    before any client can connect, so the first POS gets the truth.
 //! 4. Start the rules task, then bind the listener and serve.
@@ -141,8 +142,12 @@ pub(crate) async fn restore(settings: &Settings) -> anyhow::Result<(Store, Inven
     let restored = store.load().context("reading the snapshot")?;
     let fresh_start = restored.is_empty();
     let now = Timestamp::now().0;
-    let (inventory, changes) = Inventory::restore(settings.catalog.clone(), restored, now);
+    let (mut inventory, mut changes) = Inventory::restore(settings.catalog.clone(), restored, now);
+    // Opening stock for new stores, and the condition pass over everything.
+    let started = inventory.start(now);
+    changes.merge(started.changes);
     let mut commit = store.begin()?;
+    commit.ledger(&started.entries)?;
     stage_changes(&mut commit, &inventory, &changes)?;
     commit.shown(&inventory)?;
     store.commit(commit).await.context("persisting the initial state")?;

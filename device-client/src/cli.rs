@@ -617,8 +617,10 @@ impl Table {
             }
             Update::Menu(m) => {
                 for (dish, e) in &m.dishes {
-                    self.dishes
-                        .insert(dish.clone(), (e.status, e.portions, e.limited_by.clone(), e.override_.is_some()));
+                    self.dishes.insert(
+                        dish.clone(),
+                        (e.status, e.portions, e.limited_by.clone(), e.override_.is_some()),
+                    );
                 }
             }
             Update::Level(l) => {

@@ -52,6 +52,10 @@ pub struct StockParams {
     pub reorder_point: i64,
     /// The level a delivery should bring the stock back to.
     pub par: i64,
+    /// The stock the store opens with, booked as a count the first time
+    /// the store starts (never again).
+    #[serde(default)]
+    pub opening: Option<i64>,
 }
 
 /// One store of the chain.

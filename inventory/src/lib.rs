@@ -297,6 +297,37 @@ pub struct Inventory {
     requests: BTreeMap<DocId, Request>,
     transfers: BTreeMap<DocId, Transfer>,
     chain: ChainPlan,
+    /// Stores that had no persisted state at restore: they open now, with
+    /// their opening stock.
+    opening: BTreeSet<StoreId>,
+}
+
+/// The id an opening count is booked under in the ledger: `opening:{sku}`
+/// (for a SKU id too long for that, its first 38 bytes and a hash).
+pub fn opening_id(sku: &SkuId) -> Option<EventId> {
+    let full = format!("opening:{sku}");
+    if full.len() <= dishsync_protocol::ids::MAX_ID_LEN {
+        return EventId::new(full).ok();
+    }
+    let hash = sku.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let head: String = sku.as_str().chars().take(38).collect();
+    EventId::new(format!("opening:{head}:{hash:016x}")).ok()
+}
+
+/// The opening count of `qty` base units of `sku`, stamped `now`.
+fn opening_count(sku: &SkuId, qty: i64, unit: dishsync_protocol::Unit, now: Millis) -> Option<StockEventIn> {
+    Some(StockEventIn {
+        id: opening_id(sku)?,
+        kind: StockKind::Count,
+        qty: qty as f64,
+        unit,
+        at: Timestamp(now),
+        device: DeviceId::new("dishsync").ok()?,
+        reference: None,
+        reason: Some("opening stock".into()),
+    })
 }
 
 pub(crate) fn reject(code: ErrorCode, message: impl Into<String>) -> Rejection {
@@ -336,6 +367,7 @@ impl Inventory {
     /// from what was persisted, plus everything that started fresh.
     pub fn restore(catalog: Arc<Catalog>, restored: Vec<Restored>, now: Millis) -> (Inventory, Changes) {
         let mut stores: BTreeMap<StoreId, StoreState> = BTreeMap::new();
+        let mut opening: BTreeSet<StoreId> = catalog.stores().map(|s| s.id.clone()).collect();
         let mut requests = BTreeMap::new();
         let mut transfers = BTreeMap::new();
         let mut chain = ChainPlan::default();
@@ -353,6 +385,7 @@ impl Inventory {
         for r in restored {
             match r {
                 Restored::Sku(store, sku, state) => {
+                    opening.remove(&store);
                     if let (Some(s), Some(_)) = (stores.get_mut(&store), catalog.sku(&sku)) {
                         s.skus.insert(sku, state);
                     }
@@ -411,6 +444,7 @@ impl Inventory {
             requests,
             transfers,
             chain,
+            opening,
         };
         let today = inventory.local_day(now);
         for (id, state) in &mut inventory.stores {
@@ -433,6 +467,39 @@ impl Inventory {
             }
         }
         (inventory, changes)
+    }
+
+    /// What a start runs once the state is restored: every store opening
+    /// for the first time books its opening stock (a count per SKU under
+    /// [`opening_id`], stamped `now`), then the condition pass runs over
+    /// every SKU and dish as after a change — a level already at or below
+    /// its reorder point gets its request and alert, and a condition
+    /// already met (an open request, an active alert) raises nothing again.
+    pub fn start(&mut self, now: Millis) -> Outcome {
+        let mut outcome = Outcome::default();
+        let catalog = Arc::clone(&self.catalog);
+        for store in std::mem::take(&mut self.opening) {
+            let Some(def) = catalog.store(&store) else { continue };
+            for (sku, params) in &def.stock {
+                let (Some(qty), Some(sku_def)) = (params.opening, catalog.sku(sku)) else {
+                    continue;
+                };
+                let Some(count) = opening_count(sku, qty, sku_def.unit.into(), now) else {
+                    continue;
+                };
+                match self.apply_stock(&store, sku, &count, now) {
+                    Ok(booked) => {
+                        outcome.changes.merge(booked.changes);
+                        outcome.entries.extend(booked.entries);
+                    }
+                    // The configuration was validated: nothing to refuse.
+                    Err(_) => continue,
+                }
+            }
+        }
+        self.evaluate_all(now, &mut outcome.changes);
+        self.finish(now, &mut outcome.changes);
+        outcome
     }
 
     /// The catalog this inventory runs on.
@@ -975,11 +1042,7 @@ impl Inventory {
     /// The retained whole-menu document of a store.
     pub fn menu_out(&self, store: &StoreId) -> Option<StoreAvailabilityOut> {
         let state = self.stores.get(store)?;
-        let dishes = state
-            .dishes
-            .iter()
-            .map(|(id, d)| (id.clone(), menu_entry(d)))
-            .collect();
+        let dishes = state.dishes.iter().map(|(id, d)| (id.clone(), menu_entry(d))).collect();
         Some(StoreAvailabilityOut {
             store: store.clone(),
             rev: state.menu.rev,

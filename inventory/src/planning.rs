@@ -485,6 +485,22 @@ impl Inventory {
         }
     }
 
+    /// The condition pass over every SKU and dish of the chain, as if each
+    /// had just changed: what a restart runs, so that a level already at or
+    /// below its reorder point has its request and its alert. Conditions
+    /// already met (an open request, an active alert) raise nothing again.
+    pub(crate) fn evaluate_all(&mut self, now: Millis, changes: &mut Changes) {
+        let catalog = std::sync::Arc::clone(&self.catalog);
+        for store in catalog.stores() {
+            for sku in store.stock.keys() {
+                self.check_level(&store.id, sku, now, changes);
+            }
+            for dish in &store.menu {
+                self.check_dish(&store.id, dish, now, changes);
+            }
+        }
+    }
+
     fn check_level(&mut self, store: &StoreId, sku: &SkuId, now: Millis, changes: &mut Changes) {
         let Some(params) = self.catalog.store(store).and_then(|s| s.stock.get(sku)).copied() else {
             return;

@@ -69,6 +69,7 @@ fn chain() -> Arc<Catalog> {
             StockParams {
                 reorder_point: 10,
                 par: 40,
+                opening: None,
             },
         ),
         (
@@ -76,6 +77,7 @@ fn chain() -> Arc<Catalog> {
             StockParams {
                 reorder_point: 10,
                 par: 60,
+                opening: None,
             },
         ),
     ]

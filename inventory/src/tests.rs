@@ -14,6 +14,11 @@ where
 }
 
 fn catalog() -> Arc<Catalog> {
+    catalog_opening(&[])
+}
+
+/// The test catalog, store s1 opening with `opening` (SKU, base units).
+fn catalog_opening(opening: &[(&str, i64)]) -> Arc<Catalog> {
     let sku = |name: &str, unit| Sku {
         id: id(name),
         name: name.into(),
@@ -52,8 +57,15 @@ fn catalog() -> Arc<Catalog> {
     let params = StockParams {
         reorder_point: 10,
         par: 40,
+        opening: None,
     };
-    let stock = ["bun", "beef", "cola"].iter().map(|s| (id(s), params)).collect();
+    let stock = ["bun", "beef", "cola"]
+        .iter()
+        .map(|s| {
+            let opening = opening.iter().find(|(o, _)| o == s).map(|(_, q)| *q);
+            (id(s), StockParams { opening, ..params })
+        })
+        .collect();
     let stores = vec![Store {
         id: id("s1"),
         name: "S1".into(),
@@ -350,9 +362,7 @@ fn an_override_of_a_dish_sold_out_by_stock_is_shown() {
         until: Some(Timestamp(T0 + 1000)),
         note: Some("fryer down".into()),
     };
-    let outcome = inv
-        .apply_override(&s1, &id("burger"), &eighty_six, T0)
-        .expect("86");
+    let outcome = inv.apply_override(&s1, &id("burger"), &eighty_six, T0).expect("86");
     assert!(outcome.changes.dishes.contains(&(s1.clone(), id("burger"))));
     let d = dish(&inv, "burger");
     assert_eq!(d.rev, before.rev + 1);
@@ -362,7 +372,11 @@ fn an_override_of_a_dish_sold_out_by_stock_is_shown() {
     assert_eq!(shown.until, Some(Timestamp(T0 + 1000)));
     let menu = inv.menu_out(&s1).expect("menu");
     let entry = menu.dishes[&id::<DishId>("burger")].clone();
-    assert_eq!(entry.clone().into_dish(s1.clone(), id("burger")), d, "one shape for a dish");
+    assert_eq!(
+        entry.clone().into_dish(s1.clone(), id("burger")),
+        d,
+        "one shape for a dish"
+    );
     assert_eq!(entry.override_, Some(shown));
 
     // The lapse of its `until` is a change too.
@@ -384,7 +398,8 @@ fn an_override_of_a_dish_sold_out_by_stock_is_shown() {
         until: None,
         note: None,
     };
-    inv.apply_override(&s1, &id("burger"), &release, T0 + 3000).expect("release");
+    inv.apply_override(&s1, &id("burger"), &release, T0 + 3000)
+        .expect("release");
     let d = dish(&inv, "burger");
     assert_eq!((d.override_, d.rev), (None, before.rev + 4));
 }
@@ -437,30 +452,102 @@ fn a_change_that_moves_nothing_is_persisted_but_not_published() {
     assert_eq!(inv.level_out(&s1, &beef).expect("level").rev, rev);
 }
 
+/// Everything the shell persists of `inv`, as a restart reads it back.
+fn snapshot(inv: &Inventory) -> Vec<Restored> {
+    let mut saved = Vec::new();
+    for store in inv.catalog().clone().stores() {
+        let s = &store.id;
+        for sku in store.stock.keys() {
+            saved.push(Restored::Sku(
+                s.clone(),
+                sku.clone(),
+                inv.sku_state(s, sku).expect("sku").clone(),
+            ));
+        }
+        for d in &store.menu {
+            saved.push(Restored::Dish(
+                s.clone(),
+                d.clone(),
+                inv.dish_state(s, d).expect("dish").clone(),
+            ));
+        }
+        saved.push(Restored::Menu(s.clone(), inv.menu_state(s).expect("menu")));
+        saved.push(Restored::Plan(s.clone(), inv.plan_state(s).expect("plan").clone()));
+    }
+    let (requests, transfers) = inv.documents();
+    saved.extend(
+        requests
+            .iter()
+            .filter_map(|r| inv.request(r))
+            .cloned()
+            .map(Restored::Request),
+    );
+    saved.extend(
+        transfers
+            .iter()
+            .filter_map(|t| inv.transfer(t))
+            .cloned()
+            .map(Restored::Transfer),
+    );
+    saved.push(Restored::Chain(inv.chain_state()));
+    saved
+}
+
+/// The first start books the opening stock and raises a request for every
+/// level at or below its reorder point; a restart books nothing again and
+/// raises nothing twice.
+#[test]
+fn a_start_opens_stores_once_and_evaluates_every_level() {
+    let cat = catalog_opening(&[("bun", 30), ("cola", 5_000)]);
+    let (mut inv, _) = Inventory::restore(Arc::clone(&cat), Vec::new(), T0);
+    let started = inv.start(T0);
+    let booked: Vec<(String, i64)> = started
+        .entries
+        .iter()
+        .map(|e| (e.event.to_string(), e.amount))
+        .collect();
+    assert_eq!(booked, [("opening:bun".into(), 30), ("opening:cola".into(), 5_000)]);
+    assert_eq!(qty(&inv, "bun"), 30);
+    // beef opens at 0, at or below its reorder point of 10: one request.
+    let open: Vec<_> = started
+        .changes
+        .requests
+        .iter()
+        .filter_map(|r| inv.request_out(r))
+        .collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    let lines: Vec<&str> = open[0].lines.iter().map(|l| l.sku.as_str()).collect();
+    assert_eq!(lines, ["beef"]);
+    assert!(started
+        .changes
+        .alerts
+        .iter()
+        .any(|(_, a)| a.sku.as_ref().is_some_and(|s| s.as_str() == "beef")));
+
+    // A restart: nothing is booked again, nothing raised twice.
+    let (mut back, _) = Inventory::restore(Arc::clone(&cat), snapshot(&inv), T0 + 60_000);
+    let again = back.start(T0 + 60_000);
+    assert!(
+        again.entries.is_empty(),
+        "the opening stock is booked once: {:?}",
+        again.entries
+    );
+    assert!(
+        again.changes.requests.is_empty() && again.changes.alerts.is_empty(),
+        "{:?}",
+        again.changes
+    );
+    assert_eq!(qty(&back, "bun"), 30);
+    assert_eq!(back.documents().0.len(), 1);
+}
+
 #[test]
 fn restore_reproduces_state_and_reports_nothing_new() {
     let mut inv = stocked();
     inv.apply_sale(&id("s1"), &sale("s", &[("burger", 1)], T0), T0)
         .expect("sale");
-    let mut saved = Vec::new();
     let s1: StoreId = id("s1");
-    for sku in ["bun", "beef", "cola"] {
-        saved.push(Restored::Sku(
-            s1.clone(),
-            id(sku),
-            inv.sku_state(&s1, &id(sku)).expect("sku").clone(),
-        ));
-    }
-    for d in ["burger", "double", "soda"] {
-        saved.push(Restored::Dish(
-            s1.clone(),
-            id(d),
-            inv.dish_state(&s1, &id(d)).expect("dish").clone(),
-        ));
-    }
-    saved.push(Restored::Menu(s1.clone(), inv.menu_state(&s1).expect("menu")));
-    saved.push(Restored::Plan(s1.clone(), inv.plan_state(&s1).expect("plan").clone()));
-    saved.push(Restored::Chain(inv.chain_state()));
+    let saved = snapshot(&inv);
     let (back, changes) = Inventory::restore(catalog(), saved, T0 + 99);
     assert!(changes.is_empty(), "{changes:?}");
     assert_eq!(back.dish_out(&s1, &id("burger")), inv.dish_out(&s1, &id("burger")));

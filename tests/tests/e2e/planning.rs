@@ -12,12 +12,18 @@ use crate::support::{chain_toml, sale, stock_event, temp_data_dir, BrokerProcess
 
 /// Three stores; s1 is 5 minutes from s2 and 15 from s3. The central
 /// kitchen needs ten hours, so a sell-out during service calls for a
-/// transfer.
+/// transfer. s1 opens with stock above its reorder points, so its start
+/// raises no request; s2 and s3 open empty (and so with one each).
 pub(crate) fn planning_chain(timeout_minutes: f64) -> String {
     let mut config = chain_toml(
         &["s1", "s2", "s3"],
         &[("patty", "pcs", 2, 10), ("bun", "pcs", 2, 40)],
         &[("burger", 1, vec![("patty", 1), ("bun", 1)])],
+    );
+    config = config.replace(
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n",
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n\
+         stock = { patty = { opening = 5 }, bun = { opening = 40 } }\n",
     );
     config = config.replace(
         "[broker]\nallow_anonymous = true\n",
@@ -121,14 +127,18 @@ async fn a_replenishment_goes_from_crossing_to_received() -> Result<()> {
             d["kind"] == json!("low_stock") && d["state"] == json!("cleared")
         })
         .await?;
-    // Only ever one request.
+    // Only ever one request for s1 (s2 and s3 opened empty: one each).
     let ids: Vec<&str> = kitchen
         .seen
         .iter()
-        .filter(|m| m.topic.starts_with("hq/replenishment/"))
+        .filter(|m| m.topic.starts_with("hq/replenishment/rq-s1"))
         .map(|m| m.topic.as_str())
         .collect();
     assert!(ids.iter().all(|t| *t == hq_topic), "{ids:?}");
+    for other in ["rq-s2-1", "rq-s3-1"] {
+        let rq = kitchen.latest(&format!("hq/replenishment/{other}")).cloned().unwrap_or_default();
+        assert_eq!(rq["state"], json!("open"), "a store that opens empty asks at its start: {rq}");
+    }
     Ok(())
 }
 
