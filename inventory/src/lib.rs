@@ -593,8 +593,8 @@ impl Inventory {
         });
         if applied == Applied::Moved {
             match kind {
-                StockKind::Waste => self.count_use(store, sku, base, true),
-                StockKind::Consume => self.count_use(store, sku, base, false),
+                StockKind::Waste => self.count_use(store, sku, base, true, at, now),
+                StockKind::Consume => self.count_use(store, sku, base, false, at, now),
                 _ => {}
             }
             if matches!(kind, StockKind::Waste | StockKind::Consume) {
@@ -708,7 +708,7 @@ impl Inventory {
         let mut changes = Changes::default();
         self.record_portions(store, &portions, at, &mut changes);
         for (sku, n) in &taken {
-            self.count_use(store, sku, *n, false);
+            self.count_use(store, sku, *n, false, at, now);
         }
         let mut outcome = self.move_stock(store, &sale.id, EntryKind::Sale, at, &deltas, now)?;
         outcome.changes.merge(changes);
@@ -755,8 +755,9 @@ impl Inventory {
         let portions: Vec<(DishId, i64)> = record.lines.iter().map(|(d, p)| (d.clone(), -i64::from(*p))).collect();
         let mut changes = Changes::default();
         self.record_portions(store, &portions, at, &mut changes);
+        // Taken back from the day the sale was counted in.
         for (sku, n) in &record.taken {
-            self.count_use(store, sku, -n, false);
+            self.count_use(store, sku, -n, false, record.at, now);
         }
         let mut outcome = self.move_stock(store, &void.id, EntryKind::Void, at, &record.taken, now)?;
         outcome.changes.merge(changes);

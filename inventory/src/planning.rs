@@ -203,6 +203,16 @@ pub struct StorePlan {
     pub asked: BTreeMap<SkuId, Vec<StoreId>>,
 }
 
+impl StorePlan {
+    /// Starts store-local day `day`: today's counters begin again.
+    fn begin_day(&mut self, day: i64) {
+        self.day = day;
+        self.waste_today.clear();
+        self.used_today.clear();
+        self.asked.clear();
+    }
+}
+
 /// Chain-wide planning counters (persisted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainPlan {
@@ -1005,17 +1015,36 @@ impl Inventory {
             moved: applied == crate::ledger::Applied::Moved,
         });
         if kind == StockKindCode::TransferOut {
-            self.count_use(store, sku, -delta, false);
+            self.count_use(store, sku, -delta, false, now, now);
         }
         self.touch_levels(store, &[(sku.clone(), before)], now, &mut outcome.changes);
         Ok(())
     }
 
-    /// Counts use or waste for today's waste ratio.
-    pub(crate) fn count_use(&mut self, store: &StoreId, sku: &SkuId, amount: i64, waste: bool) {
+    /// Counts use or waste for today's waste ratio: in the store-local day
+    /// of the change's own stamp `at`, so a change stamped on an earlier day
+    /// (a device replaying after a night offline) counts in no day's
+    /// figures here (only today's are kept), and never in today's.
+    pub(crate) fn count_use(
+        &mut self,
+        store: &StoreId,
+        sku: &SkuId,
+        amount: i64,
+        waste: bool,
+        at: Millis,
+        now: Millis,
+    ) {
+        let today = self.local_day(now);
+        if self.local_day(at) != today {
+            return;
+        }
         let Some(state) = self.stores.get_mut(store) else {
             return;
         };
+        if state.plan.day != today {
+            // The first change of a new day, before the tick saw it.
+            state.plan.begin_day(today);
+        }
         let counters = if waste {
             &mut state.plan.waste_today
         } else {
@@ -1100,10 +1129,7 @@ impl Inventory {
             if state.plan.day == today {
                 continue;
             }
-            state.plan.day = today;
-            state.plan.waste_today.clear();
-            state.plan.used_today.clear();
-            state.plan.asked.clear();
+            state.plan.begin_day(today);
             let spikes: Vec<String> = state
                 .plan
                 .active_alerts
@@ -1262,10 +1288,11 @@ impl Inventory {
                 );
             }
         }
+        let counted = ratios.len() as u32;
         let waste_ratio = if ratios.is_empty() {
             0.0
         } else {
-            ratios.iter().sum::<f64>() / ratios.len() as f64
+            ratios.iter().sum::<f64>() / f64::from(counted)
         };
         let close = self.service(store, now);
         let factor = self.catalog.planning().overstock_factor;
@@ -1273,6 +1300,17 @@ impl Inventory {
             .dishes
             .iter()
             .filter(|(dish, d)| {
+                // A dish one of whose ingredients is at or below its reorder
+                // point (being replenished) is not over-stocked.
+                let ingredient_low = self.catalog.dish(dish).is_some_and(|def| {
+                    def.recipe.iter().any(|line| {
+                        let qty = state.skus.get(&line.sku).map_or(0, |s| s.ledger.qty());
+                        params.get(&line.sku).is_some_and(|p| qty <= p.reorder_point)
+                    })
+                });
+                if ingredient_low {
+                    return false;
+                }
                 let Some(close) = close else { return false };
                 let Some(rate) = state.plan.rates.get(*dish) else {
                     return false;
@@ -1292,6 +1330,7 @@ impl Inventory {
             open_requests,
             open_transfers,
             waste_ratio,
+            counted,
             waste,
             overstock,
             rev: state.plan.summary_rev,

@@ -708,3 +708,80 @@ fn finished_requests_and_transfers_are_shown_for_a_day_then_retired() {
     assert!(inv.tick(at(18, 0) + 10 * FINISHED_SHOWN_FOR).retired.is_empty());
     assert!(inv.request_out(&open[0]).is_some());
 }
+
+/// Today's figures count each change in the store-local day of its own
+/// stamp: a waste stamped 25 hours ago (a device replaying after a night
+/// offline) moves the level but not today's waste, and raises no spike.
+#[test]
+fn a_waste_stamped_yesterday_counts_in_no_figure_of_today() {
+    let mut inv = Inventory::new(chain(), at(9, 0));
+    stock(&mut inv, "a", "patty", StockKind::Receive, 100.0, at(9, 0), "r1", None);
+    sell(&mut inv, "a", 10, at(12, 0), "s1");
+    let late = StockEventIn {
+        id: id("w-late"),
+        kind: StockKind::Waste,
+        qty: 30.0,
+        unit: Unit::Pcs,
+        at: Timestamp(at(12, 0) - 25 * 60 * MINUTE),
+        device: id("dev"),
+        reference: None,
+        reason: Some("expired".into()),
+    };
+    let changes = inv
+        .apply_stock(&id("a"), &id("patty"), &late, at(12, 1))
+        .expect("waste")
+        .changes;
+    assert!(
+        changes.alerts.iter().all(|(_, a)| a.kind != AlertKind::WasteSpike),
+        "{changes:?}"
+    );
+    let level = inv.level_out(&id("a"), &id("patty")).expect("level");
+    assert_eq!(level.qty, 60, "the waste moved the level");
+    let summary = inv.summary_out(&id("a"), at(12, 2)).expect("summary");
+    assert!(summary.waste.is_empty(), "{:?}", summary.waste);
+    assert_eq!(
+        (summary.counted, summary.waste_ratio),
+        (2, 0.0),
+        "patty and bun were used today"
+    );
+
+    // The same waste stamped today counts, and the ratio can be recomputed
+    // from the document alone.
+    let today = StockEventIn {
+        id: id("w-now"),
+        at: Timestamp(at(12, 3)),
+        qty: 5.0,
+        ..late
+    };
+    inv.apply_stock(&id("a"), &id("patty"), &today, at(12, 3))
+        .expect("waste");
+    let summary = inv.summary_out(&id("a"), at(12, 4)).expect("summary");
+    let patty = summary
+        .waste
+        .get(&id::<dishsync_protocol::SkuId>("patty"))
+        .expect("patty's waste");
+    assert_eq!((patty.waste, patty.used), (5, 10));
+    let recomputed: f64 = summary.waste.values().map(|w| w.ratio).sum::<f64>() / f64::from(summary.counted);
+    assert!((summary.waste_ratio - recomputed).abs() < 1e-12);
+}
+
+/// A dish whose ingredient is at or below its reorder point (a request is
+/// open) is never listed as over-stocked, however slowly it sells.
+#[test]
+fn a_dish_being_replenished_is_not_over_stocked() {
+    let mut inv = Inventory::new(chain(), at(9, 0));
+    // Plenty of patties, buns at the reorder point: a request for buns.
+    stock(&mut inv, "a", "patty", StockKind::Receive, 400.0, at(9, 0), "r1", None);
+    stock(&mut inv, "a", "bun", StockKind::Receive, 400.0, at(9, 0), "r2", None);
+    sell(&mut inv, "a", 1, at(12, 0), "s1");
+    let summary = inv.summary_out(&id("a"), at(12, 1)).expect("summary");
+    assert_eq!(
+        summary.overstock,
+        vec![id::<dishsync_protocol::DishId>("burger")],
+        "a slow seller with plenty of stock"
+    );
+    stock(&mut inv, "a", "bun", StockKind::Count, 10.0, at(12, 2), "c1", None);
+    let summary = inv.summary_out(&id("a"), at(12, 3)).expect("summary");
+    assert!(!summary.open_requests.is_empty() && summary.low.contains(&id("bun")));
+    assert!(summary.overstock.is_empty(), "{:?}", summary.overstock);
+}

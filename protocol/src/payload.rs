@@ -643,8 +643,12 @@ pub struct SummaryOut {
     pub open_requests: Vec<DocId>,
     /// Transfers (to or from the store) not yet finished.
     pub open_transfers: Vec<DocId>,
-    /// Today's waste over waste + use, all SKUs with activity weighted equally.
+    /// The mean over the SKUs with any use or waste today of each one's
+    /// `ratio`: Σ `waste[…].ratio` ÷ `counted` (SKUs without waste count
+    /// as 0).
     pub waste_ratio: f64,
+    /// How many SKUs had any use or waste today.
+    pub counted: u32,
     /// Today's waste per SKU with any waste.
     pub waste: BTreeMap<SkuId, WasteLine>,
     /// Dishes with far more portions on hand than their sales will use before

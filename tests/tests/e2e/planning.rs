@@ -136,8 +136,15 @@ async fn a_replenishment_goes_from_crossing_to_received() -> Result<()> {
         .collect();
     assert!(ids.iter().all(|t| *t == hq_topic), "{ids:?}");
     for other in ["rq-s2-1", "rq-s3-1"] {
-        let rq = kitchen.latest(&format!("hq/replenishment/{other}")).cloned().unwrap_or_default();
-        assert_eq!(rq["state"], json!("open"), "a store that opens empty asks at its start: {rq}");
+        let rq = kitchen
+            .latest(&format!("hq/replenishment/{other}"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            rq["state"],
+            json!("open"),
+            "a store that opens empty asks at its start: {rq}"
+        );
     }
     Ok(())
 }
