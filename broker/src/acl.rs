@@ -144,11 +144,13 @@ pub enum Family {
     Summary,
     /// `stores/{store}/scales/{device}/weight`
     ScaleReadings,
+    /// `stores/{store}/catalog`
+    Catalog,
 }
 
 impl Family {
     /// Every family, in matrix order.
-    pub const ALL: [Family; 15] = [
+    pub const ALL: [Family; 16] = [
         Family::StockEvents,
         Family::Sales,
         Family::Override,
@@ -164,6 +166,7 @@ impl Family {
         Family::Alerts,
         Family::Summary,
         Family::ScaleReadings,
+        Family::Catalog,
     ];
 
     /// The family of a topic.
@@ -175,7 +178,7 @@ impl Family {
             Topic::DeviceStatus { .. } => Family::Presence,
             Topic::DishAvailability { .. } | Topic::StoreAvailability { .. } => Family::Availability,
             Topic::StockLevel { .. } => Family::Level,
-            Topic::Acks { .. } | Topic::Errors { .. } => Family::AcksErrors,
+            Topic::Acks { .. } | Topic::Errors { .. } | Topic::HqErrors { .. } => Family::AcksErrors,
             Topic::BrokerAlerts => Family::BrokerAlerts,
             Topic::RequestAction { .. } => Family::RequestActions,
             Topic::StoreRequest { .. } | Topic::HqRequest { .. } => Family::Requests,
@@ -184,6 +187,7 @@ impl Family {
             Topic::Alerts { .. } => Family::Alerts,
             Topic::Summary { .. } => Family::Summary,
             Topic::ScaleWeight { .. } => Family::ScaleReadings,
+            Topic::Catalog { .. } => Family::Catalog,
         }
     }
 
@@ -203,6 +207,7 @@ impl Family {
             Family::AcksErrors => &[
                 &["stores", "{store}", "acks", "{device}"],
                 &["stores", "{store}", "errors", "{device}"],
+                &["hq", "errors", "{device}"],
             ],
             Family::BrokerAlerts => &[&["hq", "alerts"]],
             Family::RequestActions => &[&["hq", "replenishment", "*", "*"]],
@@ -218,6 +223,7 @@ impl Family {
             Family::Alerts => &[&["stores", "{store}", "alerts"]],
             Family::Summary => &[&["hq", "stores", "{store}", "summary"]],
             Family::ScaleReadings => &[&["stores", "{store}", "scales", "{device}", "weight"]],
+            Family::Catalog => &[&["stores", "{store}", "catalog"]],
         }
     }
 
@@ -239,6 +245,7 @@ impl Family {
             Family::Alerts => "alerts",
             Family::Summary => "summary",
             Family::ScaleReadings => "scale readings",
+            Family::Catalog => "catalog",
         }
     }
 }
@@ -269,27 +276,28 @@ use Grant::{No, Own, Yes};
 /// [`Role::Demo`]), per family (in [`Family::ALL`] order), (publish,
 /// subscribe). Outputs are never published by clients, whatever the role.
 #[rustfmt::skip]
-pub const MATRIX: [(Role, [(Grant, Grant); 15]); 9] = [
+pub const MATRIX: [(Role, [(Grant, Grant); 16]); 9] = [
     // stock events, sales, override, presence, availability, level, acks+errors, hq alerts,
-    // replenishment actions, replenishment, transfer actions, transfers, alerts, summary, scale readings
+    // replenishment actions, replenishment, transfer actions, transfers, alerts, summary, scale readings,
+    // catalog
     (Role::Scale, [(Yes, No), (No, No), (No, No), (Own, No), (No, No), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No), (No, No)]),
     (Role::Kds, [(Yes, No), (No, No), (Yes, No), (Own, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No), (No, Yes)]),
+        (No, No), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No), (No, Yes), (No, Yes)]),
     (Role::Pos, [(No, No), (Yes, No), (No, No), (Own, No), (No, Yes), (No, No), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (No, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (No, Yes)]),
     (Role::Manager, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Own, Yes), (No, Yes), (No, Yes), (No, Yes), (No, No),
-        (No, No), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (No, No), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
     (Role::CentralKitchen, [(No, No), (No, No), (No, No), (No, No), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (Yes, Yes), (No, Yes), (No, No), (No, No), (No, No), (No, No), (No, No)]),
+        (Yes, Yes), (No, Yes), (No, No), (No, No), (No, No), (No, No), (No, No), (No, Yes)]),
     (Role::Hq, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
     (Role::Operator, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
     (Role::Bridge, [(Yes, No), (No, No), (No, No), (Yes, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Yes, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Yes, No), (No, Yes)]),
     (Role::Demo, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (Yes, Yes), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (Yes, Yes)]),
+        (Yes, Yes), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (Yes, Yes), (No, Yes)]),
 ];
 
 /// The matrix cell for `role`, `family`, `access`.
@@ -317,6 +325,7 @@ fn topic_device(topic: &Topic) -> Option<&DeviceId> {
         Topic::DeviceStatus { device, .. }
         | Topic::Acks { device, .. }
         | Topic::Errors { device, .. }
+        | Topic::HqErrors { device }
         | Topic::ScaleWeight { device, .. } => Some(device),
         _ => None,
     }
@@ -567,6 +576,13 @@ pub fn matrix_markdown() -> String {
         }
         out.push('\n');
     }
+    out.push_str(
+        "\nA cell grants its topics in the identity's scope. A store-bound identity's scope is \
+         `stores/{its store}/…` and `hq/stores/{its store}/…`; the HQ topics that name no store \
+         (`hq/alerts`, `hq/replenishment/…`, `hq/errors/…`) are in the scope of chain-wide identities \
+         only (HQ roles, and an `operator` without a store), whatever their role's cell says. A store \
+         reads its requests as `stores/{store}/replenishment/{id}` and its errors on its own errors topic.\n",
+    );
     out
 }
 

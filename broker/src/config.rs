@@ -140,6 +140,8 @@ struct DishSection {
     #[serde(default)]
     low_mark: u64,
     recipe: Vec<RecipeSection>,
+    category: Option<String>,
+    price: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -475,11 +477,29 @@ impl Validator {
                     recipe.push(RecipeLine { sku, per_portion });
                 }
             }
+            if let Some(price) = &d.price {
+                let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+                let valid = match price.split_once('.') {
+                    Some((whole, cents)) => digits(whole) && digits(cents) && cents.len() <= 2,
+                    None => digits(price),
+                };
+                if !valid {
+                    self.issue(
+                        format!("{place}.price"),
+                        format!("{price:?} is not a price (digits, and up to two after a point: \"12.50\")"),
+                    );
+                }
+            }
+            if d.category.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64) {
+                self.issue(format!("{place}.category"), "must be 1 to 64 bytes");
+            }
             dishes.push(Dish {
                 id,
                 name: d.name.clone(),
                 low_mark: d.low_mark,
                 recipe,
+                category: d.category.clone(),
+                price: d.price.clone(),
             });
         }
         let dish_ids: BTreeSet<DishId> = dishes.iter().map(|d| d.id.clone()).collect();
@@ -501,7 +521,8 @@ impl Validator {
                 self.issue(format!("{place}.id"), format!("store {id} is defined twice"));
             }
             let menu = match &s.menu {
-                None => dish_ids.iter().cloned().collect(),
+                // Every dish, in the order the configuration lists them.
+                None => dishes.iter().map(|d| d.id.clone()).collect(),
                 Some(names) => {
                     let mut menu = Vec::new();
                     for (j, name) in names.iter().enumerate() {

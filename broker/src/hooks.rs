@@ -41,7 +41,7 @@ use rmqtt::session::Session;
 use rmqtt::types::{PublishAclResult, PublishResult, Reason, SubscribeAclResult};
 use tracing::warn;
 
-use crate::acl::{Identity, Scope};
+use crate::acl::{Identity, Role, Scope};
 use crate::auth::Identities;
 use crate::outbound::{publish_doc, Outbound};
 use crate::rules::{decode, report, salvage_id, Intake, RulesHandle, Verdict};
@@ -205,7 +205,23 @@ impl IntakeHook {
                 // A moving scale reading is only routed; a settled one may
                 // set a bound SKU's level: the rules decide.
                 Ok(input) if input.is_moving_reading() => Ok(Admitted::Presence),
-                Ok(input) => Ok(Admitted::Input(input)),
+                // An input names the device that sends it (acks and errors
+                // go to the publisher's topics); a bridge speaks for many.
+                Ok(input) => match input.claimed_device() {
+                    Some(claimed) if *claimed != identity.device && identity.role != Role::Bridge => {
+                        let message = format!(
+                            "the input names device {claimed}, but {} published it: an input's device is the \
+                             device that sends it",
+                            identity.device
+                        );
+                        Err(refusal(
+                            PublishAckReason::PayloadFormatInvalid,
+                            ErrorCode::DeviceMismatch,
+                            message,
+                        ))
+                    }
+                    _ => Ok(Admitted::Input(input)),
+                },
                 Err(rejection) => Err(Refusal {
                     code: PublishAckReason::PayloadFormatInvalid,
                     rejection,
@@ -233,9 +249,15 @@ impl IntakeHook {
         }
         match self.admit(&identity, topic, payload) {
             Err(Refusal { code, rejection, store }) => {
-                match store {
-                    Some(store) => report(&self.out, &store, &device, topic, salvage_id(payload), &rejection).await,
-                    None => warn!(%device, topic, reason = %rejection.message, "publish refused"),
+                match (store, &identity.scope) {
+                    (Some(store), _) => {
+                        report(&self.out, Some(&store), &device, topic, salvage_id(payload), &rejection).await
+                    }
+                    // A chain-wide device's input that names no store.
+                    (None, Scope::Chain) => {
+                        report(&self.out, None, &device, topic, salvage_id(payload), &rejection).await
+                    }
+                    (None, Scope::Store(_)) => warn!(%device, topic, reason = %rejection.message, "publish refused"),
                 }
                 refuse(code, &rejection)
             }

@@ -171,6 +171,16 @@ impl Input {
         matches!(self, Input::Reading { reading, .. } if !reading.stable)
     }
 
+    /// The device the input says sent it (its `device` field), if it has
+    /// one.
+    pub fn claimed_device(&self) -> Option<&DeviceId> {
+        match self {
+            Input::Stock { event, .. } => Some(&event.device),
+            Input::Sale { sale: s, .. } | Input::Void { void: s, .. } => s.device.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The input's client-made id.
     pub fn id(&self) -> &EventId {
         match self {
@@ -217,7 +227,13 @@ fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
     })
 }
 
+/// A payload that does not decode: `missing_field` when only a required
+/// field is absent, `malformed_payload` for anything else (not JSON, an
+/// unknown field, a wrong type).
 fn malformed(e: serde_json::Error) -> Rejection {
+    if e.is_data() && e.to_string().starts_with("missing field") {
+        return Rejection::new(ErrorCode::MissingField, format!("{e}"));
+    }
     Rejection::new(ErrorCode::MalformedPayload, format!("malformed payload: {e}"))
 }
 
@@ -363,32 +379,34 @@ impl RulesHandle {
     }
 }
 
-/// Publishes an error report for a rejected input, and logs it.
+/// Publishes an error report for a rejected input on the device's errors
+/// topic in `store` (`None`: a chain-wide device's input that names no
+/// store, reported on `hq/errors/{device}`), and logs it.
 pub async fn report(
     out: &dyn Publisher,
-    store: &StoreId,
+    store: Option<&StoreId>,
     device: &DeviceId,
     topic: &str,
     id: Option<String>,
     r: &Rejection,
 ) {
-    warn!(%store, %device, topic, id = id.as_deref().unwrap_or("-"), code = ?r.code, reason = %r.message, "input rejected");
+    let store_name = store.map_or("-", |s| s.as_str());
+    warn!(store = store_name, %device, topic, id = id.as_deref().unwrap_or("-"), code = ?r.code, reason = %r.message, "input rejected");
     let body = ErrorOut {
         topic: topic.to_string(),
         id,
         code: r.code,
         error: r.message.clone(),
+        portions_left: r.portions_left.clone(),
     };
-    publish_doc(
-        out,
-        &Topic::Errors {
+    let errors = match store {
+        Some(store) => Topic::Errors {
             store: store.clone(),
             device: device.clone(),
         },
-        &body,
-        false,
-    )
-    .await;
+        None => Topic::HqErrors { device: device.clone() },
+    };
+    publish_doc(out, &errors, &body, false).await;
 }
 
 /// Where a request is retained: under its store and for HQ.
@@ -473,6 +491,13 @@ pub async fn publish_changes(out: &dyn Publisher, inv: &Inventory, changes: &Cha
 pub async fn publish_summary(out: &dyn Publisher, inv: &Inventory, store: &StoreId, now: dishsync_protocol::Millis) {
     if let Some(doc) = inv.summary_out(store, now) {
         publish_doc(out, &Topic::Summary { store: store.clone() }, &doc, true).await;
+    }
+}
+
+/// Publishes a store's catalog (names, categories, order, prices).
+pub async fn publish_catalog(out: &dyn Publisher, inv: &Inventory, store: &StoreId, now: dishsync_protocol::Millis) {
+    if let Some(doc) = inv.catalog_out(store, now) {
+        publish_doc(out, &Topic::Catalog { store: store.clone() }, &doc, true).await;
     }
 }
 
@@ -1102,7 +1127,7 @@ impl Rules {
                 Verdict::Rejected(r) => {
                     let topic = input_topic(&intake.input).to_string();
                     let id = Some(intake.input.id().to_string());
-                    report(&after, intake.input.store(), &intake.device, &topic, id, r).await;
+                    report(&after, Some(intake.input.store()), &intake.device, &topic, id, r).await;
                 }
             }
             replies.push((reply, verdict));
@@ -1209,9 +1234,11 @@ mod tests {
         let stock = topic("stores/s1/stock/beef/events");
         let ok = br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#;
         assert!(matches!(decode(&stock, ok), Ok(Input::Stock { .. })));
-        let cases: [(&Topic, &[u8], ErrorCode); 5] = [
+        let cases: [(&Topic, &[u8], ErrorCode); 7] = [
             (&stock, b"{not json", ErrorCode::MalformedPayload),
-            (&stock, br#"{"id":"e1"}"#, ErrorCode::MalformedPayload),
+            (&stock, br#"{"id":"e1"}"#, ErrorCode::MissingField),
+            (&stock, br#"{"id":"e1","kind":"receive","qty":"one","unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1"}"#, ErrorCode::MalformedPayload),
+            (&stock, br#"{"id":"e1","kind":"receive","qty":1,"unit":"kg","at":"2026-11-25T18:00:00Z","device":"t1","colour":"red"}"#, ErrorCode::MalformedPayload),
             (&stock, &[b' '; MAX_INPUT_PAYLOAD + 1], ErrorCode::Oversize),
             (
                 &topic("stores/s1/sales"),
@@ -1311,6 +1338,8 @@ mod tests {
                             per_portion: 10,
                         },
                     ],
+                    category: None,
+                    price: None,
                 }],
                 vec![StoreDef {
                     id: id("s1"),

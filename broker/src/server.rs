@@ -26,7 +26,7 @@ use crate::config::Settings;
 use crate::hooks::{DropCounter, IntakeHook, PresenceHook, Sessions, SubscribeHook};
 use crate::outbound::{Outbound, Publisher};
 use crate::retainer::MemoryRetainer;
-use crate::rules::{self, publish_changes, publish_menu, publish_summary, stage_changes};
+use crate::rules::{self, publish_catalog, publish_changes, publish_menu, publish_summary, stage_changes};
 use crate::store::Store;
 
 /// Priority of our hooks: above any plugin's.
@@ -190,6 +190,7 @@ pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
     publish_changes(out, inv, &all).await;
     let now = Timestamp::now().0;
     for store in catalog.stores() {
+        publish_catalog(out, inv, &store.id, now).await;
         publish_menu(out, inv, &store.id).await;
         publish_summary(out, inv, &store.id, now).await;
     }

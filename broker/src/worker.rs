@@ -224,7 +224,7 @@ async fn route(
                 (Some(store), Some(device)) => {
                     report(
                         out,
-                        store,
+                        Some(store),
                         &device,
                         &publish.topic,
                         salvage_id(&publish.payload),

@@ -283,8 +283,22 @@ impl Client {
         })
     }
 
-    /// Records a sale of `lines` (dish, portions).
+    /// Records a sale of `lines` (dish, portions): a sale that happened,
+    /// recorded even if the stock goes negative.
     pub fn record_sale(&self, lines: &[(DishId, u32)]) -> Result<EventId, ClientError> {
+        self.sale(lines, false)
+    }
+
+    /// Records a guarded sale of `lines`: the broker applies it only if
+    /// every line's portions are available when it arrives, atomically
+    /// across every POS of the store; otherwise it is refused
+    /// (`insufficient_stock`, an [`Update::Rejected`] with the portions
+    /// left) and nothing is sold.
+    pub fn record_guarded_sale(&self, lines: &[(DishId, u32)]) -> Result<EventId, ClientError> {
+        self.sale(lines, true)
+    }
+
+    fn sale(&self, lines: &[(DishId, u32)], guarded: bool) -> Result<EventId, ClientError> {
         if lines.is_empty() {
             return Err(ClientError::Invalid("a sale needs at least one line".into()));
         }
@@ -308,6 +322,7 @@ impl Client {
                     void: None,
                     at,
                     device,
+                    guarded,
                 })
             },
         )
@@ -328,6 +343,7 @@ impl Client {
                     void: Some(sale.clone()),
                     at,
                     device,
+                    guarded: false,
                 })
             },
         )

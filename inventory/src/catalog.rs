@@ -43,6 +43,13 @@ pub struct Dish {
     pub low_mark: u64,
     /// Ingredients per portion; never empty.
     pub recipe: Vec<RecipeLine>,
+    /// Where a menu board or POS groups it (`mains`, `sides`, …).
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Its menu price as written in the configuration (a decimal string,
+    /// in the chain's currency), if the chain publishes prices.
+    #[serde(default)]
+    pub price: Option<String>,
 }
 
 /// A store's targets for one SKU, base units.

@@ -50,6 +50,8 @@ pub struct Rejection {
     pub code: ErrorCode,
     /// Human-readable reason.
     pub message: String,
+    /// For `insufficient_stock`: the portions each dish of the sale had left.
+    pub portions_left: Option<BTreeMap<DishId, u64>>,
 }
 
 impl Rejection {
@@ -58,6 +60,7 @@ impl Rejection {
         Rejection {
             code,
             message: message.into(),
+            portions_left: None,
         }
     }
 }
@@ -667,16 +670,16 @@ impl Inventory {
         let lines = sale
             .lines
             .as_ref()
-            .ok_or_else(|| reject(ErrorCode::InvalidField, "a sale needs lines"))?;
+            .ok_or_else(|| reject(ErrorCode::MissingField, "a sale needs lines (or void, for a void)"))?;
         if lines.is_empty() {
             return Err(reject(ErrorCode::InvalidField, "a sale needs at least one line"));
         }
         let at = sale
             .at
-            .ok_or_else(|| reject(ErrorCode::InvalidField, "a sale needs at"))?
+            .ok_or_else(|| reject(ErrorCode::MissingField, "a sale needs at"))?
             .0;
         if sale.device.is_none() {
-            return Err(reject(ErrorCode::InvalidField, "a sale needs device"));
+            return Err(reject(ErrorCode::MissingField, "a sale needs device"));
         }
         let mut taken: BTreeMap<SkuId, i64> = BTreeMap::new();
         for line in lines {
@@ -702,6 +705,14 @@ impl Inventory {
                 *total = total.saturating_add(amount);
             }
         }
+        let at = if sale.guarded {
+            self.guard(store, lines, &taken)?;
+            // Decided now, so it takes from the stock as it is now (also
+            // when stamped before the latest count).
+            at.max(now)
+        } else {
+            at
+        };
         let taken: Vec<(SkuId, i64)> = taken.into_iter().collect();
         let deltas: Vec<(SkuId, i64)> = taken.iter().map(|(sku, n)| (sku.clone(), -n)).collect();
         let portions: Vec<(DishId, i64)> = lines.iter().map(|l| (l.dish.clone(), i64::from(l.portions))).collect();
@@ -722,6 +733,40 @@ impl Inventory {
             },
         ));
         Ok(outcome)
+    }
+
+    /// The check of a guarded sale: every SKU holds what the sale takes
+    /// (lines sharing an ingredient counted together) and no dish of it is
+    /// 86ed; otherwise `insufficient_stock` with each dish's portions left.
+    fn guard(
+        &self,
+        store: &StoreId,
+        lines: &[dishsync_protocol::payload::SaleLine],
+        taken: &BTreeMap<SkuId, i64>,
+    ) -> Result<(), Rejection> {
+        let level = |sku: &SkuId| self.sku_state(store, sku).map_or(0, |s| s.ledger.qty().max(0));
+        let short_sku = taken.iter().any(|(sku, n)| *n > level(sku));
+        let eighty_sixed = lines
+            .iter()
+            .any(|l| self.dish_state(store, &l.dish).is_some_and(|d| d.override_.is_some()));
+        if !short_sku && !eighty_sixed {
+            return Ok(());
+        }
+        let mut left = BTreeMap::new();
+        let mut words = Vec::new();
+        for line in lines {
+            let portions = match self.dish_state(store, &line.dish) {
+                Some(d) if d.override_.is_none() => d.portions,
+                _ => 0,
+            };
+            left.insert(line.dish.clone(), portions);
+            words.push(format!("{} {portions} left ({} asked)", line.dish, line.portions));
+        }
+        Err(Rejection {
+            code: ErrorCode::InsufficientStock,
+            message: format!("not enough for this sale: {}", words.join(", ")),
+            portions_left: Some(left),
+        })
     }
 
     /// Applies a void of the sale described by `record` (looked up by the
@@ -1038,6 +1083,53 @@ impl Inventory {
     pub fn dish_out(&self, store: &StoreId, dish: &DishId) -> Option<DishAvailabilityOut> {
         let state = self.dish_state(store, dish)?;
         Some(menu_entry(state).into_dish(store.clone(), dish.clone()))
+    }
+
+    /// The retained catalog document of a store, published at `now` (its
+    /// `rev`: the catalog changes only with the configuration, read at a
+    /// start, and each start's time is later than the last).
+    pub fn catalog_out(&self, store: &StoreId, now: Millis) -> Option<dishsync_protocol::payload::CatalogOut> {
+        use dishsync_protocol::payload::{CatalogDish, CatalogOut, CatalogSku};
+        let def = self.catalog.store(store)?;
+        let dishes = def
+            .menu
+            .iter()
+            .enumerate()
+            .filter_map(|(i, dish)| {
+                let d = self.catalog.dish(dish)?;
+                Some(CatalogDish {
+                    dish: dish.clone(),
+                    name: d.name.clone(),
+                    category: d.category.clone(),
+                    order: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    price: d.price.clone(),
+                })
+            })
+            .collect();
+        let skus = def
+            .stock
+            .keys()
+            .filter_map(|sku| {
+                let s = self.catalog.sku(sku)?;
+                Some(CatalogSku {
+                    sku: sku.clone(),
+                    name: s.name.clone(),
+                    unit: s.unit,
+                })
+            })
+            .collect();
+        let offset = self.catalog.planning().utc_offset_minutes;
+        let sign = if offset < 0 { '-' } else { '+' };
+        let minutes = offset.unsigned_abs();
+        Some(CatalogOut {
+            store: store.clone(),
+            name: def.name.clone(),
+            utc_offset: format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60),
+            dishes,
+            skus,
+            rev: u64::try_from(now).unwrap_or_default(),
+            at: Timestamp(now),
+        })
     }
 
     /// The retained whole-menu document of a store.

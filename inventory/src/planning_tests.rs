@@ -62,6 +62,8 @@ fn chain() -> Arc<Catalog> {
                 per_portion: 1,
             },
         ],
+        category: None,
+        price: None,
     }];
     let stock: BTreeMap<_, _> = [
         (
@@ -149,6 +151,7 @@ fn sell(inv: &mut Inventory, store: &str, n: u32, t: Millis, eid: &str) -> Chang
         void: None,
         at: Some(Timestamp(t)),
         device: Some(id("pos-1")),
+        guarded: false,
     };
     inv.apply_sale(&id(store), &sale, t).expect("sale").changes
 }

@@ -40,18 +40,24 @@ fn catalog_opening(opening: &[(&str, i64)]) -> Arc<Catalog> {
             name: "Burger".into(),
             low_mark: 2,
             recipe: vec![line("bun", 1), line("beef", 150)],
+            category: None,
+            price: None,
         },
         Dish {
             id: id("double"),
             name: "Double".into(),
             low_mark: 1,
             recipe: vec![line("bun", 1), line("beef", 300)],
+            category: None,
+            price: None,
         },
         Dish {
             id: id("soda"),
             name: "Soda".into(),
             low_mark: 0,
             recipe: vec![line("cola", 330)],
+            category: None,
+            price: None,
         },
     ];
     let params = StockParams {
@@ -105,6 +111,7 @@ fn sale(eid: &str, lines: &[(&str, u32)], at: Millis) -> SaleIn {
         void: None,
         at: Some(Timestamp(at)),
         device: Some(id("pos-1")),
+        guarded: false,
     }
 }
 
@@ -115,6 +122,7 @@ fn void(eid: &str, of: &str) -> SaleIn {
         void: Some(id(of)),
         at: None,
         device: Some(id("pos-1")),
+        guarded: false,
     }
 }
 
@@ -705,4 +713,94 @@ fn a_scale_binding_must_fit_the_sku() {
         fed.planning().feeds[&id::<StoreId>("s1")][&id::<DeviceId>("scale-1")],
         vec![id::<SkuId>("beef")]
     );
+}
+
+/// A guarded sale with too little stock, or of an 86ed dish, is refused
+/// with the portions left and changes nothing; a plain sale still records
+/// what happened, even below zero.
+#[test]
+fn a_guarded_sale_is_applied_only_when_every_line_is_available() {
+    let mut inv = stocked();
+    let s1: StoreId = id("s1");
+    // 10 buns, 1 kg beef: 6 burgers or 3 doubles, sharing both.
+    let guarded = |eid: &str, lines: &[(&str, u32)]| SaleIn {
+        guarded: true,
+        ..sale(eid, lines, T0)
+    };
+    let refused = inv
+        .apply_sale(&s1, &guarded("g1", &[("burger", 4), ("double", 2)]), T0)
+        .expect_err("4 burgers and 2 doubles need 1,200 g of beef");
+    assert_eq!(refused.code, ErrorCode::InsufficientStock);
+    let left = refused.portions_left.expect("the portions left");
+    assert_eq!(left.get(&id::<DishId>("burger")), Some(&6));
+    assert_eq!(left.get(&id::<DishId>("double")), Some(&3));
+    assert_eq!((qty(&inv, "beef"), qty(&inv, "bun")), (1000, 10), "nothing applied");
+    inv.apply_sale(&s1, &guarded("g2", &[("burger", 4), ("double", 1)]), T0)
+        .expect("900 g and 5 buns are there");
+    assert_eq!((qty(&inv, "beef"), qty(&inv, "bun")), (100, 5));
+    // An 86 refuses a guarded sale whatever the stock.
+    let ov = OverrideIn {
+        id: id("o1"),
+        status: OverrideStatus::SoldOut,
+        by: id("chef-anna"),
+        until: None,
+        note: None,
+    };
+    inv.apply_override(&s1, &id("soda"), &ov, T0).expect("86");
+    inv.apply_stock(&s1, &id("cola"), &ev("r3", StockKind::Receive, 1.0, Unit::L, T0), T0)
+        .expect("cola");
+    let refused = inv
+        .apply_sale(&s1, &guarded("g3", &[("soda", 1)]), T0)
+        .expect_err("86ed");
+    assert_eq!(
+        refused
+            .portions_left
+            .and_then(|l| l.get(&id::<DishId>("soda")).copied()),
+        Some(0)
+    );
+    // A plain sale of what is not there is recorded all the same.
+    inv.apply_sale(&s1, &sale("p1", &[("double", 1)], T0), T0)
+        .expect("plain sale");
+    assert_eq!(qty(&inv, "beef"), -200);
+}
+
+proptest! {
+    /// Any number of POS racing guarded sales of any sizes for the last
+    /// portions: a sale is applied exactly when what it takes is there,
+    /// never more is sold than there was, and the level is exact.
+    #[test]
+    fn racing_guarded_sales_never_oversell(
+        stock in 0i64..20,
+        asks in prop::collection::vec((0usize..8, 1u32..4), 1..40),
+    ) {
+        let mut inv = Inventory::new(catalog(), T0);
+        let s1: StoreId = id("s1");
+        inv.apply_stock(&s1, &id("bun"), &ev("c1", StockKind::Count, stock as f64, Unit::Pcs, T0), T0)
+            .expect("bun");
+        inv.apply_stock(&s1, &id("beef"), &ev("r2", StockKind::Receive, 100.0, Unit::Kg, T0), T0)
+            .expect("beef");
+        let mut left = stock;
+        let mut sold = 0i64;
+        for (n, (pos, portions)) in asks.iter().enumerate() {
+            let mut ask = sale(&format!("g{n}"), &[("burger", *portions)], T0 + n as Millis);
+            ask.guarded = true;
+            ask.device = Some(id(&format!("pos-{pos}")));
+            let fits = i64::from(*portions) <= left;
+            match inv.apply_sale(&s1, &ask, T0 + n as Millis) {
+                Ok(_) => {
+                    prop_assert!(fits, "sold {portions} with {left} left");
+                    left -= i64::from(*portions);
+                    sold += i64::from(*portions);
+                }
+                Err(r) => {
+                    prop_assert!(!fits, "refused {portions} with {left} left: {}", r.message);
+                    prop_assert_eq!(r.code, ErrorCode::InsufficientStock);
+                    let shown = r.portions_left.and_then(|l| l.get(&id::<DishId>("burger")).copied());
+                    prop_assert_eq!(shown, Some(left as u64));
+                }
+            }
+        }
+        prop_assert_eq!(qty(&inv, "bun"), stock - sold);
+        prop_assert!(qty(&inv, "bun") >= 0);
+    }
 }

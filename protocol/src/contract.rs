@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use crate::payload::WeightIn;
 use crate::payload::{
-    AckOut, ActionIn, AlertOut, BrokerAlertOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn, RequestOut,
-    SaleIn, StockEventIn, StoreAvailabilityOut, SummaryOut, TransferOut, TransferRequestIn,
+    AckOut, ActionIn, AlertOut, BrokerAlertOut, CatalogOut, DishAvailabilityOut, ErrorOut, LevelOut, OverrideIn,
+    RequestOut, SaleIn, StockEventIn, StoreAvailabilityOut, SummaryOut, TransferOut, TransferRequestIn,
 };
 use crate::Topic;
 
@@ -93,6 +93,14 @@ fn every_example_in_topics_md_parses() {
                 parse::<BrokerAlertOut>(topic, body);
                 "broker alerts"
             }
+            Topic::HqErrors { .. } => {
+                parse::<ErrorOut>(topic, body);
+                "hq errors"
+            }
+            Topic::Catalog { .. } => {
+                parse::<CatalogOut>(topic, body);
+                "catalog"
+            }
             Topic::RequestAction { .. } | Topic::TransferAction { .. } => {
                 parse::<ActionIn>(topic, body);
                 "actions"
@@ -120,7 +128,7 @@ fn every_example_in_topics_md_parses() {
         };
         kinds.insert(kind);
     }
-    assert_eq!(kinds.len(), 17, "every topic of the contract has an example: {kinds:?}");
+    assert_eq!(kinds.len(), 19, "every topic of the contract has an example: {kinds:?}");
 }
 
 #[test]

@@ -147,6 +147,10 @@ pub struct SaleIn {
     /// The POS terminal (required for a sale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceId>,
+    /// A guarded sale: applied only if every line's portions are available
+    /// at that moment, otherwise refused with `insufficient_stock`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guarded: bool,
 }
 
 /// The chef's setting for a dish.
@@ -283,6 +287,55 @@ impl MenuEntry {
     }
 }
 
+/// One dish of a store's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogDish {
+    /// The dish.
+    pub dish: DishId,
+    /// Its name for people.
+    pub name: String,
+    /// Where a menu groups it, if configured.
+    pub category: Option<String>,
+    /// Its place on the store's menu, from 1.
+    pub order: u32,
+    /// Its price as configured (a decimal string), if the chain publishes
+    /// prices.
+    pub price: Option<String>,
+}
+
+/// One SKU of a store's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSku {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its name for people.
+    pub name: String,
+    /// The base unit its level is counted in.
+    pub unit: BaseUnit,
+}
+
+/// `stores/{store}/catalog` (retained): what a POS or a menu board needs to
+/// show the store's dishes without a second source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogOut {
+    /// The store.
+    pub store: StoreId,
+    /// Its name for people.
+    pub name: String,
+    /// The store's local time offset from UTC (`+01:00`): what "today"
+    /// and service hours are measured in.
+    pub utc_offset: String,
+    /// The menu, in its order.
+    pub dishes: Vec<CatalogDish>,
+    /// Every SKU the store keeps.
+    pub skus: Vec<CatalogSku>,
+    /// Grows with every broker start (the catalog changes only with the
+    /// configuration, read at start).
+    pub rev: u64,
+    /// When it was published.
+    pub at: Timestamp,
+}
+
 /// `stores/{store}/availability` (retained): the whole menu at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoreAvailabilityOut {
@@ -378,6 +431,12 @@ pub enum ErrorCode {
     InvalidTransition,
     /// The broker could not commit; the input was not applied. Retry.
     Unavailable,
+    /// A required field is absent.
+    MissingField,
+    /// The input's `device` is not the device that published it.
+    DeviceMismatch,
+    /// A guarded sale asked for more portions than are available.
+    InsufficientStock,
 }
 
 /// `stores/{store}/errors/{device}`: an input was rejected; nothing of it was
@@ -392,6 +451,10 @@ pub struct ErrorOut {
     pub code: ErrorCode,
     /// Human-readable reason.
     pub error: String,
+    /// For `insufficient_stock`: the portions each dish of the sale had
+    /// left when it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portions_left: Option<BTreeMap<DishId, u64>>,
 }
 
 #[cfg(test)]

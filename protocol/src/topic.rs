@@ -83,8 +83,20 @@ pub enum Topic {
         /// The device whose input was rejected.
         device: DeviceId,
     },
+    /// `hq/errors/{device}` — why an input of a chain-wide device that
+    /// names no store was rejected.
+    HqErrors {
+        /// The device whose input was rejected.
+        device: DeviceId,
+    },
     /// `hq/alerts` — alerts about the broker itself (not retained).
     BrokerAlerts,
+    /// `stores/{store}/catalog` — the store's menu with names, categories,
+    /// order and prices, and its SKUs (retained).
+    Catalog {
+        /// The store.
+        store: StoreId,
+    },
 
     // ---- replenishment, transfers, alerts, summary ----
     /// `hq/replenishment/{id}/{action}` — the central kitchen acts on a request.
@@ -269,8 +281,11 @@ impl Topic {
             | Topic::StoreRequest { store, .. }
             | Topic::Transfer { store, .. }
             | Topic::Alerts { store }
+            | Topic::Catalog { store }
             | Topic::Summary { store } => store,
-            Topic::BrokerAlerts | Topic::RequestAction { .. } | Topic::HqRequest { .. } => return None,
+            Topic::BrokerAlerts | Topic::HqErrors { .. } | Topic::RequestAction { .. } | Topic::HqRequest { .. } => {
+                return None
+            }
         })
     }
 
@@ -329,6 +344,8 @@ impl FromStr for Topic {
                 device: device(3)?,
             },
             ["hq", "alerts"] => Topic::BrokerAlerts,
+            ["hq", "errors", _] => Topic::HqErrors { device: device(2)? },
+            ["stores", _, "catalog"] => Topic::Catalog { store: store(1)? },
             ["hq", "replenishment", _] => Topic::HqRequest { id: doc(2)? },
             ["hq", "replenishment", _, action] => Topic::RequestAction {
                 id: doc(2)?,
@@ -383,6 +400,8 @@ impl fmt::Display for Topic {
             Topic::Acks { store, device } => write!(f, "stores/{store}/acks/{device}"),
             Topic::Errors { store, device } => write!(f, "stores/{store}/errors/{device}"),
             Topic::BrokerAlerts => f.write_str("hq/alerts"),
+            Topic::HqErrors { device } => write!(f, "hq/errors/{device}"),
+            Topic::Catalog { store } => write!(f, "stores/{store}/catalog"),
             Topic::RequestAction { id, action } => write!(f, "hq/replenishment/{id}/{}", action.as_str()),
             Topic::TransferRequest { store } => write!(f, "stores/{store}/transfers/request"),
             Topic::TransferAction { store, id, action } => {
@@ -419,12 +438,18 @@ mod tests {
             "stores/downtown/transfers/tr-7/accept",
             "stores/downtown/replenishment/rq-downtown-3",
             "stores/downtown/alerts",
+            "stores/downtown/catalog",
             "hq/stores/downtown/summary",
         ];
         for t in topics {
             let parsed: Topic = t.parse().expect(t);
             assert_eq!(parsed.to_string(), t);
             assert_eq!(parsed.store().map(|s| s.as_str()), Some("downtown"));
+        }
+        for t in ["hq/alerts", "hq/errors/kitchen-1", "hq/replenishment/rq-downtown-3"] {
+            let parsed: Topic = t.parse().expect(t);
+            assert_eq!(parsed.to_string(), t);
+            assert_eq!(parsed.store(), None);
         }
     }
 

@@ -369,3 +369,72 @@ async fn at_the_puback_the_retained_level_already_shows_the_change() -> Result<(
     }
     Ok(())
 }
+
+/// Eight POS terminals race guarded sales of one burger each for the last
+/// three: exactly three are sold, five are refused with the portions left,
+/// and the levels are exact — nothing oversold, whatever the interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pos_terminals_racing_guarded_sales_for_the_last_portions_sell_exactly_those() -> Result<()> {
+    const POS: usize = 8;
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let mut manager = Client::connect(broker.addr, "manager-1").await?;
+    manager.subscribe("stores/s1/acks/manager-1", QoS::AtLeastOnce).await?;
+    manager.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce).await?;
+    // 3 buns and plenty of beef: 3 burgers.
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[
+            ("bun", stock_event("c-bun", "count", 3.0, "pcs", "manager-1")),
+            ("beef", stock_event("c-beef", "count", 3.0, "kg", "manager-1")),
+        ],
+    )
+    .await?;
+    let mut terminals = Vec::new();
+    for n in 0..POS {
+        let device = format!("pos-{n}");
+        let mut pos = Client::connect(broker.addr, &device).await?;
+        pos.subscribe(&format!("stores/s1/acks/{device}"), QoS::AtLeastOnce)
+            .await?;
+        pos.subscribe(&format!("stores/s1/errors/{device}"), QoS::AtLeastOnce)
+            .await?;
+        terminals.push((device, pos));
+    }
+    // Every terminal publishes before any answer is awaited.
+    for (device, pos) in &terminals {
+        let mut body = sale(&format!("g-{device}"), &[("burger", 1)], device);
+        body["guarded"] = json!(true);
+        pos.publish_json("stores/s1/sales", &body, QoS::ExactlyOnce).await?;
+    }
+    let (mut sold, mut refused) = (0, 0);
+    for (device, pos) in &mut terminals {
+        let (acks, errors) = (format!("stores/s1/acks/{device}"), format!("stores/s1/errors/{device}"));
+        let answer = pos
+            .wait_until("an answer", |seen| {
+                seen.iter().any(|m| m.topic == acks || m.topic == errors)
+            })
+            .await?
+            .iter()
+            .find(|m| m.topic == acks || m.topic == errors)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+        if answer.topic == acks {
+            sold += 1;
+        } else {
+            refused += 1;
+            assert_eq!(answer.json["code"], json!("insufficient_stock"), "{}", answer.json);
+            let left = answer.json["portions_left"]["burger"].as_u64();
+            assert!(left.is_some_and(|l| l < 3), "{}", answer.json);
+        }
+    }
+    assert_eq!((sold, refused), (3, POS - 3));
+    manager
+        .wait_latest("stores/s1/stock/bun/level", |l| l["qty"] == json!(0))
+        .await?;
+    manager
+        .wait_latest("stores/s1/stock/beef/level", |l| l["qty"] == json!(3000 - 3 * 150))
+        .await?;
+    Ok(())
+}

@@ -41,7 +41,40 @@ async fn each_bad_input_gets_one_error_and_changes_nothing() -> Result<()> {
             beef,
             serde_json::to_vec(&json!({"id": "b2", "kind": "receive"}))?,
             "s1",
+            "missing_field",
+        ),
+        (
+            beef,
+            serde_json::to_vec(&with("id", json!("b2b")).as_object().map(|o| {
+                let mut o = o.clone();
+                o.insert("qty".into(), json!("two"));
+                o
+            }))?,
+            "s1",
             "malformed_payload",
+        ),
+        (
+            "stores/s1/sales",
+            serde_json::to_vec(&{
+                let mut s = sale("b2c", &[("burger", 1)], "bad-1");
+                s.as_object_mut().map(|o| o.remove("device"));
+                s
+            })?,
+            "s1",
+            "missing_field",
+        ),
+        // A device naming another device: the ack would go astray.
+        (
+            beef,
+            serde_json::to_vec(&stock_event("b2d", "receive", 1.0, "kg", "pos-9"))?,
+            "s1",
+            "device_mismatch",
+        ),
+        (
+            "stores/s1/sales",
+            serde_json::to_vec(&sale("b2e", &[("burger", 1)], "pos-9"))?,
+            "s1",
+            "device_mismatch",
         ),
         (
             beef,
@@ -136,6 +169,13 @@ async fn each_bad_input_gets_one_error_and_changes_nothing() -> Result<()> {
         let err = dev.next_on(&format!("stores/{store}/errors/bad-1")).await?;
         assert_eq!(err["code"], json!(code), "case {i} ({topic}): {err}");
         assert_eq!(err["topic"], json!(topic), "case {i}");
+        // The id is named whenever the payload has one to read (an
+        // oversize payload is not read at all).
+        let readable = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .filter(|_| payload.len() <= dishsync_protocol::MAX_INPUT_PAYLOAD)
+            .and_then(|v| v["id"].as_str().map(String::from));
+        assert_eq!(err["id"], json!(readable), "case {i}: {err}");
         assert!(
             err["error"].as_str().is_some_and(|e| !e.is_empty()),
             "case {i}: a reason is given"

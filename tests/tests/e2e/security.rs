@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::{small_chain, stock_event, temp_data_dir, BrokerProcess, Client, DEADLINE};
 
 /// Every configurable role: device id, role, store (HQ roles have none).
-const DEVICES: [(&str, Role, Option<&str>); 8] = [
+const DEVICES: [(&str, Role, Option<&str>); 9] = [
     ("scale-1", Role::Scale, Some("s1")),
     ("kds-1", Role::Kds, Some("s1")),
     ("pos-1", Role::Pos, Some("s1")),
@@ -20,6 +20,8 @@ const DEVICES: [(&str, Role, Option<&str>); 8] = [
     ("kitchen-1", Role::CentralKitchen, None),
     ("hq-1", Role::Hq, None),
     ("operator-1", Role::Operator, None),
+    // A store's own operator reads that store only, not the HQ topics.
+    ("operator-2", Role::Operator, Some("s1")),
     ("bridge-1", Role::Bridge, Some("s1")),
 ];
 
@@ -71,6 +73,7 @@ fn filters(family: Family, store: &str, device: &str) -> Vec<(String, bool)> {
             (format!("stores/{store}/acks/{device}"), true),
             (format!("stores/{store}/errors/{device}"), true),
             (format!("stores/{store}/acks/+"), false),
+            (format!("hq/errors/{device}"), true),
         ],
         Family::BrokerAlerts => vec![("hq/alerts".to_string(), false)],
         Family::RequestActions => vec![("hq/replenishment/+/+".to_string(), false)],
@@ -91,6 +94,7 @@ fn filters(family: Family, store: &str, device: &str) -> Vec<(String, bool)> {
             (format!("stores/{store}/scales/{device}/weight"), true),
             (format!("stores/{store}/scales/+/weight"), false),
         ],
+        Family::Catalog => vec![(format!("stores/{store}/catalog"), false)],
     }
 }
 
@@ -729,5 +733,42 @@ async fn an_authenticated_scale_keeps_its_sku_level_from_its_own_readings() -> R
         Some(json!(1_250)),
         "scale-7's refused reading for beef's scale changed nothing"
     );
+    Ok(())
+}
+
+/// The central kitchen is told of an action on a request id that names no
+/// store on `hq/errors/{device}`; it reads every store's catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_device_hears_of_refusals_that_name_no_store() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&secured_chain("")?, &data)?;
+    let mut kitchen = Client::login(broker.addr, "kitchen-1", &password("kitchen-1")).await?;
+    kitchen.subscribe("hq/errors/kitchen-1", QoS::AtLeastOnce).await?;
+    kitchen.subscribe("stores/+/catalog", QoS::AtLeastOnce).await?;
+    kitchen
+        .publish_json(
+            "hq/replenishment/rq-42/ship",
+            &json!({"id": "ck-1", "by": "kitchen-1"}),
+            QoS::AtLeastOnce,
+        )
+        .await?;
+    let refused = kitchen.next_on("hq/errors/kitchen-1").await?;
+    assert_eq!(
+        (refused["code"].clone(), refused["id"].clone()),
+        (json!("unknown_document"), json!("ck-1")),
+        "{refused}"
+    );
+    let catalog = kitchen
+        .wait_latest("stores/s1/catalog", |c| c["store"] == json!("s1"))
+        .await?;
+    let dishes: Vec<&str> = catalog["dishes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["dish"].as_str())
+        .collect();
+    assert_eq!(dishes, ["burger", "double", "chips"], "in menu order: {catalog}");
+    // Another device's HQ errors are not its to read.
+    assert!(!try_subscribe(&mut kitchen, "hq/errors/hq-1").await?);
     Ok(())
 }
