@@ -22,9 +22,17 @@ struct Args {
     /// Data directory (overrides the configuration).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Configuration file (TOML). Without it, the built-in demo chain runs.
+    /// Configuration file (TOML). Without it, the built-in demo chain runs,
+    /// with its dinner service playing at the harbour and the airport.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// With the built-in demo chain: do not play the dinner service.
+    #[arg(long)]
+    no_demo_service: bool,
+    /// With the built-in demo chain: the dinner service's seed (the same
+    /// seed plays the same service).
+    #[arg(long, default_value_t = 7)]
+    demo_seed: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -138,6 +146,9 @@ pub fn main() -> ExitCode {
         return repair(&settings.data_dir);
     }
     if args.config.is_none() && args.command.is_none() {
+        if !args.no_demo_service {
+            settings.demo_service = Some(args.demo_seed);
+        }
         print_demo_banner(&settings);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -126,6 +126,7 @@ struct SkuSection {
     pack: f64,
     reorder_point: f64,
     par: f64,
+    opening: Option<f64>,
 }
 
 fn one() -> f64 {
@@ -165,6 +166,8 @@ struct StoreSection {
     feeds: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     scales: BTreeMap<String, ScaleSection>,
+    #[serde(default)]
+    training: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +216,9 @@ pub struct Settings {
     pub checkpoint_interval: std::time::Duration,
     /// The TLS listener, if any.
     pub tls: Option<TlsSettings>,
+    /// Play the demo chain's dinner service with this seed (set by the
+    /// command line for the built-in demo, never by a file).
+    pub demo_service: Option<u64>,
     /// Every device allowed to log in.
     pub credentials: Vec<Credential>,
     /// The chain.
@@ -421,7 +427,11 @@ impl Validator {
             let pack = self.base_qty(&format!("{place}.pack"), s.pack, None, unit, 1);
             let rp = self.base_qty(&format!("{place}.reorder_point"), s.reorder_point, None, unit, 0);
             let par = self.base_qty(&format!("{place}.par"), s.par, None, unit, 0);
-            if let (Some(rp), Some(par)) = (rp, par) {
+            let opening = match s.opening {
+                Some(q) => self.base_qty(&format!("{place}.opening"), q, None, unit, 0).map(Some),
+                None => Some(None),
+            };
+            if let (Some(rp), Some(par), Some(opening)) = (rp, par, opening) {
                 if par < rp {
                     self.issue(
                         format!("{place}.par"),
@@ -433,7 +443,7 @@ impl Validator {
                     StockParams {
                         reorder_point: rp,
                         par,
-                        opening: None,
+                        opening,
                     },
                 );
             }
@@ -561,7 +571,7 @@ impl Validator {
                 };
                 let opening = match params.opening {
                     Some(q) => self.base_qty(&format!("{splace}.opening"), q, None, unit, 0).map(Some),
-                    None => Some(None),
+                    None => Some(default.opening),
                 };
                 if let (Some(reorder_point), Some(par), Some(opening)) = (rp, par, opening) {
                     if par < reorder_point {
@@ -585,6 +595,7 @@ impl Validator {
                 name: s.name.clone(),
                 menu,
                 stock,
+                training: s.training,
             });
         }
         if stores.is_empty() {
@@ -645,6 +656,7 @@ impl Validator {
             login_failures_per_minute: limits.3,
             checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms),
             tls,
+            demo_service: None,
             credentials,
             catalog: Arc::new(catalog),
         })

@@ -18,6 +18,7 @@ pub mod acl;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod hooks;
 pub mod memory;
 pub mod outbound;

@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use dishsync_inventory::{Changes, Inventory, Rejection, Retired, SaleRecord};
 use dishsync_protocol::payload::{
-    AckOut, ActionIn, ErrorCode, ErrorOut, OverrideIn, SaleIn, StockEventIn, Timestamp, TransferRequestIn, WeightIn,
+    AckOut, ActionIn, ErrorCode, ErrorOut, OverrideIn, RequestOut, SaleIn, StockEventIn, Timestamp, TransferOut,
+    TransferRequestIn, WeightIn,
 };
 use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
@@ -349,6 +350,17 @@ enum Command {
     Intake(Intake, oneshot::Sender<Verdict>),
     /// A device connected (true) or disconnected (false).
     Presence(DeviceId, bool),
+    /// The requests and transfers shown now, as their documents.
+    Documents(oneshot::Sender<Documents>),
+}
+
+/// The replenishment requests and transfers the rules show, as published.
+#[derive(Debug, Clone, Default)]
+pub struct Documents {
+    /// Every request shown (open, or finished less than a day ago).
+    pub requests: Vec<RequestOut>,
+    /// Every transfer shown.
+    pub transfers: Vec<TransferOut>,
 }
 
 /// The way into the rules task. Cheap to clone.
@@ -371,6 +383,13 @@ impl RulesHandle {
         let (reply, verdict) = oneshot::channel();
         self.tx.send(Command::Intake(intake, reply)).await.ok()?;
         Some(verdict)
+    }
+
+    /// The requests and transfers shown now. `None` once the rules stopped.
+    pub async fn documents(&self) -> Option<Documents> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Command::Documents(reply)).await.ok()?;
+        answer.await.ok()
     }
 
     /// Tells the rules that a device connected or disconnected (freshness).
@@ -980,6 +999,14 @@ impl Rules {
         for command in batch {
             let (intake, reply) = match command {
                 Command::Intake(intake, reply) => (intake, reply),
+                Command::Documents(reply) => {
+                    let (requests, transfers) = self.inv.documents();
+                    let _ = reply.send(Documents {
+                        requests: requests.iter().filter_map(|id| self.inv.request_out(id)).collect(),
+                        transfers: transfers.iter().filter_map(|id| self.inv.transfer_out(id)).collect(),
+                    });
+                    continue;
+                }
                 Command::Presence(device, online) => {
                     let stores: Vec<StoreId> = self
                         .inv
@@ -1182,7 +1209,8 @@ impl Rules {
     }
 }
 
-fn input_topic(input: &Input) -> Topic {
+/// The topic an input arrives on (the inverse of [`decode`]).
+pub(crate) fn input_topic(input: &Input) -> Topic {
     match input {
         Input::Stock { store, sku, .. } => Topic::StockEvents {
             store: store.clone(),
@@ -1346,6 +1374,7 @@ mod tests {
                     name: "s1".into(),
                     menu: vec![id("d")],
                     stock: [(id("a"), params), (id("b"), params)].into_iter().collect(),
+                    training: false,
                 }],
             )
             .expect("catalog"),

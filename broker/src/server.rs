@@ -47,7 +47,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     republish_all(&out, &inventory).await;
     info!("state restored and re-published");
 
+    let catalog = inventory.catalog().clone();
     let rules = rules::start(inventory, store, Arc::new(out.clone()));
+    if let Some(seed) = settings.demo_service {
+        tokio::spawn(crate::demo::run(rules.clone(), catalog, seed));
+    }
     let identities = Identities::default();
     let sessions = Sessions::new(identities.clone(), settings.allow_anonymous);
     let register = scx.extends.hook_mgr().register();

@@ -76,6 +76,10 @@ pub struct Store {
     pub menu: Vec<DishId>,
     /// Its targets for every SKU of the chain.
     pub stock: BTreeMap<SkuId, StockParams>,
+    /// A demo or training store: tools that write made-up traffic (`dishsync
+    /// sim`) may run against it without `--force`.
+    #[serde(default)]
+    pub training: bool,
 }
 
 /// A scale whose stable readings are the level of one SKU in one store.

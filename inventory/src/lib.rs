@@ -484,7 +484,10 @@ impl Inventory {
         for store in std::mem::take(&mut self.opening) {
             let Some(def) = catalog.store(&store) else { continue };
             for (sku, params) in &def.stock {
-                let (Some(qty), Some(sku_def)) = (params.opening, catalog.sku(sku)) else {
+                // A new store's level is 0 already: an opening of 0 books
+                // nothing (and so sets no count that earlier-stamped
+                // changes would fall before).
+                let (Some(qty @ 1..), Some(sku_def)) = (params.opening, catalog.sku(sku)) else {
                     continue;
                 };
                 let Some(count) = opening_count(sku, qty, sku_def.unit.into(), now) else {
@@ -1125,6 +1128,7 @@ impl Inventory {
             store: store.clone(),
             name: def.name.clone(),
             utc_offset: format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60),
+            training: def.training,
             dishes,
             skus,
             rev: u64::try_from(now).unwrap_or_default(),

@@ -90,6 +90,7 @@ fn chain() -> Arc<Catalog> {
         name: s.into(),
         menu: vec![id("burger")],
         stock: stock.clone(),
+        training: false,
     };
     let catalog = Catalog::new(skus, dishes, vec![store("a"), store("b"), store("c")]).expect("catalog");
     let pair = |x: &str, y: &str, m| ((id(x), id(y)), m);

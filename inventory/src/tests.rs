@@ -77,6 +77,7 @@ fn catalog_opening(opening: &[(&str, i64)]) -> Arc<Catalog> {
         name: "S1".into(),
         menu: vec![id("burger"), id("double"), id("soda")],
         stock,
+        training: false,
     }];
     Arc::new(Catalog::new(skus, dishes, stores).expect("valid catalog"))
 }

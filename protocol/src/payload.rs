@@ -325,6 +325,8 @@ pub struct CatalogOut {
     /// The store's local time offset from UTC (`+01:00`): what "today"
     /// and service hours are measured in.
     pub utc_offset: String,
+    /// A demo or training store, where made-up traffic is welcome.
+    pub training: bool,
     /// The menu, in its order.
     pub dishes: Vec<CatalogDish>,
     /// Every SKU the store keeps.

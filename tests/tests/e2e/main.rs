@@ -10,6 +10,7 @@ mod bad_input;
 mod bench;
 mod bridge;
 mod client;
+mod demo;
 mod durability;
 mod interop;
 mod mqtt5;

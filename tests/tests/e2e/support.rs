@@ -163,6 +163,19 @@ impl BrokerProcess {
         let parent = data_dir.parent().unwrap_or(data_dir);
         let config_path = parent.join("dishsync.toml");
         std::fs::write(&config_path, config).context("writing the config")?;
+        let config_arg = [std::ffi::OsString::from("--config"), config_path.into_os_string()];
+        BrokerProcess::spawn(&config_arg, data_dir, listen)
+    }
+
+    /// Starts the built-in demo chain (no configuration file; its dinner
+    /// service plays unless `args` say otherwise) on a free loopback port.
+    pub fn start_demo(data_dir: &Path, args: &[&str]) -> Result<BrokerProcess> {
+        let args: Vec<std::ffi::OsString> = args.iter().map(std::ffi::OsString::from).collect();
+        BrokerProcess::spawn(&args, data_dir, "127.0.0.1:0".parse()?)
+    }
+
+    fn spawn(args: &[std::ffi::OsString], data_dir: &Path, listen: SocketAddr) -> Result<BrokerProcess> {
+        let parent = data_dir.parent().unwrap_or(data_dir);
         let log = parent.join(format!(
             "broker-{}.log",
             std::time::SystemTime::now()
@@ -171,8 +184,7 @@ impl BrokerProcess {
         ));
         let stderr = std::fs::File::create(&log).context("creating the broker log")?;
         let mut child = Command::new(broker_binary())
-            .arg("--config")
-            .arg(&config_path)
+            .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
