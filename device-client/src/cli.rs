@@ -7,14 +7,13 @@
 //! flush` sends it later. Exit codes: 0 acknowledged, 1 rejected by the
 //! broker or failed, 2 bad arguments, 3 queued but not yet acknowledged.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dishsync_protocol::payload::{DishStatus, LevelState, OverrideStatus, StockKind, Timestamp};
+use dishsync_protocol::payload::{OverrideStatus, StockKind, Timestamp};
 use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Unit};
 use serde_json::json;
@@ -22,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::client::{Client, ClientConfig, Update, Watch};
 use crate::outbox::Outbox;
+use crate::screen::{Screen, Tone};
 
 /// dishsync: record stock and sales, watch availability, manage the outbox.
 #[derive(Parser)]
@@ -143,7 +143,11 @@ enum Command {
         what: WatchArg,
     },
     /// Simulated store traffic: scales and POS terminals recording at a
-    /// rate for a duration, then a report (also the benchmark load generator).
+    /// rate for a duration, then a report (also the benchmark load
+    /// generator). It WRITES into the store: real receipts, use, waste and
+    /// sales in its ledger, moving its levels and raising its requests. It
+    /// runs only against a demo or training store (`training = true` in the
+    /// broker's configuration) unless given --force.
     Sim(SimArgs),
     /// Inspect or send the device's outbox.
     Outbox {
@@ -177,6 +181,9 @@ pub(crate) struct SimArgs {
         default_value = "fries,classic-burger,latte,cola,milkshake"
     )]
     pub(crate) dishes: Vec<DishId>,
+    /// Write into a store that is not a demo or training store.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -553,12 +560,14 @@ async fn watch(conn: &Connection, what: WatchArg) -> anyhow::Result<ExitCode> {
             Watch::Transfers,
         ],
     };
+    // The catalog names the dishes and gives the store's local time.
+    let kinds: Vec<Watch> = kinds.into_iter().chain([Watch::Catalog]).collect();
     // Watching records nothing; it keeps its own (empty) outbox so that it can
     // run beside a recording command of the same device.
     let mut dir = conn.outbox_dir().into_os_string();
     dir.push("-watch");
     let (client, mut updates) = Client::start(conn.config(PathBuf::from(dir), kinds)?)?;
-    let mut table = Table::default();
+    let mut screen = Screen::default();
     loop {
         tokio::select! {
             update = updates.recv() => match update {
@@ -566,8 +575,8 @@ async fn watch(conn: &Connection, what: WatchArg) -> anyhow::Result<ExitCode> {
                     if conn.json {
                         print_json(conn, &u);
                     } else {
-                        table.apply(&u);
-                        table.draw(conn);
+                        screen.apply(&u);
+                        draw(&screen, conn);
                     }
                 }
                 None => break,
@@ -588,140 +597,45 @@ fn print_json(conn: &Connection, u: &Update) {
         Update::Alert(d) => json!({"type": "alert", "data": d}),
         Update::Request(d) => json!({"type": "request", "data": d}),
         Update::Transfer(d) => json!({"type": "transfer", "data": d}),
+        Update::Catalog(d) => json!({"type": "catalog", "data": d}),
         Update::Cleared(id) => json!({"type": "cleared", "data": {"id": id}}),
         Update::Acked(_) | Update::Rejected(_) => return,
     };
     say(conn, "", doc);
 }
 
-/// The live terminal view of `watch`.
-#[derive(Default)]
-struct Table {
-    dishes: BTreeMap<DishId, (DishStatus, u64, Option<SkuId>, bool)>,
-    levels: BTreeMap<SkuId, (i64, String, LevelState)>,
-    /// Requests and transfers by id.
-    docs: BTreeMap<String, String>,
-    /// The latest alerts.
-    alerts: Vec<String>,
-    connected: bool,
-}
-
-impl Table {
-    fn apply(&mut self, u: &Update) {
-        match u {
-            Update::Availability(d) => {
-                self.dishes.insert(
-                    d.dish.clone(),
-                    (d.status, d.portions, d.limited_by.clone(), d.override_.is_some()),
-                );
-            }
-            Update::Menu(m) => {
-                for (dish, e) in &m.dishes {
-                    self.dishes.insert(
-                        dish.clone(),
-                        (e.status, e.portions, e.limited_by.clone(), e.override_.is_some()),
-                    );
-                }
-            }
-            Update::Level(l) => {
-                self.levels.insert(l.sku.clone(), (l.qty, l.unit.to_string(), l.state));
-            }
-            Update::Connected(up) => self.connected = *up,
-            Update::Alert(a) => {
-                let subject = a
-                    .sku
-                    .as_ref()
-                    .map(|s| s.to_string())
-                    .or(a.dish.as_ref().map(|d| d.to_string()));
-                let line = format!(
-                    "{} {:?} {:?} {}: {}",
-                    a.at,
-                    a.state,
-                    a.kind,
-                    subject.unwrap_or_default(),
-                    a.message
-                );
-                self.alerts.push(line);
-                if self.alerts.len() > 10 {
-                    self.alerts.remove(0);
-                }
-            }
-            Update::Request(r) => {
-                let lines: Vec<String> = r
-                    .lines
-                    .iter()
-                    .map(|l| format!("{} {} {}", l.sku, l.qty, l.unit))
-                    .collect();
-                self.docs
-                    .insert(r.id.to_string(), format!("{:?} {}", r.state, lines.join(", ")));
-            }
-            Update::Transfer(t) => {
-                let line = format!("{:?} {} → {}: {} {} {}", t.state, t.from, t.to, t.sku, t.qty, t.unit);
-                self.docs.insert(t.id.to_string(), line);
-            }
-            Update::Cleared(id) => {
-                self.docs.remove(id.as_str());
-            }
-            Update::Acked(_) | Update::Rejected(_) => {}
-        }
+/// Draws the screen on the terminal: the whole frame at once, fitted to the
+/// terminal's size, coloured only when standard output is a terminal.
+fn draw(screen: &Screen, conn: &Connection) {
+    use std::io::IsTerminal;
+    let (cols, rows) = terminal_size::terminal_size()
+        .map_or((crate::screen::MIN_COLS, crate::screen::MIN_ROWS), |(w, h)| {
+            (usize::from(w.0), usize::from(h.0))
+        });
+    let tty = std::io::stdout().is_terminal();
+    let mut out = String::new();
+    if tty {
+        out.push_str("\x1b[2J\x1b[H");
     }
-
-    fn draw(&self, conn: &Connection) {
-        const RED: &str = "\x1b[31m";
-        const YELLOW: &str = "\x1b[33m";
-        const GREEN: &str = "\x1b[32m";
-        const RESET: &str = "\x1b[0m";
-        let mut out = String::from("\x1b[2J\x1b[H");
-        let link = if self.connected { "connected" } else { "connecting…" };
-        out.push_str(&format!(
-            "dishsync · store {} · {} ({link})\n\n",
-            conn.store, conn.broker
-        ));
-        if !self.dishes.is_empty() {
-            out.push_str(&format!(
-                "{:<28} {:<9} {:>8}  {}\n",
-                "DISH", "STATUS", "PORTIONS", "LIMITED BY"
-            ));
-            for (dish, (status, portions, limited, overridden)) in &self.dishes {
-                let (colour, word) = match status {
-                    DishStatus::Available => (GREEN, "available"),
-                    DishStatus::Low => (YELLOW, "low"),
-                    DishStatus::SoldOut => (RED, "sold out"),
-                };
-                let limited = limited.as_ref().map_or("", |s| s.as_str());
-                let mark = if *overridden { "  (86)" } else { "" };
-                out.push_str(&format!(
-                    "{dish:<28} {colour}{word:<9}{RESET} {portions:>8}  {limited}{mark}\n"
-                ));
-            }
+    for line in screen.render(conn.store.as_str(), crate::screen::now(), rows, cols) {
+        let colour = match line.tone {
+            Tone::Plain => "",
+            Tone::Good => "\x1b[32m",
+            Tone::Warn => "\x1b[33m",
+            Tone::Bad => "\x1b[31m",
+        };
+        if tty && !colour.is_empty() {
+            out.push_str(&format!("{colour}{}\x1b[0m\n", line.text));
+        } else {
+            out.push_str(&line.text);
             out.push('\n');
         }
-        if !self.levels.is_empty() {
-            out.push_str(&format!("{:<28} {:>10} {:<4} {}\n", "SKU", "LEVEL", "", "STATE"));
-            for (sku, (qty, unit, state)) in &self.levels {
-                let (colour, word) = match state {
-                    LevelState::Ok => (GREEN, "ok"),
-                    LevelState::Low => (YELLOW, "low"),
-                    LevelState::Out => (RED, "out"),
-                    LevelState::Negative => (RED, "negative"),
-                };
-                out.push_str(&format!("{sku:<28} {qty:>10} {unit:<4} {colour}{word}{RESET}\n"));
-            }
-        }
-        if !self.docs.is_empty() {
-            out.push_str("\nREQUESTS AND TRANSFERS\n");
-            for (id, line) in &self.docs {
-                out.push_str(&format!("{id:<24} {line}\n"));
-            }
-        }
-        if !self.alerts.is_empty() {
-            out.push_str("\nALERTS\n");
-            for line in &self.alerts {
-                out.push_str(&format!("{line}\n"));
-            }
-        }
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(out.as_bytes());
-        let _ = stdout.flush();
     }
+    if !tty {
+        // A frame per update when piped: separate them.
+        out.push('\n');
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
 }

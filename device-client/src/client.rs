@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dishsync_protocol::payload::{
-    AckOut, ActionIn, AlertOut, DishAvailabilityOut, ErrorCode, ErrorOut, LevelOut, OverrideIn, OverrideStatus,
-    RequestOut, SaleIn, SaleLine, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp, TransferOut,
-    TransferRequestIn, WeightIn,
+    AckOut, ActionIn, AlertOut, CatalogOut, DishAvailabilityOut, ErrorCode, ErrorOut, LevelOut, OverrideIn,
+    OverrideStatus, RequestOut, SaleIn, SaleLine, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
+    TransferOut, TransferRequestIn, WeightIn,
 };
 use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, Unit};
@@ -55,6 +55,9 @@ pub enum Watch {
     Requests,
     /// Transfers to and from the store.
     Transfers,
+    /// The store's catalog: names, categories, order and prices of its
+    /// dishes, its SKUs, its local time offset.
+    Catalog,
 }
 
 impl Watch {
@@ -70,6 +73,7 @@ impl Watch {
             Watch::Requests if hq => "hq/replenishment/+".to_string(),
             Watch::Requests => format!("stores/{store}/replenishment/+"),
             Watch::Transfers => format!("stores/{store}/transfers/+"),
+            Watch::Catalog => Topic::Catalog { store: store.clone() }.to_string(),
         }
     }
 }
@@ -166,6 +170,8 @@ pub enum Update {
     Rejected(ErrorOut),
     /// A dish's availability changed.
     Availability(DishAvailabilityOut),
+    /// The store's catalog (at connect, and after a broker restart).
+    Catalog(CatalogOut),
     /// The whole-menu document changed.
     Menu(StoreAvailabilityOut),
     /// A SKU's level changed.
@@ -843,6 +849,9 @@ impl Connection {
             Ok(Topic::Transfer { .. }) => serde_json::from_slice::<TransferOut>(payload)
                 .ok()
                 .map(|d| (d.rev, Update::Transfer(d))),
+            Ok(Topic::Catalog { .. }) => serde_json::from_slice::<CatalogOut>(payload)
+                .ok()
+                .map(|d| (d.rev, Update::Catalog(d))),
             _ => None,
         };
         let Some((rev, update)) = update else {

@@ -33,6 +33,7 @@
 pub mod cli;
 mod client;
 pub mod outbox;
+pub mod screen;
 mod sim;
 
 pub use client::{Client, ClientConfig, ClientError, TlsSettings, Update, Watch};

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cli::{say, Connection, SimArgs};
-use crate::client::{Client, Update};
+use crate::client::{Client, Update, Watch};
 
 /// A small deterministic generator (xorshift64*): the same run, the same
 /// traffic.
@@ -38,6 +38,43 @@ impl Dice {
     }
 }
 
+/// How long to wait for the store's catalog before giving up.
+const CATALOG_WAIT: Duration = Duration::from_secs(15);
+
+/// Refuses unless the store is a demo or training store (its catalog says
+/// `training`): the simulation books real, made-up sales and receipts into
+/// the store's ledger.
+async fn training_store(conn: &Connection) -> anyhow::Result<()> {
+    let mut dir = conn.outbox_dir().into_os_string();
+    dir.push("-sim-check");
+    let (client, mut updates) = Client::start(conn.config(dir.into(), vec![Watch::Catalog])?)?;
+    let deadline = Instant::now() + CATALOG_WAIT;
+    let catalog = loop {
+        match tokio::time::timeout_at(deadline, updates.recv()).await {
+            Ok(Some(Update::Catalog(c))) => break Some(c),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    client.shutdown(Duration::ZERO).await;
+    match catalog {
+        Some(c) if c.training => Ok(()),
+        Some(c) => anyhow::bail!(
+            "store {} ({}) is not a demo or training store: sim would book made-up sales and receipts into its \
+             real ledger and move its real stock. Run it against a store configured `training = true`, or pass \
+             --force to write into this one anyway",
+            c.store,
+            c.name
+        ),
+        None => anyhow::bail!(
+            "no catalog for store {} within {} s (no such store, or the broker is unreachable or too old to say \
+             whether it is a training store): pass --force to write into it anyway",
+            conn.store,
+            CATALOG_WAIT.as_secs()
+        ),
+    }
+}
+
 /// Runs the simulation and prints the report.
 pub(crate) async fn run(conn: &Connection, args: &SimArgs) -> anyhow::Result<ExitCode> {
     if args.rate <= 0.0 || args.duration <= 0.0 || args.scales + args.pos == 0 {
@@ -45,6 +82,12 @@ pub(crate) async fn run(conn: &Connection, args: &SimArgs) -> anyhow::Result<Exi
     }
     if (args.scales > 0 && args.skus.is_empty()) || (args.pos > 0 && args.dishes.is_empty()) {
         anyhow::bail!("sim needs --skus for scales and --dishes for POS terminals");
+    }
+    if !args.force {
+        if let Err(refused) = training_store(conn).await {
+            eprintln!("dishsync: {refused:#}");
+            return Ok(ExitCode::from(2));
+        }
     }
     let base = conn.outbox_dir().with_file_name("sim");
     let (events_tx, mut events) = mpsc::unbounded_channel::<Update>();

@@ -243,6 +243,12 @@ impl Inventory {
         self.local_minutes(now).div_euclid(24 * 60)
     }
 
+    /// `t` as store-local clock time, `HH:MM`, for messages people read.
+    pub fn local_clock(&self, t: Millis) -> String {
+        let minute = self.local_minutes(t).rem_euclid(24 * 60);
+        format!("{:02}:{:02}", minute / 60, minute % 60)
+    }
+
     /// UTC millis of store-local minute `m` of local day `day`.
     fn at_local(&self, day: i64, minute: i64) -> Millis {
         (day * 24 * 60 + minute - i64::from(self.catalog.planning().utc_offset_minutes)) * MINUTE
@@ -640,7 +646,10 @@ impl Inventory {
             now,
             changes,
         );
-        let eta_text = d.sellout_eta.map(|t| Timestamp(t).to_string()).unwrap_or_default();
+        let eta_text = d.sellout_eta.map_or_else(
+            || "soon".to_string(),
+            |t| format!("at {} local time", self.local_clock(t)),
+        );
         self.set_alert(
             store,
             AlertKind::SelloutPredicted,
@@ -648,7 +657,7 @@ impl Inventory {
             Subject::dish(dish_id),
             predicted,
             format!(
-                "{dish_id} predicted to sell out at {eta_text} ({} portions left)",
+                "{dish_id} predicted to sell out {eta_text} ({} portions left)",
                 d.portions
             ),
             now,
@@ -681,7 +690,7 @@ impl Inventory {
             )
         } else {
             format!(
-                "{dish_id} predicted to sell out at {eta_text}; the central kitchen can deliver {sku} only at {}",
+                "{dish_id} predicted to sell out {eta_text}; the central kitchen can deliver {sku} only at {}",
                 Timestamp(self.kitchen_eta(now))
             )
         };

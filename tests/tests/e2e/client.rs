@@ -344,27 +344,50 @@ fn cli_argument_errors_exit_2() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_reports_every_input_acknowledged() -> Result<()> {
     let (tmp, data) = temp_data_dir()?;
-    let broker = BrokerProcess::start(&small_chain(), &data)?;
-    let (code, out) = cli(
-        broker.addr,
-        &tmp.path().join("outbox"),
-        &[
-            "--json",
-            "sim",
-            "--scales",
-            "2",
-            "--pos",
-            "2",
-            "--rate",
-            "100",
-            "--duration",
-            "1",
-            "--skus",
-            "fries:g,beef:g,bun:pcs",
-            "--dishes",
-            "burger,chips",
-        ],
-    )?;
+    // s2 is a training store; s1 is a real one.
+    let config = small_chain().replace(
+        "[[stores]]\nid = \"s2\"\nname = \"s2\"\n",
+        "[[stores]]\nid = \"s2\"\nname = \"s2\"\ntraining = true\n",
+    );
+    let broker = BrokerProcess::start(&config, &data)?;
+    let sim = [
+        "--json",
+        "sim",
+        "--scales",
+        "2",
+        "--pos",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--skus",
+        "fries:g,beef:g,bun:pcs",
+        "--dishes",
+        "burger,chips",
+    ];
+    // Against a real store it refuses, and writes nothing.
+    let out = Command::new(cli_binary())
+        .args([
+            "--broker",
+            &broker.addr.to_string(),
+            "--store",
+            "s1",
+            "--device",
+            "tab-1",
+            "--outbox",
+        ])
+        .arg(tmp.path().join("outbox-real"))
+        .args(sim)
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("not a demo or training store") && said.contains("--force"),
+        "{said}"
+    );
+
+    let (code, out) = cli_as(broker.addr, "s2", "tab-1", &tmp.path().join("outbox"), &sim)?;
     assert_eq!(code, 0, "{out}");
     let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default())?;
     assert_eq!(report["recorded"], json!(100), "{report}");
@@ -373,8 +396,13 @@ async fn sim_reports_every_input_acknowledged() -> Result<()> {
     assert_eq!(report["left"], json!(0), "{report}");
     drop(broker);
     // Every acknowledged input is in the ledger (a sale has one line per
-    // ingredient, so count distinct ids).
-    let ids: std::collections::BTreeSet<String> = ledger_ids(&data)?.into_iter().collect();
+    // ingredient, so count distinct ids), and none of them in s1's.
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in dishsync_broker::store::Store::open(&data)?.ledger()? {
+        let entry = entry?;
+        assert_eq!(entry.store.as_str(), "s2", "sim wrote into the real store: {entry:?}");
+        ids.insert(entry.event.to_string());
+    }
     assert_eq!(ids.len(), 100);
     Ok(())
 }
