@@ -58,6 +58,7 @@ struct PlanningSection {
     transfer_timeout_minutes: Option<f64>,
     waste_alert_share: Option<f64>,
     overstock_factor: Option<f64>,
+    max_clock_skew_seconds: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -736,6 +737,9 @@ impl Validator {
             } else {
                 self.issue("planning.overstock_factor", "must be positive");
             }
+        }
+        if let Some(skew) = section.max_clock_skew_seconds {
+            p.max_clock_skew_seconds = skew;
         }
         if let Some(k) = &file.central_kitchen {
             let mut windows = Vec::new();

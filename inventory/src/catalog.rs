@@ -234,6 +234,10 @@ pub struct Planning {
     pub feeds: BTreeMap<StoreId, BTreeMap<DeviceId, Vec<SkuId>>>,
     /// Per store: the scales whose stable readings set a SKU's level.
     pub scales: BTreeMap<StoreId, BTreeMap<DeviceId, ScaleBinding>>,
+    /// An input stamped more than this many seconds after the broker's
+    /// clock is refused (`clock_ahead`): a device with a fast clock would
+    /// otherwise freeze a level behind a count from the future.
+    pub max_clock_skew_seconds: u32,
 }
 
 impl Default for Planning {
@@ -254,6 +258,7 @@ impl Default for Planning {
             hours: BTreeMap::new(),
             feeds: BTreeMap::new(),
             scales: BTreeMap::new(),
+            max_clock_skew_seconds: 300,
         }
     }
 }

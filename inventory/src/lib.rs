@@ -571,6 +571,7 @@ impl Inventory {
             return Err(reject(ErrorCode::InvalidField, "waste needs a reason"));
         }
         let at = ev.at.0;
+        self.not_ahead(at, now)?;
         let state = self.sku_mut(store, sku)?;
         let before = state.ledger.qty();
         let applied = if kind == StockKind::Count {
@@ -681,6 +682,7 @@ impl Inventory {
             .at
             .ok_or_else(|| reject(ErrorCode::MissingField, "a sale needs at"))?
             .0;
+        self.not_ahead(at, now)?;
         if sale.device.is_none() {
             return Err(reject(ErrorCode::MissingField, "a sale needs device"));
         }
@@ -736,6 +738,25 @@ impl Inventory {
             },
         ));
         Ok(outcome)
+    }
+
+    /// Refuses a stamp further ahead of `now` than the chain allows: a
+    /// count from a fast clock would hold the level for hours (every change
+    /// stamped now falls before it).
+    fn not_ahead(&self, at: Millis, now: Millis) -> Result<(), Rejection> {
+        let skew = i64::from(self.catalog.planning().max_clock_skew_seconds) * 1000;
+        if at > now.saturating_add(skew) {
+            return Err(reject(
+                ErrorCode::ClockAhead,
+                format!(
+                    "stamped {} but the broker's clock says {}: more than {} s ahead (check the device's clock)",
+                    Timestamp(at),
+                    Timestamp(now),
+                    skew / 1000
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The check of a guarded sale: every SKU holds what the sale takes
@@ -800,6 +821,7 @@ impl Inventory {
             ));
         }
         let at = void.at.map_or(now, |t| t.0);
+        self.not_ahead(at, now)?;
         let portions: Vec<(DishId, i64)> = record.lines.iter().map(|(d, p)| (d.clone(), -i64::from(*p))).collect();
         let mut changes = Changes::default();
         self.record_portions(store, &portions, at, &mut changes);

@@ -112,6 +112,7 @@ fn chain() -> Arc<Catalog> {
         hours: ["a", "b", "c"].iter().map(|s| (id(s), (11 * 60, 23 * 60))).collect(),
         feeds: BTreeMap::new(),
         scales: BTreeMap::new(),
+        max_clock_skew_seconds: 300,
     };
     Arc::new(catalog.with_planning(planning).expect("planning"))
 }

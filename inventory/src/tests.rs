@@ -805,3 +805,39 @@ proptest! {
         prop_assert!(qty(&inv, "bun") >= 0);
     }
 }
+
+/// A count stamped two hours ahead of the broker's clock would freeze the
+/// level until then: it is refused with its own code; within the allowed
+/// skew a stamp is fine.
+#[test]
+fn an_input_from_a_fast_clock_is_refused() {
+    let mut inv = stocked();
+    let s1: StoreId = id("s1");
+    let hours_ahead = ev("c-fast", StockKind::Count, 5.0, Unit::Pcs, T0 + 2 * 3_600_000);
+    let refused = inv
+        .apply_stock(&s1, &id("bun"), &hours_ahead, T0)
+        .expect_err("two hours ahead");
+    assert_eq!(refused.code, ErrorCode::ClockAhead);
+    assert_eq!(qty(&inv, "bun"), 10, "nothing applied");
+    let sale_ahead = sale("s-fast", &[("burger", 1)], T0 + 3_600_000);
+    assert_eq!(
+        inv.apply_sale(&s1, &sale_ahead, T0).expect_err("an hour ahead").code,
+        ErrorCode::ClockAhead
+    );
+    // A few seconds ahead (clocks differ a little) is applied.
+    inv.apply_stock(
+        &s1,
+        &id("bun"),
+        &ev("c-ok", StockKind::Count, 7.0, Unit::Pcs, T0 + 5_000),
+        T0,
+    )
+    .expect("within the skew");
+    inv.apply_stock(
+        &s1,
+        &id("bun"),
+        &ev("r-now", StockKind::Receive, 1.0, Unit::Pcs, T0 + 6_000),
+        T0 + 6_000,
+    )
+    .expect("a change after the count");
+    assert_eq!(qty(&inv, "bun"), 8);
+}

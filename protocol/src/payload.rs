@@ -439,6 +439,8 @@ pub enum ErrorCode {
     DeviceMismatch,
     /// A guarded sale asked for more portions than are available.
     InsufficientStock,
+    /// Stamped further in the future than the broker's clock allows.
+    ClockAhead,
 }
 
 /// `stores/{store}/errors/{device}`: an input was rejected; nothing of it was

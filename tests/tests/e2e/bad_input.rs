@@ -63,6 +63,21 @@ async fn each_bad_input_gets_one_error_and_changes_nothing() -> Result<()> {
             "s1",
             "missing_field",
         ),
+        // A count from a clock two hours fast would freeze the level.
+        (
+            beef,
+            serde_json::to_vec(&{
+                let mut e = with("id", json!("b2f"));
+                e["kind"] = json!("count");
+                e["at"] = json!(dishsync_protocol::payload::Timestamp(
+                    dishsync_protocol::payload::Timestamp::now().0 + 2 * 3_600_000
+                )
+                .to_string());
+                e
+            })?,
+            "s1",
+            "clock_ahead",
+        ),
         // A device naming another device: the ack would go astray.
         (
             beef,
