@@ -1116,3 +1116,79 @@ password_hash = "secret"
         assert_eq!(err.issues[0].place, "line 1", "{err}");
     }
 }
+
+#[cfg(test)]
+mod reference {
+    use std::collections::BTreeSet;
+
+    /// The fields of every `deny_unknown_fields` struct in `source`: the
+    /// keys its parser accepts.
+    fn accepted_keys(source: &str) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        let mut lines = source.lines();
+        while let Some(line) = lines.next() {
+            if line.trim() != "#[serde(deny_unknown_fields)]" {
+                continue;
+            }
+            for field in lines.by_ref().skip(1) {
+                let field = field.trim();
+                if field.starts_with('}') {
+                    break;
+                }
+                let name = field.trim_start_matches("pub ");
+                if let Some((name, _)) = name.split_once(':') {
+                    if !name.starts_with("//") && !name.starts_with('#') {
+                        keys.insert(name.trim().to_string());
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    /// The keys CONFIGURATION.md documents: every backticked word in the
+    /// first column of its tables and in its headings (the sections).
+    fn documented_keys(doc: &str) -> BTreeSet<String> {
+        doc.lines()
+            .filter_map(|l| match l.strip_prefix("| ") {
+                Some(row) => row.split(" |").next(),
+                None => l.starts_with('#').then_some(l),
+            })
+            .flat_map(|cell| {
+                // In a heading, only the tables (`[broker]`) are keys.
+                let heading = cell.starts_with('#');
+                cell.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .filter(|w| !heading || w.starts_with('['))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .flat_map(|k| {
+                // `[broker.tls]` documents both, `[stores.stock.SKU]` the
+                // stock table.
+                let k = k.trim_matches(|c| c == '[' || c == ']').to_string();
+                k.split('.').map(str::to_string).collect::<Vec<_>>()
+            })
+            .filter(|k| k != "SKU")
+            .collect()
+    }
+
+    /// CONFIGURATION.md names exactly the keys the broker's and the
+    /// bridge's parsers accept.
+    #[test]
+    fn the_reference_documents_every_key_and_only_those() {
+        let doc = include_str!("../../CONFIGURATION.md");
+        // The tables of a file are its sections' fields too.
+        let mut accepted = accepted_keys(include_str!("config.rs"));
+        accepted.extend(accepted_keys(include_str!("../../firmware-bridge/src/bridge.rs")));
+        let documented = documented_keys(doc);
+        let undocumented: Vec<&String> = accepted.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "accepted but not in CONFIGURATION.md: {undocumented:?}"
+        );
+        let unknown: Vec<&String> = documented.difference(&accepted).collect();
+        assert!(unknown.is_empty(), "in CONFIGURATION.md but not accepted: {unknown:?}");
+    }
+}

@@ -35,9 +35,15 @@ impl BridgeProcess {
     }
 
     fn start_with(dir: &Path, broker: SocketAddr, listen: SocketAddr, extra: &str) -> Result<BridgeProcess> {
+        BridgeProcess::start_as(dir, broker, listen, extra, "")
+    }
+
+    /// The bridge, its devices logging in to the broker with `login` lines
+    /// added to scale-7's entry (a `password`).
+    fn start_as(dir: &Path, broker: SocketAddr, listen: SocketAddr, extra: &str, login: &str) -> Result<BridgeProcess> {
         let config = format!(
             "listen = \"{listen}\"\nbroker = \"{broker}\"\noutbox_dir = \"{}\"\n\n\
-             [[devices]]\nid = \"scale-7\"\nstore = \"s1\"\nkey = \"{KEY}\"\n\n\
+             [[devices]]\nid = \"scale-7\"\nstore = \"s1\"\nkey = \"{KEY}\"\n{login}\n\
              [[devices]]\nid = \"board-1\"\nstore = \"s1\"\nkey = \"{KEY}\"\n\n{extra}",
             dir.join("bridge-outbox").display()
         );
@@ -502,5 +508,57 @@ async fn a_device_retransmit_is_acked_once_and_a_conflicting_one_is_refused_by_s
         ledger_ids(&data, "scale-7:5:")?,
         ["scale-7:5:1", "scale-7:5:2", "scale-7:5:3"]
     );
+    Ok(())
+}
+
+/// With anonymous access off, a bridged scale logs in to the broker as
+/// itself (its password in bridge.toml, its role `scale` in the broker's
+/// configuration): its stock events and its readings are applied, each
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_scale_logs_in_with_its_own_credentials() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let hash = dishsync_broker::auth::hash_password("scale-7-secret")?;
+    let audit = dishsync_broker::auth::hash_password("audit-secret")?;
+    let config = small_chain()
+        .replace("allow_anonymous = true", "allow_anonymous = false")
+        .replace(
+            "[[stores]]\nid = \"s1\"\nname = \"s1\"\n",
+            "[[stores]]\nid = \"s1\"\nname = \"s1\"\nscales = { scale-7 = { sku = \"fries\" } }\n",
+        )
+        + &format!(
+            "\n[[devices]]\nid = \"scale-7\"\nrole = \"scale\"\nstore = \"s1\"\npassword_hash = \"{hash}\"\n\n\
+             [[devices]]\nid = \"audit-1\"\nrole = \"hq\"\npassword_hash = \"{audit}\"\n"
+        );
+    let broker = BrokerProcess::start(&config, &data)?;
+    let listen = free_addr()?;
+    let _bridge = BridgeProcess::start_as(tmp.path(), broker.addr, listen, "", "password = \"scale-7-secret\"")?;
+    let mut audit = Client::login(broker.addr, "audit-1", "audit-secret").await?;
+    audit.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce).await?;
+    audit.subscribe("stores/s1/errors/#", QoS::AtLeastOnce).await?;
+
+    let (mut device, lines) = sim(
+        listen,
+        "scale-7",
+        &[
+            "--events", "5", "--sku", "bun", "--qty", "2", "--unit", "pcs", "--boot", "3", "--weight", "1500",
+        ],
+    )?;
+    wait_line(&lines, |l| l == "done: 5 of 5 acknowledged")?;
+    let _ = device.wait();
+    audit
+        .wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(10))
+        .await?;
+    // The scale's own reading, through the bridge, sets its bound SKU.
+    audit
+        .wait_latest("stores/s1/stock/fries/level", |d| d["qty"] == json!(1500))
+        .await?;
+    assert!(
+        audit.all_on("stores/s1/errors/scale-7").is_empty(),
+        "nothing was refused"
+    );
+    drop(audit);
+    drop(broker);
+    assert_eq!(ledger_ids(&data, "scale-7:3:")?.len(), 5);
     Ok(())
 }
