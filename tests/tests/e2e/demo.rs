@@ -21,9 +21,9 @@ fn walkthrough_commands() -> Result<Vec<String>> {
     let start = readme
         .find("## Five-minute walkthrough")
         .ok_or_else(|| anyhow!("README.md has no walkthrough"))?;
-    let end = readme[start..]
-        .find("\n## What the rules do")
-        .map_or(readme.len(), |e| start + e);
+    // The walkthrough ends where the next section begins.
+    let body = start + "## Five-minute walkthrough".len();
+    let end = readme[body..].find("\n## ").map_or(readme.len(), |e| body + e);
     let mut commands = Vec::new();
     let mut current = String::new();
     for line in readme[start..end].lines() {
