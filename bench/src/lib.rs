@@ -860,11 +860,13 @@ async fn build_ledger(config: &str, data: &Path, events: usize) -> Result<()> {
         let mut changes = dishsync_inventory::Changes::default();
         for i in written..(written + 10_000).min(events) {
             let sku = &skus[i % skus.len()];
-            let ev: dishsync_protocol::payload::StockEventIn = serde_json::from_slice(&stock_event(
+            let mut ev: dishsync_protocol::payload::StockEventIn = serde_json::from_slice(&stock_event(
                 &format!("hist-{i}"),
                 if i % 3 == 2 { "consume" } else { "receive" },
                 "hist",
             ))?;
+            // History from a day ago, stamped when it happened.
+            ev.at = dishsync_protocol::payload::Timestamp(now);
             let out = inv.apply_stock(&s1, sku, &ev, now).map_err(|r| anyhow!("{r}"))?;
             commit.event_id(&s1, &ev.id, i as u64)?;
             commit.ledger(&out.entries)?;

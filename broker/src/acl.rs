@@ -422,6 +422,14 @@ impl Identity {
     }
 }
 
+/// Whether some topic of the contract matches `filter`.
+pub fn reaches_contract(filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    Family::ALL
+        .iter()
+        .any(|f| f.patterns().iter().any(|p| intersect(&levels, p).is_some()))
+}
+
 /// The literal store and device a filter fixes for a pattern it can match
 /// (`None` where the filter has a wildcard there).
 #[derive(Debug, Default)]

@@ -46,6 +46,20 @@ struct FileConfig {
     central_kitchen: Option<KitchenSection>,
     #[serde(default)]
     travel: Vec<TravelSection>,
+    #[serde(default)]
+    namespaces: Vec<NamespaceSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceSection {
+    prefix: String,
+    #[serde(default)]
+    per_store: bool,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +234,8 @@ pub struct Settings {
     /// Play the demo chain's dinner service with this seed (set by the
     /// command line for the built-in demo, never by a file).
     pub demo_service: Option<u64>,
+    /// Topic namespaces outside the contract, carried as plain MQTT.
+    pub namespaces: Vec<crate::namespaces::Namespace>,
     /// Every device allowed to log in.
     pub credentials: Vec<Credential>,
     /// The chain.
@@ -604,6 +620,7 @@ impl Validator {
         }
         let store_ids: BTreeSet<StoreId> = stores.iter().map(|s| s.id.clone()).collect();
         let credentials = self.devices(&file.devices, &store_ids);
+        let namespaces = self.namespaces(&file.namespaces);
         let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
         let limits = (
             file.broker.max_connections.unwrap_or(10_000),
@@ -658,6 +675,7 @@ impl Validator {
             checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms),
             tls,
             demo_service: None,
+            namespaces,
             credentials,
             catalog: Arc::new(catalog),
         })
@@ -672,6 +690,45 @@ fn clock_time(s: &str) -> Option<u32> {
 }
 
 impl Validator {
+    fn namespaces(&mut self, sections: &[NamespaceSection]) -> Vec<crate::namespaces::Namespace> {
+        let mut out: Vec<crate::namespaces::Namespace> = Vec::new();
+        for (i, n) in sections.iter().enumerate() {
+            let place = format!("namespaces[{i}]");
+            if let Some(problem) = crate::namespaces::prefix_problem(&n.prefix) {
+                self.issue(format!("{place}.prefix"), problem);
+                continue;
+            }
+            if out.iter().any(|o| o.prefix == n.prefix) {
+                self.issue(
+                    format!("{place}.prefix"),
+                    format!("namespace {} is defined twice", n.prefix),
+                );
+            }
+            let mut roles = |key: &str, names: &[String]| -> std::collections::BTreeSet<Role> {
+                names
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, name)| match name.parse::<Role>() {
+                        Ok(role) => Some(role),
+                        Err(e) => {
+                            self.issue(format!("{place}.{key}[{j}]"), e);
+                            None
+                        }
+                    })
+                    .collect()
+            };
+            let publish = roles("publish", &n.publish);
+            let subscribe = roles("subscribe", &n.subscribe);
+            out.push(crate::namespaces::Namespace {
+                prefix: n.prefix.clone(),
+                per_store: n.per_store,
+                publish,
+                subscribe,
+            });
+        }
+        out
+    }
+
     fn clock(&mut self, place: String, s: &str) -> Option<u32> {
         let t = clock_time(s);
         if t.is_none() {

@@ -43,6 +43,7 @@ use tracing::warn;
 
 use crate::acl::{Identity, Role, Scope};
 use crate::auth::Identities;
+use crate::namespaces::{self, Namespaces};
 use crate::outbound::{publish_doc, Outbound};
 use crate::rules::{decode, report, salvage_id, Intake, RulesHandle, Verdict};
 
@@ -56,15 +57,18 @@ pub const UNNAMED_DEVICE: &str = "unnamed";
 pub struct Sessions {
     identities: Identities,
     allow_anonymous: bool,
+    /// The open namespaces outside the contract.
+    namespaces: Arc<Namespaces>,
 }
 
 impl Sessions {
     /// Resolves identities from `identities`, with anonymous demo access if
-    /// `allow_anonymous`.
-    pub fn new(identities: Identities, allow_anonymous: bool) -> Sessions {
+    /// `allow_anonymous`; `namespaces` are carried as plain MQTT.
+    pub fn new(identities: Identities, allow_anonymous: bool, namespaces: Namespaces) -> Sessions {
         Sessions {
             identities,
             allow_anonymous,
+            namespaces: Arc::new(namespaces),
         }
     }
 
@@ -172,6 +176,23 @@ impl IntakeHook {
             Scope::Store(s) => Some(s.clone()),
             Scope::Chain => None,
         };
+        // A topic of an open namespace is plain MQTT: permission only.
+        match self.sessions.namespaces.may_publish(identity, topic) {
+            namespaces::Verdict::Allowed => return Ok(Admitted::Presence),
+            namespaces::Verdict::Denied(denied) => {
+                let code = if namespaces::valid_topic_name(topic) {
+                    PublishAckReason::NotAuthorized
+                } else {
+                    PublishAckReason::TopicNameInvalid
+                };
+                return Err(Refusal {
+                    code,
+                    rejection: Rejection::new(ErrorCode::NotPermitted, denied.0),
+                    store: own_store,
+                });
+            }
+            namespaces::Verdict::NotOurs => {}
+        }
         let parsed = topic.parse::<Topic>().map_err(|e| Refusal {
             code: PublishAckReason::TopicNameInvalid,
             rejection: Rejection::new(ErrorCode::UnknownTopic, e.to_string()),
@@ -327,6 +348,19 @@ impl SubscribeHook {
     }
 }
 
+/// May `identity` subscribe to `filter`: wholly in a namespace, the
+/// namespace decides; otherwise the contract's matrix, and every namespace
+/// a wildcard first level reaches.
+fn may_subscribe(identity: &Identity, namespaces: &Namespaces, filter: &str) -> Result<(), String> {
+    match namespaces.may_subscribe(identity, filter) {
+        (namespaces::Verdict::Denied(d), _) => Err(d.0),
+        (namespaces::Verdict::Allowed, _) if namespaces.owns(filter) => Ok(()),
+        // Only namespace topics match: the contract has nothing to say.
+        (_, true) if !crate::acl::reaches_contract(filter) => Ok(()),
+        _ => identity.may_subscribe(filter).map_err(|d| d.0),
+    }
+}
+
 /// The filter a shared subscription (`$share/{group}/{filter}`) stands for.
 fn unshared(filter: &str) -> &str {
     match filter.strip_prefix("$share/") {
@@ -343,7 +377,7 @@ impl Handler for SubscribeHook {
         };
         let filter: &str = &subscribe.topic_filter;
         let verdict = match self.sessions.identity(session) {
-            Some(identity) => identity.may_subscribe(unshared(filter)).map_err(|d| d.0),
+            Some(identity) => may_subscribe(&identity, &self.sessions.namespaces, unshared(filter)),
             None => Err("not logged in".to_string()),
         };
         let result = match verdict {

@@ -21,6 +21,7 @@ pub mod config;
 pub mod demo;
 pub mod hooks;
 pub mod memory;
+pub mod namespaces;
 pub mod outbound;
 pub mod retainer;
 pub mod rules;

@@ -1491,7 +1491,7 @@ mod tests {
             for (n, &k) in flat.iter().enumerate() {
                 if first.insert(k) {
                     let Input::Stock { store, sku, event } = pool(k) else { unreachable!("pool is stock events") };
-                    expected.apply_stock(&store, &sku, &event, 0).expect("valid input");
+                    expected.apply_stock(&store, &sku, &event, event.at.0).expect("valid input");
                     prop_assert_eq!(&verdicts[n], &Verdict::Applied);
                 } else {
                     prop_assert_eq!(&verdicts[n], &Verdict::Duplicate);

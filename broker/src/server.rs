@@ -25,7 +25,7 @@ use crate::auth::{Authenticator, Identities};
 use crate::config::Settings;
 use crate::hooks::{DropCounter, IntakeHook, PresenceHook, Sessions, SubscribeHook};
 use crate::outbound::{Outbound, Publisher};
-use crate::retainer::MemoryRetainer;
+use crate::retainer::{MemoryRetainer, RoundRobinGroups};
 use crate::rules::{self, publish_catalog, publish_changes, publish_menu, publish_summary, stage_changes};
 use crate::store::Store;
 
@@ -41,6 +41,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // limits are set on the listeners instead.
     let scx = ServerContext::new().busy_check_enable(false).build().await;
     *scx.extends.retain_mut().await = Box::<MemoryRetainer>::default();
+    *scx.extends.shared_subscription_mut().await = Box::<RoundRobinGroups>::default();
     let out = Outbound::new(scx.clone());
 
     let (store, inventory) = restore(&settings).await?;
@@ -53,7 +54,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(crate::demo::run(rules.clone(), catalog, seed));
     }
     let identities = Identities::default();
-    let sessions = Sessions::new(identities.clone(), settings.allow_anonymous);
+    let sessions = Sessions::new(
+        identities.clone(),
+        settings.allow_anonymous,
+        crate::namespaces::Namespaces::new(settings.namespaces.clone()),
+    );
     let register = scx.extends.hook_mgr().register();
     let authenticator = Authenticator::new(
         settings.credentials.clone(),

@@ -14,6 +14,7 @@ mod demo;
 mod durability;
 mod interop;
 mod mqtt5;
+mod namespaces;
 mod planning;
 mod security;
 mod worker;

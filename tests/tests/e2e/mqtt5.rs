@@ -245,3 +245,37 @@ async fn an_mqtt5_pos_loads_the_whole_menu_then_follows_each_dish_without_the_re
     );
     Ok(())
 }
+
+/// In an open namespace a message keeps its MQTT 5 properties on the way to
+/// a subscriber (user properties, content type, response topic), as a plain
+/// MQTT 5 broker does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_properties_pass_through_an_open_namespace() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let config = small_chain() + "\n[[namespaces]]\nprefix = \"tools\"\npublish = [\"hq\"]\nsubscribe = [\"hq\"]\n";
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut reader = Client5::connect(broker.addr, "tool-reader").await?;
+    reader.subscribe(Filter::new("tools/#", QoS::AtLeastOnce)).await?;
+    let writer = Client5::connect(broker.addr, "tool-writer").await?;
+    let properties = PublishProperties {
+        content_type: Some("application/json".into()),
+        response_topic: Some("tools/replies/tool-writer".into()),
+        user_properties: vec![("trace".into(), "abc-123".into())],
+        ..Default::default()
+    };
+    writer
+        .mqtt
+        .publish_with_properties("tools/label-printer/jobs", QoS::AtLeastOnce, false, "{}", properties)
+        .await?;
+    let got = reader.next_publish().await?;
+    assert_eq!(topic_of(&got), "tools/label-printer/jobs");
+    let props = got.properties.ok_or_else(|| anyhow!("no properties arrived"))?;
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    assert_eq!(props.response_topic.as_deref(), Some("tools/replies/tool-writer"));
+    assert_eq!(
+        props.user_properties,
+        vec![("trace".to_string(), "abc-123".to_string())]
+    );
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Open namespaces: topics outside the dishsync contract carried as plain
+//! MQTT — retain, wildcards, QoS 0/1/2, wills, MQTT 5 properties, shared
+//! subscriptions — with permissions per role and per store, while the
+//! contract's own topics keep every rule they have.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use rumqttc::QoS;
+use serde_json::json;
+use tokio::time::{timeout_at, Instant};
+
+use crate::support::{small_chain, temp_data_dir, BrokerProcess, Client, DEADLINE};
+
+const DEVICES: [(&str, &str, Option<&str>); 6] = [
+    ("probe-1", "scale", Some("s1")),
+    ("kds-1", "kds", Some("s1")),
+    ("kds-2", "kds", Some("s2")),
+    ("pos-1", "pos", Some("s1")),
+    ("hq-1", "hq", None),
+    ("hq-2", "hq", None),
+];
+
+fn password(device: &str) -> String {
+    format!("{device}-pw")
+}
+
+/// The small chain, anonymous access off, with two namespaces: `probes`
+/// (per store: scales publish, kitchens and HQ read) and `signage` (HQ
+/// publishes, POS and HQ read).
+fn chain_with_namespaces() -> Result<String> {
+    let mut config = small_chain().replace("allow_anonymous = true", "allow_anonymous = false");
+    config.push_str(
+        "\n[[namespaces]]\nprefix = \"probes\"\nper_store = true\npublish = [\"scale\"]\nsubscribe = [\"kds\", \"hq\"]\n\n\
+         [[namespaces]]\nprefix = \"signage\"\npublish = [\"hq\"]\nsubscribe = [\"pos\", \"hq\"]\n\n",
+    );
+    for (device, role, store) in DEVICES {
+        let hash = dishsync_broker::auth::hash_password(&password(device))?;
+        config.push_str(&format!(
+            "[[devices]]\nid = \"{device}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n"
+        ));
+        if let Some(store) = store {
+            config.push_str(&format!("store = \"{store}\"\n"));
+        }
+        config.push('\n');
+    }
+    Ok(config)
+}
+
+async fn login(addr: std::net::SocketAddr, device: &str) -> Result<Client> {
+    Client::login(addr, device, &password(device)).await
+}
+
+/// Whether a subscription is granted.
+async fn granted(client: &mut Client, filter: &str) -> Result<bool> {
+    match client.subscribe(filter, QoS::AtLeastOnce).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.to_string().contains("refused") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_outside_the_contract_is_plain_mqtt_with_permissions() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&chain_with_namespaces()?, &data)?;
+    let addr = broker.addr;
+    let mut probe = login(addr, "probe-1").await?;
+    probe.subscribe("stores/s1/errors/probe-1", QoS::AtLeastOnce).await?;
+
+    // Retain: a reading published before anyone listens is there later.
+    probe
+        .mqtt
+        .publish("probes/s1/fridge-1/temp", QoS::AtLeastOnce, true, "3.9")
+        .await?;
+    // QoS 0, 1 and 2 all arrive; wildcards match.
+    let mut kitchen = login(addr, "kds-1").await?;
+    kitchen.subscribe("probes/s1/+/temp", QoS::ExactlyOnce).await?;
+    kitchen
+        .wait_until("the retained reading", |seen| {
+            seen.iter()
+                .any(|m| m.topic == "probes/s1/fridge-1/temp" && m.text == "3.9")
+        })
+        .await?;
+    let mut hq = login(addr, "hq-1").await?;
+    assert!(granted(&mut hq, "probes/#").await?, "HQ reads every store's probes");
+    for (n, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        probe
+            .mqtt
+            .publish("probes/s1/fridge-2/temp", qos, false, format!("4.{n}"))
+            .await?;
+    }
+    for who in [&mut kitchen, &mut hq] {
+        who.wait_until("QoS 0, 1 and 2", |seen| {
+            (0..3).all(|n| {
+                seen.iter()
+                    .any(|m| m.topic == "probes/s1/fridge-2/temp" && m.text == format!("4.{n}"))
+            })
+        })
+        .await?;
+    }
+
+    // Permissions: per role, and per store for a per-store namespace.
+    let mut other_kitchen = login(addr, "kds-2").await?;
+    assert!(
+        !granted(&mut other_kitchen, "probes/s1/#").await?,
+        "another store's probes"
+    );
+    assert!(granted(&mut other_kitchen, "probes/s2/#").await?);
+    assert!(
+        !granted(&mut other_kitchen, "signage/#").await?,
+        "a kitchen may not read signage"
+    );
+    let mut pos = login(addr, "pos-1").await?;
+    pos.subscribe("stores/s1/errors/pos-1", QoS::AtLeastOnce).await?;
+    assert!(granted(&mut pos, "signage/menu-board").await?);
+    pos.mqtt
+        .publish("probes/s1/fridge-1/temp", QoS::AtLeastOnce, false, "99")
+        .await?;
+    let refused = pos.next_on("stores/s1/errors/pos-1").await?;
+    assert_eq!(refused["code"], json!("not_permitted"), "{refused}");
+    probe
+        .mqtt
+        .publish("probes/s2/fridge-1/temp", QoS::AtLeastOnce, false, "5")
+        .await?;
+    let refused = probe.next_on("stores/s1/errors/probe-1").await?;
+    assert_eq!(refused["code"], json!("not_permitted"), "another store's: {refused}");
+    assert!(
+        !kitchen.seen.iter().chain(hq.seen.iter()).any(|m| m.text == "99"),
+        "a refused publish is not routed"
+    );
+
+    // Shared subscriptions: each message to one member of the group.
+    let mut second = login(addr, "hq-2").await?;
+    hq.subscribe("$share/ops/signage/#", QoS::AtLeastOnce).await?;
+    second.subscribe("$share/ops/signage/#", QoS::AtLeastOnce).await?;
+    for n in 0..20 {
+        hq.mqtt
+            .publish("signage/menu-board", QoS::AtLeastOnce, false, format!("frame-{n}"))
+            .await?;
+    }
+    pos.wait_until("every frame at the POS", |seen| {
+        seen.iter().filter(|m| m.topic == "signage/menu-board").count() == 20
+    })
+    .await?;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let shared = |c: &Client| {
+            c.seen
+                .iter()
+                .filter(|m| m.topic == "signage/menu-board" && m.text.starts_with("frame-"))
+                .count()
+        };
+        // The publisher's own plain subscription sees none of these (it
+        // subscribed to probes), so every copy it holds is its share.
+        if shared(&hq) + shared(&second) >= 20 {
+            assert_eq!(
+                shared(&hq) + shared(&second),
+                20,
+                "each frame went to exactly one of the group"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("the group got {} of 20", shared(&hq) + shared(&second)));
+        }
+        for c in [&mut hq, &mut second] {
+            let _ = c.recv_until(Instant::now() + Duration::from_millis(100)).await?;
+        }
+    }
+
+    // The contract keeps its rules: a made-up topic under stores/ is refused.
+    probe
+        .mqtt
+        .publish("stores/s1/fridge", QoS::AtLeastOnce, false, "x")
+        .await?;
+    let refused = probe.next_on("stores/s1/errors/probe-1").await?;
+    assert_eq!(refused["code"], json!("unknown_topic"), "{refused}");
+    Ok(())
+}
+
+/// A device's will, on a namespace topic it may publish, is published when
+/// it drops off without a DISCONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_in_a_namespace_is_published_when_the_device_drops() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&chain_with_namespaces()?, &data)?;
+    let mut kitchen = login(broker.addr, "kds-1").await?;
+    kitchen.subscribe("probes/s1/fridge-1/status", QoS::AtLeastOnce).await?;
+
+    let mut opts = rumqttc::MqttOptions::new("probe-1", "127.0.0.1", broker.addr.port());
+    opts.set_credentials("probe-1", password("probe-1"));
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_last_will(rumqttc::LastWill::new(
+        "probes/s1/fridge-1/status",
+        "lost",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
+    let polling = tokio::spawn(async move {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) = eventloop.poll().await {
+                break eventloop;
+            }
+        }
+    });
+    let eventloop = timeout_at(Instant::now() + DEADLINE, polling).await??;
+    // The connection drops: no DISCONNECT is sent.
+    drop(eventloop);
+    drop(client);
+    let will = kitchen.next_on("probes/s1/fridge-1/status").await;
+    let text = kitchen
+        .seen
+        .iter()
+        .find(|m| m.topic == "probes/s1/fridge-1/status")
+        .map(|m| m.text.clone());
+    assert!(will.is_ok() || text.is_some(), "no will");
+    assert_eq!(text.as_deref(), Some("lost"));
+    Ok(())
+}
