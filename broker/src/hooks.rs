@@ -268,6 +268,22 @@ impl IntakeHook {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        // [MQTT-3.3.2-2]: a topic name with wildcards (or control
+        // characters) is a protocol violation, which closes the connection
+        // ([MQTT-4.8.0-1]); it is refused first, so nothing is routed.
+        if !namespaces::valid_topic_name(topic) {
+            let rejection = Rejection::new(
+                ErrorCode::UnknownTopic,
+                format!("{topic:?} is not a topic name (wildcards or control characters): closing the connection"),
+            );
+            warn!(%device, topic, "protocol violation: closing the connection");
+            let entry = session.scx.extends.shared().await.entry(session.id.clone());
+            if let Some(tx) = entry.tx() {
+                let reason = Reason::ProtocolError("topic name with wildcards or control characters".into());
+                let _ = tx.unbounded_send(rmqtt::types::Message::Closed(reason));
+            }
+            return refuse(PublishAckReason::TopicNameInvalid, &rejection);
+        }
         match self.admit(&identity, topic, payload) {
             Err(Refusal { code, rejection, store }) => {
                 match (store, &identity.scope) {

@@ -772,3 +772,50 @@ async fn a_chain_device_hears_of_refusals_that_name_no_store() -> Result<()> {
     assert!(!try_subscribe(&mut kitchen, "hq/errors/hq-1").await?);
     Ok(())
 }
+
+/// [MQTT-3.3.2-2] and [MQTT-4.8.0-1]: a PUBLISH whose topic name holds a
+/// wildcard (or a control character) is a protocol violation: nothing is
+/// routed and the connection is closed; a valid one on the same terms is
+/// served. Sent as raw bytes: client libraries refuse to send such topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_a_wildcard_topic_closes_the_connection() -> Result<()> {
+    let config =
+        secured_chain("")? + "\n[[namespaces]]\nprefix = \"tools\"\npublish = [\"hq\"]\nsubscribe = [\"hq\"]\n";
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut audit = Client::login(broker.addr, "audit-1", &password("audit-1")).await?;
+    audit.subscribe("tools/#", QoS::AtLeastOnce).await?;
+    for (topic, closed) in [
+        ("tools/+/jobs", true),
+        ("tools/#", true),
+        ("tools/\u{1}bell", true),
+        ("stores/s1/+/events", true),
+        ("tools/jobs", false),
+    ] {
+        let mut bytes = connect_packet("hq-1", "hq-1", &password("hq-1"));
+        bytes.extend(publish_packet(topic, b"job"));
+        let mut stream = TcpStream::connect(broker.addr)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        stream.write_all(&bytes)?;
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply)?;
+        assert_eq!(&reply[..4], &[0x20, 2, 0, 0], "{topic:?}: CONNACK accepted");
+        assert_eq!(reply[4], 0x40, "{topic:?}: PUBACK");
+        if closed {
+            let mut rest = Vec::new();
+            let read = stream.read_to_end(&mut rest);
+            assert!(
+                matches!(read, Ok(_)) && rest.is_empty(),
+                "{topic:?}: the connection is closed ({read:?}, {rest:?})"
+            );
+        }
+    }
+    let routed = audit.next_on("tools/jobs").await?;
+    assert!(routed.is_null(), "the payload is not JSON");
+    assert_eq!(
+        audit.seen.iter().filter(|m| m.topic.starts_with("tools/")).count(),
+        1,
+        "only the valid publish was routed"
+    );
+    Ok(())
+}
