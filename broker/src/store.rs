@@ -14,7 +14,10 @@
 //! and deletes the journal segments sled now covers. Opening
 //! the store replays the journal records past `j` into sled first, so a
 //! crash — even `kill -9` — loses nothing that was flushed and leaves either
-//! all of a commit or none of it.
+//! all of a commit or none of it. Damage a crash cannot leave (a bad journal
+//! record with intact ones after it, a missing segment, sled behind the
+//! journal's first group) makes the open fail with [`StoreError::Damaged`];
+//! [`Store::repair`] keeps every intact record and reports what is lost.
 //!
 //! sled keys, in one tree:
 //!
