@@ -183,7 +183,12 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dishsync-broker: {e:#}");
-            ExitCode::FAILURE
+            // A storage failure while serving: EX_SOFTWARE, for supervisors.
+            if e.downcast_ref::<crate::store::StorageFailed>().is_some() {
+                ExitCode::from(70)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -850,11 +850,12 @@ async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mpsc::Receiver
     };
     while let Some(group) = rx.recv().await {
         if let Err(e) = store.flush().await {
-            // What reached the disk is unknown: stop, and let the restart
-            // recover from the last complete commit. Devices re-send what
-            // they saw no ack for.
+            // What reached the disk is unknown: stop (the shell does, on
+            // this), and let the restart recover from the last complete
+            // commit. Devices re-send what they saw no ack for.
             error!(error = %e, "storage failed; stopping the broker");
-            std::process::exit(70);
+            store.fail(format!("a journal sync failed: {e}"));
+            return;
         }
         // A device holding its PUBACK finds the new state retained.
         for (topic, payload, _) in &group.retained {
@@ -916,7 +917,8 @@ impl Rules {
             Ok(permit) => permit,
             Err(_) => {
                 error!("the committer stopped; stopping the broker");
-                std::process::exit(70);
+                self.store.fail("the committer stopped".into());
+                std::future::pending().await
             }
         }
     }
@@ -954,16 +956,18 @@ impl Rules {
                 }
             };
             if let Err(e) = result {
-                // What reached the disk is unknown: stop, and let the restart
-                // recover from the last complete commit. Devices re-send what
-                // they saw no ack for.
+                // What reached the disk is unknown: stop (the shell does, on
+                // this), and let the restart recover from the last complete
+                // commit. Devices re-send what they saw no ack for.
                 error!(error = %e, "storage failed; stopping the broker");
-                std::process::exit(70);
+                self.store.fail(format!("a commit failed: {e}"));
+                return;
             }
         }
+        let store = self.store.clone();
         if let Err(e) = self.shutdown().await {
             error!(error = %e, "storage failed while stopping");
-            std::process::exit(70);
+            store.fail(format!("the last commit failed: {e}"));
         }
         info!("rules task stopped");
     }
@@ -1173,7 +1177,7 @@ impl Rules {
         };
         if self.committer.send(completion).await.is_err() {
             error!("the committer stopped; stopping the broker");
-            std::process::exit(70);
+            self.store.fail("the committer stopped".into());
         }
         Ok(())
     }

@@ -49,6 +49,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!("state restored and re-published");
 
     let catalog = inventory.catalog().clone();
+    let storage = store.clone();
     let rules = rules::start(inventory, store, Arc::new(out.clone()));
     if let Some(seed) = settings.demo_service {
         tokio::spawn(crate::demo::run(rules.clone(), catalog, seed));
@@ -122,7 +123,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     println!("dishsync-broker listening on mqtt://{addr}");
     info!(%addr, tls = ?tls_addr, data_dir = %settings.data_dir.display(), "serving");
-    server.build().run().await.context("serving MQTT")?;
+    tokio::select! {
+        served = server.build().run() => served.context("serving MQTT")?,
+        // A failed write stops the broker: what reached the disk is unknown.
+        what = storage.failed() => return Err(crate::store::StorageFailed(what).into()),
+    }
     Ok(())
 }
 

@@ -90,6 +90,13 @@ pub enum StoreError {
     },
 }
 
+/// A write failed while serving: the broker stopped so that the restart
+/// recovers the last complete commit (devices re-send what they saw no ack
+/// for). `main` exits with 70 on it.
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed ({0}); stopped so that the restart recovers the last complete commit")]
+pub struct StorageFailed(pub String);
+
 /// How often the checkpointer moves committed groups from memory into sled.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -107,6 +114,9 @@ struct Shared {
     overlay: Mutex<Overlay>,
     /// One checkpoint at a time.
     checkpointing: Mutex<()>,
+    /// Set once a write failed: what reached the disk is unknown, so the
+    /// broker stops (see [`Store::failed`]).
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Pairs journaled but not yet in sled: read before sled.
@@ -337,7 +347,8 @@ fn checkpointer(shared: Arc<Shared>, every: Duration, stop: std::sync::mpsc::Rec
         if let Err(e) = shared.checkpoint() {
             // The journal still holds everything; the restart replays it.
             tracing::error!(error = %e, "checkpoint failed; stopping the broker");
-            std::process::exit(70);
+            shared.failure.send_replace(Some(format!("a checkpoint failed: {e}")));
+            return;
         }
         if last {
             return;
@@ -525,6 +536,7 @@ impl Store {
             journal,
             overlay: Mutex::new(Overlay::default()),
             checkpointing: Mutex::new(()),
+            failure: tokio::sync::watch::channel(None).0,
         });
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = if let Some(every) = checkpoint_every {
@@ -654,6 +666,26 @@ impl Store {
                 Err(e) => vec![Err(e)],
             }
         }))
+    }
+
+    /// Records that a write failed (`what`, with its error): from then on
+    /// the broker must stop, as what reached the disk is unknown. The
+    /// restart recovers the last complete commit; devices re-send what they
+    /// saw no ack for.
+    pub fn fail(&self, what: String) {
+        self.inner.shared.failure.send_replace(Some(what));
+    }
+
+    /// Resolves once a write failed — by a commit, a flush or the
+    /// checkpointer — with what failed. The shell stops on it.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.inner.shared.failure.subscribe();
+        let raised = failure.wait_for(Option::is_some).await.map(|what| what.clone());
+        match raised {
+            Ok(what) => what.unwrap_or_default(),
+            // The store is gone: nothing more can fail.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Moves everything applied so far into sled now.
@@ -1241,5 +1273,24 @@ mod tests {
         assert!(text.contains("sled") && text.contains("backup"), "{text}");
         let refused = Store::repair(dir.path()).expect_err("no repair from the journal");
         assert!(refused.to_string().contains("backup"), "{refused}");
+    }
+
+    /// A failed write is raised to whoever serves the store, once, with
+    /// what failed: the shell stops on it (no process exit in the library).
+    #[tokio::test]
+    async fn a_failed_write_reaches_the_shell() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open_with(dir.path(), None).expect("store");
+        let watching = store.clone();
+        let waiter = tokio::spawn(async move { watching.failed().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "nothing failed yet");
+        store.fail("a journal sync failed: no space left on device".into());
+        let what = tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("raised")
+            .expect("task");
+        assert!(what.contains("no space left"), "{what}");
+        assert!(store.failed().await.contains("no space left"), "and stays raised");
     }
 }

@@ -144,6 +144,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
 
     let out = Arc::new(Attached { client: client.clone() });
     republish_all(&*out, &inventory).await;
+    let storage = store.clone();
     let rules = rules::start(inventory, store, out.clone());
 
     // Each input is acknowledged to the external broker, in the order it
@@ -164,7 +165,17 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
         }
     });
     let owned: HashSet<StoreId> = settings.catalog.stores().map(|s| s.id.clone()).collect();
-    while let Some(publish) = inputs.recv().await {
+    let mut failed = std::pin::pin!(storage.failed());
+    loop {
+        let publish = tokio::select! {
+            publish = inputs.recv() => match publish {
+                Some(publish) => publish,
+                None => break,
+            },
+            // A failed write stops the worker; the external broker keeps
+            // what was not acknowledged.
+            what = &mut failed => return Err(crate::store::StorageFailed(what).into()),
+        };
         let verdict = route(&rules, &*out, &owned, &publish).await;
         if verdicts_tx.send((publish, verdict)).await.is_err() {
             break;
