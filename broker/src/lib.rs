@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod front;
 pub mod hooks;
 pub mod memory;
 pub mod namespaces;

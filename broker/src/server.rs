@@ -96,11 +96,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if !settings.allow_anonymous && settings.credentials.is_empty() {
         warn!("anonymous access is off and no devices are configured: no client can connect");
     }
-    let plain = listener(&settings, "mqtt/tcp", settings.listen)
-        .bind()
+    // The public plaintext address is the validating front's; the engine
+    // listens on loopback behind it, told each client's address by a PROXY
+    // protocol header (front.rs).
+    let public = tokio::net::TcpListener::bind(settings.listen)
+        .await
         .with_context(|| format!("binding {}", settings.listen))?;
-    let addr = plain.local_addr().context("reading the bound address")?;
-    let mut server = MqttServer::new(scx).listener_by_id(plain.tcp().context("starting the TCP listener")?, 1);
+    let addr = public.local_addr().context("reading the bound address")?;
+    let engine = listener(&settings, "mqtt/tcp", ([127, 0, 0, 1], 0).into())
+        .proxy_protocol(true)
+        .bind()
+        .context("binding the engine's loopback listener")?;
+    let engine_addr = engine.local_addr().context("reading the engine's address")?;
+    let mut server = MqttServer::new(scx).listener_by_id(engine.tcp().context("starting the TCP listener")?, 1);
     let mut tls_addr = None;
     if let Some(tls) = &settings.tls {
         let bound = listener(&settings, "mqtt/tls", tls.listen)
@@ -125,6 +133,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(%addr, tls = ?tls_addr, data_dir = %settings.data_dir.display(), "serving");
     tokio::select! {
         served = server.build().run() => served.context("serving MQTT")?,
+        fronted = crate::front::serve(public, engine_addr) => fronted.context("accepting MQTT connections")?,
         // A failed write stops the broker: what reached the disk is unknown.
         what = storage.failed() => return Err(crate::store::StorageFailed(what).into()),
     }

@@ -775,8 +775,9 @@ async fn a_chain_device_hears_of_refusals_that_name_no_store() -> Result<()> {
 
 /// [MQTT-3.3.2-2] and [MQTT-4.8.0-1]: a PUBLISH whose topic name holds a
 /// wildcard (or a control character) is a protocol violation: nothing is
-/// routed and the connection is closed; a valid one on the same terms is
-/// served. Sent as raw bytes: client libraries refuse to send such topics.
+/// routed and the connection is closed (by the validating front, before
+/// the engine sees it); a valid one on the same terms is served. Sent as
+/// raw bytes: client libraries refuse to send such topics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_to_a_wildcard_topic_closes_the_connection() -> Result<()> {
     let config =
@@ -797,17 +798,21 @@ async fn a_publish_to_a_wildcard_topic_closes_the_connection() -> Result<()> {
         let mut stream = TcpStream::connect(broker.addr)?;
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.write_all(&bytes)?;
-        let mut reply = [0u8; 8];
-        stream.read_exact(&mut reply)?;
-        assert_eq!(&reply[..4], &[0x20, 2, 0, 0], "{topic:?}: CONNACK accepted");
-        assert_eq!(reply[4], 0x40, "{topic:?}: PUBACK");
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack)?;
+        assert_eq!(connack, [0x20, 2, 0, 0], "{topic:?}: CONNACK accepted");
         if closed {
+            // No PUBACK: the violation closes the connection at once.
             let mut rest = Vec::new();
             let read = stream.read_to_end(&mut rest);
             assert!(
                 read.is_ok() && rest.is_empty(),
                 "{topic:?}: the connection is closed ({read:?}, {rest:?})"
             );
+        } else {
+            let mut puback = [0u8; 4];
+            stream.read_exact(&mut puback)?;
+            assert_eq!(puback[0], 0x40, "{topic:?}: PUBACK");
         }
     }
     let routed = audit.next_on("tools/jobs").await?;
@@ -817,5 +822,116 @@ async fn a_publish_to_a_wildcard_topic_closes_the_connection() -> Result<()> {
         1,
         "only the valid publish was routed"
     );
+    Ok(())
+}
+
+/// Sends raw `bytes` (then `then`, once the first answer is in) and returns
+/// everything the broker sent until it closed the connection.
+fn exchange(addr: std::net::SocketAddr, bytes: &[u8], then: Option<&[u8]>) -> Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.write_all(bytes)?;
+    let mut got = Vec::new();
+    if let Some(then) = then {
+        let mut first = [0u8; 64];
+        let n = stream.read(&mut first)?;
+        got.extend_from_slice(&first[..n]);
+        stream.write_all(then)?;
+    }
+    stream.read_to_end(&mut got)?;
+    Ok(got)
+}
+
+/// A raw CONNECT at `level` with `flags` and `client_id`, no other fields.
+fn raw_connect(level: u8, flags: u8, client_id: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 4];
+    body.extend_from_slice(b"MQTT");
+    body.extend_from_slice(&[level, flags, 0, 30]);
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id);
+    let mut packet = vec![0x10];
+    packet.extend(remaining_length(body.len()));
+    packet.extend(body);
+    packet
+}
+
+/// The validating front answers malformed packets as MQTT says, whatever
+/// the engine's decoder would have done: an unknown protocol level gets
+/// CONNACK 0x01 [MQTT-3.1.2-2]; a reserved CONNECT flag closes
+/// [MQTT-3.1.2-3]; a client id with a control character is rejected
+/// (CONNACK 0x02); a PINGREQ with a body closes [MQTT-2.2.2-2] — for an
+/// MQTT 5 client with DISCONNECT 0x81 first; a DISCONNECT closes at once.
+/// Each `read_to_end` returning proves the broker closed the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packets_are_answered_as_the_standard_says() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    let addr = broker.addr;
+    let accepted = [0x20, 2, 0, 0];
+    // (what, the first bytes, the bytes after the first answer, all the
+    // broker says before it closes)
+    type Case = (&'static str, Vec<u8>, Option<&'static [u8]>, Vec<u8>);
+    let cases: Vec<Case> = vec![
+        (
+            "protocol level 2",
+            raw_connect(2, 0b10, b"raw-a"),
+            None,
+            vec![0x20, 2, 0, 1],
+        ),
+        (
+            "protocol level 6",
+            raw_connect(6, 0b10, b"raw-a"),
+            None,
+            vec![0x20, 2, 0, 1],
+        ),
+        ("reserved CONNECT flag", raw_connect(4, 0b11, b"raw-a"), None, vec![]),
+        (
+            "inconsistent will flags",
+            raw_connect(4, 0b1_1010, b"raw-a"),
+            None,
+            vec![],
+        ),
+        (
+            "control character in the client id",
+            raw_connect(4, 0b10, b"raw\x01a"),
+            None,
+            vec![0x20, 2, 0, 2],
+        ),
+        (
+            "PINGREQ with a body",
+            raw_connect(4, 0b10, b"raw-b"),
+            Some(&[0xc0, 1, 0]),
+            accepted.to_vec(),
+        ),
+        (
+            "SUBSCRIBE with reserved flags",
+            raw_connect(4, 0b10, b"raw-c"),
+            Some(&[0x80, 6, 0, 1, 0, 1, b'#', 0]),
+            accepted.to_vec(),
+        ),
+        (
+            "DISCONNECT",
+            raw_connect(4, 0b10, b"raw-d"),
+            Some(&[0xe0, 0]),
+            accepted.to_vec(),
+        ),
+    ];
+    for (what, bytes, then, expected) in cases {
+        let got = exchange(addr, &bytes, then)?;
+        assert_eq!(got, expected, "{what}");
+    }
+    // MQTT 5: the CONNACK, then DISCONNECT with reason 0x81 (malformed).
+    let got = exchange(addr, &raw_connect(5, 0b10, b"raw-e"), Some(&[0xc0, 1, 0]))?;
+    assert_eq!(got.first(), Some(&0x20), "a CONNACK first: {got:?}");
+    assert!(got.ends_with(&[0xe0, 1, 0x81]), "then DISCONNECT 0x81: {got:?}");
+    // The broker keeps serving everyone else.
+    let mut pos = Client::connect(addr, "pos-1").await?;
+    pos.subscribe("stores/s1/dishes/burger/availability", QoS::AtLeastOnce)
+        .await?;
+    pos.wait_until("the retained availability", |seen| !seen.is_empty())
+        .await?;
     Ok(())
 }

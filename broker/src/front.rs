@@ -1,0 +1,713 @@
+//! The validating front of the plaintext MQTT listener: every packet a
+//! client sends is checked as bytes against the MQTT 3.1.1 and 5.0 rules
+//! that rmqtt 0.24's decoder does not enforce, before the engine sees it
+//! (CONFORMANCE.md lists them).
+//!
+//! [`Validator`] is the pure part: fed the client's bytes, it says which
+//! bytes go on to the engine and when to stop — with the answer the
+//! specification asks for (CONNACK `0x01` for an unknown protocol level,
+//! CONNACK "identifier rejected" for a client id with control characters,
+//! DISCONNECT `0x81`/`0x82` to an MQTT 5 client) — closes the connection
+//! right after a DISCONNECT, and closes a client silent for one and a half
+//! times its keep-alive. [`serve`] is the shell: it accepts
+//! on the public address and hands each connection to the engine's own
+//! listener on loopback with a PROXY protocol header, so the engine (and
+//! the login brake) still sees the client's address.
+//!
+//! It does not interpret inputs, topics of the contract or permissions:
+//! that is the hooks' job. Invariant: the bytes forwarded are exactly the
+//! client's, in order, packet by packet; nothing is rewritten.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+/// MQTT packet types (the high nibble of the first byte).
+mod kind {
+    pub const CONNECT: u8 = 1;
+    pub const PUBLISH: u8 = 3;
+    pub const PUBREL: u8 = 6;
+    pub const SUBSCRIBE: u8 = 8;
+    pub const UNSUBSCRIBE: u8 = 10;
+    pub const PINGREQ: u8 = 12;
+    pub const DISCONNECT: u8 = 14;
+    pub const AUTH: u8 = 15;
+}
+
+/// What to do after some bytes from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send these bytes on to the engine.
+    Forward(Vec<u8>),
+    /// Send these bytes on, then close the connection (after DISCONNECT).
+    ForwardAndClose(Vec<u8>),
+    /// A violation: answer the client with these bytes (maybe none), forward
+    /// nothing more, close.
+    Refuse {
+        /// The answer (CONNACK or MQTT 5 DISCONNECT), possibly empty.
+        answer: Vec<u8>,
+        /// Why, for the log.
+        why: String,
+    },
+}
+
+/// The sans-IO packet checker for one connection.
+#[derive(Debug, Default)]
+pub struct Validator {
+    buffer: Vec<u8>,
+    /// The protocol level of the accepted CONNECT (4 = 3.1.1, 5, 3 = 3.1).
+    level: Option<u8>,
+    /// The accepted CONNECT's keep-alive, seconds (0: none).
+    keep_alive: u16,
+    done: bool,
+}
+
+/// Why a packet is refused, and how MQTT 5 names it.
+struct Violation {
+    why: String,
+    /// MQTT 5 DISCONNECT reason: 0x81 malformed packet, 0x82 protocol error.
+    reason: u8,
+}
+
+fn malformed(why: impl Into<String>) -> Violation {
+    Violation {
+        why: why.into(),
+        reason: 0x81,
+    }
+}
+
+fn protocol(why: impl Into<String>) -> Violation {
+    Violation {
+        why: why.into(),
+        reason: 0x82,
+    }
+}
+
+/// A cursor over one packet's body.
+struct Body<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Violation> {
+        let part = self
+            .bytes
+            .get(self.at..self.at + n)
+            .ok_or_else(|| malformed("the packet ends inside a field"))?;
+        self.at += n;
+        Ok(part)
+    }
+
+    fn u8(&mut self) -> Result<u8, Violation> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Violation> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn binary(&mut self) -> Result<&'a [u8], Violation> {
+        let n = self.u16()? as usize;
+        self.take(n)
+    }
+
+    /// A UTF-8 string: valid, no U+0000 ([MQTT-1.5.3-1], [MQTT-1.5.3-2]).
+    fn string(&mut self) -> Result<&'a str, Violation> {
+        let bytes = self.binary()?;
+        let s = std::str::from_utf8(bytes).map_err(|_| malformed("a string is not valid UTF-8"))?;
+        if s.contains('\0') {
+            return Err(malformed("a string holds U+0000"));
+        }
+        Ok(s)
+    }
+
+    fn varint(&mut self) -> Result<usize, Violation> {
+        let mut value = 0usize;
+        for i in 0..4 {
+            let b = self.u8()?;
+            value |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(malformed("a variable byte integer is longer than 4 bytes"))
+    }
+
+    /// Skips MQTT 5 properties.
+    fn properties(&mut self) -> Result<(), Violation> {
+        let n = self.varint()?;
+        self.take(n).map(|_| ())
+    }
+
+    fn rest(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+}
+
+/// Whether a string is one a person or a device id should carry: no
+/// control characters ([MQTT-1.5.3-2]: they SHOULD NOT appear).
+fn printable(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+/// The remaining length at the front of `bytes` (after the first byte):
+/// `Ok(None)` while incomplete.
+fn remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, Violation> {
+    let mut value = 0usize;
+    for i in 0..4 {
+        let Some(&b) = bytes.get(1 + i) else {
+            return Ok(None);
+        };
+        value |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((value, 2 + i)));
+        }
+    }
+    Err(malformed("the remaining length is longer than 4 bytes"))
+}
+
+impl Validator {
+    /// A validator for a new connection.
+    pub fn new() -> Validator {
+        Validator::default()
+    }
+
+    /// How long the client may stay silent: one and a half times the
+    /// keep-alive of its accepted CONNECT ([MQTT-3.1.2-24]); `None` before
+    /// the CONNECT or with a keep-alive of 0.
+    pub fn silence_allowed(&self) -> Option<std::time::Duration> {
+        (self.level.is_some() && self.keep_alive > 0)
+            .then(|| std::time::Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// Takes in bytes from the client; returns what to do, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if self.done {
+            return steps;
+        }
+        self.buffer.extend_from_slice(bytes);
+        let mut forward = Vec::new();
+        while let Some(&first) = self.buffer.first() {
+            let (length, header) = match remaining_length(&self.buffer) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(v) => {
+                    steps.extend((!forward.is_empty()).then(|| Step::Forward(std::mem::take(&mut forward))));
+                    steps.push(self.refuse(v));
+                    return steps;
+                }
+            };
+            if self.buffer.len() < header + length {
+                break;
+            }
+            let packet: Vec<u8> = self.buffer.drain(..header + length).collect();
+            match self.check(first, &packet[header..]) {
+                Ok(Checked::Pass) => forward.extend_from_slice(&packet),
+                Ok(Checked::Last) => {
+                    forward.extend_from_slice(&packet);
+                    steps.push(Step::ForwardAndClose(std::mem::take(&mut forward)));
+                    self.done = true;
+                    return steps;
+                }
+                Ok(Checked::Answer(answer, why)) => {
+                    steps.extend((!forward.is_empty()).then(|| Step::Forward(std::mem::take(&mut forward))));
+                    steps.push(Step::Refuse { answer, why });
+                    self.done = true;
+                    return steps;
+                }
+                Err(v) => {
+                    steps.extend((!forward.is_empty()).then(|| Step::Forward(std::mem::take(&mut forward))));
+                    steps.push(self.refuse(v));
+                    return steps;
+                }
+            }
+        }
+        if !forward.is_empty() {
+            steps.push(Step::Forward(forward));
+        }
+        steps
+    }
+
+    /// The refusal of a violation: to an MQTT 5 client, a DISCONNECT with
+    /// its reason; otherwise the connection is closed without a word.
+    fn refuse(&mut self, v: Violation) -> Step {
+        self.done = true;
+        let answer = if self.level == Some(5) {
+            vec![(kind::DISCONNECT << 4), 1, v.reason]
+        } else {
+            Vec::new()
+        };
+        Step::Refuse { answer, why: v.why }
+    }
+
+    fn check(&mut self, first: u8, body: &[u8]) -> Result<Checked, Violation> {
+        let (packet, flags) = (first >> 4, first & 0x0f);
+        let mut body = Body { bytes: body, at: 0 };
+        let Some(level) = self.level else {
+            if packet != kind::CONNECT {
+                return Err(protocol("the first packet must be CONNECT"));
+            }
+            return self.connect(flags, &mut body);
+        };
+        let v5 = level == 5;
+        // Fixed-header flags ([MQTT-2.2.2-1], [MQTT-2.2.2-2]).
+        let expected = match packet {
+            kind::PUBLISH => None,
+            kind::PUBREL | kind::SUBSCRIBE | kind::UNSUBSCRIBE => Some(0b0010),
+            _ => Some(0),
+        };
+        if expected.is_some_and(|e| e != flags) {
+            return Err(malformed(format!(
+                "packet type {packet} with reserved flags {flags:#06b}"
+            )));
+        }
+        match packet {
+            kind::CONNECT => Err(protocol("a second CONNECT")),
+            kind::PUBLISH => {
+                let qos = (flags >> 1) & 0b11;
+                if qos == 3 {
+                    return Err(malformed("PUBLISH with QoS 3"));
+                }
+                if qos == 0 && flags & 0b1000 != 0 {
+                    return Err(malformed("a QoS 0 PUBLISH with DUP set"));
+                }
+                let topic = body.string()?;
+                // An MQTT 5 PUBLISH may name its topic by alias only.
+                if (topic.is_empty() && !v5) || topic.contains(['+', '#']) || !printable(topic) {
+                    return Err(protocol(format!("{topic:?} is not a topic name")));
+                }
+                if qos > 0 && body.u16()? == 0 {
+                    return Err(protocol("packet identifier 0"));
+                }
+                Ok(Checked::Pass)
+            }
+            kind::SUBSCRIBE => {
+                body.u16()?;
+                if v5 {
+                    body.properties()?;
+                }
+                if body.rest() == 0 {
+                    return Err(protocol("SUBSCRIBE without a topic filter"));
+                }
+                while body.rest() > 0 {
+                    let filter = body.string()?;
+                    let options = body.u8()?;
+                    if filter.is_empty() {
+                        return Err(protocol("an empty topic filter"));
+                    }
+                    let bad = if v5 {
+                        options & 0b1100_0000 != 0 || options & 0b11 == 3 || (options >> 4) & 0b11 == 3
+                    } else {
+                        options & 0b1111_1100 != 0 || options & 0b11 == 3
+                    };
+                    if bad {
+                        return Err(malformed(format!("subscription options {options:#010b}")));
+                    }
+                }
+                Ok(Checked::Pass)
+            }
+            kind::UNSUBSCRIBE => {
+                body.u16()?;
+                if v5 {
+                    body.properties()?;
+                }
+                if body.rest() == 0 {
+                    return Err(protocol("UNSUBSCRIBE without a topic filter"));
+                }
+                while body.rest() > 0 {
+                    body.string()?;
+                }
+                Ok(Checked::Pass)
+            }
+            kind::PINGREQ if body.rest() != 0 => Err(malformed("PINGREQ with a body")),
+            kind::DISCONNECT if !v5 && body.rest() != 0 => Err(malformed("DISCONNECT with a body")),
+            kind::DISCONNECT => Ok(Checked::Last),
+            kind::AUTH if !v5 => Err(malformed("AUTH before MQTT 5")),
+            0 => Err(malformed("packet type 0 is reserved")),
+            _ => Ok(Checked::Pass),
+        }
+    }
+
+    fn connect(&mut self, flags: u8, body: &mut Body<'_>) -> Result<Checked, Violation> {
+        if flags != 0 {
+            return Err(malformed("CONNECT with reserved flags"));
+        }
+        let name = body.string()?;
+        let level = body.u8()?;
+        match (name, level) {
+            ("MQTT", 4 | 5) | ("MQIsdp", 3) => {}
+            ("MQTT" | "MQIsdp", _) => {
+                // [MQTT-3.1.2-2]: CONNACK 0x01, unacceptable protocol level.
+                return Ok(Checked::Answer(vec![0x20, 2, 0, 1], format!("protocol level {level}")));
+            }
+            _ => return Err(protocol(format!("protocol name {name:?}"))),
+        }
+        let v5 = level == 5;
+        let connect_flags = body.u8()?;
+        if connect_flags & 1 != 0 {
+            return Err(malformed("the CONNECT flags' reserved bit is set"));
+        }
+        let will = connect_flags & 0b100 != 0;
+        let will_qos = (connect_flags >> 3) & 0b11;
+        let will_retain = connect_flags & 0b10_0000 != 0;
+        let password = connect_flags & 0b100_0000 != 0;
+        let username = connect_flags & 0b1000_0000 != 0;
+        if will_qos == 3 || (!will && (will_qos != 0 || will_retain)) {
+            return Err(malformed("inconsistent will flags"));
+        }
+        if !v5 && password && !username {
+            return Err(malformed("a password without a username"));
+        }
+        let keep_alive = body.u16()?;
+        if v5 {
+            body.properties()?;
+        }
+        let client_id = body.string()?;
+        if !printable(client_id) {
+            // Identifier rejected: 0x02 (3.1.1), 0x85 (5).
+            let answer = if v5 {
+                vec![0x20, 3, 0, 0x85, 0]
+            } else {
+                vec![0x20, 2, 0, 2]
+            };
+            return Ok(Checked::Answer(answer, format!("client id {client_id:?}")));
+        }
+        if will {
+            if v5 {
+                body.properties()?;
+            }
+            let topic = body.string()?;
+            if topic.is_empty() || topic.contains(['+', '#']) || !printable(topic) {
+                return Err(protocol(format!("will topic {topic:?}")));
+            }
+            body.binary()?;
+        }
+        if username && !printable(body.string()?) {
+            return Err(malformed("a username with control characters"));
+        }
+        if password {
+            body.binary()?;
+        }
+        if body.rest() != 0 {
+            return Err(malformed("bytes after the CONNECT payload"));
+        }
+        // Only an accepted CONNECT makes a session whose later violations
+        // an MQTT 5 client hears of (no DISCONNECT before a CONNACK).
+        self.level = Some(level);
+        self.keep_alive = keep_alive;
+        Ok(Checked::Pass)
+    }
+}
+
+enum Checked {
+    Pass,
+    /// The last packet (DISCONNECT): forward it, then close.
+    Last,
+    /// Answer and close.
+    Answer(Vec<u8>, String),
+}
+
+/// Serves the public listener: each accepted connection goes to the
+/// engine's listener at `engine` (loopback, PROXY protocol on) through a
+/// [`Validator`]. Runs until the listener fails.
+pub async fn serve(listener: TcpListener, engine: SocketAddr) -> std::io::Result<()> {
+    loop {
+        let (client, peer) = listener.accept().await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection(client, peer, engine).await {
+                debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// A PROXY protocol v1 header naming the client and the address it reached.
+fn proxy_header(peer: SocketAddr, local: SocketAddr) -> String {
+    let family = if peer.is_ipv4() && local.is_ipv4() {
+        "TCP4"
+    } else {
+        "TCP6"
+    };
+    let ip = |a: SocketAddr| match (family, a.ip()) {
+        ("TCP6", std::net::IpAddr::V4(v4)) => v4.to_ipv6_mapped().to_string(),
+        (_, ip) => ip.to_string(),
+    };
+    format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        ip(peer),
+        ip(local),
+        peer.port(),
+        local.port()
+    )
+}
+
+/// How long the engine may take to answer and close once the client's side
+/// of a connection is over.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn connection(client: TcpStream, peer: SocketAddr, engine: SocketAddr) -> std::io::Result<()> {
+    client.set_nodelay(true)?;
+    let local = client.local_addr()?;
+    let upstream = TcpStream::connect(engine).await?;
+    upstream.set_nodelay(true)?;
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_engine, mut to_engine) = upstream.into_split();
+    to_engine.write_all(proxy_header(peer, local).as_bytes()).await?;
+    // The engine's answers go back as they come. Once the client's side is
+    // over (a DISCONNECT, a refusal, or its end of stream), the engine sees
+    // the end of its stream, answers what it had (a CONNACK) and closes;
+    // then the last words of a refusal follow, and the client's connection
+    // closes — at the latest [`DRAIN`] after its side ended.
+    let (last_words, mut said) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let down = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 << 10];
+        let mut words: Option<Vec<u8>> = None;
+        let drained = tokio::time::sleep(DRAIN);
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                read = from_engine.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+                got = &mut said, if words.is_none() => {
+                    words = Some(got.unwrap_or_default());
+                    drained.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+                }
+                _ = &mut drained, if words.is_some() => break,
+            }
+        }
+        // The engine may be done before the client's side is (it closed
+        // first): the last words still follow it.
+        if words.is_none() {
+            words = tokio::time::timeout(DRAIN, said).await.ok().and_then(Result::ok);
+        }
+        if let Some(words) = words.filter(|w| !w.is_empty()) {
+            let _ = to_client.write_all(&words).await;
+        }
+        let _ = to_client.shutdown().await;
+    });
+    let mut validator = Validator::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let mut last_words = Some(last_words);
+    'up: loop {
+        let n = match validator.silence_allowed() {
+            Some(allowed) => match tokio::time::timeout(allowed, from_client.read(&mut buf)).await {
+                Ok(read) => read?,
+                // Silent past 1.5 × its keep-alive: the connection is lost
+                // (the engine, seeing its end, publishes the will).
+                Err(_) => {
+                    debug!(%peer, "keep-alive expired");
+                    break;
+                }
+            },
+            None => from_client.read(&mut buf).await?,
+        };
+        if n == 0 {
+            break;
+        }
+        for step in validator.push(&buf[..n]) {
+            match step {
+                Step::Forward(bytes) => to_engine.write_all(&bytes).await?,
+                Step::ForwardAndClose(bytes) => {
+                    to_engine.write_all(&bytes).await?;
+                    if let Some(words) = last_words.take() {
+                        let _ = words.send(Vec::new());
+                    }
+                    break 'up;
+                }
+                Step::Refuse { answer, why } => {
+                    warn!(%peer, why, "malformed or forbidden MQTT packet: closing the connection");
+                    if let Some(words) = last_words.take() {
+                        let _ = words.send(answer);
+                    }
+                    break 'up;
+                }
+            }
+        }
+    }
+    // The engine sees the end of the stream after the last packet it got.
+    if let Some(words) = last_words.take() {
+        let _ = words.send(Vec::new());
+    }
+    let _ = to_engine.shutdown().await;
+    let _ = down.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(s: &[u8]) -> Vec<u8> {
+        let mut out = (s.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(s);
+        out
+    }
+
+    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        let mut n = body.len();
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn connect(level: u8, flags: u8, client_id: &[u8], rest: &[u8]) -> Vec<u8> {
+        let mut body = string(b"MQTT");
+        body.extend_from_slice(&[level, flags, 0, 30]);
+        if level == 5 {
+            body.push(0);
+        }
+        body.extend(string(client_id));
+        body.extend_from_slice(rest);
+        packet(0x10, &body)
+    }
+
+    fn refused(steps: &[Step]) -> Option<&Vec<u8>> {
+        steps.iter().find_map(|s| match s {
+            Step::Refuse { answer, .. } => Some(answer),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_good_session_passes_byte_for_byte() {
+        let mut v = Validator::new();
+        let mut bytes = connect(4, 0b10, b"pos-1", &[]);
+        let mut publish = string(b"stores/s1/sales");
+        publish.extend_from_slice(&[0, 1]);
+        publish.extend_from_slice(b"{}");
+        bytes.extend(packet(0x32, &publish));
+        let mut subscribe = vec![0, 2];
+        subscribe.extend(string(b"stores/s1/acks/pos-1"));
+        subscribe.push(1);
+        bytes.extend(packet(0x82, &subscribe));
+        bytes.extend([0xc0, 0]);
+        // Fed a byte at a time, as a slow line delivers it.
+        let mut forwarded = Vec::new();
+        for b in &bytes {
+            for step in v.push(std::slice::from_ref(b)) {
+                match step {
+                    Step::Forward(f) => forwarded.extend(f),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(forwarded, bytes);
+        assert_eq!(
+            v.silence_allowed(),
+            Some(std::time::Duration::from_secs(45)),
+            "1.5 × 30 s"
+        );
+        let steps = v.push(&[0xe0, 0]);
+        assert_eq!(steps, vec![Step::ForwardAndClose(vec![0xe0, 0])], "DISCONNECT closes");
+    }
+
+    #[test]
+    fn every_class_of_malformed_packet_is_refused() {
+        // (what, bytes, the answer before the close)
+        type Case = (&'static str, Vec<u8>, Option<Vec<u8>>);
+        let cases: Vec<Case> = vec![
+            (
+                "protocol level 2",
+                connect(2, 0b10, b"a", &[]),
+                Some(vec![0x20, 2, 0, 1]),
+            ),
+            (
+                "protocol level 6",
+                connect(6, 0b10, b"a", &[]),
+                Some(vec![0x20, 2, 0, 1]),
+            ),
+            ("reserved connect flag", connect(4, 0b11, b"a", &[]), Some(vec![])),
+            ("will qos without will", connect(4, 0b1010, b"a", &[]), Some(vec![])),
+            (
+                "will retain without will",
+                connect(4, 0b10_0010, b"a", &[]),
+                Some(vec![]),
+            ),
+            (
+                "password without username",
+                connect(4, 0b100_0010, b"a", &string(b"pw")),
+                Some(vec![]),
+            ),
+            (
+                "control character in client id",
+                connect(4, 0b10, b"a\x01b", &[]),
+                Some(vec![0x20, 2, 0, 2]),
+            ),
+            ("invalid UTF-8 client id", connect(4, 0b10, b"a\xff", &[]), Some(vec![])),
+            ("U+0000 in client id", connect(4, 0b10, b"a\0", &[]), Some(vec![])),
+            (
+                "wildcard will topic",
+                connect(4, 0b110, b"a", &[string(b"t/#"), string(b"x")].concat()),
+                Some(vec![]),
+            ),
+            ("first packet not CONNECT", vec![0xc0, 0], Some(vec![])),
+        ];
+        for (what, bytes, answer) in cases {
+            let steps = Validator::new().push(&bytes);
+            assert_eq!(refused(&steps), answer.as_ref(), "{what}: {steps:?}");
+        }
+        // After a good 3.1.1 CONNECT:
+        let after: Vec<(&str, Vec<u8>)> = vec![
+            ("PINGREQ with a body", vec![0xc0, 1, 0]),
+            (
+                "SUBSCRIBE with reserved flags",
+                packet(0x80, &[[0, 1].as_slice(), &string(b"a"), &[0]].concat()),
+            ),
+            (
+                "SUBSCRIBE with reserved option bits",
+                packet(0x82, &[[0, 1].as_slice(), &string(b"a"), &[0b100]].concat()),
+            ),
+            ("SUBSCRIBE without filters", packet(0x82, &[0, 1])),
+            ("PUBLISH to a wildcard topic", packet(0x30, &string(b"a/+"))),
+            (
+                "PUBLISH with QoS 3",
+                packet(0x36, &[string(b"a").as_slice(), &[0, 1]].concat()),
+            ),
+            ("a second CONNECT", connect(4, 0b10, b"a", &[])),
+        ];
+        for (what, bytes) in after {
+            let mut v = Validator::new();
+            assert!(refused(&v.push(&connect(4, 0b10, b"a", &[]))).is_none());
+            let steps = v.push(&bytes);
+            assert_eq!(refused(&steps), Some(&vec![]), "{what}: {steps:?}");
+        }
+        // An MQTT 5 client hears why: DISCONNECT 0x81 (malformed).
+        let mut v = Validator::new();
+        assert!(refused(&v.push(&connect(5, 0b10, b"a", &[]))).is_none());
+        assert_eq!(refused(&v.push(&[0xc0, 1, 0])), Some(&vec![0xe0, 1, 0x81]));
+        // Nothing after a refusal goes on.
+        assert!(v.push(&[0xc0, 0]).is_empty());
+    }
+
+    #[test]
+    fn the_proxy_header_names_the_client() {
+        let peer: SocketAddr = "10.1.2.3:40000".parse().expect("addr");
+        let local: SocketAddr = "127.0.0.1:1883".parse().expect("addr");
+        assert_eq!(
+            proxy_header(peer, local),
+            "PROXY TCP4 10.1.2.3 127.0.0.1 40000 1883\r\n"
+        );
+    }
+}
