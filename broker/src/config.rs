@@ -128,6 +128,7 @@ struct BrokerSection {
     max_publish_rate: Option<u32>,
     login_failures_per_minute: Option<u32>,
     checkpoint_interval_ms: Option<u64>,
+    validating_front: Option<bool>,
     tls: Option<TlsSection>,
 }
 
@@ -229,6 +230,9 @@ pub struct Settings {
     /// How often committed groups move from the journal into sled: longer
     /// means fewer sled writes and a longer journal to replay at start.
     pub checkpoint_interval: std::time::Duration,
+    /// Whether the plaintext listener checks every packet before the
+    /// engine does (`front.rs`, CONFORMANCE.md).
+    pub validating_front: bool,
     /// The TLS listener, if any.
     pub tls: Option<TlsSettings>,
     /// Play the demo chain's dinner service with this seed (set by the
@@ -673,6 +677,7 @@ impl Validator {
             max_publish_rate: limits.2,
             login_failures_per_minute: limits.3,
             checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms),
+            validating_front: file.broker.validating_front.unwrap_or(true),
             tls,
             demo_service: None,
             namespaces,

@@ -186,51 +186,73 @@ impl Validator {
 
     /// Takes in bytes from the client; returns what to do, in order.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Step> {
-        let mut steps = Vec::new();
         if self.done {
-            return steps;
+            return Vec::new();
         }
-        self.buffer.extend_from_slice(bytes);
-        let mut forward = Vec::new();
-        while let Some(&first) = self.buffer.first() {
-            let (length, header) = match remaining_length(&self.buffer) {
+        // Checked in place: one copy of what goes on per read, whatever the
+        // number of packets in it.
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.extend_from_slice(bytes);
+        let mut at = 0;
+        let mut end: Option<End> = None;
+        while let Some(&first) = buffer.get(at) {
+            let (length, header) = match remaining_length(&buffer[at..]) {
                 Ok(Some(found)) => found,
                 Ok(None) => break,
                 Err(v) => {
-                    steps.extend((!forward.is_empty()).then(|| Step::Forward(std::mem::take(&mut forward))));
-                    steps.push(self.refuse(v));
-                    return steps;
+                    end = Some(End::Violation(v));
+                    break;
                 }
             };
-            if self.buffer.len() < header + length {
+            if buffer.len() - at < header + length {
                 break;
             }
-            let packet: Vec<u8> = self.buffer.drain(..header + length).collect();
-            match self.check(first, &packet[header..]) {
-                Ok(Checked::Pass) => forward.extend_from_slice(&packet),
+            let packet = at..at + header + length;
+            match self.check(first, &buffer[at + header..packet.end]) {
+                Ok(Checked::Pass) => at = packet.end,
                 Ok(Checked::Last) => {
-                    forward.extend_from_slice(&packet);
-                    steps.push(Step::ForwardAndClose(std::mem::take(&mut forward)));
-                    self.done = true;
-                    return steps;
+                    at = packet.end;
+                    end = Some(End::Last);
+                    break;
                 }
                 Ok(Checked::Answer(answer, why)) => {
-                    steps.extend((!forward.is_empty()).then(|| Step::Forward(std::mem::take(&mut forward))));
-                    steps.push(Step::Refuse { answer, why });
-                    self.done = true;
-                    return steps;
+                    end = Some(End::Answer(answer, why));
+                    break;
                 }
                 Err(v) => {
-                    steps.extend((!forward.is_empty()).then(|| Step::Forward(std::mem::take(&mut forward))));
-                    steps.push(self.refuse(v));
-                    return steps;
+                    end = Some(End::Violation(v));
+                    break;
                 }
             }
         }
-        if !forward.is_empty() {
-            steps.push(Step::Forward(forward));
+        let checked = buffer[..at].to_vec();
+        buffer.drain(..at);
+        self.buffer = buffer;
+        let forward = |checked: Vec<u8>| {
+            if checked.is_empty() {
+                Vec::new()
+            } else {
+                vec![Step::Forward(checked)]
+            }
+        };
+        match end {
+            None => forward(checked),
+            Some(End::Last) => {
+                self.done = true;
+                vec![Step::ForwardAndClose(checked)]
+            }
+            Some(End::Answer(answer, why)) => {
+                self.done = true;
+                let mut steps = forward(checked);
+                steps.push(Step::Refuse { answer, why });
+                steps
+            }
+            Some(End::Violation(v)) => {
+                let mut steps = forward(checked);
+                steps.push(self.refuse(v));
+                steps
+            }
         }
-        steps
     }
 
     /// The refusal of a violation: to an MQTT 5 client, a DISCONNECT with
@@ -402,6 +424,16 @@ impl Validator {
         self.keep_alive = keep_alive;
         Ok(Checked::Pass)
     }
+}
+
+/// Why checking stopped before the end of the bytes.
+enum End {
+    /// After a DISCONNECT.
+    Last,
+    /// Answer and close.
+    Answer(Vec<u8>, String),
+    /// A violation.
+    Violation(Violation),
 }
 
 enum Checked {

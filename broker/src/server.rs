@@ -98,16 +98,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     // The public plaintext address is the validating front's; the engine
     // listens on loopback behind it, told each client's address by a PROXY
-    // protocol header (front.rs).
-    let public = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
-    let addr = public.local_addr().context("reading the bound address")?;
-    let engine = listener(&settings, "mqtt/tcp", ([127, 0, 0, 1], 0).into())
-        .proxy_protocol(true)
-        .bind()
-        .context("binding the engine's loopback listener")?;
+    // protocol header (front.rs). Without the front, the engine listens on
+    // the public address itself.
+    let (public, engine) = if settings.validating_front {
+        let public = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let engine = listener(&settings, "mqtt/tcp", ([127, 0, 0, 1], 0).into())
+            .proxy_protocol(true)
+            .bind()
+            .context("binding the engine's loopback listener")?;
+        (Some(public), engine)
+    } else {
+        let engine = listener(&settings, "mqtt/tcp", settings.listen)
+            .bind()
+            .with_context(|| format!("binding {}", settings.listen))?;
+        (None, engine)
+    };
     let engine_addr = engine.local_addr().context("reading the engine's address")?;
+    let addr = match &public {
+        Some(public) => public.local_addr().context("reading the bound address")?,
+        None => engine_addr,
+    };
     let mut server = MqttServer::new(scx).listener_by_id(engine.tcp().context("starting the TCP listener")?, 1);
     let mut tls_addr = None;
     if let Some(tls) = &settings.tls {
@@ -133,7 +145,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(%addr, tls = ?tls_addr, data_dir = %settings.data_dir.display(), "serving");
     tokio::select! {
         served = server.build().run() => served.context("serving MQTT")?,
-        fronted = crate::front::serve(public, engine_addr) => fronted.context("accepting MQTT connections")?,
+        fronted = async {
+            match public {
+                Some(public) => crate::front::serve(public, engine_addr).await,
+                None => std::future::pending().await,
+            }
+        } => fronted.context("accepting MQTT connections")?,
         // A failed write stops the broker: what reached the disk is unknown.
         what = storage.failed() => return Err(crate::store::StorageFailed(what).into()),
     }

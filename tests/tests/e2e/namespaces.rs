@@ -222,3 +222,46 @@ async fn a_will_in_a_namespace_is_published_when_the_device_drops() -> Result<()
     assert_eq!(text.as_deref(), Some("lost"));
     Ok(())
 }
+
+/// A device that goes silent past its keep-alive has lost its connection
+/// ([MQTT-3.1.2-24]): it is closed, and its will is published. Raw bytes: a
+/// client library would send its PINGREQs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_past_its_keep_alive_is_closed_and_its_will_published() -> Result<()> {
+    use std::io::{Read, Write};
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&chain_with_namespaces()?, &data)?;
+    let mut kitchen = login(broker.addr, "kds-1").await?;
+    kitchen.subscribe("probes/s1/fridge-9/status", QoS::AtLeastOnce).await?;
+    // CONNECT: keep-alive 2 s, a will (QoS 1) on the probe's status topic.
+    let s = |v: &[u8]| [(v.len() as u16).to_be_bytes().as_slice(), v].concat();
+    let mut body = s(b"MQTT");
+    body.extend_from_slice(&[4, 0b1100_1110, 0, 2]);
+    body.extend(s(b"probe-1"));
+    body.extend(s(b"probes/s1/fridge-9/status"));
+    body.extend(s(b"lost"));
+    body.extend(s(b"probe-1"));
+    body.extend(s(password("probe-1").as_bytes()));
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend(body);
+    let mut stream = std::net::TcpStream::connect(broker.addr)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.write_all(&connect)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    // Silence: the broker closes the connection...
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest)?;
+    // ...and the will goes out.
+    let will = kitchen
+        .wait_until("the will", |seen| {
+            seen.iter().any(|m| m.topic == "probes/s1/fridge-9/status")
+        })
+        .await?
+        .iter()
+        .find(|m| m.topic == "probes/s1/fridge-9/status")
+        .map(|m| m.text.clone());
+    assert_eq!(will.as_deref(), Some("lost"));
+    Ok(())
+}
