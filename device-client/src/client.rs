@@ -29,7 +29,7 @@ use dishsync_protocol::payload::{
 };
 use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, Unit};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -648,6 +648,23 @@ impl Connection {
 
     /// One connection, from CONNECT until it is lost or the client stops.
     async fn session(&mut self, client: &AsyncClient, mut eventloop: EventLoop) -> Ended {
+        // rumqttc's `poll` is not cancel-safe while it connects: dropped in
+        // a `select!` when another branch wins (a reading, the outbox's
+        // wake-up), it abandons the half-made connection and the next poll
+        // opens another — the broker sees a login, then the same client id
+        // taking it over. So the event loop runs on its own, and the session
+        // selects on what it reports.
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let poller = tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await;
+                let lost = event.is_err();
+                if events_tx.send(event).is_err() || lost {
+                    return;
+                }
+            }
+        });
+        let _poller = AbortOnDrop(poller);
         let store = self.config.store.clone();
         let device = self.config.device.clone();
         // Where acks and errors arrive: the device's store, or any store for
@@ -681,7 +698,7 @@ impl Connection {
             }
             let ack_deadline = last_progress + self.config.ack_timeout;
             tokio::select! {
-                event = eventloop.poll() => match event {
+                event = events.recv() => match event.unwrap_or(Err(ConnectionError::RequestsDone)) {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         up = true;
                         let _ = self.connected.send(true);
@@ -865,5 +882,14 @@ impl Connection {
         }
         *last = rev;
         let _ = self.updates.send(update);
+    }
+}
+
+/// Aborts a task when dropped: the event loop of a session that ended.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

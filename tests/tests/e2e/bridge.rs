@@ -550,9 +550,12 @@ async fn a_bridged_scale_logs_in_with_its_own_credentials() -> Result<()> {
         .wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(10))
         .await?;
     // The scale's own reading, through the bridge, sets its bound SKU.
-    audit
+    if let Err(e) = audit
         .wait_latest("stores/s1/stock/fries/level", |d| d["qty"] == json!(1500))
-        .await?;
+        .await
+    {
+        return Err(anyhow!("{e}; the broker's log:\n{}", broker.log()));
+    }
     assert!(
         audit.all_on("stores/s1/errors/scale-7").is_empty(),
         "nothing was refused"
