@@ -369,6 +369,16 @@ impl Client {
         Ok(())
     }
 
+    /// Subscribes to `filter`: `true` if granted, `false` if the broker
+    /// refused it.
+    pub async fn granted(&mut self, filter: &str) -> Result<bool> {
+        match self.subscribe(filter, QoS::AtLeastOnce).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.to_string().contains("refused") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until `done` holds over everything received so far; returns it.
     pub async fn wait_until(&mut self, what: &str, mut done: impl FnMut(&[Received]) -> bool) -> Result<&[Received]> {
         let deadline = Instant::now() + DEADLINE;
