@@ -230,8 +230,8 @@ pub struct Settings {
     /// How often committed groups move from the journal into sled: longer
     /// means fewer sled writes and a longer journal to replay at start.
     pub checkpoint_interval: std::time::Duration,
-    /// Whether the plaintext listener checks every packet before the
-    /// engine does (`front.rs`, CONFORMANCE.md).
+    /// Whether the listeners check every packet before the engine does
+    /// (`front.rs`, CONFORMANCE.md); TLS then ends in the front.
     pub validating_front: bool,
     /// The TLS listener, if any.
     pub tls: Option<TlsSettings>,

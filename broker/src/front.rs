@@ -1,5 +1,6 @@
-//! The validating front of the plaintext MQTT listener: every packet a
-//! client sends is checked as bytes against the MQTT 3.1.1 and 5.0 rules
+//! The validating front of the MQTT listeners (plaintext, and TLS ended
+//! here): every packet a client sends is checked as bytes against the MQTT
+//! 3.1.1 and 5.0 rules
 //! that rmqtt 0.24's decoder does not enforce, before the engine sees it
 //! (CONFORMANCE.md lists them).
 //!
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 /// MQTT packet types (the high nibble of the first byte).
@@ -444,18 +446,72 @@ enum Checked {
     Answer(Vec<u8>, String),
 }
 
-/// Serves the public listener: each accepted connection goes to the
-/// engine's listener at `engine` (loopback, PROXY protocol on) through a
-/// [`Validator`]. Runs until the listener fails.
-pub async fn serve(listener: TcpListener, engine: SocketAddr) -> std::io::Result<()> {
+/// Serves a public listener — plaintext, or TLS ended here with `tls` —:
+/// each accepted connection goes to the engine's listener at `engine`
+/// (loopback, PROXY protocol on) through a [`Validator`]. Runs until the
+/// listener fails.
+pub async fn serve(listener: TcpListener, engine: SocketAddr, tls: Option<TlsAcceptor>) -> std::io::Result<()> {
     loop {
         let (client, peer) = listener.accept().await?;
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(client, peer, engine).await {
+            let ended = async {
+                client.set_nodelay(true)?;
+                let local = client.local_addr()?;
+                match tls {
+                    None => connection(client, peer, local, engine).await,
+                    Some(tls) => {
+                        let client = tokio::time::timeout(HANDSHAKE, tls.accept(client))
+                            .await
+                            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+                        connection(client, peer, local, engine).await
+                    }
+                }
+            };
+            if let Err(e) = ended.await {
                 debug!(%peer, error = %e, "connection ended");
             }
         });
     }
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The front's TLS side: the broker's certificate chain and key (PEM), and
+/// with `client_ca`, client certificates required and checked against it.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading the certificates in {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for root in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+                roots.add(root.with_context(|| format!("reading {}", ca.display()))?)?;
+            }
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+                .build()
+                .context("the client CA")?
+        }
+        None => rustls::server::WebPkiClientVerifier::no_client_auth(),
+    };
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("the certificate and its key")?;
+    Ok(TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 /// A PROXY protocol v1 header naming the client and the address it reached.
@@ -482,12 +538,13 @@ fn proxy_header(peer: SocketAddr, local: SocketAddr) -> String {
 /// of a connection is over.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn connection(client: TcpStream, peer: SocketAddr, engine: SocketAddr) -> std::io::Result<()> {
-    client.set_nodelay(true)?;
-    let local = client.local_addr()?;
+async fn connection<S>(client: S, peer: SocketAddr, local: SocketAddr, engine: SocketAddr) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let upstream = TcpStream::connect(engine).await?;
     upstream.set_nodelay(true)?;
-    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_client, mut to_client) = tokio::io::split(client);
     let (mut from_engine, mut to_engine) = upstream.into_split();
     to_engine.write_all(proxy_header(peer, local).as_bytes()).await?;
     // The engine's answers go back as they come. Once the client's side is

@@ -122,19 +122,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let mut server = MqttServer::new(scx).listener_by_id(engine.tcp().context("starting the TCP listener")?, 1);
     let mut tls_addr = None;
+    let mut tls_front = None;
     if let Some(tls) = &settings.tls {
-        let bound = listener(&settings, "mqtt/tls", tls.listen)
-            .tls_cert(Some(tls.cert.display().to_string()))
-            .tls_key(Some(tls.key.display().to_string()))
-            .tls_cross_certificate(tls.client_ca.is_some())
-            .tls_client_ca_certs(tls.client_ca.as_ref().map(|p| p.display().to_string()))
-            .bind()
-            .with_context(|| format!("binding {}", tls.listen))?;
-        tls_addr = Some(bound.local_addr().context("reading the bound TLS address")?);
-        server = server.listener_by_id(
-            bound.tls().context("starting the TLS listener (certificate and key)")?,
-            2,
-        );
+        if settings.validating_front {
+            // TLS ends in the front, which checks the packets like the
+            // plaintext listener's and hands them to the same engine listener.
+            let acceptor = crate::front::tls_acceptor(&tls.cert, &tls.key, tls.client_ca.as_deref())
+                .context("the TLS listener's certificate and key")?;
+            let bound = tokio::net::TcpListener::bind(tls.listen)
+                .await
+                .with_context(|| format!("binding {}", tls.listen))?;
+            tls_addr = Some(bound.local_addr().context("reading the bound TLS address")?);
+            tls_front = Some((bound, acceptor));
+        } else {
+            let bound = listener(&settings, "mqtt/tls", tls.listen)
+                .tls_cert(Some(tls.cert.display().to_string()))
+                .tls_key(Some(tls.key.display().to_string()))
+                .tls_cross_certificate(tls.client_ca.is_some())
+                .tls_client_ca_certs(tls.client_ca.as_ref().map(|p| p.display().to_string()))
+                .bind()
+                .with_context(|| format!("binding {}", tls.listen))?;
+            tls_addr = Some(bound.local_addr().context("reading the bound TLS address")?);
+            server = server.listener_by_id(
+                bound.tls().context("starting the TLS listener (certificate and key)")?,
+                2,
+            );
+        }
     }
     // The plaintext line comes last: it tells scripts (and the tests) that
     // every listener is up.
@@ -147,10 +160,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         served = server.build().run() => served.context("serving MQTT")?,
         fronted = async {
             match public {
-                Some(public) => crate::front::serve(public, engine_addr).await,
+                Some(public) => crate::front::serve(public, engine_addr, None).await,
                 None => std::future::pending().await,
             }
         } => fronted.context("accepting MQTT connections")?,
+        fronted = async {
+            match tls_front {
+                Some((bound, acceptor)) => crate::front::serve(bound, engine_addr, Some(acceptor)).await,
+                None => std::future::pending().await,
+            }
+        } => fronted.context("accepting MQTT connections over TLS")?,
         // A failed write stops the broker: what reached the disk is unknown.
         what = storage.failed() => return Err(crate::store::StorageFailed(what).into()),
     }
