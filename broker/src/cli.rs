@@ -26,6 +26,10 @@ struct Args {
     /// with its dinner service playing at the harbour and the airport.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How log lines are written to standard error: `text` (colours only on
+    /// a terminal) or `json` (one object per line, for a log shipper).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// With the built-in demo chain: do not play the dinner service.
     #[arg(long)]
     no_demo_service: bool,
@@ -35,6 +39,15 @@ struct Args {
     demo_seed: u64,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// How the broker writes its log.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines; ANSI colours only when standard error is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -117,13 +130,18 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            logs.with_ansi(std::io::stderr().is_terminal()).init();
+        }
+        LogFormat::Json => logs.json().init(),
+    }
 
     let loaded = match &args.config {
         Some(path) => Settings::load(path),

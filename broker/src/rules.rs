@@ -398,6 +398,63 @@ impl RulesHandle {
     }
 }
 
+/// At most this many refused inputs per device and minute are logged; the
+/// rest are counted, and the next line logged says how many were not.
+pub const REFUSALS_LOGGED_PER_MINUTE: u32 = 20;
+
+/// Whether a refusal is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLine {
+    /// Log it, saying how many of this device's refusals went unlogged
+    /// since its last logged one.
+    Write {
+        /// Refusals not logged before this one.
+        unlogged: u64,
+    },
+    /// Count it only.
+    Suppress,
+}
+
+/// The log's brake on refusals, so that a device flooding the broker with
+/// bad input cannot fill the disk: a window of a minute per device. Pure:
+/// fed the time.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    /// Device → (window start, lines logged in it, refusals not logged).
+    windows: HashMap<String, (dishsync_protocol::Millis, u32, u64)>,
+}
+
+impl RefusalLog {
+    /// Notes a refusal of `device`'s at `now`: whether to log it.
+    pub fn note(&mut self, device: &str, now: dishsync_protocol::Millis) -> LogLine {
+        const MINUTE: dishsync_protocol::Millis = 60_000;
+        if self.windows.len() > 10_000 {
+            // Forget devices quiet for a minute.
+            self.windows
+                .retain(|_, (start, _, unlogged)| now - *start < MINUTE || *unlogged > 0);
+        }
+        let (start, logged, unlogged) = self.windows.entry(device.to_string()).or_insert((now, 0, 0));
+        if now - *start >= MINUTE {
+            *start = now;
+            *logged = 0;
+        }
+        if *logged < REFUSALS_LOGGED_PER_MINUTE {
+            *logged += 1;
+            LogLine::Write {
+                unlogged: std::mem::take(unlogged),
+            }
+        } else {
+            *unlogged += 1;
+            LogLine::Suppress
+        }
+    }
+}
+
+/// The broker's refusal log brake. A lock, because every connection task
+/// reports refusals; it is held for a map lookup and never across an await.
+static REFUSALS: std::sync::LazyLock<std::sync::Mutex<RefusalLog>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(RefusalLog::default()));
+
 /// Publishes an error report for a rejected input on the device's errors
 /// topic in `store` (`None`: a chain-wide device's input that names no
 /// store, reported on `hq/errors/{device}`), and logs it.
@@ -410,7 +467,12 @@ pub async fn report(
     r: &Rejection,
 ) {
     let store_name = store.map_or("-", |s| s.as_str());
-    warn!(store = store_name, %device, topic, id = id.as_deref().unwrap_or("-"), code = ?r.code, reason = %r.message, "input rejected");
+    let line = REFUSALS.lock().map_or(LogLine::Write { unlogged: 0 }, |mut log| {
+        log.note(device.as_str(), Timestamp::now().0)
+    });
+    if let LogLine::Write { unlogged } = line {
+        warn!(store = store_name, %device, topic, id = id.as_deref().unwrap_or("-"), code = ?r.code, reason = %r.message, unlogged, "input rejected");
+    }
     let body = ErrorOut {
         topic: topic.to_string(),
         id,
@@ -1259,6 +1321,23 @@ mod tests {
 
     fn topic(s: &str) -> Topic {
         s.parse().expect("topic")
+    }
+
+    #[test]
+    fn a_flooding_device_cannot_fill_the_log() {
+        let mut log = RefusalLog::default();
+        let t0 = 1_700_000_000_000;
+        let lines: Vec<LogLine> = (0..100).map(|i| log.note("pos-1", t0 + i)).collect();
+        let written = lines.iter().filter(|l| matches!(l, LogLine::Write { .. })).count();
+        assert_eq!(
+            written, REFUSALS_LOGGED_PER_MINUTE as usize,
+            "the first ones of the minute"
+        );
+        // Another device is logged on its own account.
+        assert_eq!(log.note("pos-2", t0 + 100), LogLine::Write { unlogged: 0 });
+        // A minute later the next line says how many went unlogged.
+        assert_eq!(log.note("pos-1", t0 + 60_000), LogLine::Write { unlogged: 80 });
+        assert_eq!(log.note("pos-1", t0 + 60_001), LogLine::Write { unlogged: 0 });
     }
 
     #[test]

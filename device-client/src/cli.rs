@@ -303,12 +303,14 @@ fn parse_time(s: &str) -> Result<Timestamp, String> {
 /// two-thread runtime. `None` (having said why on stderr) when the runtime
 /// cannot start.
 pub fn command_runtime(program: &str, default_log: &str) -> Option<tokio::runtime::Runtime> {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -240,3 +240,26 @@ async fn the_demo_chain_opens_alive_and_answers_the_readme_walkthrough_as_writte
     .await?;
     Ok(())
 }
+
+/// Logs for a file or a log shipper: no terminal colours when standard error
+/// is not a terminal, and one JSON object per line with `--log-format json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_file_carry_no_colours_and_json_logs_parse() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start_demo(&data, &["--no-demo-service"])?;
+    let log = broker.log();
+    assert!(log.contains("state restored"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no ANSI escapes in a file: {log:?}");
+    drop(broker);
+
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start_demo(&data, &["--no-demo-service", "--log-format", "json"])?;
+    let log = broker.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let entry: Value = serde_json::from_str(line).map_err(|e| anyhow!("{e}: {line}"))?;
+        assert!(entry["level"].is_string() && entry["fields"].is_object(), "{entry}");
+    }
+    Ok(())
+}
