@@ -56,13 +56,16 @@ pub enum Step {
 }
 
 /// The sans-IO packet checker for one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Validator {
     buffer: Vec<u8>,
     /// The protocol level of the accepted CONNECT (4 = 3.1.1, 5, 3 = 3.1).
     level: Option<u8>,
     /// The accepted CONNECT's keep-alive, seconds (0: none).
     keep_alive: u16,
+    /// The largest packet accepted, bytes: a larger one is refused before
+    /// it is read, so a client cannot make the front buffer without end.
+    max_packet: usize,
     done: bool,
 }
 
@@ -173,9 +176,16 @@ fn remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, Violation> {
 }
 
 impl Validator {
-    /// A validator for a new connection.
-    pub fn new() -> Validator {
-        Validator::default()
+    /// A validator for a new connection whose packets may be at most
+    /// `max_packet` bytes.
+    pub fn new(max_packet: usize) -> Validator {
+        Validator {
+            buffer: Vec::new(),
+            level: None,
+            keep_alive: 0,
+            max_packet,
+            done: false,
+        }
     }
 
     /// How long the client may stay silent: one and a half times the
@@ -206,6 +216,18 @@ impl Validator {
                     break;
                 }
             };
+            if header + length > self.max_packet {
+                end = Some(End::Violation(Violation {
+                    why: format!(
+                        "a packet of {} bytes, above the limit of {}",
+                        header + length,
+                        self.max_packet
+                    ),
+                    // MQTT 5: Packet too large.
+                    reason: 0x95,
+                }));
+                break;
+            }
             if buffer.len() - at < header + length {
                 break;
             }
@@ -450,7 +472,12 @@ enum Checked {
 /// each accepted connection goes to the engine's listener at `engine`
 /// (loopback, PROXY protocol on) through a [`Validator`]. Runs until the
 /// listener fails.
-pub async fn serve(listener: TcpListener, engine: SocketAddr, tls: Option<TlsAcceptor>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    engine: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    max_packet: usize,
+) -> std::io::Result<()> {
     loop {
         let (client, peer) = listener.accept().await?;
         let tls = tls.clone();
@@ -459,12 +486,12 @@ pub async fn serve(listener: TcpListener, engine: SocketAddr, tls: Option<TlsAcc
                 client.set_nodelay(true)?;
                 let local = client.local_addr()?;
                 match tls {
-                    None => connection(client, peer, local, engine).await,
+                    None => connection(client, peer, local, engine, max_packet).await,
                     Some(tls) => {
                         let client = tokio::time::timeout(HANDSHAKE, tls.accept(client))
                             .await
                             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
-                        connection(client, peer, local, engine).await
+                        connection(client, peer, local, engine, max_packet).await
                     }
                 }
             };
@@ -538,7 +565,13 @@ fn proxy_header(peer: SocketAddr, local: SocketAddr) -> String {
 /// of a connection is over.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn connection<S>(client: S, peer: SocketAddr, local: SocketAddr, engine: SocketAddr) -> std::io::Result<()>
+async fn connection<S>(
+    client: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    engine: SocketAddr,
+    max_packet: usize,
+) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -585,7 +618,7 @@ where
         }
         let _ = to_client.shutdown().await;
     });
-    let mut validator = Validator::new();
+    let mut validator = Validator::new(max_packet);
     let mut buf = vec![0u8; 16 << 10];
     let mut last_words = Some(last_words);
     'up: loop {
@@ -672,6 +705,8 @@ mod tests {
         packet(0x10, &body)
     }
 
+    const LIMIT: usize = 1 << 20;
+
     fn refused(steps: &[Step]) -> Option<&Vec<u8>> {
         steps.iter().find_map(|s| match s {
             Step::Refuse { answer, .. } => Some(answer),
@@ -681,7 +716,7 @@ mod tests {
 
     #[test]
     fn a_good_session_passes_byte_for_byte() {
-        let mut v = Validator::new();
+        let mut v = Validator::new(LIMIT);
         let mut bytes = connect(4, 0b10, b"pos-1", &[]);
         let mut publish = string(b"stores/s1/sales");
         publish.extend_from_slice(&[0, 1]);
@@ -754,7 +789,7 @@ mod tests {
             ("first packet not CONNECT", vec![0xc0, 0], Some(vec![])),
         ];
         for (what, bytes, answer) in cases {
-            let steps = Validator::new().push(&bytes);
+            let steps = Validator::new(LIMIT).push(&bytes);
             assert_eq!(refused(&steps), answer.as_ref(), "{what}: {steps:?}");
         }
         // After a good 3.1.1 CONNECT:
@@ -777,17 +812,22 @@ mod tests {
             ("a second CONNECT", connect(4, 0b10, b"a", &[])),
         ];
         for (what, bytes) in after {
-            let mut v = Validator::new();
+            let mut v = Validator::new(LIMIT);
             assert!(refused(&v.push(&connect(4, 0b10, b"a", &[]))).is_none());
             let steps = v.push(&bytes);
             assert_eq!(refused(&steps), Some(&vec![]), "{what}: {steps:?}");
         }
         // An MQTT 5 client hears why: DISCONNECT 0x81 (malformed).
-        let mut v = Validator::new();
+        let mut v = Validator::new(LIMIT);
         assert!(refused(&v.push(&connect(5, 0b10, b"a", &[]))).is_none());
         assert_eq!(refused(&v.push(&[0xc0, 1, 0])), Some(&vec![0xe0, 1, 0x81]));
         // Nothing after a refusal goes on.
         assert!(v.push(&[0xc0, 0]).is_empty());
+        // A packet announced larger than the limit is refused from its
+        // header, before its body is buffered: 0x95 to an MQTT 5 client.
+        let mut v = Validator::new(1024);
+        assert!(refused(&v.push(&connect(5, 0b10, b"a", &[]))).is_none());
+        assert_eq!(refused(&v.push(&[0x30, 0xff, 0xff, 0x7f])), Some(&vec![0xe0, 1, 0x95]));
     }
 
     #[test]

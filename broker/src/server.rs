@@ -160,13 +160,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         served = server.build().run() => served.context("serving MQTT")?,
         fronted = async {
             match public {
-                Some(public) => crate::front::serve(public, engine_addr, None).await,
+                Some(public) => crate::front::serve(public, engine_addr, None, settings.max_packet_size as usize).await,
                 None => std::future::pending().await,
             }
         } => fronted.context("accepting MQTT connections")?,
         fronted = async {
             match tls_front {
-                Some((bound, acceptor)) => crate::front::serve(bound, engine_addr, Some(acceptor)).await,
+                Some((bound, acceptor)) => crate::front::serve(bound, engine_addr, Some(acceptor), settings.max_packet_size as usize).await,
                 None => std::future::pending().await,
             }
         } => fronted.context("accepting MQTT connections over TLS")?,
