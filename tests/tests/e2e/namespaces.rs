@@ -10,7 +10,7 @@ use rumqttc::QoS;
 use serde_json::json;
 use tokio::time::{timeout_at, Instant};
 
-use crate::support::{small_chain, temp_data_dir, BrokerProcess, Client, DEADLINE};
+use crate::support::{device_entries, small_chain, temp_data_dir, BrokerProcess, Client, DEADLINE};
 
 const DEVICES: [(&str, &str, Option<&str>); 6] = [
     ("probe-1", "scale", Some("s1")),
@@ -34,16 +34,7 @@ fn chain_with_namespaces() -> Result<String> {
         "\n[[namespaces]]\nprefix = \"probes\"\nper_store = true\npublish = [\"scale\"]\nsubscribe = [\"kds\", \"hq\"]\n\n\
          [[namespaces]]\nprefix = \"signage\"\npublish = [\"hq\"]\nsubscribe = [\"pos\", \"hq\"]\n\n",
     );
-    for (device, role, store) in DEVICES {
-        let hash = dishsync_broker::auth::hash_password(&password(device))?;
-        config.push_str(&format!(
-            "[[devices]]\nid = \"{device}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n"
-        ));
-        if let Some(store) = store {
-            config.push_str(&format!("store = \"{store}\"\n"));
-        }
-        config.push('\n');
-    }
+    config.push_str(&device_entries(DEVICES, password)?);
     Ok(config)
 }
 

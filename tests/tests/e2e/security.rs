@@ -9,7 +9,7 @@ use dishsync_broker::acl::{grant, Access, Family, Grant, Role};
 use rumqttc::{QoS, TlsConfiguration};
 use serde_json::{json, Value};
 
-use crate::support::{small_chain, stock_event, temp_data_dir, BrokerProcess, Client, DEADLINE};
+use crate::support::{device_entries, small_chain, stock_event, temp_data_dir, BrokerProcess, Client, DEADLINE};
 
 /// Every configurable role: device id, role, store (HQ roles have none).
 const DEVICES: [(&str, Role, Option<&str>); 9] = [
@@ -38,16 +38,10 @@ fn secured_chain(broker_lines: &str) -> Result<String> {
     );
     // `audit-1` watches everything in tests without taking over a session
     // of a device under test.
-    for (device, role, store) in DEVICES.into_iter().chain([("audit-1", Role::Hq, None)]) {
-        let hash = dishsync_broker::auth::hash_password(&password(device))?;
-        config.push_str(&format!(
-            "[[devices]]\nid = \"{device}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n"
-        ));
-        if let Some(store) = store {
-            config.push_str(&format!("store = \"{store}\"\n"));
-        }
-        config.push('\n');
-    }
+    config.push_str(&device_entries(
+        DEVICES.into_iter().chain([("audit-1", Role::Hq, None)]),
+        password,
+    )?);
     Ok(config)
 }
 

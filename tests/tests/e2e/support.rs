@@ -473,6 +473,26 @@ pub fn chain_toml(stores: &[&str], skus: &[TestSku], dishes: &[TestDish]) -> Str
 }
 
 /// The small chain most tests use: stores `s1`, `s2`; burgers and fries.
+/// `[[devices]]` entries for `devices` (id, role, store: HQ roles have
+/// none), each logging in with the password `password` gives it.
+pub fn device_entries<R: std::fmt::Display>(
+    devices: impl IntoIterator<Item = (&'static str, R, Option<&'static str>)>,
+    password: fn(&str) -> String,
+) -> Result<String> {
+    let mut entries = String::new();
+    for (device, role, store) in devices {
+        let hash = dishsync_broker::auth::hash_password(&password(device))?;
+        entries.push_str(&format!(
+            "[[devices]]\nid = \"{device}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n"
+        ));
+        if let Some(store) = store {
+            entries.push_str(&format!("store = \"{store}\"\n"));
+        }
+        entries.push('\n');
+    }
+    Ok(entries)
+}
+
 pub fn small_chain() -> String {
     chain_toml(
         &["s1", "s2"],
