@@ -6,7 +6,10 @@
 //! [`Identities`] *before* returning, so the publish hook finds it for the
 //! very first PUBLISH, even one sent back-to-back with the CONNECT (the trap
 //! of rmqtt-acl, whose rules are built in a background task). The MQTT
-//! username and client id must both be the device id.
+//! username and client id must both be the device id. A login's will is
+//! checked as the publish it will be (the engine publishes wills past the
+//! publish hook): one its device could not publish refuses the login as
+//! not authorized.
 //!
 //! Never logged: passwords and hashes. Failed logins are logged with the
 //! device id and address only, and more than a configured number of failures
@@ -22,10 +25,12 @@ use argon2::Argon2;
 use async_trait::async_trait;
 use dishsync_protocol::DeviceId;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
-use rmqtt::types::AuthResult;
+use rmqtt::types::{AuthResult, LastWill};
 use tracing::{info, warn};
 
 use crate::acl::Identity;
+use crate::hooks::{admit, Admitted};
+use crate::namespaces::Namespaces;
 
 /// A configured device: who it is and its password hash (PHC string).
 #[derive(Debug, Clone)]
@@ -115,12 +120,21 @@ impl FailureBrake {
 pub struct Authenticator {
     credentials: Arc<HashMap<DeviceId, Credential>>,
     identities: Identities,
+    /// A will is checked against these as the publish it will be.
+    namespaces: Arc<Namespaces>,
     brake: FailureBrake,
 }
 
 impl Authenticator {
-    /// Checks logins against `credentials`, recording identities in `identities`.
-    pub fn new(credentials: Vec<Credential>, identities: Identities, failures_per_minute: u32) -> Authenticator {
+    /// Checks logins against `credentials`, recording identities in
+    /// `identities`; a login's will must be a publish its device may make
+    /// as it is (presence, or a namespace topic `namespaces` allow it).
+    pub fn new(
+        credentials: Vec<Credential>,
+        identities: Identities,
+        namespaces: Arc<Namespaces>,
+        failures_per_minute: u32,
+    ) -> Authenticator {
         let credentials = credentials
             .into_iter()
             .map(|c| (c.identity.device.clone(), c))
@@ -128,6 +142,7 @@ impl Authenticator {
         Authenticator {
             credentials: Arc::new(credentials),
             identities,
+            namespaces,
             brake: FailureBrake {
                 per_minute: failures_per_minute.max(1),
                 failures: Mutex::new(HashMap::new()),
@@ -140,6 +155,7 @@ impl Authenticator {
         client_id: &str,
         username: Option<&str>,
         password: Option<&[u8]>,
+        will: Option<(&str, &[u8])>,
         ip: Option<IpAddr>,
     ) -> AuthResult {
         let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -175,6 +191,21 @@ impl Authenticator {
             self.brake.failed(ip);
             return AuthResult::NotAuthorized;
         }
+        // A will is published later as the device's own message, past
+        // every check a PUBLISH meets: it is checked now, as that publish.
+        // Only what is routed as it is may be a will (presence, a reading,
+        // a namespace message); an input for the rules never is.
+        if let Some((topic, payload)) = will {
+            let refused = match admit(&self.namespaces, &credential.identity, topic, payload) {
+                Ok(Admitted::Presence) => None,
+                Ok(Admitted::Input(_)) => Some("an input for the rules cannot be a will".to_string()),
+                Err(refusal) => Some(refusal.rejection.message),
+            };
+            if let Some(why) = refused {
+                warn!(%ip, username, will_topic = topic, reason = %why, "login refused: the will may not be published");
+                return AuthResult::NotAuthorized;
+            }
+        }
         self.identities.insert(client_id, credential.identity.clone());
         info!(device = username, role = %credential.identity.role, %ip, "logged in");
         AuthResult::Allow(false, None)
@@ -190,8 +221,15 @@ impl Handler for Authenticator {
                 let username = info.username().map(|u| u.to_string());
                 let password = info.password().map(|p| p.to_vec());
                 let ip = info.ipaddress().map(|a| a.ip());
+                let will = info.last_will().map(|will| match will {
+                    LastWill::V3(w) => (w.topic.to_string(), w.message.to_vec()),
+                    LastWill::V5(w) => (w.topic.to_string(), w.message.to_vec()),
+                });
+                let will = will
+                    .as_ref()
+                    .map(|(topic, payload)| (topic.as_str(), payload.as_slice()));
                 let result = self
-                    .check(&client_id, username.as_deref(), password.as_deref(), ip)
+                    .check(&client_id, username.as_deref(), password.as_deref(), will, ip)
                     .await;
                 (false, Some(HookResult::AuthResult(result)))
             }

@@ -64,11 +64,11 @@ pub struct Sessions {
 impl Sessions {
     /// Resolves identities from `identities`, with anonymous demo access if
     /// `allow_anonymous`; `namespaces` are carried as plain MQTT.
-    pub fn new(identities: Identities, allow_anonymous: bool, namespaces: Namespaces) -> Sessions {
+    pub fn new(identities: Identities, allow_anonymous: bool, namespaces: Arc<Namespaces>) -> Sessions {
         Sessions {
             identities,
             allow_anonymous,
-            namespaces: Arc::new(namespaces),
+            namespaces,
         }
     }
 
@@ -166,92 +166,6 @@ impl IntakeHook {
         }
     }
 
-    /// Decides a publish that has an identity: refused (with the MQTT
-    /// reason, the rejection and the store whose errors topic hears of it),
-    /// passed through (presence), or an input for the rules.
-    fn admit(&self, identity: &Identity, topic: &str, payload: &[u8]) -> Result<Admitted, Refusal> {
-        // Errors go to the device's own store when the topic names another
-        // (it cannot read the other store's errors topic).
-        let own_store = match &identity.scope {
-            Scope::Store(s) => Some(s.clone()),
-            Scope::Chain => None,
-        };
-        // A topic of an open namespace is plain MQTT: permission only.
-        match self.sessions.namespaces.may_publish(identity, topic) {
-            namespaces::Verdict::Allowed => return Ok(Admitted::Presence),
-            namespaces::Verdict::Denied(denied) => {
-                let code = if namespaces::valid_topic_name(topic) {
-                    PublishAckReason::NotAuthorized
-                } else {
-                    PublishAckReason::TopicNameInvalid
-                };
-                return Err(Refusal {
-                    code,
-                    rejection: Rejection::new(ErrorCode::NotPermitted, denied.0),
-                    store: own_store,
-                });
-            }
-            namespaces::Verdict::NotOurs => {}
-        }
-        let parsed = topic.parse::<Topic>().map_err(|e| Refusal {
-            code: PublishAckReason::TopicNameInvalid,
-            rejection: Rejection::new(ErrorCode::UnknownTopic, e.to_string()),
-            store: own_store.clone().or_else(|| Topic::store_prefix(topic)),
-        })?;
-        let store = own_store.or_else(|| parsed.store().cloned());
-        let refusal = |code, error, message: String| Refusal {
-            code,
-            rejection: Rejection::new(error, message),
-            store: store.clone(),
-        };
-        if parsed.direction() == Direction::Output {
-            let message = format!("{topic} is published by the broker only");
-            return Err(refusal(
-                PublishAckReason::NotAuthorized,
-                ErrorCode::UnknownTopic,
-                message,
-            ));
-        }
-        identity
-            .may_publish(&parsed)
-            .map_err(|denied| refusal(PublishAckReason::NotAuthorized, ErrorCode::NotPermitted, denied.0))?;
-        match parsed {
-            Topic::DeviceStatus { .. } if payload == b"online" || payload == b"offline" => Ok(Admitted::Presence),
-            Topic::DeviceStatus { .. } => Err(refusal(
-                PublishAckReason::PayloadFormatInvalid,
-                ErrorCode::MalformedPayload,
-                "device status must be online or offline".into(),
-            )),
-            _ => match decode(&parsed, payload) {
-                // A moving scale reading is only routed; a settled one may
-                // set a bound SKU's level: the rules decide.
-                Ok(input) if input.is_moving_reading() => Ok(Admitted::Presence),
-                // An input names the device that sends it (acks and errors
-                // go to the publisher's topics); a bridge speaks for many.
-                Ok(input) => match input.claimed_device() {
-                    Some(claimed) if *claimed != identity.device && identity.role != Role::Bridge => {
-                        let message = format!(
-                            "the input names device {claimed}, but {} published it: an input's device is the \
-                             device that sends it",
-                            identity.device
-                        );
-                        Err(refusal(
-                            PublishAckReason::PayloadFormatInvalid,
-                            ErrorCode::DeviceMismatch,
-                            message,
-                        ))
-                    }
-                    _ => Ok(Admitted::Input(input)),
-                },
-                Err(rejection) => Err(Refusal {
-                    code: PublishAckReason::PayloadFormatInvalid,
-                    rejection,
-                    store: store.clone(),
-                }),
-            },
-        }
-    }
-
     async fn check(&self, session: &Session, topic: &str, payload: &[u8]) -> PublishAclResult {
         let Some(identity) = self.sessions.identity(session) else {
             warn!(client_id = %session.id.client_id, topic, "publish from a session without identity refused");
@@ -284,7 +198,7 @@ impl IntakeHook {
             }
             return refuse(PublishAckReason::TopicNameInvalid, &rejection);
         }
-        match self.admit(&identity, topic, payload) {
+        match admit(&self.sessions.namespaces, &identity, topic, payload) {
             Err(Refusal { code, rejection, store }) => {
                 match (store, &identity.scope) {
                     (Some(store), _) => {
@@ -316,8 +230,100 @@ impl IntakeHook {
     }
 }
 
+/// Decides a publish that has an identity: refused (with the MQTT reason,
+/// the rejection and the store whose errors topic hears of it), passed
+/// through (presence, a reading, a namespace message), or an input for the
+/// rules.
+pub(crate) fn admit(
+    namespaces: &Namespaces,
+    identity: &Identity,
+    topic: &str,
+    payload: &[u8],
+) -> Result<Admitted, Refusal> {
+    // Errors go to the device's own store when the topic names another
+    // (it cannot read the other store's errors topic).
+    let own_store = match &identity.scope {
+        Scope::Store(s) => Some(s.clone()),
+        Scope::Chain => None,
+    };
+    // A topic of an open namespace is plain MQTT: permission only.
+    match namespaces.may_publish(identity, topic) {
+        namespaces::Verdict::Allowed => return Ok(Admitted::Presence),
+        namespaces::Verdict::Denied(denied) => {
+            let code = if namespaces::valid_topic_name(topic) {
+                PublishAckReason::NotAuthorized
+            } else {
+                PublishAckReason::TopicNameInvalid
+            };
+            return Err(Refusal {
+                code,
+                rejection: Rejection::new(ErrorCode::NotPermitted, denied.0),
+                store: own_store,
+            });
+        }
+        namespaces::Verdict::NotOurs => {}
+    }
+    let parsed = topic.parse::<Topic>().map_err(|e| Refusal {
+        code: PublishAckReason::TopicNameInvalid,
+        rejection: Rejection::new(ErrorCode::UnknownTopic, e.to_string()),
+        store: own_store.clone().or_else(|| Topic::store_prefix(topic)),
+    })?;
+    let store = own_store.or_else(|| parsed.store().cloned());
+    let refusal = |code, error, message: String| Refusal {
+        code,
+        rejection: Rejection::new(error, message),
+        store: store.clone(),
+    };
+    if parsed.direction() == Direction::Output {
+        let message = format!("{topic} is published by the broker only");
+        return Err(refusal(
+            PublishAckReason::NotAuthorized,
+            ErrorCode::UnknownTopic,
+            message,
+        ));
+    }
+    identity
+        .may_publish(&parsed)
+        .map_err(|denied| refusal(PublishAckReason::NotAuthorized, ErrorCode::NotPermitted, denied.0))?;
+    match parsed {
+        Topic::DeviceStatus { .. } if payload == b"online" || payload == b"offline" => Ok(Admitted::Presence),
+        Topic::DeviceStatus { .. } => Err(refusal(
+            PublishAckReason::PayloadFormatInvalid,
+            ErrorCode::MalformedPayload,
+            "device status must be online or offline".into(),
+        )),
+        _ => match decode(&parsed, payload) {
+            // A moving scale reading is only routed; a settled one may
+            // set a bound SKU's level: the rules decide.
+            Ok(input) if input.is_moving_reading() => Ok(Admitted::Presence),
+            // An input names the device that sends it (acks and errors
+            // go to the publisher's topics); a bridge speaks for many.
+            Ok(input) => match input.claimed_device() {
+                Some(claimed) if *claimed != identity.device && identity.role != Role::Bridge => {
+                    let message = format!(
+                        "the input names device {claimed}, but {} published it: an input's device is the \
+                         device that sends it",
+                        identity.device
+                    );
+                    Err(refusal(
+                        PublishAckReason::PayloadFormatInvalid,
+                        ErrorCode::DeviceMismatch,
+                        message,
+                    ))
+                }
+                _ => Ok(Admitted::Input(input)),
+            },
+            Err(rejection) => Err(Refusal {
+                code: PublishAckReason::PayloadFormatInvalid,
+                rejection,
+                store: store.clone(),
+            }),
+        },
+    }
+}
+
 /// What a permitted publish is.
-enum Admitted {
+pub(crate) enum Admitted {
     /// A device's presence or reading: routed as it is.
     Presence,
     /// An input for the rules.
@@ -325,9 +331,9 @@ enum Admitted {
 }
 
 /// Why a publish is refused, and where to say so.
-struct Refusal {
+pub(crate) struct Refusal {
     code: PublishAckReason,
-    rejection: Rejection,
+    pub(crate) rejection: Rejection,
     store: Option<StoreId>,
 }
 

@@ -55,15 +55,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(crate::demo::run(rules.clone(), catalog, seed));
     }
     let identities = Identities::default();
-    let sessions = Sessions::new(
-        identities.clone(),
-        settings.allow_anonymous,
-        crate::namespaces::Namespaces::new(settings.namespaces.clone()),
-    );
+    let namespaces = Arc::new(crate::namespaces::Namespaces::new(settings.namespaces.clone()));
+    let sessions = Sessions::new(identities.clone(), settings.allow_anonymous, namespaces.clone());
     let register = scx.extends.hook_mgr().register();
     let authenticator = Authenticator::new(
         settings.credentials.clone(),
         identities,
+        namespaces,
         settings.login_failures_per_minute,
     );
     register

@@ -170,24 +170,8 @@ async fn a_will_in_a_namespace_is_published_when_the_device_drops() -> Result<()
     let mut kitchen = login(broker.addr, "kds-1").await?;
     kitchen.subscribe("probes/s1/fridge-1/status", QoS::AtLeastOnce).await?;
 
-    let mut opts = rumqttc::MqttOptions::new("probe-1", "127.0.0.1", broker.addr.port());
-    opts.set_credentials("probe-1", password("probe-1"));
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_last_will(rumqttc::LastWill::new(
-        "probes/s1/fridge-1/status",
-        "lost",
-        QoS::AtLeastOnce,
-        false,
-    ));
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
-    let polling = tokio::spawn(async move {
-        loop {
-            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) = eventloop.poll().await {
-                break eventloop;
-            }
-        }
-    });
-    let eventloop = timeout_at(Instant::now() + DEADLINE, polling).await??;
+    let (client, eventloop) = connect_with_will(broker.addr, "probe-1", "probes/s1/fridge-1/status").await?;
+    let eventloop = eventloop.map_err(|e| anyhow!("the will's CONNECT refused: {e}"))?;
     // The connection drops: no DISCONNECT is sent.
     drop(eventloop);
     drop(client);
@@ -199,6 +183,82 @@ async fn a_will_in_a_namespace_is_published_when_the_device_drops() -> Result<()
         .map(|m| m.text.clone());
     assert!(will.is_ok() || text.is_some(), "no will");
     assert_eq!(text.as_deref(), Some("lost"));
+    Ok(())
+}
+
+/// `device` connects with a will (QoS 1, "lost") on `topic`: its client
+/// and, once the broker answered, the event loop or the refusal.
+async fn connect_with_will(
+    addr: std::net::SocketAddr,
+    device: &str,
+    topic: &str,
+) -> Result<(
+    rumqttc::AsyncClient,
+    Result<rumqttc::EventLoop, rumqttc::ConnectionError>,
+)> {
+    let mut opts = rumqttc::MqttOptions::new(device, "127.0.0.1", addr.port());
+    opts.set_credentials(device, password(device));
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_last_will(rumqttc::LastWill::new(topic, "lost", QoS::AtLeastOnce, false));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
+    let polling = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break Ok(eventloop),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        }
+    });
+    Ok((client, timeout_at(Instant::now() + DEADLINE, polling).await??))
+}
+
+/// A will is a publish the device makes later, so it is checked as one
+/// when the device logs in: a will on a namespace topic its role may not
+/// publish, or on a contract topic (which only the rules write), refuses
+/// the CONNECT as not authorized, and nothing is ever published there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_on_a_topic_the_device_may_not_publish_refuses_its_login() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&chain_with_namespaces()?, &data)?;
+    let mut hq = login(broker.addr, "hq-1").await?;
+    hq.subscribe("signage/#", QoS::AtLeastOnce).await?;
+    hq.subscribe("stores/s1/dishes/+/availability", QoS::AtLeastOnce)
+        .await?;
+    for topic in [
+        // A scale is not a signage publisher.
+        "signage/menu-board",
+        // Another store's probes.
+        "probes/s2/fridge-1/status",
+        // The contract's own topics.
+        "stores/s1/dishes/chips/availability",
+        "hq/alerts",
+    ] {
+        let (_client, refused) = connect_with_will(broker.addr, "probe-1", topic).await?;
+        match refused {
+            Err(rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)) => {}
+            other => return Err(anyhow!("a will on {topic}: {:?}", other.map(|_| "accepted"))),
+        }
+    }
+    // The same device with a will it may publish still logs in.
+    let (_client, accepted) = connect_with_will(broker.addr, "probe-1", "probes/s1/fridge-1/status").await?;
+    accepted.map_err(|e| anyhow!("a will on its own probes refused: {e}"))?;
+    // Nothing reached the forbidden topics: HQ's next signage message is
+    // its own marker, and no availability ever said "lost".
+    let board = login(broker.addr, "hq-2").await?;
+    board
+        .mqtt
+        .publish("signage/marker", QoS::AtLeastOnce, false, "end")
+        .await?;
+    hq.wait_until("the marker", |seen| seen.iter().any(|m| m.topic == "signage/marker"))
+        .await?;
+    let leaked: Vec<_> = hq
+        .seen
+        .iter()
+        .filter(|m| m.text == "lost")
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(leaked.is_empty(), "wills published: {leaked:?}");
     Ok(())
 }
 
