@@ -28,6 +28,7 @@ pub mod retainer;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod takeover;
 pub mod worker;
 
 pub use config::Settings;

@@ -89,6 +89,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     register
         .add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::new(out)))
         .await;
+    let takeover = crate::takeover::TakeoverWill::default();
+    for hook in [Type::ClientConnect, Type::ClientConnack, Type::ClientDisconnected] {
+        register
+            .add_priority(hook, HOOK_PRIORITY, Box::new(takeover.clone()))
+            .await;
+    }
     register.start().await;
 
     if !settings.allow_anonymous && settings.credentials.is_empty() {

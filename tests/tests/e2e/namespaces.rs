@@ -186,20 +186,25 @@ async fn a_will_in_a_namespace_is_published_when_the_device_drops() -> Result<()
     Ok(())
 }
 
-/// `device` connects with a will (QoS 1, "lost") on `topic`: its client
-/// and, once the broker answered, the event loop or the refusal.
-async fn connect_with_will(
-    addr: std::net::SocketAddr,
-    device: &str,
-    topic: &str,
-) -> Result<(
+/// What a raw connection attempt gives: its client and, once the broker
+/// answered, the event loop or the refusal.
+type Attempt = (
     rumqttc::AsyncClient,
     Result<rumqttc::EventLoop, rumqttc::ConnectionError>,
-)> {
+);
+
+/// `device` connects with a will (QoS 1, "lost") on `topic`.
+async fn connect_with_will(addr: std::net::SocketAddr, device: &str, topic: &str) -> Result<Attempt> {
     let mut opts = rumqttc::MqttOptions::new(device, "127.0.0.1", addr.port());
+    opts.set_last_will(rumqttc::LastWill::new(topic, "lost", QoS::AtLeastOnce, false));
+    connect_raw(opts, device).await
+}
+
+/// `device` connects with `opts` (its credentials added); its event loop is
+/// not polled after the CONNACK, so the connection stays as it is.
+async fn connect_raw(mut opts: rumqttc::MqttOptions, device: &str) -> Result<Attempt> {
     opts.set_credentials(device, password(device));
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_last_will(rumqttc::LastWill::new(topic, "lost", QoS::AtLeastOnce, false));
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
     let polling = tokio::spawn(async move {
         loop {
@@ -259,6 +264,49 @@ async fn a_will_on_a_topic_the_device_may_not_publish_refuses_its_login() -> Res
         .map(|m| m.topic.clone())
         .collect();
     assert!(leaked.is_empty(), "wills published: {leaked:?}");
+    Ok(())
+}
+
+/// A connection taken over by another with its client id ends without a
+/// DISCONNECT, so its will is published ([MQTT-3.1.2-8]) — once, whether
+/// the session lives on (neither asked for a clean session) or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_is_published_once_when_the_connection_is_taken_over() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&chain_with_namespaces()?, &data)?;
+    let mut kitchen = login(broker.addr, "kds-1").await?;
+    kitchen.subscribe("probes/s1/+/status", QoS::AtLeastOnce).await?;
+    for (n, persistent) in [(1, true), (2, false)] {
+        let status = format!("probes/s1/fridge-{n}/status");
+        let mut first = rumqttc::MqttOptions::new("probe-1", "127.0.0.1", broker.addr.port());
+        first.set_clean_session(!persistent);
+        first.set_last_will(rumqttc::LastWill::new(&status, "lost", QoS::AtLeastOnce, false));
+        let (_first, held) = connect_raw(first, "probe-1").await?;
+        let _held = held.map_err(|e| anyhow!("the first connection refused: {e}"))?;
+        // The same device again, without a will: it takes the session over.
+        let mut second = rumqttc::MqttOptions::new("probe-1", "127.0.0.1", broker.addr.port());
+        second.set_clean_session(!persistent);
+        let (taker, polled) = connect_raw(second, "probe-1").await?;
+        let mut polled = polled.map_err(|e| anyhow!("the takeover refused: {e}"))?;
+        taker.publish(&status, QoS::AtLeastOnce, false, "back").await?;
+        let pump = tokio::spawn(async move { while polled.poll().await.is_ok() {} });
+        let count = |c: &Client, text: &str| c.seen.iter().filter(|m| m.topic == status && m.text == text).count();
+        let deadline = Instant::now() + DEADLINE;
+        while count(&kitchen, "lost") == 0 || count(&kitchen, "back") == 0 {
+            if Instant::now() > deadline {
+                pump.abort();
+                return Err(anyhow!(
+                    "persistent {persistent}: lost {}, back {}",
+                    count(&kitchen, "lost"),
+                    count(&kitchen, "back")
+                ));
+            }
+            let _ = kitchen.recv_until(Instant::now() + Duration::from_millis(100)).await?;
+        }
+        assert_eq!(count(&kitchen, "lost"), 1, "persistent {persistent}: the will once");
+        taker.disconnect().await?;
+        let _ = timeout_at(Instant::now() + DEADLINE, pump).await;
+    }
     Ok(())
 }
 
