@@ -119,6 +119,8 @@ impl FailureBrake {
 /// Answers `ClientAuthenticate`.
 pub struct Authenticator {
     credentials: Arc<HashMap<DeviceId, Credential>>,
+    /// Clients without a username log in as demo devices.
+    allow_anonymous: bool,
     identities: Identities,
     /// A will is checked against these as the publish it will be.
     namespaces: Arc<Namespaces>,
@@ -126,6 +128,16 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Why `identity` may not have `will` (topic, payload), if it may not.
+    fn will_refused(&self, identity: &Identity, will: Option<(&str, &[u8])>) -> Option<String> {
+        let (topic, payload) = will?;
+        match admit(&self.namespaces, identity, topic, payload) {
+            Ok(Admitted::Presence) => None,
+            Ok(Admitted::Input(_)) => Some("an input for the rules cannot be a will".to_string()),
+            Err(refusal) => Some(refusal.rejection.message),
+        }
+    }
+
     /// Checks logins against `credentials`, recording identities in
     /// `identities`; a login's will must be a publish its device may make
     /// as it is (presence, or a namespace topic `namespaces` allow it).
@@ -133,6 +145,7 @@ impl Authenticator {
         credentials: Vec<Credential>,
         identities: Identities,
         namespaces: Arc<Namespaces>,
+        allow_anonymous: bool,
         failures_per_minute: u32,
     ) -> Authenticator {
         let credentials = credentials
@@ -141,6 +154,7 @@ impl Authenticator {
             .collect();
         Authenticator {
             credentials: Arc::new(credentials),
+            allow_anonymous,
             identities,
             namespaces,
             brake: FailureBrake {
@@ -162,6 +176,16 @@ impl Authenticator {
         if self.brake.blocked(ip) {
             warn!(%ip, client_id, "login refused: too many failed logins from this address");
             return AuthResult::NotAuthorized;
+        }
+        if username.is_none() && self.allow_anonymous {
+            // Anonymous: a demo device, whose will is checked all the same.
+            return match self.will_refused(&crate::hooks::anonymous(client_id), will) {
+                Some(why) => {
+                    warn!(%ip, client_id, will_topic = will.map(|w| w.0), reason = %why, "login refused: the will may not be published");
+                    AuthResult::NotAuthorized
+                }
+                None => AuthResult::Allow(false, None),
+            };
         }
         let (Some(username), Some(password)) = (username, password) else {
             warn!(%ip, client_id, "login refused: no credentials");
@@ -195,16 +219,9 @@ impl Authenticator {
         // every check a PUBLISH meets: it is checked now, as that publish.
         // Only what is routed as it is may be a will (presence, a reading,
         // a namespace message); an input for the rules never is.
-        if let Some((topic, payload)) = will {
-            let refused = match admit(&self.namespaces, &credential.identity, topic, payload) {
-                Ok(Admitted::Presence) => None,
-                Ok(Admitted::Input(_)) => Some("an input for the rules cannot be a will".to_string()),
-                Err(refusal) => Some(refusal.rejection.message),
-            };
-            if let Some(why) = refused {
-                warn!(%ip, username, will_topic = topic, reason = %why, "login refused: the will may not be published");
-                return AuthResult::NotAuthorized;
-            }
+        if let Some(why) = self.will_refused(&credential.identity, will) {
+            warn!(%ip, username, will_topic = will.map(|w| w.0), reason = %why, "login refused: the will may not be published");
+            return AuthResult::NotAuthorized;
         }
         self.identities.insert(client_id, credential.identity.clone());
         info!(device = username, role = %credential.identity.role, %ip, "logged in");

@@ -76,9 +76,7 @@ impl Sessions {
         let client_id: &str = &session.id.client_id;
         match session.id.username.as_deref() {
             Some(username) => self.identities.get(client_id, username),
-            None if self.allow_anonymous => {
-                Some(Identity::demo(DeviceId::new(client_id).unwrap_or_else(|_| unnamed())))
-            }
+            None if self.allow_anonymous => Some(anonymous(client_id)),
             None => None,
         }
     }
@@ -337,8 +335,11 @@ pub(crate) struct Refusal {
     store: Option<StoreId>,
 }
 
-fn unnamed() -> DeviceId {
-    DeviceId::new(UNNAMED_DEVICE).unwrap_or_else(|_| unreachable!("constant id is valid"))
+/// The demo identity of an anonymous client: its client id as device id,
+/// or [`UNNAMED_DEVICE`] when that is not a valid id.
+pub(crate) fn anonymous(client_id: &str) -> Identity {
+    let unnamed = || DeviceId::new(UNNAMED_DEVICE).unwrap_or_else(|_| unreachable!("constant id is valid"));
+    Identity::demo(DeviceId::new(client_id).unwrap_or_else(|_| unnamed()))
 }
 
 fn refuse(code: PublishAckReason, r: &Rejection) -> PublishAclResult {

@@ -62,6 +62,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.credentials.clone(),
         identities,
         namespaces,
+        settings.allow_anonymous,
         settings.login_failures_per_minute,
     );
     register
@@ -108,13 +109,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let public = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
-        let engine = listener(&settings, "mqtt/tcp", ([127, 0, 0, 1], 0).into())
+        let engine = listener_allowing(&settings, "mqtt/tcp", ([127, 0, 0, 1], 0).into(), false)
             .proxy_protocol(true)
             .bind()
             .context("binding the engine's loopback listener")?;
         (Some(public), engine)
     } else {
-        let engine = listener(&settings, "mqtt/tcp", settings.listen)
+        let engine = listener_allowing(&settings, "mqtt/tcp", settings.listen, false)
             .bind()
             .with_context(|| format!("binding {}", settings.listen))?;
         (None, engine)
@@ -139,7 +140,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             tls_addr = Some(bound.local_addr().context("reading the bound TLS address")?);
             tls_front = Some((bound, acceptor));
         } else {
-            let bound = listener(&settings, "mqtt/tls", tls.listen)
+            let bound = listener_allowing(&settings, "mqtt/tls", tls.listen, false)
                 .tls_cert(Some(tls.cert.display().to_string()))
                 .tls_key(Some(tls.key.display().to_string()))
                 .tls_cross_certificate(tls.client_ca.is_some())
@@ -183,12 +184,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 /// A listener with the settings every dishsync listener needs (BROKER-NOTES:
 /// rebinding after a restart, in-flight window and queue bounds).
 pub fn listener(settings: &Settings, name: &str, addr: std::net::SocketAddr) -> Builder {
+    listener_allowing(settings, name, addr, settings.allow_anonymous)
+}
+
+/// [`listener`], the engine's own anonymous access set to `allow_anonymous`.
+/// The broker's listeners say `false`: every login then reaches its login
+/// hook, anonymous ones too (which the engine otherwise lets in unseen), so
+/// every will is checked; the hook admits anonymous clients when the
+/// configuration does.
+fn listener_allowing(settings: &Settings, name: &str, addr: std::net::SocketAddr, allow_anonymous: bool) -> Builder {
     Builder::new()
         .name(name)
         .laddr(addr)
         .reuseaddr(Some(true))
         .nodelay(true)
-        .allow_anonymous(settings.allow_anonymous)
+        .allow_anonymous(allow_anonymous)
         .max_connections(settings.max_connections)
         .max_packet_size(settings.max_packet_size)
         .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))

@@ -310,6 +310,39 @@ async fn a_will_is_published_once_when_the_connection_is_taken_over() -> Result<
     Ok(())
 }
 
+/// Anonymous clients (a demo broker) log in through the same check: a will
+/// on a document of the broker's refuses the login; a device's own status
+/// as its will is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_clients_will_is_checked_like_any_other() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    for (topic, payload, accepted) in [
+        ("stores/s1/dishes/chips/availability", "lost", false),
+        ("stores/s1/devices/kds-9/status", "offline", true),
+    ] {
+        let mut opts = rumqttc::MqttOptions::new("kds-9", "127.0.0.1", broker.addr.port());
+        opts.set_last_will(rumqttc::LastWill::new(topic, payload, QoS::AtLeastOnce, true));
+        let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
+        let answer = timeout_at(Instant::now() + DEADLINE, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break Ok(()),
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+        })
+        .await?;
+        match (answer, accepted) {
+            (Ok(()), true) => {}
+            (Err(rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)), false) => {}
+            (answer, _) => return Err(anyhow!("a will on {topic}: {answer:?}")),
+        }
+    }
+    Ok(())
+}
+
 /// A device that goes silent past its keep-alive has lost its connection
 /// ([MQTT-3.1.2-24]): it is closed, and its will is published. Raw bytes: a
 /// client library would send its PINGREQs.
