@@ -34,9 +34,10 @@ pub struct Namespace {
     pub subscribe: BTreeSet<Role>,
 }
 
-/// Why a prefix cannot be a namespace.
+/// Why a prefix cannot be a namespace. The empty prefix is the empty first
+/// level: topics that begin with `/` (`/TopicA`), as older devices use.
 pub fn prefix_problem(prefix: &str) -> Option<String> {
-    if prefix.is_empty() || prefix.contains(['/', '+', '#']) || prefix.starts_with('$') {
+    if prefix.contains(['/', '+', '#']) || prefix.starts_with('$') {
         return Some(format!(
             "{prefix:?} is not one topic level (no '/', '+', '#', no leading '$')"
         ));
@@ -236,5 +237,26 @@ mod tests {
         assert!(prefix_problem("a/b").is_some());
         assert!(prefix_problem("$SYS").is_some());
         assert!(prefix_problem("probes").is_none());
+    }
+
+    #[test]
+    fn the_empty_prefix_is_the_topics_that_begin_with_a_slash() {
+        assert!(prefix_problem("").is_none());
+        let ns = Namespaces::new(vec![Namespace {
+            prefix: String::new(),
+            per_store: false,
+            publish: [Role::Hq].into_iter().collect(),
+            subscribe: [Role::Hq].into_iter().collect(),
+        }]);
+        let hq = who(Role::Hq, None);
+        assert!(ns.owns("/TopicA"));
+        assert!(!ns.owns("TopicA"));
+        assert_eq!(ns.may_publish(&hq, "/TopicA"), Verdict::Allowed);
+        assert_eq!(ns.may_publish(&hq, "TopicA/B"), Verdict::NotOurs);
+        assert_eq!(ns.may_subscribe(&hq, "/#").0, Verdict::Allowed);
+        assert!(matches!(
+            ns.may_subscribe(&who(Role::Kds, Some("s1")), "/+").0,
+            Verdict::Denied(_)
+        ));
     }
 }

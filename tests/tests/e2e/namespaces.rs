@@ -343,6 +343,31 @@ async fn an_anonymous_clients_will_is_checked_like_any_other() -> Result<()> {
     Ok(())
 }
 
+/// A namespace with the empty prefix carries the topics that begin with
+/// `/`, as older devices name them: retained, and matched by `/#`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_empty_first_level_can_be_a_namespace() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let mut config = small_chain();
+    config.push_str("\n[[namespaces]]\nprefix = \"\"\npublish = [\"hq\"]\nsubscribe = [\"hq\"]\n");
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut legacy = Client::connect(broker.addr, "legacy-1").await?;
+    legacy.subscribe("hq/errors/legacy-1", QoS::AtLeastOnce).await?;
+    legacy.mqtt.publish("/TopicA", QoS::AtLeastOnce, true, "a").await?;
+    let mut reader = Client::connect(broker.addr, "reader-1").await?;
+    assert!(reader.granted("/#").await?, "the empty level's filter");
+    reader
+        .wait_until("the retained /TopicA", |seen| {
+            seen.iter().any(|m| m.topic == "/TopicA" && m.text == "a")
+        })
+        .await?;
+    // A topic outside it and outside the contract is still refused.
+    legacy.mqtt.publish("TopicA", QoS::AtLeastOnce, false, "b").await?;
+    let refused = legacy.next_on("hq/errors/legacy-1").await?;
+    assert_eq!(refused["code"], json!("unknown_topic"), "{refused}");
+    Ok(())
+}
+
 /// A device that goes silent past its keep-alive has lost its connection
 /// ([MQTT-3.1.2-24]): it is closed, and its will is published. Raw bytes: a
 /// client library would send its PINGREQs.
