@@ -31,9 +31,11 @@ struct Client5 {
 impl Client5 {
     /// Connects as `client_id` (anonymous) and waits for the CONNACK.
     async fn connect(addr: SocketAddr, client_id: &str) -> Result<Client5> {
-        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_max_packet_size(Some(1 << 20));
+        Client5::connect_with(options(addr, client_id)).await
+    }
+
+    /// Connects with `opts` and waits for the CONNACK.
+    async fn connect_with(opts: MqttOptions) -> Result<Client5> {
         let (mqtt, mut eventloop) = AsyncClient::new(opts, 64);
         let (tx, packets) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -104,6 +106,14 @@ impl Client5 {
         })
         .await
     }
+}
+
+/// The options every test client here starts from.
+fn options(addr: SocketAddr, client_id: &str) -> MqttOptions {
+    let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(Some(1 << 20));
+    opts
 }
 
 fn topic_of(p: &Publish) -> String {
@@ -277,5 +287,49 @@ async fn mqtt5_properties_pass_through_an_open_namespace() -> Result<()> {
         props.user_properties,
         vec![("trace".to_string(), "abc-123".to_string())]
     );
+    Ok(())
+}
+
+/// MQTT 5: a connection taken over while its session lives on (a session
+/// expiry, no clean start) ends without a DISCONNECT, and its will (no will
+/// delay) is published at once (MQTT 5 §3.1.2.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_will_is_published_when_a_resumed_session_is_taken_over() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::LastWill;
+    let config = small_chain() + "\n[[namespaces]]\nprefix = \"tools\"\npublish = [\"hq\"]\nsubscribe = [\"hq\"]\n";
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut reader = Client5::connect(broker.addr, "tool-reader").await?;
+    reader.subscribe(Filter::new("tools/#", QoS::AtLeastOnce)).await?;
+    let resumable = |will: bool| {
+        let mut opts = options(broker.addr, "printer-1");
+        opts.set_clean_start(false);
+        opts.set_session_expiry_interval(Some(300));
+        if will {
+            opts.set_last_will(LastWill::new(
+                "tools/printer-1/status",
+                "lost",
+                QoS::AtLeastOnce,
+                false,
+                None,
+            ));
+        }
+        opts
+    };
+    // The first connection: held open, never polled after its CONNACK (a
+    // polled one would reconnect and take the session back).
+    let (_first, mut held) = AsyncClient::new(resumable(true), 16);
+    timeout_at(Instant::now() + DEADLINE, async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(_)) = held.poll().await? {
+                break Ok::<_, anyhow::Error>(());
+            }
+        }
+    })
+    .await??;
+    let _taker = Client5::connect_with(resumable(false)).await?;
+    let will = reader.next_publish().await?;
+    assert_eq!(topic_of(&will), "tools/printer-1/status");
+    assert_eq!(&will.payload[..], b"lost");
     Ok(())
 }
