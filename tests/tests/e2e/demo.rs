@@ -56,14 +56,18 @@ fn run(command: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
-/// Waits until the wall clock's second has moved past `at`, so that a
-/// reading stamped with `date -u +%FT%TZ` (whole seconds) is later than
-/// everything before it, as a person typing the next command gets.
+/// Waits until the wall clock's second has moved on, so that a reading
+/// stamped with `date -u +%FT%TZ` (whole seconds) is later than everything
+/// before it, as a person typing the next command gets. The condition is
+/// the clock itself: the wait ends at the computed start of the next
+/// second, checked again there (bounded, should the clock be stepped).
 async fn next_second() {
-    let second = dishsync_protocol::payload::Timestamp::now().0 / 1000;
+    let now_ms = || dishsync_protocol::payload::Timestamp::now().0;
+    let second = now_ms() / 1000;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while dishsync_protocol::payload::Timestamp::now().0 / 1000 <= second && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while now_ms() / 1000 <= second && Instant::now() < deadline {
+        let left = ((second + 1) * 1000 - now_ms()).max(1);
+        tokio::time::sleep_until(Instant::now() + Duration::from_millis(left.unsigned_abs())).await;
     }
 }
 
