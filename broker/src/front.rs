@@ -26,6 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::namespaces::valid_topic_name;
+
 /// MQTT packet types (the high nibble of the first byte).
 mod kind {
     pub const CONNECT: u8 = 1;
@@ -201,8 +203,8 @@ impl Validator {
         if self.done {
             return Vec::new();
         }
-        // Checked in place: one copy of what goes on per read, whatever the
-        // number of packets in it.
+        // Checked in place: what goes on is the buffer itself, and only an
+        // incomplete packet at its end is copied back for the next read.
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.extend_from_slice(bytes);
         let mut at = 0;
@@ -249,9 +251,8 @@ impl Validator {
                 }
             }
         }
-        let checked = buffer[..at].to_vec();
-        buffer.drain(..at);
-        self.buffer = buffer;
+        self.buffer = buffer.split_off(at);
+        let checked = buffer;
         let forward = |checked: Vec<u8>| {
             if checked.is_empty() {
                 Vec::new()
@@ -324,7 +325,7 @@ impl Validator {
                 }
                 let topic = body.string()?;
                 // An MQTT 5 PUBLISH may name its topic by alias only.
-                if (topic.is_empty() && !v5) || topic.contains(['+', '#']) || !printable(topic) {
+                if !(valid_topic_name(topic) || (topic.is_empty() && v5)) {
                     return Err(protocol(format!("{topic:?} is not a topic name")));
                 }
                 if qos > 0 && body.u16()? == 0 {
@@ -428,7 +429,7 @@ impl Validator {
                 body.properties()?;
             }
             let topic = body.string()?;
-            if topic.is_empty() || topic.contains(['+', '#']) || !printable(topic) {
+            if !valid_topic_name(topic) {
                 return Err(protocol(format!("will topic {topic:?}")));
             }
             body.binary()?;
