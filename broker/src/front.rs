@@ -10,10 +10,19 @@
 //! CONNACK "identifier rejected" for a client id with control characters,
 //! DISCONNECT `0x81`/`0x82` to an MQTT 5 client) — closes the connection
 //! right after a DISCONNECT, and closes a client silent for one and a half
-//! times its keep-alive. [`serve`] is the shell: it accepts
+//! times its keep-alive. For MQTT 5 it also holds the client to the flow
+//! control and topic aliases the broker announces: more unacknowledged QoS 2
+//! publishes than the Receive Maximum is DISCONNECT `0x93`, an alias of 0,
+//! above the maximum or never set is `0x94` or `0x82`. [`serve`] is the shell: it accepts
 //! on the public address and hands each connection to the engine's own
 //! listener on loopback with a PROXY protocol header, so the engine (and
 //! the login brake) still sees the client's address.
+//!
+//! It tells [`Connections`] when a client id's connection opens, when a
+//! client whose session ends with its connection (a 3.1.1 clean session, an
+//! MQTT 5 Session Expiry of 0) has gone — at once, before the engine sees
+//! the end — and when the connection is over, so that a reconnect can wait
+//! for the engine to end that session (`reconnect.rs`).
 //!
 //! It does not interpret inputs, topics of the contract or permissions:
 //! that is the hooks' job. Invariant: the bytes forwarded are exactly the
@@ -57,6 +66,20 @@ pub enum Step {
     },
 }
 
+/// What the broker announces to its clients, which the front holds them to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest packet accepted, bytes: a larger one is refused before
+    /// it is read, so a client cannot make the front buffer without end.
+    pub max_packet: usize,
+    /// The broker's in-flight window for a client's QoS 2 publishes (the
+    /// engine announces the smaller of it and the client's own Receive
+    /// Maximum).
+    pub receive_maximum: u16,
+    /// The largest topic alias an MQTT 5 client may use.
+    pub topic_alias_maximum: u16,
+}
+
 /// The sans-IO packet checker for one connection.
 #[derive(Debug)]
 pub struct Validator {
@@ -65,9 +88,19 @@ pub struct Validator {
     level: Option<u8>,
     /// The accepted CONNECT's keep-alive, seconds (0: none).
     keep_alive: u16,
-    /// The largest packet accepted, bytes: a larger one is refused before
-    /// it is read, so a client cannot make the front buffer without end.
-    max_packet: usize,
+    limits: Limits,
+    /// The Receive Maximum announced to this client.
+    receive_maximum: u16,
+    /// Packet ids of the client's QoS 2 publishes not yet released (PUBREL).
+    unreleased: std::collections::HashSet<u16>,
+    /// The topic aliases this connection has set.
+    aliases: std::collections::HashSet<u16>,
+    /// The accepted CONNECT's client id.
+    client_id: Option<String>,
+    /// Whether the session ends with this connection (3.1.1: a clean
+    /// session; MQTT 5: a Session Expiry of 0, from the CONNECT or the
+    /// DISCONNECT).
+    session_ends: bool,
     done: bool,
 }
 
@@ -144,15 +177,62 @@ impl<'a> Body<'a> {
         Err(malformed("a variable byte integer is longer than 4 bytes"))
     }
 
-    /// Skips MQTT 5 properties.
-    fn properties(&mut self) -> Result<(), Violation> {
+    /// Reads MQTT 5 properties, each checked for a known identifier and a
+    /// whole value (MQTT 5 §2.2.2.2); keeps the two the front acts on.
+    fn properties(&mut self) -> Result<Properties, Violation> {
         let n = self.varint()?;
-        self.take(n).map(|_| ())
+        let mut props = Body {
+            bytes: self.take(n)?,
+            at: 0,
+        };
+        let mut found = Properties::default();
+        while props.rest() > 0 {
+            match props.u8()? {
+                0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => {
+                    props.u8()?;
+                }
+                0x13 | 0x22 => {
+                    props.u16()?;
+                }
+                0x21 => found.receive_maximum = Some(props.u16()?),
+                0x23 => found.topic_alias = Some(props.u16()?),
+                0x11 => {
+                    let b = props.take(4)?;
+                    found.session_expiry = Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                }
+                0x02 | 0x18 | 0x27 => {
+                    props.take(4)?;
+                }
+                0x0b => {
+                    props.varint()?;
+                }
+                0x03 | 0x08 | 0x12 | 0x15 | 0x1a | 0x1c | 0x1f => {
+                    props.string()?;
+                }
+                0x09 | 0x16 => {
+                    props.binary()?;
+                }
+                0x26 => {
+                    props.string()?;
+                    props.string()?;
+                }
+                other => return Err(malformed(format!("unknown property {other:#04x}"))),
+            }
+        }
+        Ok(found)
     }
 
     fn rest(&self) -> usize {
         self.bytes.len() - self.at
     }
+}
+
+/// The MQTT 5 properties the front acts on.
+#[derive(Default)]
+struct Properties {
+    receive_maximum: Option<u16>,
+    topic_alias: Option<u16>,
+    session_expiry: Option<u32>,
 }
 
 /// Whether a string is one a person or a device id should carry: no
@@ -178,16 +258,32 @@ fn remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, Violation> {
 }
 
 impl Validator {
-    /// A validator for a new connection whose packets may be at most
-    /// `max_packet` bytes.
-    pub fn new(max_packet: usize) -> Validator {
+    /// A validator for a new connection held to `limits`.
+    pub fn new(limits: Limits) -> Validator {
         Validator {
             buffer: Vec::new(),
             level: None,
             keep_alive: 0,
-            max_packet,
+            limits,
+            receive_maximum: limits.receive_maximum,
+            unreleased: std::collections::HashSet::new(),
+            aliases: std::collections::HashSet::new(),
+            client_id: None,
+            session_ends: false,
             done: false,
         }
+    }
+
+    /// Whether the session ends with this connection, as its CONNECT and
+    /// DISCONNECT say.
+    pub fn session_ends(&self) -> bool {
+        self.session_ends
+    }
+
+    /// The client id of the accepted CONNECT, once there is one (empty when
+    /// the client left it to the server).
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
     }
 
     /// How long the client may stay silent: one and a half times the
@@ -218,12 +314,12 @@ impl Validator {
                     break;
                 }
             };
-            if header + length > self.max_packet {
+            if header + length > self.limits.max_packet {
                 end = Some(End::Violation(Violation {
                     why: format!(
                         "a packet of {} bytes, above the limit of {}",
                         header + length,
-                        self.max_packet
+                        self.limits.max_packet
                     ),
                     // MQTT 5: Packet too large.
                     reason: 0x95,
@@ -328,9 +424,30 @@ impl Validator {
                 if !(valid_topic_name(topic) || (topic.is_empty() && v5)) {
                     return Err(protocol(format!("{topic:?} is not a topic name")));
                 }
-                if qos > 0 && body.u16()? == 0 {
+                let id = if qos > 0 { body.u16()? } else { 1 };
+                if id == 0 {
                     return Err(protocol("packet identifier 0"));
                 }
+                if v5 {
+                    let alias = body.properties()?.topic_alias;
+                    self.check_alias(topic, alias)?;
+                    // [MQTT-3.3.4-7], [MQTT-3.3.4-8]: the client's QoS 2
+                    // publishes stay unacknowledged until it releases them.
+                    if qos == 2 && !self.unreleased.contains(&id) {
+                        if self.unreleased.len() >= usize::from(self.receive_maximum) {
+                            return Err(Violation {
+                                why: format!("more than {} unacknowledged QoS 2 publishes", self.receive_maximum),
+                                reason: 0x93,
+                            });
+                        }
+                        self.unreleased.insert(id);
+                    }
+                }
+                Ok(Checked::Pass)
+            }
+            kind::PUBREL => {
+                let id = body.u16()?;
+                self.unreleased.remove(&id);
                 Ok(Checked::Pass)
             }
             kind::SUBSCRIBE => {
@@ -373,10 +490,45 @@ impl Validator {
             }
             kind::PINGREQ if body.rest() != 0 => Err(malformed("PINGREQ with a body")),
             kind::DISCONNECT if !v5 && body.rest() != 0 => Err(malformed("DISCONNECT with a body")),
-            kind::DISCONNECT => Ok(Checked::Last),
+            kind::DISCONNECT => {
+                // MQTT 5: a reason code, then properties that may set the
+                // Session Expiry anew.
+                if body.rest() > 1 {
+                    body.u8()?;
+                    if let Some(expiry) = body.properties()?.session_expiry {
+                        self.session_ends = expiry == 0;
+                    }
+                }
+                Ok(Checked::Last)
+            }
             kind::AUTH if !v5 => Err(malformed("AUTH before MQTT 5")),
             0 => Err(malformed("packet type 0 is reserved")),
             _ => Ok(Checked::Pass),
+        }
+    }
+
+    /// A PUBLISH's topic alias (MQTT 5 §3.3.2.3.4): 0 or above the maximum
+    /// is invalid ([MQTT-3.3.2-8], [MQTT-3.3.2-9]); an empty topic names
+    /// an alias this connection has set ([MQTT-3.3.2-10], [MQTT-3.3.2-12]).
+    fn check_alias(&mut self, topic: &str, alias: Option<u16>) -> Result<(), Violation> {
+        match alias {
+            Some(a) if a == 0 || a > self.limits.topic_alias_maximum => Err(Violation {
+                why: format!("topic alias {a}"),
+                reason: 0x94,
+            }),
+            Some(a) if topic.is_empty() => {
+                if self.aliases.contains(&a) {
+                    Ok(())
+                } else {
+                    Err(protocol(format!("topic alias {a} was never set")))
+                }
+            }
+            Some(a) => {
+                self.aliases.insert(a);
+                Ok(())
+            }
+            None if topic.is_empty() => Err(protocol("an empty topic name without an alias")),
+            None => Ok(()),
         }
     }
 
@@ -411,8 +563,15 @@ impl Validator {
             return Err(malformed("a password without a username"));
         }
         let keep_alive = body.u16()?;
+        let mut session_ends = connect_flags & 0b10 != 0;
         if v5 {
-            body.properties()?;
+            let props = body.properties()?;
+            match props.receive_maximum {
+                Some(0) => return Err(protocol("a Receive Maximum of 0")),
+                Some(theirs) => self.receive_maximum = theirs.min(self.limits.receive_maximum),
+                None => {}
+            }
+            session_ends = props.session_expiry.unwrap_or(0) == 0;
         }
         let client_id = body.string()?;
         if !printable(client_id) {
@@ -447,6 +606,8 @@ impl Validator {
         // an MQTT 5 client hears of (no DISCONNECT before a CONNACK).
         self.level = Some(level);
         self.keep_alive = keep_alive;
+        self.client_id = Some(client_id.to_owned());
+        self.session_ends = session_ends;
         Ok(Checked::Pass)
     }
 }
@@ -469,6 +630,21 @@ enum Checked {
     Answer(Vec<u8>, String),
 }
 
+/// Told of each connection's client id as the front learns of its life,
+/// ahead of the engine ([`crate::reconnect::SessionEnds`]).
+pub trait Connections: Send + Sync {
+    /// A CONNECT with `client_id` was accepted and goes on to the engine.
+    fn opened(&self, client_id: &str);
+    /// The client has gone (a DISCONNECT, its end of stream, a refusal),
+    /// and its session ends with the connection.
+    fn ending(&self, client_id: &str);
+    /// The connection is over on both sides.
+    fn closed(&self, client_id: &str);
+}
+
+/// [`Connections`] shared by every connection of the front.
+pub type SharedConnections = std::sync::Arc<dyn Connections>;
+
 /// Serves a public listener — plaintext, or TLS ended here with `tls` —:
 /// each accepted connection goes to the engine's listener at `engine`
 /// (loopback, PROXY protocol on) through a [`Validator`]. Runs until the
@@ -477,22 +653,24 @@ pub async fn serve(
     listener: TcpListener,
     engine: SocketAddr,
     tls: Option<TlsAcceptor>,
-    max_packet: usize,
+    limits: Limits,
+    connections: SharedConnections,
 ) -> std::io::Result<()> {
     loop {
         let (client, peer) = listener.accept().await?;
         let tls = tls.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             let ended = async {
                 client.set_nodelay(true)?;
                 let local = client.local_addr()?;
                 match tls {
-                    None => connection(client, peer, local, engine, max_packet).await,
+                    None => connection(client, peer, local, engine, limits, connections).await,
                     Some(tls) => {
                         let client = tokio::time::timeout(HANDSHAKE, tls.accept(client))
                             .await
                             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
-                        connection(client, peer, local, engine, max_packet).await
+                        connection(client, peer, local, engine, limits, connections).await
                     }
                 }
             };
@@ -571,14 +749,15 @@ async fn connection<S>(
     peer: SocketAddr,
     local: SocketAddr,
     engine: SocketAddr,
-    max_packet: usize,
+    limits: Limits,
+    connections: SharedConnections,
 ) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let upstream = TcpStream::connect(engine).await?;
     upstream.set_nodelay(true)?;
-    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (from_client, mut to_client) = tokio::io::split(client);
     let (mut from_engine, mut to_engine) = upstream.into_split();
     to_engine.write_all(proxy_header(peer, local).as_bytes()).await?;
     // The engine's answers go back as they come. Once the client's side is
@@ -619,7 +798,42 @@ where
         }
         let _ = to_client.shutdown().await;
     });
-    let mut validator = Validator::new(max_packet);
+    let mut validator = Validator::new(limits);
+    let mut opened: Option<String> = None;
+    let relayed = relay(
+        &mut validator,
+        &mut opened,
+        from_client,
+        to_engine,
+        last_words,
+        peer,
+        connections.as_ref(),
+    )
+    .await;
+    client_gone(&validator, connections.as_ref());
+    let _ = down.await;
+    if let Some(id) = opened {
+        connections.closed(&id);
+    }
+    relayed
+}
+
+/// The client's side of a connection: its packets, checked by `validator`,
+/// on to the engine until its side is over; then the engine sees the end of
+/// its stream.
+async fn relay<R, W>(
+    validator: &mut Validator,
+    opened: &mut Option<String>,
+    mut from_client: R,
+    mut to_engine: W,
+    last_words: tokio::sync::oneshot::Sender<Vec<u8>>,
+    peer: SocketAddr,
+    connections: &dyn Connections,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = vec![0u8; 16 << 10];
     let mut last_words = Some(last_words);
     'up: loop {
@@ -638,10 +852,19 @@ where
         if n == 0 {
             break;
         }
-        for step in validator.push(&buf[..n]) {
+        let connecting = validator.client_id().is_none();
+        let steps = validator.push(&buf[..n]);
+        if let Some(id) = validator.client_id().filter(|id| connecting && !id.is_empty()) {
+            connections.opened(id);
+            *opened = Some(id.to_owned());
+        }
+        for step in steps {
             match step {
                 Step::Forward(bytes) => to_engine.write_all(&bytes).await?,
                 Step::ForwardAndClose(bytes) => {
+                    // Before the engine has the DISCONNECT: the client may
+                    // reconnect as soon as it has sent it.
+                    client_gone(validator, connections);
                     to_engine.write_all(&bytes).await?;
                     if let Some(words) = last_words.take() {
                         let _ = words.send(Vec::new());
@@ -663,8 +886,18 @@ where
         let _ = words.send(Vec::new());
     }
     let _ = to_engine.shutdown().await;
-    let _ = down.await;
     Ok(())
+}
+
+/// The client of `validator` has gone: `connections` hears of it when its
+/// session ends with the connection.
+fn client_gone(validator: &Validator, connections: &dyn Connections) {
+    if let Some(id) = validator
+        .client_id()
+        .filter(|id| !id.is_empty() && validator.session_ends())
+    {
+        connections.ending(id);
+    }
 }
 
 #[cfg(test)]
@@ -706,7 +939,11 @@ mod tests {
         packet(0x10, &body)
     }
 
-    const LIMIT: usize = 1 << 20;
+    const LIMIT: Limits = Limits {
+        max_packet: 1 << 20,
+        receive_maximum: 2,
+        topic_alias_maximum: 4,
+    };
 
     fn refused(steps: &[Step]) -> Option<&Vec<u8>> {
         steps.iter().find_map(|s| match s {
@@ -826,9 +1063,87 @@ mod tests {
         assert!(v.push(&[0xc0, 0]).is_empty());
         // A packet announced larger than the limit is refused from its
         // header, before its body is buffered: 0x95 to an MQTT 5 client.
-        let mut v = Validator::new(1024);
+        let mut v = Validator::new(Limits {
+            max_packet: 1024,
+            ..LIMIT
+        });
         assert!(refused(&v.push(&connect(5, 0b10, b"a", &[]))).is_none());
         assert_eq!(refused(&v.push(&[0x30, 0xff, 0xff, 0x7f])), Some(&vec![0xe0, 1, 0x95]));
+    }
+
+    /// An MQTT 5 PUBLISH of `topic` with packet id 1 (QoS 2) and `props`.
+    fn publish5(qos: u8, id: u16, topic: &[u8], props: &[u8]) -> Vec<u8> {
+        let mut body = string(topic);
+        if qos > 0 {
+            body.extend_from_slice(&id.to_be_bytes());
+        }
+        body.push(props.len() as u8);
+        body.extend_from_slice(props);
+        body.extend_from_slice(b"x");
+        packet(0x30 | (qos << 1), &body)
+    }
+
+    fn mqtt5() -> Validator {
+        let mut v = Validator::new(LIMIT);
+        assert!(refused(&v.push(&connect(5, 0b10, b"a", &[]))).is_none());
+        v
+    }
+
+    #[test]
+    fn topic_aliases_are_held_to_what_the_broker_announces() {
+        // Set, then used by an empty topic: both pass.
+        let mut v = mqtt5();
+        let set = publish5(0, 0, b"t/a", &[0x23, 0, 1]);
+        let used = publish5(0, 0, b"", &[0x23, 0, 1]);
+        assert!(refused(&v.push(&set)).is_none());
+        assert!(refused(&v.push(&used)).is_none());
+        // 0 and above the maximum: Topic Alias invalid.
+        for alias in [0u8, 5] {
+            let mut v = mqtt5();
+            let steps = v.push(&publish5(0, 0, b"t/a", &[0x23, 0, alias]));
+            assert_eq!(refused(&steps), Some(&vec![0xe0, 1, 0x94]), "alias {alias}");
+        }
+        // Never set on this connection, or no alias at all: protocol error.
+        for props in [[0x23u8, 0, 2].as_slice(), &[]] {
+            let mut v = mqtt5();
+            assert!(refused(&v.push(&set)).is_none());
+            let steps = v.push(&publish5(0, 0, b"", props));
+            assert_eq!(refused(&steps), Some(&vec![0xe0, 1, 0x82]), "{props:?}");
+        }
+        // An unknown property is malformed.
+        let mut v = mqtt5();
+        let steps = v.push(&publish5(0, 0, b"t/a", &[0x7f, 0]));
+        assert_eq!(refused(&steps), Some(&vec![0xe0, 1, 0x81]));
+    }
+
+    #[test]
+    fn unreleased_qos2_publishes_beyond_the_receive_maximum_disconnect() {
+        let mut v = mqtt5();
+        for id in [1, 2, 2] {
+            // The same id again is a retransmission, not a new publish.
+            assert!(refused(&v.push(&publish5(2, id, b"t/a", &[]))).is_none(), "{id}");
+        }
+        let steps = v.push(&publish5(2, 3, b"t/a", &[]));
+        assert_eq!(refused(&steps), Some(&vec![0xe0, 1, 0x93]));
+        // A PUBREL frees its place.
+        let mut v = mqtt5();
+        for id in [1, 2] {
+            assert!(refused(&v.push(&publish5(2, id, b"t/a", &[]))).is_none());
+        }
+        assert!(refused(&v.push(&packet(0x62, &[0, 1]))).is_none());
+        assert!(refused(&v.push(&publish5(2, 3, b"t/a", &[]))).is_none());
+        // A client's own smaller Receive Maximum is what the engine announces.
+        let mut v = Validator::new(Limits {
+            receive_maximum: 100,
+            ..LIMIT
+        });
+        let mut body = string(b"MQTT");
+        body.extend_from_slice(&[5, 0b10, 0, 30, 3, 0x21, 0, 1]);
+        body.extend(string(b"a"));
+        assert!(refused(&v.push(&packet(0x10, &body))).is_none());
+        assert!(refused(&v.push(&publish5(2, 1, b"t/a", &[]))).is_none());
+        let steps = v.push(&publish5(2, 2, b"t/a", &[]));
+        assert_eq!(refused(&steps), Some(&vec![0xe0, 1, 0x93]));
     }
 
     #[test]

@@ -4,12 +4,22 @@
 //! The map (see ARCHITECTURE.md for the whole workspace):
 //! - [`cli`]: the command line (`main` only calls it);
 //! - [`config`]: the TOML file → validated [`config::Settings`];
-//! - [`server`]: start-up order and the listener;
+//! - [`server`]: start-up order and the listeners;
+//! - [`front`]: the validating front of the MQTT listeners (packets checked
+//!   as bytes before the engine sees them);
+//! - [`auth`]: logins, identities and the password-guessing brake;
+//! - [`acl`]: who may publish and subscribe to what;
+//! - [`namespaces`]: topics outside the contract carried as plain MQTT;
 //! - [`hooks`]: rmqtt hooks — permission check and intake of inputs;
+//! - [`takeover`]: the will of a connection taken over;
+//! - [`reconnect`]: a reconnect waits for the session that ended before it;
+//! - [`oversize`]: a delivery too large for its client is discarded;
 //! - [`rules`]: the rules task, single owner of the inventory and the store;
 //! - [`store`]: sled — ledger, dedup index, snapshot;
 //! - [`outbound`]: in-process publication into the router;
 //! - [`retainer`]: retained-message storage;
+//! - [`worker`]: the rules attached to an external broker;
+//! - [`demo`]: the built-in demo chain and its dinner service;
 //! - [`memory`]: the allocator's page size.
 //!
 //! The domain decisions themselves are in `dishsync-inventory`.
@@ -24,6 +34,8 @@ pub mod hooks;
 pub mod memory;
 pub mod namespaces;
 pub mod outbound;
+pub mod oversize;
+pub mod reconnect;
 pub mod retainer;
 pub mod rules;
 pub mod server;

@@ -96,7 +96,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .add_priority(hook, HOOK_PRIORITY, Box::new(takeover.clone()))
             .await;
     }
+    register
+        .add_priority(
+            Type::MessageExpiryCheck,
+            HOOK_PRIORITY,
+            Box::new(crate::oversize::Oversize),
+        )
+        .await;
+    let ends = crate::reconnect::SessionEnds::new(scx.clone());
+    for hook in [Type::ClientDisconnected, Type::ClientConnect, Type::SessionTerminated] {
+        register.add_priority(hook, HOOK_PRIORITY, Box::new(ends.clone())).await;
+    }
     register.start().await;
+    let connections: crate::front::SharedConnections = std::sync::Arc::new(ends);
 
     if !settings.allow_anonymous && settings.credentials.is_empty() {
         warn!("anonymous access is off and no devices are configured: no client can connect");
@@ -165,13 +177,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         served = server.build().run() => served.context("serving MQTT")?,
         fronted = async {
             match public {
-                Some(public) => crate::front::serve(public, engine_addr, None, settings.max_packet_size as usize).await,
+                Some(public) => crate::front::serve(public, engine_addr, None, front_limits(&settings), connections.clone()).await,
                 None => std::future::pending().await,
             }
         } => fronted.context("accepting MQTT connections")?,
         fronted = async {
             match tls_front {
-                Some((bound, acceptor)) => crate::front::serve(bound, engine_addr, Some(acceptor), settings.max_packet_size as usize).await,
+                Some((bound, acceptor)) => crate::front::serve(bound, engine_addr, Some(acceptor), front_limits(&settings), connections.clone()).await,
                 None => std::future::pending().await,
             }
         } => fronted.context("accepting MQTT connections over TLS")?,
@@ -179,6 +191,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         what = storage.failed() => return Err(crate::store::StorageFailed(what).into()),
     }
     Ok(())
+}
+
+/// The topic aliases an MQTT 5 client may set on one connection.
+const TOPIC_ALIAS_MAXIMUM: u16 = 64;
+
+/// What the validating front holds each client to: what the engine's
+/// listener announces.
+fn front_limits(settings: &Settings) -> crate::front::Limits {
+    crate::front::Limits {
+        max_packet: settings.max_packet_size as usize,
+        receive_maximum: settings.max_inflight.max(1),
+        topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
+    }
 }
 
 /// A listener with the settings every dishsync listener needs (BROKER-NOTES:
@@ -203,7 +228,12 @@ fn listener_allowing(settings: &Settings, name: &str, addr: std::net::SocketAddr
         .max_packet_size(settings.max_packet_size)
         .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
         .max_mqueue_len(settings.max_mqueue_len)
-        .max_topic_aliases(64)
+        .max_topic_aliases(TOPIC_ALIAS_MAXIMUM)
+        // A message without a Message Expiry Interval does not expire (MQTT 5
+        // §3.3.2.3.3); the engine's default gives each one five minutes, and
+        // its deliveries an expiry interval their publisher never set.
+        // Offline queues stay bounded by `max_mqueue_len`.
+        .message_expiry_interval(std::time::Duration::ZERO)
         .max_keepalive(3600)
 }
 

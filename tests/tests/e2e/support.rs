@@ -442,6 +442,54 @@ impl Client {
     }
 }
 
+/// A child process killed (SIGKILL) on drop.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// mosquitto on `addr`, anonymous, with `extra` configuration lines,
+/// accepting connections. `None` when it is not installed (outside CI;
+/// `purpose` names what is skipped).
+pub fn mosquitto(dir: &Path, addr: SocketAddr, extra: &str, purpose: &str) -> Result<Option<Process>> {
+    // Debian installs it in /usr/sbin, which a user's PATH may lack.
+    let Some(binary) = ["mosquitto", "/usr/sbin/mosquitto"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("-h").output().is_ok())
+    else {
+        if std::env::var_os("CI").is_some() {
+            bail!("mosquitto must be installed in CI");
+        }
+        eprintln!("mosquitto not installed: skipping {purpose}");
+        return Ok(None);
+    };
+    let conf = dir.join(format!("mosquitto-{}.conf", addr.port()));
+    std::fs::write(
+        &conf,
+        format!("listener {} {}\nallow_anonymous true\n{extra}", addr.port(), addr.ip()),
+    )?;
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting mosquitto")?;
+    let process = Process(child);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(addr).is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!("mosquitto did not listen on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some(process))
+}
+
 /// A SKU line of a test chain: id, base unit, reorder point, par.
 pub type TestSku<'a> = (&'a str, &'a str, i64, i64);
 /// A dish of a test chain: id, low mark, recipe of (sku, qty per portion).

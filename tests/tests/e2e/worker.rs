@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use rumqttc::QoS;
@@ -13,51 +13,19 @@ use serde_json::json;
 
 use crate::availability::stock_and_wait;
 use crate::support::{
-    broker_binary, chain_toml, free_addr, lines_of, small_chain, stock_event, temp_data_dir, Client, DEADLINE,
+    self, broker_binary, chain_toml, free_addr, lines_of, small_chain, stock_event, temp_data_dir, Client, Process,
+    DEADLINE,
 };
 
-/// A child process killed (SIGKILL) on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// mosquitto on `addr`, anonymous, keeping sessions in memory. `None` when
-/// it is not installed (outside CI).
+/// mosquitto for the worker, keeping sessions in memory with no cap on
+/// what it queues for the worker's session (README).
 fn mosquitto(dir: &Path, addr: SocketAddr) -> Result<Option<Process>> {
-    // Debian installs it in /usr/sbin, which a user's PATH may lack.
-    let Some(binary) = ["mosquitto", "/usr/sbin/mosquitto"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("-h").output().is_ok())
-    else {
-        if std::env::var_os("CI").is_some() {
-            bail!("mosquitto must be installed in CI");
-        }
-        eprintln!("mosquitto not installed: skipping the worker test");
-        return Ok(None);
-    };
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        // No cap on what it queues for the worker's session (README).
-        format!(
-            "listener {} {}\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 100\n",
-            addr.port(),
-            addr.ip()
-        ),
-    )?;
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting mosquitto")?;
-    Ok(Some(Process(child)))
+    support::mosquitto(
+        dir,
+        addr,
+        "max_queued_messages 0\nmax_inflight_messages 100\n",
+        "the worker test",
+    )
 }
 
 /// `dishsync-broker worker` attached to `external` as `client_id`, once it
