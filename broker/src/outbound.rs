@@ -4,8 +4,8 @@
 //! [`Publisher`] is the seam between the rules shell and a broker: the
 //! rules publish through it, [`Outbound`] implements it on rmqtt's router
 //! (and a worker attached to an external broker would implement it on an
-//! MQTT client). [`publish_doc`] is the one place that turns a document into
-//! JSON bytes. Retained documents land in the retainer
+//! MQTT client). [`Message::json`] is the one place that turns a document
+//! into JSON bytes. Retained documents land in the retainer
 //! (`retainer`) as a side effect of routing, whether or not anyone
 //! subscribes.
 
@@ -47,42 +47,38 @@ pub trait Publisher: Send + Sync {
 
 /// Publishes `doc` as JSON on `topic`.
 pub async fn publish_doc<T: Serialize + Sync>(out: &dyn Publisher, topic: &Topic, doc: &T, retain: bool) {
-    match serde_json::to_vec(doc) {
-        Ok(payload) => out.publish(topic, payload, retain).await,
-        Err(e) => warn!(%topic, error = %e, "could not encode an outgoing document"),
+    if let Some(m) = Message::json(topic.clone(), doc, retain) {
+        out.publish(&m.topic, m.payload, m.retain).await;
     }
 }
 
-/// One rendered message: topic, JSON payload, retain flag.
-pub type Message = (Topic, Vec<u8>, bool);
-
-/// A [`Publisher`] that only records what would be published, in order, to
-/// be sent later (after the commit that makes it true).
-#[derive(Default)]
-pub struct Rendered(std::sync::Mutex<Vec<Message>>);
-
-impl Rendered {
-    /// The recorded messages, in order.
-    pub fn take(&self) -> Vec<Message> {
-        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
-    }
+/// One rendered message, on its way to a [`Publisher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Where it goes.
+    pub topic: Topic,
+    /// Its JSON payload (empty: the clearing of a retained document).
+    pub payload: Vec<u8>,
+    /// Whether it is the topic's retained document.
+    pub retain: bool,
 }
 
-#[async_trait]
-impl Publisher for Rendered {
-    async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push((topic.clone(), payload, retain));
+impl Message {
+    /// A message of `payload` on `topic`.
+    pub fn new(topic: Topic, payload: Vec<u8>, retain: bool) -> Message {
+        Message { topic, payload, retain }
+    }
+
+    /// `doc` as JSON on `topic`: the one place a document becomes bytes.
+    /// `None` (logged) if it cannot be encoded.
+    pub fn json<T: Serialize>(topic: Topic, doc: &T, retain: bool) -> Option<Message> {
+        match serde_json::to_vec(doc) {
+            Ok(payload) => Some(Message::new(topic, payload, retain)),
+            Err(e) => {
+                warn!(%topic, error = %e, "could not encode an outgoing document");
+                None
+            }
         }
-    }
-
-    async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
-        self.publish(topic, payload, true).await;
-    }
-
-    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, _retained: bool) -> usize {
-        self.publish(topic, payload, false).await;
-        0
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use dishsync_inventory::{Changes, Inventory};
+use dishsync_inventory::Inventory;
 use dishsync_protocol::payload::Timestamp;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::Type;
@@ -26,7 +26,7 @@ use crate::config::Settings;
 use crate::hooks::{DropCounter, IntakeHook, PresenceHook, Sessions, SubscribeHook};
 use crate::outbound::{Outbound, Publisher};
 use crate::retainer::{MemoryRetainer, RoundRobinGroups};
-use crate::rules::{self, publish_catalog, publish_changes, publish_menu, publish_summary, stage_changes};
+use crate::rules::{self, stage_changes};
 use crate::store::Store;
 
 /// Priority of our hooks: above any plugin's.
@@ -277,24 +277,7 @@ fn open_data_dir(dir: &Path, checkpoint_interval: std::time::Duration) -> anyhow
 
 /// Publishes every retained document of the chain.
 pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
-    let mut all = Changes::default();
-    let catalog = inv.catalog().clone();
-    for store in catalog.stores() {
-        for sku in catalog.skus() {
-            all.levels.insert((store.id.clone(), sku.id.clone()));
-        }
-        for dish in &store.menu {
-            all.dishes.insert((store.id.clone(), dish.clone()));
-        }
-    }
-    let (requests, transfers) = inv.documents();
-    all.requests.extend(requests);
-    all.transfers.extend(transfers);
-    publish_changes(out, inv, &all).await;
-    let now = Timestamp::now().0;
-    for store in catalog.stores() {
-        publish_catalog(out, inv, &store.id, now).await;
-        publish_menu(out, inv, &store.id).await;
-        publish_summary(out, inv, &store.id, now).await;
+    for m in rules::render::everything(inv, Timestamp::now().0) {
+        out.publish(&m.topic, m.payload, m.retain).await;
     }
 }

@@ -1,0 +1,95 @@
+//! Group commit: what a group writes into its journal record (the state of
+//! everything it changed, [`stage_changes`]) and the committer that makes
+//! each group durable with one sync before it answers the group's devices
+//! and hands its messages to the deliverer.
+
+use std::sync::Arc;
+
+use dishsync_inventory::{Changes, Inventory};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tracing::error;
+
+use super::delivery::Deliverer;
+use super::intake::Verdict;
+use crate::outbound::{Message, Publisher};
+use crate::store::{Commit, Store, StoreError};
+
+/// Writes the states named in `changes` into `commit`.
+pub fn stage_changes(commit: &mut Commit, inv: &Inventory, changes: &Changes) -> Result<(), StoreError> {
+    for (store, sku) in &changes.skus {
+        commit.sku_state(inv, store, sku)?;
+    }
+    for (store, dish) in &changes.dishes {
+        commit.dish_state(inv, store, dish)?;
+    }
+    for store in &changes.menus {
+        commit.menu_state(inv, store)?;
+    }
+    for store in &changes.plans {
+        commit.plan_state(inv, store)?;
+    }
+    for id in &changes.requests {
+        commit.request(inv, id)?;
+    }
+    for id in &changes.transfers {
+        commit.transfer(inv, id)?;
+    }
+    if !(changes.requests.is_empty() && changes.transfers.is_empty() && changes.retired.is_empty()) {
+        commit.shown(inv)?;
+    }
+    if changes.chain {
+        commit.chain_state(inv)?;
+    }
+    Ok(())
+}
+
+/// What one group waits to do until it is durable: store the retained
+/// documents, answer the devices (their PUBACK/PUBCOMP), then deliver the
+/// documents, acks, errors and the throttled documents that were due.
+pub(super) struct Completion {
+    pub(super) retained: Vec<Message>,
+    pub(super) replies: Vec<(oneshot::Sender<Verdict>, Verdict)>,
+    pub(super) after: Vec<Message>,
+    /// Released once the group is answered: the next group may go.
+    pub(super) _idle: OwnedSemaphorePermit,
+}
+
+/// The committer: makes each group durable (one journal sync), stores its
+/// retained documents and answers its devices, then queues its messages for
+/// the deliverer. Only one group is with it at a time; the rules task keeps
+/// applying inputs to the next group meanwhile, so under load a group holds
+/// everything that arrived during the previous one's sync.
+pub(super) async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mpsc::Receiver<Completion>) {
+    let deliverer = Arc::new(Deliverer::new());
+    let delivering = {
+        let deliverer = Arc::clone(&deliverer);
+        let out = Arc::clone(&out);
+        tokio::spawn(async move { deliverer.run(out).await })
+    };
+    while let Some(group) = rx.recv().await {
+        if let Err(e) = store.flush().await {
+            // What reached the disk is unknown: stop (the shell does, on
+            // this), and let the restart recover from the last complete
+            // commit. Devices re-send what they saw no ack for.
+            error!(error = %e, "storage failed; stopping the broker");
+            store.fail(format!("a journal sync failed: {e}"));
+            return;
+        }
+        // A device holding its PUBACK finds the new state retained.
+        for m in &group.retained {
+            out.retain(&m.topic, m.payload.clone()).await;
+        }
+        for (reply, verdict) in group.replies {
+            let _ = reply.send(verdict);
+        }
+        for m in group.after.iter().filter(|m| m.retain) {
+            out.retain(&m.topic, m.payload.clone()).await;
+        }
+        let mut messages = group.retained;
+        messages.extend(group.after);
+        deliverer.queue(messages).await;
+    }
+    deliverer.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    deliverer.ready.notify_one();
+    let _ = delivering.await;
+}

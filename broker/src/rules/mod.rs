@@ -1,0 +1,745 @@
+//! The rules shell: the single owner of the [`Inventory`] and the durable
+//! [`Store`], reached through [`RulesHandle`].
+//!
+//! Four jobs, one module each:
+//! - [`intake`]: connection tasks decode and validate inputs in parallel
+//!   ([`decode`]), then hand them to the rules task and wait for its
+//!   [`Verdict`];
+//! - the rules task (here) applies each input to the pure core at once,
+//!   into the *open group*; as soon as the committer is free it closes the
+//!   group — one journal record with every effect and the current state of
+//!   everything changed — renders what the group publishes and hands it
+//!   over;
+//! - [`render`]: the messages a group publishes, computed from the
+//!   inventory without I/O;
+//! - `commit`: the committer syncs the journal once for the whole group
+//!   and only then answers — so a device's PUBACK/PUBCOMP, which waits for
+//!   the verdict, means "durably applied or durably rejected" — storing the
+//!   changed retained documents, then answering, then queueing the
+//!   documents, acks and errors for
+//! - `delivery`: the deliverer, which sends them to current subscribers,
+//!   the newest document of each topic first.
+//!
+//! A lone input is handed over immediately; under load a group holds
+//! everything that arrived while the previous one was being synced and
+//! published, so a document changed by many inputs is rendered and
+//! published once per group.
+//!
+//! It does not parse topics (that is `dishsync_protocol::Topic`) and makes no
+//! domain decision (that is `dishsync_inventory`).
+//!
+//! Invariant: an event id is applied at most once per store — checked against
+//! the committed index and the open group, and recorded in the same journal
+//! record as its effects.
+
+mod commit;
+mod delivery;
+pub mod intake;
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dishsync_inventory::{Changes, Inventory, Rejection, SaleRecord};
+use dishsync_protocol::payload::{ErrorCode, Timestamp};
+use dishsync_protocol::{DeviceId, EventId, StoreId};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, error, info};
+
+pub use commit::stage_changes;
+pub use intake::{
+    decode, input_topic, log_refusal, reading_id, report, salvage_id, Documents, Input, Intake, LogLine, RefusalLog,
+    RulesHandle, Verdict, REFUSALS_LOGGED_PER_MINUTE,
+};
+
+use crate::outbound::{Message, Publisher};
+use crate::store::{Commit, Store, StoreError};
+use commit::{committer, Completion};
+use intake::Command;
+
+/// Most inputs in one group commit.
+const MAX_BATCH: usize = 4096;
+/// Inputs waiting for the rules task before senders feel backpressure.
+const QUEUE: usize = 16_384;
+/// The whole-menu document is re-published at most this often per store.
+const MENU_INTERVAL: Duration = Duration::from_millis(250);
+/// How often timers (override expiry, delayed menu documents) are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// Every this many ticks (one second) the whole planning tick runs.
+const FULL_TICK_EVERY: u32 = 10;
+
+/// The rules task's state.
+struct Rules {
+    inv: Inventory,
+    store: Store,
+    /// Inputs applied to the inventory and not yet handed to the committer.
+    group: Group,
+    /// Held by the group the committer is working on: while it is taken,
+    /// the next group keeps growing.
+    committer_idle: Arc<Semaphore>,
+    /// Where handed-over groups go to be made durable and published.
+    committer: mpsc::Sender<Completion>,
+    /// The committer task (awaited on shutdown).
+    committer_task: tokio::task::JoinHandle<()>,
+    /// When each throttled document was last published.
+    published: HashMap<(Throttled, StoreId), Instant>,
+    /// Throttled documents that changed but were published too recently.
+    due: BTreeSet<(Throttled, StoreId)>,
+    /// Ticks since the last full planning tick.
+    ticks: u32,
+}
+
+/// The open group commit: everything applied since the last hand-over.
+#[derive(Default)]
+struct Group {
+    /// Ledger lines, ids and sale records written so far (begun lazily, so
+    /// that its ledger numbering follows the group handed over before it).
+    commit: Option<Commit>,
+    /// The documents and states the group changed.
+    changes: Changes,
+    /// Every input with the verdict it will be answered with.
+    decided: Vec<(Intake, oneshot::Sender<Verdict>, Verdict)>,
+    /// Ids applied in this group (not yet visible in the store).
+    ids: HashMap<(StoreId, EventId), u64>,
+    /// Sales recorded in this group, for voids in the same group.
+    sales: HashMap<(StoreId, EventId), SaleRecord>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.decided.is_empty() && self.changes.is_empty()
+    }
+}
+
+/// Documents re-published at most once per interval while things change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Throttled {
+    /// `stores/{store}/availability`, every 250 ms at most.
+    Menu,
+    /// `hq/stores/{store}/summary`, every second at most.
+    Summary,
+}
+
+impl Throttled {
+    fn interval(self) -> Duration {
+        match self {
+            Throttled::Menu => MENU_INTERVAL,
+            Throttled::Summary => Duration::from_secs(1),
+        }
+    }
+}
+
+/// Starts the rules task on the current runtime.
+pub fn start(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> RulesHandle {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(Rules::new(inv, store, out).run(rx));
+    RulesHandle { tx }
+}
+
+impl Rules {
+    fn new(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> Rules {
+        let (committer_tx, committer_rx) = mpsc::channel(1);
+        let committer_task = tokio::spawn(committer(store.clone(), out, committer_rx));
+        Rules {
+            inv,
+            store,
+            group: Group::default(),
+            committer_idle: Arc::new(Semaphore::new(1)),
+            committer: committer_tx,
+            committer_task,
+            published: HashMap::new(),
+            due: BTreeSet::new(),
+            ticks: 0,
+        }
+    }
+
+    /// Stops: hands over what is open and lets the committer finish.
+    async fn shutdown(mut self) -> Result<(), StoreError> {
+        if !self.group.is_empty() {
+            let idle = self.idle().await;
+            self.hand_over(idle).await?;
+        }
+        let Rules {
+            committer,
+            committer_task,
+            ..
+        } = self;
+        drop(committer);
+        let _ = committer_task.await;
+        Ok(())
+    }
+
+    /// Waits until the committer is free.
+    async fn idle(&self) -> OwnedSemaphorePermit {
+        match self.committer_idle.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => {
+                error!("the committer stopped; stopping the broker");
+                self.store.fail("the committer stopped".into());
+                std::future::pending().await
+            }
+        }
+    }
+
+    /// Whether there is anything to hand to the committer.
+    fn has_work(&self) -> bool {
+        !self.group.is_empty() || self.ready_due().next().is_some()
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let result = tokio::select! {
+                // Handing over first: a group never waits on new inputs.
+                biased;
+                idle = self.committer_idle.clone().acquire_owned(), if self.has_work() => match idle {
+                    Ok(idle) => self.hand_over(idle).await,
+                    Err(_) => break,
+                },
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let mut batch = vec![cmd];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(cmd) => batch.push(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                    self.take_in(batch)
+                }
+                _ = tick.tick() => {
+                    self.on_tick();
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                // What reached the disk is unknown: stop (the shell does, on
+                // this), and let the restart recover from the last complete
+                // commit. Devices re-send what they saw no ack for.
+                error!(error = %e, "storage failed; stopping the broker");
+                self.store.fail(format!("a commit failed: {e}"));
+                return;
+            }
+        }
+        let store = self.store.clone();
+        if let Err(e) = self.shutdown().await {
+            error!(error = %e, "storage failed while stopping");
+            store.fail(format!("the last commit failed: {e}"));
+        }
+        info!("rules task stopped");
+    }
+
+    /// Time passes: 86es lapse; the rest of planning (proposal expiry,
+    /// forecasts moving, a new day) every few seconds. The changes join the
+    /// open group.
+    fn on_tick(&mut self) {
+        let now = Timestamp::now().0;
+        self.ticks += 1;
+        let changes = if self.ticks >= FULL_TICK_EVERY {
+            self.ticks = 0;
+            self.inv.tick(now)
+        } else {
+            self.inv.expire_overrides(now)
+        };
+        self.group.changes.merge(changes);
+    }
+
+    /// The throttled documents that are due and whose interval passed.
+    fn ready_due(&self) -> impl Iterator<Item = &(Throttled, StoreId)> {
+        let now = Instant::now();
+        self.due.iter().filter(move |key| {
+            self.published
+                .get(*key)
+                .is_none_or(|t| now.duration_since(*t) >= key.0.interval())
+        })
+    }
+
+    /// Applies a batch of commands to the inventory, into the open group.
+    fn take_in(&mut self, batch: Vec<Command>) -> Result<(), StoreError> {
+        let now = Timestamp::now().0;
+        for command in batch {
+            let (intake, reply) = match command {
+                Command::Intake(intake, reply) => (intake, reply),
+                Command::Documents(reply) => {
+                    let (requests, transfers) = self.inv.documents();
+                    let _ = reply.send(Documents {
+                        requests: requests.iter().filter_map(|id| self.inv.request_out(id)).collect(),
+                        transfers: transfers.iter().filter_map(|id| self.inv.transfer_out(id)).collect(),
+                    });
+                    continue;
+                }
+                Command::Presence(device, online) => {
+                    let stores: Vec<StoreId> = self
+                        .inv
+                        .catalog()
+                        .planning()
+                        .feeds
+                        .iter()
+                        .filter(|(_, devices)| devices.contains_key(&device))
+                        .map(|(s, _)| s.clone())
+                        .collect();
+                    for store in stores {
+                        info!(%store, %device, online, "feeding device presence");
+                        self.group
+                            .changes
+                            .merge(self.inv.set_presence(&store, &device, online, now));
+                    }
+                    continue;
+                }
+            };
+            let verdict = self.decide(&intake, now)?;
+            self.group.decided.push((intake, reply, verdict));
+        }
+        Ok(())
+    }
+
+    /// Applies one input (unless its id was seen) and says how to answer it.
+    fn decide(&mut self, intake: &Intake, now: dishsync_protocol::Millis) -> Result<Verdict, StoreError> {
+        let store = intake.input.store().clone();
+        let id = intake.input.id().clone();
+        let fingerprint = intake.input.fingerprint();
+        let key = (store.clone(), id.clone());
+        let indexed = intake.input.is_event();
+        let prior = match self.group.ids.get(&key) {
+            _ if !indexed => None,
+            Some(fp) => Some(*fp),
+            None => self.store.fingerprint(&store, &id)?,
+        };
+        match prior {
+            Some(fp) if fp == fingerprint => return Ok(Verdict::Duplicate),
+            Some(_) => {
+                return Ok(Verdict::Rejected(Rejection::new(
+                    ErrorCode::IdConflict,
+                    format!("id {id} was already used for different content"),
+                )))
+            }
+            None => {}
+        }
+        let result = match &intake.input {
+            Input::Reading {
+                store,
+                device,
+                reading,
+                id,
+            } => match self.inv.apply_reading(store, device, reading, id, now) {
+                Ok(Some(outcome)) => Ok(outcome),
+                Ok(None) => return Ok(Verdict::Unchanged),
+                Err(rejection) => Err(rejection),
+            },
+            Input::Stock { store, sku, event } => self.inv.apply_stock(store, sku, event, now),
+            Input::Sale { store, sale } => self.inv.apply_sale(store, sale, now),
+            Input::Void { store, void } => {
+                let record = match &void.void {
+                    Some(sale_id) => match self.group.sales.get(&(store.clone(), sale_id.clone())) {
+                        Some(r) => Some(r.clone()),
+                        None => self.store.sale(store, sale_id)?,
+                    },
+                    None => None,
+                };
+                self.inv.apply_void(store, void, record.as_ref(), now)
+            }
+            Input::Override { store, dish, ov } => self.inv.apply_override(store, dish, ov, now),
+            Input::RequestAction {
+                request, action, body, ..
+            } => self.inv.apply_request_action(request, *action, body, now),
+            Input::TransferAction {
+                store,
+                transfer,
+                action,
+                body,
+            } => self
+                .inv
+                .apply_transfer_action(store, transfer, *action, body, &body.id, now),
+            Input::TransferRequest { store, body } => self.inv.apply_transfer_request(store, body, now),
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(rejection) => return Ok(Verdict::Rejected(rejection)),
+        };
+        let commit = match &mut self.group.commit {
+            Some(commit) => commit,
+            empty => empty.insert(self.store.begin()?),
+        };
+        if indexed {
+            commit.event_id(&store, &id, fingerprint)?;
+            self.group.ids.insert(key, fingerprint);
+        }
+        commit.ledger(&outcome.entries)?;
+        if let Some((sale_id, record)) = outcome.sale {
+            commit.sale(&store, &sale_id, &record)?;
+            self.group.sales.insert((store, sale_id), record);
+        }
+        self.group.changes.merge(outcome.changes);
+        Ok(Verdict::Applied)
+    }
+
+    /// Closes the open group: writes it to the journal with the current
+    /// state of everything it changed, renders what it publishes, and hands
+    /// it to the (idle) committer.
+    async fn hand_over(&mut self, idle: OwnedSemaphorePermit) -> Result<(), StoreError> {
+        let Group {
+            commit,
+            changes,
+            decided,
+            ..
+        } = std::mem::take(&mut self.group);
+        let mut commit = match commit {
+            Some(commit) => commit,
+            None => self.store.begin()?,
+        };
+        stage_changes(&mut commit, &self.inv, &changes)?;
+        self.store.apply(commit)?;
+        debug!(
+            inputs = decided.len(),
+            levels = changes.levels.len(),
+            dishes = changes.dishes.len(),
+            "group committed"
+        );
+
+        // Retained state first, so that a device holding its PUBACK already
+        // finds the new availability; then the verdicts; then acks and errors.
+        for (store, alert) in &changes.alerts {
+            info!(%store, kind = ?alert.kind, state = ?alert.state, message = %alert.message, "alert");
+        }
+        let retained = render::changes(&self.inv, &changes);
+        let mut after = Vec::new();
+        let mut acks: BTreeMap<(StoreId, DeviceId), Vec<EventId>> = BTreeMap::new();
+        let mut replies = Vec::with_capacity(decided.len());
+        for (intake, reply, verdict) in decided {
+            let store = intake.input.store().clone();
+            match &verdict {
+                Verdict::Applied | Verdict::Duplicate if intake.input.is_event() => {
+                    acks.entry((store, intake.device.clone()))
+                        .or_default()
+                        .push(intake.input.id().clone());
+                }
+                Verdict::Applied | Verdict::Duplicate | Verdict::Unchanged => {}
+                Verdict::Rejected(r) => {
+                    let topic = input_topic(&intake.input).to_string();
+                    let id = Some(intake.input.id().to_string());
+                    log_refusal(Some(intake.input.store()), &intake.device, &topic, id.as_deref(), r);
+                    after.extend(render::error(Some(intake.input.store()), &intake.device, &topic, id, r));
+                }
+            }
+            replies.push((reply, verdict));
+        }
+        for ((store, device), ids) in acks {
+            after.extend(render::acks(store, device, ids));
+        }
+        // Whole-store documents, at most once per interval each.
+        self.mark_due(&changes);
+        after.extend(self.render_due());
+        let completion = Completion {
+            retained,
+            replies,
+            after,
+            _idle: idle,
+        };
+        if self.committer.send(completion).await.is_err() {
+            error!("the committer stopped; stopping the broker");
+            self.store.fail("the committer stopped".into());
+        }
+        Ok(())
+    }
+
+    fn mark_due(&mut self, changes: &Changes) {
+        self.due
+            .extend(changes.menus.iter().map(|s| (Throttled::Menu, s.clone())));
+        self.due
+            .extend(changes.summaries.iter().map(|s| (Throttled::Summary, s.clone())));
+    }
+
+    /// Renders the throttled documents that are due and whose interval
+    /// passed.
+    fn render_due(&mut self) -> Vec<Message> {
+        let ready: Vec<(Throttled, StoreId)> = self.ready_due().cloned().collect();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for key in ready {
+            self.due.remove(&key);
+            self.published.insert(key.clone(), now);
+            out.extend(match key.0 {
+                Throttled::Menu => render::menu(&self.inv, &key.1),
+                Throttled::Summary => render::summary(&self.inv, &key.1, Timestamp::now().0),
+            });
+        }
+        out
+    }
+
+    /// Applies a batch and commits it as a group of its own (tests).
+    #[cfg(test)]
+    async fn process(&mut self, batch: Vec<Command>) -> Result<(), StoreError> {
+        self.take_in(batch)?;
+        let idle = self.idle().await;
+        self.hand_over(idle).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use dishsync_inventory::catalog::{Dish, RecipeLine, Sku, StockParams, Store as StoreDef};
+    use dishsync_inventory::Catalog;
+    use dishsync_inventory::Retired;
+    use dishsync_protocol::payload::{StockEventIn, StockKind};
+    use dishsync_protocol::Topic;
+    use dishsync_protocol::{BaseUnit, Unit};
+    use proptest::prelude::*;
+
+    /// Collects what the rules publish.
+    #[derive(Default)]
+    struct Collector(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Publisher for Collector {
+        async fn publish(&self, topic: &Topic, _payload: Vec<u8>, _retain: bool) {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push(topic.to_string());
+            }
+        }
+
+        async fn retain(&self, _topic: &Topic, _payload: Vec<u8>) {}
+
+        async fn deliver(&self, topic: &Topic, payload: Vec<u8>, _retained: bool) -> usize {
+            self.publish(topic, payload, false).await;
+            1
+        }
+    }
+
+    fn id<T: std::str::FromStr>(s: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        s.parse().expect("test id")
+    }
+
+    fn catalog() -> Arc<Catalog> {
+        let sku = |name: &str, unit| Sku {
+            id: id(name),
+            name: name.into(),
+            unit,
+            pack: 1,
+        };
+        let params = StockParams {
+            reorder_point: 1,
+            par: 10,
+            opening: None,
+        };
+        Arc::new(
+            Catalog::new(
+                vec![sku("a", BaseUnit::Pcs), sku("b", BaseUnit::G)],
+                vec![Dish {
+                    id: id("d"),
+                    name: "d".into(),
+                    low_mark: 1,
+                    recipe: vec![
+                        RecipeLine {
+                            sku: id("a"),
+                            per_portion: 1,
+                        },
+                        RecipeLine {
+                            sku: id("b"),
+                            per_portion: 10,
+                        },
+                    ],
+                    category: None,
+                    price: None,
+                }],
+                vec![StoreDef {
+                    id: id("s1"),
+                    name: "s1".into(),
+                    menu: vec![id("d")],
+                    stock: [(id("a"), params), (id("b"), params)].into_iter().collect(),
+                    training: false,
+                }],
+            )
+            .expect("catalog"),
+        )
+    }
+
+    /// The k-th distinct input of the pool: stock events of several kinds
+    /// on two SKUs.
+    fn pool(k: usize) -> Input {
+        let kinds = [
+            StockKind::Receive,
+            StockKind::Consume,
+            StockKind::Adjust,
+            StockKind::Waste,
+        ];
+        let kind = kinds[k % kinds.len()];
+        let (sku, unit) = if k.is_multiple_of(2) {
+            ("a", Unit::Pcs)
+        } else {
+            ("b", Unit::G)
+        };
+        let qty = (k % 5 + 1) as f64
+            * if kind == StockKind::Adjust && k.is_multiple_of(3) {
+                -1.0
+            } else {
+                1.0
+            };
+        Input::Stock {
+            store: id("s1"),
+            sku: id(sku),
+            event: StockEventIn {
+                id: id(&format!("e{k}")),
+                kind,
+                qty,
+                unit,
+                at: Timestamp(1_700_000_000_000 + k as i64),
+                device: id("dev"),
+                reference: None,
+                reason: (kind == StockKind::Waste).then(|| "spilt".to_string()),
+            },
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> Rules {
+        let store = Store::open(dir).expect("sled");
+        let (inv, _) = Inventory::restore(catalog(), store.load().expect("load"), 0);
+        Rules::new(inv, store, Arc::new(Collector::default()))
+    }
+
+    /// Runs `batches` of pool indices through the rules on a real store in
+    /// `dir`, reopening everything after batch `restart_after`. A batch
+    /// whose `hand_over` is false stays in the open group with the next one
+    /// (as under load, while the committer is busy). Returns the verdicts,
+    /// the inventory at the end and the inventory restored from the store.
+    async fn run(
+        dir: &std::path::Path,
+        batches: &[(Vec<usize>, bool)],
+        restart_after: usize,
+    ) -> (Vec<Verdict>, Inventory, Inventory) {
+        let mut rules = open(dir);
+        let mut verdicts = Vec::new();
+        let mut replies = Vec::new();
+        for (i, (batch, hand_over)) in batches.iter().enumerate() {
+            let mut commands = Vec::new();
+            for &k in batch {
+                let (tx, rx) = oneshot::channel();
+                commands.push(Command::Intake(
+                    Intake {
+                        input: pool(k),
+                        device: id("dev"),
+                    },
+                    tx,
+                ));
+                replies.push(rx);
+            }
+            rules.take_in(commands).expect("apply");
+            if *hand_over || i == restart_after || i + 1 == batches.len() {
+                let idle = rules.idle().await;
+                rules.hand_over(idle).await.expect("commit");
+                for rx in replies.drain(..) {
+                    verdicts.push(rx.await.expect("verdict"));
+                }
+            }
+            if i == restart_after {
+                rules.shutdown().await.expect("shutdown");
+                rules = open(dir);
+            }
+        }
+        let inv = rules.inv.clone();
+        rules.shutdown().await.expect("shutdown");
+        let restored = open(dir);
+        let restored_inv = restored.inv.clone();
+        restored.shutdown().await.expect("shutdown");
+        (verdicts, inv, restored_inv)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the batching, repetition and restarts, every id is applied
+        /// exactly once: the state equals applying each distinct input once.
+        #[test]
+        fn any_input_applied_twice_counts_once(
+            batches in prop::collection::vec((prop::collection::vec(0usize..12, 1..8), any::<bool>()), 1..8),
+            restart_after in 0usize..8,
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let (verdicts, inv, restored) = runtime.block_on(run(dir.path(), &batches, restart_after));
+
+            let mut expected = Inventory::new(catalog(), 0);
+            let mut first = std::collections::HashSet::new();
+            let flat: Vec<usize> = batches.iter().flat_map(|(b, _)| b).copied().collect();
+            for (n, &k) in flat.iter().enumerate() {
+                if first.insert(k) {
+                    let Input::Stock { store, sku, event } = pool(k) else { unreachable!("pool is stock events") };
+                    expected.apply_stock(&store, &sku, &event, event.at.0).expect("valid input");
+                    prop_assert_eq!(&verdicts[n], &Verdict::Applied);
+                } else {
+                    prop_assert_eq!(&verdicts[n], &Verdict::Duplicate);
+                }
+            }
+            for sku in ["a", "b"] {
+                let got = inv.level_out(&id("s1"), &id(sku)).map(|l| l.qty);
+                let want = expected.level_out(&id("s1"), &id(sku)).map(|l| l.qty);
+                prop_assert_eq!(got, want, "sku {}", sku);
+                let reopened = restored.level_out(&id("s1"), &id(sku)).map(|l| l.qty);
+                prop_assert_eq!(reopened, want, "sku {} after reopening", sku);
+            }
+        }
+    }
+
+    /// A retired request or transfer is cleared — an empty retained
+    /// message — under every topic it was retained on.
+    #[tokio::test]
+    async fn a_retired_document_is_cleared_under_each_of_its_topics() {
+        let inv = Inventory::new(catalog(), 0);
+        let mut changes = Changes::default();
+        changes.retired.insert(Retired::Request {
+            id: id("rq-s1-1"),
+            store: id("s1"),
+        });
+        changes.retired.insert(Retired::Transfer {
+            id: id("tr-1"),
+            from: id("s1"),
+            to: id("s2"),
+        });
+        let out = render::changes(&inv, &changes);
+        let cleared: Vec<(String, usize, bool)> = out
+            .into_iter()
+            .map(|m| (m.topic.to_string(), m.payload.len(), m.retain))
+            .collect();
+        let expected = [
+            "stores/s1/replenishment/rq-s1-1",
+            "hq/replenishment/rq-s1-1",
+            "stores/s1/transfers/tr-1",
+            "stores/s2/transfers/tr-1",
+        ]
+        .map(|topic| (topic.to_string(), 0, true));
+        assert_eq!(cleared, expected);
+    }
+
+    #[tokio::test]
+    async fn a_reused_id_with_other_content_is_refused_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (verdicts, _, _) = run(dir.path(), &[(vec![0], true), (vec![0], true)], 0).await;
+        assert_eq!(verdicts, vec![Verdict::Applied, Verdict::Duplicate]);
+        // `run` shut its rules down; the store is free to reopen.
+        let mut rules = open(dir.path());
+        let Input::Stock { store, sku, mut event } = pool(0) else {
+            unreachable!("stock event")
+        };
+        event.qty += 1.0;
+        let (tx, rx) = oneshot::channel();
+        rules
+            .process(vec![Command::Intake(
+                Intake {
+                    input: Input::Stock { store, sku, event },
+                    device: id("dev"),
+                },
+                tx,
+            )])
+            .await
+            .expect("commit");
+        let verdict = rx.await.expect("verdict");
+        assert!(matches!(verdict, Verdict::Rejected(r) if r.code == ErrorCode::IdConflict));
+    }
+}
