@@ -28,7 +28,8 @@ use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Millis, SkuId, StoreId, Unit};
 use tracing::{debug, info};
 
-use crate::rules::{reading_id, Documents, Input, Intake, RulesHandle, Verdict};
+use crate::rules::{Documents, Intake, RulesHandle, Verdict};
+use dishsync_inventory::{reading_id, Input};
 
 /// How often the service takes a step.
 pub const STEP: Duration = Duration::from_millis(500);
@@ -389,7 +390,6 @@ pub async fn run(rules: RulesHandle, catalog: Arc<Catalog>, seed: u64) {
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use crate::rules::input_topic;
 
     /// The topics and fingerprints of the first `steps` steps of a service.
     fn play(seed: u64, steps: usize) -> Vec<(String, u64)> {
@@ -398,7 +398,7 @@ mod tests {
         let docs = Documents::default();
         (0..steps)
             .flat_map(|n| service.step(1_700_000_000_000 + n as Millis * 500, &docs))
-            .map(|intake| (input_topic(&intake.input).to_string(), intake.input.fingerprint()))
+            .map(|intake| (intake.input.topic().to_string(), intake.input.fingerprint()))
             .collect()
     }
 

@@ -45,7 +45,8 @@ use crate::acl::{Identity, Role, Scope};
 use crate::auth::Identities;
 use crate::namespaces::{self, Namespaces};
 use crate::outbound::{publish_doc, Outbound};
-use crate::rules::{decode, report, salvage_id, Intake, RulesHandle, Verdict};
+use crate::rules::{report, Intake, RulesHandle, Verdict};
+use dishsync_inventory::{salvage_id, Input};
 
 /// The device id used for an anonymous client whose MQTT client id is not a
 /// valid id.
@@ -290,7 +291,7 @@ pub(crate) fn admit(
             ErrorCode::MalformedPayload,
             "device status must be online or offline".into(),
         )),
-        _ => match decode(&parsed, payload) {
+        _ => match Input::decode(&parsed, payload) {
             // A moving scale reading is only routed; a settled one may
             // set a bound SKU's level: the rules decide.
             Ok(input) if input.is_moving_reading() => Ok(Admitted::Presence),
@@ -325,7 +326,7 @@ pub(crate) enum Admitted {
     /// A device's presence or reading: routed as it is.
     Presence,
     /// An input for the rules.
-    Input(crate::rules::Input),
+    Input(Input),
 }
 
 /// Why a publish is refused, and where to say so.

@@ -21,15 +21,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dishsync_protocol::{DeviceId, StoreId, Topic};
+use dishsync_protocol::{StoreId, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::outbound::Publisher;
-use crate::rules::{self, decode, report, salvage_id, Input, Intake, RulesHandle, Verdict};
+use crate::rules::{self, report, Intake, RulesHandle, Verdict};
 use crate::server::{republish_all, restore};
+use dishsync_inventory::{salvage_id, Input};
 
 /// Where the worker attaches.
 #[derive(Debug, Clone)]
@@ -64,18 +65,6 @@ fn input_filters(settings: &Settings) -> Vec<String> {
         ]);
     }
     filters
-}
-
-/// The device an input names: its acks and errors go there.
-fn sender(input: &Input) -> Option<DeviceId> {
-    match input {
-        Input::Stock { event, .. } => Some(event.device.clone()),
-        Input::Sale { sale, .. } | Input::Void { void: sale, .. } => sale.device.clone(),
-        Input::Override { ov, .. } => Some(ov.by.clone()),
-        Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => Some(body.by.clone()),
-        Input::TransferRequest { body, .. } => Some(body.by.clone()),
-        Input::Reading { device, .. } => Some(device.clone()),
-    }
 }
 
 /// Runs the rules attached to the external broker until the process is
@@ -211,10 +200,10 @@ async fn route(
         }
         return None;
     }
-    match decode(&topic, &publish.payload) {
+    match Input::decode(&topic, &publish.payload) {
         Ok(input) if input.is_moving_reading() => None,
         Ok(input) if !owned.contains(input.store()) => None,
-        Ok(input) => match sender(&input) {
+        Ok(input) => match input.actor() {
             Some(device) => rules.submit(Intake { input, device }).await,
             None => {
                 warn!(%topic, id = %input.id(), "ignored an input that names no device");

@@ -20,6 +20,7 @@
 //! changes; a rejected input changes nothing.
 
 pub mod catalog;
+pub mod input;
 pub mod ledger;
 pub mod planning;
 
@@ -34,6 +35,7 @@ use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Millis, Quantity, SkuI
 use serde::{Deserialize, Serialize};
 
 pub use catalog::Catalog;
+pub use input::{reading_id, salvage_id, Input};
 use ledger::{Applied, SkuLedger};
 pub use planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
 
@@ -518,6 +520,43 @@ impl Inventory {
             Ok(())
         } else {
             Err(reject(ErrorCode::UnknownStore, format!("unknown store {store}")))
+        }
+    }
+
+    /// Applies one validated input at `now`: the outcome to persist and
+    /// publish, `None` when there is nothing to apply (a scale reading within
+    /// its deadband, or from a scale bound to no SKU), or why it is refused
+    /// (nothing is applied then). `voided` is the record of the sale a void
+    /// cancels ([`Input::voided_sale`]), as the shell found it.
+    pub fn apply(
+        &mut self,
+        input: &Input,
+        voided: Option<&SaleRecord>,
+        now: Millis,
+    ) -> Result<Option<Outcome>, Rejection> {
+        match input {
+            Input::Reading {
+                store,
+                device,
+                reading,
+                id,
+            } => self.apply_reading(store, device, reading, id, now),
+            Input::Stock { store, sku, event } => self.apply_stock(store, sku, event, now).map(Some),
+            Input::Sale { store, sale } => self.apply_sale(store, sale, now).map(Some),
+            Input::Void { store, void } => self.apply_void(store, void, voided, now).map(Some),
+            Input::Override { store, dish, ov } => self.apply_override(store, dish, ov, now).map(Some),
+            Input::RequestAction {
+                request, action, body, ..
+            } => self.apply_request_action(request, *action, body, now).map(Some),
+            Input::TransferAction {
+                store,
+                transfer,
+                action,
+                body,
+            } => self
+                .apply_transfer_action(store, transfer, *action, body, &body.id, now)
+                .map(Some),
+            Input::TransferRequest { store, body } => self.apply_transfer_request(store, body, now).map(Some),
         }
     }
 

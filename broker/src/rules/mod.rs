@@ -3,9 +3,10 @@
 //!
 //! Four jobs, one module each:
 //! - [`intake`]: connection tasks decode and validate inputs in parallel
-//!   ([`decode`]), then hand them to the rules task and wait for its
-//!   [`Verdict`];
-//! - the rules task (here) applies each input to the pure core at once,
+//!   (`Input::decode`, in the core), then hand them to the rules task and
+//!   wait for its [`Verdict`];
+//! - the rules task (here) applies each input to the pure core at once
+//!   (`Inventory::apply`),
 //!   into the *open group*; as soon as the committer is free it closes the
 //!   group — one journal record with every effect and the current state of
 //!   everything changed — renders what the group publishes and hands it
@@ -50,8 +51,7 @@ use tracing::{debug, error, info};
 
 pub use commit::stage_changes;
 pub use intake::{
-    decode, input_topic, log_refusal, reading_id, report, salvage_id, Documents, Input, Intake, LogLine, RefusalLog,
-    RulesHandle, Verdict, REFUSALS_LOGGED_PER_MINUTE,
+    log_refusal, report, Documents, Intake, LogLine, RefusalLog, RulesHandle, Verdict, REFUSALS_LOGGED_PER_MINUTE,
 };
 
 use crate::outbound::{Message, Publisher};
@@ -318,45 +318,16 @@ impl Rules {
             }
             None => {}
         }
-        let result = match &intake.input {
-            Input::Reading {
-                store,
-                device,
-                reading,
-                id,
-            } => match self.inv.apply_reading(store, device, reading, id, now) {
-                Ok(Some(outcome)) => Ok(outcome),
-                Ok(None) => return Ok(Verdict::Unchanged),
-                Err(rejection) => Err(rejection),
+        let voided = match intake.input.voided_sale() {
+            Some((store, sale_id)) => match self.group.sales.get(&(store.clone(), sale_id.clone())) {
+                Some(r) => Some(r.clone()),
+                None => self.store.sale(store, sale_id)?,
             },
-            Input::Stock { store, sku, event } => self.inv.apply_stock(store, sku, event, now),
-            Input::Sale { store, sale } => self.inv.apply_sale(store, sale, now),
-            Input::Void { store, void } => {
-                let record = match &void.void {
-                    Some(sale_id) => match self.group.sales.get(&(store.clone(), sale_id.clone())) {
-                        Some(r) => Some(r.clone()),
-                        None => self.store.sale(store, sale_id)?,
-                    },
-                    None => None,
-                };
-                self.inv.apply_void(store, void, record.as_ref(), now)
-            }
-            Input::Override { store, dish, ov } => self.inv.apply_override(store, dish, ov, now),
-            Input::RequestAction {
-                request, action, body, ..
-            } => self.inv.apply_request_action(request, *action, body, now),
-            Input::TransferAction {
-                store,
-                transfer,
-                action,
-                body,
-            } => self
-                .inv
-                .apply_transfer_action(store, transfer, *action, body, &body.id, now),
-            Input::TransferRequest { store, body } => self.inv.apply_transfer_request(store, body, now),
+            None => None,
         };
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        let outcome = match self.inv.apply(&intake.input, voided.as_ref(), now) {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => return Ok(Verdict::Unchanged),
             Err(rejection) => return Ok(Verdict::Rejected(rejection)),
         };
         let commit = match &mut self.group.commit {
@@ -418,7 +389,7 @@ impl Rules {
                 }
                 Verdict::Applied | Verdict::Duplicate | Verdict::Unchanged => {}
                 Verdict::Rejected(r) => {
-                    let topic = input_topic(&intake.input).to_string();
+                    let topic = intake.input.topic().to_string();
                     let id = Some(intake.input.id().to_string());
                     log_refusal(Some(intake.input.store()), &intake.device, &topic, id.as_deref(), r);
                     after.extend(render::error(Some(intake.input.store()), &intake.device, &topic, id, r));
@@ -484,7 +455,7 @@ mod tests {
     use async_trait::async_trait;
     use dishsync_inventory::catalog::{Dish, RecipeLine, Sku, StockParams, Store as StoreDef};
     use dishsync_inventory::Catalog;
-    use dishsync_inventory::Retired;
+    use dishsync_inventory::{Input, Retired};
     use dishsync_protocol::payload::{StockEventIn, StockKind};
     use dishsync_protocol::Topic;
     use dishsync_protocol::{BaseUnit, Unit};
