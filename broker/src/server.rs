@@ -252,11 +252,11 @@ pub(crate) async fn restore(settings: &Settings) -> anyhow::Result<(Store, Inven
     let mut commit = store.begin()?;
     commit.ledger(&started.entries)?;
     stage_changes(&mut commit, &inventory, &changes)?;
-    commit.shown(&inventory)?;
+    commit.document(&dishsync_inventory::Document::Shown, &inventory)?;
     store.commit(commit).await.context("persisting the initial state")?;
     info!(
         fresh_start,
-        changed = changes.levels.len() + changes.dishes.len(),
+        changed = changes.levels().count() + changes.dishes().count(),
         "state restored"
     );
     Ok((store, inventory))

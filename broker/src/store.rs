@@ -19,7 +19,8 @@
 //! journal's first group) makes the open fail with [`StoreError::Damaged`];
 //! [`Store::repair`] keeps every intact record and reports what is lost.
 //!
-//! sled keys, in one tree:
+//! sled keys, in one tree (the documents' keys are
+//! [`Document::key`](dishsync_inventory::Document::key)'s):
 //!
 //! | prefix | key | value (postcard) |
 //! |---|---|---|
@@ -54,8 +55,9 @@ use std::time::Duration;
 use journal::{Journal, Record};
 use std::path::Path;
 
-use dishsync_inventory::{Inventory, LedgerEntry, Restored, SaleRecord};
-use dishsync_protocol::{DishId, DocId, EventId, SkuId, StoreId};
+use dishsync_inventory::document::{Decode, PER_STORE_PREFIXES};
+use dishsync_inventory::{Document, Inventory, LedgerEntry, Restored, SaleRecord, Shown};
+use dishsync_protocol::{EventId, StoreId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -172,18 +174,18 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 /// The last journal group sled holds.
 const CHECKPOINT_KEY: &[u8] = b"j";
 
-/// Where [`Shown`] is kept.
-const SHOWN_KEY: &[u8] = b"s";
+/// One persisted value, decoded as the type its document's state has.
+struct Persisted<'a> {
+    key: &'a [u8],
+    value: &'a [u8],
+}
 
-/// The requests and transfers the planning state holds (open or active, or
-/// finished less than a day ago): the ones a restart reads. Rewritten with
-/// every commit that changes a request or transfer, or retires one.
-#[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct Shown {
-    /// Replenishment request ids.
-    pub requests: Vec<DocId>,
-    /// Transfer ids.
-    pub transfers: Vec<DocId>,
+impl Decode for Persisted<'_> {
+    type Error = StoreError;
+
+    fn decode<T: DeserializeOwned>(self) -> Result<T, StoreError> {
+        decode(self.key, self.value)
+    }
 }
 
 impl Shared {
@@ -571,24 +573,33 @@ impl Store {
     /// right after [`Store::open`], before anything is applied.
     pub fn load(&self) -> Result<Vec<Restored>, StoreError> {
         let mut out = Vec::new();
-        if let Some(chain) = self.db().get("c")? {
-            out.push(Restored::Chain(decode(b"c", &chain)?));
-        }
-        // A request (`q/`) or transfer (`t/`) record.
-        let document = |key: &[u8], value: &[u8]| -> Result<Restored, StoreError> {
-            Ok(match key {
-                [b'q', ..] => Restored::Request(decode(key, value)?),
-                _ => Restored::Transfer(decode(key, value)?),
-            })
+        let bad = |key: &[u8]| StoreError::Record {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source: postcard::Error::DeserializeBadEncoding,
         };
-        match self.db().get(SHOWN_KEY)? {
-            Some(shown) => {
-                let shown: Shown = decode(SHOWN_KEY, &shown)?;
-                let requests = shown.requests.iter().map(|id| format!("q/{id}"));
-                for key in requests.chain(shown.transfers.iter().map(|id| format!("t/{id}"))) {
+        // A document's record, restored.
+        let mut restore = |key: &[u8], value: &[u8]| -> Result<(), StoreError> {
+            let doc = std::str::from_utf8(key)
+                .ok()
+                .and_then(Document::from_key)
+                .ok_or_else(|| bad(key))?;
+            out.extend(doc.restore(Persisted { key, value })?);
+            Ok(())
+        };
+        let persisted = |doc: &Document| doc.key().unwrap_or_default().into_bytes();
+        let chain = persisted(&Document::Chain);
+        if let Some(value) = self.db().get(&chain)? {
+            restore(&chain, &value)?;
+        }
+        let shown = persisted(&Document::Shown);
+        match self.db().get(&shown)? {
+            Some(value) => {
+                let shown: Shown = decode(&shown, &value)?;
+                for doc in shown.documents() {
+                    let key = persisted(&doc);
                     match self.db().get(&key)? {
-                        Some(value) => out.push(document(key.as_bytes(), &value)?),
-                        None => tracing::warn!(%key, "a shown document has no record"),
+                        Some(value) => restore(&key, &value)?,
+                        None => tracing::warn!(key = %String::from_utf8_lossy(&key), "a shown document has no record"),
                     }
                 }
             }
@@ -597,35 +608,14 @@ impl Store {
             None => {
                 for item in self.db().scan_prefix("q/").chain(self.db().scan_prefix("t/")) {
                     let (key, value) = item?;
-                    out.push(document(&key, &value)?);
+                    restore(&key, &value)?;
                 }
             }
         }
-        for prefix in ["k/", "d/", "m/", "p/"] {
+        for prefix in PER_STORE_PREFIXES {
             for item in self.db().scan_prefix(prefix) {
                 let (key, value) = item?;
-                let text = String::from_utf8_lossy(&key).into_owned();
-                let parts: Vec<&str> = text.split('/').collect();
-                let bad = || StoreError::Record {
-                    key: text.clone(),
-                    source: postcard::Error::DeserializeBadEncoding,
-                };
-                let restored = match parts.as_slice() {
-                    ["k", store, sku] => Restored::Sku(
-                        store.parse().map_err(|_| bad())?,
-                        sku.parse().map_err(|_| bad())?,
-                        decode(&key, &value)?,
-                    ),
-                    ["d", store, dish] => Restored::Dish(
-                        store.parse().map_err(|_| bad())?,
-                        dish.parse().map_err(|_| bad())?,
-                        decode(&key, &value)?,
-                    ),
-                    ["m", store] => Restored::Menu(store.parse().map_err(|_| bad())?, decode(&key, &value)?),
-                    ["p", store] => Restored::Plan(store.parse().map_err(|_| bad())?, decode(&key, &value)?),
-                    _ => return Err(bad()),
-                };
-                out.push(restored);
+                restore(&key, &value)?;
             }
         }
         Ok(out)
@@ -771,63 +761,13 @@ impl Commit {
         self.put(key2("x", store.as_str(), id.as_str()), record)
     }
 
-    /// Stores the current state of a SKU, taken from the inventory.
-    pub fn sku_state(&mut self, inv: &Inventory, store: &StoreId, sku: &SkuId) -> Result<(), StoreError> {
-        match inv.sku_state(store, sku) {
-            Some(state) => self.put(key2("k", store.as_str(), sku.as_str()), state),
-            None => Ok(()),
+    /// Stores the current state of `doc`, taken from the inventory (if it
+    /// has a persisted state and the inventory holds it).
+    pub fn document(&mut self, doc: &Document, inv: &Inventory) -> Result<(), StoreError> {
+        match (doc.key(), doc.state(inv)) {
+            (Some(key), Some(state)) => self.put(key.into_bytes(), &state),
+            _ => Ok(()),
         }
-    }
-
-    /// Stores the current state of a dish, taken from the inventory.
-    pub fn dish_state(&mut self, inv: &Inventory, store: &StoreId, dish: &DishId) -> Result<(), StoreError> {
-        match inv.dish_state(store, dish) {
-            Some(state) => self.put(key2("d", store.as_str(), dish.as_str()), state),
-            None => Ok(()),
-        }
-    }
-
-    /// Stores the current menu revision of a store.
-    pub fn menu_state(&mut self, inv: &Inventory, store: &StoreId) -> Result<(), StoreError> {
-        match inv.menu_state(store) {
-            Some(state) => self.put(format!("m/{store}").into_bytes(), &state),
-            None => Ok(()),
-        }
-    }
-
-    /// Stores a store's planning state, taken from the inventory.
-    pub fn plan_state(&mut self, inv: &Inventory, store: &StoreId) -> Result<(), StoreError> {
-        match inv.plan_state(store) {
-            Some(state) => self.put(format!("p/{store}").into_bytes(), state),
-            None => Ok(()),
-        }
-    }
-
-    /// Stores a replenishment request, taken from the inventory.
-    pub fn request(&mut self, inv: &Inventory, id: &DocId) -> Result<(), StoreError> {
-        match inv.request(id) {
-            Some(r) => self.put(format!("q/{id}").into_bytes(), r),
-            None => Ok(()),
-        }
-    }
-
-    /// Stores a transfer, taken from the inventory.
-    pub fn transfer(&mut self, inv: &Inventory, id: &DocId) -> Result<(), StoreError> {
-        match inv.transfer(id) {
-            Some(t) => self.put(format!("t/{id}").into_bytes(), t),
-            None => Ok(()),
-        }
-    }
-
-    /// Stores which requests and transfers the planning state holds.
-    pub fn shown(&mut self, inv: &Inventory) -> Result<(), StoreError> {
-        let (requests, transfers) = inv.documents();
-        self.put(SHOWN_KEY.to_vec(), &Shown { requests, transfers })
-    }
-
-    /// Stores the chain counters.
-    pub fn chain_state(&mut self, inv: &Inventory) -> Result<(), StoreError> {
-        self.put(b"c".to_vec(), &inv.chain_state())
     }
 
     fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StoreError> {
@@ -960,7 +900,7 @@ mod tests {
     #[tokio::test]
     async fn a_restart_reads_the_requests_and_transfers_the_index_names() {
         use dishsync_protocol::payload::{RequestState, TransferState};
-        let id = |s: &str| -> DocId { s.parse().expect("valid id") };
+        let id = |s: &str| -> dishsync_protocol::DocId { s.parse().expect("valid id") };
         let s1: StoreId = "s1".parse().expect("valid id");
         let request = |n: &str| dishsync_inventory::Request {
             id: id(n),
@@ -1004,7 +944,7 @@ mod tests {
                         requests: vec![id("rq-s1-3")],
                         transfers: vec![id("tr-2")],
                     };
-                    c.put(SHOWN_KEY.to_vec(), &shown).expect("store");
+                    c.put(b"s".to_vec(), &shown).expect("store");
                 }
                 store.commit(c).await.expect("store");
                 store.checkpoint().expect("store");

@@ -20,6 +20,7 @@
 //! changes; a rejected input changes nothing.
 
 pub mod catalog;
+pub mod document;
 pub mod input;
 pub mod ledger;
 pub mod planning;
@@ -35,6 +36,7 @@ use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Millis, Quantity, SkuI
 use serde::{Deserialize, Serialize};
 
 pub use catalog::Catalog;
+pub use document::{Document, Shown};
 pub use input::{reading_id, salvage_id, Input};
 use ledger::{Applied, SkuLedger};
 pub use planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
@@ -195,64 +197,138 @@ pub struct LedgerEntry {
     pub moved: bool,
 }
 
-/// Which documents an input changed.
+/// Which documents an input changed: what to persist and what to publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// SKU states to persist: every SKU an input touched, even when its level
-    /// did not move (a count equal to the level still moves the count's time).
-    pub skus: BTreeSet<(StoreId, SkuId)>,
-    /// Level documents to publish (always a subset of `skus`).
-    pub levels: BTreeSet<(StoreId, SkuId)>,
-    /// Dish availability documents.
-    pub dishes: BTreeSet<(StoreId, DishId)>,
-    /// Whole-menu documents.
-    pub menus: BTreeSet<StoreId>,
-    /// Replenishment requests to persist and publish.
-    pub requests: BTreeSet<DocId>,
-    /// Transfers to persist and publish.
-    pub transfers: BTreeSet<DocId>,
-    /// Store planning states to persist.
-    pub plans: BTreeSet<StoreId>,
-    /// HQ summaries to publish.
-    pub summaries: BTreeSet<StoreId>,
+    /// Documents whose state is persisted with the change: every SKU an
+    /// input touched, for one, even when its level did not move (a count
+    /// equal to the level still moves the count's time).
+    pub persist: BTreeSet<Document>,
+    /// Documents to publish (the shell throttles whole-menu documents and
+    /// summaries).
+    pub publish: BTreeSet<Document>,
     /// Alerts to publish, in order.
     pub alerts: Vec<(StoreId, AlertOut)>,
-    /// Whether the chain counters changed.
-    pub chain: bool,
     /// Finished requests and transfers no longer shown: their retained
     /// documents are cleared.
     pub retired: BTreeSet<Retired>,
 }
 
 impl Changes {
+    /// A SKU's state changed, and not its level document.
+    pub fn sku(&mut self, store: StoreId, sku: SkuId) {
+        self.persist.insert(Document::Sku(store, sku));
+    }
+
+    /// A SKU's state and level document changed.
+    pub fn level(&mut self, store: StoreId, sku: SkuId) {
+        let doc = Document::Sku(store, sku);
+        self.persist.insert(doc.clone());
+        self.publish.insert(doc);
+    }
+
+    /// A dish's state and availability changed.
+    pub fn dish(&mut self, store: StoreId, dish: DishId) {
+        let doc = Document::Dish(store, dish);
+        self.persist.insert(doc.clone());
+        self.publish.insert(doc);
+    }
+
+    /// A store's whole-menu document changed.
+    pub fn menu(&mut self, store: StoreId) {
+        let doc = Document::Menu(store);
+        self.persist.insert(doc.clone());
+        self.publish.insert(doc);
+    }
+
+    /// A store's planning state changed.
+    pub fn plan(&mut self, store: StoreId) {
+        self.persist.insert(Document::Plan(store));
+    }
+
+    /// A replenishment request changed.
+    pub fn request(&mut self, id: DocId) {
+        let doc = Document::Request(id);
+        self.persist.insert(doc.clone());
+        self.persist.insert(Document::Shown);
+        self.publish.insert(doc);
+    }
+
+    /// A transfer changed.
+    pub fn transfer(&mut self, id: DocId) {
+        let doc = Document::Transfer(id);
+        self.persist.insert(doc.clone());
+        self.persist.insert(Document::Shown);
+        self.publish.insert(doc);
+    }
+
+    /// A store's HQ summary changed.
+    pub fn summary(&mut self, store: StoreId) {
+        self.publish.insert(Document::Summary(store));
+    }
+
+    /// The chain's counters changed.
+    pub fn chain(&mut self) {
+        self.persist.insert(Document::Chain);
+    }
+
+    /// A request or transfer is no longer shown.
+    pub fn retire(&mut self, retired: Retired) {
+        self.persist.insert(Document::Shown);
+        self.retired.insert(retired);
+    }
+
+    /// The SKUs whose level document changed.
+    pub fn levels(&self) -> impl Iterator<Item = (&StoreId, &SkuId)> {
+        self.publish.iter().filter_map(|d| match d {
+            Document::Sku(store, sku) => Some((store, sku)),
+            _ => None,
+        })
+    }
+
+    /// The dishes whose availability changed.
+    pub fn dishes(&self) -> impl Iterator<Item = (&StoreId, &DishId)> {
+        self.publish.iter().filter_map(|d| match d {
+            Document::Dish(store, dish) => Some((store, dish)),
+            _ => None,
+        })
+    }
+
+    /// The requests that changed.
+    pub fn requests(&self) -> impl Iterator<Item = &DocId> {
+        self.publish.iter().filter_map(|d| match d {
+            Document::Request(id) => Some(id),
+            _ => None,
+        })
+    }
+
+    /// The transfers that changed.
+    pub fn transfers(&self) -> impl Iterator<Item = &DocId> {
+        self.publish.iter().filter_map(|d| match d {
+            Document::Transfer(id) => Some(id),
+            _ => None,
+        })
+    }
+
+    /// The stores whose planning state changed.
+    pub fn plans(&self) -> impl Iterator<Item = &StoreId> {
+        self.persist.iter().filter_map(|d| match d {
+            Document::Plan(store) => Some(store),
+            _ => None,
+        })
+    }
+
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: Changes) {
-        self.skus.extend(other.skus);
-        self.levels.extend(other.levels);
-        self.dishes.extend(other.dishes);
-        self.menus.extend(other.menus);
-        self.requests.extend(other.requests);
-        self.transfers.extend(other.transfers);
-        self.plans.extend(other.plans);
-        self.summaries.extend(other.summaries);
+        self.persist.extend(other.persist);
+        self.publish.extend(other.publish);
         self.alerts.extend(other.alerts);
-        self.chain |= other.chain;
         self.retired.extend(other.retired);
     }
 
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.skus.is_empty()
-            && self.levels.is_empty()
-            && self.dishes.is_empty()
-            && self.menus.is_empty()
-            && self.requests.is_empty()
-            && self.transfers.is_empty()
-            && self.plans.is_empty()
-            && self.summaries.is_empty()
-            && self.alerts.is_empty()
-            && !self.chain
-            && self.retired.is_empty()
+        self.persist.is_empty() && self.publish.is_empty() && self.alerts.is_empty() && self.retired.is_empty()
     }
 }
 
@@ -433,8 +509,8 @@ impl Inventory {
             };
             for sku in catalog.skus() {
                 state.skus.entry(sku.id.clone()).or_insert_with(|| {
-                    changes.skus.insert((store.id.clone(), sku.id.clone()));
-                    changes.levels.insert((store.id.clone(), sku.id.clone()));
+                    changes.sku(store.id.clone(), sku.id.clone());
+                    changes.level(store.id.clone(), sku.id.clone());
                     SkuState {
                         ledger: SkuLedger::default(),
                         rev: 1,
@@ -455,7 +531,7 @@ impl Inventory {
         for (id, state) in &mut inventory.stores {
             if state.plan.day == 0 {
                 state.plan.day = today;
-                changes.plans.insert(id.clone());
+                changes.plan(id.clone());
             }
         }
         for store in catalog.stores() {
@@ -468,7 +544,7 @@ impl Inventory {
             if state.menu.rev == 0 {
                 // A store with an empty menu still has a (empty) document.
                 state.menu.rev = 1;
-                changes.menus.insert(id.clone());
+                changes.menu(id.clone());
             }
         }
         (inventory, changes)
@@ -1009,11 +1085,11 @@ impl Inventory {
         let mut dishes: BTreeSet<&DishId> = BTreeSet::new();
         for (sku, qty_before) in before {
             if let Some(s) = state.skus.get_mut(sku) {
-                changes.skus.insert((store.clone(), sku.clone()));
+                changes.sku(store.clone(), sku.clone());
                 if s.ledger.qty() != *qty_before {
                     s.rev += 1;
                     s.at = now;
-                    changes.levels.insert((store.clone(), sku.clone()));
+                    changes.level(store.clone(), sku.clone());
                     dishes.extend(catalog.dishes_using(store, sku));
                 }
             }
@@ -1092,18 +1168,18 @@ impl Inventory {
         if let Some(state) = self.stores.get_mut(store) {
             state.dishes.insert(dish_id.clone(), next);
         }
-        changes.dishes.insert((store.clone(), dish_id.clone()));
+        changes.dish(store.clone(), dish_id.clone());
     }
 
     /// Gives every store whose dishes changed a new menu revision. Called
     /// once at the end of each public operation.
     fn bump_menus(&mut self, now: Millis, changes: &mut Changes) {
-        let touched: BTreeSet<StoreId> = changes.dishes.iter().map(|(s, _)| s.clone()).collect();
+        let touched: BTreeSet<StoreId> = changes.dishes().map(|(s, _)| s.clone()).collect();
         for store in touched {
             if let Some(s) = self.stores.get_mut(&store) {
                 s.menu.rev += 1;
                 s.menu.at = now;
-                changes.menus.insert(store);
+                changes.menu(store);
             }
         }
     }

@@ -346,7 +346,7 @@ impl Inventory {
                 rate.remove(-*portions as f64, at, tau);
             }
         }
-        changes.plans.insert(store.clone());
+        changes.plan(store.clone());
     }
 
     // ------------------------------------------------------------ freshness
@@ -385,7 +385,7 @@ impl Inventory {
         } else {
             state.plan.offline.insert(device.clone());
         }
-        changes.plans.insert(store.clone());
+        changes.plan(store.clone());
         let message = format!(
             "{device}, which feeds {}, is offline",
             fed.iter().map(SkuId::as_str).collect::<Vec<_>>().join(", ")
@@ -405,8 +405,8 @@ impl Inventory {
             if let Some(s) = self.stores.get_mut(store).and_then(|st| st.skus.get_mut(sku)) {
                 s.rev += 1;
                 s.at = now;
-                changes.skus.insert((store.clone(), sku.clone()));
-                changes.levels.insert((store.clone(), sku.clone()));
+                changes.sku(store.clone(), sku.clone());
+                changes.level(store.clone(), sku.clone());
             }
             dishes.extend(catalog.dishes_using(store, sku).iter().cloned());
         }
@@ -449,7 +449,7 @@ impl Inventory {
             }
             _ => return,
         };
-        changes.plans.insert(store.clone());
+        changes.plan(store.clone());
         changes.alerts.push((
             store.clone(),
             AlertOut {
@@ -470,23 +470,23 @@ impl Inventory {
     /// Evaluates every planning condition touched by `changes`. Called once
     /// at the end of every public operation (through `finish`).
     pub(crate) fn plan(&mut self, now: Millis, changes: &mut Changes) {
-        let levels: Vec<(StoreId, SkuId)> = changes.levels.iter().cloned().collect();
+        let levels: Vec<(StoreId, SkuId)> = changes.levels().map(|(s, k)| (s.clone(), k.clone())).collect();
         for (store, sku) in levels {
             self.check_level(&store, &sku, now, changes);
         }
-        let dishes: Vec<(StoreId, DishId)> = changes.dishes.iter().cloned().collect();
+        let dishes: Vec<(StoreId, DishId)> = changes.dishes().map(|(s, d)| (s.clone(), d.clone())).collect();
         for (store, dish) in dishes {
             self.check_dish(&store, &dish, now, changes);
         }
-        let mut touched: BTreeSet<StoreId> = changes.levels.iter().map(|(s, _)| s.clone()).collect();
-        touched.extend(changes.dishes.iter().map(|(s, _)| s.clone()));
-        touched.extend(changes.plans.iter().cloned());
-        for id in &changes.requests {
+        let mut touched: BTreeSet<StoreId> = changes.levels().map(|(s, _)| s.clone()).collect();
+        touched.extend(changes.dishes().map(|(s, _)| s.clone()));
+        touched.extend(changes.plans().cloned());
+        for id in changes.requests() {
             if let Some(r) = self.requests.get(id) {
                 touched.insert(r.store.clone());
             }
         }
-        for id in &changes.transfers {
+        for id in changes.transfers() {
             if let Some(t) = self.transfers.get(id) {
                 touched.insert(t.from.clone());
                 touched.insert(t.to.clone());
@@ -495,8 +495,8 @@ impl Inventory {
         for store in touched {
             if let Some(state) = self.stores.get_mut(&store) {
                 state.plan.summary_rev += 1;
-                changes.plans.insert(store.clone());
-                changes.summaries.insert(store);
+                changes.plan(store.clone());
+                changes.summary(store);
             }
         }
     }
@@ -562,7 +562,7 @@ impl Inventory {
         };
         if qty > params.reorder_point {
             if state.plan.disarmed.remove(sku) {
-                changes.plans.insert(store.clone());
+                changes.plan(store.clone());
             }
             return;
         }
@@ -577,7 +577,7 @@ impl Inventory {
         if let Some(state) = self.stores.get_mut(store) {
             state.plan.disarmed.insert(sku.clone());
         }
-        changes.plans.insert(store.clone());
+        changes.plan(store.clone());
         let line = RequestLine {
             sku: sku.clone(),
             qty: need,
@@ -596,7 +596,7 @@ impl Inventory {
                 r.reason = format!("{}; {sku} at or below its reorder point", r.reason);
                 r.updated_at = now;
                 r.rev += 1;
-                changes.requests.insert(r.id.clone());
+                changes.request(r.id.clone());
             }
             None => {
                 let Some(state) = self.stores.get_mut(store) else {
@@ -615,7 +615,7 @@ impl Inventory {
                     rev: 1,
                 };
                 self.requests.insert(id.clone(), request);
-                changes.requests.insert(id);
+                changes.request(id);
             }
         }
     }
@@ -761,10 +761,10 @@ impl Inventory {
                 continue;
             }
             self.chain.transfer_seq += 1;
-            changes.chain = true;
+            changes.chain();
             if let Some(state) = self.stores.get_mut(taker) {
                 state.plan.asked.entry(sku.clone()).or_default().push(giver.clone());
-                changes.plans.insert(taker.clone());
+                changes.plan(taker.clone());
             }
             let id = doc_id(format!("tr-{}", self.chain.transfer_seq));
             let timeout = (self.catalog.planning().transfer_timeout_minutes * MINUTE as f64).round() as Millis;
@@ -785,7 +785,7 @@ impl Inventory {
                 rev: 1,
             };
             self.transfers.insert(id.clone(), transfer);
-            changes.transfers.insert(id);
+            changes.transfer(id);
             return true;
         }
         false
@@ -832,7 +832,7 @@ impl Inventory {
             request.reason = note.clone();
         }
         let mut outcome = Outcome::default();
-        outcome.changes.requests.insert(id.clone());
+        outcome.changes.request(id.clone());
         self.finish(now, &mut outcome.changes);
         Ok(outcome)
     }
@@ -867,7 +867,7 @@ impl Inventory {
         }
         request.updated_at = now;
         request.rev += 1;
-        changes.requests.insert(id);
+        changes.request(id);
     }
 
     /// A manager asks for stock from another store.
@@ -988,7 +988,7 @@ impl Inventory {
                 tr.reason = note.clone();
             }
         }
-        outcome.changes.transfers.insert(id.clone());
+        outcome.changes.transfer(id.clone());
         if next == Declined {
             let mut tried = t.tried.clone();
             tried.push(t.from.clone());
@@ -1079,7 +1079,7 @@ impl Inventory {
             ratio * 100.0,
             waste + used
         );
-        changes.plans.insert(store.clone());
+        changes.plan(store.clone());
         self.set_alert(
             store,
             AlertKind::WasteSpike,
@@ -1113,7 +1113,7 @@ impl Inventory {
                 tr.updated_at = now;
                 tr.rev += 1;
             }
-            changes.transfers.insert(t.id.clone());
+            changes.transfer(t.id.clone());
             let mut tried = t.tried.clone();
             tried.push(t.from.clone());
             let reason = format!("{} did not answer {} in time; {}", t.from, t.id, t.reason);
@@ -1146,7 +1146,7 @@ impl Inventory {
                 .filter(|(k, _)| *k == AlertKind::WasteSpike)
                 .map(|(_, s)| s.clone())
                 .collect();
-            changes.plans.insert(store.clone());
+            changes.plan(store.clone());
             for sku in spikes {
                 if let Ok(sku) = SkuId::new(sku) {
                     self.check_waste(&store, &sku, now, &mut changes);
@@ -1156,13 +1156,13 @@ impl Inventory {
         // Finished requests and transfers stay on record in the store; they
         // are shown (kept here and retained) for a day.
         for r in self.requests.values().filter(|r| !r.is_shown(now)) {
-            changes.retired.insert(Retired::Request {
+            changes.retire(Retired::Request {
                 id: r.id.clone(),
                 store: r.store.clone(),
             });
         }
         for t in self.transfers.values().filter(|t| !t.is_shown(now)) {
-            changes.retired.insert(Retired::Transfer {
+            changes.retire(Retired::Transfer {
                 id: t.id.clone(),
                 from: t.from.clone(),
                 to: t.to.clone(),

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::Document;
+
 use dishsync_protocol::payload::{
     ActionIn, AlertKind, AlertState, DishStatus, RequestState, SaleIn, SaleLine, StockEventIn, StockKind, Timestamp,
     TransferRequestIn, TransferState,
@@ -219,7 +221,8 @@ fn a_dinner_service_across_three_stores() {
         ));
     }
     assert!(
-        log.iter().all(|(_, c)| c.requests.is_empty() && c.transfers.is_empty()),
+        log.iter()
+            .all(|(_, c)| c.requests().next().is_none() && c.transfers().next().is_none()),
         "nothing to do at opening"
     );
 
@@ -281,7 +284,7 @@ fn a_dinner_service_across_three_stores() {
     // --- replenishment: exactly one request, when patty crossed 10 ---
     let requests: Vec<(Millis, DocId)> = log
         .iter()
-        .flat_map(|(t, c)| c.requests.iter().map(move |r| (*t, r.clone())))
+        .flat_map(|(t, c)| c.requests().map(move |r| (*t, r.clone())))
         .collect();
     let rq: DocId = id("rq-a-1");
     let raised: Vec<(Millis, &str)> = requests.iter().map(|(t, r)| (*t, r.as_str())).collect();
@@ -392,7 +395,7 @@ fn a_dinner_service_across_three_stores() {
         "rcv-1",
         Some("rq-a-1"),
     );
-    assert!(changes.requests.contains(&rq));
+    assert!(changes.requests().any(|r| *r == rq));
     assert_eq!(inv.request_out(&rq).expect("rq").state, RequestState::Received);
     // Back above the reorder point: the low-stock alert clears, the SKU re-arms.
     assert!(changes
@@ -448,16 +451,16 @@ fn an_unanswered_proposal_expires_and_goes_to_the_next_store() {
         by: id("manager-a"),
     };
     let out = inv.apply_transfer_request(&id("a"), &req, at(18, 0)).expect("request");
-    assert_eq!(out.changes.transfers.len(), 1);
+    assert_eq!(out.changes.transfers().count(), 1);
     let tr1 = inv.transfer(&id("tr-1")).expect("tr-1");
     assert_eq!(
         (tr1.from.as_str(), tr1.qty, tr1.expires_at),
         ("b", 20, Some(at(18, 10)))
     );
-    assert!(inv.tick(at(18, 9)).transfers.is_empty(), "not yet");
+    assert!(inv.tick(at(18, 9)).transfers().next().is_none(), "not yet");
     let changes = inv.tick(at(18, 10));
     assert_eq!(inv.transfer(&id("tr-1")).expect("tr-1").state, TransferState::Expired);
-    assert!(changes.transfers.contains(&id::<DocId>("tr-2")));
+    assert!(changes.transfers().any(|t| *t == id::<DocId>("tr-2")));
     let tr2 = inv.transfer(&id("tr-2")).expect("tr-2");
     assert_eq!((tr2.from.as_str(), tr2.qty), ("c", 20));
 }
@@ -483,8 +486,8 @@ fn a_noisy_scale_around_the_reorder_point_raises_one_request() {
             &format!("n{i}"),
             None,
         )
-        .requests
-        .len();
+        .requests()
+        .count();
     }
     assert_eq!(
         requests, 1,
@@ -530,7 +533,7 @@ fn an_offline_scale_makes_its_skus_and_their_dishes_stale() {
     let mut inv = Inventory::new(catalog, at(17, 0));
     let t = at(18, 0);
     let changes = inv.set_presence(&id("a"), &id("scale-1"), false, t);
-    assert!(changes.levels.contains(&(id("a"), id("patty"))));
+    assert!(changes.publish.contains(&Document::Sku(id("a"), id("patty"))));
     assert!(inv.level_out(&id("a"), &id("patty")).expect("level").stale);
     assert!(!inv.level_out(&id("a"), &id("bun")).expect("level").stale);
     assert!(inv.dish_out(&id("a"), &id("burger")).expect("dish").stale);

@@ -350,8 +350,8 @@ fn override_wins_until_released_or_until() {
     assert!(inv.expire_overrides(T0 + 999).is_empty());
     assert_eq!(dish(&inv, "burger").status, DishStatus::SoldOut);
     let changes = inv.expire_overrides(T0 + 1000);
-    assert!(changes.dishes.contains(&(id("s1"), id("burger"))));
-    assert!(changes.menus.contains(&id("s1")));
+    assert!(changes.publish.contains(&Document::Dish(id("s1"), id("burger"))));
+    assert!(changes.publish.contains(&Document::Menu(id("s1"))));
     assert_eq!(dish(&inv, "burger").status, DishStatus::Available);
 }
 
@@ -372,7 +372,10 @@ fn an_override_of_a_dish_sold_out_by_stock_is_shown() {
         note: Some("fryer down".into()),
     };
     let outcome = inv.apply_override(&s1, &id("burger"), &eighty_six, T0).expect("86");
-    assert!(outcome.changes.dishes.contains(&(s1.clone(), id("burger"))));
+    assert!(outcome
+        .changes
+        .publish
+        .contains(&Document::Dish(s1.clone(), id("burger"))));
     let d = dish(&inv, "burger");
     assert_eq!(d.rev, before.rev + 1);
     let shown = d.override_.clone().expect("the override is shown");
@@ -390,7 +393,7 @@ fn an_override_of_a_dish_sold_out_by_stock_is_shown() {
 
     // The lapse of its `until` is a change too.
     let lapsed = inv.expire_overrides(T0 + 1000);
-    assert!(lapsed.dishes.contains(&(s1.clone(), id("burger"))));
+    assert!(lapsed.publish.contains(&Document::Dish(s1.clone(), id("burger"))));
     let d = dish(&inv, "burger");
     assert_eq!((d.override_, d.rev), (None, before.rev + 2));
     // As is a release of an 86 without `until`.
@@ -427,9 +430,9 @@ fn revs_move_only_on_change() {
         )
         .expect("bun");
     // Beef still binds both burger dishes: nothing visible changed.
-    assert!(out.changes.dishes.is_empty());
-    assert!(out.changes.menus.is_empty());
-    assert_eq!(out.changes.levels.len(), 1);
+    assert!(out.changes.dishes().next().is_none());
+    assert!(out.changes.publish.iter().all(|d| !matches!(d, Document::Menu(_))));
+    assert_eq!(out.changes.levels().count(), 1);
     assert_eq!(dish(&inv, "soda").rev, soda_rev);
     inv.apply_stock(
         &id("s1"),
@@ -451,13 +454,13 @@ fn a_change_that_moves_nothing_is_persisted_but_not_published() {
     let out = inv
         .apply_stock(&s1, &beef, &ev("c", StockKind::Count, 1.0, Unit::Kg, T0 + 100), T0)
         .expect("count");
-    assert!(out.changes.skus.contains(&(s1.clone(), beef.clone())));
-    assert!(out.changes.levels.is_empty() && out.changes.dishes.is_empty());
+    assert!(out.changes.persist.contains(&Document::Sku(s1.clone(), beef.clone())));
+    assert!(out.changes.levels().next().is_none() && out.changes.dishes().next().is_none());
     let out = inv
         .apply_stock(&s1, &beef, &ev("late", StockKind::Consume, 300.0, Unit::G, T0 + 50), T0)
         .expect("late");
     assert!(!out.entries[0].moved);
-    assert!(out.changes.levels.is_empty());
+    assert!(out.changes.levels().next().is_none());
     assert_eq!(inv.level_out(&s1, &beef).expect("level").rev, rev);
 }
 
@@ -518,12 +521,7 @@ fn a_start_opens_stores_once_and_evaluates_every_level() {
     assert_eq!(booked, [("opening:bun".into(), 30), ("opening:cola".into(), 5_000)]);
     assert_eq!(qty(&inv, "bun"), 30);
     // beef opens at 0, at or below its reorder point of 10: one request.
-    let open: Vec<_> = started
-        .changes
-        .requests
-        .iter()
-        .filter_map(|r| inv.request_out(r))
-        .collect();
+    let open: Vec<_> = started.changes.requests().filter_map(|r| inv.request_out(r)).collect();
     assert_eq!(open.len(), 1, "{open:?}");
     let lines: Vec<&str> = open[0].lines.iter().map(|l| l.sku.as_str()).collect();
     assert_eq!(lines, ["beef"]);
@@ -542,7 +540,7 @@ fn a_start_opens_stores_once_and_evaluates_every_level() {
         again.entries
     );
     assert!(
-        again.changes.requests.is_empty() && again.changes.alerts.is_empty(),
+        again.changes.requests().next().is_none() && again.changes.alerts.is_empty(),
         "{:?}",
         again.changes
     );

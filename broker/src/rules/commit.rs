@@ -14,31 +14,10 @@ use super::intake::Verdict;
 use crate::outbound::{Message, Publisher};
 use crate::store::{Commit, Store, StoreError};
 
-/// Writes the states named in `changes` into `commit`.
+/// Writes the states of the documents `changes` names into `commit`.
 pub fn stage_changes(commit: &mut Commit, inv: &Inventory, changes: &Changes) -> Result<(), StoreError> {
-    for (store, sku) in &changes.skus {
-        commit.sku_state(inv, store, sku)?;
-    }
-    for (store, dish) in &changes.dishes {
-        commit.dish_state(inv, store, dish)?;
-    }
-    for store in &changes.menus {
-        commit.menu_state(inv, store)?;
-    }
-    for store in &changes.plans {
-        commit.plan_state(inv, store)?;
-    }
-    for id in &changes.requests {
-        commit.request(inv, id)?;
-    }
-    for id in &changes.transfers {
-        commit.transfer(inv, id)?;
-    }
-    if !(changes.requests.is_empty() && changes.transfers.is_empty() && changes.retired.is_empty()) {
-        commit.shown(inv)?;
-    }
-    if changes.chain {
-        commit.chain_state(inv)?;
+    for doc in &changes.persist {
+        commit.document(doc, inv)?;
     }
     Ok(())
 }

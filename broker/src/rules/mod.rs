@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dishsync_inventory::{Changes, Inventory, Rejection, SaleRecord};
+use dishsync_inventory::{Changes, Document, Inventory, Rejection, SaleRecord};
 use dishsync_protocol::payload::{ErrorCode, Timestamp};
 use dishsync_protocol::{DeviceId, EventId, StoreId};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -84,9 +84,9 @@ struct Rules {
     /// The committer task (awaited on shutdown).
     committer_task: tokio::task::JoinHandle<()>,
     /// When each throttled document was last published.
-    published: HashMap<(Throttled, StoreId), Instant>,
+    published: HashMap<Document, Instant>,
     /// Throttled documents that changed but were published too recently.
-    due: BTreeSet<(Throttled, StoreId)>,
+    due: BTreeSet<Document>,
     /// Ticks since the last full planning tick.
     ticks: u32,
 }
@@ -113,21 +113,14 @@ impl Group {
     }
 }
 
-/// Documents re-published at most once per interval while things change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Throttled {
-    /// `stores/{store}/availability`, every 250 ms at most.
-    Menu,
-    /// `hq/stores/{store}/summary`, every second at most.
-    Summary,
-}
-
-impl Throttled {
-    fn interval(self) -> Duration {
-        match self {
-            Throttled::Menu => MENU_INTERVAL,
-            Throttled::Summary => Duration::from_secs(1),
-        }
+/// How often a document is re-published at most while it changes: the
+/// whole-menu document every 250 ms, a summary every second, everything
+/// else at once (`None`).
+fn throttle(doc: &Document) -> Option<Duration> {
+    match doc {
+        Document::Menu(_) => Some(MENU_INTERVAL),
+        Document::Summary(_) => Some(Duration::from_secs(1)),
+        _ => None,
     }
 }
 
@@ -248,12 +241,12 @@ impl Rules {
     }
 
     /// The throttled documents that are due and whose interval passed.
-    fn ready_due(&self) -> impl Iterator<Item = &(Throttled, StoreId)> {
+    fn ready_due(&self) -> impl Iterator<Item = &Document> {
         let now = Instant::now();
-        self.due.iter().filter(move |key| {
+        self.due.iter().filter(move |doc| {
             self.published
-                .get(*key)
-                .is_none_or(|t| now.duration_since(*t) >= key.0.interval())
+                .get(*doc)
+                .is_none_or(|t| throttle(doc).is_none_or(|interval| now.duration_since(*t) >= interval))
         })
     }
 
@@ -365,8 +358,8 @@ impl Rules {
         self.store.apply(commit)?;
         debug!(
             inputs = decided.len(),
-            levels = changes.levels.len(),
-            dishes = changes.dishes.len(),
+            levels = changes.levels().count(),
+            dishes = changes.dishes().count(),
             "group committed"
         );
 
@@ -375,7 +368,7 @@ impl Rules {
         for (store, alert) in &changes.alerts {
             info!(%store, kind = ?alert.kind, state = ?alert.state, message = %alert.message, "alert");
         }
-        let retained = render::changes(&self.inv, &changes);
+        let retained = render::changes(&self.inv, &changes, Timestamp::now().0, |doc| throttle(doc).is_some());
         let mut after = Vec::new();
         let mut acks: BTreeMap<(StoreId, DeviceId), Vec<EventId>> = BTreeMap::new();
         let mut replies = Vec::with_capacity(decided.len());
@@ -418,24 +411,19 @@ impl Rules {
 
     fn mark_due(&mut self, changes: &Changes) {
         self.due
-            .extend(changes.menus.iter().map(|s| (Throttled::Menu, s.clone())));
-        self.due
-            .extend(changes.summaries.iter().map(|s| (Throttled::Summary, s.clone())));
+            .extend(changes.publish.iter().filter(|doc| throttle(doc).is_some()).cloned());
     }
 
     /// Renders the throttled documents that are due and whose interval
     /// passed.
     fn render_due(&mut self) -> Vec<Message> {
-        let ready: Vec<(Throttled, StoreId)> = self.ready_due().cloned().collect();
+        let ready: Vec<Document> = self.ready_due().cloned().collect();
         let now = Instant::now();
         let mut out = Vec::new();
-        for key in ready {
-            self.due.remove(&key);
-            self.published.insert(key.clone(), now);
-            out.extend(match key.0 {
-                Throttled::Menu => render::menu(&self.inv, &key.1),
-                Throttled::Summary => render::summary(&self.inv, &key.1, Timestamp::now().0),
-            });
+        for doc in ready {
+            self.due.remove(&doc);
+            out.extend(render::document(&self.inv, &doc, Timestamp::now().0));
+            self.published.insert(doc, now);
         }
         out
     }
@@ -455,7 +443,7 @@ mod tests {
     use async_trait::async_trait;
     use dishsync_inventory::catalog::{Dish, RecipeLine, Sku, StockParams, Store as StoreDef};
     use dishsync_inventory::Catalog;
-    use dishsync_inventory::{Input, Retired};
+    use dishsync_inventory::{Input, Retired, Shown};
     use dishsync_protocol::payload::{StockEventIn, StockKind};
     use dishsync_protocol::Topic;
     use dishsync_protocol::{BaseUnit, Unit};
@@ -664,16 +652,16 @@ mod tests {
     async fn a_retired_document_is_cleared_under_each_of_its_topics() {
         let inv = Inventory::new(catalog(), 0);
         let mut changes = Changes::default();
-        changes.retired.insert(Retired::Request {
+        changes.retire(Retired::Request {
             id: id("rq-s1-1"),
             store: id("s1"),
         });
-        changes.retired.insert(Retired::Transfer {
+        changes.retire(Retired::Transfer {
             id: id("tr-1"),
             from: id("s1"),
             to: id("s2"),
         });
-        let out = render::changes(&inv, &changes);
+        let out = render::changes(&inv, &changes, 0, |_| false);
         let cleared: Vec<(String, usize, bool)> = out
             .into_iter()
             .map(|m| (m.topic.to_string(), m.payload.len(), m.retain))
@@ -686,6 +674,39 @@ mod tests {
         ]
         .map(|topic| (topic.to_string(), 0, true));
         assert_eq!(cleared, expected);
+    }
+
+    /// A document's state goes to disk as the state itself, so a data
+    /// directory written before documents were one type reads the same.
+    #[test]
+    fn a_document_is_stored_as_its_state_alone() {
+        let mut inv = Inventory::new(catalog(), 0);
+        inv.start(0);
+        let (s1, a, d): (StoreId, dishsync_protocol::SkuId, dishsync_protocol::DishId) = (id("s1"), id("a"), id("d"));
+        fn plain<T: serde::Serialize>(value: &T) -> Vec<u8> {
+            postcard::to_allocvec(value).expect("encodes")
+        }
+        let bytes = |doc: &Document| plain(&doc.state(&inv).expect("a state"));
+        assert_eq!(
+            bytes(&Document::Sku(s1.clone(), a.clone())),
+            plain(inv.sku_state(&s1, &a).expect("sku"))
+        );
+        assert_eq!(
+            bytes(&Document::Dish(s1.clone(), d.clone())),
+            plain(inv.dish_state(&s1, &d).expect("dish"))
+        );
+        assert_eq!(
+            bytes(&Document::Menu(s1.clone())),
+            plain(&inv.menu_state(&s1).expect("menu"))
+        );
+        assert_eq!(
+            bytes(&Document::Plan(s1.clone())),
+            plain(inv.plan_state(&s1).expect("plan"))
+        );
+        assert_eq!(bytes(&Document::Chain), plain(&inv.chain_state()));
+        let (requests, transfers) = inv.documents();
+        assert_eq!(bytes(&Document::Shown), plain(&Shown { requests, transfers }));
+        assert!(Document::Summary(s1).state(&inv).is_none(), "published only");
     }
 
     #[tokio::test]

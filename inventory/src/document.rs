@@ -1,0 +1,341 @@
+//! The documents the core keeps, one type for all of them.
+//!
+//! A [`Document`] names one document: a SKU, a dish, a store's menu, its
+//! planning state, a replenishment request, a transfer, the chain's
+//! counters, the index of what is shown, a store's summary or catalog. It
+//! knows the key its state is persisted under ([`Document::key`], and back,
+//! [`Document::from_key`]), that state ([`Document::state`], and back,
+//! [`Document::restore`]), and the retained messages it is published as
+//! ([`Document::render`]: topics and JSON payloads). So the shell's loops —
+//! persist what a group changed, restore at start-up, re-publish
+//! everything, render a group's documents — are one loop each over
+//! documents, and none of them knows a key layout, a topic or a payload.
+//!
+//! Adding a kind of document is a variant here, with its arm in each
+//! method below, and its test.
+
+use dishsync_protocol::{DishId, DocId, Millis, SkuId, StoreId, Topic};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::planning::{ChainPlan, Request, StorePlan, Transfer};
+use crate::{DishState, Inventory, MenuState, Restored, Retired, SkuState};
+
+/// One document of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Document {
+    /// A SKU of a store: its state, `k/{store}/{sku}`; its level,
+    /// `stores/{store}/stock/{sku}/level`.
+    Sku(StoreId, SkuId),
+    /// A dish of a store: its state, `d/{store}/{dish}`; its availability,
+    /// `stores/{store}/dishes/{dish}/availability`.
+    Dish(StoreId, DishId),
+    /// A store's whole menu: its revision, `m/{store}`; the whole-menu
+    /// document, `stores/{store}/availability`.
+    Menu(StoreId),
+    /// A store's planning state, `p/{store}` (not published).
+    Plan(StoreId),
+    /// A replenishment request, `q/{id}`; published under its store and for
+    /// HQ.
+    Request(DocId),
+    /// A transfer, `t/{id}`; published under both stores.
+    Transfer(DocId),
+    /// Which requests and transfers are shown, `s` (not published): the
+    /// ones a restart reads.
+    Shown,
+    /// The chain's planning counters, `c` (not published).
+    Chain,
+    /// A store's HQ summary, `hq/stores/{store}/summary` (not persisted).
+    Summary(StoreId),
+    /// A store's catalog, `stores/{store}/catalog` (not persisted).
+    Catalog(StoreId),
+}
+
+/// The requests and transfers the planning state holds (open or active, or
+/// finished less than a day ago): the ones a restart reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shown {
+    /// Replenishment request ids.
+    pub requests: Vec<DocId>,
+    /// Transfer ids.
+    pub transfers: Vec<DocId>,
+}
+
+impl Shown {
+    /// The documents it names.
+    pub fn documents(&self) -> impl Iterator<Item = Document> + '_ {
+        let requests = self.requests.iter().cloned().map(Document::Request);
+        requests.chain(self.transfers.iter().cloned().map(Document::Transfer))
+    }
+}
+
+/// A document's persisted state, borrowed from the inventory. It serializes
+/// as the state itself (no tag): the key says what it is.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum State<'a> {
+    /// [`Document::Sku`].
+    Sku(&'a SkuState),
+    /// [`Document::Dish`].
+    Dish(&'a DishState),
+    /// [`Document::Menu`].
+    Menu(MenuState),
+    /// [`Document::Plan`].
+    Plan(&'a StorePlan),
+    /// [`Document::Request`].
+    Request(&'a Request),
+    /// [`Document::Transfer`].
+    Transfer(&'a Transfer),
+    /// [`Document::Shown`].
+    Shown(Shown),
+    /// [`Document::Chain`].
+    Chain(ChainPlan),
+}
+
+/// Decodes one persisted value as the type a document's state has (the
+/// storage format is the shell's).
+pub trait Decode {
+    /// Why a value does not decode.
+    type Error;
+    /// The value as a `T`.
+    fn decode<T: DeserializeOwned>(self) -> Result<T, Self::Error>;
+}
+
+/// One retained message a document is published as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its topic.
+    pub topic: Topic,
+    /// Its JSON payload.
+    pub payload: Vec<u8>,
+}
+
+/// The key prefixes of the documents persisted per store, scanned at
+/// start-up (requests and transfers are read through [`Shown`]).
+pub const PER_STORE_PREFIXES: [&str; 4] = ["k/", "d/", "m/", "p/"];
+
+/// Where a request is retained: under its store and for HQ.
+fn request_topics(id: &DocId, store: &StoreId) -> [Topic; 2] {
+    [
+        Topic::StoreRequest {
+            store: store.clone(),
+            id: id.clone(),
+        },
+        Topic::HqRequest { id: id.clone() },
+    ]
+}
+
+/// Where a transfer is retained: under both stores.
+fn transfer_topics(id: &DocId, from: &StoreId, to: &StoreId) -> [Topic; 2] {
+    [from, to].map(|store| Topic::Transfer {
+        store: store.clone(),
+        id: id.clone(),
+    })
+}
+
+fn json<T: Serialize>(topic: Topic, doc: &T) -> Option<Published> {
+    // The documents are plain data: encoding them cannot fail.
+    serde_json::to_vec(doc).ok().map(|payload| Published { topic, payload })
+}
+
+impl Document {
+    /// The key its state is persisted under; `None` for a document that is
+    /// only published.
+    pub fn key(&self) -> Option<String> {
+        Some(match self {
+            Document::Sku(store, sku) => format!("k/{store}/{sku}"),
+            Document::Dish(store, dish) => format!("d/{store}/{dish}"),
+            Document::Menu(store) => format!("m/{store}"),
+            Document::Plan(store) => format!("p/{store}"),
+            Document::Request(id) => format!("q/{id}"),
+            Document::Transfer(id) => format!("t/{id}"),
+            Document::Shown => "s".to_string(),
+            Document::Chain => "c".to_string(),
+            Document::Summary(_) | Document::Catalog(_) => return None,
+        })
+    }
+
+    /// The document persisted under `key` (the inverse of [`Document::key`]).
+    pub fn from_key(key: &str) -> Option<Document> {
+        let parts: Vec<&str> = key.split('/').collect();
+        Some(match parts.as_slice() {
+            ["k", store, sku] => Document::Sku(store.parse().ok()?, sku.parse().ok()?),
+            ["d", store, dish] => Document::Dish(store.parse().ok()?, dish.parse().ok()?),
+            ["m", store] => Document::Menu(store.parse().ok()?),
+            ["p", store] => Document::Plan(store.parse().ok()?),
+            ["q", id] => Document::Request(id.parse().ok()?),
+            ["t", id] => Document::Transfer(id.parse().ok()?),
+            ["s"] => Document::Shown,
+            ["c"] => Document::Chain,
+            _ => return None,
+        })
+    }
+
+    /// Its state in `inv`, to persist; `None` when it has none (a published
+    /// document, or one `inv` does not hold).
+    pub fn state<'a>(&self, inv: &'a Inventory) -> Option<State<'a>> {
+        Some(match self {
+            Document::Sku(store, sku) => State::Sku(inv.sku_state(store, sku)?),
+            Document::Dish(store, dish) => State::Dish(inv.dish_state(store, dish)?),
+            Document::Menu(store) => State::Menu(inv.menu_state(store)?),
+            Document::Plan(store) => State::Plan(inv.plan_state(store)?),
+            Document::Request(id) => State::Request(inv.request(id)?),
+            Document::Transfer(id) => State::Transfer(inv.transfer(id)?),
+            Document::Shown => {
+                let (requests, transfers) = inv.documents();
+                State::Shown(Shown { requests, transfers })
+            }
+            Document::Chain => State::Chain(inv.chain_state()),
+            Document::Summary(_) | Document::Catalog(_) => return None,
+        })
+    }
+
+    /// Its state decoded from what was persisted under its key, as the
+    /// restore takes it; `None` for the index of what is shown (the shell
+    /// reads it to know which requests and transfers to restore) and for
+    /// published documents.
+    pub fn restore<D: Decode>(&self, value: D) -> Result<Option<Restored>, D::Error> {
+        Ok(Some(match self {
+            Document::Sku(store, sku) => Restored::Sku(store.clone(), sku.clone(), value.decode()?),
+            Document::Dish(store, dish) => Restored::Dish(store.clone(), dish.clone(), value.decode()?),
+            Document::Menu(store) => Restored::Menu(store.clone(), value.decode()?),
+            Document::Plan(store) => Restored::Plan(store.clone(), value.decode()?),
+            Document::Request(_) => Restored::Request(value.decode()?),
+            Document::Transfer(_) => Restored::Transfer(value.decode()?),
+            Document::Chain => Restored::Chain(value.decode()?),
+            Document::Shown | Document::Summary(_) | Document::Catalog(_) => return Ok(None),
+        }))
+    }
+
+    /// The retained messages it is published as, from `inv` at `now`; none
+    /// for a document that is only persisted, or one `inv` does not hold.
+    pub fn render(&self, inv: &Inventory, now: Millis) -> Vec<Published> {
+        let one = |p: Option<Published>| p.into_iter().collect();
+        match self {
+            Document::Sku(store, sku) => one(inv.level_out(store, sku).and_then(|doc| {
+                let topic = Topic::StockLevel {
+                    store: store.clone(),
+                    sku: sku.clone(),
+                };
+                json(topic, &doc)
+            })),
+            Document::Dish(store, dish) => one(inv.dish_out(store, dish).and_then(|doc| {
+                let topic = Topic::DishAvailability {
+                    store: store.clone(),
+                    dish: dish.clone(),
+                };
+                json(topic, &doc)
+            })),
+            Document::Menu(store) => one(inv
+                .menu_out(store)
+                .and_then(|doc| json(Topic::StoreAvailability { store: store.clone() }, &doc))),
+            Document::Request(id) => match inv.request_out(id) {
+                Some(doc) => request_topics(id, &doc.store)
+                    .into_iter()
+                    .filter_map(|topic| json(topic, &doc))
+                    .collect(),
+                None => Vec::new(),
+            },
+            Document::Transfer(id) => match inv.transfer_out(id) {
+                Some(doc) => transfer_topics(id, &doc.from, &doc.to)
+                    .into_iter()
+                    .filter_map(|topic| json(topic, &doc))
+                    .collect(),
+                None => Vec::new(),
+            },
+            Document::Summary(store) => one(inv
+                .summary_out(store, now)
+                .and_then(|doc| json(Topic::Summary { store: store.clone() }, &doc))),
+            Document::Catalog(store) => one(inv
+                .catalog_out(store, now)
+                .and_then(|doc| json(Topic::Catalog { store: store.clone() }, &doc))),
+            Document::Plan(_) | Document::Shown | Document::Chain => Vec::new(),
+        }
+    }
+
+    /// Every published document of the chain in `inv`: each SKU's level,
+    /// each dish's availability, the requests and transfers shown, and each
+    /// store's catalog, menu and summary.
+    pub fn published(inv: &Inventory) -> Vec<Document> {
+        let catalog = inv.catalog();
+        let mut all = Vec::new();
+        for store in catalog.stores() {
+            all.extend(
+                catalog
+                    .skus()
+                    .map(|sku| Document::Sku(store.id.clone(), sku.id.clone())),
+            );
+            all.extend(
+                store
+                    .menu
+                    .iter()
+                    .map(|dish| Document::Dish(store.id.clone(), dish.clone())),
+            );
+        }
+        let (requests, transfers) = inv.documents();
+        all.extend(requests.into_iter().map(Document::Request));
+        all.extend(transfers.into_iter().map(Document::Transfer));
+        for store in catalog.stores() {
+            all.push(Document::Catalog(store.id.clone()));
+            all.push(Document::Menu(store.id.clone()));
+            all.push(Document::Summary(store.id.clone()));
+        }
+        all
+    }
+}
+
+impl Retired {
+    /// The topics its retained documents are on, to be cleared.
+    pub fn topics(&self) -> [Topic; 2] {
+        match self {
+            Retired::Request { id, store } => request_topics(id, store),
+            Retired::Transfer { id, from, to } => transfer_topics(id, from, to),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id<T: std::str::FromStr>(s: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        s.parse().expect("test id")
+    }
+
+    #[test]
+    fn every_persisted_document_is_found_again_from_its_key() {
+        let documents = [
+            Document::Sku(id("s1"), id("beef")),
+            Document::Dish(id("s1"), id("burger")),
+            Document::Menu(id("s1")),
+            Document::Plan(id("s1")),
+            Document::Request(id("rq-s1-1")),
+            Document::Transfer(id("tr-1")),
+            Document::Shown,
+            Document::Chain,
+        ];
+        for doc in documents {
+            let key = doc.key().expect("persisted");
+            assert_eq!(Document::from_key(&key), Some(doc), "{key}");
+        }
+        assert_eq!(Document::Summary(id("s1")).key(), None);
+        assert_eq!(Document::Catalog(id("s1")).key(), None);
+        assert_eq!(Document::from_key("l/00000001"), None, "ledger lines are not documents");
+        assert_eq!(Document::from_key("k/s1"), None);
+        // What start-up scans per store is exactly those four kinds.
+        let scanned: Vec<Option<Document>> = ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1"]
+            .iter()
+            .map(|key| Document::from_key(key))
+            .collect();
+        assert!(scanned.iter().all(Option::is_some));
+        for (key, prefix) in ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1"]
+            .iter()
+            .zip(PER_STORE_PREFIXES)
+        {
+            assert!(key.starts_with(prefix));
+        }
+    }
+}
