@@ -16,6 +16,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub use dishsync_protocol::topic::Family;
 use dishsync_protocol::{DeviceId, StoreId, Topic};
 
 /// What a device is for.
@@ -109,145 +110,6 @@ pub struct Identity {
     pub role: Role,
     /// Where.
     pub scope: Scope,
-}
-
-/// Topic families of the contract, for permissions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Family {
-    /// `stores/{store}/stock/{sku}/events`
-    StockEvents,
-    /// `stores/{store}/sales`
-    Sales,
-    /// `stores/{store}/dishes/{dish}/override`
-    Override,
-    /// `stores/{store}/devices/{device}/status`
-    Presence,
-    /// `stores/{store}/dishes/{dish}/availability` and `stores/{store}/availability`
-    Availability,
-    /// `stores/{store}/stock/{sku}/level`
-    Level,
-    /// `stores/{store}/acks/{device}` and `stores/{store}/errors/{device}`
-    AcksErrors,
-    /// `hq/alerts`
-    BrokerAlerts,
-    /// `hq/replenishment/{id}/{action}`
-    RequestActions,
-    /// `stores/{store}/replenishment/{id}` and `hq/replenishment/{id}`
-    Requests,
-    /// `stores/{store}/transfers/{id}/{action}` and `stores/{store}/transfers/request`
-    TransferActions,
-    /// `stores/{store}/transfers/{id}`
-    Transfers,
-    /// `stores/{store}/alerts`
-    Alerts,
-    /// `hq/stores/{store}/summary`
-    Summary,
-    /// `stores/{store}/scales/{device}/weight`
-    ScaleReadings,
-    /// `stores/{store}/catalog`
-    Catalog,
-}
-
-impl Family {
-    /// Every family, in matrix order.
-    pub const ALL: [Family; 16] = [
-        Family::StockEvents,
-        Family::Sales,
-        Family::Override,
-        Family::Presence,
-        Family::Availability,
-        Family::Level,
-        Family::AcksErrors,
-        Family::BrokerAlerts,
-        Family::RequestActions,
-        Family::Requests,
-        Family::TransferActions,
-        Family::Transfers,
-        Family::Alerts,
-        Family::Summary,
-        Family::ScaleReadings,
-        Family::Catalog,
-    ];
-
-    /// The family of a topic.
-    pub fn of(topic: &Topic) -> Family {
-        match topic {
-            Topic::StockEvents { .. } => Family::StockEvents,
-            Topic::Sales { .. } => Family::Sales,
-            Topic::DishOverride { .. } => Family::Override,
-            Topic::DeviceStatus { .. } => Family::Presence,
-            Topic::DishAvailability { .. } | Topic::StoreAvailability { .. } => Family::Availability,
-            Topic::StockLevel { .. } => Family::Level,
-            Topic::Acks { .. } | Topic::Errors { .. } | Topic::HqErrors { .. } => Family::AcksErrors,
-            Topic::BrokerAlerts => Family::BrokerAlerts,
-            Topic::RequestAction { .. } => Family::RequestActions,
-            Topic::StoreRequest { .. } | Topic::HqRequest { .. } => Family::Requests,
-            Topic::TransferAction { .. } | Topic::TransferRequest { .. } => Family::TransferActions,
-            Topic::Transfer { .. } => Family::Transfers,
-            Topic::Alerts { .. } => Family::Alerts,
-            Topic::Summary { .. } => Family::Summary,
-            Topic::ScaleWeight { .. } => Family::ScaleReadings,
-            Topic::Catalog { .. } => Family::Catalog,
-        }
-    }
-
-    /// The topic patterns of the family, one level per item: `*` is any id,
-    /// `{store}` the store, `{device}` a device.
-    fn patterns(self) -> &'static [&'static [&'static str]] {
-        match self {
-            Family::StockEvents => &[&["stores", "{store}", "stock", "*", "events"]],
-            Family::Sales => &[&["stores", "{store}", "sales"]],
-            Family::Override => &[&["stores", "{store}", "dishes", "*", "override"]],
-            Family::Presence => &[&["stores", "{store}", "devices", "{device}", "status"]],
-            Family::Availability => &[
-                &["stores", "{store}", "dishes", "*", "availability"],
-                &["stores", "{store}", "availability"],
-            ],
-            Family::Level => &[&["stores", "{store}", "stock", "*", "level"]],
-            Family::AcksErrors => &[
-                &["stores", "{store}", "acks", "{device}"],
-                &["stores", "{store}", "errors", "{device}"],
-                &["hq", "errors", "{device}"],
-            ],
-            Family::BrokerAlerts => &[&["hq", "alerts"]],
-            Family::RequestActions => &[&["hq", "replenishment", "*", "*"]],
-            Family::Requests => &[
-                &["stores", "{store}", "replenishment", "*"],
-                &["hq", "replenishment", "*"],
-            ],
-            Family::TransferActions => &[
-                &["stores", "{store}", "transfers", "*", "*"],
-                &["stores", "{store}", "transfers", "request"],
-            ],
-            Family::Transfers => &[&["stores", "{store}", "transfers", "*"]],
-            Family::Alerts => &[&["stores", "{store}", "alerts"]],
-            Family::Summary => &[&["hq", "stores", "{store}", "summary"]],
-            Family::ScaleReadings => &[&["stores", "{store}", "scales", "{device}", "weight"]],
-            Family::Catalog => &[&["stores", "{store}", "catalog"]],
-        }
-    }
-
-    /// The family's name in topics.md's matrix.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::StockEvents => "stock events",
-            Family::Sales => "sales",
-            Family::Override => "override",
-            Family::Presence => "presence",
-            Family::Availability => "availability",
-            Family::Level => "level",
-            Family::AcksErrors => "acks, errors",
-            Family::BrokerAlerts => "hq alerts",
-            Family::RequestActions => "replenishment actions",
-            Family::Requests => "replenishment",
-            Family::TransferActions => "transfer actions",
-            Family::Transfers => "transfers",
-            Family::Alerts => "alerts",
-            Family::Summary => "summary",
-            Family::ScaleReadings => "scale readings",
-            Family::Catalog => "catalog",
-        }
-    }
 }
 
 /// What a matrix cell allows.
@@ -380,11 +242,11 @@ impl Identity {
         let mut matches_any = false;
         for family in Family::ALL {
             for pattern in family.patterns() {
-                let Some(binding) = intersect(&levels, pattern) else {
+                let Some(binding) = intersect(&levels, pattern.levels()) else {
                     continue;
                 };
                 matches_any = true;
-                let hq_topic = !pattern.contains(&"{store}");
+                let hq_topic = !pattern.levels().contains(&"{store}");
                 let store_ok = match (&self.scope, binding.store) {
                     (Scope::Chain, _) => true,
                     (Scope::Store(_), _) if hq_topic => false,
@@ -427,7 +289,7 @@ pub fn reaches_contract(filter: &str) -> bool {
     let levels: Vec<&str> = filter.split('/').collect();
     Family::ALL
         .iter()
-        .any(|f| f.patterns().iter().any(|p| intersect(&levels, p).is_some()))
+        .any(|f| f.patterns().iter().any(|p| intersect(&levels, p.levels()).is_some()))
 }
 
 /// The literal store and device a filter fixes for a pattern it can match

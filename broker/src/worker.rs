@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dishsync_protocol::topic::pattern;
 use dishsync_protocol::{StoreId, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -51,18 +52,21 @@ const PIPELINE: usize = 1_024;
 
 /// The input filters of the stores the worker owns.
 fn input_filters(settings: &Settings) -> Vec<String> {
-    let mut filters = vec!["hq/replenishment/+/+".to_string()];
+    let mut filters = vec![pattern::REQUEST_ACTION.filter(None, None)];
     for store in settings.catalog.stores() {
-        let s = &store.id;
-        filters.extend([
-            format!("stores/{s}/stock/+/events"),
-            format!("stores/{s}/sales"),
-            format!("stores/{s}/dishes/+/override"),
-            format!("stores/{s}/scales/+/weight"),
-            format!("stores/{s}/transfers/request"),
-            format!("stores/{s}/transfers/+/+"),
-            format!("stores/{s}/devices/+/status"),
-        ]);
+        let s = Some(&store.id);
+        filters.extend(
+            [
+                pattern::STOCK_EVENTS,
+                pattern::SALES,
+                pattern::DISH_OVERRIDE,
+                pattern::SCALE_WEIGHT,
+                pattern::TRANSFER_REQUEST,
+                pattern::TRANSFER_ACTION,
+                pattern::DEVICE_STATUS,
+            ]
+            .map(|p| p.filter(s, None)),
+        );
     }
     filters
 }

@@ -27,8 +27,8 @@ use dishsync_protocol::payload::{
     OverrideStatus, RequestOut, SaleIn, SaleLine, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp,
     TransferOut, TransferRequestIn, WeightIn,
 };
-use dishsync_protocol::topic::{RequestAction, TransferAction};
-use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, Unit};
+use dishsync_protocol::topic::{pattern, RequestAction, TransferAction};
+use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Published, SkuId, StoreId, Topic, Unit};
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -63,18 +63,17 @@ pub enum Watch {
 impl Watch {
     /// The topic filter for `store`; `hq` for a device of HQ.
     fn filter(self, store: &StoreId, hq: bool) -> String {
-        // Wildcard filters are the one place topics are built from parts
-        // outside `Topic`: a filter is not a topic.
-        match self {
-            Watch::Availability => format!("stores/{store}/dishes/+/availability"),
-            Watch::Menu => Topic::StoreAvailability { store: store.clone() }.to_string(),
-            Watch::Levels => format!("stores/{store}/stock/+/level"),
-            Watch::Alerts => Topic::Alerts { store: store.clone() }.to_string(),
-            Watch::Requests if hq => "hq/replenishment/+".to_string(),
-            Watch::Requests => format!("stores/{store}/replenishment/+"),
-            Watch::Transfers => format!("stores/{store}/transfers/+"),
-            Watch::Catalog => Topic::Catalog { store: store.clone() }.to_string(),
-        }
+        let pattern = match self {
+            Watch::Availability => pattern::DISH_AVAILABILITY,
+            Watch::Menu => pattern::STORE_AVAILABILITY,
+            Watch::Levels => pattern::STOCK_LEVEL,
+            Watch::Alerts => pattern::ALERTS,
+            Watch::Requests if hq => pattern::HQ_REQUEST,
+            Watch::Requests => pattern::STORE_REQUEST,
+            Watch::Transfers => pattern::TRANSFER,
+            Watch::Catalog => pattern::CATALOG,
+        };
+        pattern.filter(Some(store), None)
     }
 }
 
@@ -670,7 +669,10 @@ impl Connection {
         // Where acks and errors arrive: the device's store, or any store for
         // an HQ device.
         let (acks, errors) = if self.config.hq {
-            (format!("stores/+/acks/{device}"), format!("stores/+/errors/{device}"))
+            (
+                pattern::ACKS.filter(None, Some(&device)),
+                pattern::ERRORS.filter(None, Some(&device)),
+            )
         } else {
             (
                 Topic::Acks {
@@ -830,57 +832,46 @@ impl Connection {
     /// alerts (events, with no `rev`) always, and a cleared request or
     /// transfer as [`Update::Cleared`].
     fn on_watched(&mut self, topic: &str, payload: &[u8]) {
-        let parsed = topic.parse::<Topic>();
-        match &parsed {
-            Ok(Topic::Alerts { .. }) => {
-                match serde_json::from_slice::<AlertOut>(payload) {
-                    Ok(alert) => {
-                        let _ = self.updates.send(Update::Alert(alert));
-                    }
-                    Err(e) => debug!(topic, error = %e, "ignored an alert that does not parse"),
-                }
+        let published = match topic.parse::<Topic>().map(|parsed| Published::decode(&parsed, payload)) {
+            Ok(Ok(published)) => published,
+            Ok(Err(e)) => {
+                debug!(topic, error = %e, "ignored a message that does not parse");
                 return;
             }
-            Ok(Topic::StoreRequest { id, .. } | Topic::HqRequest { id } | Topic::Transfer { id, .. })
-                if payload.is_empty() =>
-            {
+            Err(e) => {
+                debug!(topic, error = %e, "ignored a message on a topic outside the contract");
+                return;
+            }
+        };
+        let rev = published.rev();
+        let update = match published {
+            Published::Alert(alert) => Update::Alert(alert),
+            Published::Cleared(id) => {
                 self.revs.remove(topic);
-                let _ = self.updates.send(Update::Cleared(id.clone()));
+                let _ = self.updates.send(Update::Cleared(id));
                 return;
             }
-            _ => {}
-        }
-        let update = match parsed {
-            Ok(Topic::DishAvailability { .. }) => serde_json::from_slice::<DishAvailabilityOut>(payload)
-                .ok()
-                .map(|d| (d.rev, Update::Availability(d))),
-            Ok(Topic::StoreAvailability { .. }) => serde_json::from_slice::<StoreAvailabilityOut>(payload)
-                .ok()
-                .map(|d| (d.rev, Update::Menu(d))),
-            Ok(Topic::StockLevel { .. }) => serde_json::from_slice::<LevelOut>(payload)
-                .ok()
-                .map(|d| (d.rev, Update::Level(d))),
-            Ok(Topic::StoreRequest { .. } | Topic::HqRequest { .. }) => serde_json::from_slice::<RequestOut>(payload)
-                .ok()
-                .map(|d| (d.rev, Update::Request(d))),
-            Ok(Topic::Transfer { .. }) => serde_json::from_slice::<TransferOut>(payload)
-                .ok()
-                .map(|d| (d.rev, Update::Transfer(d))),
-            Ok(Topic::Catalog { .. }) => serde_json::from_slice::<CatalogOut>(payload)
-                .ok()
-                .map(|d| (d.rev, Update::Catalog(d))),
-            _ => None,
+            Published::Availability(d) => Update::Availability(d),
+            Published::Menu(d) => Update::Menu(d),
+            Published::Level(d) => Update::Level(d),
+            Published::Request(d) => Update::Request(d),
+            Published::Transfer(d) => Update::Transfer(d),
+            Published::Catalog(d) => Update::Catalog(d),
+            other => {
+                debug!(topic, ?other, "ignored a message that is not a watched document");
+                return;
+            }
         };
-        let Some((rev, update)) = update else {
-            debug!(topic, "ignored a message that is not a watched document");
-            return;
-        };
-        let last = self.revs.entry(topic.to_string()).or_insert(0);
-        if rev <= *last {
-            debug!(topic, rev, last = *last, "dropped an older copy");
-            return;
+        // A retained document: keep the highest revision seen. Alerts are
+        // events, delivered every time.
+        if let Some(rev) = rev {
+            let last = self.revs.entry(topic.to_string()).or_insert(0);
+            if rev <= *last {
+                debug!(topic, rev, last = *last, "dropped an older copy");
+                return;
+            }
+            *last = rev;
         }
-        *last = rev;
         let _ = self.updates.send(update);
     }
 }

@@ -1,12 +1,16 @@
 //! The dishsync wire contract, shared by the broker, the device client and the
 //! firmware bridge so that none of them can drift from `topics.md`.
 //!
-//! This crate owns three things and nothing else:
+//! This crate owns the contract and nothing else:
 //! - [`ids`]: validated identifiers (`StoreId`, `SkuId`, `DishId`, …);
 //! - [`units`]: quantities with a unit and their exact conversion to a SKU's
 //!   integer base unit;
-//! - [`topic`]: the one place that knows topic strings ([`Topic`]), and
-//!   [`payload`]: the JSON documents that travel on them.
+//! - [`topic`]: the one place that knows topic strings ([`Topic`]), their
+//!   families and patterns (subscription filters are built from them);
+//! - [`payload`]: the JSON documents that travel on them;
+//! - [`published`]: what the broker publishes, decoded from topic and
+//!   payload ([`Published`]), for everyone who watches it;
+//! - `contract` (tests): every example in `topics.md` parses.
 //!
 //! It does no I/O and knows no domain rules; the rules live in
 //! `dishsync-inventory`, the I/O in the broker and the client.
@@ -16,6 +20,7 @@
 
 pub mod ids;
 pub mod payload;
+pub mod published;
 pub mod topic;
 pub mod units;
 
@@ -23,6 +28,7 @@ pub mod units;
 mod contract;
 
 pub use ids::{DeviceId, DishId, DocId, EventId, IdError, SkuId, StoreId};
+pub use published::Published;
 pub use topic::{Topic, TopicError};
 pub use units::{BaseUnit, Quantity, Unit, UnitError};
 

@@ -2,7 +2,10 @@
 //!
 //! [`Topic`] parses (`FromStr`) and prints (`Display`) every topic of the
 //! contract in `topics.md`. Inputs are what devices publish and the rules
-//! consume; outputs are published by the broker alone.
+//! consume; outputs are published by the broker alone. [`Family`] groups
+//! them as permissions do, and [`pattern`] holds each topic's pattern: the
+//! one source the ACL, the worker's and the client's subscription filters
+//! are built from.
 
 use std::fmt;
 use std::str::FromStr;
@@ -248,6 +251,220 @@ pub enum TopicError {
     },
 }
 
+/// A topic pattern, one level per item: a literal, `*` (any id), `{store}`
+/// (the store) or `{device}` (a device). The ACL judges filters against
+/// patterns; subscription filters are built from them ([`Pattern::filter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pattern(&'static [&'static str]);
+
+impl Pattern {
+    /// Its levels.
+    pub fn levels(self) -> &'static [&'static str] {
+        self.0
+    }
+
+    /// The MQTT topic filter of the pattern for `store` and `device`: `+`
+    /// for any id, and for the store or device where `None` is given.
+    pub fn filter(self, store: Option<&StoreId>, device: Option<&DeviceId>) -> String {
+        let levels: Vec<&str> = self
+            .0
+            .iter()
+            .map(|level| match *level {
+                "*" => "+",
+                "{store}" => store.map_or("+", |s| s.as_str()),
+                "{device}" => device.map_or("+", |d| d.as_str()),
+                literal => literal,
+            })
+            .collect();
+        levels.join("/")
+    }
+
+    /// Whether `topic` is one of the pattern's topics.
+    pub fn matches(self, topic: &str) -> bool {
+        let levels: Vec<&str> = topic.split('/').collect();
+        levels.len() == self.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&levels)
+                .all(|(p, l)| matches!(*p, "*" | "{store}" | "{device}") || p == l)
+    }
+}
+
+/// The patterns of the contract's topics.
+pub mod pattern {
+    use super::Pattern;
+
+    /// `stores/{store}/stock/*/events`: stock events of one SKU.
+    pub const STOCK_EVENTS: Pattern = Pattern(&["stores", "{store}", "stock", "*", "events"]);
+    /// `stores/{store}/sales`: sales and voids.
+    pub const SALES: Pattern = Pattern(&["stores", "{store}", "sales"]);
+    /// `stores/{store}/dishes/*/override`: a chef's override of a dish.
+    pub const DISH_OVERRIDE: Pattern = Pattern(&["stores", "{store}", "dishes", "*", "override"]);
+    /// `stores/{store}/devices/{device}/status`: a device's presence.
+    pub const DEVICE_STATUS: Pattern = Pattern(&["stores", "{store}", "devices", "{device}", "status"]);
+    /// `stores/{store}/dishes/*/availability`: a dish's availability.
+    pub const DISH_AVAILABILITY: Pattern = Pattern(&["stores", "{store}", "dishes", "*", "availability"]);
+    /// `stores/{store}/availability`: the whole menu.
+    pub const STORE_AVAILABILITY: Pattern = Pattern(&["stores", "{store}", "availability"]);
+    /// `stores/{store}/stock/*/level`: a SKU's level.
+    pub const STOCK_LEVEL: Pattern = Pattern(&["stores", "{store}", "stock", "*", "level"]);
+    /// `stores/{store}/acks/{device}`: a device's acks.
+    pub const ACKS: Pattern = Pattern(&["stores", "{store}", "acks", "{device}"]);
+    /// `stores/{store}/errors/{device}`: a device's errors.
+    pub const ERRORS: Pattern = Pattern(&["stores", "{store}", "errors", "{device}"]);
+    /// `hq/errors/{device}`: a chain-wide device's errors.
+    pub const HQ_ERRORS: Pattern = Pattern(&["hq", "errors", "{device}"]);
+    /// `hq/alerts`: the broker's own alerts.
+    pub const BROKER_ALERTS: Pattern = Pattern(&["hq", "alerts"]);
+    /// `hq/replenishment/*/*`: the central kitchen's actions on requests.
+    pub const REQUEST_ACTION: Pattern = Pattern(&["hq", "replenishment", "*", "*"]);
+    /// `stores/{store}/replenishment/*`: a store's replenishment requests.
+    pub const STORE_REQUEST: Pattern = Pattern(&["stores", "{store}", "replenishment", "*"]);
+    /// `hq/replenishment/*`: every replenishment request, for HQ.
+    pub const HQ_REQUEST: Pattern = Pattern(&["hq", "replenishment", "*"]);
+    /// `stores/{store}/transfers/*/*`: a store's actions on transfers.
+    pub const TRANSFER_ACTION: Pattern = Pattern(&["stores", "{store}", "transfers", "*", "*"]);
+    /// `stores/{store}/transfers/request`: a manager's transfer requests.
+    pub const TRANSFER_REQUEST: Pattern = Pattern(&["stores", "{store}", "transfers", "request"]);
+    /// `stores/{store}/transfers/*`: transfers to and from a store.
+    pub const TRANSFER: Pattern = Pattern(&["stores", "{store}", "transfers", "*"]);
+    /// `stores/{store}/alerts`: a store's alerts.
+    pub const ALERTS: Pattern = Pattern(&["stores", "{store}", "alerts"]);
+    /// `hq/stores/{store}/summary`: a store's HQ summary.
+    pub const SUMMARY: Pattern = Pattern(&["hq", "stores", "{store}", "summary"]);
+    /// `stores/{store}/scales/{device}/weight`: a scale's raw readings.
+    pub const SCALE_WEIGHT: Pattern = Pattern(&["stores", "{store}", "scales", "{device}", "weight"]);
+    /// `stores/{store}/catalog`: a store's catalog.
+    pub const CATALOG: Pattern = Pattern(&["stores", "{store}", "catalog"]);
+}
+
+/// Topic families of the contract: what permissions are granted on
+/// (topics.md's matrix), each with its patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// `stores/{store}/stock/{sku}/events`
+    StockEvents,
+    /// `stores/{store}/sales`
+    Sales,
+    /// `stores/{store}/dishes/{dish}/override`
+    Override,
+    /// `stores/{store}/devices/{device}/status`
+    Presence,
+    /// `stores/{store}/dishes/{dish}/availability` and `stores/{store}/availability`
+    Availability,
+    /// `stores/{store}/stock/{sku}/level`
+    Level,
+    /// `stores/{store}/acks/{device}` and `stores/{store}/errors/{device}`
+    AcksErrors,
+    /// `hq/alerts`
+    BrokerAlerts,
+    /// `hq/replenishment/{id}/{action}`
+    RequestActions,
+    /// `stores/{store}/replenishment/{id}` and `hq/replenishment/{id}`
+    Requests,
+    /// `stores/{store}/transfers/{id}/{action}` and `stores/{store}/transfers/request`
+    TransferActions,
+    /// `stores/{store}/transfers/{id}`
+    Transfers,
+    /// `stores/{store}/alerts`
+    Alerts,
+    /// `hq/stores/{store}/summary`
+    Summary,
+    /// `stores/{store}/scales/{device}/weight`
+    ScaleReadings,
+    /// `stores/{store}/catalog`
+    Catalog,
+}
+
+impl Family {
+    /// Every family, in matrix order.
+    pub const ALL: [Family; 16] = [
+        Family::StockEvents,
+        Family::Sales,
+        Family::Override,
+        Family::Presence,
+        Family::Availability,
+        Family::Level,
+        Family::AcksErrors,
+        Family::BrokerAlerts,
+        Family::RequestActions,
+        Family::Requests,
+        Family::TransferActions,
+        Family::Transfers,
+        Family::Alerts,
+        Family::Summary,
+        Family::ScaleReadings,
+        Family::Catalog,
+    ];
+
+    /// The family of a topic.
+    pub fn of(topic: &Topic) -> Family {
+        match topic {
+            Topic::StockEvents { .. } => Family::StockEvents,
+            Topic::Sales { .. } => Family::Sales,
+            Topic::DishOverride { .. } => Family::Override,
+            Topic::DeviceStatus { .. } => Family::Presence,
+            Topic::DishAvailability { .. } | Topic::StoreAvailability { .. } => Family::Availability,
+            Topic::StockLevel { .. } => Family::Level,
+            Topic::Acks { .. } | Topic::Errors { .. } | Topic::HqErrors { .. } => Family::AcksErrors,
+            Topic::BrokerAlerts => Family::BrokerAlerts,
+            Topic::RequestAction { .. } => Family::RequestActions,
+            Topic::StoreRequest { .. } | Topic::HqRequest { .. } => Family::Requests,
+            Topic::TransferAction { .. } | Topic::TransferRequest { .. } => Family::TransferActions,
+            Topic::Transfer { .. } => Family::Transfers,
+            Topic::Alerts { .. } => Family::Alerts,
+            Topic::Summary { .. } => Family::Summary,
+            Topic::ScaleWeight { .. } => Family::ScaleReadings,
+            Topic::Catalog { .. } => Family::Catalog,
+        }
+    }
+
+    /// The topic patterns of the family.
+    pub fn patterns(self) -> &'static [Pattern] {
+        match self {
+            Family::StockEvents => &[pattern::STOCK_EVENTS],
+            Family::Sales => &[pattern::SALES],
+            Family::Override => &[pattern::DISH_OVERRIDE],
+            Family::Presence => &[pattern::DEVICE_STATUS],
+            Family::Availability => &[pattern::DISH_AVAILABILITY, pattern::STORE_AVAILABILITY],
+            Family::Level => &[pattern::STOCK_LEVEL],
+            Family::AcksErrors => &[pattern::ACKS, pattern::ERRORS, pattern::HQ_ERRORS],
+            Family::BrokerAlerts => &[pattern::BROKER_ALERTS],
+            Family::RequestActions => &[pattern::REQUEST_ACTION],
+            Family::Requests => &[pattern::STORE_REQUEST, pattern::HQ_REQUEST],
+            Family::TransferActions => &[pattern::TRANSFER_ACTION, pattern::TRANSFER_REQUEST],
+            Family::Transfers => &[pattern::TRANSFER],
+            Family::Alerts => &[pattern::ALERTS],
+            Family::Summary => &[pattern::SUMMARY],
+            Family::ScaleReadings => &[pattern::SCALE_WEIGHT],
+            Family::Catalog => &[pattern::CATALOG],
+        }
+    }
+
+    /// The family's name in topics.md's matrix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::StockEvents => "stock events",
+            Family::Sales => "sales",
+            Family::Override => "override",
+            Family::Presence => "presence",
+            Family::Availability => "availability",
+            Family::Level => "level",
+            Family::AcksErrors => "acks, errors",
+            Family::BrokerAlerts => "hq alerts",
+            Family::RequestActions => "replenishment actions",
+            Family::Requests => "replenishment",
+            Family::TransferActions => "transfer actions",
+            Family::Transfers => "transfers",
+            Family::Alerts => "alerts",
+            Family::Summary => "summary",
+            Family::ScaleReadings => "scale readings",
+            Family::Catalog => "catalog",
+        }
+    }
+}
+
 impl Topic {
     /// Who may publish on this topic.
     pub fn direction(&self) -> Direction {
@@ -419,6 +636,30 @@ impl fmt::Display for Topic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_builds_the_filter_of_its_topics() {
+        let s1: StoreId = "s1".parse().expect("id");
+        let pos: DeviceId = "pos-1".parse().expect("id");
+        assert_eq!(pattern::STOCK_LEVEL.filter(Some(&s1), None), "stores/s1/stock/+/level");
+        assert_eq!(pattern::ACKS.filter(None, Some(&pos)), "stores/+/acks/pos-1");
+        assert_eq!(
+            pattern::DEVICE_STATUS.filter(Some(&s1), None),
+            "stores/s1/devices/+/status"
+        );
+        assert_eq!(
+            pattern::HQ_REQUEST.filter(Some(&s1), None),
+            "hq/replenishment/+",
+            "no store level"
+        );
+        // What a filter built for a store matches is that store's topics.
+        let level = Topic::StockLevel {
+            store: s1.clone(),
+            sku: "beef".parse().expect("id"),
+        };
+        assert!(pattern::STOCK_LEVEL.matches(&level.to_string()));
+        assert!(!pattern::STOCK_EVENTS.matches(&level.to_string()));
+    }
 
     #[test]
     fn every_topic_round_trips() {
