@@ -213,9 +213,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Whether clients may connect without credentials (demo only).
     pub allow_anonymous: bool,
-    /// Per-connection in-flight window (BROKER-NOTES: ≈ 100).
+    /// Per-connection in-flight window (ARCHITECTURE.md, *The engine*: ≈ 100).
     pub max_inflight: u16,
-    /// Per-connection outgoing queue bound (BROKER-NOTES: 10k–100k).
+    /// Per-connection outgoing queue bound (ARCHITECTURE.md, *The engine*: 10k–100k).
     pub max_mqueue_len: usize,
     /// Most client connections at once (per listener).
     pub max_connections: usize,

@@ -3,7 +3,7 @@
 //!
 //! rmqtt 0.24's built-in storage is a placeholder that keeps nothing, and its
 //! retainer plugin is write-behind and expires v3 retained messages (see
-//! BROKER-NOTES). dishsync does not need a durable retainer: sled is the
+//! ARCHITECTURE.md, *The engine*). dishsync does not need a durable retainer: sled is the
 //! source of truth and start-up re-publishes every retained document before
 //! any client is accepted. So this keeps retained messages in rmqtt's own
 //! topic trie, with no expiry for the contract's documents; a retained

@@ -206,7 +206,7 @@ fn front_limits(settings: &Settings) -> crate::front::Limits {
     }
 }
 
-/// A listener with the settings every dishsync listener needs (BROKER-NOTES:
+/// A listener with the settings every dishsync listener needs (ARCHITECTURE.md, *The engine*:
 /// rebinding after a restart, in-flight window and queue bounds).
 pub fn listener(settings: &Settings, name: &str, addr: std::net::SocketAddr) -> Builder {
     listener_allowing(settings, name, addr, settings.allow_anonymous)

@@ -1,11 +1,15 @@
 //! `dishsync-client`: the library devices and POS integrators use to talk to
-//! a dishsync broker, and the `dishsync` operator CLI built on it.
+//! a dishsync broker, and (feature `cli`) the `dishsync` operator CLI built
+//! on it.
 //!
 //! - [`Client`]: connect as a device, record stock events, sales, voids and
 //!   overrides through a durable [`Outbox`], receive typed [`Update`]s;
 //! - [`outbox`]: the sled-backed outbox that makes recording survive network
 //!   loss, process kills and power loss;
-//! - [`cli`]: the `dishsync` command line.
+//! - `cli` (with the `cli` feature): the `dishsync` command line — its
+//!   flags and output (`cli::connection`), the watch screen
+//!   (`cli::screen`), simulated store traffic (`cli::sim`). The library
+//!   itself pulls in no argument parser, error crate or logger.
 //!
 //! The wire types are re-exported as [`protocol`] so that integrators build
 //! against exactly what the broker speaks.
@@ -30,11 +34,10 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "cli")]
 pub mod cli;
 mod client;
 pub mod outbox;
-pub mod screen;
-mod sim;
 
 pub use client::{Client, ClientConfig, ClientError, TlsSettings, Update, Watch};
 pub use dishsync_protocol as protocol;

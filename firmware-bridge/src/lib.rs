@@ -6,8 +6,8 @@
 //! frame format (postcard, CRC-32, COBS, `0x00` delimiter; see
 //! `firmware-bridge/PROTOCOL.md`) and a sans-IO [`Decoder`] with a fixed
 //! buffer that resynchronises after garbage. [`bridge`] (feature `std`) is
-//! the daemon that speaks for these devices on MQTT, and `dishsync-bridge`
-//! its command line.
+//! the daemon that speaks for these devices on MQTT, and [`cli`] (feature
+//! `std`) `dishsync-bridge`'s command line.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 

@@ -7,13 +7,26 @@
 //! never touches a disk or a socket, and never panics on input: a bad input is
 //! a [`Rejection`] and leaves the state exactly as it was.
 //!
+//! The map:
+//! - [`input`]: the validated [`Input`] and its one decoder; every input
+//!   goes through [`Inventory::apply`];
+//! - [`document`]: one [`Document`] type for every document — its storage
+//!   key, state and retained messages — so the shell's persist, restore,
+//!   re-publish and render are one loop each;
+//! - [`catalog`]: SKUs, dishes and recipes, stores with menus and stock
+//!   targets;
+//! - [`ledger`]: a SKU's level from its latest count and the changes since;
+//! - [`planning`]: the rules that act — replenishment, transfers, the sales
+//!   forecast, alerts, freshness and the HQ summary;
+//! - this file: the [`Inventory`] itself, stock, sales, voids, overrides and
+//!   the availability they give.
+//!
 //! What it deliberately does not own:
 //! - de-duplication by event id and the sale records a void needs: those live
 //!   in the broker's durable store (`dishsync-broker`'s `store` module), which
 //!   looks them up and hands them in;
-//! - persistence and publication: the broker's rules shell persists the states
-//!   named in [`Changes`] and publishes their views ([`Inventory::level_out`],
-//!   [`Inventory::dish_out`], [`Inventory::menu_out`]).
+//! - persistence and publication themselves: the broker's rules shell
+//!   persists and publishes the [`Document`]s named in [`Changes`].
 //!
 //! Invariants: `portions = min over the recipe of ⌊max(stock, 0) ÷ per
 //! portion⌋`; a `rev` grows by exactly one each time the document it numbers

@@ -7,6 +7,10 @@
 //! flush` sends it later. Exit codes: 0 acknowledged, 1 rejected by the
 //! broker or failed, 2 bad arguments, 3 queued but not yet acknowledged.
 
+mod connection;
+pub mod screen;
+mod sim;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,13 +19,15 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dishsync_protocol::payload::{OverrideStatus, StockKind, Timestamp};
 use dishsync_protocol::topic::{RequestAction, TransferAction};
-use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Unit};
+use dishsync_protocol::{DishId, DocId, EventId, SkuId, Unit};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::client::{Client, ClientConfig, Update, Watch};
+use crate::client::{Client, Update, Watch};
 use crate::outbox::Outbox;
-use crate::screen::{Screen, Tone};
+use connection::{say, Connection};
+use screen::{Screen, Tone};
+use sim::SimArgs;
 
 /// dishsync: record stock and sales, watch availability, manage the outbox.
 #[derive(Parser)]
@@ -31,47 +37,6 @@ struct Cli {
     conn: Connection,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Args)]
-pub(crate) struct Connection {
-    /// Broker address, host:port.
-    #[arg(long, env = "DISHSYNC_BROKER", default_value = "127.0.0.1:1883", global = true)]
-    pub(crate) broker: String,
-    /// The store this device belongs to.
-    #[arg(long, env = "DISHSYNC_STORE", default_value = "downtown", global = true)]
-    pub(crate) store: StoreId,
-    /// This device's id (also its MQTT client id).
-    #[arg(long, env = "DISHSYNC_DEVICE", default_value = "dishsync-cli", global = true)]
-    pub(crate) device: DeviceId,
-    /// Username, when the broker requires credentials.
-    #[arg(long, env = "DISHSYNC_USERNAME", global = true)]
-    pub(crate) username: Option<String>,
-    /// Password, when the broker requires credentials.
-    #[arg(long, env = "DISHSYNC_PASSWORD", global = true, hide_env_values = true)]
-    pub(crate) password: Option<String>,
-    /// Use TLS, trusting the broker certificate's CA in this PEM file.
-    #[arg(long, env = "DISHSYNC_TLS_CA", global = true)]
-    pub(crate) tls_ca: Option<PathBuf>,
-    /// This device's TLS certificate (PEM), when the broker requires one.
-    #[arg(long, env = "DISHSYNC_TLS_CERT", global = true, requires = "tls_key")]
-    pub(crate) tls_cert: Option<PathBuf>,
-    /// This device's TLS private key (PEM).
-    #[arg(long, env = "DISHSYNC_TLS_KEY", global = true, requires = "tls_cert")]
-    pub(crate) tls_key: Option<PathBuf>,
-    /// Outbox directory (default: per device under the user's data directory).
-    #[arg(long, env = "DISHSYNC_OUTBOX", global = true)]
-    pub(crate) outbox: Option<PathBuf>,
-    /// Seconds to wait for the broker's ack before leaving a message queued.
-    #[arg(long, default_value_t = 10, global = true)]
-    pub(crate) wait: u64,
-    /// This device belongs to HQ (central kitchen, HQ): its acks come under
-    /// whichever store an input concerns.
-    #[arg(long, env = "DISHSYNC_HQ", global = true)]
-    pub(crate) hq: bool,
-    /// Print JSON lines instead of text (for scripts).
-    #[arg(long, global = true)]
-    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -154,36 +119,6 @@ enum Command {
         /// status: what waits; flush: send it and wait for the acks.
         action: OutboxArg,
     },
-}
-
-#[derive(Args, Clone)]
-pub(crate) struct SimArgs {
-    /// Simulated scales (stock events).
-    #[arg(long, default_value_t = 2)]
-    pub(crate) scales: usize,
-    /// Simulated POS terminals (sales).
-    #[arg(long, default_value_t = 4)]
-    pub(crate) pos: usize,
-    /// Inputs per second, all devices together.
-    #[arg(long, default_value_t = 50.0)]
-    pub(crate) rate: f64,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    pub(crate) duration: f64,
-    /// SKUs the scales book, as sku:unit (comma-separated).
-    #[arg(long, value_delimiter = ',', value_parser = parse_sku_unit,
-          default_value = "potato-fries:g,beef-patty:pcs,bun:pcs,cheddar:g,milk:ml")]
-    pub(crate) skus: Vec<(SkuId, Unit)>,
-    /// Dishes the POS terminals sell (comma-separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "fries,classic-burger,latte,cola,milkshake"
-    )]
-    pub(crate) dishes: Vec<DishId>,
-    /// Write into a store that is not a demo or training store.
-    #[arg(long)]
-    pub(crate) force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -285,15 +220,6 @@ fn parse_line(s: &str) -> Result<(DishId, u32), String> {
     ))
 }
 
-fn parse_sku_unit(s: &str) -> Result<(SkuId, Unit), String> {
-    let (sku, unit) = s.split_once(':').ok_or_else(|| format!("{s:?} is not sku:unit"))?;
-    let sku = sku.parse().map_err(|e: dishsync_protocol::IdError| e.to_string())?;
-    Ok((
-        sku,
-        unit.parse().map_err(|e: dishsync_protocol::UnitError| e.to_string())?,
-    ))
-}
-
 fn parse_time(s: &str) -> Result<Timestamp, String> {
     Timestamp::parse(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 time"))
 }
@@ -337,50 +263,6 @@ pub fn main() -> ExitCode {
             eprintln!("dishsync: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-impl Connection {
-    pub(crate) fn outbox_dir(&self) -> PathBuf {
-        if let Some(dir) = &self.outbox {
-            return dir.clone();
-        }
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .unwrap_or_else(|| PathBuf::from("."));
-        base.join("dishsync")
-            .join("outbox")
-            .join(self.store.as_str())
-            .join(self.device.as_str())
-    }
-
-    pub(crate) fn config(&self, outbox_dir: PathBuf, watch: Vec<Watch>) -> anyhow::Result<ClientConfig> {
-        let (host, port) = self
-            .broker
-            .rsplit_once(':')
-            .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
-            .ok_or_else(|| anyhow::anyhow!("--broker {:?} is not host:port", self.broker))?;
-        let mut config = ClientConfig::new(host, port, self.store.clone(), self.device.clone(), outbox_dir);
-        config.credentials = match (&self.username, &self.password) {
-            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
-            _ => None,
-        };
-        if let Some(ca) = &self.tls_ca {
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()));
-            let client_cert = match (&self.tls_cert, &self.tls_key) {
-                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-                _ => None,
-            };
-            config.tls = Some(crate::client::TlsSettings {
-                ca_pem: read(ca)?,
-                client_cert,
-            });
-        }
-        config.max_backoff = Duration::from_secs(1);
-        config.hq = self.hq;
-        config.watch = watch;
-        Ok(config)
     }
 }
 
@@ -428,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match &cli.command {
         Command::Watch { what } => watch(conn, *what).await,
-        Command::Sim(args) => crate::sim::run(conn, args).await,
+        Command::Sim(args) => sim::run(conn, args).await,
         Command::Outbox {
             action: OutboxArg::Status,
         } => outbox_status(conn),
@@ -447,16 +329,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             deliver(conn, &client, updates, Some(id), waiting).await
         }
     }
-}
-
-pub(crate) fn say(conn: &Connection, text: &str, doc: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = if conn.json {
-        writeln!(out, "{doc}")
-    } else {
-        writeln!(out, "{text}")
-    };
-    let _ = out.flush();
 }
 
 /// Waits for the outbox to drain (or `--wait` to pass) and reports.
@@ -610,16 +482,15 @@ fn print_json(conn: &Connection, u: &Update) {
 /// terminal's size, coloured only when standard output is a terminal.
 fn draw(screen: &Screen, conn: &Connection) {
     use std::io::IsTerminal;
-    let (cols, rows) = terminal_size::terminal_size()
-        .map_or((crate::screen::MIN_COLS, crate::screen::MIN_ROWS), |(w, h)| {
-            (usize::from(w.0), usize::from(h.0))
-        });
+    let (cols, rows) = terminal_size::terminal_size().map_or((screen::MIN_COLS, screen::MIN_ROWS), |(w, h)| {
+        (usize::from(w.0), usize::from(h.0))
+    });
     let tty = std::io::stdout().is_terminal();
     let mut out = String::new();
     if tty {
         out.push_str("\x1b[2J\x1b[H");
     }
-    for line in screen.render(conn.store.as_str(), crate::screen::now(), rows, cols) {
+    for line in screen.render(conn.store.as_str(), screen::now(), rows, cols) {
         let colour = match line.tone {
             Tone::Plain => "",
             Tone::Good => "\x1b[32m",

@@ -12,14 +12,45 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Args;
 use dishsync_protocol::payload::StockKind;
-use dishsync_protocol::{DeviceId, EventId, Unit};
+use dishsync_protocol::{DeviceId, DishId, EventId, SkuId, Unit};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::cli::{say, Connection, SimArgs};
+use super::connection::{say, Connection};
 use crate::client::{Client, Update, Watch};
+
+#[derive(Args, Clone)]
+pub(crate) struct SimArgs {
+    /// Simulated scales (stock events).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) scales: usize,
+    /// Simulated POS terminals (sales).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) pos: usize,
+    /// Inputs per second, all devices together.
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) rate: f64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) duration: f64,
+    /// SKUs the scales book, as sku:unit (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = parse_sku_unit,
+          default_value = "potato-fries:g,beef-patty:pcs,bun:pcs,cheddar:g,milk:ml")]
+    pub(crate) skus: Vec<(SkuId, Unit)>,
+    /// Dishes the POS terminals sell (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fries,classic-burger,latte,cola,milkshake"
+    )]
+    pub(crate) dishes: Vec<DishId>,
+    /// Write into a store that is not a demo or training store.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
 
 /// A small deterministic generator (xorshift64*): the same run, the same
 /// traffic.
@@ -242,4 +273,13 @@ fn progress(start: Instant, duration: f64, sent: u64, total: u64, acked: u64, re
         start.elapsed().as_secs_f64()
     );
     let _ = err.flush();
+}
+
+fn parse_sku_unit(s: &str) -> Result<(SkuId, Unit), String> {
+    let (sku, unit) = s.split_once(':').ok_or_else(|| format!("{s:?} is not sku:unit"))?;
+    let sku = sku.parse().map_err(|e: dishsync_protocol::IdError| e.to_string())?;
+    Ok((
+        sku,
+        unit.parse().map_err(|e: dishsync_protocol::UnitError| e.to_string())?,
+    ))
 }

@@ -7,7 +7,7 @@
 //! SKUs at or below their reorder point; the open requests and transfers —
 //! each section cut to the rows that are left, saying how many it left out.
 //! Times are the store's local time, from its catalog. The terminal and its
-//! colours belong to the CLI (`cli.rs`); nothing here writes.
+//! colours belong to the command (`cli/mod.rs`); nothing here writes.
 
 use std::collections::BTreeMap;
 
