@@ -789,9 +789,10 @@ where
             }
         }
         // The engine may be done before the client's side is (it closed
-        // first): the last words still follow it.
+        // first, as after refusing a login): the client's connection closes
+        // now, with the last words if they were already said.
         if words.is_none() {
-            words = tokio::time::timeout(DRAIN, said).await.ok().and_then(Result::ok);
+            words = said.try_recv().ok();
         }
         if let Some(words) = words.filter(|w| !w.is_empty()) {
             let _ = to_client.write_all(&words).await;

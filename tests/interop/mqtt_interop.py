@@ -303,12 +303,13 @@ class Wire:
 
 class Peer:
     """A paho-mqtt client on its own network thread, recording every message,
-    SUBACK and disconnect for the scenario to wait on."""
+    SUBACK and disconnect for the scenario to wait on. The peers of one
+    scenario share `changed`, so a wait may look at any of them."""
 
-    def __init__(self, port, client_id, v5, clean=True, keepalive=60, props=None, will=None):
+    def __init__(self, port, client_id, v5, changed, clean=True, keepalive=60, props=None, will=None):
         self.port, self.v5 = port, v5
         self.messages, self.subacks, self.disconnects = [], {}, []
-        self.changed = threading.Condition()
+        self.changed = changed
         protocol = paho.MQTTv5 if v5 else paho.MQTTv311
         kwargs = {} if v5 else {"clean_session": clean}
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -433,6 +434,7 @@ class Scenario:
         self.root = "%s/%s/%s-%s" % (args.root, self.run_id, "v5" if self.v5 else "v3", name)
         self.nosubscribe = args.nosubscribe
         self.opened = []
+        self.changed = threading.Condition()
 
     def topic(self, *levels):
         return "/".join((self.root,) + levels)
@@ -441,7 +443,7 @@ class Scenario:
         return "%s-%s-%s%s" % (who, self.name[:10], "5" if self.v5 else "3", self.run_id)
 
     def peer(self, who, **kwargs):
-        peer = Peer(self.port, self.client_id(who), self.v5, **kwargs)
+        peer = Peer(self.port, self.client_id(who), self.v5, self.changed, **kwargs)
         self.opened.append(peer)
         return peer
 
