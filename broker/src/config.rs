@@ -542,12 +542,6 @@ impl Validator {
             let Some(id) = self.id::<StoreId>(&format!("{place}.id"), &s.id) else {
                 continue;
             };
-            if id.as_str().len() > 40 {
-                self.issue(
-                    format!("{place}.id"),
-                    "store ids are at most 40 bytes (request ids embed them)",
-                );
-            }
             if !seen.insert(id.clone()) {
                 self.issue(format!("{place}.id"), format!("store {id} is defined twice"));
             }

@@ -48,9 +48,7 @@ use crate::outbound::{publish_doc, Outbound};
 use crate::rules::{report, Intake, RulesHandle, Verdict};
 use dishsync_inventory::{salvage_id, Input};
 
-/// The device id used for an anonymous client whose MQTT client id is not a
-/// valid id.
-pub const UNNAMED_DEVICE: &str = "unnamed";
+pub use dishsync_protocol::ids::UNNAMED_DEVICE;
 
 /// Who a session is: its logged-in identity, or a demo identity when the
 /// broker allows anonymous clients. `None`: no rights at all.
@@ -339,8 +337,7 @@ pub(crate) struct Refusal {
 /// The demo identity of an anonymous client: its client id as device id,
 /// or [`UNNAMED_DEVICE`] when that is not a valid id.
 pub(crate) fn anonymous(client_id: &str) -> Identity {
-    let unnamed = || DeviceId::new(UNNAMED_DEVICE).unwrap_or_else(|_| unreachable!("constant id is valid"));
-    Identity::demo(DeviceId::new(client_id).unwrap_or_else(|_| unnamed()))
+    Identity::demo(DeviceId::new(client_id).unwrap_or_else(|_| DeviceId::unnamed()))
 }
 
 fn refuse(code: PublishAckReason, r: &Rejection) -> PublishAclResult {

@@ -220,12 +220,6 @@ pub struct ChainPlan {
     pub transfer_seq: u64,
 }
 
-fn doc_id(s: String) -> DocId {
-    // Ids built from valid store ids and numbers are valid; a store id long
-    // enough to break the 64-byte limit is refused by the configuration.
-    DocId::new(s).unwrap_or_else(|_| DocId::new("invalid").unwrap_or_else(|_| unreachable!("constant id")))
-}
-
 fn round_up(qty: i64, pack: i64) -> i64 {
     let pack = pack.max(1);
     (qty + pack - 1) / pack * pack
@@ -603,7 +597,7 @@ impl Inventory {
                     return;
                 };
                 state.plan.request_seq += 1;
-                let id = doc_id(format!("rq-{store}-{}", state.plan.request_seq));
+                let id = DocId::request(store, state.plan.request_seq);
                 let request = Request {
                     id: id.clone(),
                     store: store.clone(),
@@ -766,7 +760,7 @@ impl Inventory {
                 state.plan.asked.entry(sku.clone()).or_default().push(giver.clone());
                 changes.plan(taker.clone());
             }
-            let id = doc_id(format!("tr-{}", self.chain.transfer_seq));
+            let id = DocId::transfer(self.chain.transfer_seq);
             let timeout = (self.catalog.planning().transfer_timeout_minutes * MINUTE as f64).round() as Millis;
             let transfer = Transfer {
                 id: id.clone(),

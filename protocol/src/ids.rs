@@ -1,8 +1,11 @@
 //! Validated identifiers.
 //!
 //! Store, SKU, dish and device ids follow one grammar: lowercase ASCII letters,
-//! digits and `-`, 1 to 64 bytes. They appear inside topics, so the grammar
-//! also guarantees that an id can never contain `/`, `+` or `#`.
+//! digits and `-`, 1 to 64 bytes (a store id at most 40: request ids embed
+//! it). They appear inside topics, so the grammar also guarantees that an id
+//! can never contain `/`, `+` or `#`. The ids the broker makes itself —
+//! [`DocId::request`], [`DocId::transfer`], [`DeviceId::unnamed`] — are valid
+//! by construction.
 //! Event ids are made by clients (UUIDs, `device:boot:seq`, …) and allow a
 //! slightly wider alphabet; they never appear in a topic.
 
@@ -14,6 +17,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Longest id, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 
+/// Longest store id, in bytes: a request id (`rq-{store}-{n}`, `n` up to 20
+/// digits) embeds it and stays within [`MAX_ID_LEN`].
+pub const MAX_STORE_ID_LEN: usize = 40;
+
+/// The device id an anonymous client acts as when its client id is not a
+/// valid id.
+pub const UNNAMED_DEVICE: &str = "unnamed";
+
 /// Why a string is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -23,9 +34,11 @@ pub enum IdError {
         /// Which kind of id was being parsed.
         kind: &'static str,
     },
-    /// The string is longer than [`MAX_ID_LEN`].
-    #[error("{kind} id is longer than {MAX_ID_LEN} bytes")]
+    /// The string is longer than its kind allows.
+    #[error("{kind} id is longer than {max} bytes")]
     TooLong {
+        /// The longest allowed.
+        max: usize,
         /// Which kind of id was being parsed.
         kind: &'static str,
     },
@@ -41,12 +54,12 @@ pub enum IdError {
     },
 }
 
-fn check(kind: &'static str, s: &str, ok: fn(u8) -> bool, alphabet: &'static str) -> Result<(), IdError> {
+fn check(kind: &'static str, s: &str, ok: fn(u8) -> bool, alphabet: &'static str, max: usize) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { kind });
     }
-    if s.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong { kind });
+    if s.len() > max {
+        return Err(IdError::TooLong { kind, max });
     }
     if !s.bytes().all(ok) {
         let value = s.chars().take(MAX_ID_LEN).collect();
@@ -64,7 +77,7 @@ fn event_char(b: u8) -> bool {
 }
 
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $ok:expr, $alphabet:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $ok:expr, $alphabet:literal, $max:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
@@ -74,7 +87,7 @@ macro_rules! id_type {
             /// Validates `s` and wraps it.
             pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
-                check($kind, &s, $ok, $alphabet)?;
+                check($kind, &s, $ok, $alphabet, $max)?;
                 Ok(Self(s))
             }
 
@@ -120,31 +133,50 @@ macro_rules! id_type {
 
 id_type!(
     /// A store (restaurant) of the chain.
-    StoreId, "store", name_char, "a-z, 0-9 and -"
+    StoreId, "store", name_char, "a-z, 0-9 and -", MAX_STORE_ID_LEN
 );
 id_type!(
     /// A stock-keeping unit: one ingredient or packaged item.
-    SkuId, "sku", name_char, "a-z, 0-9 and -"
+    SkuId, "sku", name_char, "a-z, 0-9 and -", MAX_ID_LEN
 );
 id_type!(
     /// A dish on a store's menu.
-    DishId, "dish", name_char, "a-z, 0-9 and -"
+    DishId, "dish", name_char, "a-z, 0-9 and -", MAX_ID_LEN
 );
 id_type!(
     /// A device or person that talks to the broker; equals its MQTT client id.
-    DeviceId, "device", name_char, "a-z, 0-9 and -"
+    DeviceId, "device", name_char, "a-z, 0-9 and -", MAX_ID_LEN
 );
 id_type!(
     /// A document the broker numbers itself: a replenishment request
     /// (`rq-{store}-{n}`) or a transfer (`tr-{n}`).
-    DocId, "document", name_char, "a-z, 0-9 and -"
+    DocId, "document", name_char, "a-z, 0-9 and -", MAX_ID_LEN
 );
 id_type!(
     /// A client-made unique id of one input (stock event, sale, void, override).
-    EventId, "event", event_char, "A-Z, a-z, 0-9 and - _ . :"
+    EventId, "event", event_char, "A-Z, a-z, 0-9 and - _ . :", MAX_ID_LEN
 );
 
+impl DeviceId {
+    /// [`UNNAMED_DEVICE`], the device an anonymous client with an invalid
+    /// client id acts as.
+    pub fn unnamed() -> DeviceId {
+        DeviceId(UNNAMED_DEVICE.to_string())
+    }
+}
+
 impl DocId {
+    /// The `seq`th replenishment request of `store`: `rq-{store}-{seq}`, at
+    /// most 3 + 40 + 1 + 20 bytes, of the id alphabet.
+    pub fn request(store: &StoreId, seq: u64) -> DocId {
+        DocId(format!("rq-{store}-{seq}"))
+    }
+
+    /// The `seq`th transfer of the chain: `tr-{seq}`.
+    pub fn transfer(seq: u64) -> DocId {
+        DocId(format!("tr-{seq}"))
+    }
+
     /// The store a replenishment request id (`rq-{store}-{n}`) belongs to.
     pub fn request_store(&self) -> Option<StoreId> {
         let rest = self.0.strip_prefix("rq-")?;
@@ -161,11 +193,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ids_the_broker_makes_are_valid_by_construction() {
+        let longest = StoreId::new("s".repeat(MAX_STORE_ID_LEN)).expect("a store id of the longest length");
+        assert!(StoreId::new("s".repeat(MAX_STORE_ID_LEN + 1)).is_err());
+        let request = DocId::request(&longest, u64::MAX);
+        assert_eq!(
+            DocId::new(request.as_str()),
+            Ok(request.clone()),
+            "within {MAX_ID_LEN} bytes"
+        );
+        assert_eq!(request.request_store(), Some(longest));
+        let transfer = DocId::transfer(u64::MAX);
+        assert_eq!(DocId::new(transfer.as_str()), Ok(transfer));
+        assert_eq!(DeviceId::new(UNNAMED_DEVICE), Ok(DeviceId::unnamed()));
+    }
+
+    #[test]
     fn grammar() {
         for ok in ["a", "store-1", "0", &"x".repeat(64)] {
-            assert!(StoreId::new(ok).is_ok(), "{ok}");
+            assert!(SkuId::new(ok).is_ok(), "{ok}");
         }
         for bad in ["", "Store", "a/b", "a+b", "a#", "a b", "ä", &"x".repeat(65)] {
+            assert!(SkuId::new(bad).is_err(), "{bad}");
+        }
+        // A store id follows the same grammar, at most 40 bytes.
+        for ok in ["a", "store-1", "0", &"x".repeat(40)] {
+            assert!(StoreId::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Store", "a/b", "a+b", "a#", "a b", "ä", &"x".repeat(41)] {
             assert!(StoreId::new(bad).is_err(), "{bad}");
         }
         assert!(EventId::new("scale-1:7:123").is_ok());
