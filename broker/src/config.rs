@@ -397,35 +397,115 @@ impl Validator {
     }
 
     fn settings(&mut self, file: FileConfig) -> Option<Settings> {
-        let listen = match file
-            .broker
-            .listen
-            .as_deref()
-            .unwrap_or(DEFAULT_LISTEN)
-            .parse::<SocketAddr>()
-        {
+        let broker = self.broker(&file.broker);
+        let (skus, defaults) = self.skus(&file.skus);
+        let units: BTreeMap<SkuId, BaseUnit> = skus.iter().map(|s| (s.id.clone(), s.unit)).collect();
+        let dishes = self.dishes(&file.dishes, &units);
+        let stores = self.stores(&file.stores, &dishes, &defaults, &units);
+        if stores.is_empty() {
+            self.issue("stores", "at least one store is needed");
+        }
+        let store_ids: BTreeSet<StoreId> = stores.iter().map(|s| s.id.clone()).collect();
+        let credentials = self.devices(&file.devices, &store_ids);
+        let namespaces = self.namespaces(&file.namespaces);
+        let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
+        if !self.issues.is_empty() {
+            return None;
+        }
+        let planning = self.planning(&file, &store_ids, &units)?;
+        if !self.issues.is_empty() {
+            return None;
+        }
+        let catalog = match Catalog::new(skus, dishes, stores).and_then(|c| c.with_planning(planning)) {
+            Ok(c) => c,
+            Err(e) => {
+                self.issue("catalog", e.to_string());
+                return None;
+            }
+        };
+        let broker = broker?;
+        Some(Settings {
+            listen: broker.listen,
+            data_dir: file.broker.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            allow_anonymous: file.broker.allow_anonymous,
+            max_inflight: broker.max_inflight,
+            max_mqueue_len: broker.max_mqueue_len,
+            max_connections: broker.max_connections,
+            max_packet_size: broker.max_packet_size,
+            max_publish_rate: broker.max_publish_rate,
+            login_failures_per_minute: broker.login_failures_per_minute,
+            checkpoint_interval: broker.checkpoint_interval,
+            validating_front: file.broker.validating_front.unwrap_or(true),
+            tls,
+            demo_service: None,
+            namespaces,
+            credentials,
+            catalog: Arc::new(catalog),
+        })
+    }
+
+    /// `[broker]`: the listener and its limits (`None` when the listen
+    /// address is not one; every problem is an issue).
+    fn broker(&mut self, b: &BrokerSection) -> Option<BrokerLimits> {
+        let listen = match b.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(e) => {
                 self.issue("broker.listen", format!("not an address:port ({e})"));
                 None
             }
         };
-        let max_inflight = file.broker.max_inflight.unwrap_or(100);
+        let max_inflight = b.max_inflight.unwrap_or(100);
         if max_inflight == 0 {
             self.issue("broker.max_inflight", "must be at least 1");
         }
-        let max_mqueue_len = file.broker.max_mqueue_len.unwrap_or(50_000);
+        let max_mqueue_len = b.max_mqueue_len.unwrap_or(50_000);
         if max_mqueue_len < 1000 {
             self.issue(
                 "broker.max_mqueue_len",
                 "must be at least 1000 (small queues drop messages silently)",
             );
         }
+        let max_connections = b.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            self.issue("broker.max_connections", "must be at least 1");
+        }
+        let max_packet_size = b.max_packet_size.unwrap_or(256 * 1024);
+        if (max_packet_size as usize) < dishsync_protocol::MAX_INPUT_PAYLOAD + 1024 {
+            self.issue(
+                "broker.max_packet_size",
+                format!(
+                    "must be at least {} bytes (inputs may be 16 KiB)",
+                    dishsync_protocol::MAX_INPUT_PAYLOAD + 1024
+                ),
+            );
+        }
+        let max_publish_rate = b.max_publish_rate.unwrap_or(500);
+        if max_publish_rate == 0 {
+            self.issue("broker.max_publish_rate", "must be at least 1");
+        }
+        let checkpoint_ms = b.checkpoint_interval_ms.unwrap_or(500);
+        if !(10..=86_400_000).contains(&checkpoint_ms) {
+            self.issue("broker.checkpoint_interval_ms", "must be from 10 to 86400000 (a day)");
+        }
+        Some(BrokerLimits {
+            listen: listen?,
+            max_inflight,
+            max_mqueue_len,
+            max_connections,
+            max_packet_size,
+            max_publish_rate,
+            login_failures_per_minute: b.login_failures_per_minute.unwrap_or(10),
+            checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms),
+        })
+    }
 
+    /// `[[skus]]`: the SKUs, and each one's stock targets for every store
+    /// that does not set its own.
+    fn skus(&mut self, sections: &[SkuSection]) -> (Vec<Sku>, BTreeMap<SkuId, StockParams>) {
         let mut skus = Vec::new();
         let mut defaults = BTreeMap::new();
         let mut seen = BTreeSet::new();
-        for (i, s) in file.skus.iter().enumerate() {
+        for (i, s) in sections.iter().enumerate() {
             let place = format!("skus[{i}]");
             let Some(id) = self.id::<SkuId>(&format!("{place}.id"), &s.id) else {
                 continue;
@@ -477,11 +557,14 @@ impl Validator {
                 });
             }
         }
-        let units: BTreeMap<SkuId, BaseUnit> = skus.iter().map(|s| (s.id.clone(), s.unit)).collect();
+        (skus, defaults)
+    }
 
+    /// `[[dishes]]`: the dishes and their recipes over the SKUs of `units`.
+    fn dishes(&mut self, sections: &[DishSection], units: &BTreeMap<SkuId, BaseUnit>) -> Vec<Dish> {
         let mut dishes = Vec::new();
         let mut seen = BTreeSet::new();
-        for (i, d) in file.dishes.iter().enumerate() {
+        for (i, d) in sections.iter().enumerate() {
             let place = format!("dishes[{i}]");
             let Some(id) = self.id::<DishId>(&format!("{place}.id"), &d.id) else {
                 continue;
@@ -533,11 +616,22 @@ impl Validator {
                 price: d.price.clone(),
             });
         }
-        let dish_ids: BTreeSet<DishId> = dishes.iter().map(|d| d.id.clone()).collect();
+        dishes
+    }
 
+    /// `[[stores]]`: the stores, their menus over `dishes` and their stock
+    /// targets (`defaults` unless a store sets its own).
+    fn stores(
+        &mut self,
+        sections: &[StoreSection],
+        dishes: &[Dish],
+        defaults: &BTreeMap<SkuId, StockParams>,
+        units: &BTreeMap<SkuId, BaseUnit>,
+    ) -> Vec<Store> {
+        let dish_ids: BTreeSet<DishId> = dishes.iter().map(|d| d.id.clone()).collect();
         let mut stores = Vec::new();
         let mut seen = BTreeSet::new();
-        for (i, s) in file.stores.iter().enumerate() {
+        for (i, s) in sections.iter().enumerate() {
             let place = format!("stores[{i}]");
             let Some(id) = self.id::<StoreId>(&format!("{place}.id"), &s.id) else {
                 continue;
@@ -613,72 +707,20 @@ impl Validator {
                 training: s.training,
             });
         }
-        if stores.is_empty() {
-            self.issue("stores", "at least one store is needed");
-        }
-        let store_ids: BTreeSet<StoreId> = stores.iter().map(|s| s.id.clone()).collect();
-        let credentials = self.devices(&file.devices, &store_ids);
-        let namespaces = self.namespaces(&file.namespaces);
-        let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
-        let limits = (
-            file.broker.max_connections.unwrap_or(10_000),
-            file.broker.max_packet_size.unwrap_or(256 * 1024),
-            file.broker.max_publish_rate.unwrap_or(500),
-            file.broker.login_failures_per_minute.unwrap_or(10),
-        );
-        if limits.0 == 0 {
-            self.issue("broker.max_connections", "must be at least 1");
-        }
-        if (limits.1 as usize) < dishsync_protocol::MAX_INPUT_PAYLOAD + 1024 {
-            self.issue(
-                "broker.max_packet_size",
-                format!(
-                    "must be at least {} bytes (inputs may be 16 KiB)",
-                    dishsync_protocol::MAX_INPUT_PAYLOAD + 1024
-                ),
-            );
-        }
-        if limits.2 == 0 {
-            self.issue("broker.max_publish_rate", "must be at least 1");
-        }
-        let checkpoint_ms = file.broker.checkpoint_interval_ms.unwrap_or(500);
-        if !(10..=86_400_000).contains(&checkpoint_ms) {
-            self.issue("broker.checkpoint_interval_ms", "must be from 10 to 86400000 (a day)");
-        }
-
-        if !self.issues.is_empty() {
-            return None;
-        }
-        let planning = self.planning(&file, &store_ids, &units)?;
-        if !self.issues.is_empty() {
-            return None;
-        }
-        let catalog = match Catalog::new(skus, dishes, stores).and_then(|c| c.with_planning(planning)) {
-            Ok(c) => c,
-            Err(e) => {
-                self.issue("catalog", e.to_string());
-                return None;
-            }
-        };
-        Some(Settings {
-            listen: listen?,
-            data_dir: file.broker.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            allow_anonymous: file.broker.allow_anonymous,
-            max_inflight,
-            max_mqueue_len,
-            max_connections: limits.0,
-            max_packet_size: limits.1,
-            max_publish_rate: limits.2,
-            login_failures_per_minute: limits.3,
-            checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms),
-            validating_front: file.broker.validating_front.unwrap_or(true),
-            tls,
-            demo_service: None,
-            namespaces,
-            credentials,
-            catalog: Arc::new(catalog),
-        })
+        stores
     }
+}
+
+/// The `[broker]` section, checked.
+struct BrokerLimits {
+    listen: SocketAddr,
+    max_inflight: u16,
+    max_mqueue_len: usize,
+    max_connections: usize,
+    max_packet_size: u32,
+    max_publish_rate: u32,
+    login_failures_per_minute: u32,
+    checkpoint_interval: std::time::Duration,
 }
 
 /// `HH:MM` → minutes of the day.
