@@ -139,8 +139,26 @@ impl Sizes {
         if let Some(r) = cli.rate {
             s.rate = r.max(1.0);
         }
+        // Behind the validating front a connection holds three descriptors
+        // in the broker (the client's, the front's to the engine, the
+        // engine's): as many connections as the descriptor limit allows,
+        // for both brokers alike.
+        let fitted = descriptor_limit().saturating_sub(1_000) / 3;
+        if s.connections > fitted {
+            eprintln!(
+                "dishsync-bench: {fitted} connections, not {}: the descriptor limit is {}",
+                s.connections,
+                descriptor_limit()
+            );
+            s.connections = fitted.max(1);
+        }
         s
     }
+}
+
+/// The open-files limit this process (and the brokers it starts) runs with.
+fn descriptor_limit() -> usize {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1_024, |(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
 }
 
 /// Runs the benchmark command line.

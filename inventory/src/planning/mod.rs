@@ -1,0 +1,298 @@
+//! Planning: what turns a stock tracker into a system that acts before a
+//! person notices — replenishment requests to the central kitchen, transfers
+//! between stores, sell-out forecasts, alerts, freshness and the HQ summary.
+//!
+//! Everything here is condition-based rather than edge-based: after each
+//! input, the planning pass (`Inventory::plan`) looks at the levels and dishes that changed and
+//! compares the conditions with what is already active (open requests,
+//! disarmed SKUs, active alerts, active transfers). That makes the rules
+//! idempotent under replays and restarts — nothing is raised twice — and
+//! immune to noisy scales: a SKU re-arms for replenishment only once its
+//! level is back above the reorder point.
+//!
+//! Time is store-local for service hours, delivery windows and "today"
+//! (`Planning::utc_offset_minutes`); the core is always handed `now`.
+//!
+//! This file holds the planning state (requests, transfers, each store's
+//! and the chain's counters); the rules are one file per job: `time`
+//! (store-local time), `forecast` (the sales rate and sell-out times),
+//! `freshness` (stale levels, device presence), `alerts`, `pass` (the
+//! planning pass: replenishment and transfer proposals), `actions` (on
+//! requests and transfers, and what they book), `timers` (what time alone
+//! changes) and `views` (the documents of requests, transfers and the HQ
+//! summary).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dishsync_protocol::payload::{
+    ActionIn, AlertKind, AlertOut, AlertState, DishStatus, ErrorCode, RequestLine, RequestOut, RequestState,
+    SummaryOut, Timestamp, TransferOut, TransferRequestIn, TransferState, WasteLine,
+};
+use dishsync_protocol::topic::{RequestAction, TransferAction};
+use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Millis, Quantity, SkuId, StoreId};
+use serde::{Deserialize, Serialize};
+
+use crate::{reject, Changes, EntryKind, Inventory, LedgerEntry, Outcome, Rejection, StockKindCode};
+
+mod actions;
+mod alerts;
+mod forecast;
+mod freshness;
+mod pass;
+mod time;
+mod timers;
+mod views;
+
+const MINUTE: Millis = 60_000;
+const DAY: Millis = 24 * 60 * MINUTE;
+
+/// An exponentially weighted sales rate: `Σ portions/τ · e^{-(now - t)/τ}`,
+/// which converges to the true rate (portions per minute) for steady sales.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    /// Portions per minute as of `at`.
+    pub per_minute: f64,
+    /// When `per_minute` was last updated.
+    pub at: Millis,
+}
+
+impl Rate {
+    fn decay(minutes: f64, tau: f64) -> f64 {
+        (-minutes.max(0.0) / tau).exp()
+    }
+
+    /// The rate at `now`.
+    pub fn at_time(&self, now: Millis, tau: f64) -> f64 {
+        self.per_minute * Self::decay((now - self.at) as f64 / MINUTE as f64, tau)
+    }
+
+    /// Adds a sale of `portions` at `t`.
+    pub fn add(&mut self, portions: f64, t: Millis, tau: f64) {
+        let t = t.max(self.at);
+        self.per_minute = self.at_time(t, tau) + portions / tau;
+        self.at = t;
+    }
+
+    /// Takes back a sale of `portions` at `t` (a void).
+    pub fn remove(&mut self, portions: f64, t: Millis, tau: f64) {
+        let t = t.max(self.at);
+        self.per_minute = (self.at_time(t, tau) - portions / tau).max(0.0);
+        self.at = t;
+    }
+}
+
+/// A replenishment request to the central kitchen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// `rq-{store}-{n}`.
+    pub id: DocId,
+    /// The store that needs the goods.
+    pub store: StoreId,
+    /// What it needs.
+    pub lines: Vec<RequestLine>,
+    /// Where it stands.
+    pub state: RequestState,
+    /// Why, or the last action's note.
+    pub reason: String,
+    /// When raised.
+    pub created_at: Millis,
+    /// When last changed.
+    pub updated_at: Millis,
+    /// Document revision.
+    pub rev: u64,
+}
+
+impl Request {
+    /// Still to be delivered.
+    pub fn is_open(&self) -> bool {
+        matches!(
+            self.state,
+            RequestState::Open | RequestState::Acknowledged | RequestState::Shipped
+        )
+    }
+
+    /// Whether it is still shown at `now`: while open, and for
+    /// [`FINISHED_SHOWN_FOR`] after it finished.
+    pub fn is_shown(&self, now: Millis) -> bool {
+        self.is_open() || now - self.updated_at < FINISHED_SHOWN_FOR
+    }
+}
+
+/// A transfer between two stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// `tr-{n}`.
+    pub id: DocId,
+    /// The giver.
+    pub from: StoreId,
+    /// The taker.
+    pub to: StoreId,
+    /// The SKU.
+    pub sku: SkuId,
+    /// Base units.
+    pub qty: i64,
+    /// What the taker needed (for the next proposal after a decline).
+    pub need: i64,
+    /// Where it stands.
+    pub state: TransferState,
+    /// Why, or the last action's note.
+    pub reason: String,
+    /// When an unanswered proposal expires.
+    pub expires_at: Option<Millis>,
+    /// Travel minutes between the stores.
+    pub travel_minutes: u32,
+    /// Stores already asked for this need (declined or expired).
+    pub tried: Vec<StoreId>,
+    /// When proposed.
+    pub created_at: Millis,
+    /// When last changed.
+    pub updated_at: Millis,
+    /// Document revision.
+    pub rev: u64,
+}
+
+impl Transfer {
+    /// Not finished: proposed, accepted or dispatched.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.state,
+            TransferState::Proposed | TransferState::Accepted | TransferState::Dispatched
+        )
+    }
+
+    /// Whether it is still shown at `now`: while active, and for
+    /// [`FINISHED_SHOWN_FOR`] after it finished.
+    pub fn is_shown(&self, now: Millis) -> bool {
+        self.is_active() || now - self.updated_at < FINISHED_SHOWN_FOR
+    }
+}
+
+/// How long a finished request or transfer keeps its retained documents
+/// (then they are cleared; it stays on record in the broker's store).
+pub const FINISHED_SHOWN_FOR: Millis = DAY;
+
+/// A finished request or transfer whose retained documents are cleared.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Retired {
+    /// A replenishment request of `store`.
+    Request {
+        /// The request.
+        id: DocId,
+        /// Its store.
+        store: StoreId,
+    },
+    /// A transfer between two stores.
+    Transfer {
+        /// The transfer.
+        id: DocId,
+        /// The giver.
+        from: StoreId,
+        /// The taker.
+        to: StoreId,
+    },
+}
+
+/// A store's planning state (persisted with the store).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StorePlan {
+    /// SKUs that raised a request and have not been above their reorder
+    /// point since (hysteresis).
+    pub disarmed: BTreeSet<SkuId>,
+    /// Last request number of the store.
+    pub request_seq: u64,
+    /// Last alert number of the store.
+    pub alert_seq: u64,
+    /// Active alerts: (kind, subject) → alert id.
+    pub active_alerts: BTreeMap<(AlertKind, String), String>,
+    /// The store-local day the counters below are for.
+    pub day: i64,
+    /// Wasted today per SKU, base units.
+    pub waste_today: BTreeMap<SkuId, i64>,
+    /// Used today (sales, consumption) per SKU, base units.
+    pub used_today: BTreeMap<SkuId, i64>,
+    /// Sales rate per dish.
+    pub rates: BTreeMap<DishId, Rate>,
+    /// Feeding devices currently offline.
+    pub offline: BTreeSet<DeviceId>,
+    /// Summary document revision.
+    pub summary_rev: u64,
+    /// Stores already asked today for a transfer of a SKU (a store that
+    /// declined or let a proposal expire is not asked again the same day).
+    pub asked: BTreeMap<SkuId, Vec<StoreId>>,
+}
+
+impl StorePlan {
+    /// Starts store-local day `day`: today's counters begin again.
+    fn begin_day(&mut self, day: i64) {
+        self.day = day;
+        self.waste_today.clear();
+        self.used_today.clear();
+        self.asked.clear();
+    }
+}
+
+/// Chain-wide planning counters (persisted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPlan {
+    /// Last transfer number.
+    pub transfer_seq: u64,
+}
+
+fn round_up(qty: i64, pack: i64) -> i64 {
+    let pack = pack.max(1);
+    (qty + pack - 1) / pack * pack
+}
+
+/// What an alert names.
+#[derive(Default)]
+pub(crate) struct Subject {
+    sku: Option<SkuId>,
+    dish: Option<DishId>,
+    device: Option<DeviceId>,
+}
+
+impl Subject {
+    fn sku(sku: &SkuId) -> Subject {
+        Subject {
+            sku: Some(sku.clone()),
+            ..Subject::default()
+        }
+    }
+    fn dish(dish: &DishId) -> Subject {
+        Subject {
+            dish: Some(dish.clone()),
+            ..Subject::default()
+        }
+    }
+    fn device(device: &DeviceId) -> Subject {
+        Subject {
+            device: Some(device.clone()),
+            ..Subject::default()
+        }
+    }
+}
+
+fn state_name(s: RequestState) -> &'static str {
+    match s {
+        RequestState::Open => "open",
+        RequestState::Acknowledged => "acknowledged",
+        RequestState::Shipped => "shipped",
+        RequestState::Received => "received",
+        RequestState::Cancelled => "cancelled",
+    }
+}
+
+fn transfer_state_name(s: TransferState) -> &'static str {
+    match s {
+        TransferState::Proposed => "proposed",
+        TransferState::Accepted => "accepted",
+        TransferState::Declined => "declined",
+        TransferState::Expired => "expired",
+        TransferState::Dispatched => "dispatched",
+        TransferState::Received => "received",
+        TransferState::Cancelled => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,85 @@
+//! Timers: what time alone changes — 86es lapse, unanswered proposals expire, forecasts move, a new day resets today's counters, finished documents are retired.
+
+use super::*;
+
+impl Inventory {
+    /// Everything that happens with time alone: 86es lapse, unanswered
+    /// proposals expire (and go to the next candidate), forecasts move,
+    /// a new day resets today's counters.
+    pub fn tick(&mut self, now: Millis) -> Changes {
+        let mut changes = self.expire_overrides(now);
+        // Proposals nobody answered.
+        let expired: Vec<Transfer> = self
+            .transfers
+            .values()
+            .filter(|t| t.state == TransferState::Proposed && t.expires_at.is_some_and(|e| e <= now))
+            .cloned()
+            .collect();
+        for t in expired {
+            if let Some(tr) = self.transfers.get_mut(&t.id) {
+                tr.state = TransferState::Expired;
+                tr.expires_at = None;
+                tr.updated_at = now;
+                tr.rev += 1;
+            }
+            changes.transfer(t.id.clone());
+            let mut tried = t.tried.clone();
+            tried.push(t.from.clone());
+            let reason = format!("{} did not answer {} in time; {}", t.from, t.id, t.reason);
+            self.propose(&t.to, &t.sku, t.need, tried, reason, now, &mut changes);
+        }
+        // Forecasts move with time: recompute dishes that have a rate.
+        let with_rates: Vec<(StoreId, DishId)> = self
+            .stores
+            .iter()
+            .flat_map(|(s, st)| st.plan.rates.keys().map(move |d| (s.clone(), d.clone())))
+            .collect();
+        for (store, dish) in with_rates {
+            self.recompute_dish(&store, &dish, now, &mut changes);
+        }
+        // A new day.
+        let today = self.local_day(now);
+        let stores: Vec<StoreId> = self.stores.keys().cloned().collect();
+        for store in stores {
+            let Some(state) = self.stores.get_mut(&store) else {
+                continue;
+            };
+            if state.plan.day == today {
+                continue;
+            }
+            state.plan.begin_day(today);
+            let spikes: Vec<String> = state
+                .plan
+                .active_alerts
+                .keys()
+                .filter(|(k, _)| *k == AlertKind::WasteSpike)
+                .map(|(_, s)| s.clone())
+                .collect();
+            changes.plan(store.clone());
+            for sku in spikes {
+                if let Ok(sku) = SkuId::new(sku) {
+                    self.check_waste(&store, &sku, now, &mut changes);
+                }
+            }
+        }
+        // Finished requests and transfers stay on record in the store; they
+        // are shown (kept here and retained) for a day.
+        for r in self.requests.values().filter(|r| !r.is_shown(now)) {
+            changes.retire(Retired::Request {
+                id: r.id.clone(),
+                store: r.store.clone(),
+            });
+        }
+        for t in self.transfers.values().filter(|t| !t.is_shown(now)) {
+            changes.retire(Retired::Transfer {
+                id: t.id.clone(),
+                from: t.from.clone(),
+                to: t.to.clone(),
+            });
+        }
+        self.requests.retain(|_, r| r.is_shown(now));
+        self.transfers.retain(|_, t| t.is_shown(now));
+        self.finish(now, &mut changes);
+        changes
+    }
+}

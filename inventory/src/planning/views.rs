@@ -1,0 +1,176 @@
+//! Views: the retained documents of requests, transfers and the HQ summary, and the states persisted.
+
+use super::*;
+
+impl Inventory {
+    /// A request's retained document.
+    pub fn request_out(&self, id: &DocId) -> Option<RequestOut> {
+        let r = self.requests.get(id)?;
+        Some(RequestOut {
+            id: r.id.clone(),
+            store: r.store.clone(),
+            lines: r.lines.clone(),
+            state: r.state,
+            reason: r.reason.clone(),
+            created_at: Timestamp(r.created_at),
+            updated_at: Timestamp(r.updated_at),
+            rev: r.rev,
+        })
+    }
+
+    /// A transfer's retained document.
+    pub fn transfer_out(&self, id: &DocId) -> Option<TransferOut> {
+        let t = self.transfers.get(id)?;
+        let unit = self
+            .catalog
+            .sku(&t.sku)
+            .map_or(dishsync_protocol::BaseUnit::Pcs, |s| s.unit);
+        Some(TransferOut {
+            id: t.id.clone(),
+            from: t.from.clone(),
+            to: t.to.clone(),
+            sku: t.sku.clone(),
+            qty: t.qty,
+            unit,
+            state: t.state,
+            reason: t.reason.clone(),
+            expires_at: t.expires_at.map(Timestamp),
+            travel_minutes: t.travel_minutes,
+            updated_at: Timestamp(t.updated_at),
+            rev: t.rev,
+        })
+    }
+
+    /// A request as persisted.
+    pub fn request(&self, id: &DocId) -> Option<&Request> {
+        self.requests.get(id)
+    }
+
+    /// A transfer as persisted.
+    pub fn transfer(&self, id: &DocId) -> Option<&Transfer> {
+        self.transfers.get(id)
+    }
+
+    /// Every request and transfer currently held (for re-publication).
+    pub fn documents(&self) -> (Vec<DocId>, Vec<DocId>) {
+        (
+            self.requests.keys().cloned().collect(),
+            self.transfers.keys().cloned().collect(),
+        )
+    }
+
+    /// A store's planning state as persisted.
+    pub fn plan_state(&self, store: &StoreId) -> Option<&StorePlan> {
+        self.stores.get(store).map(|s| &s.plan)
+    }
+
+    /// The chain's planning counters as persisted.
+    pub fn chain_state(&self) -> ChainPlan {
+        self.chain
+    }
+
+    /// The HQ summary of a store.
+    pub fn summary_out(&self, store: &StoreId, now: Millis) -> Option<SummaryOut> {
+        let state = self.stores.get(store)?;
+        let params = &self.catalog.store(store)?.stock;
+        let sold_out = state
+            .dishes
+            .iter()
+            .filter(|(_, d)| d.status == DishStatus::SoldOut)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let low = state
+            .skus
+            .iter()
+            .filter(|(sku, s)| params.get(*sku).is_some_and(|p| s.ledger.qty() <= p.reorder_point))
+            .map(|(sku, _)| sku.clone())
+            .collect();
+        let open_requests = self
+            .requests
+            .values()
+            .filter(|r| r.store == *store && r.is_open())
+            .map(|r| r.id.clone())
+            .collect();
+        let open_transfers = self
+            .transfers
+            .values()
+            .filter(|t| t.is_active() && (t.from == *store || t.to == *store))
+            .map(|t| t.id.clone())
+            .collect();
+        let mut waste = BTreeMap::new();
+        let mut ratios = Vec::new();
+        let skus: BTreeSet<&SkuId> = state
+            .plan
+            .waste_today
+            .keys()
+            .chain(state.plan.used_today.keys())
+            .collect();
+        for sku in skus {
+            let w = state.plan.waste_today.get(sku).copied().unwrap_or(0);
+            let u = state.plan.used_today.get(sku).copied().unwrap_or(0);
+            if w + u <= 0 {
+                continue;
+            }
+            let ratio = w as f64 / (w + u) as f64;
+            ratios.push(ratio);
+            if w > 0 {
+                waste.insert(
+                    sku.clone(),
+                    WasteLine {
+                        waste: w,
+                        used: u,
+                        ratio,
+                    },
+                );
+            }
+        }
+        let counted = ratios.len() as u32;
+        let waste_ratio = if ratios.is_empty() {
+            0.0
+        } else {
+            ratios.iter().sum::<f64>() / f64::from(counted)
+        };
+        let close = self.service(store, now);
+        let factor = self.catalog.planning().overstock_factor;
+        let overstock = state
+            .dishes
+            .iter()
+            .filter(|(dish, d)| {
+                // A dish one of whose ingredients is at or below its reorder
+                // point (being replenished) is not over-stocked.
+                let ingredient_low = self.catalog.dish(dish).is_some_and(|def| {
+                    def.recipe.iter().any(|line| {
+                        let qty = state.skus.get(&line.sku).map_or(0, |s| s.ledger.qty());
+                        params.get(&line.sku).is_some_and(|p| qty <= p.reorder_point)
+                    })
+                });
+                if ingredient_low {
+                    return false;
+                }
+                let Some(close) = close else { return false };
+                let Some(rate) = state.plan.rates.get(*dish) else {
+                    return false;
+                };
+                if self.local_day(rate.at) != self.local_day(now) {
+                    return false;
+                }
+                let expected = rate.at_time(now, self.tau()) * ((close - now) as f64 / MINUTE as f64);
+                d.portions as f64 > factor * expected.max(1.0)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        Some(SummaryOut {
+            store: store.clone(),
+            sold_out,
+            low,
+            open_requests,
+            open_transfers,
+            waste_ratio,
+            counted,
+            waste,
+            overstock,
+            rev: state.plan.summary_rev,
+            at: Timestamp(now),
+        })
+    }
+}
