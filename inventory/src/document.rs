@@ -297,13 +297,7 @@ impl Retired {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id<T: std::str::FromStr>(s: &str) -> T
-    where
-        T::Err: std::fmt::Debug,
-    {
-        s.parse().expect("test id")
-    }
+    use crate::id;
 
     #[test]
     fn every_persisted_document_is_found_again_from_its_key() {

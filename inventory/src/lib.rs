@@ -1317,5 +1317,14 @@ fn menu_entry(state: &DishState) -> MenuEntry {
     }
 }
 
+/// A test id, from a string known to be valid.
+#[cfg(test)]
+pub(crate) fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().expect("test id")
+}
+
 #[cfg(test)]
 mod tests;

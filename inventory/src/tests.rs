@@ -6,13 +6,6 @@ use dishsync_protocol::payload::SaleLine;
 use dishsync_protocol::{BaseUnit, Unit};
 use proptest::prelude::*;
 
-fn id<T: std::str::FromStr>(s: &str) -> T
-where
-    T::Err: std::fmt::Debug,
-{
-    s.parse().expect("test id")
-}
-
 fn catalog() -> Arc<Catalog> {
     catalog_opening(&[])
 }

@@ -229,15 +229,20 @@ class Wire:
         except (ConnectionError, OSError) as cause:
             return not isinstance(cause, socket.timeout)
 
-    def _props(self, body, at):
-        length, shift = 0, 1
+    @staticmethod
+    def _varint(body, at):
+        """The variable byte integer at `at`, and where it ends."""
+        value, shift = 0, 1
         while True:
             byte = body[at]
             at += 1
-            length += (byte & 0x7F) * shift
+            value += (byte & 0x7F) * shift
             shift *= 128
             if not byte & 0x80:
-                break
+                return value, at
+
+    def _props(self, body, at):
+        length, at = self._varint(body, at)
         end, found = at + length, {}
         while at < end:
             pid = body[at]
@@ -250,14 +255,7 @@ class Wire:
             elif kind == "u32":
                 value, at = struct.unpack("!I", body[at:at + 4])[0], at + 4
             elif kind == "varint":
-                value, shift = 0, 1
-                while True:
-                    byte = body[at]
-                    at += 1
-                    value += (byte & 0x7F) * shift
-                    shift *= 128
-                    if not byte & 0x80:
-                        break
+                value, at = self._varint(body, at)
             else:
                 n = struct.unpack("!H", body[at:at + 2])[0]
                 value, at = bytes(body[at + 2:at + 2 + n]), at + 2 + n

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::Document;
+use crate::{id, Document};
 
 use dishsync_protocol::payload::{
     ActionIn, AlertKind, AlertState, DishStatus, RequestState, SaleIn, SaleLine, StockEventIn, StockKind, Timestamp,
@@ -23,13 +23,6 @@ const DAY0: Millis = 20_000 * 24 * 60 * MINUTE;
 
 fn at(h: i64, m: i64) -> Millis {
     DAY0 + (h * 60 + m) * MINUTE
-}
-
-fn id<T: std::str::FromStr>(s: &str) -> T
-where
-    T::Err: std::fmt::Debug,
-{
-    s.parse().expect("test id")
 }
 
 const TAU: f64 = 20.0;
