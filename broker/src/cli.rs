@@ -19,6 +19,10 @@ struct Args {
     /// Address to listen on for MQTT (overrides the configuration).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of the HTTP listener — health (`/healthz`) and readiness
+    /// (`/readyz`) — (overrides the configuration's `[web] listen`).
+    #[arg(long)]
+    web_listen: Option<SocketAddr>,
     /// Data directory (overrides the configuration).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -156,6 +160,9 @@ pub fn main() -> ExitCode {
     };
     if let Some(listen) = args.listen {
         settings.listen = listen;
+    }
+    if let Some(web) = args.web_listen {
+        settings.web = Some(web);
     }
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;

@@ -48,6 +48,14 @@ struct FileConfig {
     travel: Vec<TravelSection>,
     #[serde(default)]
     namespaces: Vec<NamespaceSection>,
+    web: Option<WebSection>,
+}
+
+/// `[web]`: the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebSection {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +243,8 @@ pub struct Settings {
     pub validating_front: bool,
     /// The TLS listener, if any.
     pub tls: Option<TlsSettings>,
+    /// The HTTP listener (health and readiness), if any.
+    pub web: Option<SocketAddr>,
     /// Play the demo chain's dinner service with this seed (set by the
     /// command line for the built-in demo, never by a file).
     pub demo_service: Option<u64>,
@@ -409,6 +419,13 @@ impl Validator {
         let credentials = self.devices(&file.devices, &store_ids);
         let namespaces = self.namespaces(&file.namespaces);
         let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
+        let web = file.web.as_ref().and_then(|w| match w.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.issue("web.listen", format!("not an address:port ({e})"));
+                None
+            }
+        });
         if !self.issues.is_empty() {
             return None;
         }
@@ -437,6 +454,7 @@ impl Validator {
             checkpoint_interval: broker.checkpoint_interval,
             validating_front: file.broker.validating_front.unwrap_or(true),
             tls,
+            web,
             demo_service: None,
             namespaces,
             credentials,

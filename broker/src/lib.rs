@@ -19,6 +19,7 @@
 //! - [`outbound`]: in-process publication into the router;
 //! - [`retainer`]: retained-message storage;
 //! - [`worker`]: the rules attached to an external broker;
+//! - [`web`]: the HTTP listener — health and readiness;
 //! - [`demo`]: the built-in demo chain and its dinner service;
 //! - [`memory`]: the allocator's page size.
 //!
@@ -41,6 +42,7 @@ pub mod rules;
 pub mod server;
 pub mod store;
 pub mod takeover;
+pub mod web;
 pub mod worker;
 
 pub use config::Settings;

@@ -44,6 +44,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     *scx.extends.shared_subscription_mut().await = Box::<RoundRobinGroups>::default();
     let out = Outbound::new(scx.clone());
 
+    // The HTTP listener first: a long restore is "alive, not ready".
+    let readiness = crate::web::Readiness::new(settings.data_dir.clone());
+    let web = match settings.web {
+        Some(addr) => {
+            let bound = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the web listener {addr}"))?;
+            println!(
+                "dishsync-broker web on http://{}",
+                bound.local_addr().context("reading the web address")?
+            );
+            Some(bound)
+        }
+        None => None,
+    };
+    let web_served = {
+        let router = crate::web::router(readiness.clone());
+        async move {
+            match web {
+                Some(bound) => axum::serve(bound, router).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let web_task = tokio::spawn(web_served);
+
     let (store, inventory) = restore(&settings).await?;
     republish_all(&out, &inventory).await;
     info!("state restored and re-published");
@@ -51,6 +77,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let catalog = inventory.catalog().clone();
     let storage = store.clone();
     let rules = rules::start(inventory, store, Arc::new(out.clone()));
+    readiness.restored(storage.clone(), rules.clone());
     if let Some(seed) = settings.demo_service {
         tokio::spawn(crate::demo::run(rules.clone(), catalog, seed));
     }
@@ -171,6 +198,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(tls_addr) = tls_addr {
         println!("dishsync-broker listening on mqtts://{tls_addr}");
     }
+    readiness.listening();
     println!("dishsync-broker listening on mqtt://{addr}");
     info!(%addr, tls = ?tls_addr, data_dir = %settings.data_dir.display(), "serving");
     tokio::select! {
@@ -187,6 +215,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         } => fronted.context("accepting MQTT connections over TLS")?,
+        served = web_task => match served {
+            Ok(result) => result.context("serving HTTP")?,
+            Err(e) => anyhow::bail!("the web listener stopped: {e}"),
+        },
         // A failed write stops the broker: what reached the disk is unknown.
         what = storage.failed() => return Err(crate::store::StorageFailed(what).into()),
     }

@@ -666,6 +666,11 @@ impl Store {
         self.inner.shared.failure.send_replace(Some(what));
     }
 
+    /// What failed, once a write failed.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.shared.failure.borrow().clone()
+    }
+
     /// Resolves once a write failed — by a commit, a flush or the
     /// checkpointer — with what failed. The shell stops on it.
     pub async fn failed(&self) -> String {

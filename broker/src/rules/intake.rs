@@ -84,6 +84,11 @@ impl RulesHandle {
         answer.await.ok()
     }
 
+    /// Whether the rules task still takes inputs.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Tells the rules that a device connected or disconnected (freshness).
     pub async fn presence(&self, device: DeviceId, online: bool) {
         let _ = self.tx.send(Command::Presence(device, online)).await;

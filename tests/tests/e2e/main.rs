@@ -17,4 +17,5 @@ mod mqtt5;
 mod namespaces;
 mod planning;
 mod security;
+mod web;
 mod worker;

@@ -147,6 +147,8 @@ pub struct BrokerProcess {
     pub addr: SocketAddr,
     /// Where its TLS listener listens, if configured.
     pub tls_addr: Option<SocketAddr>,
+    /// Where its HTTP listener listens, if configured.
+    pub web_addr: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -197,18 +199,21 @@ impl BrokerProcess {
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std_mpsc::channel();
         std::thread::spawn(move || {
-            let mut tls = None;
+            let (mut tls, mut web) = (None, None);
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(addr) = line.strip_prefix("dishsync-broker web on http://") {
+                    web = addr.trim().parse::<SocketAddr>().ok();
+                }
                 if let Some(addr) = line.strip_prefix("dishsync-broker listening on mqtts://") {
                     tls = addr.trim().parse::<SocketAddr>().ok();
                 }
                 if let Some(addr) = line.strip_prefix("dishsync-broker listening on mqtt://") {
-                    let _ = tx.send((addr.trim().to_string(), tls));
+                    let _ = tx.send((addr.trim().to_string(), tls, web));
                 }
             }
         });
-        let (addr, tls_addr) = match rx.recv_timeout(DEADLINE) {
-            Ok((a, tls)) => (a.parse().context("parsing the listen address")?, tls),
+        let (addr, tls_addr, web_addr) = match rx.recv_timeout(DEADLINE) {
+            Ok((a, tls, web)) => (a.parse().context("parsing the listen address")?, tls, web),
             Err(_) => {
                 let _ = child.kill();
                 bail!(
@@ -221,6 +226,7 @@ impl BrokerProcess {
             child,
             addr,
             tls_addr,
+            web_addr,
             log,
         })
     }

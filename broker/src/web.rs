@@ -1,0 +1,167 @@
+//! The broker's HTTP listener (`[web] listen`, `--web-listen`): health for
+//! a supervisor and readiness for a load balancer.
+//!
+//! - `GET /healthz`: 200 while the process lives and serves HTTP.
+//! - `GET /readyz`: 200 when the broker can take inputs — its state is
+//!   restored, the rules run, the MQTT listeners are open and the data
+//!   directory takes writes — and 503 otherwise, naming each check in a
+//!   JSON body (`{"ready": false, "checks": {"storage": "…"}}`).
+//!
+//! The listener opens before the state is restored, so a supervisor sees a
+//! long restore as "alive, not ready" rather than as a dead process.
+//! [`Readiness`] is what the shell tells it as start-up goes; the verdict
+//! itself ([`verdict`]) is pure.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use crate::rules::RulesHandle;
+use crate::store::Store;
+
+/// What start-up has reached, for `/readyz`.
+pub struct Readiness {
+    data_dir: PathBuf,
+    /// The store and the rules, once the state is restored.
+    running: OnceLock<(Store, RulesHandle)>,
+    /// Set once every MQTT listener is open.
+    listening: OnceLock<()>,
+}
+
+impl Readiness {
+    /// Nothing ready yet; the data directory is `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Arc<Readiness> {
+        Arc::new(Readiness {
+            data_dir,
+            running: OnceLock::new(),
+            listening: OnceLock::new(),
+        })
+    }
+
+    /// The state is restored and the rules run.
+    pub fn restored(&self, store: Store, rules: RulesHandle) {
+        let _ = self.running.set((store, rules));
+    }
+
+    /// Every MQTT listener is open.
+    pub fn listening(&self) {
+        let _ = self.listening.set(());
+    }
+
+    /// Each check, as it stands: `Ok` or why not.
+    fn checks(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let running = self.running.get();
+        let restored = running
+            .map(|_| ())
+            .ok_or_else(|| "the state is being restored".to_string());
+        let rules = match running {
+            Some((_, rules)) if rules.is_running() => Ok(()),
+            Some(_) => Err("the rules stopped".to_string()),
+            None => Err("the rules start once the state is restored".to_string()),
+        };
+        let listeners = self
+            .listening
+            .get()
+            .map(|_| ())
+            .ok_or_else(|| "the MQTT listeners are not open yet".to_string());
+        let storage = match running.and_then(|(store, _)| store.failure()) {
+            Some(what) => Err(format!("a write failed: {what}")),
+            None => probe(&self.data_dir),
+        };
+        vec![
+            ("restored", restored),
+            ("rules", rules),
+            ("listeners", listeners),
+            ("storage", storage),
+        ]
+    }
+}
+
+/// Whether `dir` takes a write now: a small file written, synced and
+/// removed.
+fn probe(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    let path = dir.join(".ready-probe");
+    let written = std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(b"ready").and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::remove_file(&path));
+    written.map_err(|e| format!("the data directory {} takes no writes: {e}", dir.display()))
+}
+
+/// The answer to `/readyz` for `checks`: 200 when every one passes, else
+/// 503; the body names each.
+pub fn verdict(checks: &[(&'static str, Result<(), String>)]) -> (StatusCode, Value) {
+    let ready = checks.iter().all(|(_, c)| c.is_ok());
+    let named: Map<String, Value> = checks
+        .iter()
+        .map(|(name, c)| {
+            let state = match c {
+                Ok(()) => Value::from("ok"),
+                Err(why) => Value::from(why.as_str()),
+            };
+            (name.to_string(), state)
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, json!({ "ready": ready, "checks": named }))
+}
+
+/// The routes.
+pub fn router(readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+}
+
+async fn readyz(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
+    // The probe touches the disk: off the async workers.
+    let checks = tokio::task::spawn_blocking(move || readiness.checks()).await;
+    let (status, body) = match checks {
+        Ok(checks) => verdict(&checks),
+        Err(e) => verdict(&[("checks", Err(format!("the checks failed to run: {e}")))]),
+    };
+    (status, Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_check_passes() {
+        let (status, body) = verdict(&[("restored", Ok(())), ("storage", Ok(()))]);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"ready": true, "checks": {"restored": "ok", "storage": "ok"}})
+        );
+        let (status, body) = verdict(&[("restored", Ok(())), ("storage", Err("full".into()))]);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["ready"], false);
+        assert_eq!(body["checks"]["storage"], "full");
+        assert_eq!(body["checks"]["restored"], "ok");
+    }
+
+    #[test]
+    fn nothing_is_ready_before_the_restore() {
+        let dir = tempfile::tempdir().expect("dir");
+        let readiness = Readiness::new(dir.path().to_path_buf());
+        let (status, body) = verdict(&readiness.checks());
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["checks"]["restored"], "the state is being restored");
+        assert_eq!(body["checks"]["storage"], "ok", "the directory takes writes: {body}");
+        let gone = Readiness::new(dir.path().join("missing"));
+        assert_ne!(verdict(&gone.checks()).1["checks"]["storage"], "ok");
+    }
+}
