@@ -43,6 +43,7 @@ use tracing::warn;
 
 use crate::acl::{Identity, Role, Scope};
 use crate::auth::Identities;
+use crate::metrics::METRICS;
 use crate::namespaces::{self, Namespaces};
 use crate::outbound::{publish_doc, Outbound};
 use crate::rules::{report, Intake, RulesHandle, Verdict};
@@ -193,10 +194,12 @@ impl IntakeHook {
                 let reason = Reason::ProtocolError("topic name with wildcards or control characters".into());
                 let _ = tx.unbounded_send(rmqtt::types::Message::Closed(reason));
             }
+            METRICS.refused("mqtt", rejection.code);
             return refuse(PublishAckReason::TopicNameInvalid, &rejection);
         }
         match admit(&self.sessions.namespaces, &identity, topic, payload) {
             Err(Refusal { code, rejection, store }) => {
+                METRICS.refused("mqtt", rejection.code);
                 match (store, &identity.scope) {
                     (Some(store), _) => {
                         report(&self.out, Some(&store), &device, topic, salvage_id(payload), &rejection).await
@@ -210,7 +213,9 @@ impl IntakeHook {
                 refuse(code, &rejection)
             }
             Ok(Admitted::Presence) => PublishAclResult::allow(),
-            Ok(Admitted::Input(input)) => match self.rules.intake(Intake { input, device }).await {
+            Ok(Admitted::Input(input)) => match self.rules.intake(Intake { input, device }).await.inspect(|v| {
+                METRICS.input("mqtt", v);
+            }) {
                 Some(Verdict::Applied | Verdict::Unchanged) => PublishAclResult::allow(),
                 Some(Verdict::Duplicate) => PublishAclResult(PublishResult::reason_code(
                     PublishAckReason::NoMatchingSubscribers,
@@ -435,6 +440,7 @@ impl Handler for PresenceHook {
             _ => return (true, acc),
         };
         if let Some(identity) = self.sessions.identity(session) {
+            METRICS.connection(identity.role.as_str(), online);
             self.rules.presence(identity.device, online).await;
         }
         (true, acc)
@@ -488,6 +494,7 @@ impl Handler for DropCounter {
             // reported on the errors topic, not counted as drops.
             if !matches!(reason, Reason::PublishResult(_)) {
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                METRICS.dropped();
                 warn!(to = %to.client_id, topic = %publish.topic, %reason, total, "message dropped before delivery");
                 if self.alert_due() {
                     let now = Timestamp::now();

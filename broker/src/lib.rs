@@ -19,7 +19,8 @@
 //! - [`outbound`]: in-process publication into the router;
 //! - [`retainer`]: retained-message storage;
 //! - [`worker`]: the rules attached to an external broker;
-//! - [`web`]: the HTTP listener — health and readiness;
+//! - [`web`]: the HTTP listener — health, readiness and metrics;
+//! - [`metrics`]: what the broker counts, as Prometheus text;
 //! - [`demo`]: the built-in demo chain and its dinner service;
 //! - [`memory`]: the allocator's page size.
 //!
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod front;
 pub mod hooks;
 pub mod memory;
+pub mod metrics;
 pub mod namespaces;
 pub mod outbound;
 pub mod oversize;

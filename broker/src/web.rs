@@ -1,11 +1,13 @@
 //! The broker's HTTP listener (`[web] listen`, `--web-listen`): health for
-//! a supervisor and readiness for a load balancer.
+//! a supervisor, readiness for a load balancer, metrics for a scraper.
 //!
 //! - `GET /healthz`: 200 while the process lives and serves HTTP.
 //! - `GET /readyz`: 200 when the broker can take inputs — its state is
 //!   restored, the rules run, the MQTT listeners are open and the data
 //!   directory takes writes — and 503 otherwise, naming each check in a
 //!   JSON body (`{"ready": false, "checks": {"storage": "…"}}`).
+//! - `GET /metrics`: what the broker counts ([`crate::metrics`]), in the
+//!   Prometheus text format.
 //!
 //! The listener opens before the state is restored, so a supervisor sees a
 //! long restore as "alive, not ready" rather than as a dead process.
@@ -22,6 +24,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
+use dishsync_protocol::payload::{RequestState, TransferState};
+
+use crate::metrics::{Gauges, METRICS};
 use crate::rules::RulesHandle;
 use crate::store::Store;
 
@@ -121,7 +126,35 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(readiness)
+}
+
+async fn metrics(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
+    let mut gauges = Gauges::default();
+    if let Some((_, rules)) = readiness.running.get() {
+        if let Some(documents) = rules.documents().await {
+            gauges.open_requests = documents
+                .requests
+                .iter()
+                .filter(|r| !matches!(r.state, RequestState::Received | RequestState::Cancelled))
+                .count() as u64;
+            gauges.active_transfers = documents
+                .transfers
+                .iter()
+                .filter(|t| {
+                    matches!(
+                        t.state,
+                        TransferState::Proposed | TransferState::Accepted | TransferState::Dispatched
+                    )
+                })
+                .count() as u64;
+        }
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        METRICS.render(gauges),
+    )
 }
 
 async fn readyz(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {

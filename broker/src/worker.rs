@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
+use crate::metrics::METRICS;
 use crate::outbound::Publisher;
 use crate::rules::{self, report, Intake, RulesHandle, Verdict};
 use crate::server::{republish_all, restore};
@@ -147,7 +148,11 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     let acker = tokio::spawn(async move {
         while let Some((publish, verdict)) = verdicts.recv().await {
             if let Some(verdict) = verdict {
-                if verdict.await.is_err() {
+                let verdict = verdict.await;
+                if let Ok(verdict) = &verdict {
+                    METRICS.input("worker", verdict);
+                }
+                if verdict.is_err() {
                     error!("the rules stopped before deciding an input; stopping");
                     return;
                 }
@@ -215,6 +220,7 @@ async fn route(
             }
         },
         Err(rejection) => {
+            METRICS.refused("worker", rejection.code);
             let in_topic = match &topic {
                 Topic::ScaleWeight { device, .. } => Some(device.clone()),
                 _ => None,

@@ -46,7 +46,10 @@ pub(super) async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mps
         tokio::spawn(async move { deliverer.run(out).await })
     };
     while let Some(group) = rx.recv().await {
-        if let Err(e) = store.flush().await {
+        let started = std::time::Instant::now();
+        let flushed = store.flush().await;
+        crate::metrics::METRICS.journal_synced(started.elapsed());
+        if let Err(e) = flushed {
             // What reached the disk is unknown: stop (the shell does, on
             // this), and let the restart recover from the last complete
             // commit. Devices re-send what they saw no ack for.

@@ -190,6 +190,7 @@ impl Deliverer {
             match next {
                 Next::Deliver(Message { topic, payload, retain }) => {
                     let subscribers = out.deliver(&topic, payload, retain).await;
+                    crate::metrics::METRICS.delivered();
                     if retain {
                         if let Ok(mut queue) = self.queue.lock() {
                             queue.delivered(topic, Instant::now(), subscribers);

@@ -367,7 +367,11 @@ impl Rules {
         // finds the new availability; then the verdicts; then acks and errors.
         for (store, alert) in &changes.alerts {
             info!(%store, kind = ?alert.kind, state = ?alert.state, message = %alert.message, "alert");
+            if alert.state == dishsync_protocol::payload::AlertState::Raised {
+                crate::metrics::METRICS.alert_raised();
+            }
         }
+        crate::metrics::METRICS.group_committed(decided.len());
         let retained = render::changes(&self.inv, &changes, Timestamp::now().0, |doc| throttle(doc).is_some());
         let mut after = Vec::new();
         let mut acks: BTreeMap<(StoreId, DeviceId), Vec<EventId>> = BTreeMap::new();

@@ -62,3 +62,100 @@ fn health_and_readiness_answer_over_http_and_readiness_follows_the_storage() -> 
     assert_eq!(status, 200, "alive all the same");
     Ok(())
 }
+
+/// A Prometheus text-format page as `series → value` (`name{labels}` as
+/// written), checking that every sample's family was declared with a
+/// `# TYPE` line first.
+fn parse_metrics(page: &str) -> Result<std::collections::BTreeMap<String, f64>> {
+    let mut declared = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').context("a TYPE line names a kind")?;
+            anyhow::ensure!(["counter", "gauge", "histogram"].contains(&kind), "unknown kind {kind}");
+            declared.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').context("a sample has a value")?;
+        let name = series.split('{').next().unwrap_or(series);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| declared.contains(*f)))
+            .unwrap_or(name);
+        anyhow::ensure!(declared.contains(family), "{name} has no TYPE line");
+        samples.insert(series.to_string(), value.parse::<f64>().context("a numeric value")?);
+    }
+    Ok(samples)
+}
+
+/// `/metrics` counts inputs by transport and outcome, group commits and
+/// their syncs, and connections by role, moving with what the broker does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_broker_does() -> Result<()> {
+    use rumqttc::QoS;
+    let (_tmp, data) = temp_data_dir()?;
+    let config = format!("{}\n[web]\nlisten = \"127.0.0.1:0\"\n", small_chain());
+    let broker = BrokerProcess::start(&config, &data)?;
+    let web = broker.web_addr.context("the broker names its web address")?;
+    let scrape = move || -> Result<std::collections::BTreeMap<String, f64>> {
+        let (status, page) = get(&format!("http://{web}/metrics"))?;
+        anyhow::ensure!(status == 200, "{status}: {page}");
+        parse_metrics(&page)
+    };
+    let before = tokio::task::spawn_blocking(scrape).await??;
+    let at = |m: &std::collections::BTreeMap<String, f64>, series: &str| m.get(series).copied().unwrap_or(0.0);
+
+    let mut tablet = crate::support::Client::connect(broker.addr, "tablet-1").await?;
+    tablet.subscribe("stores/s1/acks/tablet-1", QoS::AtLeastOnce).await?;
+    tablet.subscribe("stores/s1/errors/tablet-1", QoS::AtLeastOnce).await?;
+    crate::availability::stock_and_wait(
+        &mut tablet,
+        "s1",
+        "tablet-1",
+        &[(
+            "bun",
+            crate::support::stock_event("m-1", "receive", 5.0, "pcs", "tablet-1"),
+        )],
+    )
+    .await?;
+    tablet
+        .publish_json(
+            "stores/s1/stock/caviar/events",
+            &crate::support::stock_event("m-2", "receive", 1.0, "pcs", "tablet-1"),
+            QoS::AtLeastOnce,
+        )
+        .await?;
+    let refused = tablet.next_on("stores/s1/errors/tablet-1").await?;
+    let code = refused["code"].as_str().context("an error code")?.to_string();
+
+    let after = tokio::task::spawn_blocking(scrape).await??;
+    let applied = "dishsync_inputs_total{transport=\"mqtt\",outcome=\"applied\"}";
+    assert_eq!(at(&after, applied) - at(&before, applied), 1.0, "one applied");
+    let refusals = format!("dishsync_inputs_total{{transport=\"mqtt\",outcome=\"refused\",code=\"{code}\"}}");
+    assert_eq!(
+        at(&after, &refusals) - at(&before, &refusals),
+        1.0,
+        "one refused as {code}"
+    );
+    for grew in ["dishsync_group_commits_total", "dishsync_journal_sync_seconds_count"] {
+        assert!(at(&after, grew) > at(&before, grew), "{grew}");
+    }
+    assert!(
+        at(&after, "dishsync_group_commit_inputs_total") >= at(&after, "dishsync_group_commits_total"),
+        "a group holds at least one input"
+    );
+    let buckets_ok = at(&after, "dishsync_journal_sync_seconds_bucket{le=\"+Inf\"}")
+        == at(&after, "dishsync_journal_sync_seconds_count");
+    assert!(buckets_ok, "the last bucket holds every sync");
+    // The anonymous demo client is connected as the demo role.
+    assert!(
+        after
+            .keys()
+            .any(|s| s.starts_with("dishsync_connections{role=") && after[s] >= 1.0),
+        "{after:?}"
+    );
+    Ok(())
+}

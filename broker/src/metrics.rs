@@ -1,0 +1,256 @@
+//! What the broker counts, and its `/metrics` page in the Prometheus text
+//! format (version 0.0.4).
+//!
+//! Counters are plain atomics in one process-wide [`Metrics`] ([`METRICS`]),
+//! bumped where the thing happens — a transport's verdict, a group commit,
+//! a journal sync, a delivery, a connection — and read at a scrape; gauges
+//! that the rules know (requests and transfers) are asked for at the scrape
+//! ([`Gauges`]). [`Metrics::render`] is pure: it writes what it is given.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use dishsync_protocol::payload::ErrorCode;
+
+use crate::rules::Verdict;
+
+/// The broker's counters.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// Upper bounds of the journal sync histogram, seconds.
+const SYNC_BUCKETS: [f64; 11] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Inputs by transport, outcome and (for a refusal) code.
+type InputKey = (&'static str, &'static str, Option<ErrorCode>);
+
+/// Every counter.
+#[derive(Default)]
+pub struct Metrics {
+    inputs: Mutex<BTreeMap<InputKey, u64>>,
+    group_commits: AtomicU64,
+    group_inputs: AtomicU64,
+    sync_buckets: [AtomicU64; SYNC_BUCKETS.len()],
+    sync_count: AtomicU64,
+    sync_nanos: AtomicU64,
+    deliveries: AtomicU64,
+    dropped: AtomicU64,
+    alerts_raised: AtomicU64,
+    connections: Mutex<BTreeMap<&'static str, i64>>,
+}
+
+/// What the rules are asked for at a scrape.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Gauges {
+    /// Replenishment requests not yet received or cancelled.
+    pub open_requests: u64,
+    /// Transfers proposed, accepted or dispatched.
+    pub active_transfers: u64,
+}
+
+impl Metrics {
+    /// An input that came in over `transport` (`mqtt`, `worker`) got
+    /// `verdict`.
+    pub fn input(&self, transport: &'static str, verdict: &Verdict) {
+        let key = match verdict {
+            Verdict::Applied => (transport, "applied", None),
+            Verdict::Duplicate => (transport, "duplicate", None),
+            Verdict::Unchanged => (transport, "unchanged", None),
+            Verdict::Rejected(r) => (transport, "refused", Some(r.code)),
+        };
+        self.count_input(key);
+    }
+
+    /// An input refused before it reached the rules (permission, decoding).
+    pub fn refused(&self, transport: &'static str, code: ErrorCode) {
+        self.count_input((transport, "refused", Some(code)));
+    }
+
+    fn count_input(&self, key: InputKey) {
+        if let Ok(mut inputs) = self.inputs.lock() {
+            *inputs.entry(key).or_default() += 1;
+        }
+    }
+
+    /// A group of `inputs` inputs was committed.
+    pub fn group_committed(&self, inputs: usize) {
+        self.group_commits.fetch_add(1, Ordering::Relaxed);
+        self.group_inputs.fetch_add(inputs as u64, Ordering::Relaxed);
+    }
+
+    /// A journal sync took `took`.
+    pub fn journal_synced(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        for (bucket, bound) in self.sync_buckets.iter().zip(SYNC_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sync_count.fetch_add(1, Ordering::Relaxed);
+        self.sync_nanos
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A message was delivered to current subscribers.
+    pub fn delivered(&self) {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message could not be delivered to a subscriber.
+    pub fn dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An alert was raised.
+    pub fn alert_raised(&self) {
+        self.alerts_raised.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client of `role` connected (`true`) or disconnected.
+    pub fn connection(&self, role: &'static str, connected: bool) {
+        if let Ok(mut connections) = self.connections.lock() {
+            *connections.entry(role).or_default() += if connected { 1 } else { -1 };
+        }
+    }
+
+    /// The `/metrics` page, with `gauges` from the rules.
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut out = String::from(
+            "# HELP dishsync_inputs_total Inputs by transport and outcome (applied, duplicate, unchanged, refused with its code).\n# TYPE dishsync_inputs_total counter\n",
+        );
+        if let Ok(inputs) = self.inputs.lock() {
+            for ((transport, outcome, code), n) in inputs.iter() {
+                let code = code.map_or(String::new(), |c| format!(",code=\"{}\"", code_name(c)));
+                let _ = writeln!(
+                    out,
+                    "dishsync_inputs_total{{transport=\"{transport}\",outcome=\"{outcome}\"{code}}} {n}"
+                );
+            }
+        }
+        let simple: [(&str, &str, &str, u64); 5] = [
+            (
+                "dishsync_group_commits_total",
+                "counter",
+                "Group commits: journal records, each synced once.",
+                self.group_commits.load(Ordering::Relaxed),
+            ),
+            (
+                "dishsync_group_commit_inputs_total",
+                "counter",
+                "Inputs in the group commits (divided by the commits: the mean group size).",
+                self.group_inputs.load(Ordering::Relaxed),
+            ),
+            (
+                "dishsync_deliveries_total",
+                "counter",
+                "Messages delivered to current subscribers.",
+                self.deliveries.load(Ordering::Relaxed),
+            ),
+            (
+                "dishsync_deliveries_dropped_total",
+                "counter",
+                "Messages the engine could not deliver to a subscriber.",
+                self.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "dishsync_alerts_raised_total",
+                "counter",
+                "Store alerts raised.",
+                self.alerts_raised.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in simple {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        let name = "dishsync_journal_sync_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Journal syncs (one per group commit), seconds.\n# TYPE {name} histogram"
+        );
+        for (bucket, bound) in self.sync_buckets.iter().zip(SYNC_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.sync_count.load(Ordering::Relaxed);
+        let sum = self.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+        );
+        let name = "dishsync_connections";
+        let _ = writeln!(out, "# HELP {name} Connected clients by role.\n# TYPE {name} gauge");
+        if let Ok(connections) = self.connections.lock() {
+            for (role, n) in connections.iter() {
+                let _ = writeln!(out, "{name}{{role=\"{role}\"}} {}", (*n).max(0));
+            }
+        }
+        for (name, help, value) in [
+            (
+                "dishsync_open_requests",
+                "Replenishment requests open at the central kitchen.",
+                gauges.open_requests,
+            ),
+            (
+                "dishsync_active_transfers",
+                "Transfers proposed, accepted or on their way.",
+                gauges.active_transfers,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}
+
+/// An error code as the errors topic spells it.
+fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{code:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dishsync_inventory::Rejection;
+
+    #[test]
+    fn every_counter_is_on_the_page() {
+        let m = Metrics::default();
+        m.input("mqtt", &Verdict::Applied);
+        m.input("mqtt", &Verdict::Applied);
+        m.input("mqtt", &Verdict::Rejected(Rejection::new(ErrorCode::UnknownSku, "x")));
+        m.refused("mqtt", ErrorCode::NotPermitted);
+        m.group_committed(2);
+        m.journal_synced(Duration::from_micros(700));
+        m.connection("pos", true);
+        m.connection("pos", true);
+        m.connection("pos", false);
+        let page = m.render(Gauges {
+            open_requests: 3,
+            active_transfers: 1,
+        });
+        for line in [
+            "dishsync_inputs_total{transport=\"mqtt\",outcome=\"applied\"} 2",
+            "dishsync_inputs_total{transport=\"mqtt\",outcome=\"refused\",code=\"unknown_sku\"} 1",
+            "dishsync_inputs_total{transport=\"mqtt\",outcome=\"refused\",code=\"not_permitted\"} 1",
+            "dishsync_group_commits_total 1",
+            "dishsync_group_commit_inputs_total 2",
+            "dishsync_journal_sync_seconds_bucket{le=\"0.0005\"} 0",
+            "dishsync_journal_sync_seconds_bucket{le=\"0.001\"} 1",
+            "dishsync_journal_sync_seconds_bucket{le=\"+Inf\"} 1",
+            "dishsync_journal_sync_seconds_count 1",
+            "dishsync_connections{role=\"pos\"} 1",
+            "dishsync_open_requests 3",
+            "dishsync_active_transfers 1",
+        ] {
+            assert!(page.lines().any(|l| l == line), "{line} missing from:\n{page}");
+        }
+    }
+}
