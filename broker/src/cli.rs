@@ -65,6 +65,15 @@ enum Command {
     /// Hash a device password for the configuration file (`password_hash`).
     /// Reads the password from the first line of standard input.
     HashPassword,
+    /// Ask a running broker's web listener whether it is ready (`GET
+    /// /readyz`): exit 0 when it is, 1 when it is not or does not answer —
+    /// a health check for a container or a supervisor that has no HTTP
+    /// client.
+    Ready {
+        /// The web listener, host:port.
+        #[arg(default_value = "127.0.0.1:8080")]
+        web: String,
+    },
     /// Repair a damaged journal in the data directory (the broker must be
     /// stopped): keeps every intact record, sets the damaged segments
     /// aside, and reports what is lost.
@@ -93,6 +102,18 @@ enum Command {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Ready { web }) = &args.command {
+        return match crate::web::probe_ready(web, std::time::Duration::from_secs(5)) {
+            Ok(()) => {
+                println!("ready");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("dishsync-broker: not ready: {why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::HashPassword) = &args.command {
         let mut line = String::new();
         if let Err(e) = std::io::stdin().read_line(&mut line) {

@@ -88,6 +88,35 @@ impl Readiness {
     }
 }
 
+/// Asks the web listener at `addr` (`host:port`) for `/readyz` over plain
+/// HTTP/1.0, waiting at most `patience`: `Ok` when it answers 200, or why
+/// not.
+pub fn probe_ready(addr: &str, patience: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} names no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&target, patience).map_err(|e| format!("{addr}: {e}"))?;
+    let io = |e: std::io::Error| format!("{addr}: {e}");
+    stream.set_read_timeout(Some(patience)).map_err(io)?;
+    stream.set_write_timeout(Some(patience)).map_err(io)?;
+    stream
+        .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .map_err(io)?;
+    let mut answer = String::new();
+    stream.take(64 << 10).read_to_string(&mut answer).map_err(io)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    if status == "200" {
+        Ok(())
+    } else {
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+        Err(format!("{addr} answered {status}: {body}"))
+    }
+}
+
 /// Whether `dir` takes a write now: a small file written, synced and
 /// removed.
 fn probe(dir: &std::path::Path) -> Result<(), String> {

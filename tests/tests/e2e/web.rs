@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::support::{small_chain, temp_data_dir, BrokerProcess, DEADLINE};
+use crate::support::{broker_binary, small_chain, temp_data_dir, BrokerProcess, DEADLINE};
 
 /// `GET url`: the status and the body, whatever the status.
 fn get(url: &str) -> Result<(u16, String)> {
@@ -41,6 +41,17 @@ fn health_and_readiness_answer_over_http_and_readiness_follows_the_storage() -> 
 
     let (status, _) = get(&format!("http://{web}/nothing-here"))?;
     assert_eq!(status, 404);
+    // The health check a container runs, without an HTTP client of its own.
+    let ready = |addr: String| {
+        std::process::Command::new(broker_binary())
+            .args(["ready", &addr])
+            .output()
+            .context("running dishsync-broker ready")
+    };
+    let probed = ready(web.to_string())?;
+    assert!(probed.status.success(), "{}", String::from_utf8_lossy(&probed.stderr));
+    let nobody = ready(crate::support::free_addr()?.to_string())?;
+    assert!(!nobody.status.success(), "nothing listens there");
 
     // The data directory goes: the broker still lives, and is not ready.
     std::fs::remove_dir_all(&data)?;
@@ -60,6 +71,13 @@ fn health_and_readiness_answer_over_http_and_readiness_follows_the_storage() -> 
     assert_eq!(not_ready["checks"]["rules"], "ok", "{not_ready}");
     let (status, _) = get(&format!("http://{web}/healthz"))?;
     assert_eq!(status, 200, "alive all the same");
+    let probed = ready(web.to_string())?;
+    assert!(!probed.status.success(), "not ready without a data directory");
+    assert!(
+        String::from_utf8_lossy(&probed.stderr).contains("503"),
+        "{}",
+        String::from_utf8_lossy(&probed.stderr)
+    );
     Ok(())
 }
 
