@@ -172,7 +172,10 @@ impl BrokerProcess {
     /// Starts the built-in demo chain (no configuration file; its dinner
     /// service plays unless `args` say otherwise) on a free loopback port.
     pub fn start_demo(data_dir: &Path, args: &[&str]) -> Result<BrokerProcess> {
-        let args: Vec<std::ffi::OsString> = args.iter().map(std::ffi::OsString::from).collect();
+        // The demo's web listener is on 8080: a free port here, so demos
+        // run side by side.
+        let web = ["--web-listen", "127.0.0.1:0"];
+        let args: Vec<std::ffi::OsString> = web.iter().chain(args).map(std::ffi::OsString::from).collect();
         BrokerProcess::spawn(&args, data_dir, "127.0.0.1:0".parse()?)
     }
 

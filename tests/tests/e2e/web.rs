@@ -177,3 +177,14 @@ async fn metrics_count_what_the_broker_does() -> Result<()> {
     );
     Ok(())
 }
+
+/// The built-in demo has its web listener on (on 8080 as shipped; a free
+/// port here).
+#[test]
+fn the_demo_serves_health_on_its_web_listener() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let demo = BrokerProcess::start_demo(&data, &["--no-demo-service"])?;
+    let web = demo.web_addr.context("the demo names its web address")?;
+    assert_eq!(get(&format!("http://{web}/readyz"))?.0, 200);
+    Ok(())
+}
