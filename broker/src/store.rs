@@ -788,6 +788,71 @@ mod tests {
     use dishsync_inventory::EntryKind;
     use std::io::Write;
 
+    /// A store's planning state written when its fields stood side by side
+    /// reads as the same state in its slices, and is written back the same.
+    #[test]
+    fn a_store_plan_written_flat_reads_as_its_slices() {
+        use dishsync_inventory::planning::Rate;
+        use dishsync_inventory::StorePlan;
+        use dishsync_protocol::payload::AlertKind;
+        use dishsync_protocol::{DeviceId, DishId, SkuId};
+        use std::collections::{BTreeMap, BTreeSet};
+        #[derive(serde::Serialize)]
+        struct Flat {
+            disarmed: BTreeSet<SkuId>,
+            request_seq: u64,
+            alert_seq: u64,
+            active_alerts: BTreeMap<(AlertKind, String), String>,
+            day: i64,
+            waste_today: BTreeMap<SkuId, i64>,
+            used_today: BTreeMap<SkuId, i64>,
+            rates: BTreeMap<DishId, Rate>,
+            offline: BTreeSet<DeviceId>,
+            summary_rev: u64,
+            asked: BTreeMap<SkuId, Vec<StoreId>>,
+        }
+        let id = |s: &str| s.parse::<SkuId>().expect("id");
+        let flat = Flat {
+            disarmed: [id("patty")].into(),
+            request_seq: 7,
+            alert_seq: 3,
+            active_alerts: [((AlertKind::LowStock, "patty".to_string()), "al-3".to_string())].into(),
+            day: 20_400,
+            waste_today: [(id("bun"), 2)].into(),
+            used_today: [(id("bun"), 40)].into(),
+            rates: [(
+                "burger".parse().expect("id"),
+                Rate {
+                    per_minute: 0.5,
+                    at: 1_000,
+                },
+            )]
+            .into(),
+            offline: ["scale-1".parse().expect("id")].into(),
+            summary_rev: 11,
+            asked: [(id("patty"), vec!["s2".parse().expect("id")])].into(),
+        };
+        let bytes = postcard::to_allocvec(&flat).expect("encodes");
+        let plan: StorePlan = postcard::from_bytes(&bytes).expect("reads");
+        assert_eq!(plan.replenishment.disarmed, flat.disarmed);
+        assert_eq!(plan.replenishment.request_seq, 7);
+        assert_eq!((plan.alerts.seq, &plan.alerts.active), (3, &flat.active_alerts));
+        assert_eq!(plan.today.day, 20_400);
+        assert_eq!(
+            (&plan.today.waste, &plan.today.used),
+            (&flat.waste_today, &flat.used_today)
+        );
+        assert_eq!(plan.forecast.rates.len(), 1);
+        assert_eq!(plan.freshness.offline, flat.offline);
+        assert_eq!(plan.summary_rev, 11);
+        assert_eq!(plan.transfers.asked, flat.asked);
+        assert_eq!(
+            postcard::to_allocvec(&plan).expect("encodes"),
+            bytes,
+            "written back the same"
+        );
+    }
+
     fn entry(event: &str, amount: i64) -> LedgerEntry {
         LedgerEntry {
             store: "s1".parse().expect("valid id"),

@@ -542,8 +542,8 @@ impl Inventory {
         };
         let today = inventory.local_day(now);
         for (id, state) in &mut inventory.stores {
-            if state.plan.day == 0 {
-                state.plan.day = today;
+            if state.plan.today.day == 0 {
+                state.plan.today.day = today;
                 changes.plan(id.clone());
             }
         }

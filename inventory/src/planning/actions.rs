@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// Today's use and waste: a store's plan's slice for the waste ratio and
+/// the waste-spike alert.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Today {
+    /// The store-local day the counters are for.
+    pub day: i64,
+    /// Wasted today per SKU, base units.
+    pub waste: BTreeMap<SkuId, i64>,
+    /// Used today (sales, consumption) per SKU, base units.
+    pub used: BTreeMap<SkuId, i64>,
+}
+
 impl Inventory {
     /// The central kitchen acts on a replenishment request.
     pub fn apply_request_action(
@@ -253,14 +265,14 @@ impl Inventory {
         let Some(state) = self.stores.get_mut(store) else {
             return;
         };
-        if state.plan.day != today {
+        if state.plan.today.day != today {
             // The first change of a new day, before the tick saw it.
             state.plan.begin_day(today);
         }
         let counters = if waste {
-            &mut state.plan.waste_today
+            &mut state.plan.today.waste
         } else {
-            &mut state.plan.used_today
+            &mut state.plan.today.used
         };
         *counters.entry(sku.clone()).or_insert(0) += amount;
     }
@@ -268,8 +280,8 @@ impl Inventory {
     /// Raises or clears `waste_spike` for `sku`.
     pub(crate) fn check_waste(&mut self, store: &StoreId, sku: &SkuId, now: Millis, changes: &mut Changes) {
         let Some(state) = self.stores.get(store) else { return };
-        let waste = state.plan.waste_today.get(sku).copied().unwrap_or(0);
-        let used = state.plan.used_today.get(sku).copied().unwrap_or(0);
+        let waste = state.plan.today.waste.get(sku).copied().unwrap_or(0);
+        let used = state.plan.today.used.get(sku).copied().unwrap_or(0);
         let share = self.catalog.planning().waste_alert_share;
         let ratio = if waste + used > 0 {
             waste as f64 / (waste + used) as f64

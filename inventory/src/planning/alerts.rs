@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// The alerts' slice of a store's plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertBook {
+    /// Last alert number of the store.
+    pub seq: u64,
+    /// Active alerts: (kind, subject) → alert id.
+    pub active: BTreeMap<(AlertKind, String), String>,
+}
+
 impl Inventory {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn set_alert(
@@ -19,16 +28,16 @@ impl Inventory {
             return;
         };
         let slot = (kind, key.to_string());
-        let active = state.plan.active_alerts.get(&slot).cloned();
+        let active = state.plan.alerts.active.get(&slot).cloned();
         let (id, alert_state, message) = match (on, active) {
             (true, None) => {
-                state.plan.alert_seq += 1;
-                let id = format!("al-{store}-{}", state.plan.alert_seq);
-                state.plan.active_alerts.insert(slot, id.clone());
+                state.plan.alerts.seq += 1;
+                let id = format!("al-{store}-{}", state.plan.alerts.seq);
+                state.plan.alerts.active.insert(slot, id.clone());
                 (id, AlertState::Raised, message)
             }
             (false, Some(id)) => {
-                state.plan.active_alerts.remove(&slot);
+                state.plan.alerts.active.remove(&slot);
                 (id, AlertState::Cleared, format!("cleared: {message}"))
             }
             _ => return,

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// The forecast's slice of a store's plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Forecast {
+    /// Sales rate per dish.
+    pub rates: BTreeMap<DishId, Rate>,
+}
+
 impl Inventory {
     pub(crate) fn tau(&self) -> f64 {
         self.catalog.planning().rate_time_constant_minutes.max(1.0)
@@ -12,7 +19,7 @@ impl Inventory {
         let tau = self.tau();
         self.stores
             .get(store)
-            .and_then(|s| s.plan.rates.get(dish))
+            .and_then(|s| s.plan.forecast.rates.get(dish))
             .map_or(0.0, |r| r.at_time(now, tau))
     }
 
@@ -48,7 +55,7 @@ impl Inventory {
             return;
         };
         for (dish, portions) in lines {
-            let rate = state.plan.rates.entry(dish.clone()).or_default();
+            let rate = state.plan.forecast.rates.entry(dish.clone()).or_default();
             if *portions >= 0 {
                 rate.add(*portions as f64, at, tau);
             } else {

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// Freshness's slice of a store's plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Freshness {
+    /// Feeding devices currently offline.
+    pub offline: BTreeSet<DeviceId>,
+}
+
 impl Inventory {
     /// Whether a feeding device of `sku` in `store` is offline.
     pub fn is_stale(&self, store: &StoreId, sku: &SkuId) -> bool {
@@ -13,6 +20,7 @@ impl Inventory {
         };
         state
             .plan
+            .freshness
             .offline
             .iter()
             .any(|d| feeds.get(d).is_some_and(|skus| skus.contains(sku)))
@@ -28,14 +36,14 @@ impl Inventory {
         let Some(state) = self.stores.get_mut(store) else {
             return changes;
         };
-        let was_offline = state.plan.offline.contains(device);
+        let was_offline = state.plan.freshness.offline.contains(device);
         if was_offline != online {
             return changes;
         }
         if online {
-            state.plan.offline.remove(device);
+            state.plan.freshness.offline.remove(device);
         } else {
-            state.plan.offline.insert(device.clone());
+            state.plan.freshness.offline.insert(device.clone());
         }
         changes.plan(store.clone());
         let message = format!(

@@ -13,8 +13,9 @@
 //! Time is store-local for service hours, delivery windows and "today"
 //! (`Planning::utc_offset_minutes`); the core is always handed `now`.
 //!
-//! This file holds the planning state (requests, transfers, each store's
-//! and the chain's counters); the rules are one file per job: `time`
+//! This file holds the planning documents (requests, transfers) and puts a
+//! store's planning state together from its slices, each defined beside
+//! the rules that keep it; the rules are one file per job: `time`
 //! (store-local time), `forecast` (the sales rate and sell-out times),
 //! `freshness` (stale levels, device presence), `alerts`, `pass` (the
 //! planning pass: replenishment and transfer proposals), `actions` (on
@@ -34,11 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{reject, Changes, EntryKind, Inventory, LedgerEntry, Outcome, Rejection, StockKindCode};
 
-mod actions;
-mod alerts;
-mod forecast;
-mod freshness;
-mod pass;
+pub mod actions;
+pub mod alerts;
+pub mod forecast;
+pub mod freshness;
+pub mod pass;
 mod time;
 mod timers;
 mod views;
@@ -192,42 +193,36 @@ pub enum Retired {
     },
 }
 
-/// A store's planning state (persisted with the store).
+/// A store's planning state (persisted with the store): one slice per
+/// planning job, each defined beside the rules that keep it. The slices
+/// are in the order the state was always written, so a store's record
+/// reads the same as when the fields stood side by side.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StorePlan {
-    /// SKUs that raised a request and have not been above their reorder
-    /// point since (hysteresis).
-    pub disarmed: BTreeSet<SkuId>,
-    /// Last request number of the store.
-    pub request_seq: u64,
-    /// Last alert number of the store.
-    pub alert_seq: u64,
-    /// Active alerts: (kind, subject) → alert id.
-    pub active_alerts: BTreeMap<(AlertKind, String), String>,
-    /// The store-local day the counters below are for.
-    pub day: i64,
-    /// Wasted today per SKU, base units.
-    pub waste_today: BTreeMap<SkuId, i64>,
-    /// Used today (sales, consumption) per SKU, base units.
-    pub used_today: BTreeMap<SkuId, i64>,
-    /// Sales rate per dish.
-    pub rates: BTreeMap<DishId, Rate>,
-    /// Feeding devices currently offline.
-    pub offline: BTreeSet<DeviceId>,
+    /// Replenishment: disarmed SKUs and the request counter (`pass`).
+    pub replenishment: pass::Replenishment,
+    /// Active alerts and the alert counter (`alerts`).
+    pub alerts: alerts::AlertBook,
+    /// Today's use and waste (`actions`).
+    pub today: actions::Today,
+    /// The sales rate per dish (`forecast`).
+    pub forecast: forecast::Forecast,
+    /// Feeding devices offline (`freshness`).
+    pub freshness: freshness::Freshness,
     /// Summary document revision.
     pub summary_rev: u64,
-    /// Stores already asked today for a transfer of a SKU (a store that
-    /// declined or let a proposal expire is not asked again the same day).
-    pub asked: BTreeMap<SkuId, Vec<StoreId>>,
+    /// Stores asked today for a transfer of a SKU (`pass`).
+    pub transfers: pass::TransferAsks,
 }
 
 impl StorePlan {
     /// Starts store-local day `day`: today's counters begin again.
     fn begin_day(&mut self, day: i64) {
-        self.day = day;
-        self.waste_today.clear();
-        self.used_today.clear();
-        self.asked.clear();
+        self.today = actions::Today {
+            day,
+            ..actions::Today::default()
+        };
+        self.transfers.asked.clear();
     }
 }
 

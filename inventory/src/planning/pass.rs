@@ -2,6 +2,24 @@
 
 use super::*;
 
+/// Replenishment's slice of a store's plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Replenishment {
+    /// SKUs that raised a request and have not been above their reorder
+    /// point since (hysteresis).
+    pub disarmed: BTreeSet<SkuId>,
+    /// Last request number of the store.
+    pub request_seq: u64,
+}
+
+/// The transfer proposals' slice of a store's plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransferAsks {
+    /// Stores already asked today for a transfer of a SKU (a store that
+    /// declined or let a proposal expire is not asked again the same day).
+    pub asked: BTreeMap<SkuId, Vec<StoreId>>,
+}
+
 impl Inventory {
     /// Evaluates every planning condition touched by `changes`. Called once
     /// at the end of every public operation (through `finish`).
@@ -97,12 +115,12 @@ impl Inventory {
             return;
         };
         if qty > params.reorder_point {
-            if state.plan.disarmed.remove(sku) {
+            if state.plan.replenishment.disarmed.remove(sku) {
                 changes.plan(store.clone());
             }
             return;
         }
-        if state.plan.disarmed.contains(sku) || self.open_request_for(store, sku).is_some() {
+        if state.plan.replenishment.disarmed.contains(sku) || self.open_request_for(store, sku).is_some() {
             return;
         }
         let pack = self.catalog.sku(sku).map_or(1, |s| s.pack);
@@ -111,7 +129,7 @@ impl Inventory {
             return;
         }
         if let Some(state) = self.stores.get_mut(store) {
-            state.plan.disarmed.insert(sku.clone());
+            state.plan.replenishment.disarmed.insert(sku.clone());
         }
         changes.plan(store.clone());
         let line = RequestLine {
@@ -138,8 +156,8 @@ impl Inventory {
                 let Some(state) = self.stores.get_mut(store) else {
                     return;
                 };
-                state.plan.request_seq += 1;
-                let id = DocId::request(store, state.plan.request_seq);
+                state.plan.replenishment.request_seq += 1;
+                let id = DocId::request(store, state.plan.replenishment.request_seq);
                 let request = Request {
                     id: id.clone(),
                     store: store.clone(),
@@ -278,7 +296,7 @@ impl Inventory {
         let asked = self
             .stores
             .get(taker)
-            .and_then(|s| s.plan.asked.get(sku))
+            .and_then(|s| s.plan.transfers.asked.get(sku))
             .cloned()
             .unwrap_or_default();
         let mut candidates: Vec<(u32, StoreId)> = self
@@ -299,7 +317,13 @@ impl Inventory {
             self.chain.transfer_seq += 1;
             changes.chain();
             if let Some(state) = self.stores.get_mut(taker) {
-                state.plan.asked.entry(sku.clone()).or_default().push(giver.clone());
+                state
+                    .plan
+                    .transfers
+                    .asked
+                    .entry(sku.clone())
+                    .or_default()
+                    .push(giver.clone());
                 changes.plan(taker.clone());
             }
             let id = DocId::transfer(self.chain.transfer_seq);

@@ -395,10 +395,20 @@ fn a_dinner_service_across_three_stores() {
         .alerts
         .iter()
         .any(|(_, a)| a.kind == AlertKind::LowStock && a.state == AlertState::Cleared));
-    assert!(!inv.plan_state(&id("a")).expect("plan").disarmed.contains(&id("patty")));
+    assert!(!inv
+        .plan_state(&id("a"))
+        .expect("plan")
+        .replenishment
+        .disarmed
+        .contains(&id("patty")));
 
     // Store b never needed anything.
-    assert!(inv.plan_state(&id("b")).expect("plan").disarmed.is_empty());
+    assert!(inv
+        .plan_state(&id("b"))
+        .expect("plan")
+        .replenishment
+        .disarmed
+        .is_empty());
     let summary = inv.summary_out(&id("a"), t).expect("summary");
     assert!(summary.open_requests.is_empty() && summary.open_transfers.is_empty());
 }

@@ -32,7 +32,7 @@ impl Inventory {
         let with_rates: Vec<(StoreId, DishId)> = self
             .stores
             .iter()
-            .flat_map(|(s, st)| st.plan.rates.keys().map(move |d| (s.clone(), d.clone())))
+            .flat_map(|(s, st)| st.plan.forecast.rates.keys().map(move |d| (s.clone(), d.clone())))
             .collect();
         for (store, dish) in with_rates {
             self.recompute_dish(&store, &dish, now, &mut changes);
@@ -44,13 +44,14 @@ impl Inventory {
             let Some(state) = self.stores.get_mut(&store) else {
                 continue;
             };
-            if state.plan.day == today {
+            if state.plan.today.day == today {
                 continue;
             }
             state.plan.begin_day(today);
             let spikes: Vec<String> = state
                 .plan
-                .active_alerts
+                .alerts
+                .active
                 .keys()
                 .filter(|(k, _)| *k == AlertKind::WasteSpike)
                 .map(|(_, s)| s.clone())

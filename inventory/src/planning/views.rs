@@ -101,13 +101,14 @@ impl Inventory {
         let mut ratios = Vec::new();
         let skus: BTreeSet<&SkuId> = state
             .plan
-            .waste_today
+            .today
+            .waste
             .keys()
-            .chain(state.plan.used_today.keys())
+            .chain(state.plan.today.used.keys())
             .collect();
         for sku in skus {
-            let w = state.plan.waste_today.get(sku).copied().unwrap_or(0);
-            let u = state.plan.used_today.get(sku).copied().unwrap_or(0);
+            let w = state.plan.today.waste.get(sku).copied().unwrap_or(0);
+            let u = state.plan.today.used.get(sku).copied().unwrap_or(0);
             if w + u <= 0 {
                 continue;
             }
@@ -148,7 +149,7 @@ impl Inventory {
                     return false;
                 }
                 let Some(close) = close else { return false };
-                let Some(rate) = state.plan.rates.get(*dish) else {
+                let Some(rate) = state.plan.forecast.rates.get(*dish) else {
                     return false;
                 };
                 if self.local_day(rate.at) != self.local_day(now) {
