@@ -96,24 +96,24 @@ impl BridgeConfig {
     }
 }
 
-/// `HMAC-SHA256(key, nonce ‖ device ‖ boot as 4 bytes LE)`.
-pub fn proof(key: &[u8], nonce: &[u8; 16], device: &str, boot: u32) -> [u8; 32] {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+/// The MAC over `nonce ‖ device ‖ boot as 4 bytes LE` under `key`, ready
+/// to finish; `None` for a key the MAC does not take.
+fn keyed(key: &[u8], nonce: &[u8; 16], device: &str, boot: u32) -> Option<Hmac<Sha256>> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
     mac.update(nonce);
     mac.update(device.as_bytes());
     mac.update(&boot.to_le_bytes());
-    mac.finalize().into_bytes().into()
+    Some(mac)
+}
+
+/// `HMAC-SHA256(key, nonce ‖ device ‖ boot as 4 bytes LE)`; `None` for a
+/// key HMAC does not take (it takes every length).
+pub fn proof(key: &[u8], nonce: &[u8; 16], device: &str, boot: u32) -> Option<[u8; 32]> {
+    keyed(key, nonce, device, boot).map(|mac| mac.finalize().into_bytes().into())
 }
 
 fn verify(key: &[u8], nonce: &[u8; 16], device: &str, boot: u32, proof: &[u8; 32]) -> bool {
-    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key) else {
-        return false;
-    };
-    mac.update(nonce);
-    mac.update(device.as_bytes());
-    mac.update(&boot.to_le_bytes());
-    mac.verify_slice(proof).is_ok()
+    keyed(key, nonce, device, boot).is_some_and(|mac| mac.verify_slice(proof).is_ok())
 }
 
 /// Writes one message as a frame.
@@ -593,7 +593,7 @@ pub async fn sim_device(sim: SimDevice) -> Result<()> {
                     }
                 }
                 if let Some(nonce) = hello {
-                    let p = proof(&key, &nonce, &sim.device, sim.boot);
+                    let p = proof(&key, &nonce, &sim.device, sim.boot).context("the device key is not usable")?;
                     send(
                         &mut wr,
                         &Message::Hello {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use dishsync_broker::store::Store;
 use dishsync_firmware_bridge::{encode, Decoder, Message, StockKind, Unit};
 use rumqttc::QoS;
@@ -308,7 +308,7 @@ async fn a_device_on_a_serial_line_books_stock_through_the_bridge() -> Result<()
             _ => false,
         })?;
         let nonce = nonce.ok_or_else(|| anyhow!("no challenge"))?;
-        let proof = dishsync_firmware_bridge::bridge::proof(&key, &nonce, "scale-7", 4);
+        let proof = dishsync_firmware_bridge::bridge::proof(&key, &nonce, "scale-7", 4).context("a proof")?;
         write_frame(
             &mut device,
             &Message::Hello {
@@ -387,7 +387,8 @@ impl TcpDevice {
         })?;
         let nonce = nonce.ok_or_else(|| anyhow!("no challenge"))?;
         if hello {
-            let proof = dishsync_firmware_bridge::bridge::proof(&hex_key(), &nonce, "scale-7", boot);
+            let proof =
+                dishsync_firmware_bridge::bridge::proof(&hex_key(), &nonce, "scale-7", boot).context("a proof")?;
             device.send(&Message::Hello {
                 device: "scale-7",
                 boot,
