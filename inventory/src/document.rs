@@ -18,8 +18,9 @@ use dishsync_protocol::{DishId, DocId, Millis, SkuId, StoreId, Topic};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::planning::{ChainPlan, Request, StorePlan, Transfer};
-use crate::{DishState, Inventory, MenuState, Restored, Retired, SkuState};
+use crate::inventory::Inventory;
+use crate::planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
+use crate::state::{DishState, MenuState, Restored, SkuState};
 
 /// One document of the chain.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

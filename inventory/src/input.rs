@@ -9,7 +9,7 @@ use dishsync_protocol::topic::{RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
 use serde::Serialize;
 
-use crate::Rejection;
+use crate::rejection::Rejection;
 
 /// A decoded, well-formed input.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,8 +2,15 @@
 
 use super::catalog::{CatalogError, Dish, RecipeLine, Sku, StockParams, Store};
 use super::*;
-use dishsync_protocol::payload::SaleLine;
+use std::sync::Arc;
+
+use dishsync_protocol::payload::{
+    DishAvailabilityOut, DishStatus, ErrorCode, LevelState, OverrideIn, OverrideStatus, SaleIn, StockEventIn,
+    Timestamp, WeightIn,
+};
+use dishsync_protocol::payload::{SaleLine, StockKind};
 use dishsync_protocol::{BaseUnit, Unit};
+use dishsync_protocol::{DeviceId, DishId, Millis, SkuId, StoreId};
 use proptest::prelude::*;
 
 fn catalog() -> Arc<Catalog> {

@@ -1,6 +1,18 @@
 //! Actions on requests and transfers — the central kitchen's and the stores' — what a delivery or a transfer books, and the day's use and waste it counts (with the waste-spike alert).
 
-use super::*;
+use std::collections::BTreeMap;
+
+use dishsync_protocol::payload::{ActionIn, AlertKind, ErrorCode, RequestState, TransferRequestIn, TransferState};
+use dishsync_protocol::topic::{RequestAction, TransferAction};
+use dishsync_protocol::{DocId, EventId, Millis, Quantity, SkuId, StoreId};
+use serde::{Deserialize, Serialize};
+
+use crate::changes::{Changes, Outcome};
+use crate::inventory::Inventory;
+use crate::rejection::{check_text, reject, Rejection};
+use crate::state::{EntryKind, LedgerEntry, StockKindCode};
+
+use super::plan::*;
 
 /// Today's use and waste: a store's plan's slice for the waste ratio and
 /// the waste-spike alert.
@@ -23,7 +35,7 @@ impl Inventory {
         body: &ActionIn,
         now: Millis,
     ) -> Result<Outcome, Rejection> {
-        crate::check_text("note", &body.note)?;
+        check_text("note", &body.note)?;
         let request = self
             .requests
             .get_mut(id)
@@ -131,7 +143,7 @@ impl Inventory {
         event: &EventId,
         now: Millis,
     ) -> Result<Outcome, Rejection> {
-        crate::check_text("note", &body.note)?;
+        check_text("note", &body.note)?;
         let t = self
             .transfers
             .get(id)

@@ -1,6 +1,15 @@
 //! Alerts: raised once when a condition starts, cleared once when it ends.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use dishsync_protocol::payload::{AlertKind, AlertOut, AlertState, Timestamp};
+use dishsync_protocol::{Millis, StoreId};
+use serde::{Deserialize, Serialize};
+
+use crate::changes::Changes;
+use crate::inventory::Inventory;
+
+use super::plan::*;
 
 /// The alerts' slice of a store's plan.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,14 @@
 //! The sales forecast: an exponentially weighted portions rate per dish, and when a dish sells out at it.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use dishsync_protocol::{DishId, Millis, StoreId};
+use serde::{Deserialize, Serialize};
+
+use crate::changes::Changes;
+use crate::inventory::Inventory;
+
+use super::plan::*;
 
 /// The forecast's slice of a store's plan.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

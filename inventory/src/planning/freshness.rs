@@ -1,6 +1,15 @@
 //! Freshness: a SKU's level is stale when the scale that keeps it is offline; presence of devices.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use dishsync_protocol::payload::AlertKind;
+use dishsync_protocol::{DeviceId, Millis, SkuId, StoreId};
+use serde::{Deserialize, Serialize};
+
+use crate::changes::Changes;
+use crate::inventory::Inventory;
+
+use super::plan::*;
 
 /// Freshness's slice of a store's plan.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

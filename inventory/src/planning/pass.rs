@@ -1,6 +1,15 @@
 //! The planning pass: after every change, the conditions of every SKU and dish it touched — replenishment requests (with hysteresis and merging) and transfer proposals between stores.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use dishsync_protocol::payload::{AlertKind, RequestLine, RequestState, Timestamp, TransferState};
+use dishsync_protocol::{DishId, DocId, Millis, SkuId, StoreId};
+use serde::{Deserialize, Serialize};
+
+use crate::changes::Changes;
+use crate::inventory::Inventory;
+
+use super::plan::*;
 
 /// Replenishment's slice of a store's plan.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,10 @@
 //! Store-local time: the day, the clock, service hours and the central kitchen's next delivery.
 
-use super::*;
+use dishsync_protocol::{Millis, StoreId};
+
+use crate::inventory::Inventory;
+
+use super::plan::*;
 
 impl Inventory {
     pub(crate) fn local_minutes(&self, now: Millis) -> i64 {

@@ -1,6 +1,12 @@
 //! Timers: what time alone changes — 86es lapse, unanswered proposals expire, forecasts move, a new day resets today's counters, finished documents are retired.
 
-use super::*;
+use dishsync_protocol::payload::{AlertKind, TransferState};
+use dishsync_protocol::{DishId, Millis, SkuId, StoreId};
+
+use crate::changes::Changes;
+use crate::inventory::Inventory;
+
+use super::plan::*;
 
 impl Inventory {
     /// Everything that happens with time alone: 86es lapse, unanswered

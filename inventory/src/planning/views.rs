@@ -1,6 +1,13 @@
 //! Views: the retained documents of requests, transfers and the HQ summary, and the states persisted.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use dishsync_protocol::payload::{DishStatus, RequestOut, SummaryOut, Timestamp, TransferOut, WasteLine};
+use dishsync_protocol::{DocId, Millis, SkuId, StoreId};
+
+use crate::inventory::Inventory;
+
+use super::plan::*;
 
 impl Inventory {
     /// A request's retained document.
