@@ -377,10 +377,12 @@ pub async fn run(rules: RulesHandle, catalog: Arc<Catalog>, seed: u64) {
         tick.tick().await;
         let Some(docs) = rules.documents().await else { return };
         for intake in service.step(Timestamp::now().0, &docs) {
-            match rules.intake(intake).await {
-                None => return,
-                Some(Verdict::Rejected(r)) => debug!(code = ?r.code, reason = %r.message, "demo input refused"),
-                Some(_) => {}
+            let Some(verdict) = rules.intake(intake).await else {
+                return;
+            };
+            crate::metrics::METRICS.input("demo", &verdict);
+            if let Verdict::Rejected(r) = verdict {
+                debug!(code = ?r.code, reason = %r.message, "demo input refused");
             }
         }
     }

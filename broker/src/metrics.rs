@@ -51,8 +51,8 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    /// An input that came in over `transport` (`mqtt`, `worker`) got
-    /// `verdict`.
+    /// An input that came in over `transport` (`mqtt`, `worker`, `demo`
+    /// for the demo's own service) got `verdict`.
     pub fn input(&self, transport: &'static str, verdict: &Verdict) {
         let key = match verdict {
             Verdict::Applied => (transport, "applied", None),
