@@ -46,29 +46,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // The HTTP listener first: a long restore is "alive, not ready".
     let readiness = crate::web::Readiness::new(settings.data_dir.clone());
-    let web = match settings.web {
-        Some(addr) => {
-            let bound = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the web listener {addr}"))?;
-            println!(
-                "dishsync-broker web on http://{}",
-                bound.local_addr().context("reading the web address")?
-            );
-            Some(bound)
-        }
-        None => None,
-    };
-    let web_served = {
-        let router = crate::web::router(readiness.clone());
-        async move {
-            match web {
-                Some(bound) => axum::serve(bound, router).await,
-                None => std::future::pending().await,
-            }
-        }
-    };
-    let web_task = tokio::spawn(web_served);
+    let web_task = crate::web::open(settings.web, readiness.clone()).await?;
 
     let (store, inventory) = restore(&settings).await?;
     republish_all(&out, &inventory).await;

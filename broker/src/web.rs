@@ -37,6 +37,8 @@ pub struct Readiness {
     running: OnceLock<(Store, RulesHandle)>,
     /// Set once every MQTT listener is open.
     listening: OnceLock<()>,
+    /// Told when the state is restored.
+    restored_tx: tokio::sync::watch::Sender<bool>,
 }
 
 impl Readiness {
@@ -46,12 +48,19 @@ impl Readiness {
             data_dir,
             running: OnceLock::new(),
             listening: OnceLock::new(),
+            restored_tx: tokio::sync::watch::Sender::new(false),
         })
     }
 
     /// The state is restored and the rules run.
     pub fn restored(&self, store: Store, rules: RulesHandle) {
         let _ = self.running.set((store, rules));
+        self.restored_tx.send_replace(true);
+    }
+
+    /// Waits until the state is restored.
+    pub async fn until_restored(&self) {
+        let _ = self.restored_tx.subscribe().wait_for(|restored| *restored).await;
     }
 
     /// Every MQTT listener is open.
@@ -148,6 +157,36 @@ pub fn verdict(checks: &[(&'static str, Result<(), String>)]) -> (StatusCode, Va
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, json!({ "ready": ready, "checks": named }))
+}
+
+/// Opens the web listener on `addr` (if any) and serves it in a task of
+/// its own, printing `dishsync-broker web on http://ADDR`; the task ends
+/// only if serving fails.
+pub async fn open(
+    addr: Option<std::net::SocketAddr>,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use anyhow::Context;
+    let bound = match addr {
+        Some(addr) => {
+            let bound = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the web listener {addr}"))?;
+            println!(
+                "dishsync-broker web on http://{}",
+                bound.local_addr().context("reading the web address")?
+            );
+            Some(bound)
+        }
+        None => None,
+    };
+    let router = router(readiness);
+    Ok(tokio::spawn(async move {
+        match bound {
+            Some(bound) => axum::serve(bound, router).await,
+            None => std::future::pending().await,
+        }
+    }))
 }
 
 /// The routes.

@@ -76,6 +76,10 @@ fn input_filters(settings: &Settings) -> Vec<String> {
 /// stopped. Prints one line, `dishsync-broker attached to mqtt://HOST:PORT`,
 /// once it is subscribed (the first time).
 pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
+    // The HTTP listener first: a long restore is "alive, not ready"; ready
+    // once the worker is subscribed at the external broker.
+    let readiness = crate::web::Readiness::new(settings.data_dir.clone());
+    let web_task = crate::web::open(settings.web, readiness.clone()).await?;
     let (store, inventory) = restore(&settings).await?;
     let mut opts = MqttOptions::new(attach.client_id.clone(), attach.host.clone(), attach.port);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -100,6 +104,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     let filters = input_filters(&settings);
     let subscriber = client.clone();
     let external = format!("{}:{}", attach.host, attach.port);
+    let attached = readiness.clone();
     tokio::spawn(async move {
         let mut subacks = 0;
         loop {
@@ -119,7 +124,15 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     subacks += 1;
                     if subacks == filters.len() {
-                        println!("dishsync-broker attached to mqtt://{external}");
+                        // Ready once the state is restored too (which never
+                        // waits for this task: it keeps polling).
+                        let attached = attached.clone();
+                        let external = external.clone();
+                        tokio::spawn(async move {
+                            attached.until_restored().await;
+                            attached.listening();
+                            println!("dishsync-broker attached to mqtt://{external}");
+                        });
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -140,6 +153,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     republish_all(&*out, &inventory).await;
     let storage = store.clone();
     let rules = rules::start(inventory, store, out.clone());
+    readiness.restored(storage.clone(), rules.clone());
 
     // Each input is acknowledged to the external broker, in the order it
     // came, once its verdict is in: a crash before that leaves it with the
@@ -164,6 +178,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     });
     let owned: HashSet<StoreId> = settings.catalog.stores().map(|s| s.id.clone()).collect();
     let mut failed = std::pin::pin!(storage.failed());
+    let mut web_task = web_task;
     loop {
         let publish = tokio::select! {
             publish = inputs.recv() => match publish {
@@ -173,6 +188,10 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
             // A failed write stops the worker; the external broker keeps
             // what was not acknowledged.
             what = &mut failed => return Err(crate::store::StorageFailed(what).into()),
+            served = &mut web_task => return match served {
+                Ok(result) => result.map_err(|e| anyhow::anyhow!("serving HTTP: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the web listener stopped: {e}")),
+            },
         };
         let verdict = route(&rules, &*out, &owned, &publish).await;
         if verdicts_tx.send((publish, verdict)).await.is_err() {

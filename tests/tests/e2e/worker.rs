@@ -36,6 +36,7 @@ fn worker(config: &Path, data: &Path, external: SocketAddr, client_id: &str) -> 
         .arg(config)
         .arg("--data-dir")
         .arg(data)
+        .args(["--web-listen", "127.0.0.1:0"])
         .args(["worker", "--connect", &external.to_string(), "--client-id", client_id])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -44,10 +45,23 @@ fn worker(config: &Path, data: &Path, external: SocketAddr, client_id: &str) -> 
         .context("starting the worker")?;
     let lines = lines_of(child.stdout.take().context("no stdout")?);
     let process = Process(child);
+    let mut web = None;
     loop {
         match lines.recv_timeout(DEADLINE) {
-            Ok(line) if line.starts_with("dishsync-broker attached to") => return Ok(process),
-            Ok(_) => {}
+            Ok(line) if line.starts_with("dishsync-broker attached to") => {
+                // Attached and subscribed: the worker says it is ready.
+                let web: SocketAddr = web.context("the worker names its web address")?;
+                let ready = ureq::get(&format!("http://{web}/readyz"))
+                    .call()
+                    .context("GET /readyz")?;
+                anyhow::ensure!(ready.status() == 200, "the attached worker is not ready");
+                return Ok(process);
+            }
+            Ok(line) => {
+                if let Some(addr) = line.strip_prefix("dishsync-broker web on http://") {
+                    web = addr.trim().parse().ok();
+                }
+            }
             Err(_) => bail!("the worker did not attach"),
         }
     }
