@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use dishsync_protocol::payload::ErrorCode;
+use dishsync_protocol::payload::{ErrorCode, InputCount, MetricsOut, RequestState, Timestamp, TransferState};
 
-use crate::rules::Verdict;
+use crate::rules::{RulesHandle, Verdict};
 
 /// The broker's counters.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -204,6 +204,87 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
         out
+    }
+}
+
+impl Metrics {
+    /// The figures as the retained `$SYS/dishsync/metrics` document, taken
+    /// at `at`.
+    pub fn snapshot(&self, gauges: Gauges, at: Timestamp) -> MetricsOut {
+        let inputs = self.inputs.lock().map_or_else(
+            |_| Vec::new(),
+            |inputs| {
+                inputs
+                    .iter()
+                    .map(|((transport, outcome, code), n)| InputCount {
+                        transport: transport.to_string(),
+                        outcome: outcome.to_string(),
+                        code: *code,
+                        count: *n,
+                    })
+                    .collect()
+            },
+        );
+        let connections = self.connections.lock().map_or_else(
+            |_| BTreeMap::new(),
+            |c| {
+                c.iter()
+                    .map(|(role, n)| (role.to_string(), (*n).max(0) as u64))
+                    .collect()
+            },
+        );
+        MetricsOut {
+            at,
+            inputs,
+            group_commits: self.group_commits.load(Ordering::Relaxed),
+            group_commit_inputs: self.group_inputs.load(Ordering::Relaxed),
+            journal_syncs: self.sync_count.load(Ordering::Relaxed),
+            journal_sync_seconds: self.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            deliveries: self.deliveries.load(Ordering::Relaxed),
+            deliveries_dropped: self.dropped.load(Ordering::Relaxed),
+            alerts_raised: self.alerts_raised.load(Ordering::Relaxed),
+            connections,
+            open_requests: gauges.open_requests,
+            active_transfers: gauges.active_transfers,
+        }
+    }
+}
+
+/// The gauges the rules know, asked for now (zero once the rules stopped).
+pub async fn gauges(rules: &RulesHandle) -> Gauges {
+    let Some(documents) = rules.documents().await else {
+        return Gauges::default();
+    };
+    Gauges {
+        open_requests: documents
+            .requests
+            .iter()
+            .filter(|r| !matches!(r.state, RequestState::Received | RequestState::Cancelled))
+            .count() as u64,
+        active_transfers: documents
+            .transfers
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TransferState::Proposed | TransferState::Accepted | TransferState::Dispatched
+                )
+            })
+            .count() as u64,
+    }
+}
+
+/// How often `$SYS/dishsync/metrics` is renewed.
+pub const RETAINED_EVERY: Duration = Duration::from_secs(10);
+
+/// Publishes `$SYS/dishsync/metrics` through `out` now and every
+/// [`RETAINED_EVERY`], for as long as the broker runs.
+pub async fn publish_retained(out: crate::outbound::Outbound, rules: RulesHandle) {
+    let mut tick = tokio::time::interval(RETAINED_EVERY);
+    loop {
+        tick.tick().await;
+        let doc = METRICS.snapshot(gauges(&rules).await, Timestamp::now());
+        crate::outbound::publish_doc(&out, &dishsync_protocol::Topic::BrokerMetrics, &doc, true).await;
     }
 }
 

@@ -24,8 +24,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use dishsync_protocol::payload::{RequestState, TransferState};
-
 use crate::metrics::{Gauges, METRICS};
 use crate::rules::RulesHandle;
 use crate::store::Store;
@@ -199,26 +197,10 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
 }
 
 async fn metrics(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
-    let mut gauges = Gauges::default();
-    if let Some((_, rules)) = readiness.running.get() {
-        if let Some(documents) = rules.documents().await {
-            gauges.open_requests = documents
-                .requests
-                .iter()
-                .filter(|r| !matches!(r.state, RequestState::Received | RequestState::Cancelled))
-                .count() as u64;
-            gauges.active_transfers = documents
-                .transfers
-                .iter()
-                .filter(|t| {
-                    matches!(
-                        t.state,
-                        TransferState::Proposed | TransferState::Accepted | TransferState::Dispatched
-                    )
-                })
-                .count() as u64;
-        }
-    }
+    let gauges = match readiness.running.get() {
+        Some((_, rules)) => crate::metrics::gauges(rules).await,
+        None => Gauges::default(),
+    };
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         METRICS.render(gauges),

@@ -44,6 +44,7 @@ fn published_kind(topic: &Topic, published: &Published) -> &'static str {
         Published::Error(_) if matches!(topic, Topic::HqErrors { .. }) => "hq errors",
         Published::Error(_) => "errors",
         Published::BrokerAlert(_) => "broker alerts",
+        Published::Metrics(_) => "metrics",
         Published::Catalog(_) => "catalog",
         Published::Request(_) => "request",
         Published::Transfer(_) => "transfer",
@@ -102,7 +103,7 @@ fn every_example_in_topics_md_parses() {
         };
         kinds.insert(kind);
     }
-    assert_eq!(kinds.len(), 19, "every topic of the contract has an example: {kinds:?}");
+    assert_eq!(kinds.len(), 20, "every topic of the contract has an example: {kinds:?}");
 }
 
 #[test]
@@ -119,6 +120,7 @@ fn every_topic_pattern_is_documented() {
         "stores/{store}/acks/{device}",
         "stores/{store}/errors/{device}",
         "hq/alerts",
+        "$SYS/dishsync/metrics",
         "hq/replenishment/{id}/{action}",
         "stores/{store}/replenishment/{id}",
         "hq/replenishment/{id}",

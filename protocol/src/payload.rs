@@ -487,6 +487,52 @@ mod tests {
     }
 }
 
+/// One series of [`MetricsOut::inputs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputCount {
+    /// How the inputs came in: `mqtt`, `worker`, `demo`.
+    pub transport: String,
+    /// `applied`, `duplicate`, `unchanged` or `refused`.
+    pub outcome: String,
+    /// For a refusal, its code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    /// How many since the broker started.
+    pub count: u64,
+}
+
+/// `$SYS/dishsync/metrics`: what the broker counts since it started (the
+/// figures of `/metrics`), retained and renewed every few seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsOut {
+    /// When the figures were taken.
+    pub at: Timestamp,
+    /// Inputs by transport, outcome and code.
+    pub inputs: Vec<InputCount>,
+    /// Group commits (journal records, each synced once).
+    pub group_commits: u64,
+    /// Inputs in those group commits.
+    pub group_commit_inputs: u64,
+    /// Journal syncs, and the seconds they took together.
+    pub journal_syncs: u64,
+    /// Seconds the journal syncs took, together.
+    pub journal_sync_seconds: f64,
+    /// Messages delivered to current subscribers.
+    pub deliveries: u64,
+    /// Messages the engine could not deliver.
+    pub deliveries_dropped: u64,
+    /// Store alerts raised.
+    pub alerts_raised: u64,
+    /// Connected clients by role.
+    pub connections: std::collections::BTreeMap<String, u64>,
+    /// Replenishment requests open at the central kitchen.
+    pub open_requests: u64,
+    /// Transfers proposed, accepted or on their way.
+    pub active_transfers: u64,
+}
+
 /// `hq/alerts`: something about the broker itself that operators must know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerAlertOut {

@@ -4,7 +4,7 @@
 //! over `topics.md`).
 
 use crate::payload::{
-    AckOut, AlertOut, BrokerAlertOut, CatalogOut, DishAvailabilityOut, ErrorOut, LevelOut, RequestOut,
+    AckOut, AlertOut, BrokerAlertOut, CatalogOut, DishAvailabilityOut, ErrorOut, LevelOut, MetricsOut, RequestOut,
     StoreAvailabilityOut, SummaryOut, TransferOut,
 };
 use crate::{DocId, Topic};
@@ -30,6 +30,8 @@ pub enum Published {
     Alert(AlertOut),
     /// The broker's own alert (`hq/alerts`).
     BrokerAlert(BrokerAlertOut),
+    /// What the broker counts (`$SYS/dishsync/metrics`).
+    Metrics(MetricsOut),
     /// A device's acks.
     Acks(AckOut),
     /// Why a device's input was refused.
@@ -79,6 +81,7 @@ impl Published {
             Topic::Summary { .. } => Published::Summary(json(topic, payload)?),
             Topic::Alerts { .. } => Published::Alert(json(topic, payload)?),
             Topic::BrokerAlerts => Published::BrokerAlert(json(topic, payload)?),
+            Topic::BrokerMetrics => Published::Metrics(json(topic, payload)?),
             Topic::Acks { .. } => Published::Acks(json(topic, payload)?),
             Topic::Errors { .. } | Topic::HqErrors { .. } => Published::Error(json(topic, payload)?),
             Topic::StockEvents { .. }
@@ -105,6 +108,7 @@ impl Published {
             Published::Summary(d) => d.rev,
             Published::Alert(_)
             | Published::BrokerAlert(_)
+            | Published::Metrics(_)
             | Published::Acks(_)
             | Published::Error(_)
             | Published::Cleared(_) => return None,

@@ -94,6 +94,9 @@ pub enum Topic {
     },
     /// `hq/alerts` — alerts about the broker itself (not retained).
     BrokerAlerts,
+    /// `$SYS/dishsync/metrics` — what the broker counts, for operators who
+    /// watch MQTT only (retained, renewed every few seconds).
+    BrokerMetrics,
     /// `stores/{store}/catalog` — the store's menu with names, categories,
     /// order and prices, and its SKUs (retained).
     Catalog {
@@ -317,6 +320,8 @@ pub mod pattern {
     pub const HQ_ERRORS: Pattern = Pattern(&["hq", "errors", "{device}"]);
     /// `hq/alerts`: the broker's own alerts.
     pub const BROKER_ALERTS: Pattern = Pattern(&["hq", "alerts"]);
+    /// `$SYS/dishsync/metrics`: what the broker counts.
+    pub const BROKER_METRICS: Pattern = Pattern(&["$SYS", "dishsync", "metrics"]);
     /// `hq/replenishment/*/*`: the central kitchen's actions on requests.
     pub const REQUEST_ACTION: Pattern = Pattern(&["hq", "replenishment", "*", "*"]);
     /// `stores/{store}/replenishment/*`: a store's replenishment requests.
@@ -375,11 +380,13 @@ pub enum Family {
     ScaleReadings,
     /// `stores/{store}/catalog`
     Catalog,
+    /// `$SYS/dishsync/metrics`
+    Metrics,
 }
 
 impl Family {
     /// Every family, in matrix order.
-    pub const ALL: [Family; 16] = [
+    pub const ALL: [Family; 17] = [
         Family::StockEvents,
         Family::Sales,
         Family::Override,
@@ -396,6 +403,7 @@ impl Family {
         Family::Summary,
         Family::ScaleReadings,
         Family::Catalog,
+        Family::Metrics,
     ];
 
     /// The family of a topic.
@@ -409,6 +417,7 @@ impl Family {
             Topic::StockLevel { .. } => Family::Level,
             Topic::Acks { .. } | Topic::Errors { .. } | Topic::HqErrors { .. } => Family::AcksErrors,
             Topic::BrokerAlerts => Family::BrokerAlerts,
+            Topic::BrokerMetrics => Family::Metrics,
             Topic::RequestAction { .. } => Family::RequestActions,
             Topic::StoreRequest { .. } | Topic::HqRequest { .. } => Family::Requests,
             Topic::TransferAction { .. } | Topic::TransferRequest { .. } => Family::TransferActions,
@@ -431,6 +440,7 @@ impl Family {
             Family::Level => &[pattern::STOCK_LEVEL],
             Family::AcksErrors => &[pattern::ACKS, pattern::ERRORS, pattern::HQ_ERRORS],
             Family::BrokerAlerts => &[pattern::BROKER_ALERTS],
+            Family::Metrics => &[pattern::BROKER_METRICS],
             Family::RequestActions => &[pattern::REQUEST_ACTION],
             Family::Requests => &[pattern::STORE_REQUEST, pattern::HQ_REQUEST],
             Family::TransferActions => &[pattern::TRANSFER_ACTION, pattern::TRANSFER_REQUEST],
@@ -453,6 +463,7 @@ impl Family {
             Family::Level => "level",
             Family::AcksErrors => "acks, errors",
             Family::BrokerAlerts => "hq alerts",
+            Family::Metrics => "metrics",
             Family::RequestActions => "replenishment actions",
             Family::Requests => "replenishment",
             Family::TransferActions => "transfer actions",
@@ -500,9 +511,11 @@ impl Topic {
             | Topic::Alerts { store }
             | Topic::Catalog { store }
             | Topic::Summary { store } => store,
-            Topic::BrokerAlerts | Topic::HqErrors { .. } | Topic::RequestAction { .. } | Topic::HqRequest { .. } => {
-                return None
-            }
+            Topic::BrokerAlerts
+            | Topic::BrokerMetrics
+            | Topic::HqErrors { .. }
+            | Topic::RequestAction { .. }
+            | Topic::HqRequest { .. } => return None,
         })
     }
 
@@ -561,6 +574,7 @@ impl FromStr for Topic {
                 device: device(3)?,
             },
             ["hq", "alerts"] => Topic::BrokerAlerts,
+            ["$SYS", "dishsync", "metrics"] => Topic::BrokerMetrics,
             ["hq", "errors", _] => Topic::HqErrors { device: device(2)? },
             ["stores", _, "catalog"] => Topic::Catalog { store: store(1)? },
             ["hq", "replenishment", _] => Topic::HqRequest { id: doc(2)? },
@@ -617,6 +631,7 @@ impl fmt::Display for Topic {
             Topic::Acks { store, device } => write!(f, "stores/{store}/acks/{device}"),
             Topic::Errors { store, device } => write!(f, "stores/{store}/errors/{device}"),
             Topic::BrokerAlerts => f.write_str("hq/alerts"),
+            Topic::BrokerMetrics => f.write_str("$SYS/dishsync/metrics"),
             Topic::HqErrors { device } => write!(f, "hq/errors/{device}"),
             Topic::Catalog { store } => write!(f, "stores/{store}/catalog"),
             Topic::RequestAction { id, action } => write!(f, "hq/replenishment/{id}/{}", action.as_str()),

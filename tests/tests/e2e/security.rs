@@ -70,6 +70,7 @@ fn filters(family: Family, store: &str, device: &str) -> Vec<(String, bool)> {
             (format!("hq/errors/{device}"), true),
         ],
         Family::BrokerAlerts => vec![("hq/alerts".to_string(), false)],
+        Family::Metrics => vec![("$SYS/dishsync/metrics".to_string(), false)],
         Family::RequestActions => vec![("hq/replenishment/+/+".to_string(), false)],
         Family::Requests => vec![
             (format!("stores/{store}/replenishment/+"), false),
@@ -123,8 +124,9 @@ async fn every_role_gets_exactly_the_documented_permissions() -> Result<()> {
         for family in Family::ALL {
             for store in ["s1", "s2"] {
                 for (filter, own) in filters(family, store, device) {
-                    // HQ topics name no store.
-                    let hq_topic = filter.starts_with("hq/") && !filter.starts_with("hq/stores/");
+                    // HQ topics (and the broker's `$SYS` metrics) name no store.
+                    let hq_topic =
+                        (filter.starts_with("hq/") && !filter.starts_with("hq/stores/")) || filter.starts_with("$SYS/");
                     let mut want = expect_subscribe(role, home, family, if hq_topic { None } else { Some(store) }, own);
                     // `transfers/+` also matches `transfers/request`.
                     if family == Family::Transfers {

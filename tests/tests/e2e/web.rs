@@ -188,3 +188,45 @@ fn the_demo_serves_health_on_its_web_listener() -> Result<()> {
     assert_eq!(get(&format!("http://{web}/readyz"))?.0, 200);
     Ok(())
 }
+
+/// The same figures are retained on `$SYS/dishsync/metrics` for an
+/// operator who watches MQTT only; a POS may not read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_operator_reads_the_metrics_retained_on_sys() -> Result<()> {
+    use dishsync_protocol::payload::MetricsOut;
+    use rumqttc::QoS;
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&small_chain(), &data)?;
+    // An anonymous demo client reads what an operator reads.
+    let mut ops = crate::support::Client::connect(broker.addr, "ops-1").await?;
+    ops.subscribe("$SYS/dishsync/metrics", QoS::AtLeastOnce).await?;
+    let doc: MetricsOut = serde_json::from_value(ops.next_on("$SYS/dishsync/metrics").await?)?;
+    // The small chain opens with no stock: one request per store.
+    assert_eq!(doc.open_requests, 2, "{doc:?}");
+    assert_eq!(doc.group_commits, doc.journal_syncs, "{doc:?}");
+    // An input, and the next renewal counts it.
+    ops.subscribe("stores/s1/acks/ops-1", QoS::AtLeastOnce).await?;
+    crate::availability::stock_and_wait(
+        &mut ops,
+        "s1",
+        "ops-1",
+        &[(
+            "bun",
+            crate::support::stock_event("sys-1", "receive", 5.0, "pcs", "ops-1"),
+        )],
+    )
+    .await?;
+    let counted = ops
+        .wait_until("a renewal counting the input", |seen| {
+            seen.iter().any(|m| {
+                m.topic == "$SYS/dishsync/metrics"
+                    && serde_json::from_str::<MetricsOut>(&m.text).is_ok_and(|d| {
+                        d.inputs
+                            .iter()
+                            .any(|i| i.transport == "mqtt" && i.outcome == "applied" && i.count >= 1)
+                    })
+            })
+        })
+        .await;
+    counted.map(|_| ())
+}
