@@ -48,6 +48,8 @@ pub struct Gauges {
     pub open_requests: u64,
     /// Transfers proposed, accepted or dispatched.
     pub active_transfers: u64,
+    /// Journal groups not yet checkpointed into sled.
+    pub checkpoint_lag: u64,
 }
 
 impl Metrics {
@@ -200,6 +202,11 @@ impl Metrics {
                 "Transfers proposed, accepted or on their way.",
                 gauges.active_transfers,
             ),
+            (
+                "dishsync_checkpoint_lag_groups",
+                "Journal groups committed and not yet checkpointed into sled (what a restart replays).",
+                gauges.checkpoint_lag,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
@@ -246,16 +253,23 @@ impl Metrics {
             connections,
             open_requests: gauges.open_requests,
             active_transfers: gauges.active_transfers,
+            checkpoint_lag_groups: gauges.checkpoint_lag,
         }
     }
 }
 
-/// The gauges the rules know, asked for now (zero once the rules stopped).
-pub async fn gauges(rules: &RulesHandle) -> Gauges {
+/// The gauges the rules and the store know, asked for now (the rules'
+/// zero once they stopped).
+pub async fn gauges(rules: &RulesHandle, store: &crate::store::Store) -> Gauges {
+    let checkpoint_lag = store.checkpoint_lag();
     let Some(documents) = rules.documents().await else {
-        return Gauges::default();
+        return Gauges {
+            checkpoint_lag,
+            ..Gauges::default()
+        };
     };
     Gauges {
+        checkpoint_lag,
         open_requests: documents
             .requests
             .iter()
@@ -279,11 +293,11 @@ pub const RETAINED_EVERY: Duration = Duration::from_secs(10);
 
 /// Publishes `$SYS/dishsync/metrics` through `out` now and every
 /// [`RETAINED_EVERY`], for as long as the broker runs.
-pub async fn publish_retained(out: crate::outbound::Outbound, rules: RulesHandle) {
+pub async fn publish_retained(out: crate::outbound::Outbound, rules: RulesHandle, store: crate::store::Store) {
     let mut tick = tokio::time::interval(RETAINED_EVERY);
     loop {
         tick.tick().await;
-        let doc = METRICS.snapshot(gauges(&rules).await, Timestamp::now());
+        let doc = METRICS.snapshot(gauges(&rules, &store).await, Timestamp::now());
         crate::outbound::publish_doc(&out, &dishsync_protocol::Topic::BrokerMetrics, &doc, true).await;
     }
 }
@@ -316,6 +330,7 @@ mod tests {
         let page = m.render(Gauges {
             open_requests: 3,
             active_transfers: 1,
+            checkpoint_lag: 2,
         });
         for line in [
             "dishsync_inputs_total{transport=\"mqtt\",outcome=\"applied\"} 2",
@@ -330,6 +345,7 @@ mod tests {
             "dishsync_connections{role=\"pos\"} 1",
             "dishsync_open_requests 3",
             "dishsync_active_transfers 1",
+            "dishsync_checkpoint_lag_groups 2",
         ] {
             assert!(page.lines().any(|l| l == line), "{line} missing from:\n{page}");
         }

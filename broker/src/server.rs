@@ -56,7 +56,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let storage = store.clone();
     let rules = rules::start(inventory, store, Arc::new(out.clone()));
     readiness.restored(storage.clone(), rules.clone());
-    tokio::spawn(crate::metrics::publish_retained(out.clone(), rules.clone()));
+    tokio::spawn(crate::metrics::publish_retained(
+        out.clone(),
+        rules.clone(),
+        storage.clone(),
+    ));
     if let Some(seed) = settings.demo_service {
         tokio::spawn(crate::demo::run(rules.clone(), catalog, seed));
     }

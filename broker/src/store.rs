@@ -119,6 +119,8 @@ struct Shared {
     /// Set once a write failed: what reached the disk is unknown, so the
     /// broker stops (see [`Store::failed`]).
     failure: tokio::sync::watch::Sender<Option<String>>,
+    /// The last journal group sled holds.
+    checkpointed: AtomicU64,
 }
 
 /// Pairs journaled but not yet in sled: read before sled.
@@ -206,6 +208,7 @@ impl Shared {
         self.overlay.lock().unwrap_or_else(|e| e.into_inner()).sealed = Arc::default();
         drop(sealed);
         mark_checkpoint(&self.db, last)?;
+        self.checkpointed.store(last, Ordering::Relaxed);
         self.journal.release(last)?;
         Ok(())
     }
@@ -539,6 +542,7 @@ impl Store {
             overlay: Mutex::new(Overlay::default()),
             checkpointing: Mutex::new(()),
             failure: tokio::sync::watch::channel(None).0,
+            checkpointed: AtomicU64::new(last),
         });
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = if let Some(every) = checkpoint_every {
@@ -666,6 +670,13 @@ impl Store {
         self.inner.shared.failure.send_replace(Some(what));
     }
 
+    /// Journal groups committed and not yet moved into sled (what a restart
+    /// would replay).
+    pub fn checkpoint_lag(&self) -> u64 {
+        let committed = self.inner.next_group.load(Ordering::Relaxed).saturating_sub(1);
+        committed.saturating_sub(self.inner.shared.checkpointed.load(Ordering::Relaxed))
+    }
+
     /// What failed, once a write failed.
     pub fn failure(&self) -> Option<String> {
         self.inner.shared.failure.borrow().clone()
@@ -787,6 +798,23 @@ mod tests {
     use super::*;
     use dishsync_inventory::EntryKind;
     use std::io::Write;
+
+    #[tokio::test]
+    async fn the_checkpoint_lag_counts_the_groups_a_restart_would_replay() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open_with(dir.path(), None).expect("store");
+        assert_eq!(store.checkpoint_lag(), 0);
+        let s1: StoreId = "s1".parse().expect("id");
+        for n in 0..2 {
+            let mut c = store.begin().expect("store");
+            let id: EventId = format!("e{n}").parse().expect("id");
+            c.event_id(&s1, &id, 1).expect("store");
+            store.commit(c).await.expect("store");
+        }
+        assert_eq!(store.checkpoint_lag(), 2);
+        store.checkpoint().expect("store");
+        assert_eq!(store.checkpoint_lag(), 0);
+    }
 
     /// A store's planning state written when its fields stood side by side
     /// reads as the same state in its slices, and is written back the same.

@@ -198,7 +198,7 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
 
 async fn metrics(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
     let gauges = match readiness.running.get() {
-        Some((_, rules)) => crate::metrics::gauges(rules).await,
+        Some((store, rules)) => crate::metrics::gauges(rules, store).await,
         None => Gauges::default(),
     };
     (

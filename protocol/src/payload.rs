@@ -531,6 +531,9 @@ pub struct MetricsOut {
     pub open_requests: u64,
     /// Transfers proposed, accepted or on their way.
     pub active_transfers: u64,
+    /// Journal groups committed and not yet checkpointed (what a restart
+    /// replays).
+    pub checkpoint_lag_groups: u64,
 }
 
 /// `hq/alerts`: something about the broker itself that operators must know.

@@ -168,6 +168,8 @@ async fn metrics_count_what_the_broker_does() -> Result<()> {
     let buckets_ok = at(&after, "dishsync_journal_sync_seconds_bucket{le=\"+Inf\"}")
         == at(&after, "dishsync_journal_sync_seconds_count");
     assert!(buckets_ok, "the last bucket holds every sync");
+    // What a restart would replay: some groups, or none once checkpointed.
+    assert!(after.contains_key("dishsync_checkpoint_lag_groups"), "{after:?}");
     // The anonymous demo client is connected as the demo role.
     assert!(
         after
