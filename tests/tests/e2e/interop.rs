@@ -178,14 +178,7 @@ fn a_client_that_reconnects_at_once_after_a_clean_session_gets_a_new_one() -> Re
     use std::io::{Read, Write};
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&small_chain(), &data)?;
-    let connect = |id: &str, clean: bool| {
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, if clean { 2 } else { 0 }, 0, 60];
-        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        body.extend_from_slice(id.as_bytes());
-        let mut packet = vec![0x10, body.len() as u8];
-        packet.extend(body);
-        packet
-    };
+    let connect = |id: &str, clean: bool| crate::security::raw_connect(4, if clean { 0b10 } else { 0 }, id.as_bytes());
     let addr = broker.addr;
     let clients: Vec<_> = (0..4)
         .map(|n| {

@@ -831,7 +831,7 @@ fn exchange(addr: std::net::SocketAddr, bytes: &[u8], then: Option<&[u8]>) -> Re
 }
 
 /// A raw CONNECT at `level` with `flags` and `client_id`, no other fields.
-fn raw_connect(level: u8, flags: u8, client_id: &[u8]) -> Vec<u8> {
+pub(crate) fn raw_connect(level: u8, flags: u8, client_id: &[u8]) -> Vec<u8> {
     let mut body = vec![0, 4];
     body.extend_from_slice(b"MQTT");
     body.extend_from_slice(&[level, flags, 0, 30]);

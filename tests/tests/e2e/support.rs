@@ -479,24 +479,36 @@ pub fn mosquitto(dir: &Path, addr: SocketAddr, extra: &str, purpose: &str) -> Re
     let conf = dir.join(format!("mosquitto-{}.conf", addr.port()));
     std::fs::write(
         &conf,
-        format!("listener {} {}\nallow_anonymous true\n{extra}", addr.port(), addr.ip()),
+        format!(
+            "listener {} {}\nallow_anonymous true\nlog_dest stderr\n{extra}",
+            addr.port(),
+            addr.ip()
+        ),
     )?;
-    let child = Command::new(binary)
+    let mut child = Command::new(binary)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .context("starting mosquitto")?;
+    // Its log goes to standard error, which is not buffered.
+    let log = child.stderr.take().context("no stderr")?;
     let process = Process(child);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(addr).is_err() {
-        if std::time::Instant::now() > deadline {
-            bail!("mosquitto did not listen on {addr}");
+    // It says so once its listeners are open; its log is read to the end,
+    // so that a full pipe never stops it.
+    let (running, started) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(|l| l.ok()) {
+            if line.contains(" running") {
+                let _ = running.send(());
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
+    });
+    match started.recv_timeout(DEADLINE) {
+        Ok(()) => Ok(Some(process)),
+        Err(_) => bail!("mosquitto did not start on {addr}"),
     }
-    Ok(Some(process))
 }
 
 /// A SKU line of a test chain: id, base unit, reorder point, par.
