@@ -8,6 +8,8 @@
 //!   JSON body (`{"ready": false, "checks": {"storage": "…"}}`).
 //! - `GET /metrics`: what the broker counts ([`crate::metrics`]), in the
 //!   Prometheus text format.
+//! - `GET /api/v1/openapi.json`: the OpenAPI document of these routes,
+//!   kept in the repository as `broker/openapi.json`.
 //!
 //! The listener opens before the state is restored, so a supervisor sees a
 //! long restore as "alive, not ready" rather than as a dead process.
@@ -187,12 +189,31 @@ pub async fn open(
     }))
 }
 
+/// The listener's OpenAPI document (`broker/openapi.json`), served at
+/// [`OPENAPI`].
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Where the routes are; the OpenAPI document describes exactly these.
+pub const HEALTHZ: &str = "/healthz";
+/// See [`HEALTHZ`].
+pub const READYZ: &str = "/readyz";
+/// See [`HEALTHZ`].
+pub const METRICS_PATH: &str = "/metrics";
+/// See [`HEALTHZ`].
+pub const OPENAPI: &str = "/api/v1/openapi.json";
+/// Every route.
+pub const ROUTES: [&str; 4] = [HEALTHZ, READYZ, METRICS_PATH, OPENAPI];
+
 /// The routes.
 pub fn router(readiness: Arc<Readiness>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(HEALTHZ, get(|| async { "ok\n" }))
+        .route(READYZ, get(readyz))
+        .route(METRICS_PATH, get(metrics))
+        .route(
+            OPENAPI,
+            get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
+        )
         .with_state(readiness)
 }
 
@@ -220,6 +241,37 @@ async fn readyz(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The OpenAPI document describes every route and no other, each a GET.
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("the document is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented: Vec<&str> = paths.keys().map(String::as_str).collect();
+        let mut routes = ROUTES.to_vec();
+        documented.sort_unstable();
+        routes.sort_unstable();
+        assert_eq!(documented, routes);
+        for (path, item) in paths {
+            assert!(item["get"]["responses"]["200"].is_object(), "{path} answers 200 to GET");
+        }
+        // What /readyz answers is what the schema names.
+        let (_, body) = verdict(&[
+            ("restored", Ok(())),
+            ("rules", Ok(())),
+            ("listeners", Ok(())),
+            ("storage", Ok(())),
+        ]);
+        let schema = &doc["components"]["schemas"]["Readiness"];
+        for key in body.as_object().expect("object").keys() {
+            assert!(schema["properties"][key].is_object(), "{key} is described");
+        }
+        for check in body["checks"].as_object().expect("checks").keys() {
+            let required = schema["properties"]["checks"]["required"].as_array().expect("required");
+            assert!(required.iter().any(|r| r == check.as_str()), "{check} is described");
+        }
+    }
 
     #[test]
     fn ready_only_when_every_check_passes() {

@@ -41,6 +41,20 @@ fn health_and_readiness_answer_over_http_and_readiness_follows_the_storage() -> 
 
     let (status, _) = get(&format!("http://{web}/nothing-here"))?;
     assert_eq!(status, 404);
+    // Every path the served OpenAPI document names answers one of its
+    // documented statuses.
+    let (status, openapi) = get(&format!("http://{web}/api/v1/openapi.json"))?;
+    assert_eq!(status, 200);
+    let openapi: Value = serde_json::from_str(&openapi)?;
+    let paths = openapi["paths"].as_object().context("paths")?;
+    assert!(paths.len() >= 4, "{openapi}");
+    for (path, item) in paths {
+        let (status, _) = get(&format!("http://{web}{path}"))?;
+        assert!(
+            item["get"]["responses"][status.to_string()].is_object(),
+            "{path} answered {status}"
+        );
+    }
     // The health check a container runs, without an HTTP client of its own.
     let ready = |addr: String| {
         std::process::Command::new(broker_binary())
