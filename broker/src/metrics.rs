@@ -119,52 +119,45 @@ impl Metrics {
 
     /// The `/metrics` page, with `gauges` from the rules.
     pub fn render(&self, gauges: Gauges) -> String {
+        // Every figure from the one snapshot the retained document carries;
+        // only the histogram's buckets are the page's own.
+        let m = self.snapshot(gauges, Timestamp::now());
         let mut out = String::from(
             "# HELP dishsync_inputs_total Inputs by transport and outcome (applied, duplicate, unchanged, refused with its code).\n# TYPE dishsync_inputs_total counter\n",
         );
-        if let Ok(inputs) = self.inputs.lock() {
-            for ((transport, outcome, code), n) in inputs.iter() {
-                let code = code.map_or(String::new(), |c| format!(",code=\"{}\"", code_name(c)));
-                let _ = writeln!(
-                    out,
-                    "dishsync_inputs_total{{transport=\"{transport}\",outcome=\"{outcome}\"{code}}} {n}"
-                );
-            }
+        for i in &m.inputs {
+            let code = i.code.map_or(String::new(), |c| format!(",code=\"{}\"", code_name(c)));
+            let _ = writeln!(
+                out,
+                "dishsync_inputs_total{{transport=\"{}\",outcome=\"{}\"{code}}} {}",
+                i.transport, i.outcome, i.count
+            );
         }
-        let simple: [(&str, &str, &str, u64); 5] = [
+        let counters = [
             (
                 "dishsync_group_commits_total",
-                "counter",
                 "Group commits: journal records, each synced once.",
-                self.group_commits.load(Ordering::Relaxed),
+                m.group_commits,
             ),
             (
                 "dishsync_group_commit_inputs_total",
-                "counter",
                 "Inputs in the group commits (divided by the commits: the mean group size).",
-                self.group_inputs.load(Ordering::Relaxed),
+                m.group_commit_inputs,
             ),
             (
                 "dishsync_deliveries_total",
-                "counter",
                 "Messages delivered to current subscribers.",
-                self.deliveries.load(Ordering::Relaxed),
+                m.deliveries,
             ),
             (
                 "dishsync_deliveries_dropped_total",
-                "counter",
                 "Messages the engine could not deliver to a subscriber.",
-                self.dropped.load(Ordering::Relaxed),
+                m.deliveries_dropped,
             ),
-            (
-                "dishsync_alerts_raised_total",
-                "counter",
-                "Store alerts raised.",
-                self.alerts_raised.load(Ordering::Relaxed),
-            ),
+            ("dishsync_alerts_raised_total", "Store alerts raised.", m.alerts_raised),
         ];
-        for (name, kind, help, value) in simple {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
         let name = "dishsync_journal_sync_seconds";
         let _ = writeln!(
@@ -178,36 +171,34 @@ impl Metrics {
                 bucket.load(Ordering::Relaxed)
             );
         }
-        let count = self.sync_count.load(Ordering::Relaxed);
-        let sum = self.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let (count, sum) = (m.journal_syncs, m.journal_sync_seconds);
         let _ = writeln!(
             out,
             "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
         );
         let name = "dishsync_connections";
         let _ = writeln!(out, "# HELP {name} Connected clients by role.\n# TYPE {name} gauge");
-        if let Ok(connections) = self.connections.lock() {
-            for (role, n) in connections.iter() {
-                let _ = writeln!(out, "{name}{{role=\"{role}\"}} {}", (*n).max(0));
-            }
+        for (role, n) in &m.connections {
+            let _ = writeln!(out, "{name}{{role=\"{role}\"}} {n}");
         }
-        for (name, help, value) in [
+        let gauges = [
             (
                 "dishsync_open_requests",
                 "Replenishment requests open at the central kitchen.",
-                gauges.open_requests,
+                m.open_requests,
             ),
             (
                 "dishsync_active_transfers",
                 "Transfers proposed, accepted or on their way.",
-                gauges.active_transfers,
+                m.active_transfers,
             ),
             (
                 "dishsync_checkpoint_lag_groups",
                 "Journal groups committed and not yet checkpointed into sled (what a restart replays).",
-                gauges.checkpoint_lag,
+                m.checkpoint_lag_groups,
             ),
-        ] {
+        ];
+        for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
         out
