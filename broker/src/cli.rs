@@ -65,6 +65,11 @@ enum Command {
     /// Hash a device password for the configuration file (`password_hash`).
     /// Reads the password from the first line of standard input.
     HashPassword,
+    /// Mint a bearer token for an integration (`[[integrations]]`): prints
+    /// the token on the first line — give it to the integration, it is
+    /// shown once — and on the second the `token_sha256` line for the
+    /// configuration, which keeps only the hash.
+    MintToken,
     /// Ask a running broker's web listener whether it is ready (`GET
     /// /readyz`): exit 0 when it is, 1 when it is not or does not answer —
     /// a health check for a container or a supervisor that has no HTTP
@@ -128,6 +133,19 @@ pub fn main() -> ExitCode {
         return match crate::auth::hash_password(password) {
             Ok(hash) => {
                 println!("{hash}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dishsync-broker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::MintToken) = &args.command {
+        return match crate::api::integrations::mint_token() {
+            Ok((token, hash)) => {
+                println!("{token}");
+                println!("token_sha256 = \"{hash}\"");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -42,6 +42,8 @@ struct FileConfig {
     #[serde(default)]
     devices: Vec<DeviceSection>,
     #[serde(default)]
+    integrations: Vec<IntegrationSection>,
+    #[serde(default)]
     planning: PlanningSection,
     central_kitchen: Option<KitchenSection>,
     #[serde(default)]
@@ -111,6 +113,17 @@ struct DeviceSection {
     role: String,
     store: Option<String>,
     password_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationSection {
+    id: String,
+    role: String,
+    store: Option<String>,
+    stores: Option<Vec<String>>,
+    token_sha256: String,
+    max_requests_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +265,8 @@ pub struct Settings {
     pub namespaces: Vec<crate::namespaces::Namespace>,
     /// Every device allowed to log in.
     pub credentials: Vec<Credential>,
+    /// Every system allowed to call the HTTP API.
+    pub integrations: Vec<crate::api::integrations::Integration>,
     /// The chain.
     pub catalog: Arc<Catalog>,
 }
@@ -417,6 +432,7 @@ impl Validator {
         }
         let store_ids: BTreeSet<StoreId> = stores.iter().map(|s| s.id.clone()).collect();
         let credentials = self.devices(&file.devices, &store_ids);
+        let integrations = self.integrations(&file.integrations, &store_ids, &credentials);
         let namespaces = self.namespaces(&file.namespaces);
         let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
         let web = file.web.as_ref().and_then(|w| match w.listen.parse::<SocketAddr>() {
@@ -458,6 +474,7 @@ impl Validator {
             demo_service: None,
             namespaces,
             credentials,
+            integrations,
             catalog: Arc::new(catalog),
         })
     }
@@ -1004,6 +1021,88 @@ impl Validator {
             out.push(Credential {
                 identity: Identity { device, role, scope },
                 password_hash: d.password_hash.clone(),
+            });
+        }
+        out
+    }
+
+    fn integrations(
+        &mut self,
+        sections: &[IntegrationSection],
+        stores: &BTreeSet<StoreId>,
+        devices: &[Credential],
+    ) -> Vec<crate::api::integrations::Integration> {
+        use crate::api::integrations::{parse_sha256, Integration, Stores};
+        let device_ids: BTreeSet<&DeviceId> = devices.iter().map(|c| &c.identity.device).collect();
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, section) in sections.iter().enumerate() {
+            let place = format!("integrations[{i}]");
+            let Some(id) = self.id::<DeviceId>(&format!("{place}.id"), &section.id) else {
+                continue;
+            };
+            if !seen.insert(id.clone()) || device_ids.contains(&id) {
+                // Its acks and errors topics are its id's: one owner.
+                self.issue(
+                    format!("{place}.id"),
+                    format!("{id} is already a device or an integration"),
+                );
+            }
+            let role = match section.role.parse::<Role>() {
+                Ok(r) => r,
+                Err(e) => {
+                    self.issue(format!("{place}.role"), e);
+                    continue;
+                }
+            };
+            let named: Vec<&String> = section.store.iter().chain(section.stores.iter().flatten()).collect();
+            let chain_wide = role.is_hq() || role == Role::Operator;
+            let scope = match (named.is_empty(), chain_wide) {
+                (false, true) => {
+                    self.issue(
+                        format!("{place}.store"),
+                        format!("a {role} integration belongs to HQ, not a store"),
+                    );
+                    continue;
+                }
+                (true, true) => Stores::Chain,
+                (true, false) => {
+                    self.issue(
+                        format!("{place}.store"),
+                        format!("a {role} integration needs its store or stores"),
+                    );
+                    continue;
+                }
+                (false, false) => {
+                    let mut own = BTreeSet::new();
+                    for s in named {
+                        if let Some(store) = self.id::<StoreId>(&format!("{place}.stores"), s) {
+                            if stores.contains(&store) {
+                                own.insert(store);
+                            } else {
+                                self.issue(format!("{place}.stores"), format!("unknown store {store}"));
+                            }
+                        }
+                    }
+                    Stores::Some(own)
+                }
+            };
+            let Some(token_sha256) = parse_sha256(&section.token_sha256) else {
+                self.issue(
+                    format!("{place}.token_sha256"),
+                    "not a token hash: 64 hex digits (make a token with `dishsync-broker mint-token`)",
+                );
+                continue;
+            };
+            if section.max_requests_per_second == Some(0) {
+                self.issue(format!("{place}.max_requests_per_second"), "must be at least 1");
+            }
+            out.push(Integration {
+                id,
+                role,
+                stores: scope,
+                token_sha256,
+                rate: section.max_requests_per_second,
             });
         }
         out

@@ -83,14 +83,16 @@ impl Sessions {
 }
 
 /// A token bucket per client: `rate` publishes per second, bursts of twice
-/// that. A client over its rate is slowed down, not refused: its publish
-/// waits in its own session (which reads nothing more from that client
-/// meanwhile) until a token is due. Nothing it sends is lost or reordered,
-/// and no other client waits.
+/// that. An MQTT client over its rate is slowed down, not refused
+/// ([`PublishLimiter::wait`]): its publish waits in its own session (which
+/// reads nothing more from that client meanwhile) until a token is due.
+/// Nothing it sends is lost or reordered, and no other client waits. An
+/// HTTP caller cannot be held that way and is told when to come back
+/// instead ([`PublishLimiter::try_take`], a 429 with `Retry-After`).
 ///
 /// Behind a lock because every connection task consults it; the critical
 /// section is a few arithmetic operations and never awaits.
-struct PublishLimiter {
+pub(crate) struct PublishLimiter {
     rate: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
@@ -108,20 +110,17 @@ struct Bucket {
 const HELD_BACK_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 impl PublishLimiter {
-    fn new(rate: u32) -> PublishLimiter {
+    /// `rate` publishes per second per client (at least one).
+    pub(crate) fn new(rate: u32) -> PublishLimiter {
         PublishLimiter {
             rate: f64::from(rate.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes a token for `client_id`'s publish at `now`: how long the
-    /// publish must wait for it (zero within the rate), and whether to log
-    /// that it is held back (at most every [`HELD_BACK_WARNING_EVERY`]).
-    fn wait(&self, client_id: &str, now: Instant) -> (Duration, bool) {
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return (Duration::ZERO, false);
-        };
+    /// `client_id`'s bucket, refilled for `now`, under the lock.
+    fn refilled<T>(&self, client_id: &str, now: Instant, take: impl FnOnce(&mut Bucket, f64) -> T) -> Option<T> {
+        let mut buckets = self.buckets.lock().ok()?;
         let burst = self.rate * 2.0;
         let bucket = buckets.entry(client_id.to_string()).or_insert(Bucket {
             refilled: now,
@@ -129,18 +128,43 @@ impl PublishLimiter {
             warned: None,
         });
         let earned = now.saturating_duration_since(bucket.refilled).as_secs_f64() * self.rate;
-        bucket.tokens = (bucket.tokens + earned).min(burst) - 1.0;
+        bucket.tokens = (bucket.tokens + earned).min(burst);
         bucket.refilled = now;
-        if bucket.tokens >= 0.0 {
-            return (Duration::ZERO, false);
-        }
-        let warn = bucket
-            .warned
-            .is_none_or(|at| now.saturating_duration_since(at) >= HELD_BACK_WARNING_EVERY);
-        if warn {
-            bucket.warned = Some(now);
-        }
-        (Duration::from_secs_f64(-bucket.tokens / self.rate), warn)
+        Some(take(bucket, self.rate))
+    }
+
+    /// Takes a token for `client_id`'s publish at `now`: how long the
+    /// publish must wait for it (zero within the rate), and whether to log
+    /// that it is held back (at most every [`HELD_BACK_WARNING_EVERY`]).
+    fn wait(&self, client_id: &str, now: Instant) -> (Duration, bool) {
+        let taken = self.refilled(client_id, now, |bucket, rate| {
+            bucket.tokens -= 1.0;
+            if bucket.tokens >= 0.0 {
+                return (Duration::ZERO, false);
+            }
+            let warn = bucket
+                .warned
+                .is_none_or(|at| now.saturating_duration_since(at) >= HELD_BACK_WARNING_EVERY);
+            if warn {
+                bucket.warned = Some(now);
+            }
+            (Duration::from_secs_f64(-bucket.tokens / rate), warn)
+        });
+        taken.unwrap_or((Duration::ZERO, false))
+    }
+
+    /// Takes a token for `client_id` at `now` if one is there; otherwise
+    /// takes nothing and says how long until one is.
+    pub(crate) fn try_take(&self, client_id: &str, now: Instant) -> Result<(), Duration> {
+        let taken = self.refilled(client_id, now, |bucket, rate| {
+            if bucket.tokens >= 1.0 {
+                bucket.tokens -= 1.0;
+                Ok(())
+            } else {
+                Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+            }
+        });
+        taken.unwrap_or(Ok(()))
     }
 }
 
@@ -555,5 +579,24 @@ mod tests {
             .find(|(w, _)| !w.is_zero())
             .expect("held back");
         assert!(warn);
+    }
+
+    #[test]
+    fn an_http_caller_over_its_rate_is_told_when_to_come_back_and_pays_nothing_for_it() {
+        let limiter = PublishLimiter::new(4);
+        let t0 = Instant::now();
+        for _ in 0..8 {
+            assert_eq!(limiter.try_take("pos-cloud", t0), Ok(()), "a burst of twice the rate");
+        }
+        let refused = limiter.try_take("pos-cloud", t0).expect_err("over the rate");
+        assert!((secs(refused) - 0.25).abs() < 1e-9, "{refused:?}");
+        // Refusals take nothing: a quarter second later one token is there.
+        for _ in 0..5 {
+            assert!(limiter.try_take("pos-cloud", t0).is_err());
+        }
+        let later = t0 + Duration::from_millis(250);
+        assert_eq!(limiter.try_take("pos-cloud", later), Ok(()));
+        assert!(limiter.try_take("pos-cloud", later).is_err());
+        assert_eq!(limiter.try_take("erp", t0), Ok(()), "another caller");
     }
 }

@@ -20,6 +20,7 @@
 //! - [`retainer`]: retained-message storage;
 //! - [`worker`]: the rules attached to an external broker;
 //! - [`web`]: the HTTP listener — health, readiness and metrics;
+//! - [`api`]: the HTTP API — integrations' inputs and reads;
 //! - [`metrics`]: what the broker counts, as Prometheus text;
 //! - [`demo`]: the built-in demo chain and its dinner service;
 //! - [`memory`]: the allocator's page size.
@@ -27,6 +28,7 @@
 //! The domain decisions themselves are in `dishsync-inventory`.
 
 pub mod acl;
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -99,6 +99,25 @@ impl Outbound {
         }
     }
 
+    /// The retained documents whose topics match `filter`, each as its
+    /// topic and payload, in topic order: what a subscriber to `filter`
+    /// would get now.
+    pub async fn retained(&self, filter: &str) -> Vec<(String, Bytes)> {
+        let found = self.scx.extends.retain().await.get(&filter.into()).await;
+        let mut found: Vec<(String, Bytes)> = match found {
+            Ok(found) => found
+                .into_iter()
+                .map(|(topic, retain)| (topic.to_string(), retain.publish.payload.clone()))
+                .collect(),
+            Err(e) => {
+                warn!(filter, error = %e, "reading retained documents failed");
+                Vec::new()
+            }
+        };
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
     /// The QoS 1 message our publications carry, stamped now.
     fn message(&self, topic: &Topic, payload: Vec<u8>, retain: bool) -> Publish {
         let publish = CodecPublish {

@@ -46,7 +46,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // The HTTP listener first: a long restore is "alive, not ready".
     let readiness = crate::web::Readiness::new(settings.data_dir.clone());
-    let web_task = crate::web::open(settings.web, readiness.clone()).await?;
+    let api_slot = crate::api::Slot::default();
+    let web_task = crate::web::open(settings.web, readiness.clone(), Some(api_slot.clone())).await?;
 
     let (store, inventory) = restore(&settings).await?;
     republish_all(&out, &inventory).await;
@@ -66,6 +67,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let identities = Identities::default();
     let namespaces = Arc::new(crate::namespaces::Namespaces::new(settings.namespaces.clone()));
+    let _ = api_slot.set(crate::api::Api::new(
+        rules.clone(),
+        namespaces.clone(),
+        out.clone(),
+        &settings.integrations,
+        settings.max_publish_rate,
+    ));
     let sessions = Sessions::new(identities.clone(), settings.allow_anonymous, namespaces.clone());
     let register = scx.extends.hook_mgr().register();
     let authenticator = Authenticator::new(

@@ -165,6 +165,7 @@ pub fn verdict(checks: &[(&'static str, Result<(), String>)]) -> (StatusCode, Va
 pub async fn open(
     addr: Option<std::net::SocketAddr>,
     readiness: Arc<Readiness>,
+    api: Option<crate::api::Slot>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     use anyhow::Context;
     let bound = match addr {
@@ -180,7 +181,7 @@ pub async fn open(
         }
         None => None,
     };
-    let router = router(readiness);
+    let router = router(readiness, api);
     Ok(tokio::spawn(async move {
         match bound {
             Some(bound) => axum::serve(bound, router).await,
@@ -201,12 +202,26 @@ pub const READYZ: &str = "/readyz";
 pub const METRICS_PATH: &str = "/metrics";
 /// See [`HEALTHZ`].
 pub const OPENAPI: &str = "/api/v1/openapi.json";
-/// Every route.
+/// The listener's own routes, each a GET.
 pub const ROUTES: [&str; 4] = [HEALTHZ, READYZ, METRICS_PATH, OPENAPI];
 
-/// The routes.
-pub fn router(readiness: Arc<Readiness>) -> Router {
-    Router::new()
+/// Every route of the listener and its method, the API's included: what the
+/// OpenAPI document must describe.
+pub fn every_route() -> Vec<(&'static str, &'static str)> {
+    let mut routes: Vec<(&str, &str)> = ROUTES.iter().map(|r| ("get", *r)).collect();
+    routes.extend(crate::api::INPUT_ROUTES.iter().map(|r| ("post", *r)));
+    routes.push(("post", crate::api::BATCH_ROUTE));
+    routes.extend(crate::api::DOCUMENT_ROUTES.iter().map(|r| ("get", *r)));
+    routes.extend(crate::api::COLLECTION_ROUTES.iter().map(|(r, _, _)| ("get", *r)));
+    routes.sort_unstable();
+    routes
+}
+
+/// The routes; with `api`, the API's too, which serve once it is filled (a
+/// worker attached to another broker serves no API: the documents are
+/// that broker's).
+pub fn router(readiness: Arc<Readiness>, api: Option<crate::api::Slot>) -> Router {
+    let own = Router::new()
         .route(HEALTHZ, get(|| async { "ok\n" }))
         .route(READYZ, get(readyz))
         .route(METRICS_PATH, get(metrics))
@@ -214,7 +229,11 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
             OPENAPI,
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
         )
-        .with_state(readiness)
+        .with_state(readiness);
+    match api {
+        Some(api) => own.merge(crate::api::router(api)),
+        None => own,
+    }
 }
 
 async fn metrics(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
@@ -242,19 +261,29 @@ async fn readyz(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
 mod tests {
     use super::*;
 
-    /// The OpenAPI document describes every route and no other, each a GET.
+    /// The OpenAPI document describes every route and no other, with its
+    /// method.
     #[test]
     fn the_openapi_document_describes_every_route() {
         let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("the document is JSON");
         assert_eq!(doc["openapi"], "3.1.0");
         let paths = doc["paths"].as_object().expect("paths");
-        let mut documented: Vec<&str> = paths.keys().map(String::as_str).collect();
-        let mut routes = ROUTES.to_vec();
+        let mut documented: Vec<(&str, &str)> = paths
+            .iter()
+            .flat_map(|(path, item)| {
+                let methods = item.as_object().expect("a path item").keys();
+                methods
+                    .filter(|m| ["get", "post", "put", "delete", "patch"].contains(&m.as_str()))
+                    .map(move |m| (m.as_str(), path.as_str()))
+            })
+            .collect();
         documented.sort_unstable();
-        routes.sort_unstable();
-        assert_eq!(documented, routes);
+        assert_eq!(documented, every_route());
         for (path, item) in paths {
-            assert!(item["get"]["responses"]["200"].is_object(), "{path} answers 200 to GET");
+            for (method, operation) in item.as_object().expect("a path item") {
+                let ok = &operation["responses"]["200"];
+                assert!(ok.is_object(), "{method} {path} answers 200");
+            }
         }
         // What /readyz answers is what the schema names.
         let (_, body) = verdict(&[

@@ -10,7 +10,8 @@
 //! - [`payload`]: the JSON documents that travel on them;
 //! - [`published`]: what the broker publishes, decoded from topic and
 //!   payload ([`Published`]), for everyone who watches it;
-//! - `contract` (tests): every example in `topics.md` parses.
+//! - [`contract`]: the examples of `topics.md`, and (tests) every one of
+//!   them parses.
 //!
 //! It does no I/O and knows no domain rules; the rules live in
 //! `dishsync-inventory`, the I/O in the broker and the client.
@@ -24,8 +25,7 @@ pub mod published;
 pub mod topic;
 pub mod units;
 
-#[cfg(test)]
-mod contract;
+pub mod contract;
 
 pub use ids::{DeviceId, DishId, DocId, EventId, IdError, SkuId, StoreId};
 pub use published::Published;

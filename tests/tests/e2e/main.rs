@@ -5,6 +5,7 @@
 
 mod support;
 
+mod api;
 mod availability;
 mod bad_input;
 mod bench;

@@ -48,7 +48,11 @@ fn health_and_readiness_answer_over_http_and_readiness_follows_the_storage() -> 
     let openapi: Value = serde_json::from_str(&openapi)?;
     let paths = openapi["paths"].as_object().context("paths")?;
     assert!(paths.len() >= 4, "{openapi}");
-    for (path, item) in paths {
+    // The operator's routes; the API's are held to it in `api.rs`.
+    let operators = paths
+        .iter()
+        .filter(|(path, _)| !path.starts_with("/api/v1/") || path.as_str() == "/api/v1/openapi.json");
+    for (path, item) in operators {
         let (status, _) = get(&format!("http://{web}{path}"))?;
         assert!(
             item["get"]["responses"][status.to_string()].is_object(),

@@ -1,0 +1,414 @@
+//! The HTTP API (`/api/v1`) with a real HTTP client (ureq) against the real
+//! broker: integrations' inputs applied once through the same path as MQTT,
+//! every error class, reads with ETag, and the OpenAPI document held to the
+//! routes the server answers.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+use crate::support::{broker_binary, sale, small_chain, stock_event, temp_data_dir, BrokerProcess, Client};
+
+/// An answer: status, headers asked for, JSON body (`Null` when empty or
+/// not JSON).
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Value,
+}
+
+/// `method url` with `token` (if any), `headers` and `body` (if any).
+fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<Answer> {
+    let mut request = ureq::request(method, url);
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let sent = match body {
+        Some(body) => request.set("Content-Type", "application/json").send_bytes(body),
+        None => request.call(),
+    };
+    let response = match sent {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e).context(format!("{method} {url}")),
+    };
+    let status = response.status();
+    let headers = [
+        "etag",
+        "retry-after",
+        "www-authenticate",
+        "idempotent-replayed",
+        "content-type",
+    ]
+    .iter()
+    .filter_map(|h| response.header(h).map(|v| (h.to_string(), v.to_string())))
+    .collect();
+    let text = response.into_string()?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Answer { status, headers, body })
+}
+
+/// A broker with the small chain, its web listener and four integrations;
+/// their tokens by id.
+fn broker_with_integrations(data: &std::path::Path) -> Result<(BrokerProcess, BTreeMap<&'static str, String>)> {
+    let mut config = format!("{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n", small_chain());
+    let mut tokens = BTreeMap::new();
+    let integrations = [
+        ("pos-cloud", "pos", "store = \"s1\"\n"),
+        ("erp", "manager", "stores = [\"s1\", \"s2\"]\n"),
+        ("bi", "hq", ""),
+        ("slow-pos", "pos", "store = \"s1\"\nmax_requests_per_second = 1\n"),
+    ];
+    for (id, role, scope) in integrations {
+        let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+        config.push_str(&format!(
+            "[[integrations]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{hash}\"\n{scope}\n"
+        ));
+        tokens.insert(id, token);
+    }
+    Ok((BrokerProcess::start(&config, data)?, tokens))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let (broker, tokens) = broker_with_integrations(&data)?;
+    let web = broker.web_addr.context("the web address")?;
+    let api = |path: &str| format!("http://{web}/api/v1/{path}");
+    let pos = Some(tokens["pos-cloud"].as_str());
+    // POS reads availability; levels are for roles that may see them.
+    let bi = Some(tokens["bi"].as_str());
+    let erp = Some(tokens["erp"].as_str());
+    let mut mqtt = Client::connect(broker.addr, "watcher").await?;
+    mqtt.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+    // The manager's system counts the buns.
+    let count = stock_event("count-1", "count", 20.0, "pcs", "erp");
+    let counted = call(
+        "POST",
+        &api("stores/s1/stock/bun/events"),
+        erp,
+        &[],
+        Some(&serde_json::to_vec(&count)?),
+    )?;
+    assert_eq!(counted.status, 200, "{}", counted.body);
+    mqtt.wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(20))
+        .await?;
+
+    // A sale under an Idempotency-Key, three times: applied once, the same
+    // answer each time.
+    let mut burger = sale("ignored", &[("burger", 1)], "pos-cloud");
+    burger.as_object_mut().context("object")?.remove("id");
+    let body = serde_json::to_vec(&burger)?;
+    let key = [("Idempotency-Key", "pos-cloud-sale-1")];
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(call("POST", &api("stores/s1/sales"), pos, &key, Some(&body))?);
+    }
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body, json!({"id": "pos-cloud-sale-1", "status": "applied"}));
+        let replayed = answer.headers.get("idempotent-replayed").map(String::as_str);
+        assert_eq!(replayed, (n > 0).then_some("true"), "request {n}");
+    }
+    // The answer came after the commit: the level already shows it, and an
+    // MQTT subscriber got the same document.
+    let level = call("GET", &api("stores/s1/stock/bun/level"), bi, &[], None)?;
+    assert_eq!((level.status, &level.body["qty"]), (200, &json!(19)), "{}", level.body);
+    let pushed = mqtt
+        .wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(19))
+        .await?;
+    assert_eq!(pushed["rev"], level.body["rev"]);
+    let tag = level.headers.get("etag").context("an ETag")?.clone();
+    assert_eq!(tag, format!("\"{}\"", level.body["rev"]));
+    let unchanged = call(
+        "GET",
+        &api("stores/s1/stock/bun/level"),
+        bi,
+        &[("If-None-Match", &tag)],
+        None,
+    )?;
+    assert_eq!((unchanged.status, &unchanged.body), (304, &Value::Null));
+
+    // The same key with other content: 409, with the MQTT code.
+    let mut double = sale("x", &[("double", 1)], "pos-cloud");
+    double.as_object_mut().context("object")?.remove("id");
+    let conflict = call(
+        "POST",
+        &api("stores/s1/sales"),
+        pos,
+        &key,
+        Some(&serde_json::to_vec(&double)?),
+    )?;
+    assert_eq!(
+        (conflict.status, &conflict.body["code"]),
+        (409, &json!("id_conflict")),
+        "{}",
+        conflict.body
+    );
+    // Refused inputs: 422 with the code and the reason, nothing applied.
+    let refusals: [(Value, &str); 4] = [
+        (sale("s-unknown", &[("pizza", 1)], "pos-cloud"), "unknown_dish"),
+        (sale("s-other", &[("burger", 1)], "pos-9"), "device_mismatch"),
+        (json!({"id": "s-bad", "lines": "many"}), "malformed_payload"),
+        (
+            json!({"id": "s-field", "lines": [], "at": "2026-11-25T10:00:00Z", "device": "pos-cloud", "colour": 1}),
+            "malformed_payload",
+        ),
+    ];
+    for (input, code) in &refusals {
+        let refused = call(
+            "POST",
+            &api("stores/s1/sales"),
+            pos,
+            &[],
+            Some(&serde_json::to_vec(input)?),
+        )?;
+        assert_eq!(
+            (refused.status, refused.body["code"].as_str()),
+            (422, Some(*code)),
+            "{}",
+            refused.body
+        );
+        assert!(!refused.body["error"].as_str().unwrap_or_default().is_empty());
+        assert_eq!(refused.body["topic"], "stores/s1/sales");
+    }
+    let not_json = call("POST", &api("stores/s1/sales"), pos, &[], Some(b"{not json"))?;
+    assert_eq!(
+        (not_json.status, &not_json.body["code"]),
+        (422, &json!("malformed_payload"))
+    );
+    let two_ids = call(
+        "POST",
+        &api("stores/s1/sales"),
+        pos,
+        &[("Idempotency-Key", "k-1")],
+        Some(&serde_json::to_vec(&sale("k-2", &[("burger", 1)], "pos-cloud"))?),
+    )?;
+    assert_eq!((two_ids.status, &two_ids.body["code"]), (422, &json!("invalid_field")));
+    let still = call(
+        "GET",
+        &api("stores/s1/stock/bun/level"),
+        bi,
+        &[("If-None-Match", &tag)],
+        None,
+    )?;
+    assert_eq!(still.status, 304, "nothing refused moved the level");
+
+    // Who may do what: no token, a wrong one, another store, a family the
+    // role may not publish, an HQ path.
+    let anonymous = call("POST", &api("stores/s1/sales"), None, &[], Some(&body))?;
+    assert_eq!(
+        (anonymous.status, &anonymous.body["code"]),
+        (401, &json!("unauthenticated"))
+    );
+    assert!(anonymous.headers["www-authenticate"].starts_with("Bearer"));
+    let forged = call("GET", &api("stores/s1/stock"), Some("dst_0000"), &[], None)?;
+    assert_eq!(forged.status, 401);
+    assert!(forged.headers["www-authenticate"].contains("invalid_token"));
+    let elsewhere = sale("s2-sale", &[("burger", 1)], "pos-cloud");
+    let other_store = call(
+        "POST",
+        &api("stores/s2/sales"),
+        pos,
+        &[],
+        Some(&serde_json::to_vec(&elsewhere)?),
+    )?;
+    assert_eq!(
+        (other_store.status, &other_store.body["code"]),
+        (403, &json!("not_permitted"))
+    );
+    assert_eq!(call("GET", &api("stores/s2/availability"), pos, &[], None)?.status, 403);
+    let menu = call("GET", &api("stores/s1/availability"), pos, &[], None)?;
+    assert_eq!(menu.status, 200, "{}", menu.body);
+    assert_eq!(
+        call("GET", &api("stores/s1/stock/bun/level"), pos, &[], None)?.status,
+        403,
+        "a POS sees no levels, as over MQTT"
+    );
+    let waste = stock_event("w-1", "waste", 1.0, "pcs", "pos-cloud");
+    let pos_waste = call(
+        "POST",
+        &api("stores/s1/stock/bun/events"),
+        pos,
+        &[],
+        Some(&serde_json::to_vec(&waste)?),
+    )?;
+    assert_eq!(
+        (pos_waste.status, &pos_waste.body["code"]),
+        (403, &json!("not_permitted")),
+        "{}",
+        pos_waste.body
+    );
+    assert_eq!(call("GET", &api("hq/stores"), pos, &[], None)?.status, 403);
+
+    // A body over the input limit: 413.
+    let huge = vec![b' '; dishsync_protocol::MAX_INPUT_PAYLOAD + 1];
+    let too_large = call("POST", &api("stores/s1/sales"), pos, &[], Some(&huge))?;
+    assert_eq!((too_large.status, &too_large.body["code"]), (413, &json!("oversize")));
+
+    // An integration over its rate: 429 with Retry-After, and nothing it
+    // sent in the refused request is applied.
+    let slow = Some(tokens["slow-pos"].as_str());
+    let limited = (0..10)
+        .map(|_| call("GET", &api("stores/s1/availability"), slow, &[], None))
+        .collect::<Result<Vec<_>>>()?;
+    let refused = limited
+        .iter()
+        .find(|a| a.status == 429)
+        .context("the rate is enforced")?;
+    assert!(refused.headers["retry-after"].parse::<u64>()? >= 1);
+    assert_eq!(refused.body["code"], "rate_limited");
+    assert!(
+        limited.iter().take(2).all(|a| a.status == 200),
+        "a burst of twice the rate"
+    );
+
+    // A manager's integration in two stores: a count in each.
+    for store in ["s1", "s2"] {
+        let count = stock_event(&format!("count-{store}"), "count", 12.0, "pcs", "erp");
+        let counted = call(
+            "POST",
+            &api(&format!("stores/{store}/stock/bun/events")),
+            erp,
+            &[],
+            Some(&serde_json::to_vec(&count)?),
+        )?;
+        assert_eq!(counted.status, 200, "{store}: {}", counted.body);
+    }
+    // HQ reads every store; the collection's tag follows its documents.
+    let levels = call("GET", &api("stores/s2/stock"), bi, &[], None)?;
+    assert_eq!(levels.status, 200, "{}", levels.body);
+    let listed = levels.body["levels"].as_array().context("levels")?;
+    assert_eq!(listed.len(), 3, "{}", levels.body);
+    assert!(
+        listed.iter().any(|l| l["sku"] == "bun" && l["qty"] == json!(12)),
+        "{}",
+        levels.body
+    );
+    let summaries = call("GET", &api("hq/stores"), bi, &[], None)?;
+    assert_eq!(
+        summaries.body["summaries"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        summaries.body
+    );
+    let collection_tag = levels.headers["etag"].clone();
+    let again = call(
+        "GET",
+        &api("stores/s2/stock"),
+        bi,
+        &[("If-None-Match", &collection_tag)],
+        None,
+    )?;
+    assert_eq!(again.status, 304);
+    let recount = stock_event("recount-s2", "count", 11.0, "pcs", "erp");
+    let recounted = call(
+        "POST",
+        &api("stores/s2/stock/bun/events"),
+        erp,
+        &[],
+        Some(&serde_json::to_vec(&recount)?),
+    )?;
+    assert_eq!(recounted.status, 200);
+    let moved = call(
+        "GET",
+        &api("stores/s2/stock"),
+        bi,
+        &[("If-None-Match", &collection_tag)],
+        None,
+    )?;
+    assert_eq!(moved.status, 200, "the tag changed with the level");
+
+    // The day's sales in one batch: each applied on its own; again, each
+    // answered as before and applied once.
+    let batch = json!({"sales": [
+        sale("b-1", &[("chips", 2)], "pos-cloud"),
+        sale("b-2", &[("pizza", 1)], "pos-cloud"),
+        sale("b-3", &[("burger", 1)], "pos-cloud"),
+    ]});
+    let batch = serde_json::to_vec(&batch)?;
+    for round in 0..2 {
+        let answer = call("POST", &api("stores/s1/sales/batch"), pos, &[], Some(&batch))?;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let results = answer.body["results"].as_array().context("results")?;
+        let statuses: Vec<&str> = results.iter().filter_map(|r| r["status"].as_str()).collect();
+        assert_eq!(statuses, ["applied", "rejected", "applied"], "{}", answer.body);
+        assert_eq!(results[1]["code"], "unknown_dish");
+        assert_eq!(results[0]["replayed"], json!(round == 1));
+    }
+    let after = call("GET", &api("stores/s1/stock/bun/level"), bi, &[], None)?;
+    assert_eq!(after.body["qty"], json!(11), "the batch's burger once: {}", after.body);
+
+    // The token minted by the command line works like these.
+    let minted = std::process::Command::new(broker_binary()).arg("mint-token").output()?;
+    let minted = String::from_utf8(minted.stdout)?;
+    let mut lines = minted.lines();
+    let token = lines.next().context("a token")?;
+    let hash_line = lines.next().context("the configuration line")?;
+    let hash = dishsync_broker::api::integrations::hex(&dishsync_broker::api::integrations::token_sha256(token));
+    assert_eq!(hash_line, format!("token_sha256 = \"{hash}\""));
+    assert!(
+        !broker.log().contains(token) && !broker.log().contains(&tokens["pos-cloud"]),
+        "no token is logged"
+    );
+    Ok(())
+}
+
+/// Every route the OpenAPI document names is answered by the server with
+/// one of the statuses the document gives it, and a path it does not name
+/// is not served.
+#[test]
+fn every_route_of_the_openapi_document_is_served_as_documented() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let (broker, tokens) = broker_with_integrations(&data)?;
+    let web = broker.web_addr.context("the web address")?;
+    let openapi = call("GET", &format!("http://{web}/api/v1/openapi.json"), None, &[], None)?.body;
+    let bi = tokens["bi"].as_str();
+    let values = [
+        ("{store}", "s1"),
+        ("{sku}", "bun"),
+        ("{dish}", "burger"),
+        ("{transfer}", "tr-1"),
+        ("{request}", "rq-s1-1"),
+        ("{action}", "accept"),
+    ];
+    let paths = openapi["paths"].as_object().context("paths")?;
+    for (template, item) in paths {
+        let path = values.iter().fold(template.clone(), |p, (name, v)| p.replace(name, v));
+        for (method, operation) in item.as_object().context("a path item")? {
+            let body = (method == "post").then_some(&b"{}"[..]);
+            let answer = call(
+                &method.to_uppercase(),
+                &format!("http://{web}{path}"),
+                Some(bi),
+                &[],
+                body,
+            )?;
+            let documented = &operation["responses"][answer.status.to_string()];
+            assert!(
+                documented.is_object(),
+                "{method} {path} answered {} (not documented): {}",
+                answer.status,
+                answer.body
+            );
+            // Served by a route: the API's own 404 says what is missing.
+            if answer.status == 404 {
+                assert!(answer.body["error"].is_string(), "{method} {path}: not routed");
+            }
+        }
+    }
+    let unrouted = call(
+        "GET",
+        &format!("http://{web}/api/v1/stores/s1/nothing"),
+        Some(bi),
+        &[],
+        None,
+    )?;
+    assert_eq!((unrouted.status, &unrouted.body), (404, &Value::Null));
+    Ok(())
+}
