@@ -524,6 +524,13 @@ impl Client {
         self.outbox.len()
     }
 
+    /// The ids of the messages waiting for their ack, in recording order.
+    /// Each of them ends in exactly one [`Update::Acked`] or
+    /// [`Update::Rejected`], sent once the outbox has let it go.
+    pub fn pending_ids(&self) -> Result<Vec<EventId>, ClientError> {
+        Ok(self.outbox.pending()?.into_iter().map(|(_, entry)| entry.id).collect())
+    }
+
     /// Whether `id` is still waiting for its ack.
     pub fn is_pending(&self, id: &EventId) -> bool {
         self.outbox.contains(id)

@@ -318,34 +318,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: OutboxArg::Flush,
         } => {
             let (client, updates) = Client::start(conn.config(conn.outbox_dir(), Vec::new())?)?;
-            let waiting = client.outbox_len();
-            deliver(conn, &client, updates, None, waiting).await
+            let expected = client.pending_ids()?;
+            deliver(conn, &client, updates, None, expected).await
         }
         _ => {
             let (client, updates) = Client::start(conn.config(conn.outbox_dir(), Vec::new())?)?;
+            // What waits now, taken before anything can settle it unseen.
+            let mut expected = client.pending_ids()?;
             let id = record(&client)?;
             say(conn, &format!("recorded {id}"), json!({"id": id, "status": "recorded"}));
-            let waiting = client.outbox_len();
-            deliver(conn, &client, updates, Some(id), waiting).await
+            expected.push(id.clone());
+            deliver(conn, &client, updates, Some(id), expected).await
         }
     }
 }
 
-/// Waits for the outbox to drain (or `--wait` to pass) and reports.
+/// Waits until every message of `expected` is settled — its ack or its
+/// refusal received — (or `--wait` passes) and reports.
+///
+/// The outcome of each is the update the client sends once the outbox let
+/// it go; waiting for an empty outbox instead would race that update, and
+/// report a refused input as acknowledged.
 async fn deliver(
     conn: &Connection,
     client: &Client,
     mut updates: mpsc::UnboundedReceiver<Update>,
     id: Option<EventId>,
-    waiting: usize,
+    expected: Vec<EventId>,
 ) -> anyhow::Result<ExitCode> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(conn.wait);
+    let waiting = expected.len();
+    let mut unsettled: std::collections::BTreeSet<EventId> = expected.into_iter().collect();
     let mut rejected = Vec::new();
     let mut acked = 0usize;
-    while client.outbox_len() > 0 {
+    while !unsettled.is_empty() {
         match tokio::time::timeout_at(deadline, updates.recv()).await {
-            Ok(Some(Update::Acked(ids))) => acked += ids.len(),
-            Ok(Some(Update::Rejected(err))) => rejected.push(err),
+            Ok(Some(Update::Acked(ids))) => acked += ids.iter().filter(|i| unsettled.remove(*i)).count(),
+            Ok(Some(Update::Rejected(err))) => {
+                if let Some(refused) = err.id.as_deref().and_then(|i| EventId::new(i).ok()) {
+                    unsettled.remove(&refused);
+                }
+                rejected.push(err);
+            }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
