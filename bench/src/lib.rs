@@ -14,7 +14,9 @@
 //! POS, timed from the intended send time (no coordinated omission);
 //! `retained` a new POS receiving every dish's retained availability, alone
 //! and many at once, per dish and as the whole-menu document; `connections` memory per idle connection; `restart`
-//! start-up with a long ledger until serving.
+//! start-up with a long ledger until serving; `http` durable stock events/s
+//! posted to the HTTP API over keep-alive connections, next to the MQTT
+//! intake of the same round (the reference there is MQTT, not bare rmqtt).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -73,6 +75,9 @@ enum Scenario {
     Connections,
     /// Start-up with a long ledger until serving with availability re-published.
     Restart,
+    /// Durable inputs/s over the HTTP API from many keep-alive clients,
+    /// next to the MQTT intake in the same round.
+    Http,
     /// Every scenario.
     All,
     /// (internal) Serve dishsync with a configuration.
@@ -96,6 +101,7 @@ struct Sizes {
     pos: usize,
     connections: usize,
     ledger: usize,
+    http_clients: usize,
 }
 
 impl Sizes {
@@ -112,6 +118,7 @@ impl Sizes {
                 pos: 5,
                 connections: 200,
                 ledger: 5_000,
+                http_clients: 4,
             }
         } else {
             Sizes {
@@ -125,6 +132,7 @@ impl Sizes {
                 pos: 50,
                 connections: 19_000,
                 ledger: 1_000_000,
+                http_clients: 50,
             }
         };
         if let Some(r) = cli.rounds {
@@ -243,6 +251,8 @@ impl Target {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The web listener, when the configuration has one.
+    web: Option<SocketAddr>,
     started: Duration,
 }
 
@@ -268,18 +278,23 @@ impl Server {
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut web = None;
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(a) = line.strip_prefix("dishsync-broker web on http://") {
+                    web = a.trim().parse::<SocketAddr>().ok();
+                }
                 if let Some(a) = line.strip_prefix("dishsync-broker listening on mqtt://") {
-                    let _ = tx.send(a.trim().to_string());
+                    let _ = tx.send((a.trim().to_string(), web));
                 }
             }
         });
-        let addr = rx
+        let (addr, web) = rx
             .recv_timeout(Duration::from_secs(300))
             .map_err(|_| anyhow!("{verb} did not start"))?;
         Ok(Server {
             child,
             addr: addr.parse()?,
+            web,
             started: t0.elapsed(),
         })
     }
@@ -436,6 +451,48 @@ async fn throughput(target: Target, addr: SocketAddr, devices: usize, per_device
             .map_err(|_| anyhow!("throughput run timed out"))???;
     }
     Ok((devices * per_device) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Durable stock events per second posted to the HTTP API at `web` by
+/// `clients` keep-alive connections (one thread each), `per_client` each,
+/// every one answered 200 after its commit. Any other answer fails the run.
+fn http_throughput(web: SocketAddr, token: &str, clients: usize, per_client: usize) -> Result<f64> {
+    let start = Arc::new(std::sync::Barrier::new(clients + 1));
+    let workers: Vec<_> = (0..clients)
+        .map(|c| {
+            let start = Arc::clone(&start);
+            let auth = format!("Bearer {token}");
+            std::thread::spawn(move || -> Result<()> {
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+                let url = format!("http://{web}/api/v1/stores/s1/stock/sku-{}/events", c % 50);
+                start.wait();
+                for i in 0..per_client {
+                    let kind = if i % 2 == 0 { "receive" } else { "consume" };
+                    let body = stock_event(&format!("http-{c}-{i}"), kind, "bench-erp");
+                    let answer = agent
+                        .post(&url)
+                        .set("Authorization", &auth)
+                        .set("Content-Type", "application/json")
+                        .send_bytes(&body);
+                    match answer {
+                        Ok(r) if r.status() == 200 => {
+                            // Read to the end, so the connection is reused.
+                            r.into_string()?;
+                        }
+                        Ok(r) => bail!("answered {}: {}", r.status(), r.into_string()?),
+                        Err(e) => bail!("POST {url}: {e}"),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    start.wait();
+    let t0 = std::time::Instant::now();
+    for worker in workers {
+        worker.join().map_err(|_| anyhow!("an HTTP client panicked"))??;
+    }
+    Ok((clients * per_client) as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Polls a client being set up until `ready` says so (before any clock
@@ -987,6 +1044,55 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             goal,
             &r,
         );
+    }
+    if all || scenario == Scenario::Http {
+        // Each round: the MQTT intake, then the HTTP API, each on a fresh
+        // broker with the same chain; the API's integration is unlimited.
+        let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+        let with_api = format!(
+            "{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n[[integrations]]\nid = \"bench-erp\"\nrole = \"manager\"\n\
+             store = \"s1\"\ntoken_sha256 = \"{hash}\"\nmax_requests_per_second = 1000000\n",
+            config(50, 50)
+        );
+        let (mut http, mut mqtt) = (Vec::new(), Vec::new());
+        for round in 0..sizes.rounds {
+            let (config_path, data) = fresh(&format!("http-mqtt-{round}"), &with_api)?;
+            let server = Server::start(Target::Dishsync, &config_path, &data)?;
+            mqtt.push(throughput(Target::Dishsync, server.addr, sizes.devices, sizes.events_per_device).await?);
+            drop(server);
+            let _ = std::fs::remove_dir_all(&data);
+            let (config_path, data) = fresh(&format!("http-{round}"), &with_api)?;
+            let server = Server::start(Target::Dishsync, &config_path, &data)?;
+            let web = server.web.ok_or_else(|| anyhow!("the broker opened no web listener"))?;
+            let (clients, per_client) = (sizes.http_clients, sizes.events_per_device);
+            let token = token.clone();
+            http.push(tokio::task::spawn_blocking(move || http_throughput(web, &token, clients, per_client)).await??);
+            drop(server);
+            let _ = std::fs::remove_dir_all(&data);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (h, m) = (median(&mut http), median(&mut mqtt));
+        let metric = format!(
+            "stock events/s, {} HTTP clients vs {} MQTT",
+            sizes.http_clients, sizes.devices
+        );
+        let goal = "HTTP ≥ 0.5 × MQTT";
+        if cli.json {
+            println!(
+                "{}",
+                json!({"scenario": "http", "metric": metric, "unit": "/s", "goal": goal,
+                       "http": h, "mqtt": m, "ratio": h / m, "rounds": {"http": http, "mqtt": mqtt}})
+            );
+        } else {
+            println!(
+                "{:<12} {metric:<38} http {h:>10.2} /s   mqtt {m:>10.2} /s   ratio {:>5.2}   goal {goal}",
+                "http",
+                h / m
+            );
+        }
     }
     if all || scenario == Scenario::Latency {
         let (mut p50, mut p99, mut p999) = (Results::new(), Results::new(), Results::new());

@@ -20,11 +20,17 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
         .collect::<Result<_, _>>()
         .context("JSON lines")?;
     let scenarios: Vec<&str> = reports.iter().filter_map(|r| r["scenario"].as_str()).collect();
-    for s in ["throughput", "latency", "retained", "connections", "restart"] {
+    for s in ["throughput", "latency", "retained", "connections", "restart", "http"] {
         assert!(scenarios.contains(&s), "{s} missing from {scenarios:?}");
     }
     for r in &reports {
-        for side in ["dishsync", "bare"] {
+        // The HTTP API's reference is the MQTT intake; the rest, bare rmqtt.
+        let sides = if r["scenario"] == "http" {
+            ["http", "mqtt"]
+        } else {
+            ["dishsync", "bare"]
+        };
+        for side in sides {
             let v = r[side].as_f64().unwrap_or(f64::NAN);
             assert!(v.is_finite() && v >= 0.0, "{side} in {r}");
         }
