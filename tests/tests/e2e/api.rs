@@ -412,3 +412,100 @@ fn every_route_of_the_openapi_document_is_served_as_documented() -> Result<()> {
     assert_eq!((unrouted.status, &unrouted.body), (404, &Value::Null));
     Ok(())
 }
+
+/// Inputs posted over HTTP while the broker is killed with SIGKILL: every
+/// one answered 200 before the kill is on disk (sent again after the
+/// restart, it is a replay), and sending every one again applies each
+/// exactly once.
+#[test]
+fn http_inputs_survive_kill_9_exactly_once() -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    // The kill comes after a tenth: the rest are in flight or unsent.
+    const INPUTS: usize = 2_000;
+    let (_tmp, data) = temp_data_dir()?;
+    let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+    let config = format!(
+        "{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n[[integrations]]\nid = \"erp\"\nrole = \"manager\"\nstore = \"s1\"\n\
+         token_sha256 = \"{hash}\"\nmax_requests_per_second = 100000\n",
+        small_chain()
+    );
+    let mut broker = BrokerProcess::start(&config, &data)?;
+    let events: Vec<Vec<u8>> = (0..INPUTS)
+        .map(|i| serde_json::to_vec(&stock_event(&format!("rcv-{i}"), "receive", 1.0, "pcs", "erp")))
+        .collect::<Result<_, _>>()?;
+    let post = |web: std::net::SocketAddr, event: &[u8]| {
+        call(
+            "POST",
+            &format!("http://{web}/api/v1/stores/s1/stock/bun/events"),
+            Some(&token),
+            &[],
+            Some(event),
+        )
+    };
+
+    // Post in order until the broker is gone; note what was answered 200.
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let web = broker.web_addr.context("the web address")?;
+    let poster = {
+        let (answered, count, events, token) = (answered.clone(), count.clone(), events.clone(), token.clone());
+        std::thread::spawn(move || {
+            for (i, event) in events.iter().enumerate() {
+                let sent = call(
+                    "POST",
+                    &format!("http://{web}/api/v1/stores/s1/stock/bun/events"),
+                    Some(&token),
+                    &[],
+                    Some(event),
+                );
+                match sent {
+                    Ok(a) if a.status == 200 => {
+                        answered.lock().map(|mut a| a.push(i)).ok();
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => return,
+                }
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + crate::support::DEADLINE;
+    while count.load(Ordering::SeqCst) < INPUTS / 10 {
+        assert!(std::time::Instant::now() < deadline, "the inputs are not answered");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    broker.kill();
+    poster.join().map_err(|_| anyhow::anyhow!("the poster panicked"))?;
+    let answered = answered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    assert!(
+        answered.len() >= INPUTS / 10 && answered.len() < INPUTS,
+        "{} answered",
+        answered.len()
+    );
+
+    // After the restart every input is sent again, as a client that keeps
+    // what it sent until it has an answer, and those answered are replays.
+    let broker = BrokerProcess::start(&config, &data)?;
+    let web = broker.web_addr.context("the web address")?;
+    for (i, event) in events.iter().enumerate() {
+        let again = post(web, event)?;
+        assert_eq!(again.status, 200, "rcv-{i}: {}", again.body);
+        if answered.contains(&i) {
+            assert_eq!(
+                again.headers.get("idempotent-replayed").map(String::as_str),
+                Some("true"),
+                "rcv-{i} was answered before the kill: it must have been committed"
+            );
+        }
+    }
+    let level = call(
+        "GET",
+        &format!("http://{web}/api/v1/stores/s1/stock/bun/level"),
+        Some(&token),
+        &[],
+        None,
+    )?;
+    assert_eq!(level.body["qty"], json!(INPUTS), "each input once: {}", level.body);
+    Ok(())
+}
