@@ -53,6 +53,16 @@ fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], 
     Ok(Answer { status, headers, body })
 }
 
+/// `POST url` of `body` as JSON with `token`.
+fn post_json(url: &str, token: Option<&str>, body: &Value) -> Result<Answer> {
+    call("POST", url, token, &[], Some(&serde_json::to_vec(body)?))
+}
+
+/// `GET url` with `token`, `If-None-Match: tag`.
+fn get_if(url: &str, token: Option<&str>, tag: &str) -> Result<Answer> {
+    call("GET", url, token, &[("If-None-Match", tag)], None)
+}
+
 /// A broker with the small chain, its web listener and four integrations;
 /// their tokens by id.
 fn broker_with_integrations(data: &std::path::Path) -> Result<(BrokerProcess, BTreeMap<&'static str, String>)> {
@@ -88,13 +98,7 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
     mqtt.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
     // The manager's system counts the buns.
     let count = stock_event("count-1", "count", 20.0, "pcs", "erp");
-    let counted = call(
-        "POST",
-        &api("stores/s1/stock/bun/events"),
-        erp,
-        &[],
-        Some(&serde_json::to_vec(&count)?),
-    )?;
+    let counted = post_json(&api("stores/s1/stock/bun/events"), erp, &count)?;
     assert_eq!(counted.status, 200, "{}", counted.body);
     mqtt.wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(20))
         .await?;
@@ -125,13 +129,7 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
     assert_eq!(pushed["rev"], level.body["rev"]);
     let tag = level.headers.get("etag").context("an ETag")?.clone();
     assert_eq!(tag, format!("\"{}\"", level.body["rev"]));
-    let unchanged = call(
-        "GET",
-        &api("stores/s1/stock/bun/level"),
-        bi,
-        &[("If-None-Match", &tag)],
-        None,
-    )?;
+    let unchanged = get_if(&api("stores/s1/stock/bun/level"), bi, &tag)?;
     assert_eq!((unchanged.status, &unchanged.body), (304, &Value::Null));
 
     // The same key with other content: 409, with the MQTT code.
@@ -161,13 +159,7 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
         ),
     ];
     for (input, code) in &refusals {
-        let refused = call(
-            "POST",
-            &api("stores/s1/sales"),
-            pos,
-            &[],
-            Some(&serde_json::to_vec(input)?),
-        )?;
+        let refused = post_json(&api("stores/s1/sales"), pos, input)?;
         assert_eq!(
             (refused.status, refused.body["code"].as_str()),
             (422, Some(*code)),
@@ -190,13 +182,7 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
         Some(&serde_json::to_vec(&sale("k-2", &[("burger", 1)], "pos-cloud"))?),
     )?;
     assert_eq!((two_ids.status, &two_ids.body["code"]), (422, &json!("invalid_field")));
-    let still = call(
-        "GET",
-        &api("stores/s1/stock/bun/level"),
-        bi,
-        &[("If-None-Match", &tag)],
-        None,
-    )?;
+    let still = get_if(&api("stores/s1/stock/bun/level"), bi, &tag)?;
     assert_eq!(still.status, 304, "nothing refused moved the level");
 
     // Who may do what: no token, a wrong one, another store, a family the
@@ -211,13 +197,7 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
     assert_eq!(forged.status, 401);
     assert!(forged.headers["www-authenticate"].contains("invalid_token"));
     let elsewhere = sale("s2-sale", &[("burger", 1)], "pos-cloud");
-    let other_store = call(
-        "POST",
-        &api("stores/s2/sales"),
-        pos,
-        &[],
-        Some(&serde_json::to_vec(&elsewhere)?),
-    )?;
+    let other_store = post_json(&api("stores/s2/sales"), pos, &elsewhere)?;
     assert_eq!(
         (other_store.status, &other_store.body["code"]),
         (403, &json!("not_permitted"))
@@ -231,13 +211,7 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
         "a POS sees no levels, as over MQTT"
     );
     let waste = stock_event("w-1", "waste", 1.0, "pcs", "pos-cloud");
-    let pos_waste = call(
-        "POST",
-        &api("stores/s1/stock/bun/events"),
-        pos,
-        &[],
-        Some(&serde_json::to_vec(&waste)?),
-    )?;
+    let pos_waste = post_json(&api("stores/s1/stock/bun/events"), pos, &waste)?;
     assert_eq!(
         (pos_waste.status, &pos_waste.body["code"]),
         (403, &json!("not_permitted")),
@@ -271,13 +245,7 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
     // A manager's integration in two stores: a count in each.
     for store in ["s1", "s2"] {
         let count = stock_event(&format!("count-{store}"), "count", 12.0, "pcs", "erp");
-        let counted = call(
-            "POST",
-            &api(&format!("stores/{store}/stock/bun/events")),
-            erp,
-            &[],
-            Some(&serde_json::to_vec(&count)?),
-        )?;
+        let counted = post_json(&api(&format!("stores/{store}/stock/bun/events")), erp, &count)?;
         assert_eq!(counted.status, 200, "{store}: {}", counted.body);
     }
     // HQ reads every store; the collection's tag follows its documents.
@@ -298,30 +266,12 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
         summaries.body
     );
     let collection_tag = levels.headers["etag"].clone();
-    let again = call(
-        "GET",
-        &api("stores/s2/stock"),
-        bi,
-        &[("If-None-Match", &collection_tag)],
-        None,
-    )?;
+    let again = get_if(&api("stores/s2/stock"), bi, &collection_tag)?;
     assert_eq!(again.status, 304);
     let recount = stock_event("recount-s2", "count", 11.0, "pcs", "erp");
-    let recounted = call(
-        "POST",
-        &api("stores/s2/stock/bun/events"),
-        erp,
-        &[],
-        Some(&serde_json::to_vec(&recount)?),
-    )?;
+    let recounted = post_json(&api("stores/s2/stock/bun/events"), erp, &recount)?;
     assert_eq!(recounted.status, 200);
-    let moved = call(
-        "GET",
-        &api("stores/s2/stock"),
-        bi,
-        &[("If-None-Match", &collection_tag)],
-        None,
-    )?;
+    let moved = get_if(&api("stores/s2/stock"), bi, &collection_tag)?;
     assert_eq!(moved.status, 200, "the tag changed with the level");
 
     // The day's sales in one batch: each applied on its own; again, each
