@@ -71,6 +71,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         rules.clone(),
         namespaces.clone(),
         out.clone(),
+        (storage.clone(), settings.catalog.clone()),
         &settings.integrations,
         settings.max_publish_rate,
     ));

@@ -313,6 +313,15 @@ fn mark_checkpoint(db: &sled::Db, last: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A stretch of the ledger ([`Store::ledger_from`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerPage {
+    /// Each line with its number, in commit order.
+    pub lines: Vec<(u64, LedgerEntry)>,
+    /// The number of the next line, if there is one.
+    pub next: Option<u64>,
+}
+
 fn ledger_key(seq: u64) -> Vec<u8> {
     let mut key = b"l/".to_vec();
     key.extend_from_slice(&seq.to_be_bytes());
@@ -660,6 +669,38 @@ impl Store {
                 Err(e) => vec![Err(e)],
             }
         }))
+    }
+
+    /// Up to `max_lines` ledger lines from line number `from` on, in commit
+    /// order, each with its number (the ledger's stable cursor: numbers
+    /// only grow, and a line never moves); and the number to go on from,
+    /// `None` once the end is reached. Runs a checkpoint first, so it
+    /// includes everything applied.
+    pub fn ledger_from(&self, from: u64, max_lines: usize) -> Result<LedgerPage, StoreError> {
+        self.checkpoint()?;
+        let db = self.db();
+        // The page holding line `from`: the last that starts at or before it.
+        let start = db
+            .range(ledger_key(0)..=ledger_key(from))
+            .next_back()
+            .transpose()?
+            .map_or_else(|| ledger_key(from), |(key, _)| key.to_vec());
+        let mut lines = Vec::new();
+        for item in db.range(start..ledger_key(u64::MAX)) {
+            let (key, value) = item?;
+            let Some(first) = ledger_seq(&key) else { break };
+            for (i, line) in page_lines(&key, &value)?.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq < from {
+                    continue;
+                }
+                if lines.len() == max_lines {
+                    return Ok(LedgerPage { lines, next: Some(seq) });
+                }
+                lines.push((seq, decode(&key, line)?));
+            }
+        }
+        Ok(LedgerPage { lines, next: None })
     }
 
     /// Records that a write failed (`what`, with its error): from then on
@@ -1112,6 +1153,23 @@ mod tests {
         assert_eq!(back, lines);
         let pages = store.db().scan_prefix("l/").count();
         assert_eq!(pages, 4, "1,024 + 976 lines, 400 replayed, 100 more");
+        // Paged by the line numbers, 700 at a time (cursors in the middle
+        // of pages): every line once, in order.
+        let (mut paged, mut numbers, mut cursor) = (Vec::new(), Vec::new(), Some(0));
+        while let Some(from) = cursor {
+            let page = store.ledger_from(from, 700).expect("store");
+            assert!(page.lines.len() <= 700);
+            numbers.extend(page.lines.iter().map(|(n, _)| *n));
+            paged.extend(page.lines.into_iter().map(|(_, e)| e));
+            cursor = page.next;
+        }
+        assert_eq!(paged, lines);
+        let first = numbers[0];
+        assert!(numbers.iter().enumerate().all(|(i, n)| *n == first + i as u64));
+        let tail = store.ledger_from(first + 2_499, 10).expect("store");
+        assert_eq!((tail.lines.len(), tail.next), (1, None));
+        assert_eq!(tail.lines[0].1, lines[2_499]);
+        assert!(store.ledger_from(first + 2_500, 10).expect("store").lines.is_empty());
     }
 
     /// The background checkpointer moves commits into sled by itself.

@@ -211,6 +211,7 @@ pub fn every_route() -> Vec<(&'static str, &'static str)> {
     let mut routes: Vec<(&str, &str)> = ROUTES.iter().map(|r| ("get", *r)).collect();
     routes.extend(crate::api::INPUT_ROUTES.iter().map(|r| ("post", *r)));
     routes.push(("post", crate::api::BATCH_ROUTE));
+    routes.push(("get", crate::api::LEDGER_ROUTE));
     routes.extend(crate::api::DOCUMENT_ROUTES.iter().map(|r| ("get", *r)));
     routes.extend(crate::api::COLLECTION_ROUTES.iter().map(|(r, _, _)| ("get", *r)));
     routes.sort_unstable();

@@ -117,6 +117,32 @@ impl From<StockKind> for StockKindCode {
     }
 }
 
+impl From<StockKindCode> for StockKind {
+    fn from(k: StockKindCode) -> Self {
+        match k {
+            StockKindCode::Receive => StockKind::Receive,
+            StockKindCode::Consume => StockKind::Consume,
+            StockKindCode::Waste => StockKind::Waste,
+            StockKindCode::TransferIn => StockKind::TransferIn,
+            StockKindCode::TransferOut => StockKind::TransferOut,
+            StockKindCode::Count => StockKind::Count,
+            StockKindCode::Adjust => StockKind::Adjust,
+        }
+    }
+}
+
+impl EntryKind {
+    /// Its name where people and integrations read it: a stock event's
+    /// kind as topics.md names it, `sale` or `void`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Stock(code) => StockKind::from(code).as_str(),
+            EntryKind::Sale => "sale",
+            EntryKind::Void => "void",
+        }
+    }
+}
+
 /// One line of the append-only ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {

@@ -13,6 +13,7 @@
 //! - `inputs`: POSTs, through the one intake path every transport takes
 //!   (`hooks::admit`, then the rules task), answered after the commit;
 //! - `reads`: GETs of the retained documents, with `ETag` from `rev`;
+//! - `ledger`: a store's history, paged by a stable cursor;
 //! - [`answer`]: the HTTP status of every verdict and refusal (pure).
 //!
 //! The routes answer 503 until the state is restored (the listener opens
@@ -21,6 +22,7 @@
 pub mod answer;
 mod inputs;
 pub mod integrations;
+mod ledger;
 mod reads;
 
 use std::collections::HashMap;
@@ -45,19 +47,23 @@ pub struct Api {
     rules: RulesHandle,
     namespaces: Arc<Namespaces>,
     out: Outbound,
+    store: crate::store::Store,
+    catalog: Arc<dishsync_inventory::Catalog>,
     integrations: Integrations,
     /// One bucket per integration, at its own rate.
     limiters: HashMap<DeviceId, PublishLimiter>,
 }
 
 impl Api {
-    /// The API over `rules` (inputs) and `out` (retained documents), for
-    /// `integrations`; `default_rate` is the requests per second of an
-    /// integration that sets none.
+    /// The API over `rules` (inputs), `out` (retained documents) and
+    /// `store` (the ledger) of the chain `catalog`, for `integrations`;
+    /// `default_rate` is the requests per second of an integration that
+    /// sets none.
     pub fn new(
         rules: RulesHandle,
         namespaces: Arc<Namespaces>,
         out: Outbound,
+        (store, catalog): (crate::store::Store, Arc<dishsync_inventory::Catalog>),
         integrations: &[Integration],
         default_rate: u32,
     ) -> Api {
@@ -69,6 +75,8 @@ impl Api {
             rules,
             namespaces,
             out,
+            store,
+            catalog,
             integrations: Integrations::new(integrations),
             limiters,
         }
@@ -128,6 +136,9 @@ pub const INPUT_ROUTES: [&str; 6] = [
 /// The day's sales in one request.
 pub const BATCH_ROUTE: &str = "/api/v1/stores/{store}/sales/batch";
 
+/// A store's ledger.
+pub const LEDGER_ROUTE: &str = "/api/v1/stores/{store}/ledger";
+
 /// Every single-document route: `GET`, its path the document's topic.
 pub const DOCUMENT_ROUTES: [&str; 8] = [
     "/api/v1/stores/{store}/availability",
@@ -165,7 +176,9 @@ pub const COLLECTION_ROUTES: [(&str, &str, &str); 6] = [
 
 /// The API's routes, serving from `slot` once it is filled.
 pub fn router(slot: Slot) -> Router {
-    let mut router = Router::new().route(BATCH_ROUTE, post(inputs::batch));
+    let mut router = Router::new()
+        .route(BATCH_ROUTE, post(inputs::batch))
+        .route(LEDGER_ROUTE, get(ledger::read));
     for path in INPUT_ROUTES {
         router = router.route(path, post(inputs::one));
     }

@@ -294,6 +294,60 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
     let after = call("GET", &api("stores/s1/stock/bun/level"), bi, &[], None)?;
     assert_eq!(after.body["qty"], json!(11), "the batch's burger once: {}", after.body);
 
+    // The ledger: every change of s1, in order, paged by a stable cursor.
+    let whole = call("GET", &api("stores/s1/ledger?sku=bun"), erp, &[], None)?;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let lines = whole.body["lines"].as_array().context("lines")?.clone();
+    let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(
+        events,
+        ["count-1", "pos-cloud-sale-1", "count-s1", "b-3"],
+        "each applied input once, refused ones never: {}",
+        whole.body
+    );
+    assert_eq!(lines[0]["kind"], "count");
+    assert_eq!(
+        (&lines[1]["kind"], &lines[1]["qty"], &lines[1]["unit"]),
+        (&json!("sale"), &json!(-1), &json!("pcs"))
+    );
+    assert_eq!(whole.body["next"], Value::Null);
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = call(
+            "GET",
+            &api(&format!("stores/s1/ledger?sku=bun&limit=1{cursor}")),
+            erp,
+            &[],
+            None,
+        )?;
+        assert_eq!(page.status, 200, "{}", page.body);
+        paged.extend(page.body["lines"].as_array().context("lines")?.iter().cloned());
+        match page.body["next"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+        assert!(paged.len() <= lines.len(), "the pages end");
+    }
+    assert_eq!(paged, lines, "one line per page, the same lines");
+    let csv = ureq::get(&api("stores/s1/ledger?sku=bun&format=csv"))
+        .set("Authorization", &format!("Bearer {}", tokens["erp"]))
+        .call()?
+        .into_string()?;
+    assert_eq!(csv.lines().next(), Some("line,sku,event,kind,qty,unit,at,moved"));
+    assert_eq!(csv.lines().count(), 1 + lines.len(), "{csv}");
+    assert_eq!(
+        call("GET", &api("stores/s1/ledger"), pos, &[], None)?.status,
+        403,
+        "a POS reads no history"
+    );
+    assert_eq!(
+        call("GET", &api("stores/s2/ledger"), erp, &[], None)?.body["lines"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
     // The token minted by the command line works like these.
     let minted = std::process::Command::new(broker_binary()).arg("mint-token").output()?;
     let minted = String::from_utf8(minted.stdout)?;

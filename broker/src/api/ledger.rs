@@ -1,0 +1,186 @@
+//! `GET /api/v1/stores/{store}/ledger`: the store's history, every
+//! applied change in commit order, paged by a stable cursor.
+//!
+//! The cursor is a ledger line number: numbers only grow and a line never
+//! moves, so paging stays exact while writes continue (new lines land after
+//! the last page). One request examines at most [`EXAMINED_PER_PAGE`]
+//! lines, so a store with few lines in a long chain-wide ledger gets short
+//! pages with a cursor rather than one slow answer. Filters: `sku`, `from`
+//! and `to` (RFC 3339, on the change's own stamp), `limit`. `format=csv`
+//! answers CSV, with the next cursor in the `Next-Cursor` header.
+//!
+//! Readable by the roles that may read the store's stock events and sales
+//! (manager, hq, operator).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dishsync_inventory::{Catalog, LedgerEntry};
+use dishsync_protocol::payload::Timestamp;
+use dishsync_protocol::{SkuId, StoreId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::answer::ApiError;
+use super::{ready, Slot};
+
+/// Lines one request looks at, at most.
+pub const EXAMINED_PER_PAGE: usize = 50_000;
+/// Lines one page holds unless `limit` says fewer.
+pub const DEFAULT_LIMIT: usize = 1_000;
+/// The largest `limit`.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// The query of a ledger read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerQuery {
+    sku: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+    format: Option<String>,
+}
+
+/// Which lines a read wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    store: StoreId,
+    sku: Option<SkuId>,
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+impl Wanted {
+    /// Whether `line` is one of them.
+    pub fn keeps(&self, line: &LedgerEntry) -> bool {
+        line.store == self.store
+            && self.sku.as_ref().is_none_or(|s| *s == line.sku)
+            && self.from.is_none_or(|f| line.at >= f)
+            && self.to.is_none_or(|t| line.at < t)
+    }
+}
+
+/// One line as the API shows it: the quantity in the SKU's base unit.
+pub fn line_json(number: u64, line: &LedgerEntry, catalog: &Catalog) -> Value {
+    let unit = catalog.sku(&line.sku).map(|s| s.unit.as_str());
+    json!({
+        "line": number,
+        "sku": line.sku,
+        "event": line.event,
+        "kind": line.kind.as_str(),
+        "qty": line.amount,
+        "unit": unit,
+        "at": Timestamp(line.at).to_string(),
+        "moved": line.moved,
+    })
+}
+
+/// The `GET`.
+pub(super) async fn read(
+    State(slot): State<Slot>,
+    Path(store): Path<String>,
+    Query(query): Query<LedgerQuery>,
+    headers: HeaderMap,
+) -> Response {
+    history(&slot, &store, query, &headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn history(slot: &Slot, store: &str, query: LedgerQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let api = ready(slot)?;
+    let store: StoreId = store
+        .parse()
+        .map_err(|e| ApiError::not_found(format!("store {store:?}: {e}")))?;
+    let identity = api.identity(headers, Some(&store))?;
+    for filter in [
+        format!("stores/{store}/stock/+/events"),
+        format!("stores/{store}/sales"),
+    ] {
+        identity.may_subscribe(&filter).map_err(|d| ApiError::forbidden(d.0))?;
+    }
+    let bad = |what: &str, e: String| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_field",
+            format!("{what}: {e}"),
+        )
+    };
+    let time = |what: &str, t: &Option<String>| -> Result<Option<i64>, ApiError> {
+        t.as_deref()
+            .map(|s| {
+                Timestamp::parse(s)
+                    .map(|t| t.0)
+                    .ok_or_else(|| bad(what, format!("{s:?} is not an RFC 3339 time")))
+            })
+            .transpose()
+    };
+    let wanted = Wanted {
+        sku: query
+            .sku
+            .as_deref()
+            .map(|s| s.parse::<SkuId>().map_err(|e| bad("sku", e.to_string())))
+            .transpose()?,
+        from: time("from", &query.from)?,
+        to: time("to", &query.to)?,
+        store,
+    };
+    let cursor = match query.cursor.as_deref() {
+        Some(c) => c.parse::<u64>().map_err(|e| bad("cursor", e.to_string()))?,
+        None => 0,
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let store_handle = api.store.clone();
+    let page = tokio::task::spawn_blocking(move || store_handle.ledger_from(cursor, EXAMINED_PER_PAGE))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "unavailable",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
+    let mut kept = Vec::new();
+    let mut next = page.next;
+    for (number, line) in &page.lines {
+        if kept.len() == limit {
+            next = Some(*number);
+            break;
+        }
+        if wanted.keeps(line) {
+            kept.push(line_json(*number, line, &api.catalog));
+        }
+    }
+    let next = next.map(|n| n.to_string());
+    if query.format.as_deref() == Some("csv") {
+        let mut csv = String::from("line,sku,event,kind,qty,unit,at,moved\n");
+        for line in &kept {
+            let field = |k: &str| match &line[k] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let row: Vec<String> = ["line", "sku", "event", "kind", "qty", "unit", "at", "moved"]
+                .iter()
+                .map(|k| field(k))
+                .collect();
+            csv.push_str(&row.join(","));
+            csv.push('\n');
+        }
+        let mut response = ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();
+        if let Some(next) = next.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+            response.headers_mut().insert("next-cursor", next);
+        }
+        return Ok(response);
+    }
+    Ok(Json(json!({"lines": kept, "next": next})).into_response())
+}
