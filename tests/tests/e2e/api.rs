@@ -311,8 +311,9 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
         (&json!("sale"), &json!(-1), &json!("pcs"))
     );
     assert_eq!(whole.body["next"], Value::Null);
-    let mut paged = Vec::new();
-    let mut cursor = String::new();
+    // Paged one line at a time while sales keep coming: every line once, in
+    // order, the new ones after the old.
+    let (mut paged, mut cursor, mut live) = (Vec::new(), String::new(), 0);
     loop {
         let page = call(
             "GET",
@@ -323,19 +324,35 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
         )?;
         assert_eq!(page.status, 200, "{}", page.body);
         paged.extend(page.body["lines"].as_array().context("lines")?.iter().cloned());
+        if live < 3 {
+            let sold = post_json(
+                &api("stores/s1/sales"),
+                pos,
+                &sale(&format!("live-{live}"), &[("burger", 1)], "pos-cloud"),
+            )?;
+            assert_eq!(sold.status, 200, "{}", sold.body);
+            live += 1;
+        }
         match page.body["next"].as_str() {
             Some(next) => cursor = format!("&cursor={next}"),
             None => break,
         }
-        assert!(paged.len() <= lines.len(), "the pages end");
+        assert!(paged.len() <= lines.len() + 3, "the pages end");
     }
-    assert_eq!(paged, lines, "one line per page, the same lines");
+    assert_eq!(paged[..lines.len()], lines[..], "the lines there before, unchanged");
+    let later: Vec<&str> = paged[lines.len()..]
+        .iter()
+        .filter_map(|l| l["event"].as_str())
+        .collect();
+    assert_eq!(later, ["live-0", "live-1", "live-2"]);
+    let numbers: Vec<u64> = paged.iter().filter_map(|l| l["line"].as_u64()).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
     let csv = ureq::get(&api("stores/s1/ledger?sku=bun&format=csv"))
         .set("Authorization", &format!("Bearer {}", tokens["erp"]))
         .call()?
         .into_string()?;
     assert_eq!(csv.lines().next(), Some("line,sku,event,kind,qty,unit,at,moved"));
-    assert_eq!(csv.lines().count(), 1 + lines.len(), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + paged.len(), "{csv}");
     assert_eq!(
         call("GET", &api("stores/s1/ledger"), pos, &[], None)?.status,
         403,
