@@ -530,3 +530,113 @@ fn http_inputs_survive_kill_9_exactly_once() -> Result<()> {
     assert_eq!(level.body["qty"], json!(INPUTS), "each input once: {}", level.body);
     Ok(())
 }
+
+/// `GET url` with `token` until `ok` holds for the JSON answered 200.
+fn wait_for(url: &str, token: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = std::time::Instant::now() + crate::support::DEADLINE;
+    loop {
+        let answer = call("GET", url, Some(token), &[], None)?;
+        if answer.status == 200 && ok(&answer.body) {
+            return Ok(answer.body);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{url} never showed it: {} {}",
+            answer.status,
+            answer.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Replenishment and transfers worked over HTTP alone: the central
+/// kitchen's system acts on a request, a manager's system moves stock
+/// between its two stores, and both stores' levels follow.
+#[test]
+fn replenishment_and_transfers_over_http() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let (erp, erp_hash) = dishsync_broker::api::integrations::mint_token()?;
+    let (kitchen, kitchen_hash) = dishsync_broker::api::integrations::mint_token()?;
+    let config = format!(
+        "{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[integrations]]\nid = \"erp\"\nrole = \"manager\"\nstores = [\"s1\", \"s2\"]\ntoken_sha256 = \"{erp_hash}\"\n\n\
+         [[integrations]]\nid = \"kitchen-sys\"\nrole = \"central_kitchen\"\ntoken_sha256 = \"{kitchen_hash}\"\n",
+        crate::planning::planning_chain(10.0)
+    );
+    let broker = BrokerProcess::start(&config, &data)?;
+    let web = broker.web_addr.context("the web address")?;
+    let api = |path: &str| format!("http://{web}/api/v1/{path}");
+    let act = |path: &str, token: &str, body: Value| post_json(&api(path), Some(token), &body);
+
+    // s1 down to 1 patty raises a request; the kitchen's system works it.
+    let count = stock_event("c-s1", "count", 1.0, "pcs", "erp");
+    assert_eq!(act("stores/s1/stock/patty/events", &erp, count)?.status, 200);
+    wait_for(&api("hq/replenishment/rq-s1-1"), &kitchen, |d| d["state"] == "open")?;
+    let ack = act(
+        "hq/replenishment/rq-s1-1/acknowledge",
+        &kitchen,
+        json!({"id": "k-ack", "by": "kitchen-sys"}),
+    )?;
+    assert_eq!(ack.status, 200, "{}", ack.body);
+    let ship = act(
+        "hq/replenishment/rq-s1-1/ship",
+        &kitchen,
+        json!({"id": "k-ship", "by": "kitchen-sys", "note": "van at 3"}),
+    )?;
+    assert_eq!(ship.status, 200, "{}", ship.body);
+    let shipped = wait_for(&api("hq/replenishment/rq-s1-1"), &kitchen, |d| d["state"] == "shipped")?;
+    assert_eq!(shipped["reason"], "van at 3");
+    let late = act(
+        "hq/replenishment/rq-s1-1/acknowledge",
+        &kitchen,
+        json!({"id": "k-ack-2", "by": "kitchen-sys"}),
+    )?;
+    assert_eq!(
+        (late.status, &late.body["code"]),
+        (422, &json!("invalid_transition")),
+        "{}",
+        late.body
+    );
+    assert_eq!(
+        act(
+            "hq/replenishment/rq-s1-1/cancel",
+            &erp,
+            json!({"id": "e-cancel", "by": "erp"})
+        )?
+        .status,
+        403,
+        "a manager does not act for the central kitchen"
+    );
+
+    // Patties from s2 to s1, every step over HTTP.
+    let count = stock_event("c-s2", "count", 20.0, "pcs", "erp");
+    assert_eq!(act("stores/s2/stock/patty/events", &erp, count)?.status, 200);
+    let asked = act(
+        "stores/s1/transfers/request",
+        &erp,
+        json!({"id": "t-ask", "sku": "patty", "qty": 5, "unit": "pcs", "by": "erp"}),
+    )?;
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    let shown = wait_for(&api("stores/s1/transfers"), &erp, |d| {
+        d["transfers"].as_array().is_some_and(|t| !t.is_empty())
+    })?;
+    let transfer = shown["transfers"][0]["id"]
+        .as_str()
+        .context("a transfer id")?
+        .to_string();
+    for (store, verb) in [("s2", "accept"), ("s2", "dispatch"), ("s1", "receive")] {
+        let done = act(
+            &format!("stores/{store}/transfers/{transfer}/{verb}"),
+            &erp,
+            json!({"id": format!("t-{verb}"), "by": "erp"}),
+        )?;
+        assert_eq!(done.status, 200, "{verb}: {}", done.body);
+    }
+    wait_for(&api("stores/s1/stock/patty/level"), &erp, |d| d["qty"] == json!(6))?;
+    wait_for(&api("stores/s2/stock/patty/level"), &erp, |d| d["qty"] == json!(15))?;
+    let received = wait_for(&api(&format!("stores/s2/transfers/{transfer}")), &erp, |d| {
+        d["state"] == "received"
+    })?;
+    assert_eq!(received["sku"], "patty");
+    Ok(())
+}
