@@ -21,6 +21,7 @@
 //! - [`worker`]: the rules attached to an external broker;
 //! - [`web`]: the HTTP listener — health, readiness and metrics;
 //! - [`api`]: the HTTP API — integrations' inputs and reads;
+//! - [`webhooks`]: what leaves for a chain's systems, signed;
 //! - [`metrics`]: what the broker counts, as Prometheus text;
 //! - [`demo`]: the built-in demo chain and its dinner service;
 //! - [`memory`]: the allocator's page size.
@@ -47,6 +48,7 @@ pub mod server;
 pub mod store;
 pub mod takeover;
 pub mod web;
+pub mod webhooks;
 pub mod worker;
 
 pub use config::Settings;
