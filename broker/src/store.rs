@@ -173,6 +173,35 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
     })
 }
 
+/// A ledger line, in today's layout or in the one before it (without who
+/// sent it and when it was applied, read as unknown). A line of the
+/// earlier layout ends where today's has more fields, so it never reads as
+/// today's.
+fn decode_line(key: &[u8], bytes: &[u8]) -> Result<LedgerEntry, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Earlier {
+        store: StoreId,
+        sku: dishsync_protocol::SkuId,
+        event: EventId,
+        kind: dishsync_inventory::EntryKind,
+        amount: i64,
+        at: dishsync_protocol::Millis,
+        moved: bool,
+    }
+    match postcard::from_bytes::<LedgerEntry>(bytes) {
+        Ok(line) => Ok(line),
+        Err(today) => match postcard::from_bytes::<Earlier>(bytes) {
+            Ok(e) => Ok(LedgerEntry::new(
+                &e.store, &e.sku, &e.event, e.kind, e.amount, e.at, e.moved,
+            )),
+            Err(_) => Err(StoreError::Record {
+                key: String::from_utf8_lossy(key).into_owned(),
+                source: today,
+            }),
+        },
+    }
+}
+
 /// The last journal group sled holds.
 const CHECKPOINT_KEY: &[u8] = b"j";
 
@@ -661,7 +690,7 @@ impl Store {
                 let (key, value) = item?;
                 page_lines(&key, &value)?
                     .into_iter()
-                    .map(|line| decode(&key, line))
+                    .map(|line| decode_line(&key, line))
                     .collect()
             };
             match page() {
@@ -697,7 +726,7 @@ impl Store {
                 if lines.len() == max_lines {
                     return Ok(LedgerPage { lines, next: Some(seq) });
                 }
-                lines.push((seq, decode(&key, line)?));
+                lines.push((seq, decode_line(&key, line)?));
             }
         }
         Ok(LedgerPage { lines, next: None })
@@ -924,14 +953,57 @@ mod tests {
 
     fn entry(event: &str, amount: i64) -> LedgerEntry {
         LedgerEntry {
-            store: "s1".parse().expect("valid id"),
-            sku: "patty".parse().expect("valid id"),
-            event: event.parse().expect("valid id"),
-            kind: EntryKind::Sale,
-            amount,
-            at: 1,
-            moved: true,
+            by: Some("pos-1".parse().expect("valid id")),
+            recorded: Some(2),
+            ..LedgerEntry::new(
+                &"s1".parse().expect("valid id"),
+                &"patty".parse().expect("valid id"),
+                &event.parse().expect("valid id"),
+                EntryKind::Sale,
+                amount,
+                1,
+                true,
+            )
         }
+    }
+
+    /// A line written before the ledger kept who and when reads back, with
+    /// those unknown; a line of today reads back whole.
+    #[test]
+    fn ledger_lines_of_the_earlier_layout_still_read() {
+        #[derive(serde::Serialize)]
+        struct Earlier {
+            store: StoreId,
+            sku: dishsync_protocol::SkuId,
+            event: EventId,
+            kind: EntryKind,
+            amount: i64,
+            at: dishsync_protocol::Millis,
+            moved: bool,
+        }
+        let today = entry("e-1", -3);
+        let earlier = Earlier {
+            store: today.store.clone(),
+            sku: today.sku.clone(),
+            event: today.event.clone(),
+            kind: today.kind,
+            amount: today.amount,
+            at: today.at,
+            moved: today.moved,
+        };
+        let bytes = postcard::to_allocvec(&earlier).expect("encodes");
+        let read = decode_line(b"l/x", &bytes).expect("reads");
+        assert_eq!(
+            read,
+            LedgerEntry {
+                by: None,
+                recorded: None,
+                ..today.clone()
+            }
+        );
+        let bytes = postcard::to_allocvec(&today).expect("encodes");
+        assert_eq!(decode_line(b"l/x", &bytes).expect("reads"), today);
+        assert!(decode_line(b"l/x", b"\xff").is_err());
     }
 
     async fn commit(store: &Store, event: &str, amount: i64) {

@@ -256,7 +256,7 @@ impl Inventory {
         voided: Option<&SaleRecord>,
         now: Millis,
     ) -> Result<Option<Outcome>, Rejection> {
-        match input {
+        let mut outcome = match input {
             Input::Reading {
                 store,
                 device,
@@ -279,7 +279,22 @@ impl Inventory {
                 .apply_transfer_action(store, transfer, *action, body, &body.id, now)
                 .map(Some),
             Input::TransferRequest { store, body } => self.apply_transfer_request(store, body, now).map(Some),
+        }?;
+        // Every line names who sent the input, its reason and reference,
+        // and when it was applied.
+        if let Some(outcome) = &mut outcome {
+            let (reason, reference) = match input {
+                Input::Stock { event, .. } => (event.reason.clone(), event.reference.clone()),
+                _ => (None, None),
+            };
+            for entry in &mut outcome.entries {
+                entry.by = input.actor();
+                entry.reason.clone_from(&reason);
+                entry.reference.clone_from(&reference);
+                entry.recorded = Some(now);
+            }
         }
+        Ok(outcome)
     }
 
     /// Applies a stock event for `sku` in `store`.
@@ -350,15 +365,15 @@ impl Inventory {
             state.ledger.delta(at, signed)
         };
         let mut outcome = Outcome::default();
-        outcome.entries.push(LedgerEntry {
-            store: store.clone(),
-            sku: sku.clone(),
-            event: ev.id.clone(),
-            kind: EntryKind::Stock(kind.into()),
-            amount: signed,
+        outcome.entries.push(LedgerEntry::new(
+            store,
+            sku,
+            &ev.id,
+            EntryKind::Stock(kind.into()),
+            signed,
             at,
-            moved: applied == Applied::Moved,
-        });
+            applied == Applied::Moved,
+        ));
         if applied == Applied::Moved {
             match kind {
                 StockKind::Waste => self.count_use(store, sku, base, true, at, now),
@@ -617,15 +632,15 @@ impl Inventory {
             let ledger = &mut self.sku_mut(store, sku)?.ledger;
             let before = ledger.qty();
             let applied = ledger.delta(at, delta);
-            outcome.entries.push(LedgerEntry {
-                store: store.clone(),
-                sku: sku.clone(),
-                event: event.clone(),
+            outcome.entries.push(LedgerEntry::new(
+                store,
+                sku,
+                event,
                 kind,
-                amount: delta,
+                delta,
                 at,
-                moved: applied == Applied::Moved,
-            });
+                applied == Applied::Moved,
+            ));
             moved.push((sku.clone(), before));
         }
         self.after_moves(store, &moved, now, &mut outcome.changes);

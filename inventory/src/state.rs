@@ -160,6 +160,46 @@ pub struct LedgerEntry {
     pub at: Millis,
     /// False when stamped before the latest count: recorded, level unmoved.
     pub moved: bool,
+    /// Who recorded it: the device, integration or person that sent the
+    /// input (its `device` or `by`). `None` on lines written before the
+    /// ledger kept it.
+    pub by: Option<DeviceId>,
+    /// The input's reason (waste), if any.
+    pub reason: Option<String>,
+    /// The input's reference (a delivery note, a request), if any.
+    pub reference: Option<String>,
+    /// When the broker applied it (`at` is when it happened). `None` on
+    /// lines written before the ledger kept it.
+    pub recorded: Option<Millis>,
+}
+
+impl LedgerEntry {
+    /// A line of `kind` for `amount` of `sku` in `store`, caused by
+    /// `event` stamped `at`; who sent it and when it was applied are filled
+    /// in by [`crate::Inventory::apply`].
+    pub fn new(
+        store: &StoreId,
+        sku: &SkuId,
+        event: &EventId,
+        kind: EntryKind,
+        amount: i64,
+        at: Millis,
+        moved: bool,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            store: store.clone(),
+            sku: sku.clone(),
+            event: event.clone(),
+            kind,
+            amount,
+            at,
+            moved,
+            by: None,
+            reason: None,
+            reference: None,
+            recorded: None,
+        }
+    }
 }
 
 /// A persisted state handed back at start-up.

@@ -63,7 +63,8 @@ impl Wanted {
     }
 }
 
-/// One line as the API shows it: the quantity in the SKU's base unit.
+/// One line as the API shows it: the quantity in the SKU's base unit, when
+/// it happened (`at`) and when it was applied (`recorded`), who sent it.
 pub fn line_json(number: u64, line: &LedgerEntry, catalog: &Catalog) -> Value {
     let unit = catalog.sku(&line.sku).map(|s| s.unit.as_str());
     json!({
@@ -74,8 +75,32 @@ pub fn line_json(number: u64, line: &LedgerEntry, catalog: &Catalog) -> Value {
         "qty": line.amount,
         "unit": unit,
         "at": Timestamp(line.at).to_string(),
+        "recorded": line.recorded.map(|t| Timestamp(t).to_string()),
+        "by": line.by,
+        "reason": line.reason,
+        "ref": line.reference,
         "moved": line.moved,
     })
+}
+
+/// The CSV's columns, the JSON's fields.
+const CSV_COLUMNS: [&str; 12] = [
+    "line", "sku", "event", "kind", "qty", "unit", "at", "recorded", "by", "reason", "ref", "moved",
+];
+
+/// A value as one CSV field (RFC 4180: quoted when it holds a comma, a
+/// quote or a line break; empty for null).
+fn csv_field(value: &Value) -> String {
+    let text = match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
 }
 
 /// The `GET`.
@@ -163,16 +188,9 @@ async fn history(slot: &Slot, store: &str, query: LedgerQuery, headers: &HeaderM
     }
     let next = next.map(|n| n.to_string());
     if query.format.as_deref() == Some("csv") {
-        let mut csv = String::from("line,sku,event,kind,qty,unit,at,moved\n");
+        let mut csv = format!("{}\n", CSV_COLUMNS.join(","));
         for line in &kept {
-            let field = |k: &str| match &line[k] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let row: Vec<String> = ["line", "sku", "event", "kind", "qty", "unit", "at", "moved"]
-                .iter()
-                .map(|k| field(k))
-                .collect();
+            let row: Vec<String> = CSV_COLUMNS.iter().map(|k| csv_field(&line[*k])).collect();
             csv.push_str(&row.join(","));
             csv.push('\n');
         }
@@ -183,4 +201,18 @@ async fn history(slot: &Slot, store: &str, query: LedgerQuery, headers: &HeaderM
         return Ok(response);
     }
     Ok(Json(json!({"lines": kept, "next": next})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_text_is_quoted_in_csv() {
+        assert_eq!(csv_field(&Value::from("dropped")), "dropped");
+        assert_eq!(csv_field(&Value::from("burnt, twice")), "\"burnt, twice\"");
+        assert_eq!(csv_field(&Value::from("the \"big\" one")), "\"the \"\"big\"\" one\"");
+        assert_eq!(csv_field(&Value::Null), "");
+        assert_eq!(csv_field(&json!(-3)), "-3");
+    }
 }

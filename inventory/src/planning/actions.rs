@@ -241,15 +241,15 @@ impl Inventory {
         let ledger = &mut self.sku_mut(store, sku)?.ledger;
         let before = ledger.qty();
         let applied = ledger.delta(now, delta);
-        outcome.entries.push(LedgerEntry {
-            store: store.clone(),
-            sku: sku.clone(),
-            event: event.clone(),
-            kind: EntryKind::Stock(kind),
-            amount: delta,
-            at: now,
-            moved: applied == crate::ledger::Applied::Moved,
-        });
+        outcome.entries.push(LedgerEntry::new(
+            store,
+            sku,
+            event,
+            EntryKind::Stock(kind),
+            delta,
+            now,
+            applied == crate::ledger::Applied::Moved,
+        ));
         if kind == StockKindCode::TransferOut {
             self.count_use(store, sku, -delta, false, now, now);
         }

@@ -311,6 +311,9 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
         (&json!("sale"), &json!(-1), &json!("pcs"))
     );
     assert_eq!(whole.body["next"], Value::Null);
+    // Who sent each, and when it happened and was applied.
+    assert_eq!((&lines[0]["by"], &lines[1]["by"]), (&json!("erp"), &json!("pos-cloud")));
+    assert!(lines.iter().all(|l| l["recorded"].is_string() && l["at"].is_string()));
     // Paged one line at a time while sales keep coming: every line once, in
     // order, the new ones after the old.
     let (mut paged, mut cursor, mut live) = (Vec::new(), String::new(), 0);
@@ -351,7 +354,10 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
         .set("Authorization", &format!("Bearer {}", tokens["erp"]))
         .call()?
         .into_string()?;
-    assert_eq!(csv.lines().next(), Some("line,sku,event,kind,qty,unit,at,moved"));
+    assert_eq!(
+        csv.lines().next(),
+        Some("line,sku,event,kind,qty,unit,at,recorded,by,reason,ref,moved")
+    );
     assert_eq!(csv.lines().count(), 1 + paged.len(), "{csv}");
     assert_eq!(
         call("GET", &api("stores/s1/ledger"), pos, &[], None)?.status,
