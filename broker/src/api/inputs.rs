@@ -140,13 +140,14 @@ enum Pending {
 /// Decides `payload` on `topic` as `identity` sent it and hands it to the
 /// rules.
 async fn submit(api: &Api, topic: &str, identity: &Identity, payload: &[u8]) -> Pending {
-    let id = salvage_id(payload);
     match admit(&api.namespaces, identity, topic, payload) {
-        Err(refusal) => Pending::Refused(refuse(topic, identity, id, &refusal.rejection)),
+        // Only a refused payload is read again, for the id it may carry.
+        Err(refusal) => Pending::Refused(refuse(topic, identity, salvage_id(payload), &refusal.rejection)),
         // Presence and readings are device traffic, not API inputs: the
         // routes name input topics only.
         Ok(Admitted::Presence) => Pending::Refused(ApiError::not_found(format!("{topic} takes no input over HTTP"))),
         Ok(Admitted::Input(input)) => {
+            let id = Some(input.id().to_string());
             let intake = Intake {
                 input,
                 device: identity.device.clone(),

@@ -73,15 +73,23 @@ async fn documents(
     };
     let identity = api.identity(headers, store.as_ref())?;
     identity.may_subscribe(&filter).map_err(|d| ApiError::forbidden(d.0))?;
-    let found = api.out.retained(&filter).await;
+    // Each document parsed once: listed, and its rev in the tag.
+    let found: Vec<(String, Value)> = api
+        .out
+        .retained(&filter)
+        .await
+        .into_iter()
+        .filter_map(|(topic, payload)| Some((topic, serde_json::from_slice(&payload).ok()?)))
+        .collect();
     let tag = format!(
         "\"c-{:016x}\"",
-        digest(found.iter().map(|(topic, payload)| (topic.as_str(), rev(payload))))
+        digest(
+            found
+                .iter()
+                .map(|(topic, doc)| (topic.as_str(), doc["rev"].as_u64().unwrap_or(0)))
+        )
     );
-    let listed: Vec<Value> = found
-        .iter()
-        .filter_map(|(_, payload)| serde_json::from_slice(payload).ok())
-        .collect();
+    let listed: Vec<Value> = found.into_iter().map(|(_, doc)| doc).collect();
     let mut body = Map::new();
     body.insert((*key).to_string(), Value::Array(listed));
     let bytes = serde_json::to_vec(&body).unwrap_or_default();

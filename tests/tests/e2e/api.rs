@@ -446,7 +446,6 @@ fn every_route_of_the_openapi_document_is_served_as_documented() -> Result<()> {
 /// exactly once.
 #[test]
 fn http_inputs_survive_kill_9_exactly_once() -> Result<()> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     // The kill comes after a tenth: the rest are in flight or unsent.
@@ -472,12 +471,13 @@ fn http_inputs_survive_kill_9_exactly_once() -> Result<()> {
         )
     };
 
-    // Post in order until the broker is gone; note what was answered 200.
+    // Post in order until the broker is gone; note what was answered 200,
+    // and say when a tenth was.
     let answered = Arc::new(Mutex::new(Vec::new()));
-    let count = Arc::new(AtomicUsize::new(0));
+    let (tenth_tx, tenth) = std::sync::mpsc::channel();
     let web = broker.web_addr.context("the web address")?;
     let poster = {
-        let (answered, count, events, token) = (answered.clone(), count.clone(), events.clone(), token.clone());
+        let (answered, events, token) = (answered.clone(), events.clone(), token.clone());
         std::thread::spawn(move || {
             for (i, event) in events.iter().enumerate() {
                 let sent = call(
@@ -490,18 +490,18 @@ fn http_inputs_survive_kill_9_exactly_once() -> Result<()> {
                 match sent {
                     Ok(a) if a.status == 200 => {
                         answered.lock().map(|mut a| a.push(i)).ok();
-                        count.fetch_add(1, Ordering::SeqCst);
+                        if i + 1 == INPUTS / 10 {
+                            let _ = tenth_tx.send(());
+                        }
                     }
                     _ => return,
                 }
             }
         })
     };
-    let deadline = std::time::Instant::now() + crate::support::DEADLINE;
-    while count.load(Ordering::SeqCst) < INPUTS / 10 {
-        assert!(std::time::Instant::now() < deadline, "the inputs are not answered");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    tenth
+        .recv_timeout(crate::support::DEADLINE)
+        .context("the inputs are not answered")?;
     broker.kill();
     poster.join().map_err(|_| anyhow::anyhow!("the poster panicked"))?;
     let answered = answered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
@@ -537,29 +537,26 @@ fn http_inputs_survive_kill_9_exactly_once() -> Result<()> {
     Ok(())
 }
 
-/// `GET url` with `token` until `ok` holds for the JSON answered 200.
-fn wait_for(url: &str, token: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
-    let deadline = std::time::Instant::now() + crate::support::DEADLINE;
-    loop {
-        let answer = call("GET", url, Some(token), &[], None)?;
-        if answer.status == 200 && ok(&answer.body) {
-            return Ok(answer.body);
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "{url} never showed it: {} {}",
-            answer.status,
-            answer.body
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+/// Waits for the document on `topic` to satisfy `ok` as an MQTT subscriber
+/// (pushed, no polling), then reads `path` over HTTP with `token` and
+/// returns what the API shows, which must satisfy `ok` too.
+async fn shown(mqtt: &mut Client, topic: &str, url: &str, token: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
+    mqtt.wait_latest(topic, &ok).await?;
+    let answer = call("GET", url, Some(token), &[], None)?;
+    anyhow::ensure!(
+        answer.status == 200 && ok(&answer.body),
+        "{url}: {} {}",
+        answer.status,
+        answer.body
+    );
+    Ok(answer.body)
 }
 
 /// Replenishment and transfers worked over HTTP alone: the central
 /// kitchen's system acts on a request, a manager's system moves stock
 /// between its two stores, and both stores' levels follow.
-#[test]
-fn replenishment_and_transfers_over_http() -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replenishment_and_transfers_over_http() -> Result<()> {
     let (_tmp, data) = temp_data_dir()?;
     let (erp, erp_hash) = dishsync_broker::api::integrations::mint_token()?;
     let (kitchen, kitchen_hash) = dishsync_broker::api::integrations::mint_token()?;
@@ -573,11 +570,20 @@ fn replenishment_and_transfers_over_http() -> Result<()> {
     let web = broker.web_addr.context("the web address")?;
     let api = |path: &str| format!("http://{web}/api/v1/{path}");
     let act = |path: &str, token: &str, body: Value| post_json(&api(path), Some(token), &body);
+    let mut mqtt = Client::connect(broker.addr, "watcher").await?;
+    for filter in [
+        "hq/replenishment/+",
+        "stores/+/transfers/+",
+        "stores/+/stock/patty/level",
+    ] {
+        mqtt.subscribe(filter, QoS::AtLeastOnce).await?;
+    }
 
     // s1 down to 1 patty raises a request; the kitchen's system works it.
     let count = stock_event("c-s1", "count", 1.0, "pcs", "erp");
     assert_eq!(act("stores/s1/stock/patty/events", &erp, count)?.status, 200);
-    wait_for(&api("hq/replenishment/rq-s1-1"), &kitchen, |d| d["state"] == "open")?;
+    let request = "hq/replenishment/rq-s1-1";
+    shown(&mut mqtt, request, &api(request), &kitchen, |d| d["state"] == "open").await?;
     let ack = act(
         "hq/replenishment/rq-s1-1/acknowledge",
         &kitchen,
@@ -590,7 +596,7 @@ fn replenishment_and_transfers_over_http() -> Result<()> {
         json!({"id": "k-ship", "by": "kitchen-sys", "note": "van at 3"}),
     )?;
     assert_eq!(ship.status, 200, "{}", ship.body);
-    let shipped = wait_for(&api("hq/replenishment/rq-s1-1"), &kitchen, |d| d["state"] == "shipped")?;
+    let shipped = shown(&mut mqtt, request, &api(request), &kitchen, |d| d["state"] == "shipped").await?;
     assert_eq!(shipped["reason"], "van at 3");
     let late = act(
         "hq/replenishment/rq-s1-1/acknowledge",
@@ -623,13 +629,19 @@ fn replenishment_and_transfers_over_http() -> Result<()> {
         json!({"id": "t-ask", "sku": "patty", "qty": 5, "unit": "pcs", "by": "erp"}),
     )?;
     assert_eq!(asked.status, 200, "{}", asked.body);
-    let shown = wait_for(&api("stores/s1/transfers"), &erp, |d| {
-        d["transfers"].as_array().is_some_and(|t| !t.is_empty())
-    })?;
-    let transfer = shown["transfers"][0]["id"]
-        .as_str()
+    let proposed = mqtt
+        .wait_until("a transfer", |seen| {
+            seen.iter().any(|m| m.topic.starts_with("stores/s1/transfers/"))
+        })
+        .await?;
+    let transfer = proposed
+        .iter()
+        .find(|m| m.topic.starts_with("stores/s1/transfers/"))
+        .and_then(|m| m.json["id"].as_str())
         .context("a transfer id")?
         .to_string();
+    let listed = call("GET", &api("stores/s1/transfers"), Some(&erp), &[], None)?;
+    assert_eq!(listed.body["transfers"][0]["id"], json!(transfer), "{}", listed.body);
     for (store, verb) in [("s2", "accept"), ("s2", "dispatch"), ("s1", "receive")] {
         let done = act(
             &format!("stores/{store}/transfers/{transfer}/{verb}"),
@@ -638,11 +650,12 @@ fn replenishment_and_transfers_over_http() -> Result<()> {
         )?;
         assert_eq!(done.status, 200, "{verb}: {}", done.body);
     }
-    wait_for(&api("stores/s1/stock/patty/level"), &erp, |d| d["qty"] == json!(6))?;
-    wait_for(&api("stores/s2/stock/patty/level"), &erp, |d| d["qty"] == json!(15))?;
-    let received = wait_for(&api(&format!("stores/s2/transfers/{transfer}")), &erp, |d| {
-        d["state"] == "received"
-    })?;
+    for (store, qty) in [("s1", 6), ("s2", 15)] {
+        let level = format!("stores/{store}/stock/patty/level");
+        shown(&mut mqtt, &level, &api(&level), &erp, |d| d["qty"] == json!(qty)).await?;
+    }
+    let moved = format!("stores/s2/transfers/{transfer}");
+    let received = shown(&mut mqtt, &moved, &api(&moved), &erp, |d| d["state"] == "received").await?;
     assert_eq!(received["sku"], "patty");
     Ok(())
 }
