@@ -70,6 +70,10 @@ enum Command {
     /// shown once — and on the second the `token_sha256` line for the
     /// configuration, which keeps only the hash.
     MintToken,
+    /// Make a signing secret for a webhook endpoint (`[[webhooks]]`):
+    /// prints the `secret = "whsec_…"` line for the configuration; the
+    /// receiver verifies signatures with the same secret.
+    WebhookSecret,
     /// Ask a running broker's web listener whether it is ready (`GET
     /// /readyz`): exit 0 when it is, 1 when it is not or does not answer —
     /// a health check for a container or a supervisor that has no HTTP
@@ -133,6 +137,18 @@ pub fn main() -> ExitCode {
         return match crate::auth::hash_password(password) {
             Ok(hash) => {
                 println!("{hash}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dishsync-broker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::WebhookSecret) = &args.command {
+        return match crate::webhooks::Secret::generate() {
+            Ok(secret) => {
+                println!("secret = \"{secret}\"");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -44,6 +44,8 @@ struct FileConfig {
     #[serde(default)]
     integrations: Vec<IntegrationSection>,
     #[serde(default)]
+    webhooks: Vec<WebhookSection>,
+    #[serde(default)]
     planning: PlanningSection,
     central_kitchen: Option<KitchenSection>,
     #[serde(default)]
@@ -128,6 +130,21 @@ struct IntegrationSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct WebhookSection {
+    id: String,
+    url: String,
+    secret: String,
+    #[serde(default)]
+    kinds: Vec<String>,
+    store: Option<String>,
+    stores: Option<Vec<String>>,
+    retry_for_seconds: Option<u64>,
+    first_retry_seconds: Option<f64>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TlsSection {
     listen: String,
     cert: PathBuf,
@@ -180,6 +197,8 @@ struct DishSection {
     recipe: Vec<RecipeSection>,
     category: Option<String>,
     price: Option<String>,
+    #[serde(default)]
+    external: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +286,8 @@ pub struct Settings {
     pub credentials: Vec<Credential>,
     /// Every system allowed to call the HTTP API.
     pub integrations: Vec<crate::api::integrations::Integration>,
+    /// Where webhooks go.
+    pub webhooks: Vec<crate::webhooks::Endpoint>,
     /// The chain.
     pub catalog: Arc<Catalog>,
 }
@@ -433,6 +454,7 @@ impl Validator {
         let store_ids: BTreeSet<StoreId> = stores.iter().map(|s| s.id.clone()).collect();
         let credentials = self.devices(&file.devices, &store_ids);
         let integrations = self.integrations(&file.integrations, &store_ids, &credentials);
+        let webhooks = self.webhooks(&file.webhooks, &store_ids);
         let namespaces = self.namespaces(&file.namespaces);
         let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
         let web = file.web.as_ref().and_then(|w| match w.listen.parse::<SocketAddr>() {
@@ -475,6 +497,7 @@ impl Validator {
             namespaces,
             credentials,
             integrations,
+            webhooks,
             catalog: Arc::new(catalog),
         })
     }
@@ -642,6 +665,15 @@ impl Validator {
             if d.category.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64) {
                 self.issue(format!("{place}.category"), "must be 1 to 64 bytes");
             }
+            for (channel, item) in &d.external {
+                let plain = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+                if !plain(channel) || !plain(item) {
+                    self.issue(
+                        format!("{place}.external.{channel}"),
+                        "a channel and its item id are 1 to 128 printable ASCII characters",
+                    );
+                }
+            }
             dishes.push(Dish {
                 id,
                 name: d.name.clone(),
@@ -649,6 +681,7 @@ impl Validator {
                 recipe,
                 category: d.category.clone(),
                 price: d.price.clone(),
+                external: d.external.clone(),
             });
         }
         dishes
@@ -1108,6 +1141,95 @@ impl Validator {
         out
     }
 
+    /// `[[webhooks]]`: the endpoints, each with a valid URL, secret, kinds
+    /// and stores.
+    fn webhooks(&mut self, sections: &[WebhookSection], stores: &BTreeSet<StoreId>) -> Vec<crate::webhooks::Endpoint> {
+        use crate::webhooks::{parse_kinds, Endpoint, Scope, Secret, Subscription, Target};
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, section) in sections.iter().enumerate() {
+            let place = format!("webhooks[{i}]");
+            let Some(id) = self.id::<DeviceId>(&format!("{place}.id"), &section.id) else {
+                continue;
+            };
+            if !seen.insert(id.clone()) {
+                self.issue(format!("{place}.id"), format!("webhook {id} is defined twice"));
+            }
+            let target = match Target::parse(&section.url) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.issue(format!("{place}.url"), e);
+                    None
+                }
+            };
+            // The secret itself is never repeated in a message.
+            let secret = Secret::parse(&section.secret);
+            if secret.is_none() {
+                self.issue(
+                    format!("{place}.secret"),
+                    "not a signing secret: whsec_ and base64 of at least 24 bytes (make one with \
+                     `dishsync-broker webhook-secret`)",
+                );
+            }
+            let kinds = match parse_kinds(&section.kinds) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.issue(format!("{place}.kinds"), e);
+                    None
+                }
+            };
+            let named: Vec<&String> = section.store.iter().chain(section.stores.iter().flatten()).collect();
+            let scope = if named.is_empty() {
+                Scope::Chain
+            } else {
+                let mut own = BTreeSet::new();
+                for s in named {
+                    if let Some(store) = self.id::<StoreId>(&format!("{place}.stores"), s) {
+                        if stores.contains(&store) {
+                            own.insert(store);
+                        } else {
+                            self.issue(format!("{place}.stores"), format!("unknown store {store}"));
+                        }
+                    }
+                }
+                Scope::Stores(own)
+            };
+            let retry_for = section
+                .retry_for_seconds
+                .map_or(crate::webhooks::DEFAULT_RETRY_FOR, std::time::Duration::from_secs);
+            if retry_for.is_zero() {
+                self.issue(format!("{place}.retry_for_seconds"), "must be at least 1");
+            }
+            let first_retry = match section.first_retry_seconds {
+                None => crate::webhooks::DEFAULT_FIRST_RETRY,
+                Some(s) if s.is_finite() && (0.01..=3600.0).contains(&s) => std::time::Duration::from_secs_f64(s),
+                Some(_) => {
+                    self.issue(format!("{place}.first_retry_seconds"), "must be 0.01 to 3600");
+                    continue;
+                }
+            };
+            if let Some(ca) = &section.ca_file {
+                if !ca.is_file() {
+                    self.issue(format!("{place}.ca_file"), format!("{} is not a file", ca.display()));
+                }
+            }
+            let (Some(target), Some(secret), Some(kinds)) = (target, secret, kinds) else {
+                continue;
+            };
+            out.push(Endpoint {
+                id: id.to_string(),
+                target,
+                url: section.url.clone(),
+                secret,
+                subscription: Subscription { kinds, scope },
+                first_retry,
+                retry_for,
+                ca_file: section.ca_file.clone(),
+            });
+        }
+        out
+    }
+
     fn tls(&mut self, t: &TlsSection) -> Option<TlsSettings> {
         let listen = match t.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -1223,6 +1345,50 @@ name = "S1"
 {store}
 {tail}"#
         )
+    }
+
+    #[test]
+    fn webhooks_are_checked_and_their_secret_never_repeated() {
+        let secret = crate::webhooks::Secret::generate().expect("secret");
+        let good = Settings::parse(&bun_chain(
+            "",
+            "",
+            &format!(
+                "[[webhooks]]\nid = \"adapter\"\nurl = \"https://hooks.example.com/d\"\nsecret = \"{secret}\"\n\
+                 kinds = [\"availability\"]\nstore = \"s1\"\nretry_for_seconds = 60\n"
+            ),
+        ))
+        .expect("valid");
+        let endpoint = &good.webhooks[0];
+        assert_eq!((endpoint.id.as_str(), endpoint.target.port), ("adapter", 443));
+        assert_eq!(endpoint.retry_for, std::time::Duration::from_secs(60));
+        assert_eq!(
+            endpoint.subscription.kinds,
+            [crate::webhooks::Kind::Availability].into_iter().collect()
+        );
+        let bad = bun_chain(
+            "",
+            "",
+            "[[webhooks]]\nid = \"a\"\nurl = \"ftp://x\"\nsecret = \"whsec_c2VjcmV0LXRoYXQtbGVha3M=\"\n\
+             kinds = [\"levels\"]\nstores = [\"s9\"]\nretry_for_seconds = 0\n\n\
+             [[webhooks]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"whsec_c2VjcmV0LXRoYXQtbGVha3M=\"\n",
+        );
+        let err = Settings::parse(&bad).expect_err("invalid");
+        let places: Vec<&str> = err.issues.iter().map(|i| i.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "webhooks[0].url",
+                "webhooks[0].secret",
+                "webhooks[0].kinds",
+                "webhooks[0].stores",
+                "webhooks[0].retry_for_seconds",
+                "webhooks[1].id",
+                "webhooks[1].secret",
+            ],
+            "{err}"
+        );
+        assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
     }
 
     #[test]

@@ -55,7 +55,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let catalog = inventory.catalog().clone();
     let storage = store.clone();
-    let rules = rules::start(inventory, store, Arc::new(out.clone()));
+    let webhooks = if settings.webhooks.is_empty() {
+        None
+    } else {
+        Some(crate::webhooks::Webhooks::start(
+            settings.webhooks.clone(),
+            &store,
+            Arc::new(out.clone()),
+        )?)
+    };
+    let rules = rules::start(inventory, store, Arc::new(out.clone()), webhooks.clone());
     readiness.restored(storage.clone(), rules.clone());
     tokio::spawn(crate::metrics::publish_retained(
         out.clone(),
@@ -74,6 +83,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         (storage.clone(), settings.catalog.clone()),
         &settings.integrations,
         settings.max_publish_rate,
+        webhooks,
     ));
     let sessions = Sessions::new(identities.clone(), settings.allow_anonymous, namespaces.clone());
     let register = scx.extends.hook_mgr().register();

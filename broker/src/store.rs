@@ -36,6 +36,10 @@
 //! | `s` | — | [`Shown`]: the ids of the requests and transfers the planning state holds |
 //! | `c` | — | [`ChainPlan`](dishsync_inventory::ChainPlan) |
 //! | `j` | — | last journal group in sled (u64, big-endian) |
+//! | `w/` | endpoint `/` delivery number (u64, big-endian) | a queued webhook delivery |
+//! | `wn` | — | the next webhook delivery number (u64, big-endian) |
+//! | `wc/` | endpoint | every delivery below this number is done (u64, big-endian) |
+//! | `wx/` | endpoint `/` delivery number (u64, big-endian) | a dead letter: a delivery given up |
 //!
 //! Start-up reads the snapshot, current once the journal is replayed: the
 //! SKU, dish, menu and plan records, and the requests and transfers `s`
@@ -43,7 +47,14 @@
 //! ledger, the sale records or older requests and transfers: history for
 //! audit and reports, which grows with every day of trading.
 //!
-//! Invariant: only the rules shell writes here, and only through [`Commit`].
+//! Webhook deliveries are queued in the commit of the change that causes
+//! them (`w/`, `wn`). How far each endpoint got (`wc/`) and what it gave
+//! up (`wx/`) are written by its sender straight into sled, outside the
+//! journal: losing the latest of them in a crash only sends a delivery
+//! again under the same id, which a receiver de-duplicates.
+//!
+//! Invariant: only the rules shell writes here, and only through [`Commit`]
+//! — but for the webhook senders' progress and dead letters.
 
 pub mod journal;
 
@@ -141,6 +152,8 @@ struct Inner {
     next_seq: AtomicU64,
     /// The next journal group.
     next_group: AtomicU64,
+    /// The next webhook delivery number (only the rules task writes).
+    next_webhook: AtomicU64,
     /// Dropping the sender stops the checkpointer after a last checkpoint.
     stop: Option<std::sync::mpsc::Sender<()>>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
@@ -204,6 +217,21 @@ fn decode_line(key: &[u8], bytes: &[u8]) -> Result<LedgerEntry, StoreError> {
 
 /// The last journal group sled holds.
 const CHECKPOINT_KEY: &[u8] = b"j";
+/// The next webhook delivery number.
+const NEXT_WEBHOOK_KEY: &[u8] = b"wn";
+
+/// The key of webhook record `seq` of `endpoint` under `prefix`.
+fn webhook_key(prefix: &str, endpoint: &str, seq: u64) -> Vec<u8> {
+    let mut key = format!("{prefix}/{endpoint}/").into_bytes();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The delivery number at the end of a webhook record's key.
+fn webhook_seq(key: &[u8]) -> Option<u64> {
+    let tail = key.get(key.len().checked_sub(8)?..)?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
+}
 
 /// One persisted value, decoded as the type its document's state has.
 struct Persisted<'a> {
@@ -341,6 +369,9 @@ fn mark_checkpoint(db: &sled::Db, last: u64) -> Result<(), StoreError> {
     db.flush()?;
     Ok(())
 }
+
+/// Records with their numbers, in order.
+pub type Numbered<T> = Vec<(u64, T)>;
 
 /// A stretch of the ledger ([`Store::ledger_from`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -598,12 +629,18 @@ impl Store {
                 shared,
                 next_seq: AtomicU64::new(0),
                 next_group: AtomicU64::new(last + 1),
+                next_webhook: AtomicU64::new(0),
                 stop: Some(stop),
                 checkpointer: thread,
             }),
         };
         let next = store.scan_next_seq()?;
         store.inner.next_seq.store(next, Ordering::SeqCst);
+        let next_webhook = match store.db().get(NEXT_WEBHOOK_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
+            None => 0,
+        };
+        store.inner.next_webhook.store(next_webhook, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -774,7 +811,71 @@ impl Store {
         Ok(Commit {
             puts: Vec::new(),
             next_seq: self.inner.next_seq.load(Ordering::SeqCst),
+            next_webhook: self.inner.next_webhook.load(Ordering::SeqCst),
+            webhooks_queued: false,
         })
+    }
+
+    /// The webhook deliveries queued for `endpoint` from number `from` on,
+    /// in order. Reads sled: call it at start, before anything is applied.
+    pub fn webhook_backlog<T: DeserializeOwned>(&self, endpoint: &str, from: u64) -> Result<Vec<(u64, T)>, StoreError> {
+        let db = self.db();
+        let end = webhook_key("w", endpoint, u64::MAX);
+        let mut out = Vec::new();
+        for item in db.range(webhook_key("w", endpoint, from)..=end) {
+            let (key, value) = item?;
+            if let Some(seq) = webhook_seq(&key) {
+                out.push((seq, decode(&key, &value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// How far `endpoint`'s sender got: every delivery below it is done.
+    pub fn webhook_cursor(&self, endpoint: &str) -> Result<u64, StoreError> {
+        Ok(match self.db().get(format!("wc/{endpoint}"))? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
+            None => 0,
+        })
+    }
+
+    /// Records that every delivery of `endpoint` below `cursor` is done
+    /// (not synced: the next checkpoint or a later call makes it durable).
+    pub fn set_webhook_cursor(&self, endpoint: &str, cursor: u64) -> Result<(), StoreError> {
+        self.db().insert(format!("wc/{endpoint}"), &cursor.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Keeps a dead letter: delivery `seq` of `endpoint`, given up.
+    pub fn put_dead_letter<T: Serialize>(&self, endpoint: &str, seq: u64, letter: &T) -> Result<(), StoreError> {
+        let key = webhook_key("wx", endpoint, seq);
+        let value = encode(&key, letter)?;
+        self.db().insert(key, value)?;
+        self.db().flush()?;
+        Ok(())
+    }
+
+    /// Up to `max` dead letters of `endpoint` from delivery number `from`
+    /// on, in order, and the number to go on from, if there are more.
+    pub fn dead_letters<T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<(Numbered<T>, Option<u64>), StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db()
+            .range(webhook_key("wx", endpoint, from)..=webhook_key("wx", endpoint, u64::MAX))
+        {
+            let (key, value) = item?;
+            let Some(seq) = webhook_seq(&key) else { continue };
+            if out.len() == max {
+                return Ok((out, Some(seq)));
+            }
+            out.push((seq, decode(&key, &value)?));
+        }
+        Ok((out, None))
     }
 
     fn scan_next_seq(&self) -> Result<u64, StoreError> {
@@ -797,7 +898,12 @@ impl Store {
 
     /// Writes a group commit to the journal, visible to every later read
     /// at once, but not yet durable: [`Store::flush`] makes it so.
-    pub fn apply(&self, commit: Commit) -> Result<u64, StoreError> {
+    pub fn apply(&self, mut commit: Commit) -> Result<u64, StoreError> {
+        if commit.webhooks_queued {
+            commit
+                .puts
+                .push((NEXT_WEBHOOK_KEY.to_vec(), commit.next_webhook.to_be_bytes().to_vec()));
+        }
         if !commit.puts.is_empty() {
             let shared = &self.inner.shared;
             let record = Record {
@@ -810,6 +916,7 @@ impl Store {
             overlay.active_last = record.seq;
         }
         self.inner.next_seq.fetch_max(commit.next_seq, Ordering::SeqCst);
+        self.inner.next_webhook.fetch_max(commit.next_webhook, Ordering::SeqCst);
         Ok(commit.next_seq)
     }
 
@@ -824,6 +931,8 @@ impl Store {
 pub struct Commit {
     puts: Vec<(Vec<u8>, Vec<u8>)>,
     next_seq: u64,
+    next_webhook: u64,
+    webhooks_queued: bool,
 }
 
 impl Commit {
@@ -840,6 +949,16 @@ impl Commit {
             self.put(key, entry)?;
         }
         Ok(())
+    }
+
+    /// Queues a webhook delivery for `endpoint`; returns its number (the
+    /// order deliveries were queued in, across endpoints).
+    pub fn webhook<T: Serialize>(&mut self, endpoint: &str, delivery: &T) -> Result<u64, StoreError> {
+        let seq = self.next_webhook;
+        self.next_webhook += 1;
+        self.webhooks_queued = true;
+        self.put(webhook_key("w", endpoint, seq), delivery)?;
+        Ok(seq)
     }
 
     /// Stores a sale record.

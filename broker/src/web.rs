@@ -212,6 +212,8 @@ pub fn every_route() -> Vec<(&'static str, &'static str)> {
     routes.extend(crate::api::INPUT_ROUTES.iter().map(|r| ("post", *r)));
     routes.push(("post", crate::api::BATCH_ROUTE));
     routes.push(("get", crate::api::LEDGER_ROUTE));
+    routes.push(("get", crate::api::WEBHOOKS_ROUTE));
+    routes.push(("get", crate::api::DEAD_LETTERS_ROUTE));
     routes.extend(crate::api::DOCUMENT_ROUTES.iter().map(|r| ("get", *r)));
     routes.extend(crate::api::COLLECTION_ROUTES.iter().map(|(r, _, _)| ("get", *r)));
     routes.sort_unstable();

@@ -152,7 +152,19 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     let out = Arc::new(Attached { client: client.clone() });
     republish_all(&*out, &inventory).await;
     let storage = store.clone();
-    let rules = rules::start(inventory, store, out.clone());
+    // Webhooks leave from the worker, which holds the commits they are
+    // queued in; their alerts go to the external broker's `hq/alerts`.
+    let webhooks = if settings.webhooks.is_empty() {
+        None
+    } else {
+        let publisher: Arc<dyn crate::outbound::Publisher> = out.clone();
+        Some(crate::webhooks::Webhooks::start(
+            settings.webhooks.clone(),
+            &store,
+            publisher,
+        )?)
+    };
+    let rules = rules::start(inventory, store, out.clone(), webhooks);
     readiness.restored(storage.clone(), rules.clone());
 
     // Each input is acknowledged to the external broker, in the order it

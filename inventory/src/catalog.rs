@@ -50,6 +50,10 @@ pub struct Dish {
     /// in the chain's currency), if the chain publishes prices.
     #[serde(default)]
     pub price: Option<String>,
+    /// Its ids on delivery channels (`doordash` → the item's id there), for
+    /// an adapter that marks it sold out on the channel.
+    #[serde(default)]
+    pub external: BTreeMap<String, String>,
 }
 
 /// A store's targets for one SKU, base units.

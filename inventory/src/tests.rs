@@ -42,6 +42,7 @@ fn catalog_opening(opening: &[(&str, i64)]) -> Arc<Catalog> {
             recipe: vec![line("bun", 1), line("beef", 150)],
             category: None,
             price: None,
+            external: Default::default(),
         },
         Dish {
             id: id("double"),
@@ -50,6 +51,7 @@ fn catalog_opening(opening: &[(&str, i64)]) -> Arc<Catalog> {
             recipe: vec![line("bun", 1), line("beef", 300)],
             category: None,
             price: None,
+            external: Default::default(),
         },
         Dish {
             id: id("soda"),
@@ -58,6 +60,7 @@ fn catalog_opening(opening: &[(&str, i64)]) -> Arc<Catalog> {
             recipe: vec![line("cola", 330)],
             category: None,
             price: None,
+            external: Default::default(),
         },
     ];
     let params = StockParams {

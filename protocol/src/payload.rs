@@ -541,7 +541,8 @@ pub struct MetricsOut {
 pub struct BrokerAlertOut {
     /// Unique id of this alert.
     pub id: String,
-    /// `messages_dropped`: messages could not be delivered to a subscriber.
+    /// `messages_dropped`: messages could not be delivered to a subscriber;
+    /// `webhook_dead_letter`: a webhook delivery was given up.
     pub kind: String,
     /// Human-readable explanation.
     pub message: String,

@@ -159,22 +159,7 @@ async fn history(slot: &Slot, store: &str, query: LedgerQuery, headers: &HeaderM
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let store_handle = api.store.clone();
-    let page = tokio::task::spawn_blocking(move || store_handle.ledger_from(cursor, EXAMINED_PER_PAGE))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "unavailable",
-                e.to_string(),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+    let page = super::read_store(move || store_handle.ledger_from(cursor, EXAMINED_PER_PAGE)).await?;
     let mut kept = Vec::new();
     let mut next = page.next;
     for (number, line) in &page.lines {

@@ -14,6 +14,7 @@
 //!   (`hooks::admit`, then the rules task), answered after the commit;
 //! - `reads`: GETs of the retained documents, with `ETag` from `rev`;
 //! - `ledger`: a store's history, paged by a stable cursor;
+//! - `webhooks`: the webhook endpoints' queues and dead letters (HQ);
 //! - [`answer`]: the HTTP status of every verdict and refusal (pure).
 //!
 //! The routes answer 503 until the state is restored (the listener opens
@@ -24,6 +25,7 @@ mod inputs;
 pub mod integrations;
 mod ledger;
 mod reads;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -52,6 +54,8 @@ pub struct Api {
     integrations: Integrations,
     /// One bucket per integration, at its own rate.
     limiters: HashMap<DeviceId, PublishLimiter>,
+    /// The webhook endpoints, if any.
+    webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl Api {
@@ -66,6 +70,7 @@ impl Api {
         (store, catalog): (crate::store::Store, Arc<dishsync_inventory::Catalog>),
         integrations: &[Integration],
         default_rate: u32,
+        webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     ) -> Api {
         let limiters = integrations
             .iter()
@@ -79,6 +84,7 @@ impl Api {
             catalog,
             integrations: Integrations::new(integrations),
             limiters,
+            webhooks,
         }
     }
 
@@ -115,6 +121,21 @@ impl Api {
     }
 }
 
+impl Api {
+    /// The caller, if it is chain-wide (HQ, the central kitchen, an
+    /// operator): what is about every store.
+    fn chain_wide(&self, headers: &HeaderMap) -> Result<&Integration, ApiError> {
+        let integration = self.caller(headers)?;
+        match integration.stores {
+            integrations::Stores::Chain => Ok(integration),
+            integrations::Stores::Some(_) => Err(ApiError::forbidden(format!(
+                "{} belongs to a store; this is for chain-wide integrations",
+                integration.id
+            ))),
+        }
+    }
+}
+
 /// Where the [`Api`] is put once the state is restored.
 pub type Slot = Arc<OnceLock<Api>>;
 
@@ -138,6 +159,12 @@ pub const BATCH_ROUTE: &str = "/api/v1/stores/{store}/sales/batch";
 
 /// A store's ledger.
 pub const LEDGER_ROUTE: &str = "/api/v1/stores/{store}/ledger";
+
+/// The webhook endpoints and their queues.
+pub const WEBHOOKS_ROUTE: &str = "/api/v1/webhooks";
+
+/// An endpoint's dead letters.
+pub const DEAD_LETTERS_ROUTE: &str = "/api/v1/webhooks/{webhook}/dead-letters";
 
 /// Every single-document route: `GET`, its path the document's topic.
 pub const DOCUMENT_ROUTES: [&str; 8] = [
@@ -178,7 +205,9 @@ pub const COLLECTION_ROUTES: [(&str, &str, &str); 6] = [
 pub fn router(slot: Slot) -> Router {
     let mut router = Router::new()
         .route(BATCH_ROUTE, post(inputs::batch))
-        .route(LEDGER_ROUTE, get(ledger::read));
+        .route(LEDGER_ROUTE, get(ledger::read))
+        .route(WEBHOOKS_ROUTE, get(webhooks::endpoints))
+        .route(DEAD_LETTERS_ROUTE, get(webhooks::dead_letters));
     for path in INPUT_ROUTES {
         router = router.route(path, post(inputs::one));
     }
@@ -189,6 +218,18 @@ pub fn router(slot: Slot) -> Router {
         router = router.route(path, get(reads::collection));
     }
     router.with_state(slot)
+}
+
+/// Runs a read of the store off the async threads; a storage failure is
+/// 503.
+async fn read_store<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let unavailable = |e: String| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(e.to_string()))
 }
 
 /// The topic an API path names (`/api/v1/stores/s1/sales` →

@@ -29,6 +29,9 @@ pub(super) struct Completion {
     pub(super) retained: Vec<Message>,
     pub(super) replies: Vec<(oneshot::Sender<Verdict>, Verdict)>,
     pub(super) after: Vec<Message>,
+    /// The group's webhook deliveries (endpoint, number, delivery), handed
+    /// to their endpoints once the group is durable.
+    pub(super) deliveries: Vec<(usize, u64, crate::webhooks::Delivery)>,
     /// Released once the group is answered: the next group may go.
     pub(super) _idle: OwnedSemaphorePermit,
 }
@@ -38,7 +41,12 @@ pub(super) struct Completion {
 /// the deliverer. Only one group is with it at a time; the rules task keeps
 /// applying inputs to the next group meanwhile, so under load a group holds
 /// everything that arrived during the previous one's sync.
-pub(super) async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mpsc::Receiver<Completion>) {
+pub(super) async fn committer(
+    store: Store,
+    out: Arc<dyn Publisher>,
+    webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    mut rx: mpsc::Receiver<Completion>,
+) {
     let deliverer = Arc::new(Deliverer::new());
     let delivering = {
         let deliverer = Arc::clone(&deliverer);
@@ -63,6 +71,9 @@ pub(super) async fn committer(store: Store, out: Arc<dyn Publisher>, mut rx: mps
         }
         for (reply, verdict) in group.replies {
             let _ = reply.send(verdict);
+        }
+        if let Some(webhooks) = &webhooks {
+            webhooks.queued(group.deliveries);
         }
         for m in group.after.iter().filter(|m| m.retain) {
             out.retain(&m.topic, m.payload.clone()).await;

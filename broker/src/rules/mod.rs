@@ -56,6 +56,7 @@ pub use intake::{
 
 use crate::outbound::{Message, Publisher};
 use crate::store::{Commit, Store, StoreError};
+use crate::webhooks::Webhooks;
 use commit::{committer, Completion};
 use intake::Command;
 
@@ -89,6 +90,8 @@ struct Rules {
     due: BTreeSet<Document>,
     /// Ticks since the last full planning tick.
     ticks: u32,
+    /// Where webhook deliveries go, if anywhere.
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 /// The open group commit: everything applied since the last hand-over.
@@ -124,20 +127,23 @@ fn throttle(doc: &Document) -> Option<Duration> {
     }
 }
 
-/// Starts the rules task on the current runtime.
-pub fn start(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> RulesHandle {
+/// Starts the rules task on the current runtime; each group's webhook
+/// deliveries, if any endpoint is configured, are queued in its commit and
+/// handed to `webhooks` once it is durable.
+pub fn start(inv: Inventory, store: Store, out: Arc<dyn Publisher>, webhooks: Option<Arc<Webhooks>>) -> RulesHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(Rules::new(inv, store, out).run(rx));
+    tokio::spawn(Rules::new(inv, store, out, webhooks).run(rx));
     RulesHandle { tx }
 }
 
 impl Rules {
-    fn new(inv: Inventory, store: Store, out: Arc<dyn Publisher>) -> Rules {
+    fn new(inv: Inventory, store: Store, out: Arc<dyn Publisher>, webhooks: Option<Arc<Webhooks>>) -> Rules {
         let (committer_tx, committer_rx) = mpsc::channel(1);
-        let committer_task = tokio::spawn(committer(store.clone(), out, committer_rx));
+        let committer_task = tokio::spawn(committer(store.clone(), out, webhooks.clone(), committer_rx));
         Rules {
             inv,
             store,
+            webhooks,
             group: Group::default(),
             committer_idle: Arc::new(Semaphore::new(1)),
             committer: committer_tx,
@@ -355,6 +361,17 @@ impl Rules {
             None => self.store.begin()?,
         };
         stage_changes(&mut commit, &self.inv, &changes)?;
+        let now = Timestamp::now().0;
+        let retained = render::changes(&self.inv, &changes, now, |doc| throttle(doc).is_some());
+        // Webhook deliveries go into the same journal record as their cause.
+        let mut deliveries = Vec::new();
+        if let Some(webhooks) = &self.webhooks {
+            let routed = crate::webhooks::outbox::route(webhooks.subscriptions(), self.inv.catalog(), &retained, now);
+            for (endpoint, delivery) in routed {
+                let seq = commit.webhook(webhooks.endpoint_id(endpoint), &delivery)?;
+                deliveries.push((endpoint, seq, delivery));
+            }
+        }
         self.store.apply(commit)?;
         debug!(
             inputs = decided.len(),
@@ -372,7 +389,6 @@ impl Rules {
             }
         }
         crate::metrics::METRICS.group_committed(decided.len());
-        let retained = render::changes(&self.inv, &changes, Timestamp::now().0, |doc| throttle(doc).is_some());
         let mut after = Vec::new();
         let mut acks: BTreeMap<(StoreId, DeviceId), Vec<EventId>> = BTreeMap::new();
         let mut replies = Vec::with_capacity(decided.len());
@@ -404,6 +420,7 @@ impl Rules {
             retained,
             replies,
             after,
+            deliveries,
             _idle: idle,
         };
         if self.committer.send(completion).await.is_err() {
@@ -511,6 +528,7 @@ mod tests {
                     ],
                     category: None,
                     price: None,
+                    external: Default::default(),
                 }],
                 vec![StoreDef {
                     id: id("s1"),
@@ -564,7 +582,7 @@ mod tests {
     fn open(dir: &std::path::Path) -> Rules {
         let store = Store::open(dir).expect("sled");
         let (inv, _) = Inventory::restore(catalog(), store.load().expect("load"), 0);
-        Rules::new(inv, store, Arc::new(Collector::default()))
+        Rules::new(inv, store, Arc::new(Collector::default()), None)
     }
 
     /// Runs `batches` of pool indices through the rules on a real store in

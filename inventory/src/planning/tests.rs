@@ -59,6 +59,7 @@ fn chain() -> Arc<Catalog> {
         ],
         category: None,
         price: None,
+        external: Default::default(),
     }];
     let stock: BTreeMap<_, _> = [
         (

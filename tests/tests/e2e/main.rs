@@ -19,4 +19,5 @@ mod namespaces;
 mod planning;
 mod security;
 mod web;
+mod webhooks;
 mod worker;

@@ -1,6 +1,5 @@
-//! Webhooks: what the broker sends to a chain's systems over HTTP, signed
-//! the Standard Webhooks way so that a receiver can tell it came from this
-//! broker and was not altered or replayed.
+//! Signing, the Standard Webhooks way, so that a receiver can tell a
+//! delivery came from this broker and was not altered or replayed.
 //!
 //! A delivery carries three headers: `webhook-id` (the same on every retry,
 //! for the receiver's de-duplication), `webhook-timestamp` (Unix seconds of
