@@ -26,6 +26,8 @@
 //! |---|---|---|
 //! | `i/` | store `/` event id | content fingerprint (u64) |
 //! | `l/` | first line's sequence (u64, big-endian) | a page of up to 1,024 consecutive [`LedgerEntry`]s: count, then length-prefixed lines (u32 LE) |
+//! | `ls/` | store `/` hour of the lines' stamps (u64, big-endian, sign bit flipped) and first line's sequence (u64, big-endian) | the index: that store's lines stamped in that hour, whole — per line its sequence (u64 LE), length (u32 LE) and bytes |
+//! | `li` | — | every ledger line is in the index (written once a directory from before the index is indexed) |
 //! | `k/` | store `/` sku | [`SkuState`](dishsync_inventory::SkuState) |
 //! | `d/` | store `/` dish | [`DishState`](dishsync_inventory::DishState) |
 //! | `m/` | store | [`MenuState`](dishsync_inventory::MenuState) |
@@ -357,6 +359,95 @@ fn write_pairs<'a>(db: &sled::Db, pairs: impl Iterator<Item = (&'a [u8], &'a [u8
         db.insert(ledger_key(page[0].0), value)?;
         start = end;
     }
+    index_lines(db, &lines)
+}
+
+/// How long one stretch of a store's ledger index covers.
+const INDEX_SPAN: i64 = 3_600_000;
+
+/// The index key of the lines of `store` stamped in `hour` (hours since
+/// the epoch), from line `first` on: `ls/{store}/`, the hour (big-endian,
+/// ordered across zero), the first line's number.
+fn index_key(store: &str, hour: i64, first: u64) -> Vec<u8> {
+    let mut key = format!("ls/{store}/").into_bytes();
+    key.extend_from_slice(&((hour as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(&first.to_be_bytes());
+    key
+}
+
+/// Files `lines` (numbered, in order) in each store's index by the hour of
+/// their stamp: one record per store and hour, holding the lines whole,
+/// so that a store's day is read from its own records alone, however many
+/// other stores share the ledger. Writing the same lines again (a replay)
+/// files them again under the same or another record; readers keep each
+/// number once.
+fn index_lines(db: &sled::Db, lines: &[(u64, &[u8])]) -> Result<(), StoreError> {
+    let mut stretches: std::collections::BTreeMap<(String, i64), Vec<u8>> = std::collections::BTreeMap::new();
+    let mut firsts: HashMap<(String, i64), u64> = HashMap::new();
+    for &(seq, bytes) in lines {
+        let entry = decode_line(&ledger_key(seq), bytes)?;
+        let stretch = (entry.store.to_string(), entry.at.div_euclid(INDEX_SPAN));
+        firsts.entry(stretch.clone()).or_insert(seq);
+        let value = stretches.entry(stretch).or_default();
+        value.extend_from_slice(&seq.to_le_bytes());
+        value.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        value.extend_from_slice(bytes);
+    }
+    for (stretch, value) in stretches {
+        let first = firsts.get(&stretch).copied().unwrap_or_default();
+        db.insert(index_key(&stretch.0, stretch.1, first), value)?;
+    }
+    Ok(())
+}
+
+/// The numbered lines of one index record.
+fn indexed_lines<'a>(key: &[u8], value: &'a [u8]) -> Result<Vec<(u64, &'a [u8])>, StoreError> {
+    let bad = || StoreError::Record {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source: postcard::Error::DeserializeBadEncoding,
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < value.len() {
+        let seq = u64::from_le_bytes(value.get(at..at + 8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let len = u32::from_le_bytes(
+            value
+                .get(at + 8..at + 12)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        ) as usize;
+        out.push((seq, value.get(at + 12..at + 12 + len).ok_or_else(bad)?));
+        at += 12 + len;
+    }
+    Ok(out)
+}
+
+/// Marks a data directory whose every ledger line is in its store's index.
+const INDEXED_KEY: &[u8] = b"li";
+
+/// Indexes the ledger of a data directory written before the index, once.
+fn index_existing(db: &sled::Db) -> Result<(), StoreError> {
+    if db.get(INDEXED_KEY)?.is_some() {
+        return Ok(());
+    }
+    let mut indexed = 0usize;
+    for item in db.scan_prefix("l/") {
+        let (key, page) = item?;
+        let Some(first) = ledger_seq(&key) else { continue };
+        let lines: Vec<(u64, &[u8])> = page_lines(&key, &page)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, line)| (first + i as u64, line))
+            .collect();
+        indexed += lines.len();
+        index_lines(db, &lines)?;
+    }
+    db.insert(INDEXED_KEY, &[1u8])?;
+    db.flush()?;
+    if indexed > 0 {
+        tracing::info!(lines = indexed, "ledger indexed by store and hour");
+    }
     Ok(())
 }
 
@@ -604,6 +695,7 @@ impl Store {
             return Err(StoreError::Damaged(Box::new(damage)));
         }
         let last = replay(&db, checkpointed, reading.records)?;
+        index_existing(&db)?;
         let journal = Journal::create(&journal_dir, last + 1)?;
         let shared = Arc::new(Shared {
             db,
@@ -767,6 +859,34 @@ impl Store {
             }
         }
         Ok(LedgerPage { lines, next: None })
+    }
+
+    /// Every ledger line of `store` stamped in `[from, to)`, in commit
+    /// order, each with its number — read from the store's own index, so
+    /// the cost follows the lines of this store and window, not the
+    /// ledger's length. Runs a checkpoint first, so it includes everything
+    /// applied.
+    pub fn ledger_window(&self, store: &StoreId, from: i64, to: i64) -> Result<Numbered<LedgerEntry>, StoreError> {
+        self.checkpoint()?;
+        let mut lines = std::collections::BTreeMap::new();
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let start = index_key(store.as_str(), from.div_euclid(INDEX_SPAN), 0);
+        let end = index_key(store.as_str(), (to - 1).div_euclid(INDEX_SPAN), u64::MAX);
+        for item in self.db().range(start..=end) {
+            let (key, value) = item?;
+            for (seq, bytes) in indexed_lines(&key, &value)? {
+                if lines.contains_key(&seq) {
+                    continue;
+                }
+                let line = decode_line(&key, bytes)?;
+                if line.at >= from && line.at < to {
+                    lines.insert(seq, line);
+                }
+            }
+        }
+        Ok(lines.into_iter().collect())
     }
 
     /// Records that a write failed (`what`, with its error): from then on
@@ -1361,6 +1481,80 @@ mod tests {
         assert_eq!((tail.lines.len(), tail.next), (1, None));
         assert_eq!(tail.lines[0].1, lines[2_499]);
         assert!(store.ledger_from(first + 2_500, 10).expect("store").lines.is_empty());
+    }
+
+    /// A store's window of the ledger reads from its own index: only its
+    /// lines stamped in the window, in commit order, each once — a replay
+    /// and a directory indexed after the fact included.
+    #[tokio::test]
+    async fn a_stores_window_reads_its_own_lines_from_the_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        const HOUR: i64 = 3_600_000;
+        let line = |store: &str, n: i64, at: i64| LedgerEntry {
+            at,
+            store: store.parse().expect("id"),
+            ..entry(&format!("{store}-{n}"), n)
+        };
+        // Three stores, interleaved, over 30 hours; one late line stamped
+        // long before it was committed.
+        let mut lines: Vec<LedgerEntry> = (0..3_000)
+            .map(|n| line(["s1", "s2", "s3"][(n % 3) as usize], n, n * 36_000))
+            .collect();
+        lines.push(line("s2", 9_999, 2 * HOUR + 5));
+        let want = |lines: &[LedgerEntry], from: i64, to: i64| -> Vec<LedgerEntry> {
+            lines
+                .iter()
+                .filter(|l| l.store.as_str() == "s2" && l.at >= from && l.at < to)
+                .cloned()
+                .collect()
+        };
+        {
+            let store = Store::open_with(dir.path(), None).expect("store");
+            for chunk in lines.chunks(700) {
+                let mut c = store.begin().expect("store");
+                c.ledger(chunk).expect("store");
+                store.commit(c).await.expect("store");
+                if chunk.len() == 700 {
+                    store.checkpoint().expect("store");
+                }
+            }
+            // The last chunk is left to the journal: replayed at the reopen.
+        }
+        let s2: StoreId = "s2".parse().expect("id");
+        let store = Store::open_with(dir.path(), None).expect("store");
+        for (from, to) in [
+            (0, 24 * HOUR),
+            (2 * HOUR + 1, 2 * HOUR + 7),
+            (29 * HOUR, 40 * HOUR),
+            (5, 5),
+        ] {
+            let got = store.ledger_window(&s2, from, to).expect("store");
+            let numbers: Vec<u64> = got.iter().map(|(n, _)| *n).collect();
+            assert!(numbers.windows(2).all(|w| w[0] < w[1]), "in commit order, once each");
+            let got: Vec<LedgerEntry> = got.into_iter().map(|(_, l)| l).collect();
+            assert_eq!(got, want(&lines, from, to), "{from}..{to}");
+        }
+        // A directory from before the index is indexed when it opens.
+        let stale: Vec<Vec<u8>> = store
+            .db()
+            .scan_prefix("ls/")
+            .keys()
+            .map(|k| k.expect("store").to_vec())
+            .collect();
+        assert!(!stale.is_empty());
+        for key in stale {
+            store.db().remove(key).expect("store");
+        }
+        store.db().remove(INDEXED_KEY).expect("store");
+        drop(store);
+        let store = Store::open_with(dir.path(), None).expect("store");
+        let got: Vec<LedgerEntry> = store
+            .ledger_window(&s2, 0, 24 * HOUR)
+            .expect("store")
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        assert_eq!(got, want(&lines, 0, 24 * HOUR));
     }
 
     /// The background checkpointer moves commits into sled by itself.

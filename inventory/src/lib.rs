@@ -22,7 +22,8 @@
 //!   and the availability they give;
 //! - `changes`: what an input changed ([`Changes`], [`Outcome`]);
 //! - `state`: the persisted states, sale records and ledger lines;
-//! - `rejection`: why an input is refused ([`Rejection`]).
+//! - `rejection`: why an input is refused ([`Rejection`]);
+//! - [`report`]: a store's day from its ledger lines ([`DayReport`]).
 //!
 //! This file is the map and the crate's surface: no module imports from
 //! it, each imports the siblings it uses.
@@ -45,6 +46,7 @@ mod inventory;
 pub mod ledger;
 pub mod planning;
 mod rejection;
+pub mod report;
 mod state;
 
 pub use catalog::Catalog;
@@ -54,6 +56,7 @@ pub use input::{reading_id, salvage_id, Input};
 pub use inventory::{opening_id, Inventory, MAX_PORTIONS};
 pub use planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
 pub use rejection::{Rejection, MAX_TEXT};
+pub use report::DayReport;
 pub use state::{
     DishState, EntryKind, LedgerEntry, MenuState, Override, Restored, SaleRecord, SkuState, StockKindCode,
 };

@@ -14,6 +14,7 @@
 //!   (`hooks::admit`, then the rules task), answered after the commit;
 //! - `reads`: GETs of the retained documents, with `ETag` from `rev`;
 //! - `ledger`: a store's history, paged by a stable cursor;
+//! - `report`: a store's day — sales, use and waste — from its ledger;
 //! - `webhooks`: the webhook endpoints' queues and dead letters (HQ);
 //! - [`answer`]: the HTTP status of every verdict and refusal (pure).
 //!
@@ -25,6 +26,7 @@ mod inputs;
 pub mod integrations;
 mod ledger;
 mod reads;
+mod report;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -160,6 +162,9 @@ pub const BATCH_ROUTE: &str = "/api/v1/stores/{store}/sales/batch";
 /// A store's ledger.
 pub const LEDGER_ROUTE: &str = "/api/v1/stores/{store}/ledger";
 
+/// A store's day.
+pub const REPORT_ROUTE: &str = "/api/v1/stores/{store}/report";
+
 /// The webhook endpoints and their queues.
 pub const WEBHOOKS_ROUTE: &str = "/api/v1/webhooks";
 
@@ -206,6 +211,7 @@ pub fn router(slot: Slot) -> Router {
     let mut router = Router::new()
         .route(BATCH_ROUTE, post(inputs::batch))
         .route(LEDGER_ROUTE, get(ledger::read))
+        .route(REPORT_ROUTE, get(report::read))
         .route(WEBHOOKS_ROUTE, get(webhooks::endpoints))
         .route(DEAD_LETTERS_ROUTE, get(webhooks::dead_letters));
     for path in INPUT_ROUTES {

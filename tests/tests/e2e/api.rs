@@ -386,6 +386,117 @@ async fn an_integration_posts_inputs_applied_once_and_reads_what_they_changed() 
     Ok(())
 }
 
+/// The day's report of a store over HTTP: portions per dish net of voids,
+/// use and waste per SKU with reasons and the waste ratio, as JSON and as
+/// CSV; and the same day's ledger read as a window, line for line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_days_report_adds_up_the_ledger_of_the_day() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let (broker, tokens) = broker_with_integrations(&data)?;
+    let web = broker.web_addr.context("the web address")?;
+    let api = |path: &str| format!("http://{web}/api/v1/{path}");
+    let (pos, erp) = (Some(tokens["pos-cloud"].as_str()), Some(tokens["erp"].as_str()));
+    let applied = |answer: Answer| -> Result<()> {
+        anyhow::ensure!(answer.status == 200, "{} {}", answer.status, answer.body);
+        Ok(())
+    };
+    applied(post_json(
+        &api("stores/s1/stock/bun/events"),
+        erp,
+        &stock_event("c-bun", "count", 50.0, "pcs", "erp"),
+    )?)?;
+    applied(post_json(
+        &api("stores/s1/stock/beef/events"),
+        erp,
+        &stock_event("c-beef", "count", 3000.0, "g", "erp"),
+    )?)?;
+    applied(post_json(
+        &api("stores/s1/sales"),
+        pos,
+        &sale("s-1", &[("burger", 2)], "pos-cloud"),
+    )?)?;
+    applied(post_json(
+        &api("stores/s1/sales"),
+        pos,
+        &sale("s-2", &[("burger", 1), ("double", 1)], "pos-cloud"),
+    )?)?;
+    applied(post_json(
+        &api("stores/s1/sales"),
+        pos,
+        &json!({"id": "v-1", "void": "s-2", "device": "pos-cloud"}),
+    )?)?;
+    applied(post_json(
+        &api("stores/s1/stock/bun/events"),
+        erp,
+        &stock_event("w-1", "waste", 3.0, "pcs", "erp"),
+    )?)?;
+    let mut expired = stock_event("w-2", "waste", 200.0, "g", "erp");
+    expired["reason"] = json!("expired");
+    applied(post_json(&api("stores/s1/stock/beef/events"), erp, &expired)?)?;
+
+    let report = call("GET", &api("stores/s1/report"), erp, &[], None)?;
+    assert_eq!(report.status, 200, "{}", report.body);
+    let r = &report.body;
+    assert_eq!(r["dishes"]["burger"], json!({"sold": 3, "voided": 1, "net": 2}), "{r}");
+    assert_eq!(r["dishes"]["double"], json!({"sold": 1, "voided": 1, "net": 0}), "{r}");
+    let bun = &r["skus"]["bun"];
+    assert_eq!(
+        (&bun["unit"], &bun["sold"], &bun["used"], &bun["waste"], &bun["counted"]),
+        (&json!("pcs"), &json!(2), &json!(2), &json!(3), &json!(50)),
+        "{r}"
+    );
+    assert_eq!(bun["waste_by_reason"], json!({"dropped": 3}));
+    assert_eq!(bun["ratio"], json!(0.6));
+    let beef = &r["skus"]["beef"];
+    assert_eq!((&beef["sold"], &beef["waste"]), (&json!(300), &json!(200)), "{r}");
+    assert_eq!(beef["waste_by_reason"], json!({"expired": 200}));
+    assert_eq!(r["counted"], 2);
+    assert_eq!(r["waste_ratio"], json!((0.6 + 0.4) / 2.0));
+    let date = r["date"].as_str().context("a date")?.to_string();
+
+    let csv = ureq::get(&api(&format!("stores/s1/report?date={date}&format=csv")))
+        .set("Authorization", &format!("Bearer {}", tokens["erp"]))
+        .call()?
+        .into_string()?;
+    assert_eq!(csv.lines().next(), Some("store,date,kind,item,measure,qty,unit"));
+    for row in [
+        format!("s1,{date},dish,burger,net,2,portions"),
+        format!("s1,{date},sku,bun,waste:dropped,3,pcs"),
+        format!("s1,{date},sku,beef,waste:expired,200,g"),
+        format!("s1,{date},store,s1,waste_ratio,0.5000,"),
+    ] {
+        assert!(csv.lines().any(|l| l == row), "{row} missing from\n{csv}");
+    }
+    // The day's ledger, read as a window of the store's index: the lines
+    // the report was made of.
+    let from = r["from"].as_str().context("from")?;
+    let to = r["to"].as_str().context("to")?;
+    let window = call(
+        "GET",
+        &api(&format!("stores/s1/ledger?from={from}&to={to}")),
+        erp,
+        &[],
+        None,
+    )?;
+    assert_eq!(
+        window.body["lines"].as_array().map(Vec::len),
+        r["lines"].as_u64().map(|n| n as usize)
+    );
+    let another_day = call("GET", &api("stores/s1/report?date=2020-01-01"), erp, &[], None)?;
+    assert_eq!(
+        (another_day.body["lines"].as_u64(), another_day.body["counted"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let bad = call("GET", &api("stores/s1/report?date=tomorrow"), erp, &[], None)?;
+    assert_eq!((bad.status, &bad.body["code"]), (400, &json!("invalid_field")));
+    assert_eq!(
+        call("GET", &api("stores/s1/report"), pos, &[], None)?.status,
+        403,
+        "a POS reads no history"
+    );
+    Ok(())
+}
+
 /// Every route the OpenAPI document names is answered by the server with
 /// one of the statuses the document gives it, and a path it does not name
 /// is not served.
