@@ -80,7 +80,7 @@ use serde::Serialize;
 pub enum StoreError {
     /// sled failed.
     #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     /// The journal could not be read or written.
     #[error("journal: {0}")]
     Journal(#[from] std::io::Error),
@@ -103,6 +103,16 @@ pub enum StoreError {
         /// The postcard error.
         source: postcard::Error,
     },
+}
+
+impl From<sled::Error> for StoreError {
+    /// Damage sled's checksums find, on any read, is [`StoreError::SledDamaged`].
+    fn from(e: sled::Error) -> StoreError {
+        match e {
+            e @ sled::Error::Corruption { .. } => StoreError::SledDamaged(e),
+            e => StoreError::Sled(e),
+        }
+    }
 }
 
 /// A write failed while serving: the broker stopped so that the restart
