@@ -32,6 +32,7 @@
 //! | `d/` | store `/` dish | [`DishState`](dishsync_inventory::DishState) |
 //! | `m/` | store | [`MenuState`](dishsync_inventory::MenuState) |
 //! | `x/` | store `/` sale id | [`SaleRecord`] |
+//! | `a/` | store `/` alert id | the alert as last published (raised, or cleared), as its JSON |
 //! | `p/` | store | [`StorePlan`](dishsync_inventory::StorePlan) |
 //! | `q/` | request id | [`Request`](dishsync_inventory::Request) |
 //! | `t/` | transfer id | [`Transfer`](dishsync_inventory::Transfer) |
@@ -811,6 +812,21 @@ impl Store {
         }
     }
 
+    /// An alert of `store` as last published, if it was.
+    pub fn alert(&self, store: &StoreId, id: &str) -> Result<Option<dishsync_protocol::payload::AlertOut>, StoreError> {
+        let key = key2("a", store.as_str(), id);
+        match self.inner.shared.get(&key)? {
+            Some(v) => {
+                let json: Vec<u8> = decode(&key, &v)?;
+                serde_json::from_slice(&json).map(Some).map_err(|_| StoreError::Record {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source: postcard::Error::DeserializeBadEncoding,
+                })
+            }
+            None => Ok(None),
+        }
+    }
+
     /// A committed sale record.
     pub fn sale(&self, store: &StoreId, id: &EventId) -> Result<Option<SaleRecord>, StoreError> {
         let key = key2("x", store.as_str(), id.as_str());
@@ -1089,6 +1105,19 @@ impl Commit {
         self.webhooks_queued = true;
         self.put(webhook_key("w", endpoint, seq), delivery)?;
         Ok(seq)
+    }
+
+    /// Stores an alert of `store` as published (its raising, then its
+    /// clearing under the same id).
+    /// Kept as its JSON: the payload leaves out absent fields, which a
+    /// postcard record cannot.
+    pub fn alert(&mut self, store: &StoreId, alert: &dishsync_protocol::payload::AlertOut) -> Result<(), StoreError> {
+        let key = key2("a", store.as_str(), &alert.id);
+        let json = serde_json::to_vec(alert).map_err(|_| StoreError::Record {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            source: postcard::Error::SerializeBufferFull,
+        })?;
+        self.put(key, &json)
     }
 
     /// Stores a sale record.

@@ -14,6 +14,7 @@
 //!   (`hooks::admit`, then the rules task), answered after the commit;
 //! - `reads`: GETs of the retained documents, with `ETag` from `rev`;
 //! - `ledger`: a store's history, paged by a stable cursor;
+//! - `alerts`: a store's alerts, raised now and recent;
 //! - `report`: a store's day — sales, use and waste — from its ledger;
 //! - `webhooks`: the webhook endpoints' queues and dead letters (HQ);
 //! - [`answer`]: the HTTP status of every verdict and refusal (pure).
@@ -21,6 +22,7 @@
 //! The routes answer 503 until the state is restored (the listener opens
 //! before, for `/readyz`).
 
+mod alerts;
 pub mod answer;
 mod inputs;
 pub mod integrations;
@@ -162,6 +164,9 @@ pub const BATCH_ROUTE: &str = "/api/v1/stores/{store}/sales/batch";
 /// A store's ledger.
 pub const LEDGER_ROUTE: &str = "/api/v1/stores/{store}/ledger";
 
+/// A store's alerts.
+pub const ALERTS_ROUTE: &str = "/api/v1/stores/{store}/alerts";
+
 /// A store's day.
 pub const REPORT_ROUTE: &str = "/api/v1/stores/{store}/report";
 
@@ -212,6 +217,7 @@ pub fn router(slot: Slot) -> Router {
         .route(BATCH_ROUTE, post(inputs::batch))
         .route(LEDGER_ROUTE, get(ledger::read))
         .route(REPORT_ROUTE, get(report::read))
+        .route(ALERTS_ROUTE, get(alerts::read))
         .route(WEBHOOKS_ROUTE, get(webhooks::endpoints))
         .route(DEAD_LETTERS_ROUTE, get(webhooks::dead_letters));
     for path in INPUT_ROUTES {

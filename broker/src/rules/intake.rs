@@ -44,6 +44,18 @@ pub(super) enum Command {
     Presence(DeviceId, bool),
     /// The requests and transfers shown now, as their documents.
     Documents(oneshot::Sender<Documents>),
+    /// A store's alerts: the ids raised now, and the last alert number.
+    Alerts(StoreId, oneshot::Sender<Option<AlertIds>>),
+}
+
+/// A store's alerts as the rules hold them: the ids of those raised now
+/// and the number of the last one (ids are `al-{store}-{number}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertIds {
+    /// Raised and not cleared.
+    pub active: Vec<String>,
+    /// The last alert number of the store.
+    pub last: u64,
 }
 
 /// The replenishment requests and transfers the rules show, as published.
@@ -82,6 +94,14 @@ impl RulesHandle {
         let (reply, answer) = oneshot::channel();
         self.tx.send(Command::Documents(reply)).await.ok()?;
         answer.await.ok()
+    }
+
+    /// `store`'s alerts as the rules hold them now. `None` for a store the
+    /// rules do not know, or once they stopped.
+    pub async fn alert_ids(&self, store: StoreId) -> Option<AlertIds> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Command::Alerts(store, reply)).await.ok()?;
+        answer.await.ok().flatten()
     }
 
     /// Whether the rules task still takes inputs.

@@ -51,7 +51,8 @@ use tracing::{debug, error, info};
 
 pub use commit::stage_changes;
 pub use intake::{
-    log_refusal, report, Documents, Intake, LogLine, RefusalLog, RulesHandle, Verdict, REFUSALS_LOGGED_PER_MINUTE,
+    log_refusal, report, AlertIds, Documents, Intake, LogLine, RefusalLog, RulesHandle, Verdict,
+    REFUSALS_LOGGED_PER_MINUTE,
 };
 
 use crate::outbound::{Message, Publisher};
@@ -270,6 +271,14 @@ impl Rules {
                     });
                     continue;
                 }
+                Command::Alerts(store, reply) => {
+                    let ids = self.inv.plan_state(&store).map(|plan| AlertIds {
+                        active: plan.alerts.active.values().cloned().collect(),
+                        last: plan.alerts.seq,
+                    });
+                    let _ = reply.send(ids);
+                    continue;
+                }
                 Command::Presence(device, online) => {
                     let stores: Vec<StoreId> = self
                         .inv
@@ -361,6 +370,9 @@ impl Rules {
             None => self.store.begin()?,
         };
         stage_changes(&mut commit, &self.inv, &changes)?;
+        for (store, alert) in &changes.alerts {
+            commit.alert(store, alert)?;
+        }
         let now = Timestamp::now().0;
         let retained = render::changes(&self.inv, &changes, now, |doc| throttle(doc).is_some());
         // Webhook deliveries go into the same journal record as their cause.

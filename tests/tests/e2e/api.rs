@@ -494,6 +494,42 @@ async fn the_days_report_adds_up_the_ledger_of_the_day() -> Result<()> {
         403,
         "a POS reads no history"
     );
+
+    // Alerts over HTTP: raised in the commit the answer waits for, then
+    // cleared under the same id.
+    applied(post_json(
+        &api("stores/s1/stock/bun/events"),
+        erp,
+        &stock_event("c-low", "count", 3.0, "pcs", "erp"),
+    )?)?;
+    let raised = call("GET", &api("stores/s1/alerts"), erp, &[], None)?;
+    assert_eq!(raised.status, 200, "{}", raised.body);
+    let low = raised.body["active"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["kind"] == "low_stock" && a["sku"] == "bun"))
+        .cloned()
+        .with_context(|| format!("bun's low stock is raised: {}", raised.body))?;
+    assert_eq!(low["state"], "raised");
+    applied(post_json(
+        &api("stores/s1/stock/bun/events"),
+        erp,
+        &stock_event("r-bun", "receive", 20.0, "pcs", "erp"),
+    )?)?;
+    let cleared = call("GET", &api("stores/s1/alerts?limit=5"), erp, &[], None)?;
+    let active = cleared.body["active"].as_array().context("active")?;
+    assert!(active.iter().all(|a| a["id"] != low["id"]), "{}", cleared.body);
+    let recent = cleared.body["recent"].as_array().context("recent")?;
+    assert!(recent.len() <= 5);
+    let record = recent
+        .iter()
+        .find(|a| a["id"] == low["id"])
+        .context("the cleared alert")?;
+    assert_eq!(record["state"], "cleared");
+    assert_eq!(
+        call("GET", &api("stores/s2/alerts"), pos, &[], None)?.status,
+        403,
+        "another store's"
+    );
     Ok(())
 }
 
