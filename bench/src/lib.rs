@@ -16,7 +16,12 @@
 //! and many at once, per dish and as the whole-menu document; `connections` memory per idle connection; `restart`
 //! start-up with a long ledger until serving; `http` durable stock events/s
 //! posted to the HTTP API over keep-alive connections, next to the MQTT
-//! intake of the same round (the reference there is MQTT, not bare rmqtt).
+//! intake of the same round (the reference there is MQTT, not bare rmqtt);
+//! `ledger` one store-day read from a ledger of millions of lines, next to
+//! one holding only that day; `webhooks` signed deliveries per second into
+//! a local receiver, next to the MQTT intake (`history`).
+
+mod history;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -78,6 +83,12 @@ enum Scenario {
     /// Durable inputs/s over the HTTP API from many keep-alive clients,
     /// next to the MQTT intake in the same round.
     Http,
+    /// One store-day of history read from a ledger of millions of lines,
+    /// next to the same store-day from a ledger holding only it.
+    Ledger,
+    /// Webhook deliveries per second drained into a local receiver, next
+    /// to the MQTT intake in the same round.
+    Webhooks,
     /// Every scenario.
     All,
     /// (internal) Serve dishsync with a configuration.
@@ -102,6 +113,11 @@ struct Sizes {
     connections: usize,
     ledger: usize,
     http_clients: usize,
+    history_stores: usize,
+    history_days: usize,
+    history_per_day: usize,
+    history_reads: usize,
+    webhook_skus: usize,
 }
 
 impl Sizes {
@@ -119,6 +135,11 @@ impl Sizes {
                 connections: 200,
                 ledger: 5_000,
                 http_clients: 4,
+                history_stores: 5,
+                history_days: 2,
+                history_per_day: 1_000,
+                history_reads: 20,
+                webhook_skus: 200,
             }
         } else {
             Sizes {
@@ -133,6 +154,11 @@ impl Sizes {
                 connections: 19_000,
                 ledger: 1_000_000,
                 http_clients: 50,
+                history_stores: 100,
+                history_days: 10,
+                history_per_day: 10_000,
+                history_reads: 200,
+                webhook_skus: 5_000,
             }
         };
         if let Some(r) = cli.rounds {
@@ -1091,6 +1117,112 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
                 "{:<12} {metric:<38} http {h:>10.2} /s   mqtt {m:>10.2} /s   ratio {:>5.2}   goal {goal}",
                 "http",
                 h / m
+            );
+        }
+    }
+    if all || scenario == Scenario::Ledger {
+        history::ledger(
+            cli,
+            dir.path(),
+            history::LedgerSizes {
+                stores: sizes.history_stores,
+                days: sizes.history_days,
+                per_day: sizes.history_per_day,
+                reads: sizes.history_reads,
+            },
+        )
+        .await?;
+    }
+    if all || scenario == Scenario::Webhooks {
+        let (mut delivered, mut intake) = (Vec::new(), Vec::new());
+        let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+        for round in 0..sizes.rounds {
+            let receiver = history::Receiver::start().await?;
+            let chain = history::webhook_chain(sizes.webhook_skus, receiver.addr, &hash)?;
+            let (config_path, data) = fresh(&format!("webhooks-{round}"), &chain)?;
+            let server = Server::start(Target::Dishsync, &config_path, &data)?;
+            let web = server.web.ok_or_else(|| anyhow!("the broker opened no web listener"))?;
+            // The queue fills while the receiver holds its first requests:
+            // one change of every SKU, a level and an availability each.
+            let (client, mut eventloop) = bench_client("stocker", server.addr, 10_000);
+            let skus = sizes.webhook_skus;
+            let publishing = tokio::spawn(async move {
+                for i in 0..skus {
+                    let event = stock_event(&format!("fill-{i}"), "receive", "stocker");
+                    client
+                        .publish(
+                            format!("stores/s1/stock/sku-{i}/events"),
+                            QoS::AtLeastOnce,
+                            false,
+                            event,
+                        )
+                        .await?;
+                }
+                anyhow::Ok(client)
+            });
+            let mut acked = 0;
+            while acked < skus {
+                if let Event::Incoming(Packet::PubAck(_)) =
+                    timeout(Duration::from_secs(120), eventloop.poll()).await??
+                {
+                    acked += 1;
+                }
+            }
+            let _client = publishing.await??;
+            let expected = 2 * skus as u64;
+            let (t, w) = (token.clone(), web);
+            let filled = tokio::task::spawn_blocking(move || -> Result<()> {
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                while history::pending(w, &t)? < expected {
+                    if std::time::Instant::now() > deadline {
+                        bail!("the webhook queue never held {expected} deliveries");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(())
+            });
+            filled.await??;
+            // Drained once the receiver is up.
+            let t0 = Instant::now();
+            receiver.gate.send_replace(true);
+            // Watched at the receiver, which gets every one of them (one
+            // delivery per document: nothing to replace).
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while receiver.taken.load(std::sync::atomic::Ordering::SeqCst) < expected as usize {
+                if Instant::now() > deadline {
+                    bail!("the webhook queue never drained");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let drained = t0.elapsed().as_secs_f64();
+            if history::pending(web, &token)? != 0 {
+                bail!("the receiver took everything, yet deliveries are pending");
+            }
+            let taken = receiver.taken.load(std::sync::atomic::Ordering::SeqCst);
+            delivered.push(taken as f64 / drained);
+            // The intake of the same broker, deliveries flowing.
+            intake.push(throughput(Target::Dishsync, server.addr, sizes.devices, sizes.events_per_device).await?);
+            drop(server);
+            let _ = std::fs::remove_dir_all(&data);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (d, m) = (median(&mut delivered), median(&mut intake));
+        let metric = format!("deliveries/s draining {} into 1 receiver", 2 * sizes.webhook_skus);
+        if cli.json {
+            println!(
+                "{}",
+                json!({"scenario": "webhooks", "metric": metric, "unit": "/s", "goal": "—",
+                       "delivered": d, "mqtt_intake": m, "ratio": d / m,
+                       "rounds": {"delivered": delivered, "mqtt_intake": intake}})
+            );
+        } else {
+            println!(
+                "{:<12} {metric:<38} webhooks {d:>10.2} /s   mqtt intake {m:>10.2} /s   ratio {:>5.2}",
+                "webhooks",
+                d / m
             );
         }
     }

@@ -894,25 +894,25 @@ impl Store {
     /// applied.
     pub fn ledger_window(&self, store: &StoreId, from: i64, to: i64) -> Result<Numbered<LedgerEntry>, StoreError> {
         self.checkpoint()?;
-        let mut lines = std::collections::BTreeMap::new();
+        let mut lines = Vec::new();
         if from >= to {
-            return Ok(Vec::new());
+            return Ok(lines);
         }
         let start = index_key(store.as_str(), from.div_euclid(INDEX_SPAN), 0);
         let end = index_key(store.as_str(), (to - 1).div_euclid(INDEX_SPAN), u64::MAX);
         for item in self.db().range(start..=end) {
             let (key, value) = item?;
             for (seq, bytes) in indexed_lines(&key, &value)? {
-                if lines.contains_key(&seq) {
-                    continue;
-                }
                 let line = decode_line(&key, bytes)?;
                 if line.at >= from && line.at < to {
-                    lines.insert(seq, line);
+                    lines.push((seq, line));
                 }
             }
         }
-        Ok(lines.into_iter().collect())
+        // In commit order, a line filed twice (a replay) once.
+        lines.sort_by_key(|(seq, _)| *seq);
+        lines.dedup_by_key(|(seq, _)| *seq);
+        Ok(lines)
     }
 
     /// Records that a write failed (`what`, with its error): from then on

@@ -20,15 +20,27 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
         .collect::<Result<_, _>>()
         .context("JSON lines")?;
     let scenarios: Vec<&str> = reports.iter().filter_map(|r| r["scenario"].as_str()).collect();
-    for s in ["throughput", "latency", "retained", "connections", "restart", "http"] {
+    for s in [
+        "throughput",
+        "latency",
+        "retained",
+        "connections",
+        "restart",
+        "http",
+        "ledger",
+        "webhooks",
+    ] {
         assert!(scenarios.contains(&s), "{s} missing from {scenarios:?}");
     }
     for r in &reports {
-        // The HTTP API's reference is the MQTT intake; the rest, bare rmqtt.
-        let sides = if r["scenario"] == "http" {
-            ["http", "mqtt"]
-        } else {
-            ["dishsync", "bare"]
+        // The HTTP API's and the webhooks' reference is the MQTT intake;
+        // the rest, bare rmqtt.
+        let sides = match r["scenario"].as_str() {
+            Some("http") => ["http", "mqtt"],
+            // A store-day from a long ledger next to one holding only it.
+            Some("ledger") => ["p99", "reference_p99"],
+            Some("webhooks") => ["delivered", "mqtt_intake"],
+            _ => ["dishsync", "bare"],
         };
         for side in sides {
             let v = r[side].as_f64().unwrap_or(f64::NAN);
