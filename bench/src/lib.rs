@@ -982,6 +982,12 @@ async fn build_ledger(config: &str, data: &Path, events: usize) -> Result<()> {
 
 // ------------------------------------------------------------------ driver
 
+/// The median of measurements taken in rounds (at least one).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// One measured value per target per round.
 struct Results {
     by_target: BTreeMap<&'static str, Vec<f64>>,
@@ -1096,10 +1102,6 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             drop(server);
             let _ = std::fs::remove_dir_all(&data);
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         let (h, m) = (median(&mut http), median(&mut mqtt));
         let metric = format!(
             "stock events/s, {} HTTP clients vs {} MQTT",
@@ -1205,10 +1207,6 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             drop(server);
             let _ = std::fs::remove_dir_all(&data);
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         let (d, m) = (median(&mut delivered), median(&mut intake));
         let metric = format!("deliveries/s draining {} into 1 receiver", 2 * sizes.webhook_skus);
         if cli.json {

@@ -1106,19 +1106,7 @@ impl Validator {
                     );
                     continue;
                 }
-                (false, false) => {
-                    let mut own = BTreeSet::new();
-                    for s in named {
-                        if let Some(store) = self.id::<StoreId>(&format!("{place}.stores"), s) {
-                            if stores.contains(&store) {
-                                own.insert(store);
-                            } else {
-                                self.issue(format!("{place}.stores"), format!("unknown store {store}"));
-                            }
-                        }
-                    }
-                    Stores::Some(own)
-                }
+                (false, false) => Stores::Some(self.named_stores(&place, named, stores)),
             };
             let Some(token_sha256) = parse_sha256(&section.token_sha256) else {
                 self.issue(
@@ -1139,6 +1127,22 @@ impl Validator {
             });
         }
         out
+    }
+
+    /// The stores a section of `place` names (`store`, `stores`), each
+    /// one of `stores`; every other is an issue.
+    fn named_stores(&mut self, place: &str, named: Vec<&String>, stores: &BTreeSet<StoreId>) -> BTreeSet<StoreId> {
+        let mut own = BTreeSet::new();
+        for s in named {
+            if let Some(store) = self.id::<StoreId>(&format!("{place}.stores"), s) {
+                if stores.contains(&store) {
+                    own.insert(store);
+                } else {
+                    self.issue(format!("{place}.stores"), format!("unknown store {store}"));
+                }
+            }
+        }
+        own
     }
 
     /// `[[webhooks]]`: the endpoints, each with a valid URL, secret, kinds
@@ -1182,17 +1186,7 @@ impl Validator {
             let scope = if named.is_empty() {
                 Scope::Chain
             } else {
-                let mut own = BTreeSet::new();
-                for s in named {
-                    if let Some(store) = self.id::<StoreId>(&format!("{place}.stores"), s) {
-                        if stores.contains(&store) {
-                            own.insert(store);
-                        } else {
-                            self.issue(format!("{place}.stores"), format!("unknown store {store}"));
-                        }
-                    }
-                }
-                Scope::Stores(own)
+                Scope::Stores(self.named_stores(&place, named, stores))
             };
             let retry_for = section
                 .retry_for_seconds
