@@ -6,7 +6,7 @@
 //! far the numbering got, so this reads only what it shows. Readable by
 //! the roles that may subscribe to the store's alerts.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -33,7 +33,7 @@ pub struct AlertsQuery {
 pub(super) async fn read(
     State(slot): State<Slot>,
     Path(store): Path<String>,
-    Query(query): Query<AlertsQuery>,
+    super::ApiQuery(query): super::ApiQuery<AlertsQuery>,
     headers: HeaderMap,
 ) -> Response {
     alerts(&slot, &store, query, &headers)

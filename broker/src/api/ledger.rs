@@ -14,7 +14,7 @@
 //! Readable by the roles that may read the store's stock events and sales
 //! (manager, hq, operator).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -141,7 +141,7 @@ pub(super) fn csv_field(value: &Value) -> String {
 pub(super) async fn read(
     State(slot): State<Slot>,
     Path(store): Path<String>,
-    Query(query): Query<LedgerQuery>,
+    super::ApiQuery(query): super::ApiQuery<LedgerQuery>,
     headers: HeaderMap,
 ) -> Response {
     history(&slot, &store, query, &headers)

@@ -232,6 +232,25 @@ pub fn router(slot: Slot) -> Router {
     router.with_state(slot)
 }
 
+/// A query string, or 400 `invalid_field` in the API's own words (axum's
+/// `Query` answers its rejections as plain text).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(query)) => Ok(ApiQuery(query)),
+            Err(e) => Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_field",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
 /// Runs a read of the store off the async threads; a storage failure is
 /// 503.
 async fn read_store<T: Send + 'static>(
@@ -324,6 +343,34 @@ mod tests {
             .collect();
         candidates.sort_by_key(|(template, _)| template.matches('{').count());
         candidates.into_iter().next()
+    }
+
+    /// Every `$ref` of the OpenAPI document names something it holds.
+    #[test]
+    fn every_reference_of_the_openapi_document_resolves() {
+        fn walk<'a>(value: &'a Value, refs: &mut Vec<&'a str>) {
+            match value {
+                Value::Object(fields) => {
+                    if let Some(Value::String(r)) = fields.get("$ref") {
+                        refs.push(r);
+                    }
+                    fields.values().for_each(|v| walk(v, refs));
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, refs)),
+                _ => {}
+            }
+        }
+        let doc: Value = serde_json::from_str(crate::web::OPENAPI_JSON).expect("the document is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut refs = Vec::new();
+        walk(&doc, &mut refs);
+        assert!(refs.len() > 50, "{} references", refs.len());
+        for r in refs {
+            let target = r
+                .strip_prefix("#/")
+                .map(|path| path.split('/').fold(&doc, |at, part| &at[part]));
+            assert!(target.is_some_and(Value::is_object), "{r} resolves to nothing");
+        }
     }
 
     /// topics.md and the OpenAPI document agree: every example of an input

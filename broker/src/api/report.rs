@@ -5,7 +5,7 @@
 //! answers it as rows to pivot. Readable by the roles that may read the
 //! store's stock events and sales, like the ledger.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -44,7 +44,7 @@ pub fn day_bounds(date: Option<&str>, offset_minutes: i32, now: i64) -> Option<(
 pub(super) async fn read(
     State(slot): State<Slot>,
     Path(store): Path<String>,
-    Query(query): Query<ReportQuery>,
+    super::ApiQuery(query): super::ApiQuery<ReportQuery>,
     headers: HeaderMap,
 ) -> Response {
     report(&slot, &store, query, &headers)

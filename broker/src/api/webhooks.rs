@@ -2,7 +2,7 @@
 //! each endpoint's queue and counts, and the deliveries it gave up, for
 //! chain-wide integrations (what they hold is about every store).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dishsync_protocol::payload::Timestamp;
@@ -38,7 +38,7 @@ pub(super) async fn endpoints(State(slot): State<Slot>, headers: axum::http::Hea
 pub(super) async fn dead_letters(
     State(slot): State<Slot>,
     Path(webhook): Path<String>,
-    Query(query): Query<DeadLetterQuery>,
+    super::ApiQuery(query): super::ApiQuery<DeadLetterQuery>,
     headers: axum::http::HeaderMap,
 ) -> Response {
     letters(&slot, webhook, query, &headers)

@@ -489,6 +489,20 @@ async fn the_days_report_adds_up_the_ledger_of_the_day() -> Result<()> {
     );
     let bad = call("GET", &api("stores/s1/report?date=tomorrow"), erp, &[], None)?;
     assert_eq!((bad.status, &bad.body["code"]), (400, &json!("invalid_field")));
+    // A query that is not one is answered in the API's words, as JSON.
+    for query in [
+        "stores/s1/alerts?limit=many",
+        "stores/s1/ledger?colour=red",
+        "stores/s1/report?day=1",
+    ] {
+        let bad = call("GET", &api(query), erp, &[], None)?;
+        assert_eq!(
+            (bad.status, &bad.body["code"]),
+            (400, &json!("invalid_field")),
+            "{query}"
+        );
+        assert!(bad.body["error"].as_str().is_some_and(|e| !e.is_empty()), "{query}");
+    }
     assert_eq!(
         call("GET", &api("stores/s1/report"), pos, &[], None)?.status,
         403,
