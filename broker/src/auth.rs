@@ -57,7 +57,9 @@ pub fn is_valid_hash(hash: &str) -> bool {
     PasswordHash::new(hash).is_ok()
 }
 
-fn verify(password: &[u8], hash: &str) -> bool {
+/// Whether `password` matches the PHC `hash` (slow by design: run it off
+/// the async threads).
+pub fn verify(password: &[u8], hash: &str) -> bool {
     match PasswordHash::new(hash) {
         Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
         Err(_) => false,
@@ -90,20 +92,32 @@ impl Identities {
     }
 }
 
-/// Limits failed logins per client address.
-struct FailureBrake {
+/// Limits failed logins per client address: past `per_minute` failures
+/// within a minute, logins from the address are refused unchecked. Devices
+/// over MQTT and people at the web app's login page meet the same rule.
+pub struct FailureBrake {
     per_minute: u32,
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
 impl FailureBrake {
-    fn blocked(&self, ip: IpAddr) -> bool {
+    /// A brake at `per_minute` failures a minute per address.
+    pub fn new(per_minute: u32) -> FailureBrake {
+        FailureBrake {
+            per_minute: per_minute.max(1),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether logins from `ip` are refused now.
+    pub fn blocked(&self, ip: IpAddr) -> bool {
         let Ok(map) = self.failures.lock() else { return true };
         map.get(&ip)
             .is_some_and(|(since, n)| since.elapsed() < Duration::from_secs(60) && *n >= self.per_minute)
     }
 
-    fn failed(&self, ip: IpAddr) {
+    /// Counts a failed login from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
         if let Ok(mut map) = self.failures.lock() {
             let entry = map.entry(ip).or_insert((Instant::now(), 0));
             if entry.0.elapsed() >= Duration::from_secs(60) {
@@ -157,10 +171,7 @@ impl Authenticator {
             allow_anonymous,
             identities,
             namespaces,
-            brake: FailureBrake {
-                per_minute: failures_per_minute.max(1),
-                failures: Mutex::new(HashMap::new()),
-            },
+            brake: FailureBrake::new(failures_per_minute),
         }
     }
 

@@ -46,6 +46,8 @@ struct FileConfig {
     #[serde(default)]
     webhooks: Vec<WebhookSection>,
     #[serde(default)]
+    users: Vec<UserSection>,
+    #[serde(default)]
     planning: PlanningSection,
     central_kitchen: Option<KitchenSection>,
     #[serde(default)]
@@ -60,6 +62,19 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct WebSection {
     listen: String,
+    #[serde(default)]
+    floor_public: bool,
+    session_hours: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserSection {
+    name: String,
+    role: String,
+    store: Option<String>,
+    stores: Option<Vec<String>>,
+    password_hash: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +303,8 @@ pub struct Settings {
     pub integrations: Vec<crate::api::integrations::Integration>,
     /// Where webhooks go.
     pub webhooks: Vec<crate::webhooks::Endpoint>,
+    /// The web app: who may log in, and how.
+    pub web_app: crate::people::WebApp,
     /// The chain.
     pub catalog: Arc<Catalog>,
 }
@@ -455,6 +472,16 @@ impl Validator {
         let credentials = self.devices(&file.devices, &store_ids);
         let integrations = self.integrations(&file.integrations, &store_ids, &credentials);
         let webhooks = self.webhooks(&file.webhooks, &store_ids);
+        let users = self.users(&file.users, &store_ids, &credentials, &integrations);
+        let session_hours = file.web.as_ref().and_then(|w| w.session_hours).unwrap_or(12.0);
+        if !(session_hours.is_finite() && (0.01..=720.0).contains(&session_hours)) {
+            self.issue("web.session_hours", "must be 0.01 to 720");
+        }
+        let web_app = crate::people::WebApp {
+            users,
+            session_ttl: std::time::Duration::from_secs_f64(session_hours.clamp(0.01, 720.0) * 3600.0),
+            floor_public: file.web.as_ref().is_some_and(|w| w.floor_public),
+        };
         let namespaces = self.namespaces(&file.namespaces);
         let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
         let web = file.web.as_ref().and_then(|w| match w.listen.parse::<SocketAddr>() {
@@ -498,6 +525,7 @@ impl Validator {
             credentials,
             integrations,
             webhooks,
+            web_app,
             catalog: Arc::new(catalog),
         })
     }
@@ -1124,6 +1152,74 @@ impl Validator {
                 stores: scope,
                 token_sha256,
                 rate: section.max_requests_per_second,
+            });
+        }
+        out
+    }
+
+    /// `[[users]]`: the people who log in to the web app, each named
+    /// unlike any device or integration (their inputs' acks and errors go
+    /// to their name's topics).
+    fn users(
+        &mut self,
+        sections: &[UserSection],
+        stores: &BTreeSet<StoreId>,
+        devices: &[Credential],
+        integrations: &[crate::api::integrations::Integration],
+    ) -> Vec<crate::people::users::User> {
+        use crate::api::integrations::Stores;
+        use crate::people::users::{PersonRole, User};
+        let taken: BTreeSet<&DeviceId> = devices
+            .iter()
+            .map(|c| &c.identity.device)
+            .chain(integrations.iter().map(|i| &i.id))
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, section) in sections.iter().enumerate() {
+            let place = format!("users[{i}]");
+            let Some(name) = self.id::<DeviceId>(&format!("{place}.name"), &section.name) else {
+                continue;
+            };
+            if !seen.insert(name.clone()) || taken.contains(&name) {
+                self.issue(
+                    format!("{place}.name"),
+                    format!("{name} is already a user, a device or an integration"),
+                );
+            }
+            let Some(role) = PersonRole::parse(&section.role) else {
+                let known: Vec<&str> = PersonRole::ALL.iter().map(|(n, _)| *n).collect();
+                self.issue(
+                    format!("{place}.role"),
+                    format!("unknown role {:?} (known: {})", section.role, known.join(", ")),
+                );
+                continue;
+            };
+            let named: Vec<&String> = section.store.iter().chain(section.stores.iter().flatten()).collect();
+            let scope = match (named.is_empty(), role.is_chain_wide()) {
+                (true, true) => Stores::Chain,
+                (false, true) => {
+                    self.issue(format!("{place}.store"), "an hq user belongs to HQ, not a store");
+                    continue;
+                }
+                (true, false) => {
+                    self.issue(format!("{place}.store"), format!("a {} needs a store or stores", role.as_str()));
+                    continue;
+                }
+                (false, false) => Stores::Some(self.named_stores(&place, named, stores)),
+            };
+            if !is_valid_hash(&section.password_hash) {
+                self.issue(
+                    format!("{place}.password_hash"),
+                    "not an argon2 hash (make one with `dishsync-broker hash-password`)",
+                );
+                continue;
+            }
+            out.push(User {
+                name,
+                role,
+                stores: scope,
+                password_hash: section.password_hash.clone(),
             });
         }
         out

@@ -22,6 +22,7 @@
 //! - [`web`]: the HTTP listener — health, readiness and metrics;
 //! - [`api`]: the HTTP API — integrations' inputs and reads;
 //! - [`webhooks`]: what leaves for a chain's systems, signed;
+//! - [`people`]: the web app — logins, live pages, taps;
 //! - [`metrics`]: what the broker counts, as Prometheus text;
 //! - [`demo`]: the built-in demo chain and its dinner service;
 //! - [`memory`]: the allocator's page size.
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod outbound;
 pub mod oversize;
+pub mod people;
 pub mod reconnect;
 pub mod retainer;
 pub mod rules;

@@ -82,11 +82,26 @@ impl Message {
     }
 }
 
+/// A message as the web app's live pages get it.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Its topic.
+    pub topic: Arc<str>,
+    /// Its payload (empty: a retained document cleared).
+    pub payload: Bytes,
+}
+
+/// Messages a live page may fall behind by before it is sent everything
+/// again.
+pub const LIVE_BACKLOG: usize = 4096;
+
 /// A handle that publishes into the embedded broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbound {
     scx: ServerContext,
     from: Arc<From>,
+    /// Every message delivered, for the web app's live pages.
+    live: tokio::sync::broadcast::Sender<Live>,
 }
 
 impl Outbound {
@@ -96,6 +111,22 @@ impl Outbound {
         Outbound {
             scx,
             from: Arc::new(From::from_system(id)),
+            live: tokio::sync::broadcast::Sender::new(LIVE_BACKLOG),
+        }
+    }
+
+    /// Every message delivered from now on, as a live page gets it.
+    pub fn live(&self) -> tokio::sync::broadcast::Receiver<Live> {
+        self.live.subscribe()
+    }
+
+    /// Hands a message to the live pages, if any is open.
+    fn to_live(&self, topic: &Topic, payload: &Bytes) {
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(Live {
+                topic: topic.to_string().into(),
+                payload: payload.clone(),
+            });
         }
     }
 
@@ -137,6 +168,7 @@ impl Outbound {
 impl Publisher for Outbound {
     async fn publish(&self, topic: &Topic, payload: Vec<u8>, retain: bool) {
         let publish = self.message(topic, payload, retain);
+        self.to_live(topic, &publish.payload);
         if let Err(e) = SessionState::forwards(&self.scx, (*self.from).clone(), publish, false, None).await {
             warn!(%topic, error = %e, "in-process publish failed");
         }
@@ -160,6 +192,7 @@ impl Publisher for Outbound {
         // retained, delayed nor stored, except that the number of
         // subscribers it reached is kept.
         let publish = self.message(topic, payload, false);
+        self.to_live(topic, &publish.payload);
         let routed = self
             .scx
             .extends

@@ -84,6 +84,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &settings.integrations,
         settings.max_publish_rate,
         webhooks,
+        settings.web.map(|_| crate::people::People::new(&settings.web_app, settings.login_failures_per_minute)),
     ));
     let sessions = Sessions::new(identities.clone(), settings.allow_anonymous, namespaces.clone());
     let register = scx.extends.hook_mgr().register();

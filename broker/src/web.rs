@@ -184,7 +184,13 @@ pub async fn open(
     let router = router(readiness, api);
     Ok(tokio::spawn(async move {
         match bound {
-            Some(bound) => axum::serve(bound, router).await,
+            Some(bound) => {
+                axum::serve(
+                    bound,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .await
+            }
             None => std::future::pending().await,
         }
     }))
@@ -236,7 +242,9 @@ pub fn router(readiness: Arc<Readiness>, api: Option<crate::api::Slot>) -> Route
         )
         .with_state(readiness);
     match api {
-        Some(api) => own.merge(crate::api::router(api)),
+        Some(api) => own
+            .merge(crate::api::router(api.clone()))
+            .merge(crate::people::router(api)),
         None => own,
     }
 }

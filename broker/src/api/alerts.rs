@@ -50,12 +50,17 @@ async fn alerts(slot: &Slot, store: &str, query: AlertsQuery, headers: &HeaderMa
     identity
         .may_subscribe(&format!("stores/{store}/alerts"))
         .map_err(|d| ApiError::forbidden(d.0))?;
+    let recent = query.limit.unwrap_or(DEFAULT_RECENT).clamp(1, MAX_RECENT);
+    Ok(Json(record(api, store, recent).await?).into_response())
+}
+
+/// `store`'s alerts raised now and its `recent` latest, newest first.
+pub(crate) async fn record(api: &super::Api, store: StoreId, recent: u64) -> Result<serde_json::Value, ApiError> {
     let ids = api
         .rules
         .alert_ids(store.clone())
         .await
         .ok_or_else(|| ApiError::not_found(format!("no store {store}")))?;
-    let recent = query.limit.unwrap_or(DEFAULT_RECENT).clamp(1, MAX_RECENT);
     let handle = api.store.clone();
     let reading = store.clone();
     let (active, recent) = read_store(move || {
@@ -70,5 +75,5 @@ async fn alerts(slot: &Slot, store: &str, query: AlertsQuery, headers: &HeaderMa
         Ok((active, shown))
     })
     .await?;
-    Ok(Json(json!({"store": store, "active": active, "recent": recent})).into_response())
+    Ok(json!({"store": store, "active": active, "recent": recent}))
 }

@@ -121,6 +121,13 @@ async fn batch_inputs(slot: &Slot, path: &str, headers: &HeaderMap, body: Body) 
     Ok(results)
 }
 
+/// Decides `payload` on `topic` as `identity` sent it — the way every
+/// transport's inputs go — and waits for its verdict (the web app's taps).
+pub(crate) async fn submit_as(api: &Api, topic: &str, identity: &Identity, payload: &[u8]) -> Outcome {
+    let pending = submit(api, topic, identity, payload).await;
+    settle(topic, pending).await
+}
+
 /// The input topic `path` names and the identity the caller acts as there.
 fn caller_on(api: &Api, path: &str, headers: &HeaderMap) -> Result<(String, Identity), ApiError> {
     let name = topic_of(path);

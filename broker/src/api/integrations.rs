@@ -47,7 +47,16 @@ impl Integration {
     /// The identity it acts as in `store` (`None`: a path without a store,
     /// an HQ topic). `None` when it may not act there at all.
     pub fn identity(&self, store: Option<&StoreId>) -> Option<Identity> {
-        let scope = match (&self.stores, store) {
+        self.stores.identity(&self.id, self.role, store)
+    }
+}
+
+impl Stores {
+    /// The identity `who`, of `role` in these stores, acts as in `store`
+    /// (`None`: a path without a store, an HQ topic). `None` when it may
+    /// not act there at all.
+    pub fn identity(&self, who: &DeviceId, role: Role, store: Option<&StoreId>) -> Option<Identity> {
+        let scope = match (self, store) {
             (Stores::Chain, _) => Scope::Chain,
             (Stores::Some(own), Some(store)) if own.contains(store) => Scope::Store(store.clone()),
             (Stores::Some(_), Some(_)) => return None,
@@ -56,10 +65,18 @@ impl Integration {
             (Stores::Some(own), None) => Scope::Store(own.first()?.clone()),
         };
         Some(Identity {
-            device: self.id.clone(),
-            role: self.role,
+            device: who.clone(),
+            role,
             scope,
         })
+    }
+
+    /// Whether `store` is one of them.
+    pub fn holds(&self, store: &StoreId) -> bool {
+        match self {
+            Stores::Chain => true,
+            Stores::Some(own) => own.contains(store),
+        }
     }
 }
 

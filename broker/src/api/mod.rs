@@ -24,6 +24,8 @@
 
 mod alerts;
 pub mod answer;
+pub(crate) use alerts::record as alerts_record;
+pub(crate) use inputs::submit_as;
 mod inputs;
 pub mod integrations;
 mod ledger;
@@ -60,6 +62,8 @@ pub struct Api {
     limiters: HashMap<DeviceId, PublishLimiter>,
     /// The webhook endpoints, if any.
     webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// The web app's people and sessions, if it serves people.
+    people: Option<crate::people::People>,
 }
 
 impl Api {
@@ -75,6 +79,7 @@ impl Api {
         integrations: &[Integration],
         default_rate: u32,
         webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+        people: Option<crate::people::People>,
     ) -> Api {
         let limiters = integrations
             .iter()
@@ -89,7 +94,23 @@ impl Api {
             integrations: Integrations::new(integrations),
             limiters,
             webhooks,
+            people,
         }
+    }
+
+    /// The web app's people, if it serves people.
+    pub fn people(&self) -> Option<&crate::people::People> {
+        self.people.as_ref()
+    }
+
+    /// The chain.
+    pub fn catalog(&self) -> &dishsync_inventory::Catalog {
+        &self.catalog
+    }
+
+    /// Where the broker publishes (the live pages' stream).
+    pub fn outbound(&self) -> &Outbound {
+        &self.out
     }
 
     /// The integration whose bearer token `headers` carry, within its rate.

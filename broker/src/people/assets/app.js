@@ -1,0 +1,522 @@
+// dishsync web app: renders the documents a page's live stream brings and
+// sends taps as inputs. Everything shown is written as text (never as HTML).
+// Each tap is an input with an id made here, kept in this browser until
+// the broker answers, so a retry after a dropped connection is the same
+// input and is applied once.
+"use strict";
+
+(function () {
+  const body = document.body;
+  const view = body.dataset.view;
+  const store = body.dataset.store;
+  const user = body.dataset.user;
+  const lang = body.dataset.lang === "zh" ? "zh" : "en";
+  const offsetMinutes = Number(body.dataset.offset || 0);
+  const csrfMeta = document.querySelector('meta[name="csrf"]');
+  const csrf = csrfMeta ? csrfMeta.content : "";
+  const main = document.getElementById("main");
+  const statusBox = document.getElementById("status");
+  const queueBox = document.getElementById("queue");
+
+  const WORDS = {
+    en: {
+      live: "live", reconnecting: "reconnecting…", last: "last update", offline: "offline",
+      sku: "SKU", level: "Level", reorder: "Reorder point", par: "Par", state: "State", stale: "stale",
+      dish: "Dish", status: "Status", portions: "portions", limited: "Limited by", sellout: "Sells out",
+      available: "available", low: "low", sold_out: "sold out", ok: "ok", out: "out", negative: "negative",
+      stores: "Stores", store: "Store", soldOut: "Sold out", lowSkus: "Low SKUs", requests: "Requests",
+      transfers: "Transfers", waste: "Waste ratio", alerts: "Alerts", noAlerts: "No alerts",
+      accept: "Accept", decline: "Decline", dispatch: "Dispatch", receive: "Receive", cancel: "Cancel",
+      stocktake: "Stocktake", count: "Count", qty: "Quantity", save: "Save", reason: "Reason",
+      wasteTitle: "Record waste", record: "Record", spoiled: "spoiled", dropped: "dropped",
+      expired: "expired", equipment_failure: "equipment failure", eightySix: "86",
+      endOfService: "until end of service", oneHour: "for an hour", untilTime: "until",
+      release: "Release", pending: "sending…", confirmed: "done", refused: "refused",
+      queued: "offline: {n} tap(s) waiting, sent when the connection is back",
+      sending: "{n} tap(s) being sent", noRequests: "No open requests", noTransfers: "No transfers",
+      from: "from", to: "to", deliveries: "Deliveries", today: "Today", raised: "raised", cleared: "cleared",
+      nothing: "Nothing yet", open: "Open",
+    },
+    zh: {
+      live: "实时", reconnecting: "重新连接中…", last: "最后更新", offline: "离线",
+      sku: "物料", level: "库存", reorder: "补货点", par: "标准库存", state: "状态", stale: "数据过期",
+      dish: "菜品", status: "状态", portions: "份", limited: "限制食材", sellout: "预计售罄",
+      available: "可售", low: "紧张", sold_out: "售罄", ok: "正常", out: "缺货", negative: "负库存",
+      stores: "门店", store: "门店", soldOut: "售罄", lowSkus: "低库存", requests: "补货单",
+      transfers: "调拨", waste: "损耗率", alerts: "提醒", noAlerts: "暂无提醒",
+      accept: "接受", decline: "拒绝", dispatch: "发出", receive: "收货", cancel: "取消",
+      stocktake: "盘点", count: "盘点", qty: "数量", save: "保存", reason: "原因",
+      wasteTitle: "记录损耗", record: "记录", spoiled: "变质", dropped: "掉落",
+      expired: "过期", equipment_failure: "设备故障", eightySix: "停售",
+      endOfService: "至营业结束", oneHour: "一小时", untilTime: "直到",
+      release: "恢复", pending: "发送中…", confirmed: "完成", refused: "被拒绝",
+      queued: "离线：{n} 个操作等待中，恢复连接后发送",
+      sending: "{n} 个操作发送中", noRequests: "暂无补货单", noTransfers: "暂无调拨",
+      from: "从", to: "到", deliveries: "到货", today: "今日", raised: "触发", cleared: "解除",
+      nothing: "暂无数据", open: "打开",
+    },
+  };
+  const w = (key) => WORDS[lang][key] || WORDS.en[key] || key;
+
+  // ------------------------------------------------------------ elements
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const child of children.flat()) {
+      if (child === undefined || child === null || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  // Store-local clock time of an RFC 3339 stamp (or now).
+  function clock(stamp, seconds) {
+    const t = stamp ? Date.parse(stamp) : Date.now();
+    if (Number.isNaN(t)) return "";
+    const local = new Date(t + offsetMinutes * 60000);
+    const pad = (n) => String(n).padStart(2, "0");
+    const hm = pad(local.getUTCHours()) + ":" + pad(local.getUTCMinutes());
+    return seconds ? hm + ":" + pad(local.getUTCSeconds()) : hm;
+  }
+
+  // A quantity in a SKU's base unit, the way people read it.
+  function quantity(qty, unit) {
+    if (unit === "g" && Math.abs(qty) >= 1000) return (qty / 1000).toLocaleString(lang) + " kg";
+    if (unit === "ml" && Math.abs(qty) >= 1000) return (qty / 1000).toLocaleString(lang) + " l";
+    return Number(qty).toLocaleString(lang) + " " + (unit === "pcs" && lang === "zh" ? "个" : unit);
+  }
+
+  // ------------------------------------------------------------ documents
+  const docs = new Map();
+  let lastUpdate = null;
+
+  function keep(topic, doc) {
+    if (doc === null) {
+      docs.delete(topic);
+      return;
+    }
+    const held = docs.get(topic);
+    if (held && typeof held.rev === "number" && typeof doc.rev === "number" && doc.rev < held.rev) return;
+    docs.set(topic, doc);
+  }
+
+  function under(pattern) {
+    const re = new RegExp("^" + pattern.split("+").map((p) => p.replace(/[.*?^${}()|[\]\\]/g, "\\$&")).join("[^/]+") + "$");
+    return [...docs.entries()].filter(([t]) => re.test(t)).map(([, d]) => d);
+  }
+
+  function catalogOf(s) {
+    return docs.get("stores/" + s + "/catalog") || { dishes: [], skus: [], name: s };
+  }
+  const skuName = (s, sku) => (catalogOf(s).skus.find((x) => x.sku === sku) || {}).name || sku;
+  const dishName = (s, dish) => (catalogOf(s).dishes.find((x) => x.dish === dish) || {}).name || dish;
+
+  // ------------------------------------------------------------ alerts
+  const alerts = [];
+  function keepAlert(alert) {
+    const at = alerts.findIndex((a) => a.id === alert.id);
+    if (at >= 0) alerts.splice(at, 1);
+    alerts.unshift(alert);
+    alerts.length = Math.min(alerts.length, 30);
+  }
+
+  // ------------------------------------------------------------ taps
+  const queueKey = "dishsync-taps-" + user;
+  const outcomes = new Map(); // id → {state, message, label}
+  function queued() {
+    try {
+      return JSON.parse(localStorage.getItem(queueKey) || "[]");
+    } catch (e) {
+      return [];
+    }
+  }
+  function setQueued(list) {
+    localStorage.setItem(queueKey, JSON.stringify(list));
+  }
+  let tapSeq = 0;
+  function newId() {
+    tapSeq += 1;
+    const random = Math.floor(Math.random() * 1e9).toString(36);
+    return user + "-" + Date.now().toString(36) + "-" + tapSeq + random;
+  }
+
+  // A tap: one input, sent now or queued. The same `key` while pending is
+  // the same tap (a double tap sends one input).
+  function tap(key, label, topic, input) {
+    const list = queued();
+    if (list.some((t) => t.key === key)) return;
+    const id = newId();
+    const tapped = { key, label, topic, input: Object.assign({ id }, input) };
+    list.push(tapped);
+    setQueued(list);
+    outcomes.set(key, { state: "pending", label });
+    render();
+    send(tapped);
+  }
+
+  let online = true;
+  async function send(tapped) {
+    let answer;
+    try {
+      answer = await fetch("/act/" + tapped.topic, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+        body: JSON.stringify(tapped.input),
+        credentials: "same-origin",
+      });
+    } catch (e) {
+      online = false;
+      showQueue();
+      return;
+    }
+    if (answer.status === 503 || answer.status === 429) {
+      online = false;
+      showQueue();
+      return;
+    }
+    let result = {};
+    try {
+      result = await answer.json();
+    } catch (e) {
+      result = {};
+    }
+    setQueued(queued().filter((t) => t.input.id !== tapped.input.id));
+    if (answer.ok) {
+      outcomes.set(tapped.key, { state: "confirmed", label: tapped.label });
+    } else {
+      outcomes.set(tapped.key, { state: "refused", label: tapped.label, message: result.error || String(answer.status) });
+    }
+    showQueue();
+    render();
+  }
+
+  function flush() {
+    online = true;
+    for (const t of queued()) send(t);
+    showQueue();
+  }
+
+  function showQueue() {
+    if (!queueBox) return;
+    const n = queued().length;
+    if (n === 0) {
+      queueBox.hidden = true;
+      return;
+    }
+    queueBox.hidden = false;
+    queueBox.textContent = w(online ? "sending" : "queued").replace("{n}", n);
+  }
+
+  function outcome(key) {
+    const o = outcomes.get(key);
+    if (!o) return null;
+    const text = o.state === "refused" ? w("refused") + ": " + o.message : w(o.state);
+    return el("span", { class: "outcome " + o.state, dataset: { key } }, text);
+  }
+
+  function button(key, label, topic, input, extra) {
+    const pending = queued().some((t) => t.key === key);
+    return el(
+      "button",
+      Object.assign({ type: "button", class: "tap", disabled: pending, dataset: { key }, onclick: () => tap(key, label, topic, input()) }, extra || {}),
+      label
+    );
+  }
+
+  // ------------------------------------------------------------ views
+  const at = () => new Date().toISOString();
+
+  function tableOf(heads, rows) {
+    return el("table", {}, el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))), el("tbody", {}, rows));
+  }
+
+  function statusCell(state) {
+    return el("span", { class: "state " + state }, w(state));
+  }
+
+  function levelsTable() {
+    const levels = under("stores/" + store + "/stock/+/level").sort((a, b) => a.sku.localeCompare(b.sku));
+    return tableOf(
+      [w("sku"), w("level"), w("reorder"), w("par"), w("state")],
+      levels.map((l) =>
+        el("tr", { dataset: { sku: l.sku } }, el("td", {}, skuName(store, l.sku)), el("td", { class: "num" }, quantity(l.qty, l.unit)),
+          el("td", { class: "num" }, quantity(l.reorder_point, l.unit)), el("td", { class: "num" }, quantity(l.par, l.unit)),
+          el("td", {}, statusCell(l.state), l.stale ? el("span", { class: "stale" }, " " + w("stale")) : null))
+      )
+    );
+  }
+
+  function dishesOf() {
+    const order = new Map(catalogOf(store).dishes.map((d, i) => [d.dish, i]));
+    return under("stores/" + store + "/dishes/+/availability").sort((a, b) => (order.get(a.dish) ?? 1e9) - (order.get(b.dish) ?? 1e9));
+  }
+
+  function dishesTable() {
+    return tableOf(
+      [w("dish"), w("status"), w("portions"), w("limited"), w("sellout")],
+      dishesOf().map((d) =>
+        el("tr", { dataset: { dish: d.dish } }, el("td", {}, dishName(store, d.dish)), el("td", {}, statusCell(d.status)),
+          el("td", { class: "num portions" }, d.portions), el("td", {}, d.limited_by ? skuName(store, d.limited_by) : ""),
+          el("td", {}, d.sellout_eta ? clock(d.sellout_eta) : ""))
+      )
+    );
+  }
+
+  function alertFeed() {
+    const list = alerts.filter((a) => a.state === "raised" || a.fresh);
+    return el("section", { class: "alerts", "aria-label": w("alerts") }, el("h2", {}, w("alerts")),
+      list.length === 0 ? el("p", { class: "empty" }, w("noAlerts")) :
+        el("ul", {}, list.map((a) => el("li", { class: "alert " + a.state }, el("time", {}, clock(a.at)), " ", a.message))));
+  }
+
+  function wasteCurve(summary) {
+    // Waste ratio per SKU today as bars (inline SVG).
+    const entries = Object.entries((summary && summary.waste) || {});
+    if (entries.length === 0) return el("p", { class: "empty" }, w("nothing"));
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    const height = 22 * entries.length;
+    svg.setAttribute("viewBox", "0 0 300 " + height);
+    svg.setAttribute("class", "chart");
+    svg.setAttribute("role", "img");
+    entries.forEach(([sku, line], i) => {
+      const bar = document.createElementNS(ns, "rect");
+      bar.setAttribute("x", "120");
+      bar.setAttribute("y", String(i * 22 + 4));
+      bar.setAttribute("height", "14");
+      bar.setAttribute("width", String(Math.max(1, Math.round(line.ratio * 180))));
+      const label = document.createElementNS(ns, "text");
+      label.setAttribute("x", "0");
+      label.setAttribute("y", String(i * 22 + 16));
+      label.textContent = skuName(store, sku) + " " + Math.round(line.ratio * 100) + "%";
+      svg.append(bar, label);
+    });
+    return svg;
+  }
+
+  function storeView() {
+    const summary = docs.get("hq/stores/" + store + "/summary");
+    return [
+      alertFeed(),
+      el("section", {}, el("h2", {}, w("dish")), dishesTable()),
+      el("section", {}, el("h2", {}, w("sku")), levelsTable()),
+      el("section", {}, el("h2", {}, w("today") + " · " + w("waste")), wasteCurve(summary)),
+    ];
+  }
+
+  function transferCard(t) {
+    const giving = t.from === store;
+    const actions = [];
+    if (giving && t.state === "proposed") actions.push("accept", "decline");
+    if (giving && t.state === "accepted") actions.push("dispatch");
+    if (!giving && t.state === "dispatched") actions.push("receive");
+    if (["proposed", "accepted", "requested"].includes(t.state)) actions.push("cancel");
+    const unit = t.unit;
+    return el("li", { class: "card transfer", dataset: { transfer: t.id } },
+      el("div", {}, el("strong", {}, skuName(store, t.sku)), " ", quantity(t.qty, unit), " ",
+        giving ? w("to") + " " + t.to : w("from") + " " + t.from),
+      el("div", { class: "muted" }, statusCell(t.state), " ", t.reason || ""),
+      el("div", { class: "actions" }, actions.map((a) => {
+        const key = "transfer-" + t.id + "-" + a;
+        return [button(key, w(a), "stores/" + store + "/transfers/" + t.id + "/" + a, () => ({ by: user }), { dataset: { key, action: a } }), outcome(key)];
+      })));
+  }
+
+  function managerView() {
+    const transfers = under("stores/" + store + "/transfers/+").sort((a, b) => String(b.updated_at).localeCompare(String(a.updated_at)));
+    const requests = under("stores/" + store + "/replenishment/+");
+    const levels = under("stores/" + store + "/stock/+/level").sort((a, b) => a.sku.localeCompare(b.sku));
+    const countForm = el("form", { class: "stocktake", onsubmit: (e) => {
+      e.preventDefault();
+      const sku = e.target.elements.sku.value;
+      const qty = Number(e.target.elements.qty.value);
+      const unit = (levels.find((l) => l.sku === sku) || {}).unit;
+      tap("count-" + sku, w("count") + " " + skuName(store, sku), "stores/" + store + "/stock/" + sku + "/events",
+        { kind: "count", qty, unit, at: at(), device: user });
+    } },
+    el("select", { name: "sku", "aria-label": w("sku") }, levels.map((l) => el("option", { value: l.sku }, skuName(store, l.sku)))),
+    el("input", { name: "qty", type: "number", min: "0", step: "any", required: true, "aria-label": w("qty") }),
+    el("button", { type: "submit" }, w("save")),
+    levels.map((l) => outcome("count-" + l.sku)));
+    return [
+      alertFeed(),
+      el("section", {}, el("h2", {}, w("transfers")),
+        transfers.length === 0 ? el("p", { class: "empty" }, w("noTransfers")) : el("ul", { class: "cards" }, transfers.map(transferCard))),
+      el("section", {}, el("h2", {}, w("requests")),
+        requests.length === 0 ? el("p", { class: "empty" }, w("noRequests")) :
+          el("ul", { class: "cards" }, requests.map((r) => el("li", { class: "card" }, el("strong", {}, r.id), " ", statusCell(r.state),
+            el("ul", {}, r.lines.map((l) => el("li", {}, skuName(store, l.sku), " ", quantity(l.qty, l.unit)))))))),
+      el("section", {}, el("h2", {}, w("stocktake")), countForm),
+    ];
+  }
+
+  function endOfService() {
+    const now = new Date(Date.now() + offsetMinutes * 60000);
+    now.setUTCHours(23, 59, 0, 0);
+    return new Date(now.getTime() - offsetMinutes * 60000).toISOString();
+  }
+
+  function kitchenView() {
+    const levels = under("stores/" + store + "/stock/+/level").sort((a, b) => a.sku.localeCompare(b.sku));
+    const tiles = dishesOf().map((d) => {
+      const topic = "stores/" + store + "/dishes/" + d.dish + "/override";
+      const key86 = "86-" + d.dish;
+      const keyRelease = "release-" + d.dish;
+      const untilInput = el("input", { type: "time", "aria-label": w("untilTime"), class: "until" });
+      return el("li", { class: "tile " + d.status, dataset: { dish: d.dish } },
+        el("div", { class: "name" }, dishName(store, d.dish)),
+        el("div", { class: "portions" }, d.portions + " " + w("portions")),
+        statusCell(d.status),
+        d.override ? [
+          el("div", { class: "muted" }, w("eightySix") + (d.override.until ? " → " + clock(d.override.until) : "")),
+          button(keyRelease, w("release"), topic, () => ({ status: "auto", by: user }), { class: "tap release" }),
+          outcome(keyRelease),
+        ] : [
+          el("div", { class: "actions" },
+            button(key86, w("eightySix") + " · " + w("endOfService"), topic, () => ({ status: "sold_out", by: user, until: endOfService() }), { class: "tap eighty-six" }),
+            button(key86 + "-hour", w("eightySix") + " · " + w("oneHour"), topic, () => ({ status: "sold_out", by: user, until: new Date(Date.now() + 3600000).toISOString() })),
+            untilInput,
+            button(key86 + "-until", w("eightySix") + " · " + w("untilTime"), topic, () => {
+              const [h, m] = (untilInput.value || "23:59").split(":").map(Number);
+              const local = new Date(Date.now() + offsetMinutes * 60000);
+              local.setUTCHours(h, m, 0, 0);
+              let until = local.getTime() - offsetMinutes * 60000;
+              if (until <= Date.now()) until += 86400000;
+              return { status: "sold_out", by: user, until: new Date(until).toISOString() };
+            })),
+          outcome(key86), outcome(key86 + "-hour"), outcome(key86 + "-until"),
+        ],
+      );
+    });
+    const reasons = ["spoiled", "dropped", "expired", "equipment_failure"];
+    const wasteForm = el("form", { class: "waste", onsubmit: (e) => {
+      e.preventDefault();
+      const f = e.target.elements;
+      const sku = f.sku.value;
+      const unit = (levels.find((l) => l.sku === sku) || {}).unit;
+      tap("waste-" + sku + "-" + Date.now(), w("wasteTitle"), "stores/" + store + "/stock/" + sku + "/events",
+        { kind: "waste", qty: Number(f.qty.value), unit, at: at(), device: user, reason: f.reason.value });
+      e.target.reset();
+    } },
+    el("select", { name: "sku", "aria-label": w("sku") }, levels.map((l) => el("option", { value: l.sku }, skuName(store, l.sku)))),
+    el("input", { name: "qty", type: "number", min: "0", step: "any", required: true, "aria-label": w("qty") }),
+    el("select", { name: "reason", "aria-label": w("reason") }, reasons.map((r) => el("option", { value: r }, w(r)))),
+    el("button", { type: "submit" }, w("record")));
+    const recent = [...outcomes.entries()].filter(([k]) => k.startsWith("waste-")).slice(-3).map(([k]) => outcome(k));
+    const requests = under("stores/" + store + "/replenishment/+").filter((r) => r.state === "shipped" || r.state === "acknowledged" || r.state === "open");
+    const deliveries = requests.map((r) => el("li", { class: "card" }, el("strong", {}, r.id), " ", statusCell(r.state),
+      el("ul", {}, r.lines.filter((l) => !l.received).map((l) => {
+        const key = "receive-" + r.id + "-" + l.sku;
+        return el("li", {}, skuName(store, l.sku), " ", quantity(l.qty, l.unit), " ",
+          button(key, w("receive"), "stores/" + store + "/stock/" + l.sku + "/events",
+            () => ({ kind: "receive", qty: l.qty, unit: l.unit, at: at(), device: user, ref: r.id })), outcome(key));
+      }))));
+    return [
+      el("ul", { class: "tiles kitchen" }, tiles),
+      el("section", {}, el("h2", {}, w("wasteTitle")), wasteForm, recent),
+      requests.length ? el("section", {}, el("h2", {}, w("deliveries")), el("ul", { class: "cards" }, deliveries)) : null,
+    ];
+  }
+
+  function floorView() {
+    return el("ul", { class: "tiles floor" }, dishesOf().map((d) =>
+      el("li", { class: "tile " + d.status, dataset: { dish: d.dish } },
+        el("div", { class: "name" }, dishName(store, d.dish)),
+        el("div", { class: "portions" }, d.status === "sold_out" ? w("sold_out") : String(d.portions)))));
+  }
+
+  function hqView() {
+    const summaries = under("hq/stores/+/summary");
+    const badness = (s) => s.sold_out.length * 100 + s.low.length * 10 + s.open_requests.length + s.open_transfers.length + s.waste_ratio;
+    summaries.sort((a, b) => badness(b) - badness(a));
+    return el("section", {}, el("h2", {}, w("stores")), tableOf(
+      [w("store"), w("soldOut"), w("lowSkus"), w("requests"), w("transfers"), w("waste")],
+      summaries.map((s) => el("tr", { dataset: { store: s.store } },
+        el("td", {}, el("a", { href: "/stores/" + encodeURIComponent(s.store) }, catalogOf(s.store).name || s.store)),
+        el("td", { class: "num" }, s.sold_out.length), el("td", { class: "num" }, s.low.length),
+        el("td", { class: "num" }, s.open_requests.length), el("td", { class: "num" }, s.open_transfers.length),
+        el("td", { class: "num" }, (s.waste_ratio * 100).toFixed(1) + "%")))));
+  }
+
+  const VIEWS = { store: storeView, manager: managerView, kitchen: kitchenView, floor: floorView, hq: hqView };
+
+  let scheduled = false;
+  function render() {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      const focused = document.activeElement && document.activeElement.closest("form") ? document.activeElement : null;
+      if (focused) return; // never re-render under a person typing
+      main.replaceChildren(...[].concat((VIEWS[view] || floorView)()).filter(Boolean));
+      main.dataset.rendered = String(docs.size);
+    });
+  }
+
+  // ------------------------------------------------------------ live
+  function setStatus(state) {
+    if (!statusBox) return;
+    statusBox.dataset.state = state;
+    const last = lastUpdate ? " · " + w("last") + " " + clock(lastUpdate, true) : "";
+    statusBox.textContent = w(state) + last;
+  }
+
+  function connect() {
+    const path = view === "hq" ? "/live/hq" : "/live/stores/" + encodeURIComponent(store) + "/" + view;
+    const source = new EventSource(path);
+    source.addEventListener("doc", (e) => {
+      const m = JSON.parse(e.data);
+      if (m.topic.endsWith("/alerts")) {
+        if (m.doc) keepAlert(Object.assign({ fresh: true }, m.doc));
+      } else {
+        keep(m.topic, m.doc);
+      }
+      lastUpdate = new Date().toISOString();
+      setStatus("live");
+      render();
+    });
+    source.addEventListener("ready", () => {
+      body.dataset.live = "ready";
+      setStatus("live");
+      flush();
+      render();
+    });
+    source.onopen = () => setStatus("live");
+    source.onerror = () => {
+      body.dataset.live = "reconnecting";
+      setStatus("reconnecting");
+    };
+  }
+
+  async function loadAlerts() {
+    if (!store || !user || (view !== "store" && view !== "manager")) return;
+    try {
+      const answer = await fetch("/app/stores/" + encodeURIComponent(store) + "/alerts", { credentials: "same-origin" });
+      if (!answer.ok) return;
+      const record = await answer.json();
+      for (const a of record.recent.slice().reverse()) keepAlert(a);
+      render();
+    } catch (e) {
+      // The live stream brings the next ones.
+    }
+  }
+
+  // A form left: what changed meanwhile is shown.
+  main.addEventListener("focusout", () => setTimeout(render, 0));
+  window.addEventListener("online", flush);
+  window.addEventListener("offline", () => {
+    online = false;
+    showQueue();
+  });
+  for (const t of queued()) outcomes.set(t.key, { state: "pending", label: t.label });
+  showQueue();
+  connect();
+  loadAlerts();
+  render();
+})();

@@ -1,0 +1,108 @@
+//! A live page's stream: server-sent events of the documents the broker
+//! publishes, under the filters the page's person may subscribe to. First
+//! everything retained under them (the page's starting state — and again
+//! after a dropped connection, when the browser reconnects, or when the
+//! page fell more than [`LIVE_BACKLOG`](crate::outbound::LIVE_BACKLOG)
+//! messages behind), then each message as it is delivered. Every document
+//! carries its `rev`; a page keeps the highest.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use crate::outbound::Outbound;
+
+/// Whether `topic` falls under the MQTT topic filter `filter` (`+` one
+/// level, a trailing `#` any number).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match (part, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (literal, Some(level)) if literal == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+/// One event: the topic and the document (`null`: cleared); `None` when
+/// the payload is not JSON (never, for what the rules publish).
+fn event(topic: &str, payload: &[u8]) -> Option<Event> {
+    let doc = if payload.is_empty() {
+        "null"
+    } else {
+        let text = std::str::from_utf8(payload).ok()?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+        text
+    };
+    let topic = serde_json::to_string(topic).ok()?;
+    Some(Event::default().event("doc").data(format!("{{\"topic\":{topic},\"doc\":{doc}}}")))
+}
+
+/// Events a page may have waiting before its stream waits for it.
+const PAGE_QUEUE: usize = 1024;
+
+/// The stream of a page allowed `filters`.
+pub fn stream(out: Outbound, filters: Vec<String>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (tx, rx) = mpsc::channel::<Event>(PAGE_QUEUE);
+    tokio::spawn(async move {
+        // Listening before the snapshot is read: nothing falls between.
+        let mut live = out.live();
+        'snapshot: loop {
+            for filter in &filters {
+                for (topic, payload) in out.retained(filter).await {
+                    if let Some(e) = event(&topic, &payload) {
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if tx.send(Event::default().event("ready").data("{}")).await.is_err() {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(m) => {
+                        if !filters.iter().any(|f| filter_matches(f, &m.topic)) {
+                            continue;
+                        }
+                        if let Some(e) = event(&m.topic, &m.payload) {
+                            if tx.send(e).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // Fell behind: everything again, then on.
+                    Err(RecvError::Lagged(_)) => continue 'snapshot,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        assert!(filter_matches("stores/s1/dishes/+/availability", "stores/s1/dishes/burger/availability"));
+        assert!(!filter_matches("stores/s1/dishes/+/availability", "stores/s2/dishes/burger/availability"));
+        assert!(!filter_matches("stores/s1/dishes/+/availability", "stores/s1/dishes/burger"));
+        assert!(filter_matches("stores/s1/#", "stores/s1/stock/bun/level"));
+        assert!(filter_matches("stores/s1/alerts", "stores/s1/alerts"));
+        assert!(!filter_matches("stores/s1/alerts", "stores/s1/alerts/x"));
+    }
+}
