@@ -1203,7 +1203,10 @@ impl Validator {
                     continue;
                 }
                 (true, false) => {
-                    self.issue(format!("{place}.store"), format!("a {} needs a store or stores", role.as_str()));
+                    self.issue(
+                        format!("{place}.store"),
+                        format!("a {} needs a store or stores", role.as_str()),
+                    );
                     continue;
                 }
                 (false, false) => Stores::Some(self.named_stores(&place, named, stores)),

@@ -76,16 +76,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let identities = Identities::default();
     let namespaces = Arc::new(crate::namespaces::Namespaces::new(settings.namespaces.clone()));
-    let _ = api_slot.set(crate::api::Api::new(
+    let people = settings
+        .web
+        .map(|_| crate::people::People::new(&settings.web_app, settings.login_failures_per_minute));
+    let api = crate::api::Api::new(
         rules.clone(),
         namespaces.clone(),
         out.clone(),
         (storage.clone(), settings.catalog.clone()),
         &settings.integrations,
         settings.max_publish_rate,
-        webhooks,
-        settings.web.map(|_| crate::people::People::new(&settings.web_app, settings.login_failures_per_minute)),
-    ));
+    );
+    let _ = api_slot.set(api.with_webhooks(webhooks).with_people(people));
     let sessions = Sessions::new(identities.clone(), settings.allow_anonymous, namespaces.clone());
     let register = scx.extends.hook_mgr().register();
     let authenticator = Authenticator::new(

@@ -78,8 +78,6 @@ impl Api {
         (store, catalog): (crate::store::Store, Arc<dishsync_inventory::Catalog>),
         integrations: &[Integration],
         default_rate: u32,
-        webhooks: Option<Arc<crate::webhooks::Webhooks>>,
-        people: Option<crate::people::People>,
     ) -> Api {
         let limiters = integrations
             .iter()
@@ -93,9 +91,19 @@ impl Api {
             catalog,
             integrations: Integrations::new(integrations),
             limiters,
-            webhooks,
-            people,
+            webhooks: None,
+            people: None,
         }
+    }
+
+    /// The API telling of `webhooks`' endpoints too.
+    pub fn with_webhooks(self, webhooks: Option<Arc<crate::webhooks::Webhooks>>) -> Api {
+        Api { webhooks, ..self }
+    }
+
+    /// The API serving the web app's `people` too.
+    pub fn with_people(self, people: Option<crate::people::People>) -> Api {
+        Api { people, ..self }
     }
 
     /// The web app's people, if it serves people.

@@ -42,7 +42,11 @@ fn event(topic: &str, payload: &[u8]) -> Option<Event> {
         text
     };
     let topic = serde_json::to_string(topic).ok()?;
-    Some(Event::default().event("doc").data(format!("{{\"topic\":{topic},\"doc\":{doc}}}")))
+    Some(
+        Event::default()
+            .event("doc")
+            .data(format!("{{\"topic\":{topic},\"doc\":{doc}}}")),
+    )
 }
 
 /// Events a page may have waiting before its stream waits for it.
@@ -98,9 +102,18 @@ mod tests {
 
     #[test]
     fn filters_match_as_mqtt_says() {
-        assert!(filter_matches("stores/s1/dishes/+/availability", "stores/s1/dishes/burger/availability"));
-        assert!(!filter_matches("stores/s1/dishes/+/availability", "stores/s2/dishes/burger/availability"));
-        assert!(!filter_matches("stores/s1/dishes/+/availability", "stores/s1/dishes/burger"));
+        assert!(filter_matches(
+            "stores/s1/dishes/+/availability",
+            "stores/s1/dishes/burger/availability"
+        ));
+        assert!(!filter_matches(
+            "stores/s1/dishes/+/availability",
+            "stores/s2/dishes/burger/availability"
+        ));
+        assert!(!filter_matches(
+            "stores/s1/dishes/+/availability",
+            "stores/s1/dishes/burger"
+        ));
         assert!(filter_matches("stores/s1/#", "stores/s1/stock/bun/level"));
         assert!(filter_matches("stores/s1/alerts", "stores/s1/alerts"));
         assert!(!filter_matches("stores/s1/alerts", "stores/s1/alerts/x"));

@@ -108,7 +108,10 @@ pub fn router(slot: Slot) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/lang/{lang}", get(choose_lang))
-        .route("/assets/app.js", get(|| async { asset("text/javascript", pages::APP_JS) }))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript", pages::APP_JS) }),
+        )
         .route("/assets/app.css", get(|| async { asset("text/css", pages::APP_CSS) }))
         .route("/hq", get(hq_page))
         .route("/stores/{store}", get(store_page))
@@ -122,26 +125,31 @@ pub fn router(slot: Slot) -> Router {
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
     (
-        [
-            (header::CONTENT_TYPE, kind),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
+        [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")],
         body,
     )
         .into_response()
 }
 
-/// The API and the web app, or a page saying the broker is starting.
-fn ready(slot: &Slot) -> Result<(&Api, &People), Response> {
-    match slot.get().and_then(|api| api.people().map(|p| (api, p))) {
-        Some(both) => Ok(both),
-        None => Err((
+/// The broker is still restoring its state.
+struct Starting;
+
+impl IntoResponse for Starting {
+    fn into_response(self) -> Response {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
             "the broker is starting; try again in a moment",
         )
-            .into_response()),
+            .into_response()
     }
+}
+
+/// The API and the web app, once the state is restored.
+fn ready(slot: &Slot) -> Result<(&Api, &People), Starting> {
+    slot.get()
+        .and_then(|api| api.people().map(|p| (api, p)))
+        .ok_or(Starting)
 }
 
 /// A cookie of the request.
@@ -203,7 +211,7 @@ fn home_of(user: &User, api: &Api) -> String {
 async fn home(State(slot): State<Slot>, headers: HeaderMap) -> Response {
     let (api, people) = match ready(&slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match person(people, &headers) {
         Some((user, _, _)) => Redirect::to(&home_of(user, api)).into_response(),
@@ -261,14 +269,19 @@ async fn login(
 ) -> Response {
     let (api, people) = match ready(&slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let next = safe_next(form.next.as_deref()).to_string();
     let lang = lang(&headers);
     // The form's token must be the one its page set: no login from
     // another site's form.
     if !cookie(&headers, LOGIN_COOKIE).is_some_and(|c| sessions::same_token(c, &form.csrf)) {
-        return login_form(&headers, &next, Some(pages::text(lang, "login_expired")), StatusCode::FORBIDDEN);
+        return login_form(
+            &headers,
+            &next,
+            Some(pages::text(lang, "login_expired")),
+            StatusCode::FORBIDDEN,
+        );
     }
     let ip = peer.ip();
     if people.brake.blocked(ip) {
@@ -336,11 +349,15 @@ struct LogoutForm {
 async fn logout(State(slot): State<Slot>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
     let (_, people) = match ready(&slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Some((user, session, token)) = person(people, &headers) {
         if !sessions::same_token(&session.csrf, &form.csrf) {
-            return (StatusCode::FORBIDDEN, "the page's token is not this session's: reload it").into_response();
+            return (
+                StatusCode::FORBIDDEN,
+                "the page's token is not this session's: reload it",
+            )
+                .into_response();
         }
         people.sessions.end(&token);
         info!(user = %user.name, "logged out of the web app");
@@ -383,7 +400,7 @@ fn viewer(user: &User, view: View, store: Option<&StoreId>) -> Option<Identity> 
 async fn hq_page(State(slot): State<Slot>, headers: HeaderMap) -> Response {
     let (api, people) = match ready(&slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some((user, session, _)) = person(people, &headers) else {
         return to_login("/hq");
@@ -398,7 +415,11 @@ async fn store_page(State(slot): State<Slot>, Path(store): Path<String>, headers
     show(&slot, &store, View::Store, &headers)
 }
 
-async fn view_page(State(slot): State<Slot>, Path((store, view)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn view_page(
+    State(slot): State<Slot>,
+    Path((store, view)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     match View::parse(&view) {
         Some(view) if view != View::Hq && view != View::Store => show(&slot, &store, view, &headers),
         _ => StatusCode::NOT_FOUND.into_response(),
@@ -410,9 +431,13 @@ async fn view_page(State(slot): State<Slot>, Path((store, view)): Path<(String, 
 fn show(slot: &Slot, store: &str, view: View, headers: &HeaderMap) -> Response {
     let (api, people) = match ready(slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
-    let Some(store) = store.parse::<StoreId>().ok().filter(|s| api.catalog().store(s).is_some()) else {
+    let Some(store) = store
+        .parse::<StoreId>()
+        .ok()
+        .filter(|s| api.catalog().store(s).is_some())
+    else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let here = format!("/stores/{store}{}", view.suffix());
@@ -428,7 +453,14 @@ fn show(slot: &Slot, store: &str, view: View, headers: &HeaderMap) -> Response {
     }
 }
 
-fn page(api: &Api, user: &User, session: Option<&Session>, view: View, store: Option<&StoreId>, headers: &HeaderMap) -> Response {
+fn page(
+    api: &Api,
+    user: &User,
+    session: Option<&Session>,
+    view: View,
+    store: Option<&StoreId>,
+    headers: &HeaderMap,
+) -> Response {
     let stores = user.stores_of(api.catalog().stores().map(|s| &s.id));
     let views: Vec<View> = View::STORE_VIEWS
         .into_iter()
@@ -450,7 +482,7 @@ fn page(api: &Api, user: &User, session: Option<&Session>, view: View, store: Op
 async fn live_hq(State(slot): State<Slot>, headers: HeaderMap) -> Response {
     let (api, people) = match ready(&slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some((user, _, _)) = person(people, &headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -464,10 +496,14 @@ async fn live_hq(State(slot): State<Slot>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn live_store(State(slot): State<Slot>, Path((store, view)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn live_store(
+    State(slot): State<Slot>,
+    Path((store, view)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let (api, people) = match ready(&slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (Ok(store), Some(view)) = (store.parse::<StoreId>(), View::parse(&view)) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -490,7 +526,7 @@ async fn live_store(State(slot): State<Slot>, Path((store, view)): Path<(String,
 async fn alerts(State(slot): State<Slot>, Path(store): Path<String>, headers: HeaderMap) -> Response {
     let (api, people) = match ready(&slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some((user, _, _)) = person(people, &headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -511,18 +547,30 @@ async fn alerts(State(slot): State<Slot>, Path(store): Path<String>, headers: He
 }
 
 /// A tap: the input a page made, on `topic`, as the person logged in.
-async fn act(State(slot): State<Slot>, Path(topic): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn act(
+    State(slot): State<Slot>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let (api, people) = match ready(&slot) {
         Ok(both) => both,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let refuse = |status: StatusCode, code: &str, message: &str| {
         (status, axum::Json(serde_json::json!({"code": code, "error": message}))).into_response()
     };
     let Some((user, session, _)) = person(people, &headers) else {
-        return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", "not logged in: log in again");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "not logged in: log in again",
+        );
     };
-    let token = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let token = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if !sessions::same_token(&session.csrf, token) {
         return refuse(
             StatusCode::FORBIDDEN,

@@ -60,8 +60,16 @@ const WORDS: [(&str, &str, &str); 20] = [
     ("password", "Password", "密码"),
     ("logout", "Log out", "退出"),
     ("wrong_password", "Wrong name or password.", "用户名或密码错误。"),
-    ("too_many", "Too many failed logins from here: wait a minute.", "登录失败次数过多，请一分钟后再试。"),
-    ("login_expired", "The login form expired: try again.", "登录表单已过期，请重试。"),
+    (
+        "too_many",
+        "Too many failed logins from here: wait a minute.",
+        "登录失败次数过多，请一分钟后再试。",
+    ),
+    (
+        "login_expired",
+        "The login form expired: try again.",
+        "登录表单已过期，请重试。",
+    ),
     ("refused", "You may not open this page.", "您无权打开此页面。"),
     ("hq", "All stores", "全部门店"),
     ("store", "Store", "门店"),
@@ -406,7 +414,10 @@ mod tests {
 
     #[test]
     fn what_a_page_shows_is_escaped() {
-        assert_eq!(escape("<script>alert('x')</script> & \"q\""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;");
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
         assert_eq!(url_escape("/stores/s1?x=<y>"), "/stores/s1%3Fx%3D%3Cy%3E");
         let page = login(Lang::Zh, "t\"oken", "/x\"><script>", Some("<b>no</b>"));
         assert!(!page.contains("<script>"), "{page}");

@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(token.len(), 64);
         assert_ne!(token, session.csrf);
         assert_eq!(sessions.find(&token, t0).map(|s| s.user), Some(anna.clone()));
-        assert!(sessions.find(&session.csrf, t0).is_none(), "the CSRF token is no cookie");
+        assert!(
+            sessions.find(&session.csrf, t0).is_none(),
+            "the CSRF token is no cookie"
+        );
         assert!(sessions.find(&token, t0 + Duration::from_secs(61)).is_none(), "expired");
         let (other, _) = sessions.start(anna, t0).expect("randomness");
         sessions.end(&other);

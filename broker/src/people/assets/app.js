@@ -324,8 +324,10 @@
       el("div", { class: "muted" }, statusCell(t.state), " ", t.reason || ""),
       el("div", { class: "actions" }, actions.map((a) => {
         const key = "transfer-" + t.id + "-" + a;
-        return [button(key, w(a), "stores/" + store + "/transfers/" + t.id + "/" + a, () => ({ by: user }), { dataset: { key, action: a } }), outcome(key)];
-      })));
+        return button(key, w(a), "stores/" + store + "/transfers/" + t.id + "/" + a, () => ({ by: user }), { dataset: { key, action: a } });
+      })),
+      // What became of each tap on it, whichever buttons its state shows now.
+      ["accept", "decline", "dispatch", "receive", "cancel"].map((a) => outcome("transfer-" + t.id + "-" + a)));
   }
 
   function managerView() {
@@ -376,7 +378,6 @@
         d.override ? [
           el("div", { class: "muted" }, w("eightySix") + (d.override.until ? " → " + clock(d.override.until) : "")),
           button(keyRelease, w("release"), topic, () => ({ status: "auto", by: user }), { class: "tap release" }),
-          outcome(keyRelease),
         ] : [
           el("div", { class: "actions" },
             button(key86, w("eightySix") + " · " + w("endOfService"), topic, () => ({ status: "sold_out", by: user, until: endOfService() }), { class: "tap eighty-six" }),
@@ -390,8 +391,9 @@
               if (until <= Date.now()) until += 86400000;
               return { status: "sold_out", by: user, until: new Date(until).toISOString() };
             })),
-          outcome(key86), outcome(key86 + "-hour"), outcome(key86 + "-until"),
         ],
+        // What became of each tap on it, whichever buttons it shows now.
+        [key86, key86 + "-hour", key86 + "-until", keyRelease].map(outcome),
       );
     });
     const reasons = ["spoiled", "dropped", "expired", "equipment_failure"];
