@@ -78,7 +78,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let namespaces = Arc::new(crate::namespaces::Namespaces::new(settings.namespaces.clone()));
     let people = settings
         .web
-        .map(|_| crate::people::People::new(&settings.web_app, settings.login_failures_per_minute));
+        .map(|_| crate::people::People::new(&settings.web_app, settings.login_failures_per_minute, storage.clone()));
     let api = crate::api::Api::new(
         rules.clone(),
         namespaces.clone(),

@@ -43,6 +43,7 @@
 //! | `wn` | — | the next webhook delivery number (u64, big-endian) |
 //! | `wc/` | endpoint | every delivery below this number is done (u64, big-endian) |
 //! | `wx/` | endpoint `/` delivery number (u64, big-endian) | a dead letter: a delivery given up |
+//! | `ws/` | SHA-256 of a web session's token | the session (person, CSRF token, end) |
 //!
 //! Start-up reads the snapshot, current once the journal is replayed: the
 //! SKU, dish, menu and plan records, and the requests and transfers `s`
@@ -56,8 +57,12 @@
 //! journal: losing the latest of them in a crash only sends a delivery
 //! again under the same id, which a receiver de-duplicates.
 //!
+//! Web sessions (`ws/`) are written straight into sled by the web app at
+//! login and logout, flushed at once, so a restart keeps people logged in.
+//!
 //! Invariant: only the rules shell writes here, and only through [`Commit`]
-//! — but for the webhook senders' progress and dead letters.
+//! — but for the webhook senders' progress and dead letters, and the web
+//! app's sessions.
 
 pub mod journal;
 
@@ -989,6 +994,31 @@ impl Store {
     /// (not synced: the next checkpoint or a later call makes it durable).
     pub fn set_webhook_cursor(&self, endpoint: &str, cursor: u64) -> Result<(), StoreError> {
         self.db().insert(format!("wc/{endpoint}"), &cursor.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Keeps a web session under `key` (its token's hash), durably.
+    pub fn put_session(&self, key: &[u8; 32], session: &[u8]) -> Result<(), StoreError> {
+        let mut k = b"ws/".to_vec();
+        k.extend_from_slice(key);
+        self.db().insert(k, session)?;
+        self.db().flush()?;
+        Ok(())
+    }
+
+    /// The web session kept under `key`, if any.
+    pub fn session(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut k = b"ws/".to_vec();
+        k.extend_from_slice(key);
+        Ok(self.db().get(k)?.map(|v| v.to_vec()))
+    }
+
+    /// Forgets the web session under `key`, durably.
+    pub fn end_session(&self, key: &[u8; 32]) -> Result<(), StoreError> {
+        let mut k = b"ws/".to_vec();
+        k.extend_from_slice(key);
+        self.db().remove(k)?;
+        self.db().flush()?;
         Ok(())
     }
 

@@ -25,7 +25,7 @@ pub mod users;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -85,11 +85,11 @@ pub struct People {
 
 impl People {
     /// The web app of `app`, with logins braked like devices'
-    /// (`failures_per_minute` per address).
-    pub fn new(app: &WebApp, failures_per_minute: u32) -> People {
+    /// (`failures_per_minute` per address) and sessions kept in `store`.
+    pub fn new(app: &WebApp, failures_per_minute: u32, store: crate::store::Store) -> People {
         People {
             users: app.users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
-            sessions: Sessions::new(app.session_ttl),
+            sessions: Sessions::new(app.session_ttl, Some(store)),
             brake: FailureBrake::new(failures_per_minute),
             floor_public: app.floor_public,
         }
@@ -97,7 +97,7 @@ impl People {
 
     /// Sessions open now.
     pub fn sessions_open(&self) -> usize {
-        self.sessions.open(Instant::now())
+        self.sessions.open(dishsync_protocol::payload::Timestamp::now().0)
     }
 }
 
@@ -182,7 +182,9 @@ fn lang(headers: &HeaderMap) -> Lang {
 /// The person logged in, with their session and its token.
 fn person<'a>(people: &'a People, headers: &HeaderMap) -> Option<(&'a User, Session, String)> {
     let token = cookie(headers, SESSION_COOKIE)?;
-    let session = people.sessions.find(token, Instant::now())?;
+    let session = people
+        .sessions
+        .find(token, dishsync_protocol::payload::Timestamp::now().0)?;
     let user = people.users.get(&session.user)?;
     Some((user, session, token.to_string()))
 }
@@ -322,7 +324,10 @@ async fn login(
             );
         }
     };
-    let Some((token, _)) = people.sessions.start(user.name.clone(), Instant::now()) else {
+    let Some((token, _)) = people
+        .sessions
+        .start(user.name.clone(), dishsync_protocol::payload::Timestamp::now().0)
+    else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     info!(user = %user.name, role = user.role.as_str(), %ip, "logged in to the web app");

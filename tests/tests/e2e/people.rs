@@ -396,3 +396,61 @@ async fn a_transfer_worked_from_the_phone_moves_both_stores() -> Result<()> {
     }
     Ok(())
 }
+
+/// A tap made while the broker is down waits in the page, which says so;
+/// once the broker is back (killed with SIGKILL, restarted on the same
+/// addresses) the page is live again without a reload, the person is
+/// still logged in, and the tap is applied once. The page in Chinese too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tap_made_while_the_broker_is_down_is_applied_when_it_is_back() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let web = crate::support::free_addr()?;
+    let listen = crate::support::free_addr()?;
+    let config = format!(
+        "{}\n[web]\nlisten = \"{web}\"\n\n{}",
+        small_chain(),
+        users(&[("chef-a", "chef", Some("s1"))])?
+    );
+    let mut broker = BrokerProcess::start_on(&config, &data, listen)?;
+    let driver = Driver::start()?;
+    let phone = driver.browser(390, 844, &tmp.path().join("phone"))?;
+    phone.log_in(web, "chef-a", PASSWORD)?;
+    phone.wait_until("the kitchen", "return location.pathname === '/stores/s1/kitchen';")?;
+    // In Chinese.
+    phone.goto(&format!("http://{web}/lang/zh?next=/stores/s1/kitchen"))?;
+    live(&phone)?;
+    assert_eq!(
+        phone.execute("return document.documentElement.lang;", &[])?,
+        json!("zh-Hans")
+    );
+    phone.wait_for("header nav a[aria-current]", |t| t == "厨房")?;
+    phone.wait_for("li[data-dish=chips] .portions", |t| t.ends_with("份"))?;
+    phone.screenshot(&screenshots().join("kitchen-zh-phone.png"))?;
+    phone.goto(&format!("http://{web}/lang/en?next=/stores/s1/kitchen"))?;
+    live(&phone)?;
+
+    broker.kill();
+    phone.wait_for("#status", |t| t.contains("reconnecting"))?;
+    let button = phone.wait_for("li[data-dish=chips] button.eighty-six", |_| true)?;
+    phone.click(&button)?;
+    phone.wait_for("#queue", |t| t.contains("waiting"))?;
+    phone.screenshot(&screenshots().join("kitchen-offline-phone.png"))?;
+
+    let _broker = BrokerProcess::start_on(&config, &data, listen)?;
+    let mut mqtt = Client::connect(listen, "watcher").await?;
+    mqtt.subscribe("stores/s1/dishes/chips/availability", QoS::AtLeastOnce)
+        .await?;
+    phone.wait_for("li[data-dish=chips] .outcome[data-key='86-chips']", |t| t == "done")?;
+    phone.wait_for("#status", |t| t.contains("live"))?;
+    phone.wait_until("the queue is empty", "return document.getElementById('queue').hidden;")?;
+    assert_eq!(
+        phone.url()?,
+        format!("http://{web}/stores/s1/kitchen"),
+        "still logged in, no reload"
+    );
+    mqtt.wait_latest("stores/s1/dishes/chips/availability", |d| {
+        d["status"] == "sold_out" && d["override"]["by"] == "chef-a"
+    })
+    .await?;
+    Ok(())
+}

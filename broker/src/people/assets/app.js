@@ -469,6 +469,7 @@
     statusBox.textContent = w(state) + last;
   }
 
+  let retryIn = 1000;
   function connect() {
     const path = view === "hq" ? "/live/hq" : "/live/stores/" + encodeURIComponent(store) + "/" + view;
     const source = new EventSource(path);
@@ -484,6 +485,7 @@
       render();
     });
     source.addEventListener("ready", () => {
+      retryIn = 1000;
       body.dataset.live = "ready";
       setStatus("live");
       flush();
@@ -493,6 +495,12 @@
     source.onerror = () => {
       body.dataset.live = "reconnecting";
       setStatus("reconnecting");
+      // A browser gives up on a stream answered other than 200 (a broker
+      // still starting): start a new one, waiting longer each time.
+      if (source.readyState === EventSource.CLOSED) {
+        setTimeout(connect, retryIn);
+        retryIn = Math.min(retryIn * 2, 15000);
+      }
     };
   }
 
