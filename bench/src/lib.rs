@@ -19,9 +19,12 @@
 //! intake of the same round (the reference there is MQTT, not bare rmqtt);
 //! `ledger` one store-day read from a ledger of millions of lines, next to
 //! one holding only that day; `webhooks` signed deliveries per second into
-//! a local receiver, next to the MQTT intake (`history`).
+//! a local receiver, next to the MQTT intake (`history`); `pages` change →
+//! availability at many open live pages of the web app, next to as many
+//! MQTT POS, and memory per page.
 
 mod history;
+mod pages;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -89,6 +92,9 @@ enum Scenario {
     /// Webhook deliveries per second drained into a local receiver, next
     /// to the MQTT intake in the same round.
     Webhooks,
+    /// Change → availability at many open live pages of the web app,
+    /// next to as many MQTT POS in the same run; memory per page.
+    Pages,
     /// Every scenario.
     All,
     /// (internal) Serve dishsync with a configuration.
@@ -118,6 +124,7 @@ struct Sizes {
     history_per_day: usize,
     history_reads: usize,
     webhook_skus: usize,
+    pages: usize,
 }
 
 impl Sizes {
@@ -140,6 +147,7 @@ impl Sizes {
                 history_per_day: 1_000,
                 history_reads: 20,
                 webhook_skus: 200,
+                pages: 10,
             }
         } else {
             Sizes {
@@ -159,6 +167,7 @@ impl Sizes {
                 history_per_day: 10_000,
                 history_reads: 200,
                 webhook_skus: 5_000,
+                pages: 200,
             }
         };
         if let Some(r) = cli.rounds {
@@ -630,75 +639,9 @@ async fn latency(
         .forget();
     let r0 = base_rev.lock().map_err(|_| anyhow!("lock"))?.unwrap_or(0);
     let start = Instant::now() + Duration::from_millis(100);
-    let intended = move |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
-    // The changes are sent from a thread of their own: tokio's timer wakes
-    // on whole milliseconds, which would send every change up to a
-    // millisecond late and count that against the broker. The publisher
-    // stays open here until every POS is served.
-    let pacer_client = publisher.clone();
-    let pacer = std::thread::spawn(move || -> Result<Vec<f64>> {
-        let mut late_ms = Vec::with_capacity(events as usize);
-        for k in 1..=events {
-            let due = intended(k).into_std();
-            let now = std::time::Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            late_ms.push(due.elapsed().as_secs_f64() * 1000.0);
-            let payload = match target {
-                Target::Dishsync => stock_event(
-                    &format!("lat-{k}"),
-                    if k % 2 == 1 { "receive" } else { "consume" },
-                    "pub-1",
-                ),
-                Target::Bare => serde_json::to_vec(&json!({"rev": r0 + k}))?,
-            };
-            let (t, q, retain) = match target {
-                Target::Dishsync => ("stores/s1/stock/sku-0/events", QoS::ExactlyOnce, false),
-                Target::Bare => (topic, QoS::AtLeastOnce, true),
-            };
-            pacer_client.try_publish(t, q, retain, payload)?;
-        }
-        Ok(late_ms)
-    });
-    let mut late_ms = tokio::task::spawn_blocking(move || pacer.join())
-        .await?
-        .map_err(|_| anyhow!("the pacing thread panicked"))??;
-    late_ms.sort_by(f64::total_cmp);
-    let late_p99 = percentile(&late_ms, 0.99);
-    if late_p99 > 0.5 {
-        eprintln!(
-            "dishsync-bench: {}: the changes went out up to {late_p99:.2} ms after their intended time (p99); \
-             the latencies include it",
-            target.name()
-        );
-    }
-    // Wait (bounded) until every POS saw the last change.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = seen
-            .lock()
-            .map_err(|_| anyhow!("lock"))?
-            .iter()
-            .filter(|pos| pos.last().is_some_and(|(rev, _)| *rev >= r0 + events))
-            .count();
-        if got >= subscribers || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Change k reached a POS with the first document at rev ≥ r0 + k (a
-    // document may stand for several changes); one sample per change per POS.
-    let mut ms: Vec<f64> = Vec::new();
-    for pos in seen.lock().map_err(|_| anyhow!("lock"))?.iter() {
-        let mut arrivals = pos.iter().peekable();
-        for k in 1..=events {
-            while arrivals.next_if(|(rev, _)| *rev < r0 + k).is_some() {}
-            if let Some((_, t)) = arrivals.peek() {
-                ms.push(t.saturating_duration_since(intended(k)).as_secs_f64() * 1000.0);
-            }
-        }
-    }
+    pace(publisher.clone(), target, events, rate, start, r0, topic).await?;
+    wait_for_last(&seen, subscribers, r0 + events).await?;
+    let mut ms = change_latencies(&seen.lock().map_err(|_| anyhow!("lock"))?, events, r0, rate, start);
     ms.sort_by(f64::total_cmp);
     let expected = events as usize * subscribers;
     if ms.len() < expected {
@@ -721,6 +664,96 @@ async fn latency(
         percentile(&ms, 0.999),
         ms.len(),
     ))
+}
+
+/// Sends `events` stock changes (dishsync) or retained documents (bare) at
+/// `rate` per second from `start`, from a thread of its own: tokio's timer
+/// wakes on whole milliseconds, which would send every change up to a
+/// millisecond late and count that against the broker.
+async fn pace(
+    publisher: AsyncClient,
+    target: Target,
+    events: u64,
+    rate: f64,
+    start: Instant,
+    r0: u64,
+    topic: &'static str,
+) -> Result<()> {
+    let intended = move |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
+    let pacer = std::thread::spawn(move || -> Result<Vec<f64>> {
+        let mut late_ms = Vec::with_capacity(events as usize);
+        for k in 1..=events {
+            let due = intended(k).into_std();
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            late_ms.push(due.elapsed().as_secs_f64() * 1000.0);
+            let payload = match target {
+                Target::Dishsync => stock_event(
+                    &format!("lat-{k}"),
+                    if k % 2 == 1 { "receive" } else { "consume" },
+                    "pub-1",
+                ),
+                Target::Bare => serde_json::to_vec(&json!({"rev": r0 + k}))?,
+            };
+            let (t, q, retain) = match target {
+                Target::Dishsync => ("stores/s1/stock/sku-0/events", QoS::ExactlyOnce, false),
+                Target::Bare => (topic, QoS::AtLeastOnce, true),
+            };
+            publisher.try_publish(t, q, retain, payload)?;
+        }
+        Ok(late_ms)
+    });
+    let mut late_ms = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow!("the pacing thread panicked"))??;
+    late_ms.sort_by(f64::total_cmp);
+    let late_p99 = percentile(&late_ms, 0.99);
+    if late_p99 > 0.5 {
+        eprintln!(
+            "dishsync-bench: {}: the changes went out up to {late_p99:.2} ms after their intended time (p99); \
+             the latencies include it",
+            target.name()
+        );
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until every one of `subscribers` saw `last`.
+async fn wait_for_last(seen: &Mutex<Vec<Arrivals>>, subscribers: usize, last: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = seen
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .iter()
+            .filter(|pos| pos.last().is_some_and(|(rev, _)| *rev >= last))
+            .count();
+        if got >= subscribers || Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Change k (of `events`, sent at `rate` from `start`) reached a subscriber
+/// with the first document at rev ≥ r0 + k (a document may stand for
+/// several changes); one sample per change per subscriber, in ms from the
+/// change's intended time, unsorted.
+fn change_latencies(seen: &[Arrivals], events: u64, r0: u64, rate: f64, start: Instant) -> Vec<f64> {
+    let intended = move |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
+    let mut ms: Vec<f64> = Vec::new();
+    for pos in seen {
+        let mut arrivals = pos.iter().peekable();
+        for k in 1..=events {
+            while arrivals.next_if(|(rev, _)| *rev < r0 + k).is_some() {}
+            if let Some((_, t)) = arrivals.peek() {
+                ms.push(t.saturating_duration_since(intended(k)).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    ms
 }
 
 /// Time for `pos` POS at once to receive `dishes` retained documents each,
@@ -1134,6 +1167,9 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             },
         )
         .await?;
+    }
+    if all || scenario == Scenario::Pages {
+        pages::pages(cli, dir.path(), sizes.rounds, sizes.pages, sizes.seconds).await?;
     }
     if all || scenario == Scenario::Webhooks {
         let (mut delivered, mut intake) = (Vec::new(), Vec::new());

@@ -29,6 +29,7 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
         "http",
         "ledger",
         "webhooks",
+        "pages",
     ] {
         assert!(scenarios.contains(&s), "{s} missing from {scenarios:?}");
     }
@@ -40,6 +41,7 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
             // A store-day from a long ledger next to one holding only it.
             Some("ledger") => ["p99", "reference_p99"],
             Some("webhooks") => ["delivered", "mqtt_intake"],
+            Some("pages") => ["p99", "mqtt_p99"],
             _ => ["dishsync", "bare"],
         };
         for side in sides {
