@@ -44,7 +44,12 @@ fn log_in(web: SocketAddr) -> Result<String> {
     let form = agent
         .post(&format!("http://{web}/login"))
         .set("Cookie", &format!("dishsync_login={cookie}"))
-        .send_form(&[("name", "bench-mgr"), ("password", PASSWORD), ("csrf", &cookie), ("next", "/")]);
+        .send_form(&[
+            ("name", "bench-mgr"),
+            ("password", PASSWORD),
+            ("csrf", &cookie),
+            ("next", "/"),
+        ]);
     let answer = match form {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
@@ -89,7 +94,9 @@ async fn page(
             }
             continue;
         }
-        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
         if event != "doc" || !data.contains("dishes/dish-0/availability") {
             continue;
         }
@@ -196,10 +203,7 @@ pub(super) async fn pages(cli: &Cli, dir: &Path, rounds: usize, pages: usize, se
                     serde_json::to_vec(&serde_json::json!({"id": "init", "kind": "count", "qty": 1000, "unit": "g", "at": at, "device": "stocker"}))?,
                 )
                 .await?;
-                while !matches!(
-                    l.poll().await?,
-                    rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_))
-                ) {}
+                while !matches!(l.poll().await?, rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_))) {}
             }
             if on_pages {
                 let (p50, p99, p999, n, kib) = pages_run(&server, pages, rate, seconds).await?;

@@ -243,6 +243,47 @@ async fn people_see_their_stores_live_and_only_theirs() -> Result<()> {
     live(&phone)?;
     phone.wait_for("tr[data-store=s2]", |t| t.contains("s2"))?;
     phone.screenshot(&shots.join("hq-phone.png"))?;
+
+    // Logging out ends the session: its cookie opens nothing after.
+    let hq_session = phone.cookie("dishsync_session")?.context("a session")?;
+    assert_eq!(status_of(&format!("http://{web}/hq"), Some(&hq_session))?, 200);
+    let logout = phone.find(".logout button")?.context("the logout button")?;
+    phone.click(&logout)?;
+    phone.wait_until("the login page", "return location.pathname === '/login';")?;
+    assert_eq!(status_of(&format!("http://{web}/hq"), Some(&hq_session))?, 303);
+    // Guessing passwords meets the devices' brake: past the limit, even
+    // the right password is refused for a while.
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let mut last = 0;
+    for guess in 0..30 {
+        let form = agent.get(&format!("http://{web}/login")).call()?;
+        let token = form
+            .all("set-cookie")
+            .into_iter()
+            .find_map(|c| c.strip_prefix("dishsync_login="))
+            .and_then(|c| c.split(';').next())
+            .context("the form's cookie")?
+            .to_string();
+        let password = if guess < 29 {
+            format!("guess-{guess}")
+        } else {
+            PASSWORD.to_string()
+        };
+        let answer = agent
+            .post(&format!("http://{web}/login"))
+            .set("Cookie", &format!("dishsync_login={token}"))
+            .send_form(&[("name", "ada"), ("password", &password), ("csrf", &token)]);
+        last = match answer {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => return Err(e.into()),
+        };
+        if last == 429 {
+            break;
+        }
+        assert_eq!(last, 401, "guess {guess}");
+    }
+    assert_eq!(last, 429, "the brake holds");
     Ok(())
 }
 
@@ -434,6 +475,7 @@ async fn a_tap_made_while_the_broker_is_down_is_applied_when_it_is_back() -> Res
     let button = phone.wait_for("li[data-dish=chips] button.eighty-six", |_| true)?;
     phone.click(&button)?;
     phone.wait_for("#queue", |t| t.contains("waiting"))?;
+    phone.wait_for("li[data-dish=chips] .outcome[data-key='86-chips']", |t| t == "sending…")?;
     phone.screenshot(&screenshots().join("kitchen-offline-phone.png"))?;
 
     let _broker = BrokerProcess::start_on(&config, &data, listen)?;
