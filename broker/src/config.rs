@@ -63,6 +63,8 @@ struct FileConfig {
 struct WebSection {
     listen: String,
     #[serde(default)]
+    tls: bool,
+    #[serde(default)]
     floor_public: bool,
     session_hours: Option<f64>,
 }
@@ -292,6 +294,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// The HTTP listener (health and readiness), if any.
     pub web: Option<SocketAddr>,
+    /// Whether it serves over TLS, with the `tls` listener's certificate.
+    pub web_tls: bool,
     /// Play the demo chain's dinner service with this seed (set by the
     /// command line for the built-in demo, never by a file).
     pub demo_service: Option<u64>,
@@ -477,7 +481,12 @@ impl Validator {
         if !(session_hours.is_finite() && (0.01..=720.0).contains(&session_hours)) {
             self.issue("web.session_hours", "must be 0.01 to 720");
         }
+        let web_tls = file.web.as_ref().is_some_and(|w| w.tls);
+        if web_tls && file.broker.tls.is_none() {
+            self.issue("web.tls", "serves with [broker.tls] cert and key: configure them");
+        }
         let web_app = crate::people::WebApp {
+            secure_cookies: web_tls,
             users,
             session_ttl: std::time::Duration::from_secs_f64(session_hours.clamp(0.01, 720.0) * 3600.0),
             floor_public: file.web.as_ref().is_some_and(|w| w.floor_public),
@@ -520,6 +529,7 @@ impl Validator {
             validating_front: file.broker.validating_front.unwrap_or(true),
             tls,
             web,
+            web_tls,
             demo_service: None,
             namespaces,
             credentials,

@@ -47,7 +47,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // The HTTP listener first: a long restore is "alive, not ready".
     let readiness = crate::web::Readiness::new(settings.data_dir.clone());
     let api_slot = crate::api::Slot::default();
-    let web_task = crate::web::open(settings.web, readiness.clone(), Some(api_slot.clone())).await?;
+    let web_tls = web_tls(&settings)?;
+    let web_task = crate::web::open(settings.web, web_tls, readiness.clone(), Some(api_slot.clone())).await?;
 
     let (store, inventory) = restore(&settings).await?;
     republish_all(&out, &inventory).await;
@@ -228,6 +229,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         what = storage.failed() => return Err(crate::store::StorageFailed(what).into()),
     }
     Ok(())
+}
+
+/// The web listener's TLS side, when `[web] tls` asks for it: the broker's
+/// certificate and key (`[broker.tls]`).
+pub(crate) fn web_tls(settings: &Settings) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    match (&settings.tls, settings.web_tls) {
+        (Some(tls), true) => Ok(Some(
+            crate::front::tls_acceptor(&tls.cert, &tls.key, None).context("the web listener's certificate and key")?,
+        )),
+        _ => Ok(None),
+    }
 }
 
 /// The topic aliases an MQTT 5 client may set on one connection.

@@ -159,41 +159,101 @@ pub fn verdict(checks: &[(&'static str, Result<(), String>)]) -> (StatusCode, Va
     (status, json!({ "ready": ready, "checks": named }))
 }
 
-/// Opens the web listener on `addr` (if any) and serves it in a task of
-/// its own, printing `dishsync-broker web on http://ADDR`; the task ends
-/// only if serving fails.
+/// Opens the web listener on `addr` (if any) — over TLS with `tls` — and
+/// serves it in a task of its own, printing `dishsync-broker web on
+/// http://ADDR` (or `https://`); the task ends only if serving fails.
 pub async fn open(
     addr: Option<std::net::SocketAddr>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     readiness: Arc<Readiness>,
     api: Option<crate::api::Slot>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     use anyhow::Context;
-    let bound = match addr {
-        Some(addr) => {
-            let bound = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the web listener {addr}"))?;
-            println!(
-                "dishsync-broker web on http://{}",
-                bound.local_addr().context("reading the web address")?
-            );
-            Some(bound)
-        }
-        None => None,
+    use axum::serve::ListenerExt;
+    let Some(addr) = addr else {
+        return Ok(tokio::spawn(std::future::pending()));
     };
-    let router = router(readiness, api);
-    Ok(tokio::spawn(async move {
-        match bound {
-            Some(bound) => {
-                axum::serve(
-                    bound,
-                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .await
+    let bound = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the web listener {addr}"))?;
+    let local = bound.local_addr().context("reading the web address")?;
+    let router = router(readiness, api).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    Ok(match tls {
+        Some(acceptor) => {
+            println!("dishsync-broker web on https://{local}");
+            let listener = TlsListener::start(bound, acceptor, local);
+            tokio::spawn(async move { axum::serve(listener.tap_io(|_| {}), router).await })
+        }
+        None => {
+            println!("dishsync-broker web on http://{local}");
+            tokio::spawn(async move { axum::serve(bound, router).await })
+        }
+    })
+}
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The web listener over TLS: connections accepted and their handshakes
+/// made in tasks of their own (a client slow to shake hands holds up no
+/// other), handed on once secure.
+struct TlsListener {
+    secured: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    fn start(
+        bound: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        local: std::net::SocketAddr,
+    ) -> TlsListener {
+        let (tx, secured) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match bound.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "web listener: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "web listener: TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "web listener: TLS handshake timed out"),
+                    }
+                });
             }
+        });
+        TlsListener { secured, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.secured.recv().await {
+            Some(secured) => secured,
+            // The accepting task never ends while the listener lives.
             None => std::future::pending().await,
         }
-    }))
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 /// The listener's OpenAPI document (`broker/openapi.json`), served at

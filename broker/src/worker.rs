@@ -79,7 +79,13 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     // The HTTP listener first: a long restore is "alive, not ready"; ready
     // once the worker is subscribed at the external broker.
     let readiness = crate::web::Readiness::new(settings.data_dir.clone());
-    let web_task = crate::web::open(settings.web, readiness.clone(), None).await?;
+    let web_task = crate::web::open(
+        settings.web,
+        crate::server::web_tls(&settings)?,
+        readiness.clone(),
+        None,
+    )
+    .await?;
     let (store, inventory) = restore(&settings).await?;
     let mut opts = MqttOptions::new(attach.client_id.clone(), attach.host.clone(), attach.port);
     opts.set_keep_alive(Duration::from_secs(30));

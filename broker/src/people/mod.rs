@@ -63,6 +63,8 @@ pub struct WebApp {
     pub session_ttl: Duration,
     /// Whether the floor board needs no login.
     pub floor_public: bool,
+    /// Whether cookies are sent over TLS only (the listener serves TLS).
+    pub secure_cookies: bool,
 }
 
 impl Default for WebApp {
@@ -71,6 +73,7 @@ impl Default for WebApp {
             users: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3600),
             floor_public: false,
+            secure_cookies: false,
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct People {
     sessions: Sessions,
     brake: FailureBrake,
     floor_public: bool,
+    /// `; Secure` on every cookie, or nothing.
+    secure: &'static str,
 }
 
 impl People {
@@ -92,6 +97,7 @@ impl People {
             sessions: Sessions::new(app.session_ttl, Some(store)),
             brake: FailureBrake::new(failures_per_minute),
             floor_public: app.floor_public,
+            secure: if app.secure_cookies { "; Secure" } else { "" },
         }
     }
 
@@ -235,22 +241,28 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
-fn login_form(headers: &HeaderMap, next: &str, problem: Option<&str>, status: StatusCode) -> Response {
+fn login_form(slot: &Slot, headers: &HeaderMap, next: &str, problem: Option<&str>, status: StatusCode) -> Response {
+    let secure = secure_of(slot);
     let Some(token) = sessions::random_token() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let html = pages::login(lang(headers), &token, next, problem);
     let mut response = (status, pages::html_headers(), html).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/login; Max-Age=3600"
+        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/login; Max-Age=3600{secure}"
     )) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
     response
 }
 
-async fn login_page(Query(q): Query<NextQuery>, headers: HeaderMap) -> Response {
-    login_form(&headers, safe_next(q.next.as_deref()), None, StatusCode::OK)
+async fn login_page(State(slot): State<Slot>, Query(q): Query<NextQuery>, headers: HeaderMap) -> Response {
+    login_form(&slot, &headers, safe_next(q.next.as_deref()), None, StatusCode::OK)
+}
+
+/// `; Secure` when the listener serves TLS, for every cookie.
+fn secure_of(slot: &Slot) -> &'static str {
+    slot.get().and_then(|api| api.people()).map_or("", |p| p.secure)
 }
 
 /// The login form.
@@ -279,6 +291,7 @@ async fn login(
     // another site's form.
     if !cookie(&headers, LOGIN_COOKIE).is_some_and(|c| sessions::same_token(c, &form.csrf)) {
         return login_form(
+            &slot,
             &headers,
             &next,
             Some(pages::text(lang, "login_expired")),
@@ -289,6 +302,7 @@ async fn login(
     if people.brake.blocked(ip) {
         warn!(%ip, "web login refused: too many failed logins from this address");
         return login_form(
+            &slot,
             &headers,
             &next,
             Some(pages::text(lang, "too_many")),
@@ -317,6 +331,7 @@ async fn login(
             warn!(%ip, name = %form.name.trim(), "web login refused: wrong name or password");
             people.brake.failed(ip);
             return login_form(
+                &slot,
                 &headers,
                 &next,
                 Some(pages::text(lang, "wrong_password")),
@@ -335,8 +350,14 @@ async fn login(
     let mut response = Redirect::to(&to).into_response();
     let max_age = people.sessions.ttl().as_secs();
     for cookie in [
-        format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"),
-        format!("{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0"),
+        format!(
+            "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{}",
+            people.secure
+        ),
+        format!(
+            "{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0{}",
+            people.secure
+        ),
     ] {
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             response.headers_mut().append(header::SET_COOKIE, v);
@@ -369,19 +390,21 @@ async fn logout(State(slot): State<Slot>, headers: HeaderMap, Form(form): Form<L
     }
     let mut response = Redirect::to("/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
+        "{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        people.secure
     )) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
     response
 }
 
-async fn choose_lang(Path(chosen): Path<String>, Query(q): Query<NextQuery>) -> Response {
+async fn choose_lang(State(slot): State<Slot>, Path(chosen): Path<String>, Query(q): Query<NextQuery>) -> Response {
     let lang = Lang::parse(&chosen).unwrap_or(Lang::En);
     let mut response = Redirect::to(safe_next(q.next.as_deref())).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{LANG_COOKIE}={}; SameSite=Strict; Path=/; Max-Age=31536000",
-        lang.as_str()
+        "{LANG_COOKIE}={}; SameSite=Strict; Path=/; Max-Age=31536000{}",
+        lang.as_str(),
+        secure_of(&slot)
     )) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }

@@ -923,3 +923,60 @@ async fn malformed_packets_are_answered_as_the_standard_says() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// `GET path` over TLS to `addr`, trusting `ca_pem`: the whole answer.
+fn https_get(addr: std::net::SocketAddr, ca_pem: &str, path: &str) -> Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    // The server may end without TLS's close_notify; what came is the answer.
+    let _ = tls.read_to_string(&mut answer);
+    Ok(answer)
+}
+
+/// The web listener over TLS with the broker's certificate: the web app's
+/// cookies are `Secure`, and plaintext HTTP to it gets no answer.
+#[test]
+fn the_web_listener_serves_tls_with_the_brokers_certificate() -> Result<()> {
+    let pki = pki()?;
+    let (_tmp, data) = temp_data_dir()?;
+    let hash = dishsync_broker::auth::hash_password("pass-word-9")?;
+    let config = format!(
+        "{}\n[web]\nlisten = \"127.0.0.1:0\"\ntls = true\n\n\
+         [[users]]\nname = \"mgr-a\"\nrole = \"store_manager\"\nstore = \"s1\"\npassword_hash = \"{hash}\"\n",
+        crate::support::small_chain()
+    );
+    let broker = BrokerProcess::start(&with_tls(&config, &tls_lines(&pki, false)), &data)?;
+    let web = broker.web_addr.ok_or_else(|| anyhow!("no web listener"))?;
+    let login = https_get(web, &pki.ca_pem, "/login")?;
+    assert!(login.starts_with("HTTP/1.1 200"), "{login}");
+    let cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: dishsync_login="))
+        .ok_or_else(|| anyhow!("no login cookie: {login}"))?;
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let ready = https_get(web, &pki.ca_pem, "/readyz")?;
+    assert!(ready.contains("\"ready\""), "{ready}");
+    let plain = ureq::get(&format!("http://{web}/login"))
+        .timeout(std::time::Duration::from_secs(10))
+        .call();
+    assert!(plain.is_err(), "plaintext HTTP to the TLS listener is not answered");
+    Ok(())
+}

@@ -204,7 +204,10 @@ impl BrokerProcess {
         std::thread::spawn(move || {
             let (mut tls, mut web) = (None, None);
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if let Some(addr) = line.strip_prefix("dishsync-broker web on http://") {
+                let served = line
+                    .strip_prefix("dishsync-broker web on http://")
+                    .or_else(|| line.strip_prefix("dishsync-broker web on https://"));
+                if let Some(addr) = served {
                     web = addr.trim().parse::<SocketAddr>().ok();
                 }
                 if let Some(addr) = line.strip_prefix("dishsync-broker listening on mqtts://") {
