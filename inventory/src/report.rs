@@ -237,6 +237,43 @@ impl DayReport {
     }
 }
 
+/// A SKU's level over the day: `(when, level)` steps from `from` to the
+/// last change, worked back from `current` (the level now) through the
+/// day's `lines` of the SKU in commit order. A count fixes the level
+/// absolutely, so the curve starts at the day's last count when there is
+/// one (what came before it is not known from its own changes); lines that
+/// did not move the level (stamped before a count) leave it.
+pub fn level_curve(lines: &[&LedgerEntry], current: i64, from: Millis) -> Vec<(Millis, i64)> {
+    let mut points = Vec::new();
+    let mut level = current;
+    let mut counted = false;
+    for line in lines.iter().rev().filter(|l| l.moved) {
+        points.push((line.at, level));
+        if line.kind == EntryKind::Stock(StockKindCode::Count) {
+            counted = true;
+            break;
+        }
+        level -= line.amount;
+    }
+    if !counted {
+        points.push((from, level));
+    }
+    points.reverse();
+    points
+}
+
+/// Portions sold in each local hour of the day (`offset_minutes` from
+/// UTC), from the day's sale records; sales voided since count in none.
+pub fn sales_per_hour<'a>(sales: impl Iterator<Item = &'a SaleRecord>, offset_minutes: i32) -> [u64; 24] {
+    let mut hours = [0u64; 24];
+    for sale in sales.filter(|s| s.voided_by.is_none()) {
+        let minute = (sale.at.div_euclid(60_000) + i64::from(offset_minutes)).rem_euclid(24 * 60);
+        let hour = (minute / 60) as usize;
+        hours[hour] += sale.lines.iter().map(|(_, p)| u64::from(*p)).sum::<u64>();
+    }
+    hours
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +290,48 @@ mod tests {
         let mut l = LedgerEntry::new(&id("s1"), &id(sku), &id(event), kind, amount, at, true);
         l.reason = reason.map(str::to_string);
         (0, l)
+    }
+
+    #[test]
+    fn a_level_over_the_day_is_worked_back_from_now_to_the_last_count() {
+        let sale = |amount, at| line(EntryKind::Sale, "bun", "s", amount, at, None).1;
+        let count = line(EntryKind::Stock(StockKindCode::Count), "bun", "c", 50, 30, None).1;
+        let receive = line(EntryKind::Stock(StockKindCode::Receive), "bun", "r", 10, 20, None).1;
+        let (a, b, c) = (sale(-2, 10), sale(-3, 40), sale(-1, 50));
+        // No count: from the day's start.
+        assert_eq!(level_curve(&[&a, &receive], 18, 0), [(0, 10), (10, 8), (20, 18)]);
+        // A count: from it on.
+        assert_eq!(
+            level_curve(&[&a, &receive, &count, &b, &c], 46, 0),
+            [(30, 50), (40, 47), (50, 46)]
+        );
+        let late = LedgerEntry {
+            moved: false,
+            ..sale(-9, 5)
+        };
+        assert_eq!(
+            level_curve(&[&late, &a], 8, 0),
+            [(0, 10), (10, 8)],
+            "an unmoved line leaves it"
+        );
+    }
+
+    #[test]
+    fn sales_are_counted_in_the_local_hour_they_were_made() {
+        let record = |at, portions, voided: Option<&str>| SaleRecord {
+            at,
+            lines: vec![(id("burger"), portions)],
+            taken: Vec::new(),
+            voided_by: voided.map(id),
+        };
+        let hour = 3_600_000;
+        let sales = [
+            record(30 * 60_000, 2, None),
+            record(hour + 1, 3, None),
+            record(hour + 2, 9, Some("v")),
+        ];
+        let hours = sales_per_hour(sales.iter(), 60);
+        assert_eq!((hours[1], hours[2], hours.iter().sum::<u64>()), (2, 3, 5));
     }
 
     #[test]

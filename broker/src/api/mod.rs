@@ -26,6 +26,7 @@ mod alerts;
 pub mod answer;
 pub(crate) use alerts::record as alerts_record;
 pub(crate) use inputs::submit_as;
+pub use report::day_bounds;
 mod inputs;
 pub mod integrations;
 mod ledger;
@@ -114,6 +115,11 @@ impl Api {
     /// The chain.
     pub fn catalog(&self) -> &dishsync_inventory::Catalog {
         &self.catalog
+    }
+
+    /// The durable store (the ledger's reads).
+    pub fn store_handle(&self) -> &crate::store::Store {
+        &self.store
     }
 
     /// Where the broker publishes (the live pages' stream).
@@ -282,7 +288,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
 
 /// Runs a read of the store off the async threads; a storage failure is
 /// 503.
-async fn read_store<T: Send + 'static>(
+pub(crate) async fn read_store<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let unavailable = |e: String| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);

@@ -125,6 +125,7 @@ pub fn router(slot: Slot) -> Router {
         .route("/live/hq", get(live_hq))
         .route("/live/stores/{store}/{view}", get(live_store))
         .route("/app/stores/{store}/alerts", get(alerts))
+        .route("/app/stores/{store}/today", get(today))
         .route("/act/{*topic}", post(act))
         .with_state(slot)
 }
@@ -572,6 +573,102 @@ async fn alerts(State(slot): State<Slot>, Path(store): Path<String>, headers: He
         Ok(record) => axum::Json(record).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// A store's day so far, for the store page's curves: each SKU's level
+/// over the day, portions sold per local hour, waste by reason — from the
+/// day's ledger (the store's own index) and the sale records it names.
+/// For the people who may read the store's history.
+async fn today(State(slot): State<Slot>, Path(store): Path<String>, headers: HeaderMap) -> Response {
+    let (api, people) = match ready(&slot) {
+        Ok(both) => both,
+        Err(r) => return r.into_response(),
+    };
+    let Some((user, _, _)) = person(people, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let Ok(store) = store.parse::<StoreId>() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let allowed = user.identity(Some(&store)).is_some_and(|i| {
+        i.may_subscribe(&format!("stores/{store}/stock/+/events")).is_ok()
+            && i.may_subscribe(&format!("stores/{store}/sales")).is_ok()
+    });
+    if !allowed {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let offset = api.catalog().planning().utc_offset_minutes;
+    let now = dishsync_protocol::payload::Timestamp::now().0;
+    let Some((date, from, to)) = crate::api::day_bounds(None, offset, now) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let handle = api.store_handle().clone();
+    let reading = store.clone();
+    let read = crate::api::read_store(move || {
+        let lines = handle.ledger_window(&reading, from, to)?;
+        let mut sales = std::collections::BTreeMap::new();
+        for id in dishsync_inventory::DayReport::sales_named(&lines) {
+            if let Some(record) = handle.sale(&reading, &id)? {
+                sales.insert(id, record);
+            }
+        }
+        Ok((lines, sales))
+    })
+    .await;
+    let (lines, sales) = match read {
+        Ok(read) => read,
+        Err(e) => return e.into_response(),
+    };
+    let catalog = api.catalog();
+    let report = dishsync_inventory::DayReport::build(
+        &store,
+        (date.clone(), from, to),
+        &lines,
+        |id| sales.get(id).cloned(),
+        |sku| catalog.sku(sku).map_or("", |s| s.unit.as_str()),
+    );
+    let mut levels = serde_json::Map::new();
+    for (_, payload) in api.outbound().retained(&format!("stores/{store}/stock/+/level")).await {
+        let Ok(level) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+            continue;
+        };
+        let (Some(sku), Some(qty)) = (level["sku"].as_str(), level["qty"].as_i64()) else {
+            continue;
+        };
+        let of_sku: Vec<&dishsync_inventory::LedgerEntry> =
+            lines.iter().map(|(_, l)| l).filter(|l| l.sku.as_str() == sku).collect();
+        let curve: Vec<serde_json::Value> = dishsync_inventory::report::level_curve(&of_sku, qty, from)
+            .into_iter()
+            .map(|(at, qty)| serde_json::json!([dishsync_protocol::payload::Timestamp(at).to_string(), qty]))
+            .collect();
+        levels.insert(
+            sku.to_string(),
+            serde_json::json!({"unit": level["unit"], "points": curve}),
+        );
+    }
+    let waste: serde_json::Map<String, serde_json::Value> = report
+        .skus
+        .iter()
+        .filter(|(_, d)| d.waste > 0)
+        .map(|(sku, d)| {
+            (
+                sku.to_string(),
+                serde_json::json!({"unit": d.unit, "by_reason": d.waste_by_reason}),
+            )
+        })
+        .collect();
+    let hours = dishsync_inventory::report::sales_per_hour(sales.values(), offset);
+    axum::Json(serde_json::json!({
+        "store": store,
+        "date": date,
+        "from": dishsync_protocol::payload::Timestamp(from).to_string(),
+        "to": dishsync_protocol::payload::Timestamp(to).to_string(),
+        "levels": levels,
+        "sales_per_hour": hours,
+        "waste": waste,
+        "waste_ratio": report.waste_ratio,
+    }))
+    .into_response()
 }
 
 /// A tap: the input a page made, on `topic`, as the person logged in.

@@ -154,6 +154,27 @@ async fn people_see_their_stores_live_and_only_theirs() -> Result<()> {
     )
     .await?;
     desktop.wait_for(row, |t| t == "37")?;
+    // Today's curves: the level, the sale in its hour, the waste by reason.
+    let mut dropped = stock_event("waste-1", "waste", 2.0, "pcs", "pos-1");
+    dropped["reason"] = json!("dropped");
+    mqtt.publish_json("stores/s1/stock/bun/events", &dropped, QoS::AtLeastOnce)
+        .await?;
+    desktop.wait_for("tr[data-sku=bun] td.num", |t| t == "35 pcs")?;
+    desktop.goto(&format!("http://{web}/stores/s1"))?;
+    live(&desktop)?;
+    desktop.wait_for(".curves svg text", |_| true)?;
+    desktop.wait_until(
+        "the sale in its hour",
+        "return [...document.querySelectorAll('.curves svg text')].some(t => t.textContent === '3');",
+    )?;
+    desktop.wait_until(
+        "the waste by reason",
+        "return [...document.querySelectorAll('.curves svg text')].some(t => t.textContent.includes('dropped · 2 pcs'));",
+    )?;
+    desktop.wait_until(
+        "a level curve",
+        "return !!document.querySelector('.curves svg path.line');",
+    )?;
     let status = desktop.wait_for("#status", |t| t.contains("live"))?;
     assert!(
         desktop.text(&status)?.contains("last update"),
@@ -205,14 +226,14 @@ async fn people_see_their_stores_live_and_only_theirs() -> Result<()> {
     phone.goto(&format!("http://{web}/stores/s1/floor"))?;
     live(&phone)?;
     let tile = "li[data-dish=burger] .portions";
-    phone.wait_for(tile, |t| t == "37")?;
+    phone.wait_for(tile, |t| t == "35")?;
     mqtt.publish_json(
         "stores/s1/sales",
         &sale("sale-2", &[("burger", 2)], "pos-1"),
         QoS::AtLeastOnce,
     )
     .await?;
-    phone.wait_for(tile, |t| t == "35")?;
+    phone.wait_for(tile, |t| t == "33")?;
     phone.screenshot(&shots.join("floor-phone.png"))?;
     phone.goto(&format!("http://{web}/stores/s1/kitchen"))?;
     live(&phone)?;

@@ -35,7 +35,7 @@
       queued: "offline: {n} tap(s) waiting, sent when the connection is back",
       sending: "{n} tap(s) being sent", noRequests: "No open requests", noTransfers: "No transfers",
       from: "from", to: "to", deliveries: "Deliveries", today: "Today", raised: "raised", cleared: "cleared",
-      nothing: "Nothing yet", open: "Open",
+      nothing: "Nothing yet", open: "Open", salesPerHour: "portions sold per hour", wasteByReason: "waste by reason",
     },
     zh: {
       live: "实时", reconnecting: "重新连接中…", last: "最后更新", offline: "离线",
@@ -53,7 +53,7 @@
       queued: "离线：{n} 个操作等待中，恢复连接后发送",
       sending: "{n} 个操作发送中", noRequests: "暂无补货单", noTransfers: "暂无调拨",
       from: "从", to: "到", deliveries: "到货", today: "今日", raised: "触发", cleared: "解除",
-      nothing: "暂无数据", open: "打开",
+      nothing: "暂无数据", open: "打开", salesPerHour: "每小时售出份数", wasteByReason: "按原因损耗",
     },
   };
   const w = (key) => WORDS[lang][key] || WORDS.en[key] || key;
@@ -275,38 +275,119 @@
         el("ul", {}, list.map((a) => el("li", { class: "alert " + a.state }, el("time", {}, clock(a.at)), " ", a.message))));
   }
 
-  function wasteCurve(summary) {
-    // Waste ratio per SKU today as bars (inline SVG).
-    const entries = Object.entries((summary && summary.waste) || {});
-    if (entries.length === 0) return el("p", { class: "empty" }, w("nothing"));
-    const ns = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(ns, "svg");
-    const height = 22 * entries.length;
-    svg.setAttribute("viewBox", "0 0 300 " + height);
-    svg.setAttribute("class", "chart");
-    svg.setAttribute("role", "img");
-    entries.forEach(([sku, line], i) => {
-      const bar = document.createElementNS(ns, "rect");
-      bar.setAttribute("x", "120");
-      bar.setAttribute("y", String(i * 22 + 4));
-      bar.setAttribute("height", "14");
-      bar.setAttribute("width", String(Math.max(1, Math.round(line.ratio * 180))));
-      const label = document.createElementNS(ns, "text");
-      label.setAttribute("x", "0");
-      label.setAttribute("y", String(i * 22 + 16));
-      label.textContent = skuName(store, sku) + " " + Math.round(line.ratio * 100) + "%";
-      svg.append(bar, label);
+  // ------------------------------------------------------------ curves
+  const SVG = "http://www.w3.org/2000/svg";
+  function svg(width, height, label) {
+    const node = document.createElementNS(SVG, "svg");
+    node.setAttribute("viewBox", "0 0 " + width + " " + height);
+    node.setAttribute("class", "chart");
+    node.setAttribute("role", "img");
+    node.setAttribute("aria-label", label);
+    return node;
+  }
+  function shape(name, attrs, text) {
+    const node = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  let today = null;
+  let todayAt = 0;
+  let curveSku = null;
+  async function loadToday() {
+    if (view !== "store" || !user) return;
+    todayAt = Date.now();
+    try {
+      const answer = await fetch("/app/stores/" + encodeURIComponent(store) + "/today", { credentials: "same-origin" });
+      if (answer.ok) {
+        today = await answer.json();
+        render();
+      }
+    } catch (e) {
+      // Tried again with the next change.
+    }
+  }
+
+  // A SKU's level over the day as steps, its reorder point dashed.
+  function levelCurve() {
+    const skus = today ? Object.keys(today.levels).sort() : [];
+    if (skus.length === 0) return el("p", { class: "empty" }, w("nothing"));
+    if (!curveSku || !skus.includes(curveSku)) {
+      const low = under("stores/" + store + "/stock/+/level").find((l) => l.state !== "ok");
+      curveSku = low ? low.sku : skus[0];
+    }
+    const curve = today.levels[curveSku];
+    const levelDoc = docs.get("stores/" + store + "/stock/" + curveSku + "/level");
+    const until = Math.min(Date.parse(today.to), Date.now());
+    const points = curve.points.map(([t, q]) => [Date.parse(t), q]);
+    // From half an hour before the day's first change (not from midnight).
+    const firstChange = (points[1] || points[0] || [until])[0];
+    const from = Math.max(Date.parse(today.from), firstChange - 1800000);
+    for (const p of points) p[0] = Math.max(p[0], from);
+    points.push([until, levelDoc ? levelDoc.qty : points.length ? points[points.length - 1][1] : 0]);
+    const top = Math.max(1, ...points.map((p) => p[1]), levelDoc ? levelDoc.par : 0);
+    const [W, H, L] = [600, 160, 40];
+    const x = (t) => L + ((t - from) / Math.max(1, until - from)) * (W - L - 10);
+    const y = (q) => H - 20 - (Math.max(0, q) / top) * (H - 30);
+    // Steps: along at the level, then up or down at each change.
+    const [first, ...rest] = points;
+    let d = "M" + x(first[0]).toFixed(1) + " " + y(first[1]).toFixed(1);
+    for (const [t, q] of rest) d += " H" + x(t).toFixed(1) + " V" + y(q).toFixed(1);
+    const chart = svg(W, H, w("level") + " " + skuName(store, curveSku));
+    chart.append(shape("path", { d, class: "line" }));
+    if (levelDoc) {
+      chart.append(shape("line", { x1: L, x2: W - 10, y1: y(levelDoc.reorder_point), y2: y(levelDoc.reorder_point), class: "reorder" }));
+      chart.append(shape("text", { x: 0, y: y(levelDoc.reorder_point) + 4 }, quantity(levelDoc.reorder_point, curve.unit)));
+    }
+    chart.append(shape("text", { x: 0, y: 12 }, quantity(top, curve.unit)));
+    chart.append(shape("text", { x: L, y: H - 4 }, clock(new Date(from).toISOString())));
+    chart.append(shape("text", { x: W - 50, y: H - 4 }, clock(new Date(until).toISOString())));
+    const pick = el("select", { "aria-label": w("sku"), class: "curve-sku", onchange: (e) => { curveSku = e.target.value; render(); } },
+      skus.map((s) => el("option", { value: s, selected: s === curveSku }, skuName(store, s))));
+    return [pick, chart];
+  }
+
+  function salesCurve() {
+    const hours = today ? today.sales_per_hour : [];
+    if (!hours.some((n) => n > 0)) return el("p", { class: "empty" }, w("nothing"));
+    const [W, H] = [600, 140];
+    const top = Math.max(...hours);
+    const chart = svg(W, H, w("salesPerHour"));
+    hours.forEach((n, h) => {
+      const height = (n / top) * (H - 30);
+      chart.append(shape("rect", { x: h * 25 + 2, y: H - 18 - height, width: 20, height: Math.max(0, height), class: "sales" }));
+      if (h % 3 === 0) chart.append(shape("text", { x: h * 25 + 2, y: H - 4 }, String(h).padStart(2, "0")));
+      if (n > 0) chart.append(shape("text", { x: h * 25 + 2, y: H - 22 - height }, String(n)));
     });
-    return svg;
+    return chart;
+  }
+
+  function wasteCurve() {
+    const rows = [];
+    for (const [sku, day] of Object.entries((today && today.waste) || {})) {
+      for (const [reason, qty] of Object.entries(day.by_reason)) rows.push([sku, reason, qty, day.unit]);
+    }
+    if (rows.length === 0) return el("p", { class: "empty" }, w("nothing"));
+    const top = Math.max(...rows.map((r) => r[2]));
+    const chart = svg(600, 22 * rows.length + 4, w("wasteByReason"));
+    rows.forEach(([sku, reason, qty, unit], i) => {
+      chart.append(shape("rect", { x: 260, y: i * 22 + 4, height: 14, width: Math.max(1, Math.round((qty / top) * 320)), class: "waste" }));
+      chart.append(shape("text", { x: 0, y: i * 22 + 16 }, skuName(store, sku) + " · " + w(reason) + " · " + quantity(qty, unit)));
+    });
+    return chart;
   }
 
   function storeView() {
     const summary = docs.get("hq/stores/" + store + "/summary");
+    const ratio = summary ? " " + (summary.waste_ratio * 100).toFixed(1) + "%" : "";
     return [
       alertFeed(),
       el("section", {}, el("h2", {}, w("dish")), dishesTable()),
       el("section", {}, el("h2", {}, w("sku")), levelsTable()),
-      el("section", {}, el("h2", {}, w("today") + " · " + w("waste")), wasteCurve(summary)),
+      el("section", { class: "curves" }, el("h2", {}, w("today") + " · " + w("level")), levelCurve()),
+      el("section", { class: "curves" }, el("h2", {}, w("today") + " · " + w("salesPerHour")), salesCurve()),
+      el("section", { class: "curves" }, el("h2", {}, w("today") + " · " + w("wasteByReason") + " · " + w("waste") + ratio), wasteCurve()),
     ];
   }
 
@@ -482,6 +563,7 @@
       }
       lastUpdate = new Date().toISOString();
       setStatus("live");
+      if (view === "store" && Date.now() - todayAt > 15000) loadToday();
       render();
     });
     source.addEventListener("ready", () => {
@@ -528,5 +610,6 @@
   showQueue();
   connect();
   loadAlerts();
+  loadToday();
   render();
 })();
