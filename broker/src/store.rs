@@ -658,6 +658,9 @@ impl Store {
     /// the state they alone touched) is lost, and reported.
     pub fn repair(dir: &Path) -> Result<Repair, StoreError> {
         let db = open_sled(dir)?;
+        // Every record read once: damage in sled's own files, which the
+        // journal cannot mend, is refused before anything is written.
+        db.checksum()?;
         let journal_dir = dir.join("journal");
         let checkpointed = checkpoint_mark(&db)?;
         let reading = journal::read(&journal_dir, checkpointed)?;

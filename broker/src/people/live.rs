@@ -31,15 +31,19 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     levels.next().is_none()
 }
 
-/// One event: the topic and the document (`null`: cleared); `None` when
-/// the payload is not JSON (never, for what the rules publish).
+/// One event: the topic and the document (`null`: cleared; a string for
+/// presence's plain words); `None` for a payload that is not UTF-8.
 fn event(topic: &str, payload: &[u8]) -> Option<Event> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let quoted;
     let doc = if payload.is_empty() {
         "null"
-    } else {
-        let text = std::str::from_utf8(payload).ok()?;
-        serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    } else if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
         text
+    } else {
+        // Presence is plain words (`online`, `offline`): a JSON string.
+        quoted = serde_json::to_string(text).ok()?;
+        quoted.as_str()
     };
     let topic = serde_json::to_string(topic).ok()?;
     Some(

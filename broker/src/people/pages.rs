@@ -203,7 +203,11 @@ impl View {
     pub fn filters(self, store: Option<&StoreId>, identity: &Identity) -> Vec<String> {
         let s = store.map_or("+", |s| s.as_str());
         let all: Vec<String> = match self {
-            View::Hq => vec!["hq/stores/+/summary".into(), "stores/+/catalog".into()],
+            View::Hq => vec![
+                "hq/stores/+/summary".into(),
+                "stores/+/catalog".into(),
+                "stores/+/devices/+/status".into(),
+            ],
             View::Store => vec![
                 format!("stores/{s}/catalog"),
                 format!("stores/{s}/stock/+/level"),

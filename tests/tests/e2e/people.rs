@@ -254,9 +254,17 @@ async fn people_see_their_stores_live_and_only_theirs() -> Result<()> {
         status_of(&format!("http://{web}/stores/s1/manager"), Some(&chef_session))?,
         403
     );
+    // A device of s2 goes offline: HQ's table puts s2 first.
+    let scale = Client::connect(broker.addr, "scale-9").await?;
+    scale
+        .mqtt
+        .publish("stores/s2/devices/scale-9/status", QoS::AtLeastOnce, true, "offline")
+        .await?;
     desktop.log_in(web, "ada", PASSWORD)?;
     desktop.wait_until("HQ", "return location.pathname === '/hq';")?;
     live(&desktop)?;
+    desktop.wait_for("tr[data-store=s2] td.offline", |t| t == "1")?;
+    desktop.wait_for("tbody tr", |t| t.starts_with("s2"))?;
     desktop.wait_for("tr[data-store=s1]", |t| t.contains("s1"))?;
     desktop.screenshot(&shots.join("hq-desktop.png"))?;
     phone.log_in(web, "ada", PASSWORD)?;
@@ -352,14 +360,29 @@ async fn an_86_tapped_twice_in_the_kitchen_is_applied_once() -> Result<()> {
         .wait_latest("stores/s1/dishes/chips/availability", |d| d["override"].is_null())
         .await?;
     assert!(after["rev"].as_u64() > sold_out["rev"].as_u64());
-    // Two inputs in all, the 86 and its release, each acked once.
+    // A delivery received in the kitchen, with its note.
+    mqtt.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+    let before = mqtt.wait_latest("stores/s1/stock/bun/level", |_| true).await?;
+    let form = "form.receive";
+    phone.wait_for(form, |_| true)?;
+    phone.execute(
+        "const f = document.querySelector(arguments[0]); f.elements.sku.value = 'bun'; \
+         f.elements.qty.value = '12'; f.elements.ref.value = 'dn-77'; f.requestSubmit(); return true;",
+        &[json!(form)],
+    )?;
+    let want = before["qty"].as_i64().unwrap_or(0) + 12;
+    mqtt.wait_latest("stores/s1/stock/bun/level", |d| d["qty"].as_i64() == Some(want))
+        .await?;
+    phone.wait_for("form.receive ~ .outcome", |t| t == "done")?;
+    // Three inputs in all — the 86, its release, the delivery — each
+    // acked once.
     let acks = mqtt
         .wait_until("the chef's acks", |seen| {
             seen.iter()
                 .filter(|m| m.topic == "stores/s1/acks/chef-a")
                 .flat_map(|m| m.json["ids"].as_array().cloned().unwrap_or_default())
                 .count()
-                >= 2
+                >= 3
         })
         .await?;
     let ids: Vec<Value> = acks
@@ -367,7 +390,7 @@ async fn an_86_tapped_twice_in_the_kitchen_is_applied_once() -> Result<()> {
         .filter(|m| m.topic == "stores/s1/acks/chef-a")
         .flat_map(|m| m.json["ids"].as_array().cloned().unwrap_or_default())
         .collect();
-    assert_eq!(ids.len(), 2, "the 86 and the release, once each: {ids:?}");
+    assert_eq!(ids.len(), 3, "the 86, the release and the delivery, once each: {ids:?}");
     let overrides: Vec<&Value> = mqtt
         .all_on("stores/s1/dishes/chips/availability")
         .into_iter()

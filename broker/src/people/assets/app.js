@@ -36,6 +36,7 @@
       sending: "{n} tap(s) being sent", noRequests: "No open requests", noTransfers: "No transfers",
       from: "from", to: "to", deliveries: "Deliveries", today: "Today", raised: "raised", cleared: "cleared",
       nothing: "Nothing yet", open: "Open", salesPerHour: "portions sold per hour", wasteByReason: "waste by reason",
+      offlineDevices: "Offline devices", delivery: "Receive a delivery", reference: "Delivery note or request",
     },
     zh: {
       live: "实时", reconnecting: "重新连接中…", last: "最后更新", offline: "离线",
@@ -54,6 +55,7 @@
       sending: "{n} 个操作发送中", noRequests: "暂无补货单", noTransfers: "暂无调拨",
       from: "从", to: "到", deliveries: "到货", today: "今日", raised: "触发", cleared: "解除",
       nothing: "暂无数据", open: "打开", salesPerHour: "每小时售出份数", wasteByReason: "按原因损耗",
+      offlineDevices: "离线设备", delivery: "收货", reference: "送货单或补货单号",
     },
   };
   const w = (key) => WORDS[lang][key] || WORDS.en[key] || key;
@@ -500,9 +502,25 @@
           button(key, w("receive"), "stores/" + store + "/stock/" + l.sku + "/events",
             () => ({ kind: "receive", qty: l.qty, unit: l.unit, at: at(), device: user, ref: r.id })), outcome(key));
       }))));
+    const receiveForm = el("form", { class: "receive", onsubmit: (e) => {
+      e.preventDefault();
+      const f = e.target.elements;
+      const sku = f.sku.value;
+      const unit = (levels.find((l) => l.sku === sku) || {}).unit;
+      const input = { kind: "receive", qty: Number(f.qty.value), unit, at: at(), device: user };
+      if (f.ref.value.trim()) input.ref = f.ref.value.trim();
+      tap("delivery-" + sku + "-" + Date.now(), w("delivery"), "stores/" + store + "/stock/" + sku + "/events", input);
+      e.target.reset();
+    } },
+    el("select", { name: "sku", "aria-label": w("sku") }, levels.map((l) => el("option", { value: l.sku }, skuName(store, l.sku)))),
+    el("input", { name: "qty", type: "number", min: "0", step: "any", required: true, "aria-label": w("qty") }),
+    el("input", { name: "ref", maxlength: "256", placeholder: w("reference"), "aria-label": w("reference") }),
+    el("button", { type: "submit" }, w("receive")));
+    const received = [...outcomes.entries()].filter(([k]) => k.startsWith("delivery-")).slice(-3).map(([k]) => outcome(k));
     return [
       el("ul", { class: "tiles kitchen" }, tiles),
       el("section", {}, el("h2", {}, w("wasteTitle")), wasteForm, recent),
+      el("section", {}, el("h2", {}, w("delivery")), receiveForm, received),
       requests.length ? el("section", {}, el("h2", {}, w("deliveries")), el("ul", { class: "cards" }, deliveries)) : null,
     ];
   }
@@ -516,15 +534,17 @@
 
   function hqView() {
     const summaries = under("hq/stores/+/summary");
-    const badness = (s) => s.sold_out.length * 100 + s.low.length * 10 + s.open_requests.length + s.open_transfers.length + s.waste_ratio;
+    const offline = (s) => [...docs.entries()].filter(([t, d]) => t.startsWith("stores/" + s + "/devices/") && d === "offline").length;
+    const badness = (s) => s.sold_out.length * 100 + offline(s.store) * 50 + s.low.length * 10 + s.open_requests.length + s.open_transfers.length + s.waste_ratio;
     summaries.sort((a, b) => badness(b) - badness(a));
     return el("section", {}, el("h2", {}, w("stores")), tableOf(
-      [w("store"), w("soldOut"), w("lowSkus"), w("requests"), w("transfers"), w("waste")],
+      [w("store"), w("soldOut"), w("lowSkus"), w("requests"), w("transfers"), w("waste"), w("offlineDevices")],
       summaries.map((s) => el("tr", { dataset: { store: s.store } },
         el("td", {}, el("a", { href: "/stores/" + encodeURIComponent(s.store) }, catalogOf(s.store).name || s.store)),
         el("td", { class: "num" }, s.sold_out.length), el("td", { class: "num" }, s.low.length),
         el("td", { class: "num" }, s.open_requests.length), el("td", { class: "num" }, s.open_transfers.length),
-        el("td", { class: "num" }, (s.waste_ratio * 100).toFixed(1) + "%")))));
+        el("td", { class: "num" }, (s.waste_ratio * 100).toFixed(1) + "%"),
+        el("td", { class: "num offline" }, offline(s.store))))));
   }
 
   const VIEWS = { store: storeView, manager: managerView, kitchen: kitchenView, floor: floorView, hq: hqView };
