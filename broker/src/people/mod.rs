@@ -550,25 +550,35 @@ async fn live_store(
     }
 }
 
+/// The API and `store`, for a person logged in who may read every one of
+/// `filters` (`{store}` standing for the store) there; else the refusal.
+fn reader<'a>(
+    slot: &'a Slot,
+    store: &str,
+    headers: &HeaderMap,
+    filters: &[&str],
+) -> Result<(&'a Api, StoreId), StatusCode> {
+    let (api, people) = ready(slot).map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let (user, _, _) = person(people, headers).ok_or(StatusCode::UNAUTHORIZED)?;
+    let store = store.parse::<StoreId>().map_err(|_| StatusCode::NOT_FOUND)?;
+    let allowed = user.identity(Some(&store)).is_some_and(|i| {
+        filters
+            .iter()
+            .all(|f| i.may_subscribe(&f.replace("{store}", store.as_str())).is_ok())
+    });
+    if !allowed {
+        return Err(StatusCode::FORBIDDEN);
+    }
+    Ok((api, store))
+}
+
 /// The alert record of a store, for a page (alerts are events on MQTT: a
 /// page that opens gets the recent ones from here).
 async fn alerts(State(slot): State<Slot>, Path(store): Path<String>, headers: HeaderMap) -> Response {
-    let (api, people) = match ready(&slot) {
-        Ok(both) => both,
-        Err(r) => return r.into_response(),
+    let (api, store) = match reader(&slot, &store, &headers, &["stores/{store}/alerts"]) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
-    let Some((user, _, _)) = person(people, &headers) else {
-        return StatusCode::UNAUTHORIZED.into_response();
-    };
-    let Ok(store) = store.parse::<StoreId>() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let allowed = user
-        .identity(Some(&store))
-        .is_some_and(|i| i.may_subscribe(&format!("stores/{store}/alerts")).is_ok());
-    if !allowed {
-        return StatusCode::FORBIDDEN.into_response();
-    }
     match crate::api::alerts_record(api, store, 30).await {
         Ok(record) => axum::Json(record).into_response(),
         Err(e) => e.into_response(),
@@ -580,23 +590,11 @@ async fn alerts(State(slot): State<Slot>, Path(store): Path<String>, headers: He
 /// day's ledger (the store's own index) and the sale records it names.
 /// For the people who may read the store's history.
 async fn today(State(slot): State<Slot>, Path(store): Path<String>, headers: HeaderMap) -> Response {
-    let (api, people) = match ready(&slot) {
-        Ok(both) => both,
-        Err(r) => return r.into_response(),
+    let filters = ["stores/{store}/stock/+/events", "stores/{store}/sales"];
+    let (api, store) = match reader(&slot, &store, &headers, &filters) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
-    let Some((user, _, _)) = person(people, &headers) else {
-        return StatusCode::UNAUTHORIZED.into_response();
-    };
-    let Ok(store) = store.parse::<StoreId>() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let allowed = user.identity(Some(&store)).is_some_and(|i| {
-        i.may_subscribe(&format!("stores/{store}/stock/+/events")).is_ok()
-            && i.may_subscribe(&format!("stores/{store}/sales")).is_ok()
-    });
-    if !allowed {
-        return StatusCode::FORBIDDEN.into_response();
-    }
     let offset = api.catalog().planning().utc_offset_minutes;
     let now = dishsync_protocol::payload::Timestamp::now().0;
     let Some((date, from, to)) = crate::api::day_bounds(None, offset, now) else {
