@@ -39,6 +39,11 @@ pub struct Metrics {
     dropped: AtomicU64,
     alerts_raised: AtomicU64,
     connections: Mutex<BTreeMap<&'static str, i64>>,
+    webhook_deliveries: AtomicU64,
+    webhook_failed: AtomicU64,
+    webhook_dead: AtomicU64,
+    webhook_pending: Mutex<BTreeMap<String, u64>>,
+    web_sessions: AtomicU64,
 }
 
 /// What the rules are asked for at a scrape.
@@ -117,6 +122,31 @@ impl Metrics {
         }
     }
 
+    /// A webhook delivery was taken by its endpoint.
+    pub fn webhook_delivered(&self) {
+        self.webhook_deliveries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A webhook attempt failed; `given_up` when it was the last.
+    pub fn webhook_failed(&self, given_up: bool) {
+        self.webhook_failed.fetch_add(1, Ordering::Relaxed);
+        if given_up {
+            self.webhook_dead.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `endpoint` has `pending` deliveries waiting or being sent.
+    pub fn webhook_pending(&self, endpoint: &str, pending: usize) {
+        if let Ok(mut map) = self.webhook_pending.lock() {
+            map.insert(endpoint.to_string(), pending as u64);
+        }
+    }
+
+    /// The web app has `open` sessions.
+    pub fn web_sessions(&self, open: usize) {
+        self.web_sessions.store(open as u64, Ordering::Relaxed);
+    }
+
     /// The `/metrics` page, with `gauges` from the rules.
     pub fn render(&self, gauges: Gauges) -> String {
         // Every figure from the one snapshot the retained document carries;
@@ -155,6 +185,21 @@ impl Metrics {
                 m.deliveries_dropped,
             ),
             ("dishsync_alerts_raised_total", "Store alerts raised.", m.alerts_raised),
+            (
+                "dishsync_webhook_deliveries_total",
+                "Webhook deliveries taken by their endpoints.",
+                m.webhook_deliveries,
+            ),
+            (
+                "dishsync_webhook_failed_attempts_total",
+                "Webhook attempts that failed (retried, or given up).",
+                m.webhook_failed_attempts,
+            ),
+            (
+                "dishsync_webhook_dead_letters_total",
+                "Webhook deliveries given up after their retry period.",
+                m.webhook_dead_letters,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
@@ -197,9 +242,18 @@ impl Metrics {
                 "Journal groups committed and not yet checkpointed into sled (what a restart replays).",
                 m.checkpoint_lag_groups,
             ),
+            ("dishsync_web_sessions", "Web app sessions open.", m.web_sessions),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let name = "dishsync_webhook_pending";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Webhook deliveries waiting or being sent, by endpoint.\n# TYPE {name} gauge"
+        );
+        for (endpoint, n) in &m.webhook_pending {
+            let _ = writeln!(out, "{name}{{endpoint=\"{endpoint}\"}} {n}");
         }
         out
     }
@@ -245,6 +299,11 @@ impl Metrics {
             open_requests: gauges.open_requests,
             active_transfers: gauges.active_transfers,
             checkpoint_lag_groups: gauges.checkpoint_lag,
+            webhook_deliveries: self.webhook_deliveries.load(Ordering::Relaxed),
+            webhook_failed_attempts: self.webhook_failed.load(Ordering::Relaxed),
+            webhook_dead_letters: self.webhook_dead.load(Ordering::Relaxed),
+            webhook_pending: self.webhook_pending.lock().map(|m| m.clone()).unwrap_or_default(),
+            web_sessions: self.web_sessions.load(Ordering::Relaxed),
         }
     }
 }
@@ -318,6 +377,11 @@ mod tests {
         m.connection("pos", true);
         m.connection("pos", true);
         m.connection("pos", false);
+        m.webhook_delivered();
+        m.webhook_failed(false);
+        m.webhook_failed(true);
+        m.webhook_pending("erp", 4);
+        m.web_sessions(2);
         let page = m.render(Gauges {
             open_requests: 3,
             active_transfers: 1,
@@ -337,6 +401,11 @@ mod tests {
             "dishsync_open_requests 3",
             "dishsync_active_transfers 1",
             "dishsync_checkpoint_lag_groups 2",
+            "dishsync_webhook_deliveries_total 1",
+            "dishsync_webhook_failed_attempts_total 2",
+            "dishsync_webhook_dead_letters_total 1",
+            "dishsync_webhook_pending{endpoint=\"erp\"} 4",
+            "dishsync_web_sessions 2",
         ] {
             assert!(page.lines().any(|l| l == line), "{line} missing from:\n{page}");
         }

@@ -534,6 +534,21 @@ pub struct MetricsOut {
     /// Journal groups committed and not yet checkpointed (what a restart
     /// replays).
     pub checkpoint_lag_groups: u64,
+    /// Webhook deliveries taken by their endpoints.
+    #[serde(default)]
+    pub webhook_deliveries: u64,
+    /// Webhook attempts that failed (each retried, or given up).
+    #[serde(default)]
+    pub webhook_failed_attempts: u64,
+    /// Webhook deliveries given up (dead letters).
+    #[serde(default)]
+    pub webhook_dead_letters: u64,
+    /// Webhook deliveries waiting or being sent, by endpoint.
+    #[serde(default)]
+    pub webhook_pending: std::collections::BTreeMap<String, u64>,
+    /// Web app sessions open.
+    #[serde(default)]
+    pub web_sessions: u64,
 }
 
 /// `hq/alerts`: something about the broker itself that operators must know.

@@ -89,6 +89,7 @@ impl Sessions {
         let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| s.expires > now);
         map.insert(key(&token), session.clone());
+        crate::metrics::METRICS.web_sessions(map.len());
         Some((token, session))
     }
 
@@ -115,7 +116,11 @@ impl Sessions {
     /// Ends the session of `token`.
     pub fn end(&self, token: &str) {
         let k = key(token);
-        self.by_token.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+        {
+            let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+            map.remove(&k);
+            crate::metrics::METRICS.web_sessions(map.len());
+        }
         if let Some(store) = &self.store {
             if let Err(e) = store.end_session(&k) {
                 warn!(error = %e, "a web session could not be ended on disk");

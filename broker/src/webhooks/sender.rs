@@ -118,6 +118,7 @@ impl Webhooks {
             if !queue.is_empty() {
                 info!(endpoint = %endpoint.id, pending = queue.len(), "webhook deliveries resumed");
             }
+            crate::metrics::METRICS.webhook_pending(&endpoint.id, queue.len());
             let tls = if endpoint.target.https {
                 Some(tls_connector(endpoint.ca_file.as_deref())?)
             } else {
@@ -175,6 +176,8 @@ impl Webhooks {
         }
         for (sender, woken) in self.endpoints.iter().zip(woken) {
             if woken {
+                let pending = lock(&sender.queue).len();
+                crate::metrics::METRICS.webhook_pending(&sender.endpoint.id, pending);
                 sender.wake.notify_waiters();
             }
         }
@@ -255,21 +258,28 @@ impl Sender {
     /// document's next delivery may be due now.
     async fn finished(&self, taken: &Taken, result: Result<(), String>) {
         let error = result.as_ref().err().cloned();
-        let finished = lock(&self.queue).finish(taken, result, now_ms(), jitter());
+        let (finished, pending) = {
+            let mut queue = lock(&self.queue);
+            (queue.finish(taken, result, now_ms(), jitter()), queue.len())
+        };
+        crate::metrics::METRICS.webhook_pending(&self.endpoint.id, pending);
         let id = Delivery::id(taken.seq);
         match finished {
             Finished::Delivered => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS.webhook_delivered();
                 debug!(endpoint = %self.endpoint.id, webhook_id = %id, "webhook delivered");
             }
             Finished::Retry(at) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS.webhook_failed(false);
                 let error = error.unwrap_or_default();
                 debug!(endpoint = %self.endpoint.id, webhook_id = %id, %error, retry_in_ms = at - now_ms(), "webhook attempt failed");
                 *lock(&self.last_error) = Some(error);
             }
             Finished::Dead(letter) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS.webhook_failed(true);
                 let total = self.dead.fetch_add(1, Ordering::Relaxed) + 1;
                 warn!(endpoint = %self.endpoint.id, webhook_id = %id, doc = %letter.delivery.doc, error = %letter.last_error, "webhook delivery given up");
                 *lock(&self.last_error) = Some(letter.last_error.clone());

@@ -351,6 +351,21 @@ async fn webhooks_survive_kill_9_and_arrive_in_order_signed() -> Result<()> {
     }
     let (code, refused) = status(&store_token)?;
     assert_eq!((code, &refused["code"]), (403, &json!("not_permitted")), "{refused}");
+    // The queue on the metrics page: deliveries counted, none pending,
+    // the refused attempts counted as failures.
+    let metrics = ureq::get(&format!("http://{web}/metrics")).call()?.into_string()?;
+    let value = |series: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    };
+    assert!(value("dishsync_webhook_deliveries_total ") > Some(0), "{metrics}");
+    assert_eq!(
+        value("dishsync_webhook_pending{endpoint=\"pos-sync\"} "),
+        Some(0),
+        "{metrics}"
+    );
+    assert!(value("dishsync_webhook_failed_attempts_total ").is_some(), "{metrics}");
     assert!(!broker.log().contains(&secret), "the secret is never logged");
     broker.kill();
     Ok(())
