@@ -21,17 +21,17 @@ use crate::support::{sale, small_chain, stock_event, temp_data_dir, BrokerProces
 
 /// One request as the receiver got it.
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     id: String,
     timestamp: String,
     signature: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 /// A webhook receiver on a loopback port: answers 503 while `down`, and
 /// 200 otherwise, keeping what it took.
 #[derive(Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     taken: Mutex<Vec<Hit>>,
     /// Attempts per webhook-id, refused ones too.
     attempts: Mutex<BTreeMap<String, usize>>,
@@ -73,7 +73,7 @@ async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body
 
 impl Receiver {
     /// Starts one on a free loopback port.
-    async fn start(down: bool) -> Result<(Arc<Receiver>, SocketAddr)> {
+    pub(crate) async fn start(down: bool) -> Result<(Arc<Receiver>, SocketAddr)> {
         let receiver = Arc::new(Receiver::default());
         receiver.down.store(down, Ordering::SeqCst);
         let app = axum::Router::new()
@@ -86,7 +86,7 @@ impl Receiver {
     }
 
     /// Waits until `done` holds of what was taken and the requests made.
-    async fn until(&self, what: &str, done: impl Fn(&[Hit], usize) -> bool) -> Result<()> {
+    pub(crate) async fn until(&self, what: &str, done: impl Fn(&[Hit], usize) -> bool) -> Result<()> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let changed = self.changed.notified();

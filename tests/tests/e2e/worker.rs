@@ -77,8 +77,17 @@ async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Resul
     let Some(_mosquitto) = mosquitto(tmp.path(), external)? else {
         return Ok(());
     };
+    // The worker sends webhooks too: the levels, to a receiver.
+    let (receiver, hooks) = crate::webhooks::Receiver::start(false).await?;
+    let secret = dishsync_broker::webhooks::Secret::generate()?;
     let config = tmp.path().join("chain.toml");
-    std::fs::write(&config, small_chain())?;
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[[webhooks]]\nid = \"levels\"\nurl = \"http://{hooks}/hook\"\nsecret = \"{secret}\"\nkinds = [\"level\"]\n",
+            small_chain()
+        ),
+    )?;
     let mut running = worker(&config, &data, external, "worker-1")?;
 
     // Devices on mosquitto: a tablet booking fries, a POS watching chips.
@@ -128,6 +137,15 @@ async fn a_worker_on_mosquitto_applies_every_input_once_across_a_kill() -> Resul
     late.subscribe("stores/s1/stock/fries/level", QoS::AtLeastOnce).await?;
     let level = late.next_on("stores/s1/stock/fries/level").await?;
     assert_eq!(level["qty"], json!(total), "every receive of 100 g once: {level}");
+    // Across the kill, the newest level reached the webhook receiver.
+    receiver
+        .until("the newest fries level", |hits, _| {
+            hits.iter().any(|h| {
+                serde_json::from_str::<serde_json::Value>(&h.body)
+                    .is_ok_and(|b| b["data"]["sku"] == "fries" && b["data"]["qty"] == json!(total))
+            })
+        })
+        .await?;
     assert_eq!(done["status"], json!("available"));
     drop(running);
     Ok(())
