@@ -64,6 +64,7 @@
 //! — but for the webhook senders' progress and dead letters, and the web
 //! app's sessions.
 
+pub mod backup;
 pub mod journal;
 
 use std::collections::HashMap;

@@ -102,16 +102,8 @@ impl Readiness {
 /// not.
 pub fn probe_ready(addr: &str, patience: std::time::Duration) -> Result<(), String> {
     use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let target = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} names no address"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&target, patience).map_err(|e| format!("{addr}: {e}"))?;
+    let mut stream = connect(addr, patience)?;
     let io = |e: std::io::Error| format!("{addr}: {e}");
-    stream.set_read_timeout(Some(patience)).map_err(io)?;
-    stream.set_write_timeout(Some(patience)).map_err(io)?;
     stream
         .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .map_err(io)?;
@@ -124,6 +116,22 @@ pub fn probe_ready(addr: &str, patience: std::time::Duration) -> Result<(), Stri
         let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
         Err(format!("{addr} answered {status}: {body}"))
     }
+}
+
+/// A connection to the web listener at `addr` (host:port), reads and
+/// writes giving up after `patience` — for the command line's own calls.
+pub fn connect(addr: &str, patience: std::time::Duration) -> Result<std::net::TcpStream, String> {
+    use std::net::ToSocketAddrs;
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} names no address"))?;
+    let stream = std::net::TcpStream::connect_timeout(&target, patience).map_err(|e| format!("{addr}: {e}"))?;
+    let io = |e: std::io::Error| format!("{addr}: {e}");
+    stream.set_read_timeout(Some(patience)).map_err(io)?;
+    stream.set_write_timeout(Some(patience)).map_err(io)?;
+    Ok(stream)
 }
 
 /// Whether `dir` takes a write now: a small file written, synced and
@@ -280,6 +288,7 @@ pub fn every_route() -> Vec<(&'static str, &'static str)> {
     routes.push(("get", crate::api::LEDGER_ROUTE));
     routes.push(("get", crate::api::REPORT_ROUTE));
     routes.push(("get", crate::api::ALERTS_ROUTE));
+    routes.push(("get", crate::api::BACKUP_ROUTE));
     routes.push(("get", crate::api::WEBHOOKS_ROUTE));
     routes.push(("get", crate::api::DEAD_LETTERS_ROUTE));
     routes.extend(crate::api::DOCUMENT_ROUTES.iter().map(|r| ("get", *r)));

@@ -15,6 +15,7 @@
 //! - `reads`: GETs of the retained documents, with `ETag` from `rev`;
 //! - `ledger`: a store's history, paged by a stable cursor;
 //! - `alerts`: a store's alerts, raised now and recent;
+//! - `backup`: a consistent backup of the running broker, streamed;
 //! - `report`: a store's day — sales, use and waste — from its ledger;
 //! - `webhooks`: the webhook endpoints' queues and dead letters (HQ);
 //! - [`answer`]: the HTTP status of every verdict and refusal (pure).
@@ -24,6 +25,7 @@
 
 mod alerts;
 pub mod answer;
+mod backup;
 pub(crate) use alerts::record as alerts_record;
 pub(crate) use inputs::submit_as;
 pub use report::day_bounds;
@@ -205,6 +207,9 @@ pub const ALERTS_ROUTE: &str = "/api/v1/stores/{store}/alerts";
 /// A store's day.
 pub const REPORT_ROUTE: &str = "/api/v1/stores/{store}/report";
 
+/// A backup of the running broker.
+pub const BACKUP_ROUTE: &str = "/api/v1/admin/backup";
+
 /// The webhook endpoints and their queues.
 pub const WEBHOOKS_ROUTE: &str = "/api/v1/webhooks";
 
@@ -253,6 +258,7 @@ pub fn router(slot: Slot) -> Router {
         .route(LEDGER_ROUTE, get(ledger::read))
         .route(REPORT_ROUTE, get(report::read))
         .route(ALERTS_ROUTE, get(alerts::read))
+        .route(BACKUP_ROUTE, get(backup::backup))
         .route(WEBHOOKS_ROUTE, get(webhooks::endpoints))
         .route(DEAD_LETTERS_ROUTE, get(webhooks::dead_letters));
     for path in INPUT_ROUTES {

@@ -509,6 +509,11 @@ impl Journal {
         })
     }
 
+    /// Where its segments are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Appends a record (written, not yet synced).
     pub fn append(&self, record: &Record) -> io::Result<()> {
         let bytes = record.encode()?;

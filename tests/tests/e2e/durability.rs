@@ -333,3 +333,125 @@ async fn a_damaged_journal_stops_the_broker_and_repair_keeps_every_intact_input(
     assert_eq!(per_id, expected);
     Ok(())
 }
+
+/// A backup taken while 2,000 stock events stream in, restored into a new
+/// data directory: the broker started on it holds exactly the state of the
+/// backup's moment — its level is what its own ledger adds up to, that
+/// ledger the live one's beginning, every input acknowledged before the
+/// backup began in it. Restoring over the live directory is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_mid_stream_restores_the_state_of_its_moment() -> Result<()> {
+    use anyhow::Context;
+    let (tmp, data) = temp_data_dir()?;
+    let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+    let config = format!(
+        "{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n[[integrations]]\nid = \"ops\"\nrole = \"operator\"\n\
+         token_sha256 = \"{hash}\"\nmax_requests_per_second = 1000\n",
+        crate::support::small_chain()
+    );
+    let broker = BrokerProcess::start(&config, &data)?;
+    let web = broker.web_addr.context("web")?;
+    let mut tablet = Client::connect(broker.addr, "tablet-1").await?;
+    tablet.subscribe("stores/s1/acks/tablet-1", QoS::AtLeastOnce).await?;
+    tablet.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+    const EVENTS: usize = 2_000;
+    let publisher = tablet.mqtt.clone();
+    let streaming = tokio::spawn(async move {
+        for i in 0..EVENTS {
+            let event = stock_event(&format!("bk-{i}"), "receive", 1.0, "pcs", "tablet-1");
+            publisher
+                .publish(
+                    "stores/s1/stock/bun/events",
+                    QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&event)?,
+                )
+                .await?;
+        }
+        anyhow::Ok(())
+    });
+    let acked = |seen: &[crate::support::Received]| -> usize {
+        seen.iter()
+            .filter(|m| m.topic == "stores/s1/acks/tablet-1")
+            .map(|m| m.json["ids"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    tablet
+        .wait_until("a quarter acknowledged", |seen| acked(seen) >= EVENTS / 4)
+        .await?;
+    let acked_before = acked(&tablet.seen);
+    let file = tmp.path().join("dishsync.backup");
+    let (broker_bin, to, address) = (crate::support::broker_binary(), file.clone(), web.to_string());
+    let token_for_backup = token.clone();
+    let backup = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(broker_bin)
+            .args(["backup", "--web", &address, "--to"])
+            .arg(&to)
+            .env("DISHSYNC_TOKEN", token_for_backup)
+            .output()
+    })
+    .await??;
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    streaming.await??;
+    tablet
+        .wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(EVENTS))
+        .await?;
+
+    let restore = |into: &std::path::Path| {
+        std::process::Command::new(crate::support::broker_binary())
+            .arg("--data-dir")
+            .arg(into)
+            .arg("restore")
+            .arg(&file)
+            .output()
+    };
+    let over_live = restore(&data)?;
+    assert!(
+        !over_live.status.success(),
+        "restoring over the live directory is refused"
+    );
+    assert!(String::from_utf8_lossy(&over_live.stderr).contains("not empty"));
+    let restored = tmp.path().join("restored");
+    let done = restore(&restored)?;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+
+    // The live ledger, then the restored broker's.
+    let ledger = |web: SocketAddr| -> Result<Vec<String>> {
+        let answer = ureq::get(&format!("http://{web}/api/v1/stores/s1/ledger?sku=bun&limit=10000"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()?
+            .into_string()?;
+        let page: serde_json::Value = serde_json::from_str(&answer)?;
+        Ok(page["lines"]
+            .as_array()
+            .context("lines")?
+            .iter()
+            .filter_map(|l| l["event"].as_str().map(str::to_string))
+            .collect())
+    };
+    let live = ledger(web)?;
+    assert_eq!(live.len(), EVENTS);
+    drop(broker);
+    let back = BrokerProcess::start(&config, &restored)?;
+    let back_web = back.web_addr.context("web")?;
+    let mut watcher = Client::connect(back.addr, "watcher").await?;
+    watcher.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+    let level = watcher.next_on("stores/s1/stock/bun/level").await?;
+    let lines = ledger(back_web)?;
+    assert_eq!(
+        level["qty"],
+        json!(lines.len()),
+        "the level is what its ledger adds up to"
+    );
+    assert!(
+        lines.len() >= acked_before,
+        "{} lines, {acked_before} acknowledged before",
+        lines.len()
+    );
+    assert_eq!(lines[..], live[..lines.len()], "the live ledger's beginning");
+    eprintln!(
+        "backup: {} of {EVENTS} lines, {acked_before} acknowledged before it began",
+        lines.len()
+    );
+    Ok(())
+}
