@@ -325,16 +325,20 @@ fn backup(web: &str, to: &std::path::Path) -> ExitCode {
                 break;
             }
         }
-        let mut body = Vec::new();
-        reader.read_to_end(&mut body).map_err(|e| e.to_string())?;
         if status.split_whitespace().nth(1) != Some("200") {
-            return Err(format!("{} {}", status.trim(), String::from_utf8_lossy(&body)));
+            let mut why = String::new();
+            let _ = reader.take(64 << 10).read_to_string(&mut why);
+            return Err(format!("{} {why}", status.trim()));
         }
-        let summary = crate::store::backup::check(&body)?;
         let mut file = std::fs::File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
-        file.write_all(&body)
-            .and_then(|()| file.sync_all())
+        std::io::copy(&mut reader, &mut file)
+            .and_then(|_| file.sync_all())
             .map_err(|e| format!("{}: {e}", to.display()))?;
+        // Checked whole from the disk, or not kept.
+        let summary = crate::store::backup::check_file(to).map_err(|e| {
+            let _ = std::fs::remove_file(to);
+            e.to_string()
+        })?;
         Ok(summary)
     })();
     match fetched {
@@ -357,14 +361,7 @@ fn backup(web: &str, to: &std::path::Path) -> ExitCode {
 
 /// `restore`: a data directory at `data_dir` from the backup `file`.
 fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
-    let opened = match std::fs::File::open(file) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("dishsync-broker: {}: {e}", file.display());
-            return ExitCode::from(2);
-        }
-    };
-    match crate::store::Store::restore(opened, data_dir) {
+    match crate::store::Store::restore(file, data_dir) {
         Ok(summary) => {
             println!(
                 "{} restored from {}: {} records, {} journal groups, up to group {}",

@@ -11,10 +11,12 @@
 //! length, key, u32 LE value length, value), `R` a journal group (u64 LE
 //! number, u32 LE pair count, then its pairs) — and `E` the end: pairs
 //! and groups (u64 LE each) and the CRC-32 of every byte before it.
-//! A restore checks it whole before it writes, into a directory that must
-//! not exist or be empty.
+//! A restore reads it through and checks it whole before it writes, then
+//! writes it a record at a time, into a directory that must not exist or
+//! be empty.
 
 use std::io::{Read, Write};
+
 use std::path::Path;
 
 use super::journal::{self, Journal, Record};
@@ -106,10 +108,12 @@ impl Store {
         Ok(summary)
     }
 
-    /// Rebuilds a data directory at `dir` from the backup `from`. Refuses
-    /// a `dir` that holds anything (a live data directory above all), and
-    /// a backup that is not whole.
-    pub fn restore(from: impl Read, dir: &Path) -> Result<Summary, StoreError> {
+    /// Rebuilds a data directory at `dir` from the backup at `file`.
+    /// Refuses a `dir` that holds anything (a live data directory above
+    /// all), and a backup that does not check whole — read through once
+    /// before anything is written, then again to write it, a record at a
+    /// time.
+    pub fn restore(file: &Path, dir: &Path) -> Result<Summary, StoreError> {
         if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
             return Err(StoreError::Journal(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -119,20 +123,19 @@ impl Store {
                 ),
             )));
         }
-        let mut bytes = Vec::new();
-        std::io::BufReader::new(from).read_to_end(&mut bytes)?;
-        let (pairs, records) = parse(&bytes).map_err(|why| {
-            StoreError::Journal(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("not a whole dishsync backup: {why}"),
-            ))
-        })?;
+        check_file(file)?;
         std::fs::create_dir_all(dir)?;
         let db = open_sled(dir)?;
-        let groups = records.len() as u64;
-        for (key, value) in &pairs {
-            db.insert(key.as_slice(), value.as_slice())?;
-        }
+        let mut records = Vec::new();
+        let summary = scan(std::fs::File::open(file)?, |item| {
+            match item {
+                Item::Pair(key, value) => {
+                    db.insert(key, value)?;
+                }
+                Item::Group(record) => records.push(record),
+            }
+            Ok(())
+        })?;
         db.flush()?;
         let checkpointed = checkpoint_mark(&db)?;
         let last = replay(&db, checkpointed, records)?;
@@ -140,70 +143,127 @@ impl Store {
         drop(db);
         std::fs::File::open(dir)?.sync_all()?;
         Ok(Summary {
-            pairs: pairs.len() as u64,
-            groups,
             last_group: last,
+            ..summary
         })
     }
 }
 
-/// What the backup `bytes` holds, once every byte of it checks.
-pub fn check(bytes: &[u8]) -> Result<Summary, String> {
-    let (pairs, records) = parse(bytes)?;
-    Ok(Summary {
-        pairs: pairs.len() as u64,
-        groups: records.len() as u64,
-        last_group: records.last().map_or(0, |r| r.seq),
-    })
+/// The backup at `path`, read through: what it holds, once every byte of
+/// it checks.
+pub fn check_file(path: &Path) -> Result<Summary, StoreError> {
+    scan(std::fs::File::open(path)?, |_| Ok(()))
 }
 
-type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// One record of a backup.
+enum Item {
+    /// A sled record.
+    Pair(Vec<u8>, Vec<u8>),
+    /// A journal group.
+    Group(Record),
+}
 
-/// A backup's pairs and journal groups, once every byte checks.
-fn parse(bytes: &[u8]) -> Result<(Pairs, Vec<Record>), String> {
-    let body = bytes.strip_prefix(HEADER).ok_or("it does not begin as a backup does")?;
-    let (content, crc) = bytes.split_at(bytes.len().checked_sub(4).ok_or("it is too short")?);
-    let crc = u32::from_le_bytes(crc.try_into().map_err(|_| "no checksum")?);
-    if crc32fast::hash(content) != crc {
-        return Err("its checksum does not match: it is cut short or damaged".into());
+/// Why a backup is refused.
+fn bad(why: impl Into<String>) -> StoreError {
+    StoreError::Journal(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("not a whole dishsync backup: {}", why.into()),
+    ))
+}
+
+/// A reader that keeps the CRC-32 of what it gave.
+struct Hashing<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Hashing<R> {
+    fn bytes(&mut self, n: usize) -> Result<Vec<u8>, StoreError> {
+        let mut out = vec![0u8; n];
+        self.inner.read_exact(&mut out).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad("it ends inside a record: it is cut short"),
+            _ => StoreError::Journal(e),
+        })?;
+        self.crc.update(&out);
+        Ok(out)
     }
-    let mut at = 0usize;
-    let body = &body[..body.len() - 4];
-    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
-        let part = body.get(*at..*at + n).ok_or("it ends inside a record")?;
-        *at += n;
-        Ok(part)
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let b = self.bytes(8)?;
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| bad("a bad number"))?))
+    }
+
+    fn pair(&mut self) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let key = self.sized()?;
+        Ok((key, self.sized()?))
+    }
+
+    /// A length-prefixed run of bytes (no record is anywhere near 1 GiB).
+    fn sized(&mut self) -> Result<Vec<u8>, StoreError> {
+        let n = self.u32()? as usize;
+        if n > 1 << 30 {
+            return Err(bad("a record longer than any the broker writes"));
+        }
+        self.bytes(n)
+    }
+}
+
+/// Reads the backup `from` through, handing each record to `each`; what
+/// it holds, once its end, counts and checksum are found whole (a record
+/// handed over before a damage is found later is the caller's to drop —
+/// `restore` checks first).
+fn scan(from: impl Read, mut each: impl FnMut(Item) -> Result<(), StoreError>) -> Result<Summary, StoreError> {
+    let mut r = Hashing {
+        inner: std::io::BufReader::new(from),
+        crc: crc32fast::Hasher::new(),
     };
-    let u32_at = |at: &mut usize| -> Result<usize, String> {
-        Ok(u32::from_le_bytes(take(at, 4)?.try_into().map_err(|_| "bad length")?) as usize)
+    if r.bytes(HEADER.len()).ok().as_deref() != Some(HEADER) {
+        return Err(bad("it does not begin as a backup does"));
+    }
+    let mut summary = Summary {
+        pairs: 0,
+        groups: 0,
+        last_group: 0,
     };
-    let u64_at = |at: &mut usize| -> Result<u64, String> {
-        Ok(u64::from_le_bytes(take(at, 8)?.try_into().map_err(|_| "bad number")?))
-    };
-    let pair = |at: &mut usize| -> Result<(Vec<u8>, Vec<u8>), String> {
-        let k = u32_at(at)?;
-        let key = take(at, k)?.to_vec();
-        let v = u32_at(at)?;
-        Ok((key, take(at, v)?.to_vec()))
-    };
-    let (mut pairs, mut records) = (Vec::new(), Vec::new());
     loop {
-        match take(&mut at, 1)?[0] {
-            b'P' => pairs.push(pair(&mut at)?),
+        match r.bytes(1)?[0] {
+            b'P' => {
+                let (key, value) = r.pair()?;
+                each(Item::Pair(key, value))?;
+                summary.pairs += 1;
+            }
             b'R' => {
-                let seq = u64_at(&mut at)?;
-                let n = u32_at(&mut at)?;
-                let puts = (0..n).map(|_| pair(&mut at)).collect::<Result<_, _>>()?;
-                records.push(Record { seq, puts });
+                let seq = r.u64()?;
+                let n = r.u32()?;
+                let puts = (0..n).map(|_| r.pair()).collect::<Result<_, _>>()?;
+                each(Item::Group(Record { seq, puts }))?;
+                summary.groups += 1;
+                summary.last_group = seq;
             }
             b'E' => {
-                let (p, g) = (u64_at(&mut at)?, u64_at(&mut at)?);
-                if p != pairs.len() as u64 || g != records.len() as u64 || at != body.len() {
-                    return Err("its counts do not match what it holds".into());
+                let (pairs, groups) = (r.u64()?, r.u64()?);
+                let expected = r.crc.clone().finalize();
+                let mut crc = [0u8; 4];
+                r.inner
+                    .read_exact(&mut crc)
+                    .map_err(|_| bad("its checksum is missing: it is cut short"))?;
+                if u32::from_le_bytes(crc) != expected {
+                    return Err(bad("its checksum does not match: it is damaged"));
                 }
-                return Ok((pairs, records));
+                if (pairs, groups) != (summary.pairs, summary.groups) {
+                    return Err(bad("its counts do not match what it holds"));
+                }
+                if r.inner.read(&mut [0u8; 1])? != 0 {
+                    return Err(bad("something follows its end"));
+                }
+                return Ok(summary);
             }
-            other => return Err(format!("an unknown record {other:#x}")),
+            other => return Err(bad(format!("an unknown record {other:#x}"))),
         }
     }
 }
@@ -243,8 +303,10 @@ mod tests {
         let summary = store.backup(&mut file).expect("backup");
         assert_eq!(summary.groups, 2, "two groups after the checkpoint");
         commit(6).await;
+        let path = dir.path().join("b.backup");
+        std::fs::write(&path, &file).expect("write");
         let restored = dir.path().join("restored");
-        let again = Store::restore(file.as_slice(), &restored).expect("restore");
+        let again = Store::restore(&path, &restored).expect("restore");
         assert_eq!(again.last_group, summary.last_group);
         let back = Store::open_with(&restored, None).expect("the restored store opens");
         for n in 1..=5 {
@@ -254,14 +316,23 @@ mod tests {
         let later: EventId = "e6".parse().expect("id");
         assert_eq!(back.fingerprint(&s1, &later).expect("store"), None, "after its moment");
         // Over a directory in use, a damaged or a cut backup: refused.
-        assert!(Store::restore(file.as_slice(), &live).is_err());
+        assert!(Store::restore(&path, &live).is_err());
         let mut damaged = file.clone();
         let middle = damaged.len() / 2;
         damaged[middle] ^= 1;
-        let err = Store::restore(damaged.as_slice(), &dir.path().join("d1")).expect_err("damaged");
+        std::fs::write(&path, &damaged).expect("write");
+        assert!(Store::restore(&path, &dir.path().join("d1")).is_err(), "damaged");
+        std::fs::write(&path, &file[..file.len() - 10]).expect("write");
+        let err = Store::restore(&path, &dir.path().join("d2")).expect_err("cut");
+        assert!(err.to_string().contains("cut short"), "{err}");
+        let mut flipped_crc = file.clone();
+        let last = flipped_crc.len() - 1;
+        flipped_crc[last] ^= 1;
+        std::fs::write(&path, &flipped_crc).expect("write");
+        let err = Store::restore(&path, &dir.path().join("d3")).expect_err("checksum");
         assert!(err.to_string().contains("checksum"), "{err}");
-        let cut = &file[..file.len() - 10];
-        assert!(Store::restore(cut, &dir.path().join("d2")).is_err());
-        assert!(!dir.path().join("d1").exists(), "nothing written for a bad backup");
+        for bad in ["d1", "d2", "d3"] {
+            assert!(!dir.path().join(bad).exists(), "nothing written for a bad backup");
+        }
     }
 }
