@@ -247,3 +247,84 @@ pub(super) fn pending(web: SocketAddr, token: &str) -> Result<u64> {
         .as_u64()
         .ok_or_else(|| anyhow!("no pending count: {body}"))
 }
+
+/// Bytes under `dir`, and a copy of it all to `to`: the time the copy took.
+fn copy_dir(dir: &Path, to: &Path) -> Result<(u64, f64)> {
+    let t0 = std::time::Instant::now();
+    let mut bytes = 0;
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            bytes += copy_dir(&entry.path(), &target)?.0;
+        } else {
+            bytes += std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok((bytes, t0.elapsed().as_secs_f64()))
+}
+
+/// The `backup` scenario: a backup of a running broker whose ledger holds
+/// `stores × per_day` lines (one day), streamed from its web listener to a
+/// file, then restored into a new directory; beside it, a plain copy of
+/// the stopped data directory, in the same run.
+pub(super) async fn backup(cli: &Cli, dir: &Path, stores: usize, per_day: usize) -> Result<()> {
+    let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+    let today = dishsync_protocol::payload::Timestamp::now().0.div_euclid(DAY) * DAY;
+    let config = dir.join("backup.toml");
+    std::fs::write(&config, ledger_chain(stores, &hash))?;
+    let data = dir.join(format!("backup-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    write_history(&data, stores, 1, per_day, today).await?;
+    let lines = stores * per_day;
+    let server = Server::start(Target::Dishsync, &config, &data)?;
+    let web = server.web.context("the broker opened no web listener")?;
+    let file = dir.join("bench.backup");
+    let (to, auth) = (file.clone(), format!("Bearer {token}"));
+    let took = tokio::task::spawn_blocking(move || -> Result<f64> {
+        let t0 = std::time::Instant::now();
+        let answer = ureq::get(&format!("http://{web}/api/v1/admin/backup"))
+            .set("Authorization", &auth)
+            .call()?;
+        let mut out = std::fs::File::create(&to)?;
+        std::io::copy(&mut answer.into_reader(), &mut out)?;
+        out.sync_all()?;
+        Ok(t0.elapsed().as_secs_f64())
+    })
+    .await??;
+    drop(server);
+    let size = std::fs::metadata(&file)?.len();
+    let restored = dir.join(format!("backup-restored-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&restored);
+    let t0 = std::time::Instant::now();
+    let summary = dishsync_broker::store::Store::restore(&file, &restored)?;
+    let restore = t0.elapsed().as_secs_f64();
+    let copy_to = dir.join(format!("backup-copy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy_to);
+    let (dir_bytes, copy) = copy_dir(&data, &copy_to)?;
+    for d in [&data, &restored, &copy_to] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_file(&file);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let metric = format!("backup of a running broker, {lines} ledger lines");
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({"scenario": "backup", "metric": metric, "unit": "s", "goal": "—",
+                "backup_seconds": took, "backup_mib": mib(size), "restore_seconds": restore,
+                "records": summary.pairs, "copy_seconds": copy, "directory_mib": mib(dir_bytes),
+                "ratio": took / copy})
+        );
+    } else {
+        println!(
+            "{:<12} {metric:<38} backup {took:.2} s ({:.1} MiB)   restore {restore:.2} s   copy of the stopped directory {copy:.2} s ({:.1} MiB)   ratio {:.2}",
+            "backup",
+            mib(size),
+            mib(dir_bytes),
+            took / copy
+        );
+    }
+    Ok(())
+}

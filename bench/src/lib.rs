@@ -21,7 +21,8 @@
 //! one holding only that day; `webhooks` signed deliveries per second into
 //! a local receiver, next to the MQTT intake (`history`); `pages` change →
 //! availability at many open live pages of the web app, next to as many
-//! MQTT POS, and memory per page.
+//! MQTT POS, and memory per page; `backup` a running broker's backup and
+//! its restore, next to a copy of the stopped data directory.
 
 mod history;
 mod pages;
@@ -92,6 +93,9 @@ enum Scenario {
     /// Webhook deliveries per second drained into a local receiver, next
     /// to the MQTT intake in the same round.
     Webhooks,
+    /// A backup of a running broker with a long ledger, and its restore,
+    /// next to a plain copy of the stopped data directory.
+    Backup,
     /// Change → availability at many open live pages of the web app,
     /// next to as many MQTT POS in the same run; memory per page.
     Pages,
@@ -1167,6 +1171,9 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             },
         )
         .await?;
+    }
+    if all || scenario == Scenario::Backup {
+        history::backup(cli, dir.path(), sizes.history_stores, sizes.history_per_day).await?;
     }
     if all || scenario == Scenario::Pages {
         pages::pages(cli, dir.path(), sizes.rounds, sizes.pages, sizes.seconds).await?;

@@ -30,6 +30,7 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
         "ledger",
         "webhooks",
         "pages",
+        "backup",
     ] {
         assert!(scenarios.contains(&s), "{s} missing from {scenarios:?}");
     }
@@ -42,6 +43,7 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
             Some("ledger") => ["p99", "reference_p99"],
             Some("webhooks") => ["delivered", "mqtt_intake"],
             Some("pages") => ["p99", "mqtt_p99"],
+            Some("backup") => ["backup_seconds", "copy_seconds"],
             _ => ["dishsync", "bare"],
         };
         for side in sides {
