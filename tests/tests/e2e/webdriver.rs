@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::support::{free_addr, DEADLINE};
+use crate::support::{free_addr, lines_of, DEADLINE};
 
 /// The key WebDriver names an element by.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// The longest a wait goes without checking its condition again, when the
+/// page does not change (what it waits for may not be in the DOM: the URL,
+/// a cookie).
+const CHANGE_BOUND: Duration = Duration::from_millis(500);
 
 /// Where Debian puts the browser and its driver.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -36,28 +41,23 @@ impl Driver {
             }
         }
         let addr = free_addr()?;
-        let child = Command::new(CHROMEDRIVER)
+        let mut child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={}", addr.port()))
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("starting chromedriver")?;
+        let lines = lines_of(child.stdout.take().context("chromedriver's output")?);
         let driver = Driver { child, addr };
+        // It says when it listens.
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let ready = ureq::get(&format!("http://{addr}/status"))
-                .call()
-                .ok()
-                .and_then(|r| r.into_string().ok())
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .is_some_and(|v| v["value"]["ready"] == true);
-            if ready {
-                return Ok(driver);
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("started successfully") => return Ok(driver),
+                Ok(_) => {}
+                Err(_) => bail!("chromedriver never said it was started"),
             }
-            if Instant::now() > deadline {
-                bail!("chromedriver never became ready");
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -180,8 +180,23 @@ impl Browser {
             .map(|id| Element(id.to_string())))
     }
 
+    /// Waits until the page changes (any node, text or attribute, or a
+    /// new page), at most `bound`: what a wait re-checks its condition on.
+    fn next_change(&self, bound: Duration) {
+        let script = "const done = arguments[arguments.length - 1]; \
+            const seen = new MutationObserver(() => { seen.disconnect(); done(true); }); \
+            seen.observe(document, {subtree: true, childList: true, characterData: true, attributes: true}); \
+            setTimeout(() => { seen.disconnect(); done(false); }, arguments[0]);";
+        // A page left while waiting ends the script with an error: a change.
+        let _ = self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({"script": script, "args": [bound.as_millis() as u64]})),
+        );
+    }
+
     /// Waits until an element under `css` is there and `ok` holds of its
-    /// text; that element.
+    /// text; that element. Checked again on every change of the page.
     pub fn wait_for(&self, css: &str, ok: impl Fn(&str) -> bool) -> Result<Element> {
         let deadline = Instant::now() + DEADLINE;
         let mut last = String::new();
@@ -201,11 +216,12 @@ impl Browser {
                     self.url()?
                 );
             }
-            std::thread::sleep(Duration::from_millis(25));
+            self.next_change(CHANGE_BOUND);
         }
     }
 
-    /// Waits until `script` returns true.
+    /// Waits until `script` returns true, checked on every change of the
+    /// page.
     pub fn wait_until(&self, what: &str, script: &str) -> Result<()> {
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -215,7 +231,7 @@ impl Browser {
             if Instant::now() > deadline {
                 bail!("never: {what}");
             }
-            std::thread::sleep(Duration::from_millis(25));
+            self.next_change(CHANGE_BOUND);
         }
     }
 
