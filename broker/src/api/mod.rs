@@ -29,6 +29,7 @@ mod backup;
 pub(crate) use alerts::record as alerts_record;
 pub(crate) use inputs::submit_as;
 pub use report::day_bounds;
+pub(crate) use report::{day as store_day, Day};
 mod inputs;
 pub mod integrations;
 mod ledger;
@@ -117,11 +118,6 @@ impl Api {
     /// The chain.
     pub fn catalog(&self) -> &dishsync_inventory::Catalog {
         &self.catalog
-    }
-
-    /// The durable store (the ledger's reads).
-    pub fn store_handle(&self) -> &crate::store::Store {
-        &self.store
     }
 
     /// Where the broker publishes (the live pages' stream).
@@ -294,7 +290,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
 
 /// Runs a read of the store off the async threads; a storage failure is
 /// 503.
-pub(crate) async fn read_store<T: Send + 'static>(
+async fn read_store<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let unavailable = |e: String| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);

@@ -66,27 +66,7 @@ async fn report(slot: &Slot, store: &str, query: ReportQuery, headers: &HeaderMa
             format!("date: {:?} is not a date (YYYY-MM-DD)", query.date.unwrap_or_default()),
         )
     })?;
-    let handle = api.store.clone();
-    let reading = store.clone();
-    let (lines, sales) = read_store(move || {
-        let lines = handle.ledger_window(&reading, from, to)?;
-        let mut sales = std::collections::BTreeMap::new();
-        for id in DayReport::sales_named(&lines) {
-            if let Some(record) = handle.sale(&reading, &id)? {
-                sales.insert(id, record);
-            }
-        }
-        Ok((lines, sales))
-    })
-    .await?;
-    let catalog = &api.catalog;
-    let report = DayReport::build(
-        &store,
-        (date, from, to),
-        &lines,
-        |id| sales.get(id).cloned(),
-        |sku| catalog.sku(sku).map_or("", |s| s.unit.as_str()),
-    );
+    let report = day(api, &store, (date, from, to)).await?.report;
     if query.format.as_deref() == Some("csv") {
         let mut csv = String::from("store,date,kind,item,measure,qty,unit\n");
         for row in report.rows() {
@@ -111,6 +91,47 @@ async fn report(slot: &Slot, store: &str, query: ReportQuery, headers: &HeaderMa
     body["from"] = Timestamp(from).to_string().into();
     body["to"] = Timestamp(to).to_string().into();
     Ok(Json(body).into_response())
+}
+
+/// A store's day as its ledger has it: the lines (from the store's own
+/// index), the sale records they name, and the report made of them.
+pub(crate) struct Day {
+    /// The day's lines, in commit order.
+    pub lines: crate::store::Numbered<dishsync_inventory::LedgerEntry>,
+    /// The sale records the lines name.
+    pub sales: std::collections::BTreeMap<dishsync_protocol::EventId, dishsync_inventory::SaleRecord>,
+    /// The report.
+    pub report: DayReport,
+}
+
+/// `store`'s day `date`, `[from, to)`.
+pub(crate) async fn day(
+    api: &super::Api,
+    store: &StoreId,
+    (date, from, to): (String, i64, i64),
+) -> Result<Day, ApiError> {
+    let handle = api.store.clone();
+    let reading = store.clone();
+    let (lines, sales) = read_store(move || {
+        let lines = handle.ledger_window(&reading, from, to)?;
+        let mut sales = std::collections::BTreeMap::new();
+        for id in DayReport::sales_named(&lines) {
+            if let Some(record) = handle.sale(&reading, &id)? {
+                sales.insert(id, record);
+            }
+        }
+        Ok((lines, sales))
+    })
+    .await?;
+    let catalog = &api.catalog;
+    let report = DayReport::build(
+        store,
+        (date, from, to),
+        &lines,
+        |id| sales.get(id).cloned(),
+        |sku| catalog.sku(sku).map_or("", |s| s.unit.as_str()),
+    );
+    Ok(Day { lines, sales, report })
 }
 
 #[cfg(test)]

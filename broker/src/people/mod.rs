@@ -340,10 +340,16 @@ async fn login(
             );
         }
     };
-    let Some((token, _)) = people
-        .sessions
-        .start(user.name.clone(), dishsync_protocol::payload::Timestamp::now().0)
-    else {
+    // Kept durably: off the async threads.
+    let (kept, name) = (slot.clone(), user.name.clone());
+    let now = dishsync_protocol::payload::Timestamp::now().0;
+    let started = tokio::task::spawn_blocking(move || {
+        ready(&kept)
+            .ok()
+            .and_then(|(_, people)| people.sessions.start(name, now))
+    })
+    .await;
+    let Ok(Some((token, _))) = started else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     info!(user = %user.name, role = user.role.as_str(), %ip, "logged in to the web app");
@@ -386,7 +392,13 @@ async fn logout(State(slot): State<Slot>, headers: HeaderMap, Form(form): Form<L
             )
                 .into_response();
         }
-        people.sessions.end(&token);
+        let kept = slot.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok((_, people)) = ready(&kept) {
+                people.sessions.end(&token);
+            }
+        })
+        .await;
         info!(user = %user.name, "logged out of the web app");
     }
     let mut response = Redirect::to("/login").into_response();
@@ -600,31 +612,11 @@ async fn today(State(slot): State<Slot>, Path(store): Path<String>, headers: Hea
     let Some((date, from, to)) = crate::api::day_bounds(None, offset, now) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let handle = api.store_handle().clone();
-    let reading = store.clone();
-    let read = crate::api::read_store(move || {
-        let lines = handle.ledger_window(&reading, from, to)?;
-        let mut sales = std::collections::BTreeMap::new();
-        for id in dishsync_inventory::DayReport::sales_named(&lines) {
-            if let Some(record) = handle.sale(&reading, &id)? {
-                sales.insert(id, record);
-            }
-        }
-        Ok((lines, sales))
-    })
-    .await;
-    let (lines, sales) = match read {
-        Ok(read) => read,
-        Err(e) => return e.into_response(),
-    };
-    let catalog = api.catalog();
-    let report = dishsync_inventory::DayReport::build(
-        &store,
-        (date.clone(), from, to),
-        &lines,
-        |id| sales.get(id).cloned(),
-        |sku| catalog.sku(sku).map_or("", |s| s.unit.as_str()),
-    );
+    let crate::api::Day { lines, sales, report } =
+        match crate::api::store_day(api, &store, (date.clone(), from, to)).await {
+            Ok(day) => day,
+            Err(e) => return e.into_response(),
+        };
     let mut levels = serde_json::Map::new();
     for (_, payload) in api.outbound().retained(&format!("stores/{store}/stock/+/level")).await {
         let Ok(level) = serde_json::from_slice::<serde_json::Value>(&payload) else {
