@@ -29,6 +29,7 @@ use rmqtt::types::{AuthResult, LastWill};
 use tracing::{info, warn};
 
 use crate::acl::Identity;
+use crate::current::Current;
 use crate::hooks::{admit, Admitted};
 use crate::namespaces::Namespaces;
 
@@ -130,9 +131,18 @@ impl FailureBrake {
     }
 }
 
+/// The devices of `credentials`, by id.
+pub fn by_device(credentials: Vec<Credential>) -> HashMap<DeviceId, Credential> {
+    credentials
+        .into_iter()
+        .map(|c| (c.identity.device.clone(), c))
+        .collect()
+}
+
 /// Answers `ClientAuthenticate`.
 pub struct Authenticator {
-    credentials: Arc<HashMap<DeviceId, Credential>>,
+    /// The devices allowed to log in, as the configuration says now.
+    credentials: Current<HashMap<DeviceId, Credential>>,
     /// Clients without a username log in as demo devices.
     allow_anonymous: bool,
     identities: Identities,
@@ -162,17 +172,20 @@ impl Authenticator {
         allow_anonymous: bool,
         failures_per_minute: u32,
     ) -> Authenticator {
-        let credentials = credentials
-            .into_iter()
-            .map(|c| (c.identity.device.clone(), c))
-            .collect();
         Authenticator {
-            credentials: Arc::new(credentials),
+            credentials: Current::new(by_device(credentials)),
             allow_anonymous,
             identities,
             namespaces,
             brake: FailureBrake::new(failures_per_minute),
         }
+    }
+
+    /// The devices a reload allows from now on: each new login is checked
+    /// against them (a session already open keeps the identity it logged
+    /// in with until it reconnects).
+    pub fn devices(&self) -> Current<HashMap<DeviceId, Credential>> {
+        self.credentials.clone()
     }
 
     async fn check(
@@ -205,7 +218,7 @@ impl Authenticator {
         };
         let credential = DeviceId::new(username)
             .ok()
-            .and_then(|d| self.credentials.get(&d).cloned());
+            .and_then(|d| self.credentials.get().get(&d).cloned());
         let Some(credential) = credential else {
             warn!(%ip, username, "login refused: unknown device");
             self.brake.failed(ip);

@@ -240,8 +240,16 @@ pub fn main() -> ExitCode {
     if let Some(web) = args.web_listen {
         settings.web = Some(web);
     }
-    if let Some(dir) = args.data_dir {
-        settings.data_dir = dir;
+    if let Some(dir) = &args.data_dir {
+        settings.data_dir = dir.clone();
+    }
+    if let Some(file) = &args.config {
+        settings.source = Some(crate::reload::Source {
+            file: file.clone(),
+            listen: args.listen,
+            web: args.web_listen,
+            data_dir: args.data_dir.clone(),
+        });
     }
     if let Some(Command::Repair) = &args.command {
         return repair(&settings.data_dir);

@@ -311,6 +311,9 @@ pub struct Settings {
     pub web_app: crate::people::WebApp,
     /// The chain.
     pub catalog: Arc<Catalog>,
+    /// The file (and command-line overrides) these settings were read
+    /// from, for a reload; `None` for the built-in demo chain.
+    pub source: Option<crate::reload::Source>,
 }
 
 /// The TLS listener.
@@ -537,6 +540,7 @@ impl Validator {
             webhooks,
             web_app,
             catalog: Arc::new(catalog),
+            source: None,
         })
     }
 

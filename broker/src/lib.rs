@@ -4,6 +4,8 @@
 //! The map (see ARCHITECTURE.md for the whole workspace):
 //! - [`cli`]: the command line (`main` only calls it);
 //! - [`config`]: the TOML file → validated [`config::Settings`];
+//! - [`reload`]: the configuration re-read while the broker runs;
+//! - [`current`]: a reloadable part of it, as its readers see it;
 //! - [`server`]: start-up order and the listeners;
 //! - [`front`]: the validating front of the MQTT listeners (packets checked
 //!   as bytes before the engine sees them);
@@ -34,6 +36,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod current;
 pub mod demo;
 pub mod front;
 pub mod hooks;
@@ -44,6 +47,7 @@ pub mod outbound;
 pub mod oversize;
 pub mod people;
 pub mod reconnect;
+pub mod reload;
 pub mod retainer;
 pub mod rules;
 pub mod server;

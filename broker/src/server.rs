@@ -80,24 +80,40 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let people = settings
         .web
         .map(|_| crate::people::People::new(&settings.web_app, settings.login_failures_per_minute, storage.clone()));
+    let directory = crate::current::Current::new(crate::api::Directory::new(
+        settings.catalog.clone(),
+        &settings.integrations,
+        settings.max_publish_rate,
+    ));
+    let authenticator = Authenticator::new(
+        settings.credentials.clone(),
+        identities.clone(),
+        namespaces.clone(),
+        settings.allow_anonymous,
+        settings.login_failures_per_minute,
+    );
+    let reloader = crate::reload::Reloader::new(
+        settings.clone(),
+        rules.clone(),
+        authenticator.devices(),
+        directory.clone(),
+        api_slot.clone(),
+    );
+    crate::reload::reload_on_hangup(reloader.clone());
     let api = crate::api::Api::new(
         rules.clone(),
         namespaces.clone(),
         out.clone(),
-        (storage.clone(), settings.catalog.clone()),
-        &settings.integrations,
-        settings.max_publish_rate,
+        storage.clone(),
+        directory,
     );
-    let _ = api_slot.set(api.with_webhooks(webhooks).with_people(people));
-    let sessions = Sessions::new(identities.clone(), settings.allow_anonymous, namespaces.clone());
+    let _ = api_slot.set(
+        api.with_webhooks(webhooks)
+            .with_people(people)
+            .with_reloader(settings.source.is_some().then_some(reloader)),
+    );
+    let sessions = Sessions::new(identities, settings.allow_anonymous, namespaces);
     let register = scx.extends.hook_mgr().register();
-    let authenticator = Authenticator::new(
-        settings.credentials.clone(),
-        identities,
-        namespaces,
-        settings.allow_anonymous,
-        settings.login_failures_per_minute,
-    );
     register
         .add_priority(Type::ClientAuthenticate, HOOK_PRIORITY, Box::new(authenticator))
         .await;

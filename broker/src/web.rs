@@ -289,6 +289,7 @@ pub fn every_route() -> Vec<(&'static str, &'static str)> {
     routes.push(("get", crate::api::REPORT_ROUTE));
     routes.push(("get", crate::api::ALERTS_ROUTE));
     routes.push(("get", crate::api::BACKUP_ROUTE));
+    routes.push(("post", crate::api::RELOAD_ROUTE));
     routes.push(("get", crate::api::WEBHOOKS_ROUTE));
     routes.push(("get", crate::api::DEAD_LETTERS_ROUTE));
     routes.extend(crate::api::DOCUMENT_ROUTES.iter().map(|r| ("get", *r)));

@@ -287,10 +287,18 @@ impl Document {
 
 impl Retired {
     /// The topics its retained documents are on, to be cleared.
-    pub fn topics(&self) -> [Topic; 2] {
+    pub fn topics(&self) -> Vec<Topic> {
         match self {
-            Retired::Request { id, store } => request_topics(id, store),
-            Retired::Transfer { id, from, to } => transfer_topics(id, from, to),
+            Retired::Request { id, store } => request_topics(id, store).into(),
+            Retired::Transfer { id, from, to } => transfer_topics(id, from, to).into(),
+            Retired::Dish { store, dish } => vec![Topic::DishAvailability {
+                store: store.clone(),
+                dish: dish.clone(),
+            }],
+            Retired::Sku { store, sku } => vec![Topic::StockLevel {
+                store: store.clone(),
+                sku: sku.clone(),
+            }],
         }
     }
 }

@@ -22,6 +22,7 @@
 //!   and the availability they give;
 //! - `changes`: what an input changed ([`Changes`], [`Outcome`]);
 //! - `state`: the persisted states, sale records and ledger lines;
+//! - `reconfigure`: a new catalog while the chain runs (a reload);
 //! - `rejection`: why an input is refused ([`Rejection`]);
 //! - [`report`]: a store's day from its ledger lines ([`DayReport`]).
 //!
@@ -45,6 +46,7 @@ pub mod input;
 mod inventory;
 pub mod ledger;
 pub mod planning;
+mod reconfigure;
 mod rejection;
 pub mod report;
 mod state;

@@ -564,6 +564,158 @@ fn restore_reproduces_state_and_reports_nothing_new() {
     assert_eq!(back.menu_out(&s1), inv.menu_out(&s1));
 }
 
+/// The test catalog as a reload changes it: the burger takes 200 g of
+/// beef, the soda leaves the menu, a cheeseburger (with a new SKU, cheese)
+/// joins it, and a second store opens with 6 buns.
+fn catalog_reloaded() -> Arc<Catalog> {
+    let old = catalog();
+    let mut skus: Vec<Sku> = old.skus().cloned().collect();
+    skus.push(Sku {
+        id: id("cheese"),
+        name: "cheese".into(),
+        unit: BaseUnit::Pcs,
+        pack: 1,
+    });
+    let mut dishes: Vec<Dish> = old.dishes().cloned().collect();
+    for d in &mut dishes {
+        if d.id == id::<DishId>("burger") {
+            d.recipe[1].per_portion = 200;
+        }
+    }
+    dishes.push(Dish {
+        id: id("cheeseburger"),
+        name: "Cheeseburger".into(),
+        low_mark: 0,
+        recipe: vec![
+            RecipeLine {
+                sku: id("bun"),
+                per_portion: 1,
+            },
+            RecipeLine {
+                sku: id("cheese"),
+                per_portion: 1,
+            },
+        ],
+        category: None,
+        price: None,
+        external: Default::default(),
+    });
+    let mut s1 = old.store(&id("s1")).expect("s1").clone();
+    s1.menu = vec![id("burger"), id("double"), id("cheeseburger")];
+    let params = StockParams {
+        reorder_point: 10,
+        par: 40,
+        opening: None,
+    };
+    s1.stock.insert(id("cheese"), params);
+    let mut s2 = s1.clone();
+    s2.id = id("s2");
+    s2.name = "S2".into();
+    s2.stock.insert(
+        id("bun"),
+        StockParams {
+            opening: Some(6),
+            ..params
+        },
+    );
+    Arc::new(Catalog::new(skus, dishes, vec![s1, s2]).expect("valid catalog"))
+}
+
+/// A reload keeps every level and the history behind it, recomputes the
+/// dish whose recipe changed, adds the new dish and store as a start would,
+/// clears what left the menu, and republishes the catalog documents.
+#[test]
+fn a_reload_keeps_levels_and_runs_on_the_new_catalog() {
+    let mut inv = stocked_and_sold();
+    let s1: StoreId = id("s1");
+    assert_eq!(dish(&inv, "burger").portions, 5, "850 g of beef at 150 g");
+    let menu_rev = inv.menu_out(&s1).expect("menu").rev;
+    let levels_before: Vec<_> = ["bun", "beef", "cola"]
+        .iter()
+        .map(|s| inv.level_out(&s1, &id(s)).expect("level"))
+        .collect();
+
+    let out = inv.reconfigure(catalog_reloaded(), T0 + 10);
+
+    for before in &levels_before {
+        assert_eq!(
+            inv.level_out(&s1, &before.sku).as_ref(),
+            Some(before),
+            "a level is untouched"
+        );
+    }
+    let burger = dish(&inv, "burger");
+    assert_eq!(burger.portions, 4, "850 g of beef at 200 g");
+    assert!(out.changes.publish.contains(&Document::Dish(s1.clone(), id("burger"))));
+    assert!(
+        !out.changes.publish.contains(&Document::Dish(s1.clone(), id("double"))),
+        "an unchanged dish is not published again"
+    );
+    let cheeseburger = dish(&inv, "cheeseburger");
+    assert_eq!((cheeseburger.portions, cheeseburger.status), (0, DishStatus::SoldOut));
+    assert_eq!(qty(&inv, "cheese"), 0);
+    assert!(inv.dish_out(&s1, &id("soda")).is_none());
+    assert!(out.changes.retired.contains(&Retired::Dish {
+        store: s1.clone(),
+        dish: id("soda"),
+    }));
+    let menu = inv.menu_out(&s1).expect("menu");
+    assert!(menu.rev > menu_rev);
+    assert!(
+        menu.dishes.contains_key(&id::<DishId>("cheeseburger")) && !menu.dishes.contains_key(&id::<DishId>("soda"))
+    );
+    assert!(out.changes.publish.contains(&Document::Catalog(s1.clone())));
+    // The new store opens with its opening stock, booked in the ledger.
+    let s2: StoreId = id("s2");
+    assert_eq!(inv.level_out(&s2, &id("bun")).expect("s2 bun").qty, 6);
+    assert_eq!(out.entries.len(), 1);
+    assert!(out.changes.publish.contains(&Document::Catalog(s2.clone())));
+    // Exactly as a restart with the new configuration.
+    let (mut restarted, _) = Inventory::restore(catalog_reloaded(), snapshot(&stocked_and_sold()), T0 + 10);
+    restarted.start(T0 + 10);
+    for store in [&s1, &s2] {
+        for sku in ["bun", "beef", "cola", "cheese"] {
+            assert_eq!(
+                restarted.level_out(store, &id(sku)).map(|l| (l.qty, l.state)),
+                inv.level_out(store, &id(sku)).map(|l| (l.qty, l.state))
+            );
+        }
+        for d in ["burger", "double", "soda", "cheeseburger"] {
+            assert_eq!(
+                restarted.dish_out(store, &id(d)).map(|a| (a.portions, a.status)),
+                inv.dish_out(store, &id(d)).map(|a| (a.portions, a.status))
+            );
+        }
+    }
+    // A second reload of the same catalog changes nothing.
+    let again = inv.reconfigure(catalog_reloaded(), T0 + 20);
+    assert!(again.entries.is_empty());
+    assert!(again.changes.levels().next().is_none() && again.changes.dishes().next().is_none());
+    assert!(again.changes.retired.is_empty());
+}
+
+fn stocked_and_sold() -> Inventory {
+    let mut inv = stocked();
+    inv.apply_sale(&id("s1"), &sale("s", &[("burger", 1)], T0 + 1), T0 + 1)
+        .expect("sale");
+    inv
+}
+
+/// `states` is what the shell persists: a restore from it is the same
+/// chain.
+#[test]
+fn states_restore_the_same_chain() {
+    let inv = stocked_and_sold();
+    let s1: StoreId = id("s1");
+    let (from_states, changes) = Inventory::restore(catalog(), inv.states(), T0 + 5);
+    let (from_snapshot, _) = Inventory::restore(catalog(), snapshot(&inv), T0 + 5);
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(from_states.menu_out(&s1), from_snapshot.menu_out(&s1));
+    for sku in ["bun", "beef", "cola"] {
+        assert_eq!(from_states.level_out(&s1, &id(sku)), inv.level_out(&s1, &id(sku)));
+    }
+}
+
 proptest! {
     /// portions = min over the recipe of ⌊max(stock, 0) ÷ per portion⌋.
     #[test]

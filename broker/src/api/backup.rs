@@ -10,9 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
-use super::answer::ApiError;
 use super::{ready, Slot};
-use crate::acl::Role;
 
 /// A writer that hands what is written to an HTTP body, chunk by chunk.
 struct ToBody(mpsc::Sender<Result<Bytes, std::io::Error>>);
@@ -33,13 +31,7 @@ impl std::io::Write for ToBody {
 /// The `GET`.
 pub(super) async fn backup(State(slot): State<Slot>, headers: HeaderMap) -> Response {
     let started = ready(&slot).and_then(|api| {
-        let caller = api.chain_wide(&headers)?;
-        if !matches!(caller.role, Role::Operator | Role::Hq) {
-            return Err(ApiError::forbidden(format!(
-                "{} may not take backups: an operator or hq integration does",
-                caller.id
-            )));
-        }
+        let caller = api.operator(&headers, "take backups")?;
         tracing::info!(by = %caller.id, "backup started");
         Ok(api.store.clone())
     });

@@ -225,7 +225,7 @@ async fn history(slot: &Slot, store: &str, query: LedgerQuery, headers: &HeaderM
             break;
         }
         if wanted.keeps(line) {
-            kept.push(LineOut::new(*number, line, &api.catalog));
+            kept.push(LineOut::new(*number, line, &api.catalog()));
         }
     }
     let next = next.map(|n| n.to_string());

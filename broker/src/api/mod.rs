@@ -16,6 +16,7 @@
 //! - `ledger`: a store's history, paged by a stable cursor;
 //! - `alerts`: a store's alerts, raised now and recent;
 //! - `backup`: a consistent backup of the running broker, streamed;
+//! - `reload`: the configuration re-read, for an operator;
 //! - `report`: a store's day — sales, use and waste — from its ledger;
 //! - `webhooks`: the webhook endpoints' queues and dead letters (HQ);
 //! - [`answer`]: the HTTP status of every verdict and refusal (pure).
@@ -34,6 +35,7 @@ mod inputs;
 pub mod integrations;
 mod ledger;
 mod reads;
+mod reload;
 mod report;
 mod webhooks;
 
@@ -47,6 +49,7 @@ use axum::Router;
 use dishsync_protocol::{DeviceId, StoreId};
 
 use crate::acl::Identity;
+use crate::current::Current;
 use crate::hooks::PublishLimiter;
 use crate::namespaces::Namespaces;
 use crate::outbound::Outbound;
@@ -60,14 +63,42 @@ pub struct Api {
     namespaces: Arc<Namespaces>,
     out: Outbound,
     store: crate::store::Store,
-    catalog: Arc<dishsync_inventory::Catalog>,
-    integrations: Integrations,
-    /// One bucket per integration, at its own rate.
-    limiters: HashMap<DeviceId, PublishLimiter>,
+    /// The chain and who may call, as the configuration says now.
+    directory: Current<Directory>,
     /// The webhook endpoints, if any.
     webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// The web app's people and sessions, if it serves people.
     people: Option<crate::people::People>,
+    /// Re-reads the configuration, when it came from a file.
+    reloader: Option<Arc<crate::reload::Reloader>>,
+}
+
+/// The parts of the API a reload replaces.
+pub struct Directory {
+    catalog: Arc<dishsync_inventory::Catalog>,
+    integrations: Integrations,
+    /// One bucket per integration, at its own rate.
+    limiters: HashMap<DeviceId, PublishLimiter>,
+}
+
+impl Directory {
+    /// The chain `catalog` and its `integrations`; `default_rate` is the
+    /// requests per second of an integration that sets none.
+    pub fn new(
+        catalog: Arc<dishsync_inventory::Catalog>,
+        integrations: &[Integration],
+        default_rate: u32,
+    ) -> Directory {
+        let limiters = integrations
+            .iter()
+            .map(|i| (i.id.clone(), PublishLimiter::new(i.rate.unwrap_or(default_rate))))
+            .collect();
+        Directory {
+            catalog,
+            integrations: Integrations::new(integrations),
+            limiters,
+        }
+    }
 }
 
 impl Api {
@@ -79,24 +110,18 @@ impl Api {
         rules: RulesHandle,
         namespaces: Arc<Namespaces>,
         out: Outbound,
-        (store, catalog): (crate::store::Store, Arc<dishsync_inventory::Catalog>),
-        integrations: &[Integration],
-        default_rate: u32,
+        store: crate::store::Store,
+        directory: Current<Directory>,
     ) -> Api {
-        let limiters = integrations
-            .iter()
-            .map(|i| (i.id.clone(), PublishLimiter::new(i.rate.unwrap_or(default_rate))))
-            .collect();
         Api {
             rules,
             namespaces,
             out,
             store,
-            catalog,
-            integrations: Integrations::new(integrations),
-            limiters,
+            directory,
             webhooks: None,
             people: None,
+            reloader: None,
         }
     }
 
@@ -110,14 +135,19 @@ impl Api {
         Api { people, ..self }
     }
 
+    /// The API re-reading the configuration with `reloader` too.
+    pub fn with_reloader(self, reloader: Option<Arc<crate::reload::Reloader>>) -> Api {
+        Api { reloader, ..self }
+    }
+
     /// The web app's people, if it serves people.
     pub fn people(&self) -> Option<&crate::people::People> {
         self.people.as_ref()
     }
 
-    /// The chain.
-    pub fn catalog(&self) -> &dishsync_inventory::Catalog {
-        &self.catalog
+    /// The chain, as the configuration says now.
+    pub fn catalog(&self) -> Arc<dishsync_inventory::Catalog> {
+        Arc::clone(&self.directory.get().catalog)
     }
 
     /// Where the broker publishes (the live pages' stream).
@@ -126,7 +156,7 @@ impl Api {
     }
 
     /// The integration whose bearer token `headers` carry, within its rate.
-    fn caller(&self, headers: &HeaderMap) -> Result<&Integration, ApiError> {
+    fn caller(&self, headers: &HeaderMap) -> Result<Integration, ApiError> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -137,15 +167,16 @@ impl Api {
                 false,
             ));
         };
-        let Some(integration) = self.integrations.find(token.trim()) else {
+        let directory = self.directory.get();
+        let Some(integration) = directory.integrations.find(token.trim()) else {
             return Err(ApiError::unauthenticated("the token is not valid", true));
         };
-        if let Some(limiter) = self.limiters.get(&integration.id) {
+        if let Some(limiter) = directory.limiters.get(&integration.id) {
             limiter
                 .try_take(integration.id.as_str(), Instant::now())
                 .map_err(ApiError::rate_limited)?;
         }
-        Ok(integration)
+        Ok(integration.clone())
     }
 
     /// The identity the caller acts as in `store` (`None`: an HQ path).
@@ -161,7 +192,7 @@ impl Api {
 impl Api {
     /// The caller, if it is chain-wide (HQ, the central kitchen, an
     /// operator): what is about every store.
-    fn chain_wide(&self, headers: &HeaderMap) -> Result<&Integration, ApiError> {
+    fn chain_wide(&self, headers: &HeaderMap) -> Result<Integration, ApiError> {
         let integration = self.caller(headers)?;
         match integration.stores {
             integrations::Stores::Chain => Ok(integration),
@@ -169,6 +200,22 @@ impl Api {
                 "{} belongs to a store; this is for chain-wide integrations",
                 integration.id
             ))),
+        }
+    }
+}
+
+impl Api {
+    /// The caller, if it is a chain-wide `operator` or `hq` integration:
+    /// who may `act` on the broker itself (a backup, a reload).
+    fn operator(&self, headers: &HeaderMap, act: &str) -> Result<Integration, ApiError> {
+        let caller = self.chain_wide(headers)?;
+        if matches!(caller.role, crate::acl::Role::Operator | crate::acl::Role::Hq) {
+            Ok(caller)
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{} may not {act}: an operator or hq integration does",
+                caller.id
+            )))
         }
     }
 }
@@ -205,6 +252,9 @@ pub const REPORT_ROUTE: &str = "/api/v1/stores/{store}/report";
 
 /// A backup of the running broker.
 pub const BACKUP_ROUTE: &str = "/api/v1/admin/backup";
+
+/// The configuration re-read.
+pub const RELOAD_ROUTE: &str = "/api/v1/admin/reload";
 
 /// The webhook endpoints and their queues.
 pub const WEBHOOKS_ROUTE: &str = "/api/v1/webhooks";
@@ -255,6 +305,7 @@ pub fn router(slot: Slot) -> Router {
         .route(REPORT_ROUTE, get(report::read))
         .route(ALERTS_ROUTE, get(alerts::read))
         .route(BACKUP_ROUTE, get(backup::backup))
+        .route(RELOAD_ROUTE, post(reload::reload))
         .route(WEBHOOKS_ROUTE, get(webhooks::endpoints))
         .route(DEAD_LETTERS_ROUTE, get(webhooks::dead_letters));
     for path in INPUT_ROUTES {

@@ -58,7 +58,7 @@ async fn report(slot: &Slot, store: &str, query: ReportQuery, headers: &HeaderMa
         .parse()
         .map_err(|e| ApiError::not_found(format!("store {store:?}: {e}")))?;
     super::ledger::may_read_history(api, headers, &store)?;
-    let offset = api.catalog.planning().utc_offset_minutes;
+    let offset = api.catalog().planning().utc_offset_minutes;
     let (date, from, to) = day_bounds(query.date.as_deref(), offset, Timestamp::now().0).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
@@ -123,7 +123,7 @@ pub(crate) async fn day(
         Ok((lines, sales))
     })
     .await?;
-    let catalog = &api.catalog;
+    let catalog = api.catalog();
     let report = DayReport::build(
         store,
         (date, from, to),

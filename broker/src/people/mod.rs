@@ -43,6 +43,8 @@ use pages::{Lang, View};
 use sessions::{Session, Sessions};
 use users::User;
 
+use crate::current::Current;
+
 /// The session cookie.
 const SESSION_COOKIE: &str = "dishsync_session";
 /// The login form's double-submit cookie.
@@ -80,7 +82,9 @@ impl Default for WebApp {
 
 /// What the web app serves from, beside the API.
 pub struct People {
-    users: HashMap<DeviceId, User>,
+    /// Who may log in, as the configuration says now: a reload that drops
+    /// a person ends their sessions at their next request.
+    users: Current<HashMap<DeviceId, User>>,
     sessions: Sessions,
     brake: FailureBrake,
     floor_public: bool,
@@ -93,7 +97,7 @@ impl People {
     /// (`failures_per_minute` per address) and sessions kept in `store`.
     pub fn new(app: &WebApp, failures_per_minute: u32, store: crate::store::Store) -> People {
         People {
-            users: app.users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+            users: Current::new(users_by_name(app)),
             sessions: Sessions::new(app.session_ttl, Some(store)),
             brake: FailureBrake::new(failures_per_minute),
             floor_public: app.floor_public,
@@ -101,10 +105,20 @@ impl People {
         }
     }
 
+    /// Who may log in from now on: `app`'s users (the rest of `app` is
+    /// read at start only).
+    pub fn reload_users(&self, app: &WebApp) {
+        self.users.set(users_by_name(app));
+    }
+
     /// Sessions open now.
     pub fn sessions_open(&self) -> usize {
         self.sessions.open(dishsync_protocol::payload::Timestamp::now().0)
     }
+}
+
+fn users_by_name(app: &WebApp) -> HashMap<DeviceId, User> {
+    app.users.iter().map(|u| (u.name.clone(), u.clone())).collect()
 }
 
 /// The routes of the web app, serving from `slot` once it is filled.
@@ -187,12 +201,12 @@ fn lang(headers: &HeaderMap) -> Lang {
 }
 
 /// The person logged in, with their session and its token.
-fn person<'a>(people: &'a People, headers: &HeaderMap) -> Option<(&'a User, Session, String)> {
+fn person(people: &People, headers: &HeaderMap) -> Option<(User, Session, String)> {
     let token = cookie(headers, SESSION_COOKIE)?;
     let session = people
         .sessions
         .find(token, dishsync_protocol::payload::Timestamp::now().0)?;
-    let user = people.users.get(&session.user)?;
+    let user = people.users.get().get(&session.user)?.clone();
     Some((user, session, token.to_string()))
 }
 
@@ -223,7 +237,7 @@ async fn home(State(slot): State<Slot>, headers: HeaderMap) -> Response {
         Err(r) => return r.into_response(),
     };
     match person(people, &headers) {
-        Some((user, _, _)) => Redirect::to(&home_of(user, api)).into_response(),
+        Some((user, _, _)) => Redirect::to(&home_of(&user, api)).into_response(),
         None => to_login("/"),
     }
 }
@@ -312,7 +326,7 @@ async fn login(
     }
     let user = DeviceId::new(form.name.trim())
         .ok()
-        .and_then(|name| people.users.get(&name).cloned());
+        .and_then(|name| people.users.get().get(&name).cloned());
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let password = form.password.into_bytes();
     // The hash is checked for an unknown name too, so that the answer
@@ -446,10 +460,10 @@ async fn hq_page(State(slot): State<Slot>, headers: HeaderMap) -> Response {
     let Some((user, session, _)) = person(people, &headers) else {
         return to_login("/hq");
     };
-    if !user.role.is_chain_wide() || viewer(user, View::Hq, None).is_none() {
+    if !user.role.is_chain_wide() || viewer(&user, View::Hq, None).is_none() {
         return forbidden(lang(&headers));
     }
-    page(api, user, Some(&session), View::Hq, None, &headers)
+    page(api, &user, Some(&session), View::Hq, None, &headers)
 }
 
 async fn store_page(State(slot): State<Slot>, Path(store): Path<String>, headers: HeaderMap) -> Response {
@@ -484,10 +498,10 @@ fn show(slot: &Slot, store: &str, view: View, headers: &HeaderMap) -> Response {
     let here = format!("/stores/{store}{}", view.suffix());
     match person(people, headers) {
         Some((user, session, _)) => {
-            if viewer(user, view, Some(&store)).is_none() {
+            if viewer(&user, view, Some(&store)).is_none() {
                 return forbidden(lang(headers));
             }
-            page(api, user, Some(&session), view, Some(&store), headers)
+            page(api, &user, Some(&session), view, Some(&store), headers)
         }
         None if view == View::Floor && people.floor_public => pages::floor_public(api, &store, lang(headers)),
         None => to_login(&here),
@@ -502,7 +516,8 @@ fn page(
     store: Option<&StoreId>,
     headers: &HeaderMap,
 ) -> Response {
-    let stores = user.stores_of(api.catalog().stores().map(|s| &s.id));
+    let catalog = api.catalog();
+    let stores = user.stores_of(catalog.stores().map(|s| &s.id));
     let views: Vec<View> = View::STORE_VIEWS
         .into_iter()
         .filter(|v| store.is_some_and(|s| viewer(user, *v, Some(s)).is_some()))
@@ -515,7 +530,7 @@ fn page(
         csrf: session.map_or("", |s| s.csrf.as_str()),
         stores: &stores,
         views: &views,
-        catalog: api.catalog(),
+        catalog: &catalog,
     });
     (StatusCode::OK, pages::html_headers(), html).into_response()
 }
@@ -528,7 +543,7 @@ async fn live_hq(State(slot): State<Slot>, headers: HeaderMap) -> Response {
     let Some((user, _, _)) = person(people, &headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    match viewer(user, View::Hq, None) {
+    match viewer(&user, View::Hq, None) {
         Some(identity) if user.role.is_chain_wide() => {
             let filters = View::Hq.filters(None, &identity);
             live::stream(api.outbound().clone(), filters).into_response()
@@ -550,7 +565,7 @@ async fn live_store(
         return StatusCode::NOT_FOUND.into_response();
     };
     let identity = match person(people, &headers) {
-        Some((user, _, _)) => viewer(user, view, Some(&store)),
+        Some((user, _, _)) => viewer(&user, view, Some(&store)),
         None if view == View::Floor && people.floor_public && api.catalog().store(&store).is_some() => {
             Some(pages::floor_identity(&store))
         }

@@ -362,7 +362,8 @@ pub fn shell(page: Shell<'_>) -> String {
 /// The floor board for anyone, when configured so: no person, no taps.
 pub fn floor_public(api: &crate::api::Api, store: &StoreId, lang: Lang) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let name = api.catalog().store(store).map_or(store.as_str(), |s| s.name.as_str());
+    let catalog = api.catalog();
+    let name = catalog.store(store).map_or(store.as_str(), |s| s.name.as_str());
     let html = format!(
         "{head}<body data-view=\"floor\" data-store=\"{store}\" data-user=\"\" data-role=\"\" data-offset=\"{offset}\" \
          data-lang=\"{lang_code}\"><header><strong class=\"brand\">dishsync</strong> <span class=\"place\">{name}</span>\

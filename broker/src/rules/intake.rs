@@ -5,8 +5,9 @@
 //! topic (logged, rate-limited).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use dishsync_inventory::{Input, Rejection};
+use dishsync_inventory::{Catalog, Input, Rejection};
 use dishsync_protocol::payload::{RequestOut, Timestamp, TransferOut};
 use dishsync_protocol::{DeviceId, StoreId};
 use tokio::sync::{mpsc, oneshot};
@@ -46,6 +47,19 @@ pub(super) enum Command {
     Documents(oneshot::Sender<Documents>),
     /// A store's alerts: the ids raised now, and the last alert number.
     Alerts(StoreId, oneshot::Sender<Option<AlertIds>>),
+    /// The chain runs on a new catalog from now on (a reload).
+    Reconfigure(Arc<Catalog>, oneshot::Sender<Reconfigured>),
+}
+
+/// What a new catalog changed in the running chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reconfigured {
+    /// Level documents published anew.
+    pub levels: usize,
+    /// Dish availability documents published anew.
+    pub dishes: usize,
+    /// Documents cleared: dishes and SKUs no longer there.
+    pub cleared: usize,
 }
 
 /// A store's alerts as the rules hold them: the ids of those raised now
@@ -102,6 +116,15 @@ impl RulesHandle {
         let (reply, answer) = oneshot::channel();
         self.tx.send(Command::Alerts(store, reply)).await.ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// Runs the chain on `catalog` from now on (`Inventory::reconfigure`);
+    /// its changes join the open group like an input's. `None` once the
+    /// rules stopped.
+    pub async fn reconfigure(&self, catalog: Arc<Catalog>) -> Option<Reconfigured> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Command::Reconfigure(catalog, reply)).await.ok()?;
+        answer.await.ok()
     }
 
     /// Whether the rules task still takes inputs.

@@ -51,7 +51,7 @@ use tracing::{debug, error, info};
 
 pub use commit::stage_changes;
 pub use intake::{
-    log_refusal, report, AlertIds, Documents, Intake, LogLine, RefusalLog, RulesHandle, Verdict,
+    log_refusal, report, AlertIds, Documents, Intake, LogLine, Reconfigured, RefusalLog, RulesHandle, Verdict,
     REFUSALS_LOGGED_PER_MINUTE,
 };
 
@@ -114,6 +114,14 @@ struct Group {
 impl Group {
     fn is_empty(&self) -> bool {
         self.decided.is_empty() && self.changes.is_empty()
+    }
+
+    /// The group's commit, begun now if nothing wrote to it yet.
+    fn open_commit(&mut self, store: &Store) -> Result<&mut Commit, StoreError> {
+        match &mut self.commit {
+            Some(commit) => Ok(commit),
+            empty => Ok(empty.insert(store.begin()?)),
+        }
     }
 }
 
@@ -279,6 +287,21 @@ impl Rules {
                     let _ = reply.send(ids);
                     continue;
                 }
+                Command::Reconfigure(catalog, reply) => {
+                    let outcome = self.inv.reconfigure(catalog, now);
+                    let answer = Reconfigured {
+                        levels: outcome.changes.levels().count(),
+                        dishes: outcome.changes.dishes().count(),
+                        cleared: outcome.changes.retired.len(),
+                    };
+                    info!(?answer, "running on the reloaded catalog");
+                    if !outcome.entries.is_empty() {
+                        self.group.open_commit(&self.store)?.ledger(&outcome.entries)?;
+                    }
+                    self.group.changes.merge(outcome.changes);
+                    let _ = reply.send(answer);
+                    continue;
+                }
                 Command::Presence(device, online) => {
                     let stores: Vec<StoreId> = self
                         .inv
@@ -338,17 +361,18 @@ impl Rules {
             Ok(None) => return Ok(Verdict::Unchanged),
             Err(rejection) => return Ok(Verdict::Rejected(rejection)),
         };
-        let commit = match &mut self.group.commit {
-            Some(commit) => commit,
-            empty => empty.insert(self.store.begin()?),
-        };
+        let commit = self.group.open_commit(&self.store)?;
         if indexed {
             commit.event_id(&store, &id, fingerprint)?;
-            self.group.ids.insert(key, fingerprint);
         }
         commit.ledger(&outcome.entries)?;
+        if let Some((sale_id, record)) = &outcome.sale {
+            commit.sale(&store, sale_id, record)?;
+        }
+        if indexed {
+            self.group.ids.insert(key, fingerprint);
+        }
         if let Some((sale_id, record)) = outcome.sale {
-            commit.sale(&store, &sale_id, &record)?;
             self.group.sales.insert((store, sale_id), record);
         }
         self.group.changes.merge(outcome.changes);

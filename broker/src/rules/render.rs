@@ -29,7 +29,12 @@ pub fn changes(inv: &Inventory, changes: &Changes, now: Millis, throttled: impl 
     // Shown long enough: an empty retained message clears a finished
     // document for every later subscriber (it stays on record in sled).
     for retired in &changes.retired {
-        out.extend(retired.topics().map(|topic| Message::new(topic, Vec::new(), true)));
+        out.extend(
+            retired
+                .topics()
+                .into_iter()
+                .map(|topic| Message::new(topic, Vec::new(), true)),
+        );
     }
     for (store, alert) in &changes.alerts {
         out.extend(Message::json(Topic::Alerts { store: store.clone() }, alert, false));

@@ -134,7 +134,8 @@ impl Transfer {
 /// (then they are cleared; it stays on record in the broker's store).
 pub const FINISHED_SHOWN_FOR: Millis = DAY;
 
-/// A finished request or transfer whose retained documents are cleared.
+/// A document no longer shown whose retained messages are cleared: a
+/// finished request or transfer, or a dish or SKU a reload removed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Retired {
     /// A replenishment request of `store`.
@@ -152,6 +153,22 @@ pub enum Retired {
         from: StoreId,
         /// The taker.
         to: StoreId,
+    },
+    /// A dish a store no longer has on its menu (a reload): its
+    /// availability document is cleared.
+    Dish {
+        /// The store.
+        store: StoreId,
+        /// The dish.
+        dish: DishId,
+    },
+    /// A SKU the chain no longer keeps (a reload): the store's level
+    /// document is cleared.
+    Sku {
+        /// The store.
+        store: StoreId,
+        /// The SKU.
+        sku: SkuId,
     },
 }
 

@@ -18,6 +18,7 @@ mod mqtt5;
 mod namespaces;
 mod people;
 mod planning;
+mod reload;
 mod security;
 mod web;
 mod webdriver;

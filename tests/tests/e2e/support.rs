@@ -149,6 +149,8 @@ pub struct BrokerProcess {
     pub tls_addr: Option<SocketAddr>,
     /// Where its HTTP listener listens, if configured.
     pub web_addr: Option<SocketAddr>,
+    /// Its configuration file, if it runs from one.
+    pub config: Option<PathBuf>,
     log: PathBuf,
 }
 
@@ -165,8 +167,13 @@ impl BrokerProcess {
         let parent = data_dir.parent().unwrap_or(data_dir);
         let config_path = parent.join("dishsync.toml");
         std::fs::write(&config_path, config).context("writing the config")?;
-        let config_arg = [std::ffi::OsString::from("--config"), config_path.into_os_string()];
-        BrokerProcess::spawn(&config_arg, data_dir, listen)
+        let config_arg = [
+            std::ffi::OsString::from("--config"),
+            config_path.clone().into_os_string(),
+        ];
+        let mut broker = BrokerProcess::spawn(&config_arg, data_dir, listen)?;
+        broker.config = Some(config_path);
+        Ok(broker)
     }
 
     /// Starts the built-in demo chain (no configuration file; its dinner
@@ -233,8 +240,36 @@ impl BrokerProcess {
             addr,
             tls_addr,
             web_addr,
+            config: None,
             log,
         })
+    }
+
+    /// Sends it SIGHUP: re-read the configuration.
+    pub fn hang_up(&self) -> Result<()> {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .context("running kill -HUP")?;
+        anyhow::ensure!(sent.success(), "kill -HUP failed");
+        Ok(())
+    }
+
+    /// Waits until its log has a line containing `what`, `count` times.
+    pub fn wait_for_log(&self, what: &str, count: usize) -> Result<String> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let log = self.log();
+            if log.matches(what).count() >= count {
+                return Ok(log);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no log line with {what:?} (×{count}); log:\n{log}"
+            );
+            // A file has no event to wait on: read it again shortly.
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
     }
 
     /// Kills the broker with SIGKILL — no shutdown, no flush — and waits for it.
