@@ -234,21 +234,16 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(listen) = args.listen {
-        settings.listen = listen;
-    }
-    if let Some(web) = args.web_listen {
-        settings.web = Some(web);
-    }
-    if let Some(dir) = &args.data_dir {
-        settings.data_dir = dir.clone();
-    }
+    let overrides = crate::reload::Overrides {
+        listen: args.listen,
+        web: args.web_listen,
+        data_dir: args.data_dir.clone(),
+    };
+    overrides.apply(&mut settings);
     if let Some(file) = &args.config {
         settings.source = Some(crate::reload::Source {
             file: file.clone(),
-            listen: args.listen,
-            web: args.web_listen,
-            data_dir: args.data_dir.clone(),
+            overrides,
         });
     }
     if let Some(Command::Repair) = &args.command {

@@ -35,12 +35,9 @@ use crate::config::{ConfigError, ConfigIssue, Settings};
 use crate::current::Current;
 use crate::rules::{Reconfigured, RulesHandle};
 
-/// Where the running configuration came from: its file and the command
-/// line's overrides, applied again at every reload.
-#[derive(Debug, Clone)]
-pub struct Source {
-    /// The configuration file.
-    pub file: PathBuf,
+/// The command line's overrides of the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
     /// `--listen`, if given.
     pub listen: Option<SocketAddr>,
     /// `--web-listen`, if given.
@@ -49,10 +46,9 @@ pub struct Source {
     pub data_dir: Option<PathBuf>,
 }
 
-impl Source {
-    /// Reads and validates the file, with the overrides applied.
-    pub fn read(&self) -> Result<Settings, ConfigError> {
-        let mut settings = Settings::load(&self.file)?;
+impl Overrides {
+    /// Puts them into `settings`.
+    pub fn apply(&self, settings: &mut Settings) {
         if let Some(listen) = self.listen {
             settings.listen = listen;
         }
@@ -62,6 +58,24 @@ impl Source {
         if let Some(dir) = &self.data_dir {
             settings.data_dir = dir.clone();
         }
+    }
+}
+
+/// Where the running configuration came from: its file and the command
+/// line's overrides, applied again at every reload.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// What the command line says instead.
+    pub overrides: Overrides,
+}
+
+impl Source {
+    /// Reads and validates the file, with the overrides applied.
+    pub fn read(&self) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::load(&self.file)?;
+        self.overrides.apply(&mut settings);
         settings.source = Some(self.clone());
         Ok(settings)
     }

@@ -72,18 +72,7 @@ impl Inventory {
         for (store, catalog_before, dishes_before, skus_before) in before {
             let Some(state) = self.stores.get(&store) else {
                 // A store no longer in the chain: its documents go.
-                for dish in dishes_before {
-                    outcome.changes.retire(Retired::Dish {
-                        store: store.clone(),
-                        dish,
-                    });
-                }
-                for sku in skus_before {
-                    outcome.changes.retire(Retired::Sku {
-                        store: store.clone(),
-                        sku,
-                    });
-                }
+                retire(&mut outcome, &store, dishes_before, skus_before);
                 continue;
             };
             let gone_dishes: Vec<DishId> = dishes_before
@@ -104,18 +93,7 @@ impl Inventory {
                 }
                 outcome.changes.menu(store.clone());
             }
-            for dish in gone_dishes {
-                outcome.changes.retire(Retired::Dish {
-                    store: store.clone(),
-                    dish,
-                });
-            }
-            for sku in gone_skus {
-                outcome.changes.retire(Retired::Sku {
-                    store: store.clone(),
-                    sku,
-                });
-            }
+            retire(&mut outcome, &store, gone_dishes, gone_skus);
             if self.catalog_out(&store, now) != catalog_before {
                 outcome.changes.publish.insert(crate::Document::Catalog(store));
             }
@@ -126,5 +104,26 @@ impl Inventory {
             outcome.changes.publish.insert(crate::Document::Catalog(store));
         }
         outcome
+    }
+}
+
+/// Clears the documents of `dishes` and `skus` of `store`.
+fn retire(
+    outcome: &mut Outcome,
+    store: &StoreId,
+    dishes: impl IntoIterator<Item = DishId>,
+    skus: impl IntoIterator<Item = SkuId>,
+) {
+    for dish in dishes {
+        outcome.changes.retire(Retired::Dish {
+            store: store.clone(),
+            dish,
+        });
+    }
+    for sku in skus {
+        outcome.changes.retire(Retired::Sku {
+            store: store.clone(),
+            sku,
+        });
     }
 }
