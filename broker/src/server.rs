@@ -110,7 +110,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = api_slot.set(
         api.with_webhooks(webhooks)
             .with_people(people)
-            .with_reloader(settings.source.is_some().then_some(reloader)),
+            .with_reloader(Some(reloader)),
     );
     let sessions = Sessions::new(identities, settings.allow_anonymous, namespaces);
     let register = scx.extends.hook_mgr().register();

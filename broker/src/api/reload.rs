@@ -18,10 +18,8 @@ use crate::reload::ReloadError;
 pub(super) async fn reload(State(slot): State<Slot>, headers: HeaderMap) -> Response {
     let asked = ready(&slot).and_then(|api| {
         let caller = api.operator(&headers, "reload the configuration")?;
-        let reloader = api
-            .reloader
-            .clone()
-            .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "no_file", ReloadError::NoFile.to_string()))?;
+        // Set at start; the reload itself says when there is no file.
+        let reloader = api.reloader.clone().ok_or_else(ApiError::restoring)?;
         Ok((caller, reloader))
     });
     let (caller, reloader) = match asked {
