@@ -1006,7 +1006,7 @@ async fn build_ledger(config: &str, data: &Path, events: usize) -> Result<()> {
             // History from a day ago, stamped when it happened.
             ev.at = dishsync_protocol::payload::Timestamp(now);
             let out = inv.apply_stock(&s1, sku, &ev, now).map_err(|r| anyhow!("{r}"))?;
-            commit.event_id(&s1, &ev.id, i as u64)?;
+            commit.event_id(&s1, &ev.id, i as u64, now)?;
             commit.ledger(&out.entries)?;
             changes.merge(out.changes);
         }

@@ -55,6 +55,19 @@ struct FileConfig {
     #[serde(default)]
     namespaces: Vec<NamespaceSection>,
     web: Option<WebSection>,
+    #[serde(default)]
+    retention: RetentionSection,
+}
+
+/// `[retention]`: how long history is kept (0 keeps it for good).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionSection {
+    ledger_days: Option<f64>,
+    event_id_days: Option<f64>,
+    sale_days: Option<f64>,
+    dead_letter_days: Option<f64>,
+    compact_every_minutes: Option<f64>,
 }
 
 /// `[web]`: the HTTP listener.
@@ -307,6 +320,8 @@ pub struct Settings {
     pub integrations: Vec<crate::api::integrations::Integration>,
     /// Where webhooks go.
     pub webhooks: Vec<crate::webhooks::Endpoint>,
+    /// How long history is kept.
+    pub retention: crate::store::retention::Retention,
     /// The web app: who may log in, and how.
     pub web_app: crate::people::WebApp,
     /// The chain.
@@ -495,6 +510,7 @@ impl Validator {
             floor_public: file.web.as_ref().is_some_and(|w| w.floor_public),
         };
         let namespaces = self.namespaces(&file.namespaces);
+        let retention = self.retention(&file.retention);
         let tls = file.broker.tls.as_ref().and_then(|t| self.tls(t));
         let web = file.web.as_ref().and_then(|w| match w.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -538,10 +554,49 @@ impl Validator {
             credentials,
             integrations,
             webhooks,
+            retention,
             web_app,
             catalog: Arc::new(catalog),
             source: None,
         })
+    }
+
+    /// `[retention]`: each kind of history's window (0 days: kept for
+    /// good) and how often compaction runs.
+    fn retention(&mut self, r: &RetentionSection) -> crate::store::retention::Retention {
+        use std::time::Duration;
+        let defaults = crate::store::retention::Retention::default();
+        let mut days = |key: &str, given: Option<f64>, default: Option<Duration>| match given {
+            None => default,
+            Some(0.0) => None,
+            Some(d) if d.is_finite() && d > 0.0 && d <= 36_500.0 => Some(Duration::from_secs_f64(d * 86_400.0)),
+            Some(_) => {
+                self.issue(
+                    format!("retention.{key}"),
+                    "must be 0 (keep for good) or more, up to 36500 days",
+                );
+                default
+            }
+        };
+        let ledger = days("ledger_days", r.ledger_days, defaults.ledger);
+        let event_ids = days("event_id_days", r.event_id_days, defaults.event_ids);
+        let sales = days("sale_days", r.sale_days, defaults.sales);
+        let dead_letters = days("dead_letter_days", r.dead_letter_days, defaults.dead_letters);
+        let every = match r.compact_every_minutes {
+            None => defaults.every,
+            Some(m) if m.is_finite() && (0.01..=1440.0).contains(&m) => Duration::from_secs_f64(m * 60.0),
+            Some(_) => {
+                self.issue("retention.compact_every_minutes", "must be 0.01 to 1440 (a day)");
+                defaults.every
+            }
+        };
+        crate::store::retention::Retention {
+            ledger,
+            event_ids,
+            sales,
+            dead_letters,
+            every,
+        }
     }
 
     /// `[broker]`: the listener and its limits (`None` when the listen

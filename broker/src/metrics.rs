@@ -44,6 +44,9 @@ pub struct Metrics {
     webhook_dead: AtomicU64,
     webhook_pending: Mutex<BTreeMap<String, u64>>,
     web_sessions: AtomicU64,
+    /// Records removed by compaction, by kind.
+    compacted: Mutex<BTreeMap<&'static str, u64>>,
+    compactions: AtomicU64,
 }
 
 /// What the rules are asked for at a scrape.
@@ -145,6 +148,16 @@ impl Metrics {
     /// The web app has `open` sessions.
     pub fn web_sessions(&self, open: usize) {
         self.web_sessions.store(open as u64, Ordering::Relaxed);
+    }
+
+    /// A compaction ran and removed `done`.
+    pub fn compacted(&self, done: &crate::store::retention::Compacted) {
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut map) = self.compacted.lock() {
+            for (record, n) in done.removed() {
+                *map.entry(record).or_default() += n;
+            }
+        }
     }
 
     /// The `/metrics` page, with `gauges` from the rules.
@@ -254,6 +267,22 @@ impl Metrics {
         );
         for (endpoint, n) in &m.webhook_pending {
             let _ = writeln!(out, "{name}{{endpoint=\"{endpoint}\"}} {n}");
+        }
+        let name = "dishsync_compactions_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Compactions of the history past its retention.\n# TYPE {name} counter\n{name} {}",
+            self.compactions.load(Ordering::Relaxed)
+        );
+        let name = "dishsync_compacted_records_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} History records removed past their retention, by kind.\n# TYPE {name} counter"
+        );
+        if let Ok(map) = self.compacted.lock() {
+            for (record, n) in map.iter() {
+                let _ = writeln!(out, "{name}{{record=\"{record}\"}} {n}");
+            }
         }
         out
     }

@@ -251,7 +251,7 @@ fn differs<T: Debug>(a: &T, b: &T) -> bool {
 
 /// The keys read at start only that differ between `running` and `next`.
 fn start_only_changes(running: &Settings, next: &Settings) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 16] = [
+    let checks: [(&'static str, bool); 17] = [
         ("broker.listen", differs(&running.listen, &next.listen)),
         ("broker.data_dir", differs(&running.data_dir, &next.data_dir)),
         (
@@ -298,6 +298,7 @@ fn start_only_changes(running: &Settings, next: &Settings) -> Vec<&'static str> 
         ),
         ("namespaces", differs(&running.namespaces, &next.namespaces)),
         ("webhooks", differs(&running.webhooks, &next.webhooks)),
+        ("retention", running.retention != next.retention),
     ];
     checks
         .into_iter()

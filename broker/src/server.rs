@@ -72,6 +72,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         rules.clone(),
         storage.clone(),
     ));
+    compact_history(&storage, &settings);
     if let Some(seed) = settings.demo_service {
         tokio::spawn(crate::demo::run(rules.clone(), catalog, seed));
     }
@@ -325,6 +326,15 @@ pub(crate) async fn restore(settings: &Settings) -> anyhow::Result<(Store, Inven
         "state restored"
     );
     Ok((store, inventory))
+}
+
+/// Starts the compaction of the history past its retention, in the
+/// background.
+pub(crate) fn compact_history(store: &Store, settings: &Settings) {
+    tokio::spawn(crate::store::retention::compact_every::<crate::webhooks::DeadLetter>(
+        store.clone(),
+        settings.retention.clone(),
+    ));
 }
 
 fn open_data_dir(dir: &Path, checkpoint_interval: std::time::Duration) -> anyhow::Result<Store> {

@@ -24,7 +24,7 @@
 //!
 //! | prefix | key | value (postcard) |
 //! |---|---|---|
-//! | `i/` | store `/` event id | content fingerprint (u64) |
+//! | `i/` | store `/` event id | content fingerprint (u64), then when the input was applied (i64 ms; absent on ids written before it was kept) |
 //! | `l/` | first line's sequence (u64, big-endian) | a page of up to 1,024 consecutive [`LedgerEntry`]s: count, then length-prefixed lines (u32 LE) |
 //! | `ls/` | store `/` hour of the lines' stamps (u64, big-endian, sign bit flipped) and first line's sequence (u64, big-endian) | the index: that store's lines stamped in that hour, whole — per line its sequence (u64 LE), length (u32 LE) and bytes |
 //! | `li` | — | every ledger line is in the index (written once a directory from before the index is indexed) |
@@ -49,7 +49,8 @@
 //! SKU, dish, menu and plan records, and the requests and transfers `s`
 //! names — open ones and those finished less than a day ago. Never the
 //! ledger, the sale records or older requests and transfers: history for
-//! audit and reports, which grows with every day of trading.
+//! audit and reports, which grows with every day of trading, and which
+//! [`retention`] removes once it is older than the configuration keeps.
 //!
 //! Webhook deliveries are queued in the commit of the change that causes
 //! them (`w/`, `wn`). How far each endpoint got (`wc/`) and what it gave
@@ -66,6 +67,7 @@
 
 pub mod backup;
 pub mod journal;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -816,7 +818,7 @@ impl Store {
     pub fn fingerprint(&self, store: &StoreId, id: &EventId) -> Result<Option<u64>, StoreError> {
         let key = key2("i", store.as_str(), id.as_str());
         match self.inner.shared.get(&key)? {
-            Some(v) => Ok(Some(decode(&key, &v)?)),
+            Some(v) => Ok(Some(retention::read_id(&key, &v)?.0)),
             None => Ok(None),
         }
     }
@@ -1116,9 +1118,20 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// Records that `id` was applied with content `fingerprint`.
-    pub fn event_id(&mut self, store: &StoreId, id: &EventId, fingerprint: u64) -> Result<(), StoreError> {
-        self.put(key2("i", store.as_str(), id.as_str()), &fingerprint)
+    /// Records that `id` was applied with content `fingerprint` at
+    /// `applied` (which its retention is judged by).
+    pub fn event_id(
+        &mut self,
+        store: &StoreId,
+        id: &EventId,
+        fingerprint: u64,
+        applied: dishsync_protocol::Millis,
+    ) -> Result<(), StoreError> {
+        self.puts.push((
+            key2("i", store.as_str(), id.as_str()),
+            retention::id_value(fingerprint, applied),
+        ));
+        Ok(())
     }
 
     /// Appends ledger lines.
@@ -1190,7 +1203,7 @@ mod tests {
         for n in 0..2 {
             let mut c = store.begin().expect("store");
             let id: EventId = format!("e{n}").parse().expect("id");
-            c.event_id(&s1, &id, 1).expect("store");
+            c.event_id(&s1, &id, 1, 0).expect("store");
             store.commit(c).await.expect("store");
         }
         assert_eq!(store.checkpoint_lag(), 2);
@@ -1321,7 +1334,7 @@ mod tests {
     async fn commit(store: &Store, event: &str, amount: i64) {
         let s1: StoreId = "s1".parse().expect("valid id");
         let mut c = store.begin().expect("store");
-        c.event_id(&s1, &event.parse().expect("valid id"), amount as u64)
+        c.event_id(&s1, &event.parse().expect("valid id"), amount as u64, 0)
             .expect("store");
         c.ledger(&[entry(event, amount)]).expect("store");
         store.commit(c).await.expect("store");

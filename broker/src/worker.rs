@@ -31,7 +31,7 @@ use crate::config::Settings;
 use crate::metrics::METRICS;
 use crate::outbound::Publisher;
 use crate::rules::{self, report, Intake, RulesHandle, Verdict};
-use crate::server::{republish_all, restore};
+use crate::server::{compact_history, republish_all, restore};
 use dishsync_inventory::{salvage_id, Input};
 
 /// Where the worker attaches.
@@ -172,6 +172,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     };
     let rules = rules::start(inventory, store, out.clone(), webhooks);
     readiness.restored(storage.clone(), rules.clone());
+    compact_history(&storage, &settings);
 
     // Each input is acknowledged to the external broker, in the order it
     // came, once its verdict is in: a crash before that leaves it with the

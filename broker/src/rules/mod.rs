@@ -363,7 +363,7 @@ impl Rules {
         };
         let commit = self.group.open_commit(&self.store)?;
         if indexed {
-            commit.event_id(&store, &id, fingerprint)?;
+            commit.event_id(&store, &id, fingerprint, now)?;
         }
         commit.ledger(&outcome.entries)?;
         if let Some((sale_id, record)) = &outcome.sale {
@@ -765,6 +765,74 @@ mod tests {
         let (requests, transfers) = inv.documents();
         assert_eq!(bytes(&Document::Shown), plain(&Shown { requests, transfers }));
         assert!(Document::Summary(s1).state(&inv).is_none(), "published only");
+    }
+
+    /// Compaction leaves every level as it was, and an id inside its window
+    /// is still a duplicate; one past it is applied again.
+    #[tokio::test]
+    async fn compaction_keeps_the_levels_and_the_ids_inside_their_window() {
+        use crate::store::retention::{Compacted, Retention, Stamped};
+        struct NoLetter;
+        impl<'de> serde::Deserialize<'de> for NoLetter {
+            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<NoLetter, D::Error> {
+                Ok(NoLetter)
+            }
+        }
+        impl Stamped for NoLetter {
+            fn stamp(&self) -> dishsync_protocol::Millis {
+                0
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first: Vec<usize> = (0..12).collect();
+        // Two runs: two ledger pages.
+        let (mut verdicts, ..) = run(dir.path(), &[(first[..6].to_vec(), true)], usize::MAX).await;
+        let (more, before, _) = run(dir.path(), &[(first[6..].to_vec(), true)], usize::MAX).await;
+        verdicts.extend(more);
+        assert!(verdicts.iter().all(|v| *v == Verdict::Applied));
+        let levels = |inv: &Inventory| ["a", "b"].map(|sku| inv.level_out(&id("s1"), &id(sku)).map(|l| (l.qty, l.rev)));
+        let compact = |retention: Retention| {
+            let store = Store::open(dir.path()).expect("store");
+            let done = store
+                .compact::<NoLetter>(&retention, Timestamp::now().0 + 1)
+                .expect("compacts");
+            let restored = store.load().expect("load");
+            drop(store);
+            (done, restored.len())
+        };
+        let every = std::time::Duration::from_secs(60);
+        // The ledger goes (but its newest page); the ids stay.
+        let (done, records) = compact(Retention {
+            ledger: Some(std::time::Duration::ZERO),
+            event_ids: Some(std::time::Duration::from_secs(86_400)),
+            sales: None,
+            dead_letters: None,
+            every,
+        });
+        assert_eq!(done.event_ids, 0);
+        assert_eq!(done.ledger_lines, 6, "the first run's page");
+        assert!(records > 0);
+        let (verdicts, after, restored) = run(dir.path(), &[(first.clone(), true)], usize::MAX).await;
+        assert!(verdicts.iter().all(|v| *v == Verdict::Duplicate), "{verdicts:?}");
+        assert_eq!(levels(&after), levels(&before));
+        assert_eq!(levels(&restored), levels(&before));
+        // Past the ids' window, the same inputs are new again.
+        let (done, _) = compact(Retention {
+            ledger: None,
+            event_ids: Some(std::time::Duration::ZERO),
+            sales: None,
+            dead_letters: None,
+            every,
+        });
+        assert_eq!(
+            done,
+            Compacted {
+                event_ids: first.len() as u64,
+                ..Compacted::default()
+            }
+        );
+        let (verdicts, ..) = run(dir.path(), &[(vec![0], true)], usize::MAX).await;
+        assert_eq!(verdicts, vec![Verdict::Applied]);
     }
 
     #[tokio::test]

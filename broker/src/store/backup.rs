@@ -288,7 +288,7 @@ mod tests {
             async move {
                 let mut c = store.begin().expect("store");
                 let id: EventId = format!("e{n}").parse().expect("id");
-                c.event_id(&s1, &id, n).expect("store");
+                c.event_id(&s1, &id, n, 0).expect("store");
                 store.commit(c).await.expect("store");
             }
         };

@@ -258,6 +258,12 @@ pub struct DeadLetter {
     pub dead_at: Millis,
 }
 
+impl crate::store::retention::Stamped for DeadLetter {
+    fn stamp(&self) -> Millis {
+        self.dead_at
+    }
+}
+
 /// A delivery taken for sending: its number and what to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {
