@@ -1400,8 +1400,8 @@ mod tests {
         let store = Store::open_with(dir.path(), None).expect("store");
         assert_eq!(
             store.inner.shared.db.get("i/s1/e3").expect("store").as_deref(),
-            Some(&[3u8][..]),
-            "replayed into sled"
+            Some(&[3u8, 0][..]),
+            "replayed into sled: fingerprint 3, applied at 0"
         );
         assert_eq!(fingerprint(&store, "e2"), Some(2));
         commit(&store, "e4", 4).await;
