@@ -455,3 +455,153 @@ async fn a_backup_taken_mid_stream_restores_the_state_of_its_moment() -> Result<
     );
     Ok(())
 }
+
+/// History past its retention is compacted while the broker runs: the old
+/// ledger lines go, every level stays, and the ids inside their window
+/// still answer a replay as a duplicate — before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_drops_old_history_and_no_level_moves() -> Result<()> {
+    use anyhow::Context;
+    use std::collections::BTreeMap;
+    let (_tmp, data) = temp_data_dir()?;
+    let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+    // Ledger lines older than about a second go, checked every 0.6 s; ids
+    // are kept their default 35 days.
+    let config = format!(
+        "{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n[[integrations]]\nid = \"ops\"\nrole = \"operator\"\n\
+         token_sha256 = \"{hash}\"\nmax_requests_per_second = 1000\n\n\
+         [retention]\nledger_days = 0.00001\ncompact_every_minutes = 0.01\n",
+        crate::support::small_chain()
+    );
+    let broker = BrokerProcess::start(&config, &data)?;
+    let web = broker.web_addr.context("web")?;
+    let scrape = move || -> Result<BTreeMap<String, f64>> {
+        let (status, page) = crate::web::get(&format!("http://{web}/metrics"))?;
+        anyhow::ensure!(status == 200, "{status}: {page}");
+        crate::web::parse_metrics(&page)
+    };
+    // Waits until `series` on `/metrics` passes `ok`.
+    let wait_metric = |series: &'static str, ok: fn(f64) -> bool| async move {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let value = tokio::task::spawn_blocking(scrape)
+                .await??
+                .get(series)
+                .copied()
+                .unwrap_or(0.0);
+            if ok(value) {
+                return anyhow::Ok(value);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{series} stayed at {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut tablet = Client::connect(broker.addr, "tablet-1").await?;
+    tablet.subscribe("stores/s1/acks/tablet-1", QoS::AtLeastOnce).await?;
+    tablet.subscribe("stores/s1/errors/tablet-1", QoS::AtLeastOnce).await?;
+    tablet.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+    const EACH: usize = 40;
+    let batch = |name: &str| -> Vec<(&'static str, serde_json::Value)> {
+        (0..EACH)
+            .map(|i| {
+                (
+                    "bun",
+                    stock_event(&format!("{name}-{i}"), "receive", 1.0, "pcs", "tablet-1"),
+                )
+            })
+            .collect()
+    };
+    // The first batch checkpointed into its own pages, then a second.
+    let old = batch("old");
+    crate::availability::stock_and_wait(&mut tablet, "s1", "tablet-1", &old).await?;
+    wait_metric("dishsync_checkpoint_lag_groups", |lag| lag == 0.0).await?;
+    let new = batch("new");
+    crate::availability::stock_and_wait(&mut tablet, "s1", "tablet-1", &new).await?;
+    let level = tablet
+        .wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(2 * EACH))
+        .await?;
+    wait_metric("dishsync_compacted_records_total{record=\"ledger_line\"}", |n| {
+        n >= EACH as f64
+    })
+    .await?;
+    let ledger = || -> Result<Vec<String>> {
+        let answer = ureq::get(&format!("http://{web}/api/v1/stores/s1/ledger?sku=bun&limit=10000"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()?
+            .into_string()?;
+        let page: serde_json::Value = serde_json::from_str(&answer)?;
+        Ok(page["lines"]
+            .as_array()
+            .context("lines")?
+            .iter()
+            .filter_map(|l| l["event"].as_str().map(str::to_string))
+            .collect())
+    };
+    let kept = ledger()?;
+    assert!(
+        !kept.iter().any(|e| e.starts_with("old-")),
+        "the old lines are gone: {kept:?}"
+    );
+
+    // Every input again, as it was sent: each is a duplicate.
+    let duplicates = "dishsync_inputs_total{transport=\"mqtt\",outcome=\"duplicate\"}";
+    let before = tokio::task::spawn_blocking(scrape)
+        .await??
+        .get(duplicates)
+        .copied()
+        .unwrap_or(0.0);
+    assert_eq!(before, 0.0);
+    for (sku, event) in old.iter().chain(&new) {
+        tablet
+            .publish_json(&format!("stores/s1/stock/{sku}/events"), event, QoS::ExactlyOnce)
+            .await?;
+    }
+    wait_metric(duplicates, |n| n >= (2 * EACH) as f64).await?;
+    let applied = "dishsync_inputs_total{transport=\"mqtt\",outcome=\"applied\"}";
+    assert_eq!(
+        tokio::task::spawn_blocking(scrape).await??.get(applied).copied(),
+        Some((2 * EACH) as f64),
+        "nothing applied twice"
+    );
+    assert!(
+        tablet.all_on("stores/s1/errors/tablet-1").is_empty(),
+        "no replay refused"
+    );
+    assert_eq!(
+        tablet.latest("stores/s1/stock/bun/level"),
+        Some(&level),
+        "the level did not move"
+    );
+
+    // After a restart: the same level, the ids still known, and the ledger
+    // numbers going on.
+    drop(tablet);
+    drop(broker);
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut tablet = Client::connect(broker.addr, "tablet-1").await?;
+    tablet.subscribe("stores/s1/acks/tablet-1", QoS::AtLeastOnce).await?;
+    tablet.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+    let restored = tablet.next_on("stores/s1/stock/bun/level").await?;
+    assert_eq!(restored["qty"], level["qty"]);
+    assert_eq!(restored["rev"], level["rev"]);
+    let (sku, first) = &old[0];
+    tablet
+        .publish_json(&format!("stores/s1/stock/{sku}/events"), first, QoS::ExactlyOnce)
+        .await?;
+    crate::availability::stock_and_wait(
+        &mut tablet,
+        "s1",
+        "tablet-1",
+        &[("bun", stock_event("after", "receive", 1.0, "pcs", "tablet-1"))],
+    )
+    .await?;
+    tablet
+        .wait_latest("stores/s1/stock/bun/level", |d| d["qty"] == json!(2 * EACH + 1))
+        .await?;
+    let web = broker.web_addr.context("web")?;
+    let (_, page) = tokio::task::spawn_blocking(move || crate::web::get(&format!("http://{web}/metrics"))).await??;
+    let after = crate::web::parse_metrics(&page)?;
+    assert_eq!(after.get(duplicates), Some(&1.0), "the replay after the restart");
+    assert_eq!(after.get(applied), Some(&1.0), "only the new input");
+    Ok(())
+}

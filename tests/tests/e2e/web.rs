@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::support::{broker_binary, small_chain, temp_data_dir, BrokerProcess, DEADLINE};
 
 /// `GET url`: the status and the body, whatever the status.
-fn get(url: &str) -> Result<(u16, String)> {
+pub(crate) fn get(url: &str) -> Result<(u16, String)> {
     match ureq::get(url).call() {
         Ok(response) => {
             let status = response.status();
@@ -102,7 +102,7 @@ fn health_and_readiness_answer_over_http_and_readiness_follows_the_storage() -> 
 /// A Prometheus text-format page as `series → value` (`name{labels}` as
 /// written), checking that every sample's family was declared with a
 /// `# TYPE` line first.
-fn parse_metrics(page: &str) -> Result<std::collections::BTreeMap<String, f64>> {
+pub(crate) fn parse_metrics(page: &str) -> Result<std::collections::BTreeMap<String, f64>> {
     let mut declared = std::collections::BTreeSet::new();
     let mut samples = std::collections::BTreeMap::new();
     for line in page.lines() {
