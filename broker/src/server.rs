@@ -50,7 +50,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let web_tls = web_tls(&settings)?;
     let web_task = crate::web::open(settings.web, web_tls, readiness.clone(), Some(api_slot.clone())).await?;
 
-    let (store, inventory) = restore(&settings).await?;
+    let (store, inventory) = restore(&settings, &readiness).await?;
     republish_all(&out, &inventory).await;
     info!("state restored and re-published");
 
@@ -306,8 +306,11 @@ fn listener_allowing(settings: &Settings, name: &str, addr: std::net::SocketAddr
 /// Opens the data directory and restores the chain's state from it,
 /// persisting what the restore changed (and which requests and transfers
 /// it holds: a data directory from before that index gets it here).
-pub(crate) async fn restore(settings: &Settings) -> anyhow::Result<(Store, Inventory)> {
-    let store = open_data_dir(&settings.data_dir, settings.checkpoint_interval)?;
+pub(crate) async fn restore(
+    settings: &Settings,
+    readiness: &crate::web::Readiness,
+) -> anyhow::Result<(Store, Inventory)> {
+    let store = open_data_dir(&settings.data_dir, settings.checkpoint_interval, readiness).await?;
     let restored = store.load().context("reading the snapshot")?;
     let fresh_start = restored.is_empty();
     let now = Timestamp::now().0;
@@ -337,7 +340,42 @@ pub(crate) fn compact_history(store: &Store, settings: &Settings) {
     ));
 }
 
-fn open_data_dir(dir: &Path, checkpoint_interval: std::time::Duration) -> anyhow::Result<Store> {
+/// How long start-up waits for a data directory another process holds (a
+/// broker still stopping, under a supervisor's restart) before it gives up.
+const IN_USE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the data directory, waiting up to [`IN_USE_PATIENCE`] while
+/// another process holds it — not ready meanwhile, and saying why.
+async fn open_data_dir(
+    dir: &Path,
+    checkpoint_interval: std::time::Duration,
+    readiness: &crate::web::Readiness,
+) -> anyhow::Result<Store> {
+    let deadline = tokio::time::Instant::now() + IN_USE_PATIENCE;
+    loop {
+        let path = dir.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || open_store(&path, checkpoint_interval)).await?;
+        match opened {
+            Err(e)
+                if e.downcast_ref::<crate::store::StoreError>()
+                    .is_some_and(|e| matches!(e, crate::store::StoreError::InUse))
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                warn!(dir = %dir.display(), "the data directory is in use by another process; waiting for it");
+                readiness.restoring(&format!(
+                    "waiting for the data directory {}, which another process holds",
+                    dir.display()
+                ));
+            }
+            other => {
+                readiness.restoring(crate::web::BEING_RESTORED);
+                return other;
+            }
+        }
+    }
+}
+
+fn open_store(dir: &Path, checkpoint_interval: std::time::Duration) -> anyhow::Result<Store> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     #[cfg(unix)]
     {

@@ -104,6 +104,10 @@ pub enum StoreError {
     /// group commits are unreadable. Nothing was opened.
     #[error("{0}")]
     Damaged(Box<journal::Damage>),
+    /// Another process holds the data directory (a broker running on it,
+    /// or a backup's restore).
+    #[error("the data directory is in use by another process (is a broker running on it?)")]
+    InUse,
     /// A record could not be encoded or decoded.
     #[error("record {key}: {source}")]
     Record {
@@ -302,12 +306,16 @@ impl Shared {
     }
 }
 
+/// How long an open waits for the data directory's lock.
+const LOCK_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Opens sled in `dir`. sled's IO threads release the directory's lock a
 /// moment after the last handle is dropped, so a reopen in the same process
-/// (a restart in tests and benchmarks) waits for the lock, up to 5 s; a
-/// second broker on the same directory fails after that wait.
+/// (a restart in tests and benchmarks) waits for the lock, up to
+/// [`LOCK_PATIENCE`]; while another process holds it after that, the open
+/// fails with [`StoreError::InUse`].
 fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
     loop {
         // The checkpointer flushes explicitly; sled's own periodic flusher
         // would only repeat that work.
@@ -317,9 +325,10 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
             .flush_every_ms(None)
             .open();
         match opened {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-            {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::InUse);
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e @ sled::Error::Corruption { .. }) => return Err(StoreError::SledDamaged(e)),

@@ -30,6 +30,9 @@ use crate::metrics::{Gauges, METRICS};
 use crate::rules::RulesHandle;
 use crate::store::Store;
 
+/// What `/readyz` says of a restore under way.
+pub const BEING_RESTORED: &str = "the state is being restored";
+
 /// What start-up has reached, for `/readyz`.
 pub struct Readiness {
     data_dir: PathBuf,
@@ -39,6 +42,8 @@ pub struct Readiness {
     listening: OnceLock<()>,
     /// Told when the state is restored.
     restored_tx: tokio::sync::watch::Sender<bool>,
+    /// Where the restore is, until it is done.
+    restoring: std::sync::Mutex<String>,
 }
 
 impl Readiness {
@@ -49,7 +54,15 @@ impl Readiness {
             running: OnceLock::new(),
             listening: OnceLock::new(),
             restored_tx: tokio::sync::watch::Sender::new(false),
+            restoring: std::sync::Mutex::new(BEING_RESTORED.to_string()),
         })
+    }
+
+    /// The restore is at `stage` (what `/readyz` says until it is done).
+    pub fn restoring(&self, stage: &str) {
+        if let Ok(mut now) = self.restoring.lock() {
+            *now = stage.to_string();
+        }
     }
 
     /// The state is restored and the rules run.
@@ -71,9 +84,11 @@ impl Readiness {
     /// Each check, as it stands: `Ok` or why not.
     fn checks(&self) -> Vec<(&'static str, Result<(), String>)> {
         let running = self.running.get();
-        let restored = running
-            .map(|_| ())
-            .ok_or_else(|| "the state is being restored".to_string());
+        let restored = running.map(|_| ()).ok_or_else(|| {
+            self.restoring
+                .lock()
+                .map_or_else(|_| BEING_RESTORED.to_string(), |stage| stage.clone())
+        });
         let rules = match running {
             Some((_, rules)) if rules.is_running() => Ok(()),
             Some(_) => Err("the rules stopped".to_string()),

@@ -86,7 +86,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    let (store, inventory) = restore(&settings).await?;
+    let (store, inventory) = restore(&settings, &readiness).await?;
     let mut opts = MqttOptions::new(attach.client_id.clone(), attach.host.clone(), attach.port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(false);
