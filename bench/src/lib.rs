@@ -22,10 +22,13 @@
 //! a local receiver, next to the MQTT intake (`history`); `pages` change →
 //! availability at many open live pages of the web app, next to as many
 //! MQTT POS, and memory per page; `backup` a running broker's backup and
-//! its restore, next to a copy of the stopped data directory.
+//! its restore, next to a copy of the stopped data directory;
+//! `retention` the disk per million inputs kept for good, next to the same
+//! inputs compacted daily past their retention.
 
 mod history;
 mod pages;
+mod retention;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -99,6 +102,9 @@ enum Scenario {
     /// Change → availability at many open live pages of the web app,
     /// next to as many MQTT POS in the same run; memory per page.
     Pages,
+    /// The disk per million inputs kept for good, next to the same inputs
+    /// compacted daily past their retention.
+    Retention,
     /// Every scenario.
     All,
     /// (internal) Serve dishsync with a configuration.
@@ -122,6 +128,8 @@ struct Sizes {
     pos: usize,
     connections: usize,
     ledger: usize,
+    retention_inputs: usize,
+    retention_per_day: usize,
     http_clients: usize,
     history_stores: usize,
     history_days: usize,
@@ -145,6 +153,8 @@ impl Sizes {
                 pos: 5,
                 connections: 200,
                 ledger: 5_000,
+                retention_inputs: 20_000,
+                retention_per_day: 1_000,
                 http_clients: 4,
                 history_stores: 5,
                 history_days: 2,
@@ -165,6 +175,8 @@ impl Sizes {
                 pos: 50,
                 connections: 19_000,
                 ledger: 1_000_000,
+                retention_inputs: 2_000_000,
+                retention_per_day: 10_000,
                 http_clients: 50,
                 history_stores: 100,
                 history_days: 10,
@@ -1174,6 +1186,9 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
     }
     if all || scenario == Scenario::Backup {
         history::backup(cli, dir.path(), sizes.history_stores, sizes.history_per_day).await?;
+    }
+    if all || scenario == Scenario::Retention {
+        retention::retention(cli, dir.path(), sizes.retention_inputs, sizes.retention_per_day).await?;
     }
     if all || scenario == Scenario::Pages {
         pages::pages(cli, dir.path(), sizes.rounds, sizes.pages, sizes.seconds).await?;

@@ -319,6 +319,33 @@ impl Store {
     }
 }
 
+/// Records and bytes (keys and values) under one kind of key.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Records.
+    pub records: u64,
+    /// Bytes of their keys and values.
+    pub bytes: u64,
+}
+
+impl Store {
+    /// What sled holds, by kind of key (its prefix up to the first `/`, or
+    /// the whole key): the logical size of each kind of record, after a
+    /// checkpoint. Reads every record.
+    pub fn footprint(&self) -> Result<std::collections::BTreeMap<String, Footprint>, StoreError> {
+        self.checkpoint()?;
+        let mut out: std::collections::BTreeMap<String, Footprint> = std::collections::BTreeMap::new();
+        for item in self.db().iter() {
+            let (key, value) = item?;
+            let kind = key.split(|b| *b == b'/').next().unwrap_or_default();
+            let entry = out.entry(String::from_utf8_lossy(kind).into_owned()).or_default();
+            entry.records += 1;
+            entry.bytes += (key.len() + value.len()) as u64;
+        }
+        Ok(out)
+    }
+}
+
 /// The first key past every key that starts with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

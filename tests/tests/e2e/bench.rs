@@ -31,6 +31,7 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
         "webhooks",
         "pages",
         "backup",
+        "retention",
     ] {
         assert!(scenarios.contains(&s), "{s} missing from {scenarios:?}");
     }
@@ -44,6 +45,8 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
             Some("webhooks") => ["delivered", "mqtt_intake"],
             Some("pages") => ["p99", "mqtt_p99"],
             Some("backup") => ["backup_seconds", "copy_seconds"],
+            // The directory compacted daily next to one keeping everything.
+            Some("retention") => ["compacted_mib", "kept_all_mib"],
             _ => ["dishsync", "bare"],
         };
         for side in sides {
