@@ -175,7 +175,7 @@ impl Sizes {
                 pos: 50,
                 connections: 19_000,
                 ledger: 1_000_000,
-                retention_inputs: 2_000_000,
+                retention_inputs: 4_000_000,
                 retention_per_day: 10_000,
                 http_clients: 50,
                 history_stores: 100,

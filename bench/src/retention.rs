@@ -113,13 +113,28 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
     Ok(bytes)
 }
 
+/// Bytes under each entry of `dir` (sled's `db` and `blobs`, the journal).
+fn files_of(dir: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let bytes = if entry.file_type()?.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            entry.metadata()?.len()
+        };
+        out.insert(entry.file_name().to_string_lossy().into_owned(), bytes);
+    }
+    Ok(out)
+}
+
 /// The `retention` scenario: `inputs` inputs over days of `per_day`, into
 /// a directory that keeps everything and one compacted daily keeping the
 /// ledger 15 % and ids 3.5 % of the days (30 and 7 of 200).
 pub(super) async fn retention(cli: &Cli, dir: &Path, inputs: usize, per_day: usize) -> Result<()> {
     let (_, hash) = dishsync_broker::api::integrations::mint_token()?;
-    let settings = dishsync_broker::Settings::parse(&super::history::ledger_chain(STORES, &hash))
-        .map_err(|e| anyhow!("{e}"))?;
+    let settings =
+        dishsync_broker::Settings::parse(&super::history::ledger_chain(STORES, &hash)).map_err(|e| anyhow!("{e}"))?;
     let days = inputs.div_ceil(per_day).max(2);
     let window = |share: f64| Some(Duration::from_secs_f64(days as f64 * share * 86_400.0));
     let retention = Retention {
@@ -136,19 +151,23 @@ pub(super) async fn retention(cli: &Cli, dir: &Path, inputs: usize, per_day: usi
     }
     let mut all = Fed::open(&kept_all, settings.catalog.clone())?;
     let mut kept = Fed::open(&compacted, settings.catalog.clone())?;
-    let mut halfway = (0, 0);
+    // The directories' sizes at each quarter of the days.
+    let mut quarters = Vec::new();
     for day in 0..days {
         all.day(day, per_day, None).await?;
         kept.day(day, per_day, Some(&retention)).await?;
-        if day + 1 == days / 2 {
-            halfway = (dir_bytes(&kept_all)?, dir_bytes(&compacted)?);
+        if (day + 1) * 4 % days < 4 && day + 1 < days {
+            quarters.push((dir_bytes(&kept_all)?, dir_bytes(&compacted)?));
         }
     }
+    let halfway = quarters.get(1).copied().unwrap_or_default();
     let written = (days * per_day) as f64 / 1e6;
     let (all_kinds, kept_kinds) = (all.store.footprint()?, kept.store.footprint()?);
     let compactions = kept.compacting;
     drop((all, kept));
     let end = (dir_bytes(&kept_all)?, dir_bytes(&compacted)?);
+    quarters.push(end);
+    let files = (files_of(&kept_all)?, files_of(&compacted)?);
     for d in [&kept_all, &compacted] {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -176,7 +195,8 @@ pub(super) async fn retention(cli: &Cli, dir: &Path, inputs: usize, per_day: usi
                 "kept_all_mib": mib(end.0), "kept_all_mib_per_million": mib(end.0) / written,
                 "kept_all_halfway_mib": mib(halfway.0), "compacted_mib": mib(end.1),
                 "compacted_halfway_mib": mib(halfway.1), "ratio": end.1 as f64 / end.0 as f64,
-                "compaction_ms_per_day": compact_ms, "ledger_days": days as f64 * 0.15,
+                "compaction_ms_per_day": compact_ms,
+                "quarters_mib": quarters.iter().map(|(a, k)| [mib(*a), mib(*k)]).collect::<Vec<_>>(), "ledger_days": days as f64 * 0.15,
                 "event_id_days": days as f64 * 0.035, "by_kind": kinds})
         );
     } else {
@@ -190,6 +210,19 @@ pub(super) async fn retention(cli: &Cli, dir: &Path, inputs: usize, per_day: usi
             mib(halfway.1),
             end.1 as f64 / end.0 as f64,
         );
+        let sizes: Vec<String> = quarters
+            .iter()
+            .map(|(a, k)| format!("{:.0}/{:.0}", mib(*a), mib(*k)))
+            .collect();
+        println!("{:<12}   by quarter, MiB all kept/compacted: {}", "", sizes.join("  "));
+        for (name, bytes) in &files.0 {
+            println!(
+                "{:<12}   file {name:<16} {:>8.1} MiB all kept   {:>8.1} MiB compacted",
+                "",
+                mib(*bytes),
+                mib(files.1.get(name).copied().unwrap_or(0))
+            );
+        }
         for (kind, f) in &all_kinds {
             let compacted = kept_kinds.get(kind).map_or(0, |f| f.bytes);
             println!(
