@@ -416,19 +416,7 @@ async fn a_backup_taken_mid_stream_restores_the_state_of_its_moment() -> Result<
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
 
     // The live ledger, then the restored broker's.
-    let ledger = |web: SocketAddr| -> Result<Vec<String>> {
-        let answer = ureq::get(&format!("http://{web}/api/v1/stores/s1/ledger?sku=bun&limit=10000"))
-            .set("Authorization", &format!("Bearer {token}"))
-            .call()?
-            .into_string()?;
-        let page: serde_json::Value = serde_json::from_str(&answer)?;
-        Ok(page["lines"]
-            .as_array()
-            .context("lines")?
-            .iter()
-            .filter_map(|l| l["event"].as_str().map(str::to_string))
-            .collect())
-    };
+    let ledger = |web: SocketAddr| bun_ledger(web, &token);
     let live = ledger(web)?;
     assert_eq!(live.len(), EVENTS);
     drop(broker);
@@ -454,6 +442,23 @@ async fn a_backup_taken_mid_stream_restores_the_state_of_its_moment() -> Result<
         lines.len()
     );
     Ok(())
+}
+
+/// The events of s1's bun ledger lines, in order, read over the HTTP API
+/// of the broker whose web listener is `web`.
+fn bun_ledger(web: SocketAddr, token: &str) -> Result<Vec<String>> {
+    use anyhow::Context;
+    let answer = ureq::get(&format!("http://{web}/api/v1/stores/s1/ledger?sku=bun&limit=10000"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()?
+        .into_string()?;
+    let page: serde_json::Value = serde_json::from_str(&answer)?;
+    Ok(page["lines"]
+        .as_array()
+        .context("lines")?
+        .iter()
+        .filter_map(|l| l["event"].as_str().map(str::to_string))
+        .collect())
 }
 
 /// History past its retention is compacted while the broker runs: the old
@@ -524,20 +529,7 @@ async fn compaction_drops_old_history_and_no_level_moves() -> Result<()> {
         n >= EACH as f64
     })
     .await?;
-    let ledger = || -> Result<Vec<String>> {
-        let answer = ureq::get(&format!("http://{web}/api/v1/stores/s1/ledger?sku=bun&limit=10000"))
-            .set("Authorization", &format!("Bearer {token}"))
-            .call()?
-            .into_string()?;
-        let page: serde_json::Value = serde_json::from_str(&answer)?;
-        Ok(page["lines"]
-            .as_array()
-            .context("lines")?
-            .iter()
-            .filter_map(|l| l["event"].as_str().map(str::to_string))
-            .collect())
-    };
-    let kept = ledger()?;
+    let kept = bun_ledger(web, &token)?;
     assert!(
         !kept.iter().any(|e| e.starts_with("old-")),
         "the old lines are gone: {kept:?}"
