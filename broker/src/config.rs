@@ -115,6 +115,7 @@ struct PlanningSection {
     waste_alert_share: Option<f64>,
     overstock_factor: Option<f64>,
     max_clock_skew_seconds: Option<u32>,
+    currency: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +212,8 @@ struct SkuSection {
     reorder_point: f64,
     par: f64,
     opening: Option<f64>,
+    cost: Option<f64>,
+    cost_unit: Option<String>,
 }
 
 fn one() -> f64 {
@@ -272,6 +275,7 @@ struct StockSection {
     reorder_point: Option<f64>,
     par: Option<f64>,
     opening: Option<f64>,
+    cost: Option<f64>,
 }
 
 /// Everything the broker needs to run, validated.
@@ -434,6 +438,8 @@ impl Settings {
 #[derive(Default)]
 struct Validator {
     issues: Vec<ConfigIssue>,
+    /// Each SKU's `cost_unit`: a store's `cost` for it is in the same.
+    cost_units: BTreeMap<SkuId, Unit>,
 }
 
 impl Validator {
@@ -455,6 +461,26 @@ impl Validator {
                 None
             }
         }
+    }
+
+    /// A price `cost` per one `per` as millionths of the currency per base
+    /// unit of `base` (`per` measures `base`).
+    fn unit_cost(&mut self, place: &str, cost: f64, per: Unit, base: BaseUnit) -> Option<i64> {
+        let bases = (Quantity { qty: 1.0, unit: per }).to_base(base).ok()?;
+        let micros = cost * 1e6 / bases as f64;
+        if !(cost.is_finite() && cost >= 0.0 && micros <= 1e12) {
+            self.issue(place, "must be a price of 0 or more");
+            return None;
+        }
+        let rounded = micros.round() as i64;
+        if cost > 0.0 && rounded == 0 {
+            self.issue(
+                place,
+                format!("{cost} per {per} is below a millionth per {base}: give it per a larger unit"),
+            );
+            return None;
+        }
+        Some(rounded)
     }
 
     /// A quantity in `unit` (default: the base unit) as a positive-or-zero
@@ -687,7 +713,33 @@ impl Validator {
                 Some(q) => self.base_qty(&format!("{place}.opening"), q, None, unit, 0).map(Some),
                 None => Some(None),
             };
-            if let (Some(rp), Some(par), Some(opening)) = (rp, par, opening) {
+            let cost_unit = match s.cost_unit.as_deref().map(str::parse::<Unit>) {
+                None => Some(Unit::from(unit)),
+                Some(Ok(u)) if u.base().0 == unit => Some(u),
+                Some(Ok(u)) => {
+                    self.issue(
+                        format!("{place}.cost_unit"),
+                        format!("{u} does not measure {unit} (wrong unit family)"),
+                    );
+                    None
+                }
+                Some(Err(e)) => {
+                    self.issue(format!("{place}.cost_unit"), e.to_string());
+                    None
+                }
+            };
+            let unit_cost = match (s.cost, cost_unit) {
+                (Some(cost), Some(per)) => {
+                    self.cost_units.insert(id.clone(), per);
+                    self.unit_cost(&format!("{place}.cost"), cost, per, unit).map(Some)
+                }
+                (None, Some(per)) => {
+                    self.cost_units.insert(id.clone(), per);
+                    Some(None)
+                }
+                (_, None) => None,
+            };
+            if let (Some(rp), Some(par), Some(opening), Some(unit_cost)) = (rp, par, opening, unit_cost) {
                 if par < rp {
                     self.issue(
                         format!("{place}.par"),
@@ -700,6 +752,7 @@ impl Validator {
                         reorder_point: rp,
                         par,
                         opening,
+                        unit_cost,
                     },
                 );
             }
@@ -847,7 +900,13 @@ impl Validator {
                     Some(q) => self.base_qty(&format!("{splace}.opening"), q, None, unit, 0).map(Some),
                     None => Some(default.opening),
                 };
-                if let (Some(reorder_point), Some(par), Some(opening)) = (rp, par, opening) {
+                let per = self.cost_units.get(&sku).copied().unwrap_or(Unit::from(unit));
+                let unit_cost = match params.cost {
+                    Some(cost) => self.unit_cost(&format!("{splace}.cost"), cost, per, unit).map(Some),
+                    None => Some(default.unit_cost),
+                };
+                if let (Some(reorder_point), Some(par), Some(opening), Some(unit_cost)) = (rp, par, opening, unit_cost)
+                {
                     if par < reorder_point {
                         self.issue(
                             splace.clone(),
@@ -860,6 +919,7 @@ impl Validator {
                             reorder_point,
                             par,
                             opening,
+                            unit_cost,
                         },
                     );
                 }
@@ -1003,6 +1063,16 @@ impl Validator {
         }
         if let Some(skew) = section.max_clock_skew_seconds {
             p.max_clock_skew_seconds = skew;
+        }
+        if let Some(code) = &section.currency {
+            if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+                p.currency = Some(code.clone());
+            } else {
+                self.issue(
+                    "planning.currency",
+                    "must be an ISO 4217 code of three capital letters (EUR, USD)",
+                );
+            }
         }
         if let Some(k) = &file.central_kitchen {
             let mut windows = Vec::new();
@@ -1507,6 +1577,41 @@ name = "S1"
 {store}
 {tail}"#
         )
+    }
+
+    /// Costs are read per their unit as millionths of the currency per base
+    /// unit; a store's cost is per the SKU's unit too.
+    #[test]
+    fn costs_are_read_per_base_unit_and_checked() {
+        let beef = "[[skus]]\nid = \"beef\"\nname = \"Beef\"\nunit = \"g\"\nreorder_point = 1\npar = 2\n\
+                    cost = 12.50\ncost_unit = \"kg\"\n";
+        let text = bun_chain(
+            beef,
+            "[stores.stock.beef]\ncost = 14\n[stores.stock.bun]\ncost = 0.35",
+            "[planning]\ncurrency = \"EUR\"\n",
+        );
+        let settings = Settings::parse(&text).expect("valid");
+        let stock = &settings.catalog.store(&"s1".parse().expect("id")).expect("s1").stock;
+        let cost = |sku: &str| stock[&sku.parse::<SkuId>().expect("id")].unit_cost;
+        assert_eq!(cost("beef"), Some(14_000), "14.00 a kg: 0.014 a gram");
+        assert_eq!(cost("bun"), Some(350_000));
+        assert_eq!(settings.catalog.planning().currency.as_deref(), Some("EUR"));
+
+        let bad = bun_chain(
+            "[[skus]]\nid = \"oil\"\nname = \"Oil\"\nunit = \"ml\"\nreorder_point = 1\npar = 2\ncost = 2\ncost_unit = \"kg\"\n\
+             [[skus]]\nid = \"salt\"\nname = \"Salt\"\nunit = \"g\"\nreorder_point = 1\npar = 2\ncost = -1\n",
+            "[stores.stock.bun]\ncost = 0.0000001",
+            "",
+        );
+        let err = Settings::parse(&bad).expect_err("invalid");
+        let places: Vec<&str> = err.issues.iter().map(|i| i.place.as_str()).collect();
+        assert_eq!(
+            places,
+            ["skus[1].cost_unit", "skus[2].cost", "stores[0].stock.bun.cost"],
+            "{err}"
+        );
+        let err = Settings::parse(&bun_chain("", "", "[planning]\ncurrency = \"euro\"\n")).expect_err("invalid");
+        assert_eq!(err.issues[0].place, "planning.currency", "{err}");
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct StockParams {
     /// the store starts (never again).
     #[serde(default)]
     pub opening: Option<i64>,
+    /// What one base unit costs the store, in millionths of the chain's
+    /// currency (`None`: not costed) — what waste and use are worth.
+    #[serde(default)]
+    pub unit_cost: Option<i64>,
 }
 
 /// One store of the chain.
@@ -226,6 +230,8 @@ pub struct Planning {
     /// A dish with more than this many times the portions its sales will use
     /// before close is reported as over-stocked.
     pub overstock_factor: f64,
+    /// The currency unit costs are in (ISO 4217, e.g. `EUR`), if named.
+    pub currency: Option<String>,
     /// The central kitchen.
     pub kitchen: Kitchen,
     /// Travel minutes between two stores (both directions).
@@ -254,6 +260,7 @@ impl Default for Planning {
             transfer_timeout_minutes: 10.0,
             waste_alert_share: 0.15,
             overstock_factor: 3.0,
+            currency: None,
             kitchen: Kitchen {
                 lead_time_minutes: 120,
                 windows: vec![7 * 60],

@@ -67,6 +67,7 @@ fn catalog_opening(opening: &[(&str, i64)]) -> Arc<Catalog> {
         reorder_point: 10,
         par: 40,
         opening: None,
+        unit_cost: None,
     };
     let stock = ["bun", "beef", "cola"]
         .iter()
@@ -606,6 +607,7 @@ fn catalog_reloaded() -> Arc<Catalog> {
         reorder_point: 10,
         par: 40,
         opening: None,
+        unit_cost: None,
     };
     s1.stock.insert(id("cheese"), params);
     let mut s2 = s1.clone();

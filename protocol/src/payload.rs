@@ -751,6 +751,25 @@ pub struct AlertOut {
     pub at: Timestamp,
 }
 
+/// A store's waste against its use today, in money
+/// ([`SummaryOut::cost`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostOut {
+    /// The currency (`[planning] currency`), if named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// What today's waste cost.
+    pub waste: f64,
+    /// What today's use (sales, consumption, transfers out) cost.
+    pub used: f64,
+    /// `waste` ÷ (`used` + `waste`); 0 when both are 0.
+    pub share: f64,
+    /// SKUs with use or waste today and no cost, left out of the figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncosted: Vec<SkuId>,
+}
+
 /// Waste against use of one SKU today.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WasteLine {
@@ -786,6 +805,10 @@ pub struct SummaryOut {
     /// Dishes with far more portions on hand than their sales will use before
     /// close (waste risk).
     pub overstock: Vec<DishId>,
+    /// Today's waste and use in money, over the SKUs with a cost; absent
+    /// when no SKU with use or waste today has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostOut>,
     /// +1 with every publication.
     pub rev: u64,
     /// When.

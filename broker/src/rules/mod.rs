@@ -544,6 +544,7 @@ mod tests {
             reorder_point: 1,
             par: 10,
             opening: None,
+            unit_cost: None,
         };
         Arc::new(
             Catalog::new(

@@ -20,11 +20,12 @@
 //! `freshness` (stale levels, device presence), `alerts`, `pass` (the
 //! planning pass: replenishment and transfer proposals), `actions` (on
 //! requests and transfers, and what they book), `timers` (what time alone
-//! changes) and `views` (the documents of requests, transfers and the HQ
+//! changes), `cost` (waste and use in money) and `views` (the documents of requests, transfers and the HQ
 //! summary).
 
 pub mod actions;
 pub mod alerts;
+pub mod cost;
 pub mod forecast;
 pub mod freshness;
 pub mod pass;

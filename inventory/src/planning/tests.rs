@@ -29,6 +29,12 @@ const TAU: f64 = 20.0;
 const HORIZON: i64 = 30;
 
 fn chain() -> Arc<Catalog> {
+    chain_costing(None, None)
+}
+
+/// The chain, with unit costs of patties and buns (millionths of a euro
+/// per piece).
+fn chain_costing(patty: Option<i64>, bun: Option<i64>) -> Arc<Catalog> {
     let skus = vec![
         Sku {
             id: id("patty"),
@@ -68,6 +74,7 @@ fn chain() -> Arc<Catalog> {
                 reorder_point: 10,
                 par: 40,
                 opening: None,
+                unit_cost: patty,
             },
         ),
         (
@@ -76,6 +83,7 @@ fn chain() -> Arc<Catalog> {
                 reorder_point: 10,
                 par: 60,
                 opening: None,
+                unit_cost: bun,
             },
         ),
     ]
@@ -98,6 +106,7 @@ fn chain() -> Arc<Catalog> {
         transfer_timeout_minutes: 10.0,
         waste_alert_share: 0.15,
         overstock_factor: 3.0,
+        currency: Some("EUR".into()),
         kitchen: Kitchen {
             lead_time_minutes: 120,
             windows: vec![7 * 60],
@@ -775,6 +784,64 @@ fn a_waste_stamped_yesterday_counts_in_no_figure_of_today() {
     assert_eq!((patty.waste, patty.used), (5, 10));
     let recomputed: f64 = summary.waste.values().map(|w| w.ratio).sum::<f64>() / f64::from(summary.counted);
     assert!((summary.waste_ratio - recomputed).abs() < 1e-12);
+}
+
+/// The summary prices today's waste and use: patties at 1.20, buns at
+/// 0.25; a void takes its sale's use back in money too.
+#[test]
+fn the_summary_gives_todays_waste_as_a_share_of_ingredient_cost() {
+    let mut inv = Inventory::new(chain_costing(Some(1_200_000), Some(250_000)), at(9, 0));
+    stock(&mut inv, "a", "patty", StockKind::Receive, 100.0, at(9, 0), "r1", None);
+    stock(&mut inv, "a", "bun", StockKind::Receive, 100.0, at(9, 0), "r2", None);
+    assert_eq!(
+        inv.summary_out(&id("a"), at(9, 1)).expect("summary").cost,
+        None,
+        "nothing used yet"
+    );
+    sell(&mut inv, "a", 10, at(12, 0), "s1");
+    stock(
+        &mut inv,
+        "a",
+        "patty",
+        StockKind::Waste,
+        3.0,
+        at(12, 5),
+        "w1",
+        Some("dropped"),
+    );
+    stock(
+        &mut inv,
+        "a",
+        "bun",
+        StockKind::Waste,
+        2.0,
+        at(12, 6),
+        "w2",
+        Some("stale"),
+    );
+    let cost = inv
+        .summary_out(&id("a"), at(12, 7))
+        .expect("summary")
+        .cost
+        .expect("costed");
+    // Use: 10 burgers, each a patty and a bun: 10 × 1.45 = 14.50.
+    // Waste: 3 patties and 2 buns: 3.60 + 0.50 = 4.10.
+    assert_eq!((cost.used, cost.waste), (14.5, 4.1));
+    assert_eq!(cost.share, 4_100_000.0 / 18_600_000.0, "from the exact sums");
+    assert_eq!(cost.currency.as_deref(), Some("EUR"));
+    assert!(cost.uncosted.is_empty());
+    // Another store is not costed for buns: they are named, and left out.
+    let mut inv = Inventory::new(chain_costing(Some(1_200_000), None), at(9, 0));
+    stock(&mut inv, "a", "patty", StockKind::Receive, 100.0, at(9, 0), "r1", None);
+    stock(&mut inv, "a", "bun", StockKind::Receive, 100.0, at(9, 0), "r2", None);
+    sell(&mut inv, "a", 10, at(12, 0), "s1");
+    let cost = inv
+        .summary_out(&id("a"), at(12, 7))
+        .expect("summary")
+        .cost
+        .expect("costed");
+    assert_eq!((cost.used, cost.waste, cost.share), (12.0, 0.0, 0.0));
+    assert_eq!(cost.uncosted, vec![id::<dishsync_protocol::SkuId>("bun")]);
 }
 
 /// A dish whose ingredient is at or below its reorder point (a request is

@@ -132,6 +132,7 @@ impl Inventory {
                 );
             }
         }
+        let cost = super::cost::today_in_money(&state.plan.today, params, self.catalog.planning().currency.as_deref());
         let counted = ratios.len() as u32;
         let waste_ratio = if ratios.is_empty() {
             0.0
@@ -177,6 +178,7 @@ impl Inventory {
             counted,
             waste,
             overstock,
+            cost,
             rev: state.plan.summary_rev,
             at: Timestamp(now),
         })

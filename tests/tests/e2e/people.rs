@@ -93,12 +93,18 @@ fn live(browser: &Browser) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_see_their_stores_live_and_only_theirs() -> Result<()> {
     let (tmp, data) = temp_data_dir()?;
-    let chain = small_chain().replace(
-        "id = \"burger\"\nname = \"burger\"",
-        "id = \"burger\"\nname = \"<script>window.pwned = 1</script> Burger\"",
-    );
+    let chain = small_chain()
+        .replace(
+            "id = \"burger\"\nname = \"burger\"",
+            "id = \"burger\"\nname = \"<script>window.pwned = 1</script> Burger\"",
+        )
+        .replace(
+            "unit = \"pcs\"\nreorder_point = 4\npar = 20\n",
+            "unit = \"pcs\"\nreorder_point = 4\npar = 20\ncost = 0.30\n",
+        );
+    assert!(chain.contains("cost = 0.30"), "{chain}");
     let config = format!(
-        "{chain}\n[web]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        "{chain}\n[planning]\ncurrency = \"EUR\"\n\n[web]\nlisten = \"127.0.0.1:0\"\n\n{}",
         users(&[
             ("mgr-a", "store_manager", Some("s1")),
             ("chef-a", "chef", Some("s1")),
@@ -266,6 +272,9 @@ async fn people_see_their_stores_live_and_only_theirs() -> Result<()> {
     desktop.wait_for("tr[data-store=s2] td.offline", |t| t == "1")?;
     desktop.wait_for("tbody tr", |t| t.starts_with("s2"))?;
     desktop.wait_for("tr[data-store=s1]", |t| t.contains("s1"))?;
+    // s1's buns have a cost: its waste reads as a share of ingredient cost,
+    // in euros — 2 buns wasted (€0.60) of 5 sold and 2 wasted (€2.10).
+    desktop.wait_for("tr[data-store=s1] td.waste", |t| t == "28.6% · €0.60")?;
     desktop.screenshot(&shots.join("hq-desktop.png"))?;
     phone.log_in(web, "ada", PASSWORD)?;
     phone.wait_until("HQ", "return location.pathname === '/hq';")?;

@@ -408,3 +408,53 @@ async fn watch_shows_the_alerts_requests_and_transfers_of_its_store() -> Result<
     kitchen.shown("rq-s1-1", |v| v["type"] == "request" && v["data"]["id"] == "rq-s1-1")?;
     Ok(())
 }
+
+/// HQ's summary prices the day: patties at 1.20 and buns at 0.25 (0.30 at
+/// s1) in euros; a sale and a waste over MQTT move the figures to the cent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_gives_the_days_waste_in_money() -> Result<()> {
+    let config = planning_chain(10.0)
+        .replace(
+            "id = \"patty\"\nname = \"patty\"\nunit = \"pcs\"\nreorder_point = 2\npar = 10\n",
+            "id = \"patty\"\nname = \"patty\"\nunit = \"pcs\"\nreorder_point = 2\npar = 10\ncost = 1.20\n",
+        )
+        .replace(
+            "id = \"bun\"\nname = \"bun\"\nunit = \"pcs\"\nreorder_point = 2\npar = 40\n",
+            "id = \"bun\"\nname = \"bun\"\nunit = \"pcs\"\nreorder_point = 2\npar = 40\ncost = 0.25\n",
+        )
+        .replace(
+            "stock = { patty = { opening = 5 }, bun = { opening = 40 } }",
+            "stock = { patty = { opening = 5 }, bun = { opening = 40, cost = 0.30 } }",
+        )
+        .replace("[planning]\n", "[planning]\ncurrency = \"EUR\"\n");
+    assert!(config.contains("cost = 0.30"), "{config}");
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut hq = Client::connect(broker.addr, "hq-1").await?;
+    hq.subscribe("hq/stores/s1/summary", QoS::AtLeastOnce).await?;
+    let mut pos = Client::connect(broker.addr, "pos-1").await?;
+    pos.subscribe("stores/s1/acks/pos-1", QoS::AtLeastOnce).await?;
+    pos.publish_json(
+        "stores/s1/sales",
+        &sale("sale-1", &[("burger", 3)], "pos-1"),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    stock_and_wait(
+        &mut pos,
+        "s1",
+        "pos-1",
+        &[("patty", stock_event("w-1", "waste", 1.0, "pcs", "pos-1"))],
+    )
+    .await?;
+    // Use: 3 × (1.20 + 0.30) = 4.50; waste: 1.20.
+    let summary = hq
+        .wait_latest("hq/stores/s1/summary", |s| s["cost"]["waste"] == json!(1.2))
+        .await?;
+    assert_eq!(
+        summary["cost"],
+        json!({"currency": "EUR", "waste": 1.2, "used": 4.5, "share": 1.2 / 5.7}),
+        "{summary}"
+    );
+    Ok(())
+}

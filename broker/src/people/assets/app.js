@@ -380,9 +380,22 @@
     return chart;
   }
 
+  // Today's waste of a store's summary: as a share of ingredient cost, with
+  // what it cost, when its SKUs have costs; else the mean of the SKUs' ratios.
+  function money(amount, currency) {
+    if (!currency) return amount.toFixed(2);
+    try {
+      return new Intl.NumberFormat(lang === "zh" ? "zh-CN" : "en", { style: "currency", currency }).format(amount);
+    } catch (_) {
+      return amount.toFixed(2) + " " + currency;
+    }
+  }
+  const wasteShare = (s) => (s.cost ? s.cost.share : s.waste_ratio);
+  const wasteText = (s) => (wasteShare(s) * 100).toFixed(1) + "%" + (s.cost ? " · " + money(s.cost.waste, s.cost.currency) : "");
+
   function storeView() {
     const summary = docs.get("hq/stores/" + store + "/summary");
-    const ratio = summary ? " " + (summary.waste_ratio * 100).toFixed(1) + "%" : "";
+    const ratio = summary ? " " + wasteText(summary) : "";
     return [
       alertFeed(),
       el("section", {}, el("h2", {}, w("dish")), dishesTable()),
@@ -535,7 +548,7 @@
   function hqView() {
     const summaries = under("hq/stores/+/summary");
     const offline = (s) => [...docs.entries()].filter(([t, d]) => t.startsWith("stores/" + s + "/devices/") && d === "offline").length;
-    const badness = (s) => s.sold_out.length * 100 + offline(s.store) * 50 + s.low.length * 10 + s.open_requests.length + s.open_transfers.length + s.waste_ratio;
+    const badness = (s) => s.sold_out.length * 100 + offline(s.store) * 50 + s.low.length * 10 + s.open_requests.length + s.open_transfers.length + wasteShare(s);
     summaries.sort((a, b) => badness(b) - badness(a));
     return el("section", {}, el("h2", {}, w("stores")), tableOf(
       [w("store"), w("soldOut"), w("lowSkus"), w("requests"), w("transfers"), w("waste"), w("offlineDevices")],
@@ -543,7 +556,7 @@
         el("td", {}, el("a", { href: "/stores/" + encodeURIComponent(s.store) }, catalogOf(s.store).name || s.store)),
         el("td", { class: "num" }, s.sold_out.length), el("td", { class: "num" }, s.low.length),
         el("td", { class: "num" }, s.open_requests.length), el("td", { class: "num" }, s.open_transfers.length),
-        el("td", { class: "num" }, (s.waste_ratio * 100).toFixed(1) + "%"),
+        el("td", { class: "num waste" }, wasteText(s)),
         el("td", { class: "num offline" }, offline(s.store))))));
   }
 
