@@ -10,7 +10,9 @@
 //! voided since counts in neither `used` nor the dish's net portions (its
 //! void takes its use back from the day it was counted in); `ratio` =
 //! waste ÷ (waste + used); the store's `waste_ratio` is the mean of the
-//! SKUs' ratios, each SKU weighing the same whatever its unit.
+//! SKUs' ratios, each SKU weighing the same whatever its unit. Priced
+//! ([`DayReport::priced`]), it also gives the day's waste and use in money
+//! at the SKUs' unit costs, and waste as a share of ingredient cost.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -80,6 +82,10 @@ pub struct DayReport {
     pub counted: u32,
     /// Ledger lines the report is made of.
     pub lines: usize,
+    /// The day's waste and use in money, at the SKUs' costs now
+    /// ([`DayReport::priced`]); absent when no SKU used or wasted has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<dishsync_protocol::payload::CostOut>,
 }
 
 impl DayReport {
@@ -166,7 +172,20 @@ impl DayReport {
             },
             counted,
             lines: kept,
+            cost: None,
         }
+    }
+
+    /// The report with its waste and use in money, at the store's unit
+    /// costs `params` in `currency`.
+    pub fn priced(
+        mut self,
+        params: &BTreeMap<SkuId, crate::catalog::StockParams>,
+        currency: Option<&str>,
+    ) -> DayReport {
+        let figures = self.skus.iter().map(|(sku, d)| (sku, d.waste, d.used));
+        self.cost = crate::planning::cost::in_money(figures, params, currency);
+        self
     }
 
     /// The sale ids `lines` name (the records [`DayReport::build`] needs).
@@ -233,6 +252,25 @@ impl DayReport {
             format!("{:.4}", self.waste_ratio),
             String::new(),
         ]);
+        if let Some(cost) = &self.cost {
+            let currency = cost.currency.clone().unwrap_or_default();
+            for (measure, amount) in [("waste_cost", cost.waste), ("used_cost", cost.used)] {
+                rows.push([
+                    "store".into(),
+                    self.store.to_string(),
+                    measure.into(),
+                    format!("{amount:.2}"),
+                    currency.clone(),
+                ]);
+            }
+            rows.push([
+                "store".into(),
+                self.store.to_string(),
+                "waste_cost_share".into(),
+                format!("{:.4}", cost.share),
+                String::new(),
+            ]);
+        }
         rows
     }
 }
@@ -417,5 +455,24 @@ mod tests {
             2,
             "each sale once, whatever its lines"
         );
+        assert_eq!(report.cost, None, "not priced");
+        // Priced: buns at 0.30 each; beef without a cost.
+        let params: BTreeMap<SkuId, crate::catalog::StockParams> = [("bun", Some(300_000)), ("beef", None)]
+            .into_iter()
+            .map(|(sku, unit_cost)| {
+                (
+                    id(sku),
+                    crate::catalog::StockParams {
+                        reorder_point: 0,
+                        par: 0,
+                        opening: None,
+                        unit_cost,
+                    },
+                )
+            })
+            .collect();
+        let cost = report.priced(&params, Some("EUR")).cost.expect("priced");
+        assert_eq!((cost.waste, cost.used), (1.2, 0.6), "4 buns wasted, 2 used");
+        assert_eq!(cost.uncosted, vec![id::<SkuId>("beef")]);
     }
 }

@@ -131,6 +131,10 @@ pub(crate) async fn day(
         |id| sales.get(id).cloned(),
         |sku| catalog.sku(sku).map_or("", |s| s.unit.as_str()),
     );
+    let report = match catalog.store(store) {
+        Some(def) => report.priced(&def.stock, catalog.planning().currency.as_deref()),
+        None => report,
+    };
     Ok(Day { lines, sales, report })
 }
 

@@ -19,13 +19,27 @@ const MICROS: f64 = 1e6;
 /// Today's waste and use of a store in money over the SKUs with a cost;
 /// `None` when no SKU with use or waste today has one.
 pub fn today_in_money(today: &Today, params: &BTreeMap<SkuId, StockParams>, currency: Option<&str>) -> Option<CostOut> {
+    let skus: std::collections::BTreeSet<&SkuId> = today.waste.keys().chain(today.used.keys()).collect();
+    let figures = skus.into_iter().map(|sku| {
+        let w = today.waste.get(sku).copied().unwrap_or(0);
+        let u = today.used.get(sku).copied().unwrap_or(0);
+        (sku, w, u)
+    });
+    in_money(figures, params, currency)
+}
+
+/// The waste and use of `figures` — each SKU once, with its waste and use
+/// in base units — in money over the SKUs with a cost in `params`; `None`
+/// when no SKU with use or waste has one.
+pub fn in_money<'a>(
+    figures: impl IntoIterator<Item = (&'a SkuId, i64, i64)>,
+    params: &BTreeMap<SkuId, StockParams>,
+    currency: Option<&str>,
+) -> Option<CostOut> {
     let (mut waste, mut used) = (0i128, 0i128);
     let mut costed = false;
     let mut uncosted = Vec::new();
-    let skus: std::collections::BTreeSet<&SkuId> = today.waste.keys().chain(today.used.keys()).collect();
-    for sku in skus {
-        let w = today.waste.get(sku).copied().unwrap_or(0);
-        let u = today.used.get(sku).copied().unwrap_or(0);
+    for (sku, w, u) in figures {
         if w == 0 && u == 0 {
             continue;
         }

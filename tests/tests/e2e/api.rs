@@ -66,7 +66,18 @@ fn get_if(url: &str, token: Option<&str>, tag: &str) -> Result<Answer> {
 /// A broker with the small chain, its web listener and four integrations;
 /// their tokens by id.
 fn broker_with_integrations(data: &std::path::Path) -> Result<(BrokerProcess, BTreeMap<&'static str, String>)> {
-    let mut config = format!("{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n", small_chain());
+    // Buns at 0.30 each, beef at 10.00 a kilo, fries without a cost.
+    let chain = small_chain()
+        .replace(
+            "reorder_point = 4\npar = 20\n",
+            "reorder_point = 4\npar = 20\ncost = 0.30\n",
+        )
+        .replace(
+            "reorder_point = 600\npar = 3000\n",
+            "reorder_point = 600\npar = 3000\ncost = 10\ncost_unit = \"kg\"\n",
+        );
+    anyhow::ensure!(chain.matches("cost = ").count() == 2, "{chain}");
+    let mut config = format!("{chain}\n[planning]\ncurrency = \"EUR\"\n\n[web]\nlisten = \"127.0.0.1:0\"\n\n");
     let mut tokens = BTreeMap::new();
     let integrations = [
         ("pos-cloud", "pos", "store = \"s1\"\n"),
@@ -452,6 +463,13 @@ async fn the_days_report_adds_up_the_ledger_of_the_day() -> Result<()> {
     assert_eq!(beef["waste_by_reason"], json!({"expired": 200}));
     assert_eq!(r["counted"], 2);
     assert_eq!(r["waste_ratio"], json!((0.6 + 0.4) / 2.0));
+    // In money: waste 3 buns and 200 g of beef, 0.90 + 2.00; use 2 buns
+    // and 300 g, 0.60 + 3.00.
+    assert_eq!(
+        r["cost"],
+        json!({"currency": "EUR", "waste": 2.9, "used": 3.6, "share": 2_900_000.0 / 6_500_000.0}),
+        "{r}"
+    );
     let date = r["date"].as_str().context("a date")?.to_string();
 
     let csv = ureq::get(&api(&format!("stores/s1/report?date={date}&format=csv")))
@@ -464,6 +482,9 @@ async fn the_days_report_adds_up_the_ledger_of_the_day() -> Result<()> {
         format!("s1,{date},sku,bun,waste:dropped,3,pcs"),
         format!("s1,{date},sku,beef,waste:expired,200,g"),
         format!("s1,{date},store,s1,waste_ratio,0.5000,"),
+        format!("s1,{date},store,s1,waste_cost,2.90,EUR"),
+        format!("s1,{date},store,s1,used_cost,3.60,EUR"),
+        format!("s1,{date},store,s1,waste_cost_share,0.4462,"),
     ] {
         assert!(csv.lines().any(|l| l == row), "{row} missing from\n{csv}");
     }
