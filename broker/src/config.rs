@@ -113,6 +113,7 @@ struct PlanningSection {
     merge_window_minutes: Option<u32>,
     transfer_timeout_minutes: Option<f64>,
     waste_alert_share: Option<f64>,
+    variance_alert_share: Option<f64>,
     overstock_factor: Option<f64>,
     max_clock_skew_seconds: Option<u32>,
     currency: Option<String>,
@@ -1052,6 +1053,13 @@ impl Validator {
                 p.waste_alert_share = share;
             } else {
                 self.issue("planning.waste_alert_share", "must be between 0 and 1");
+            }
+        }
+        if let Some(share) = section.variance_alert_share {
+            if share.is_finite() && share > 0.0 {
+                p.variance_alert_share = share;
+            } else {
+                self.issue("planning.variance_alert_share", "must be positive (0.05: 5 %)");
             }
         }
         if let Some(f) = section.overstock_factor {

@@ -227,6 +227,9 @@ pub struct Planning {
     pub transfer_timeout_minutes: f64,
     /// Today's waste above this share of use raises `waste_spike`.
     pub waste_alert_share: f64,
+    /// A count whose unexplained use is above this share of the
+    /// theoretical use since the last count raises `usage_variance`.
+    pub variance_alert_share: f64,
     /// A dish with more than this many times the portions its sales will use
     /// before close is reported as over-stocked.
     pub overstock_factor: f64,
@@ -259,6 +262,7 @@ impl Default for Planning {
             merge_window_minutes: 2,
             transfer_timeout_minutes: 10.0,
             waste_alert_share: 0.15,
+            variance_alert_share: 0.05,
             overstock_factor: 3.0,
             currency: None,
             kitchen: Kitchen {

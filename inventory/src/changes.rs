@@ -54,6 +54,15 @@ impl Changes {
         self.publish.insert(doc);
     }
 
+    /// A SKU's variance state changed; its document too when `shown`.
+    pub fn variance(&mut self, store: StoreId, sku: SkuId, shown: bool) {
+        let doc = Document::Variance(store, sku);
+        if shown {
+            self.publish.insert(doc.clone());
+        }
+        self.persist.insert(doc);
+    }
+
     /// A store's planning state changed.
     pub fn plan(&mut self, store: StoreId) {
         self.persist.insert(Document::Plan(store));

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Inventory;
+use crate::planning::variance::VarianceState;
 use crate::planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
 use crate::state::{DishState, MenuState, Restored, SkuState};
 
@@ -36,6 +37,9 @@ pub enum Document {
     Menu(StoreId),
     /// A store's planning state, `p/{store}` (not published).
     Plan(StoreId),
+    /// A SKU's usage variance in a store: its state, `v/{store}/{sku}`;
+    /// its document, `stores/{store}/stock/{sku}/variance`.
+    Variance(StoreId, SkuId),
     /// A replenishment request, `q/{id}`; published under its store and for
     /// HQ.
     Request(DocId),
@@ -83,6 +87,8 @@ pub enum State<'a> {
     Menu(MenuState),
     /// [`Document::Plan`].
     Plan(&'a StorePlan),
+    /// [`Document::Variance`].
+    Variance(&'a VarianceState),
     /// [`Document::Request`].
     Request(&'a Request),
     /// [`Document::Transfer`].
@@ -113,7 +119,7 @@ pub struct Published {
 
 /// The key prefixes of the documents persisted per store, scanned at
 /// start-up (requests and transfers are read through [`Shown`]).
-pub const PER_STORE_PREFIXES: [&str; 4] = ["k/", "d/", "m/", "p/"];
+pub const PER_STORE_PREFIXES: [&str; 5] = ["k/", "d/", "m/", "p/", "v/"];
 
 /// Where a request is retained: under its store and for HQ.
 fn request_topics(id: &DocId, store: &StoreId) -> [Topic; 2] {
@@ -148,6 +154,7 @@ impl Document {
             Document::Dish(store, dish) => format!("d/{store}/{dish}"),
             Document::Menu(store) => format!("m/{store}"),
             Document::Plan(store) => format!("p/{store}"),
+            Document::Variance(store, sku) => format!("v/{store}/{sku}"),
             Document::Request(id) => format!("q/{id}"),
             Document::Transfer(id) => format!("t/{id}"),
             Document::Shown => "s".to_string(),
@@ -164,6 +171,7 @@ impl Document {
             ["d", store, dish] => Document::Dish(store.parse().ok()?, dish.parse().ok()?),
             ["m", store] => Document::Menu(store.parse().ok()?),
             ["p", store] => Document::Plan(store.parse().ok()?),
+            ["v", store, sku] => Document::Variance(store.parse().ok()?, sku.parse().ok()?),
             ["q", id] => Document::Request(id.parse().ok()?),
             ["t", id] => Document::Transfer(id.parse().ok()?),
             ["s"] => Document::Shown,
@@ -180,6 +188,7 @@ impl Document {
             Document::Dish(store, dish) => State::Dish(inv.dish_state(store, dish)?),
             Document::Menu(store) => State::Menu(inv.menu_state(store)?),
             Document::Plan(store) => State::Plan(inv.plan_state(store)?),
+            Document::Variance(store, sku) => State::Variance(inv.variance_state(store, sku)?),
             Document::Request(id) => State::Request(inv.request(id)?),
             Document::Transfer(id) => State::Transfer(inv.transfer(id)?),
             Document::Shown => {
@@ -201,6 +210,7 @@ impl Document {
             Document::Dish(store, dish) => Restored::Dish(store.clone(), dish.clone(), value.decode()?),
             Document::Menu(store) => Restored::Menu(store.clone(), value.decode()?),
             Document::Plan(store) => Restored::Plan(store.clone(), value.decode()?),
+            Document::Variance(store, sku) => Restored::Variance(store.clone(), sku.clone(), value.decode()?),
             Document::Request(_) => Restored::Request(value.decode()?),
             Document::Transfer(_) => Restored::Transfer(value.decode()?),
             Document::Chain => Restored::Chain(value.decode()?),
@@ -244,6 +254,13 @@ impl Document {
                     .collect(),
                 None => Vec::new(),
             },
+            Document::Variance(store, sku) => one(inv.variance_out(store, sku).and_then(|doc| {
+                let topic = Topic::StockVariance {
+                    store: store.clone(),
+                    sku: sku.clone(),
+                };
+                json(topic, &doc)
+            })),
             Document::Summary(store) => one(inv
                 .summary_out(store, now)
                 .and_then(|doc| json(Topic::Summary { store: store.clone() }, &doc))),
@@ -265,6 +282,11 @@ impl Document {
                 catalog
                     .skus()
                     .map(|sku| Document::Sku(store.id.clone(), sku.id.clone())),
+            );
+            all.extend(
+                catalog
+                    .skus()
+                    .map(|sku| Document::Variance(store.id.clone(), sku.id.clone())),
             );
             all.extend(
                 store
@@ -295,10 +317,16 @@ impl Retired {
                 store: store.clone(),
                 dish: dish.clone(),
             }],
-            Retired::Sku { store, sku } => vec![Topic::StockLevel {
-                store: store.clone(),
-                sku: sku.clone(),
-            }],
+            Retired::Sku { store, sku } => vec![
+                Topic::StockLevel {
+                    store: store.clone(),
+                    sku: sku.clone(),
+                },
+                Topic::StockVariance {
+                    store: store.clone(),
+                    sku: sku.clone(),
+                },
+            ],
         }
     }
 }
@@ -315,6 +343,7 @@ mod tests {
             Document::Dish(id("s1"), id("burger")),
             Document::Menu(id("s1")),
             Document::Plan(id("s1")),
+            Document::Variance(id("s1"), id("beef")),
             Document::Request(id("rq-s1-1")),
             Document::Transfer(id("tr-1")),
             Document::Shown,
@@ -328,13 +357,13 @@ mod tests {
         assert_eq!(Document::Catalog(id("s1")).key(), None);
         assert_eq!(Document::from_key("l/00000001"), None, "ledger lines are not documents");
         assert_eq!(Document::from_key("k/s1"), None);
-        // What start-up scans per store is exactly those four kinds.
-        let scanned: Vec<Option<Document>> = ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1"]
+        // What start-up scans per store is exactly those five kinds.
+        let scanned: Vec<Option<Document>> = ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1", "v/s1/beef"]
             .iter()
             .map(|key| Document::from_key(key))
             .collect();
         assert!(scanned.iter().all(Option::is_some));
-        for (key, prefix) in ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1"]
+        for (key, prefix) in ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1", "v/s1/beef"]
             .iter()
             .zip(PER_STORE_PREFIXES)
         {

@@ -28,6 +28,7 @@ pub(crate) struct StoreState {
     pub(crate) dishes: BTreeMap<DishId, DishState>,
     pub(crate) menu: MenuState,
     pub(crate) plan: StorePlan,
+    pub(crate) variance: BTreeMap<SkuId, crate::planning::variance::VarianceState>,
 }
 
 /// The live state of the whole chain.
@@ -106,6 +107,7 @@ impl Inventory {
                     dishes: BTreeMap::new(),
                     menu: MenuState { rev: 0, at: now },
                     plan: StorePlan::default(),
+                    variance: BTreeMap::new(),
                 },
             );
         }
@@ -132,6 +134,11 @@ impl Inventory {
                 Restored::Plan(store, plan) => {
                     if let Some(s) = stores.get_mut(&store) {
                         s.plan = plan;
+                    }
+                }
+                Restored::Variance(store, sku, state) => {
+                    if let (Some(s), Some(_)) = (stores.get_mut(&store), catalog.sku(&sku)) {
+                        s.variance.insert(sku, state);
                     }
                 }
                 // Finished long ago: on record, no longer shown.
@@ -218,7 +225,8 @@ impl Inventory {
                     continue;
                 };
                 match self.apply_stock(&store, sku, &count, now) {
-                    Ok(booked) => {
+                    Ok(mut booked) => {
+                        self.book_variance(&booked.entries, now, &mut booked.changes);
                         outcome.changes.merge(booked.changes);
                         outcome.entries.extend(booked.entries);
                     }
@@ -293,6 +301,7 @@ impl Inventory {
                 entry.reference.clone_from(&reference);
                 entry.recorded = Some(now);
             }
+            self.book_variance(&outcome.entries, now, &mut outcome.changes);
         }
         Ok(outcome)
     }

@@ -17,7 +17,7 @@
 //!   targets;
 //! - [`ledger`]: a SKU's level from its latest count and the changes since;
 //! - [`planning`]: the rules that act — replenishment, transfers, the sales
-//!   forecast, alerts, freshness and the HQ summary;
+//!   forecast, alerts, freshness, usage variance and the HQ summary;
 //! - `inventory`: the [`Inventory`] itself — stock, sales, voids, overrides
 //!   and the availability they give;
 //! - `changes`: what an input changed ([`Changes`], [`Outcome`]);

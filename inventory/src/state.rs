@@ -213,6 +213,8 @@ pub enum Restored {
     Menu(StoreId, MenuState),
     /// A store's planning state.
     Plan(StoreId, StorePlan),
+    /// A SKU's usage variance state.
+    Variance(StoreId, SkuId, crate::planning::variance::VarianceState),
     /// A replenishment request.
     Request(Request),
     /// A transfer.

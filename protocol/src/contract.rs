@@ -45,6 +45,7 @@ mod tests {
             Published::Availability(_) => "dish availability",
             Published::Menu(_) => "store availability",
             Published::Level(_) => "level",
+            Published::Variance(_) => "variance",
             Published::Acks(_) => "acks",
             Published::Error(_) if matches!(topic, Topic::HqErrors { .. }) => "hq errors",
             Published::Error(_) => "errors",
@@ -108,7 +109,7 @@ mod tests {
             };
             kinds.insert(kind);
         }
-        assert_eq!(kinds.len(), 20, "every topic of the contract has an example: {kinds:?}");
+        assert_eq!(kinds.len(), 21, "every topic of the contract has an example: {kinds:?}");
     }
 
     #[test]

@@ -390,6 +390,65 @@ pub struct LevelOut {
     pub at: Timestamp,
 }
 
+/// `stores/{store}/stock/{sku}/variance` (retained): a SKU's usage
+/// variance, count to count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VarianceOut {
+    /// The store.
+    pub store: StoreId,
+    /// The SKU.
+    pub sku: SkuId,
+    /// The SKU's base unit (every quantity below is in it).
+    pub unit: BaseUnit,
+    /// The last period between two counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<VariancePeriod>,
+    /// On a SKU on a scale: the open period, from the last count to the
+    /// scale's latest reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<VariancePeriod>,
+    /// +1 with every change.
+    pub rev: u64,
+    /// When this revision was made.
+    pub at: Timestamp,
+}
+
+/// One period of [`VarianceOut`], base units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariancePeriod {
+    /// When the opening count was made.
+    pub from: Timestamp,
+    /// When the closing count (or reading) was made.
+    pub to: Timestamp,
+    /// What the opening count found.
+    pub opening: i64,
+    /// What the closing count (or reading) found.
+    pub counted: i64,
+    /// Delivered in between.
+    pub received: i64,
+    /// Came from other stores.
+    pub transferred_in: i64,
+    /// Sent to other stores.
+    pub transferred_out: i64,
+    /// Net of adjustments (signed).
+    pub adjusted: i64,
+    /// opening + received + transferred_in − transferred_out + adjusted − counted.
+    pub actual: i64,
+    /// Σ sales × recipe, net of voids.
+    pub theoretical: i64,
+    /// Consumed outside sales (prep, staff meals).
+    pub consumed: i64,
+    /// Wasted.
+    pub waste: i64,
+    /// actual − theoretical − waste − consumed.
+    pub unexplained: i64,
+    /// unexplained ÷ theoretical, when anything was sold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+}
+
 /// `stores/{store}/acks/{device}`: these ids are durably committed (applied,
 /// or recognised as already applied).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -715,6 +774,9 @@ pub enum AlertKind {
     WasteSpike,
     /// A device that feeds stock levels is offline.
     DeviceOffline,
+    /// A count found more of a SKU's use unexplained than the configured
+    /// share of its theoretical use.
+    UsageVariance,
 }
 
 /// Raised when a condition starts, cleared when it ends.

@@ -5,7 +5,7 @@
 
 use crate::payload::{
     AckOut, AlertOut, BrokerAlertOut, CatalogOut, DishAvailabilityOut, ErrorOut, LevelOut, MetricsOut, RequestOut,
-    StoreAvailabilityOut, SummaryOut, TransferOut,
+    StoreAvailabilityOut, SummaryOut, TransferOut, VarianceOut,
 };
 use crate::{DocId, Topic};
 
@@ -18,6 +18,8 @@ pub enum Published {
     Menu(StoreAvailabilityOut),
     /// A SKU's level (`stores/{store}/stock/{sku}/level`).
     Level(LevelOut),
+    /// A SKU's usage variance.
+    Variance(VarianceOut),
     /// A replenishment request (under its store, and for HQ).
     Request(RequestOut),
     /// A transfer (under both stores).
@@ -75,6 +77,7 @@ impl Published {
             Topic::DishAvailability { .. } => Published::Availability(json(topic, payload)?),
             Topic::StoreAvailability { .. } => Published::Menu(json(topic, payload)?),
             Topic::StockLevel { .. } => Published::Level(json(topic, payload)?),
+            Topic::StockVariance { .. } => Published::Variance(json(topic, payload)?),
             Topic::StoreRequest { .. } | Topic::HqRequest { .. } => Published::Request(json(topic, payload)?),
             Topic::Transfer { .. } => Published::Transfer(json(topic, payload)?),
             Topic::Catalog { .. } => Published::Catalog(json(topic, payload)?),
@@ -102,6 +105,7 @@ impl Published {
             Published::Availability(d) => d.rev,
             Published::Menu(d) => d.rev,
             Published::Level(d) => d.rev,
+            Published::Variance(d) => d.rev,
             Published::Request(d) => d.rev,
             Published::Transfer(d) => d.rev,
             Published::Catalog(d) => d.rev,

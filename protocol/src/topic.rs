@@ -72,6 +72,13 @@ pub enum Topic {
         /// The SKU.
         sku: SkuId,
     },
+    /// `stores/{store}/stock/{sku}/variance` — retained.
+    StockVariance {
+        /// The store.
+        store: StoreId,
+        /// The SKU.
+        sku: SkuId,
+    },
     /// `stores/{store}/acks/{device}` — ids durably committed.
     Acks {
         /// The store.
@@ -312,6 +319,8 @@ pub mod pattern {
     pub const STORE_AVAILABILITY: Pattern = Pattern(&["stores", "{store}", "availability"]);
     /// `stores/{store}/stock/*/level`: a SKU's level.
     pub const STOCK_LEVEL: Pattern = Pattern(&["stores", "{store}", "stock", "*", "level"]);
+    /// `stores/{store}/stock/{sku}/variance`: a SKU's usage variance.
+    pub const STOCK_VARIANCE: Pattern = Pattern(&["stores", "{store}", "stock", "*", "variance"]);
     /// `stores/{store}/acks/{device}`: a device's acks.
     pub const ACKS: Pattern = Pattern(&["stores", "{store}", "acks", "{device}"]);
     /// `stores/{store}/errors/{device}`: a device's errors.
@@ -358,7 +367,7 @@ pub enum Family {
     Presence,
     /// `stores/{store}/dishes/{dish}/availability` and `stores/{store}/availability`
     Availability,
-    /// `stores/{store}/stock/{sku}/level`
+    /// `stores/{store}/stock/{sku}/level` and `stores/{store}/stock/{sku}/variance`
     Level,
     /// `stores/{store}/acks/{device}` and `stores/{store}/errors/{device}`
     AcksErrors,
@@ -414,7 +423,7 @@ impl Family {
             Topic::DishOverride { .. } => Family::Override,
             Topic::DeviceStatus { .. } => Family::Presence,
             Topic::DishAvailability { .. } | Topic::StoreAvailability { .. } => Family::Availability,
-            Topic::StockLevel { .. } => Family::Level,
+            Topic::StockLevel { .. } | Topic::StockVariance { .. } => Family::Level,
             Topic::Acks { .. } | Topic::Errors { .. } | Topic::HqErrors { .. } => Family::AcksErrors,
             Topic::BrokerAlerts => Family::BrokerAlerts,
             Topic::BrokerMetrics => Family::Metrics,
@@ -437,7 +446,7 @@ impl Family {
             Family::Override => &[pattern::DISH_OVERRIDE],
             Family::Presence => &[pattern::DEVICE_STATUS],
             Family::Availability => &[pattern::DISH_AVAILABILITY, pattern::STORE_AVAILABILITY],
-            Family::Level => &[pattern::STOCK_LEVEL],
+            Family::Level => &[pattern::STOCK_LEVEL, pattern::STOCK_VARIANCE],
             Family::AcksErrors => &[pattern::ACKS, pattern::ERRORS, pattern::HQ_ERRORS],
             Family::BrokerAlerts => &[pattern::BROKER_ALERTS],
             Family::Metrics => &[pattern::BROKER_METRICS],
@@ -502,6 +511,7 @@ impl Topic {
             | Topic::DishAvailability { store, .. }
             | Topic::StoreAvailability { store }
             | Topic::StockLevel { store, .. }
+            | Topic::StockVariance { store, .. }
             | Topic::Acks { store, .. }
             | Topic::Errors { store, .. }
             | Topic::TransferRequest { store }
@@ -552,6 +562,10 @@ impl FromStr for Topic {
                 sku: sku(3)?,
             },
             ["stores", _, "stock", _, "level"] => Topic::StockLevel {
+                store: store(1)?,
+                sku: sku(3)?,
+            },
+            ["stores", _, "stock", _, "variance"] => Topic::StockVariance {
                 store: store(1)?,
                 sku: sku(3)?,
             },
@@ -628,6 +642,7 @@ impl fmt::Display for Topic {
             }
             Topic::StoreAvailability { store } => write!(f, "stores/{store}/availability"),
             Topic::StockLevel { store, sku } => write!(f, "stores/{store}/stock/{sku}/level"),
+            Topic::StockVariance { store, sku } => write!(f, "stores/{store}/stock/{sku}/variance"),
             Topic::Acks { store, device } => write!(f, "stores/{store}/acks/{device}"),
             Topic::Errors { store, device } => write!(f, "stores/{store}/errors/{device}"),
             Topic::BrokerAlerts => f.write_str("hq/alerts"),

@@ -77,6 +77,7 @@ fn kind_words(kind: AlertKind) -> &'static str {
         AlertKind::SelloutPredicted => "Selling out",
         AlertKind::WasteSpike => "Waste",
         AlertKind::DeviceOffline => "Device offline",
+        AlertKind::UsageVariance => "Usage variance",
     }
 }
 

@@ -20,7 +20,8 @@
 //! `freshness` (stale levels, device presence), `alerts`, `pass` (the
 //! planning pass: replenishment and transfer proposals), `actions` (on
 //! requests and transfers, and what they book), `timers` (what time alone
-//! changes), `cost` (waste and use in money) and `views` (the documents of requests, transfers and the HQ
+//! changes), `cost` (waste and use in money), `variance` (usage
+//! variance from count to count) and `views` (the documents of requests, transfers and the HQ
 //! summary).
 
 pub mod actions;
@@ -32,6 +33,7 @@ pub mod pass;
 mod plan;
 mod time;
 mod timers;
+pub mod variance;
 mod views;
 
 pub use plan::{ChainPlan, Rate, Request, Retired, StorePlan, Transfer, FINISHED_SHOWN_FOR};

@@ -105,6 +105,7 @@ fn chain_costing(patty: Option<i64>, bun: Option<i64>) -> Arc<Catalog> {
         merge_window_minutes: 2,
         transfer_timeout_minutes: 10.0,
         waste_alert_share: 0.15,
+        variance_alert_share: 0.05,
         overstock_factor: 3.0,
         currency: Some("EUR".into()),
         kitchen: Kitchen {
@@ -863,4 +864,152 @@ fn a_dish_being_replenished_is_not_over_stocked() {
     let summary = inv.summary_out(&id("a"), at(12, 3)).expect("summary");
     assert!(!summary.open_requests.is_empty() && summary.low.contains(&id("bun")));
     assert!(summary.overstock.is_empty(), "{:?}", summary.overstock);
+}
+
+/// One input through the one path every input takes.
+fn through(inv: &mut Inventory, input: crate::Input, t: Millis) -> Changes {
+    inv.apply(&input, None, t)
+        .expect("applied")
+        .expect("an outcome")
+        .changes
+}
+
+fn patty_event(kind: StockKind, qty: f64, t: Millis, eid: &str) -> crate::Input {
+    crate::Input::Stock {
+        store: id("a"),
+        sku: id("patty"),
+        event: StockEventIn {
+            id: id(eid),
+            kind,
+            qty,
+            unit: Unit::Pcs,
+            at: Timestamp(t),
+            device: id("dev"),
+            reference: None,
+            reason: (kind == StockKind::Waste).then(|| "dropped".into()),
+        },
+    }
+}
+
+fn burgers(n: u32, t: Millis, eid: &str) -> crate::Input {
+    crate::Input::Sale {
+        store: id("a"),
+        sale: SaleIn {
+            id: id(eid),
+            lines: Some(vec![SaleLine {
+                dish: id("burger"),
+                portions: n,
+            }]),
+            void: None,
+            at: Some(Timestamp(t)),
+            device: Some(id("pos-1")),
+            guarded: false,
+        },
+    }
+}
+
+/// From count to count, every flow of the patties adds up: the variance
+/// document gives the unexplained use exactly, a count beyond 5 % of the
+/// theoretical use raises `usage_variance`, and a later count within it
+/// clears it. The state comes back the same after a restore.
+#[test]
+fn usage_variance_is_counted_from_count_to_count() {
+    let mut inv = Inventory::new(chain(), at(9, 0));
+    let variance = |inv: &Inventory| inv.variance_out(&id("a"), &id("patty"));
+    through(&mut inv, patty_event(StockKind::Count, 100.0, at(9, 0), "c1"), at(9, 0));
+    assert_eq!(variance(&inv), None, "one count: no period yet");
+    through(
+        &mut inv,
+        patty_event(StockKind::Receive, 50.0, at(10, 0), "r1"),
+        at(10, 0),
+    );
+    through(&mut inv, burgers(30, at(12, 0), "s1"), at(12, 0));
+    through(&mut inv, patty_event(StockKind::Waste, 5.0, at(13, 0), "w1"), at(13, 0));
+    through(
+        &mut inv,
+        patty_event(StockKind::TransferOut, 10.0, at(14, 0), "t1"),
+        at(14, 0),
+    );
+    through(
+        &mut inv,
+        patty_event(StockKind::TransferIn, 4.0, at(15, 0), "t2"),
+        at(15, 0),
+    );
+    through(
+        &mut inv,
+        patty_event(StockKind::Consume, 2.0, at(16, 0), "m1"),
+        at(16, 0),
+    );
+    through(
+        &mut inv,
+        patty_event(StockKind::Adjust, -1.0, at(17, 0), "j1"),
+        at(17, 0),
+    );
+    // The ledger implies 106; 98 are counted.
+    let changes = through(
+        &mut inv,
+        patty_event(StockKind::Count, 98.0, at(22, 0), "c2"),
+        at(22, 0),
+    );
+    let doc = variance(&inv).expect("a period");
+    let last = doc.last.expect("closed");
+    assert_eq!(
+        (
+            last.opening,
+            last.counted,
+            last.received,
+            last.transferred_in,
+            last.transferred_out,
+            last.adjusted
+        ),
+        (100, 98, 50, 4, 10, -1)
+    );
+    assert_eq!(
+        (last.actual, last.theoretical, last.waste, last.consumed),
+        (45, 30, 5, 2)
+    );
+    assert_eq!(last.unexplained, 8);
+    assert_eq!(last.share, Some(8.0 / 30.0));
+    assert_eq!((last.from, last.to), (Timestamp(at(9, 0)), Timestamp(at(22, 0))));
+    assert!(doc.live.is_none(), "no scale");
+    let raised: Vec<_> = changes
+        .alerts
+        .iter()
+        .filter(|(_, a)| a.kind == AlertKind::UsageVariance)
+        .collect();
+    assert_eq!(raised.len(), 1, "{changes:?}");
+    assert_eq!(raised[0].1.state, AlertState::Raised);
+    assert!(changes.publish.contains(&Document::Variance(id("a"), id("patty"))));
+
+    // Restored from its persisted state, the same document.
+    let doc = Document::Variance(id("a"), id("patty"));
+    let persisted = serde_json::to_vec(&doc.state(&inv).expect("a state")).expect("encodes");
+    let restored = doc.restore(Json(persisted)).expect("decodes").expect("restored");
+    let (back, _) = Inventory::restore(chain(), vec![restored], at(22, 1));
+    assert_eq!(variance(&back), variance(&inv));
+
+    // The next period: 50 sold, 48 counted — nothing unexplained; cleared.
+    through(&mut inv, burgers(50, at(23, 0), "s2"), at(23, 0));
+    let changes = through(
+        &mut inv,
+        patty_event(StockKind::Count, 48.0, at(23, 30), "c3"),
+        at(23, 30),
+    );
+    let last = variance(&inv).and_then(|d| d.last).expect("closed");
+    assert_eq!((last.opening, last.theoretical, last.unexplained), (98, 50, 0));
+    assert!(changes
+        .alerts
+        .iter()
+        .any(|(_, a)| a.kind == AlertKind::UsageVariance && a.state == AlertState::Cleared));
+}
+
+/// A persisted state, decoded (as JSON here; the store's format is its own).
+struct Json(Vec<u8>);
+
+impl crate::document::Decode for Json {
+    type Error = serde_json::Error;
+
+    fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.0)
+    }
 }

@@ -458,3 +458,131 @@ async fn the_summary_gives_the_days_waste_in_money() -> Result<()> {
     );
     Ok(())
 }
+
+/// Usage variance over MQTT: buns counted, received, sold and wasted, then
+/// counted again — the retained variance gives the unexplained use and a
+/// `usage_variance` alert; beef on a scale shows its variance live from
+/// the readings, and a person's count closes the period. A restart keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_variance_is_published_count_to_count_and_live_on_a_scale() -> Result<()> {
+    let config = crate::support::small_chain().replace(
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n",
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\nscales = { scale-1 = { sku = \"beef\" } }\n",
+    );
+    assert!(config.contains("scale-1"), "{config}");
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut manager = Client::connect(broker.addr, "manager-1").await?;
+    for topic in [
+        "stores/s1/acks/manager-1",
+        "stores/s1/stock/+/variance",
+        "stores/s1/alerts",
+    ] {
+        manager.subscribe(topic, QoS::AtLeastOnce).await?;
+    }
+    let bun = |id: &str, kind: &str, qty: f64| ("bun", stock_event(id, kind, qty, "pcs", "manager-1"));
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[bun("c-1", "count", 40.0), bun("r-1", "receive", 20.0)],
+    )
+    .await?;
+    manager
+        .publish_json(
+            "stores/s1/sales",
+            &sale("sale-1", &[("burger", 12)], "manager-1"),
+            QoS::ExactlyOnce,
+        )
+        .await?;
+    // 40 + 20 − 12 − 3 = 45 implied; 41 counted: 4 unexplained of 12 sold.
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[bun("w-1", "waste", 3.0), bun("c-2", "count", 41.0)],
+    )
+    .await?;
+    let bun_variance = "stores/s1/stock/bun/variance";
+    let doc = manager
+        .wait_latest(bun_variance, |d| d["last"]["counted"] == json!(41))
+        .await?;
+    let last = &doc["last"];
+    assert_eq!(
+        [
+            &last["opening"],
+            &last["received"],
+            &last["actual"],
+            &last["theoretical"],
+            &last["waste"],
+            &last["unexplained"]
+        ],
+        [&json!(40), &json!(20), &json!(19), &json!(12), &json!(3), &json!(4)],
+        "{doc}"
+    );
+    assert_eq!(last["share"], json!(4.0 / 12.0));
+    let alert = manager
+        .wait_latest("stores/s1/alerts", |a| a["kind"] == "usage_variance")
+        .await?;
+    assert_eq!(
+        (&alert["state"], &alert["sku"]),
+        (&json!("raised"), &json!("bun")),
+        "{alert}"
+    );
+
+    // Beef on its scale: a count opens the period, a sale takes 150 g a
+    // burger, and the scale's settled readings show the variance live.
+    stock_and_wait(
+        &mut manager,
+        "s1",
+        "manager-1",
+        &[("beef", stock_event("c-3", "count", 3_000.0, "g", "manager-1"))],
+    )
+    .await?;
+    manager
+        .publish_json(
+            "stores/s1/sales",
+            &sale("sale-2", &[("burger", 4)], "manager-1"),
+            QoS::ExactlyOnce,
+        )
+        .await?;
+    let scale = Client::connect(broker.addr, "scale-1").await?;
+    let reading =
+        json!({"grams": 2_380, "at": dishsync_protocol::payload::Timestamp::now().to_string(), "stable": true});
+    scale
+        .mqtt
+        .publish(
+            "stores/s1/scales/scale-1/weight",
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&reading)?,
+        )
+        .await?;
+    // 3,000 − 600 = 2,400 implied; the scale reads 2,380.
+    let beef_variance = "stores/s1/stock/beef/variance";
+    let live = manager
+        .wait_latest(beef_variance, |d| d["live"]["counted"] == json!(2_380))
+        .await?;
+    assert_eq!(
+        (&live["live"]["theoretical"], &live["live"]["unexplained"]),
+        (&json!(600), &json!(20)),
+        "{live}"
+    );
+    assert!(live.get("last").is_none(), "a reading closes no period: {live}");
+
+    drop(scale);
+    drop(manager);
+    drop(broker);
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut hq = Client::connect(broker.addr, "watcher").await?;
+    hq.subscribe("stores/s1/stock/+/variance", QoS::AtLeastOnce).await?;
+    let again = hq
+        .wait_latest(bun_variance, |d| d["last"]["counted"] == json!(41))
+        .await?;
+    assert_eq!(again["last"], doc["last"], "restored as it was");
+    let again = hq
+        .wait_latest(beef_variance, |d| d["live"]["counted"] == json!(2_380))
+        .await?;
+    assert_eq!(again["live"], live["live"]);
+    Ok(())
+}
