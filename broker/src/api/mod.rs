@@ -263,11 +263,12 @@ pub const WEBHOOKS_ROUTE: &str = "/api/v1/webhooks";
 pub const DEAD_LETTERS_ROUTE: &str = "/api/v1/webhooks/{webhook}/dead-letters";
 
 /// Every single-document route: `GET`, its path the document's topic.
-pub const DOCUMENT_ROUTES: [&str; 8] = [
+pub const DOCUMENT_ROUTES: [&str; 9] = [
     "/api/v1/stores/{store}/availability",
     "/api/v1/stores/{store}/dishes/{dish}/availability",
     "/api/v1/stores/{store}/catalog",
     "/api/v1/stores/{store}/stock/{sku}/level",
+    "/api/v1/stores/{store}/stock/{sku}/variance",
     "/api/v1/stores/{store}/replenishment/{request}",
     "/api/v1/stores/{store}/transfers/{transfer}",
     "/api/v1/hq/replenishment/{request}",
@@ -276,8 +277,13 @@ pub const DOCUMENT_ROUTES: [&str; 8] = [
 
 /// Every collection route: `GET`, the documents under a filter (path,
 /// filter with `{store}` from the path, the key of the list).
-pub const COLLECTION_ROUTES: [(&str, &str, &str); 6] = [
+pub const COLLECTION_ROUTES: [(&str, &str, &str); 7] = [
     ("/api/v1/stores/{store}/stock", "stores/{store}/stock/+/level", "levels"),
+    (
+        "/api/v1/stores/{store}/variance",
+        "stores/{store}/stock/+/variance",
+        "variances",
+    ),
     (
         "/api/v1/stores/{store}/dishes",
         "stores/{store}/dishes/+/availability",

@@ -470,6 +470,11 @@ async fn usage_variance_is_published_count_to_count_and_live_on_a_scale() -> Res
         "[[stores]]\nid = \"s1\"\nname = \"s1\"\nscales = { scale-1 = { sku = \"beef\" } }\n",
     );
     assert!(config.contains("scale-1"), "{config}");
+    let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+    let config = format!(
+        "{config}\n[web]\nlisten = \"127.0.0.1:0\"\n\n[[integrations]]\nid = \"erp\"\nrole = \"manager\"\n\
+         store = \"s1\"\ntoken_sha256 = \"{hash}\"\n"
+    );
     let (_tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&config, &data)?;
     let mut manager = Client::connect(broker.addr, "manager-1").await?;
@@ -584,5 +589,21 @@ async fn usage_variance_is_published_count_to_count_and_live_on_a_scale() -> Res
         .wait_latest(beef_variance, |d| d["live"]["counted"] == json!(2_380))
         .await?;
     assert_eq!(again["live"], live["live"]);
+    // The same documents over HTTP, for a controller's spreadsheet.
+    let web = broker.web_addr.ok_or_else(|| anyhow::anyhow!("no web listener"))?;
+    let (url, auth) = (
+        format!("http://{web}/api/v1/stores/s1/variance"),
+        format!("Bearer {token}"),
+    );
+    let body = tokio::task::spawn_blocking(move || -> Result<String> {
+        Ok(ureq::get(&url).set("Authorization", &auth).call()?.into_string()?)
+    })
+    .await??;
+    let listed: Value = serde_json::from_str(&body)?;
+    let skus: Vec<&str> = listed["variances"]
+        .as_array()
+        .map(|all| all.iter().filter_map(|d| d["sku"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(skus, ["beef", "bun"], "{listed}");
     Ok(())
 }
