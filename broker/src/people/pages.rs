@@ -221,6 +221,7 @@ impl View {
                 format!("stores/{s}/transfers/+"),
                 format!("stores/{s}/replenishment/+"),
                 format!("stores/{s}/stock/+/level"),
+                format!("stores/{s}/stock/+/variance"),
             ],
             View::Kitchen => vec![
                 format!("stores/{s}/catalog"),

@@ -219,8 +219,30 @@ async fn people_see_their_stores_live_and_only_theirs() -> Result<()> {
     let (code, _) = post_tap(&elsewhere, Some(&session), Some(&csrf), &release)?;
     assert_eq!(code, 403);
     desktop.screenshot(&shots.join("kitchen-desktop.png"))?;
+    // A second count of buns — finding the level the ledger has — closes a
+    // period: the manager's view shows its usage variance as the retained
+    // document has it.
+    mqtt.subscribe("stores/s1/stock/bun/level", QoS::AtLeastOnce).await?;
+    mqtt.subscribe("stores/s1/stock/bun/variance", QoS::AtLeastOnce).await?;
+    let level = mqtt.wait_latest("stores/s1/stock/bun/level", |_| true).await?;
+    let qty = level["qty"].as_f64().context("a level")?;
+    mqtt.publish_json(
+        "stores/s1/stock/bun/events",
+        &stock_event("count-bun-2", "count", qty, "pcs", "pos-1"),
+        QoS::AtLeastOnce,
+    )
+    .await?;
+    let variance = mqtt
+        .wait_latest("stores/s1/stock/bun/variance", |d| {
+            d["last"]["counted"] == json!(qty as i64)
+        })
+        .await?;
+    let unexplained = variance["last"]["unexplained"].as_i64().context("unexplained")?;
     desktop.goto(&format!("http://{web}/stores/s1/manager"))?;
     live(&desktop)?;
+    desktop.wait_for("tr[data-sku=bun][data-period=last] td.unexplained", |t| {
+        t == format!("{unexplained} pcs")
+    })?;
     desktop.screenshot(&shots.join("manager-desktop.png"))?;
 
     // The floor board follows sales too, on a phone.

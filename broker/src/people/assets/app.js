@@ -37,6 +37,8 @@
       from: "from", to: "to", deliveries: "Deliveries", today: "Today", raised: "raised", cleared: "cleared",
       nothing: "Nothing yet", open: "Open", salesPerHour: "portions sold per hour", wasteByReason: "waste by reason",
       offlineDevices: "Offline devices", delivery: "Receive a delivery", reference: "Delivery note or request",
+      variance: "Usage variance since the last count", theoretical: "Theoretical", actual: "Actual",
+      unexplained: "Unexplained", share: "Share", since: "Since", liveNow: "live (scale)", wasted: "Wasted",
     },
     zh: {
       live: "实时", reconnecting: "重新连接中…", last: "最后更新", offline: "离线",
@@ -56,6 +58,8 @@
       from: "从", to: "到", deliveries: "到货", today: "今日", raised: "触发", cleared: "解除",
       nothing: "暂无数据", open: "打开", salesPerHour: "每小时售出份数", wasteByReason: "按原因损耗",
       offlineDevices: "离线设备", delivery: "收货", reference: "送货单或补货单号",
+      variance: "自上次盘点以来的用量差异", theoretical: "理论用量", actual: "实际用量",
+      unexplained: "无法解释", share: "占比", since: "起始", liveNow: "实时（电子秤）", wasted: "损耗",
     },
   };
   const w = (key) => WORDS[lang][key] || WORDS.en[key] || key;
@@ -78,6 +82,13 @@
   }
 
   // Store-local clock time of an RFC 3339 stamp (or now).
+  // A stamp as the store's local date and time, `MM-DD HH:MM`.
+  function dayAndClock(stamp) {
+    const t = Date.parse(stamp);
+    if (Number.isNaN(t)) return "";
+    return new Date(t + offsetMinutes * 60000).toISOString().slice(5, 16).replace("T", " ");
+  }
+
   function clock(stamp, seconds) {
     const t = stamp ? Date.parse(stamp) : Date.now();
     if (Number.isNaN(t)) return "";
@@ -426,6 +437,23 @@
       ["accept", "decline", "dispatch", "receive", "cancel"].map((a) => outcome("transfer-" + t.id + "-" + a)));
   }
 
+  // Each SKU's usage variance: its last period between two counts, or the
+  // open one as far as its scale's latest reading.
+  function varianceTable() {
+    const rows = under("stores/" + store + "/stock/+/variance").sort((a, b) => a.sku.localeCompare(b.sku))
+      .flatMap((v) => [[v.last, ""], [v.live, w("liveNow")]].filter(([p]) => p).map(([p, note]) =>
+        el("tr", { dataset: { sku: v.sku, period: note ? "live" : "last" } },
+          el("td", {}, skuName(store, v.sku), note ? " · " + note : ""),
+          el("td", {}, dayAndClock(p.from)),
+          el("td", { class: "num" }, quantity(p.theoretical, v.unit)),
+          el("td", { class: "num" }, quantity(p.actual, v.unit)),
+          el("td", { class: "num" }, quantity(p.waste, v.unit)),
+          el("td", { class: "num unexplained" }, quantity(p.unexplained, v.unit)),
+          el("td", { class: "num" }, p.share === undefined ? "—" : (p.share * 100).toFixed(1) + "%"))));
+    if (rows.length === 0) return el("p", { class: "empty" }, w("nothing"));
+    return tableOf([w("sku"), w("since"), w("theoretical"), w("actual"), w("wasted"), w("unexplained"), w("share")], rows);
+  }
+
   function managerView() {
     const transfers = under("stores/" + store + "/transfers/+").sort((a, b) => String(b.updated_at).localeCompare(String(a.updated_at)));
     const requests = under("stores/" + store + "/replenishment/+");
@@ -451,6 +479,7 @@
           el("ul", { class: "cards" }, requests.map((r) => el("li", { class: "card" }, el("strong", {}, r.id), " ", statusCell(r.state),
             el("ul", {}, r.lines.map((l) => el("li", {}, skuName(store, l.sku), " ", quantity(l.qty, l.unit)))))))),
       el("section", {}, el("h2", {}, w("stocktake")), countForm),
+      el("section", { class: "variance" }, el("h2", {}, w("variance")), varianceTable()),
     ];
   }
 
