@@ -114,7 +114,10 @@ struct PlanningSection {
     transfer_timeout_minutes: Option<f64>,
     waste_alert_share: Option<f64>,
     variance_alert_share: Option<f64>,
+    /// Read and ignored: slow movers replaced the over-stock list, and
+    /// files written for it still load.
     overstock_factor: Option<f64>,
+    safety_stock: Option<f64>,
     max_clock_skew_seconds: Option<u32>,
     currency: Option<String>,
 }
@@ -215,6 +218,7 @@ struct SkuSection {
     opening: Option<f64>,
     cost: Option<f64>,
     cost_unit: Option<String>,
+    shelf_life_days: Option<u32>,
 }
 
 fn one() -> f64 {
@@ -757,12 +761,16 @@ impl Validator {
                     },
                 );
             }
+            if s.shelf_life_days == Some(0) {
+                self.issue(format!("{place}.shelf_life_days"), "must be at least 1");
+            }
             if let Some(pack) = pack {
                 skus.push(Sku {
                     id,
                     name: s.name.clone(),
                     unit,
                     pack,
+                    shelf_life_days: s.shelf_life_days,
                 });
             }
         }
@@ -1063,10 +1071,18 @@ impl Validator {
             }
         }
         if let Some(f) = section.overstock_factor {
-            if f.is_finite() && f > 0.0 {
-                p.overstock_factor = f;
-            } else {
+            if !(f.is_finite() && f > 0.0) {
                 self.issue("planning.overstock_factor", "must be positive");
+            }
+        }
+        if let Some(safety) = section.safety_stock {
+            if safety.is_finite() && (0.0..=10.0).contains(&safety) {
+                p.safety_stock = safety;
+            } else {
+                self.issue(
+                    "planning.safety_stock",
+                    "must be from 0 to 10 (0.2: 20 % above the use expected)",
+                );
             }
         }
         if let Some(skew) = section.max_clock_skew_seconds {
@@ -1620,6 +1636,22 @@ name = "S1"
         );
         let err = Settings::parse(&bun_chain("", "", "[planning]\ncurrency = \"euro\"\n")).expect_err("invalid");
         assert_eq!(err.issues[0].place, "planning.currency", "{err}");
+    }
+
+    #[test]
+    fn shelf_life_and_safety_stock_are_read_and_checked() {
+        // `overstock_factor` still loads, and changes nothing.
+        let text = bun_chain("", "", "[planning]\nsafety_stock = 0.5\noverstock_factor = 3\n")
+            .replace("par = 2\n", "par = 2\nshelf_life_days = 3\n");
+        let settings = Settings::parse(&text).expect("valid");
+        let bun = settings.catalog.sku(&"bun".parse().expect("id")).expect("bun");
+        assert_eq!(bun.shelf_life_days, Some(3));
+        assert_eq!(settings.catalog.planning().safety_stock, 0.5);
+        let bad = bun_chain("", "", "").replace("par = 2\n", "par = 2\nshelf_life_days = 0\n");
+        let err = Settings::parse(&bad).expect_err("invalid");
+        assert_eq!(err.issues[0].place, "skus[0].shelf_life_days", "{err}");
+        let err = Settings::parse(&bun_chain("", "", "[planning]\nsafety_stock = -1\n")).expect_err("invalid");
+        assert_eq!(err.issues[0].place, "planning.safety_stock", "{err}");
     }
 
     #[test]

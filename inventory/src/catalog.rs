@@ -21,6 +21,10 @@ pub struct Sku {
     pub unit: BaseUnit,
     /// Delivery pack size in base units (≥ 1); replenishment rounds up to it.
     pub pack: i64,
+    /// How many days it keeps once delivered, if that is known: stock
+    /// covering longer is a slow mover.
+    #[serde(default)]
+    pub shelf_life_days: Option<u32>,
 }
 
 /// How much of one SKU a portion of a dish uses.
@@ -230,9 +234,9 @@ pub struct Planning {
     /// A count whose unexplained use is above this share of the
     /// theoretical use since the last count raises `usage_variance`.
     pub variance_alert_share: f64,
-    /// A dish with more than this many times the portions its sales will use
-    /// before close is reported as over-stocked.
-    pub overstock_factor: f64,
+    /// The safety margin of a slow mover's suggested par: usage × (review
+    /// period + lead time) × (1 + this).
+    pub safety_stock: f64,
     /// The currency unit costs are in (ISO 4217, e.g. `EUR`), if named.
     pub currency: Option<String>,
     /// The central kitchen.
@@ -263,7 +267,7 @@ impl Default for Planning {
             transfer_timeout_minutes: 10.0,
             waste_alert_share: 0.15,
             variance_alert_share: 0.05,
-            overstock_factor: 3.0,
+            safety_stock: 0.2,
             currency: None,
             kitchen: Kitchen {
                 lead_time_minutes: 120,

@@ -63,6 +63,11 @@ impl Changes {
         self.persist.insert(doc);
     }
 
+    /// A store's history of use and waste changed (a day ended).
+    pub fn history(&mut self, store: StoreId) {
+        self.persist.insert(Document::History(store));
+    }
+
     /// A store's planning state changed.
     pub fn plan(&mut self, store: StoreId) {
         self.persist.insert(Document::Plan(store));

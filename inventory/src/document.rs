@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Inventory;
+use crate::planning::movers::UsageHistory;
 use crate::planning::variance::VarianceState;
 use crate::planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
 use crate::state::{DishState, MenuState, Restored, SkuState};
@@ -37,6 +38,9 @@ pub enum Document {
     Menu(StoreId),
     /// A store's planning state, `p/{store}` (not published).
     Plan(StoreId),
+    /// A store's last days of use and waste, `h/{store}` (not published:
+    /// the summary's slow movers are judged by it).
+    History(StoreId),
     /// A SKU's usage variance in a store: its state, `v/{store}/{sku}`;
     /// its document, `stores/{store}/stock/{sku}/variance`.
     Variance(StoreId, SkuId),
@@ -89,6 +93,8 @@ pub enum State<'a> {
     Plan(&'a StorePlan),
     /// [`Document::Variance`].
     Variance(&'a VarianceState),
+    /// [`Document::History`].
+    History(&'a UsageHistory),
     /// [`Document::Request`].
     Request(&'a Request),
     /// [`Document::Transfer`].
@@ -119,7 +125,7 @@ pub struct Published {
 
 /// The key prefixes of the documents persisted per store, scanned at
 /// start-up (requests and transfers are read through [`Shown`]).
-pub const PER_STORE_PREFIXES: [&str; 5] = ["k/", "d/", "m/", "p/", "v/"];
+pub const PER_STORE_PREFIXES: [&str; 6] = ["k/", "d/", "m/", "p/", "v/", "h/"];
 
 /// Where a request is retained: under its store and for HQ.
 fn request_topics(id: &DocId, store: &StoreId) -> [Topic; 2] {
@@ -155,6 +161,7 @@ impl Document {
             Document::Menu(store) => format!("m/{store}"),
             Document::Plan(store) => format!("p/{store}"),
             Document::Variance(store, sku) => format!("v/{store}/{sku}"),
+            Document::History(store) => format!("h/{store}"),
             Document::Request(id) => format!("q/{id}"),
             Document::Transfer(id) => format!("t/{id}"),
             Document::Shown => "s".to_string(),
@@ -172,6 +179,7 @@ impl Document {
             ["m", store] => Document::Menu(store.parse().ok()?),
             ["p", store] => Document::Plan(store.parse().ok()?),
             ["v", store, sku] => Document::Variance(store.parse().ok()?, sku.parse().ok()?),
+            ["h", store] => Document::History(store.parse().ok()?),
             ["q", id] => Document::Request(id.parse().ok()?),
             ["t", id] => Document::Transfer(id.parse().ok()?),
             ["s"] => Document::Shown,
@@ -189,6 +197,7 @@ impl Document {
             Document::Menu(store) => State::Menu(inv.menu_state(store)?),
             Document::Plan(store) => State::Plan(inv.plan_state(store)?),
             Document::Variance(store, sku) => State::Variance(inv.variance_state(store, sku)?),
+            Document::History(store) => State::History(inv.history(store)?),
             Document::Request(id) => State::Request(inv.request(id)?),
             Document::Transfer(id) => State::Transfer(inv.transfer(id)?),
             Document::Shown => {
@@ -211,6 +220,7 @@ impl Document {
             Document::Menu(store) => Restored::Menu(store.clone(), value.decode()?),
             Document::Plan(store) => Restored::Plan(store.clone(), value.decode()?),
             Document::Variance(store, sku) => Restored::Variance(store.clone(), sku.clone(), value.decode()?),
+            Document::History(store) => Restored::History(store.clone(), value.decode()?),
             Document::Request(_) => Restored::Request(value.decode()?),
             Document::Transfer(_) => Restored::Transfer(value.decode()?),
             Document::Chain => Restored::Chain(value.decode()?),
@@ -267,7 +277,7 @@ impl Document {
             Document::Catalog(store) => one(inv
                 .catalog_out(store, now)
                 .and_then(|doc| json(Topic::Catalog { store: store.clone() }, &doc))),
-            Document::Plan(_) | Document::Shown | Document::Chain => Vec::new(),
+            Document::Plan(_) | Document::History(_) | Document::Shown | Document::Chain => Vec::new(),
         }
     }
 
@@ -344,6 +354,7 @@ mod tests {
             Document::Menu(id("s1")),
             Document::Plan(id("s1")),
             Document::Variance(id("s1"), id("beef")),
+            Document::History(id("s1")),
             Document::Request(id("rq-s1-1")),
             Document::Transfer(id("tr-1")),
             Document::Shown,
@@ -357,13 +368,13 @@ mod tests {
         assert_eq!(Document::Catalog(id("s1")).key(), None);
         assert_eq!(Document::from_key("l/00000001"), None, "ledger lines are not documents");
         assert_eq!(Document::from_key("k/s1"), None);
-        // What start-up scans per store is exactly those five kinds.
-        let scanned: Vec<Option<Document>> = ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1", "v/s1/beef"]
+        // What start-up scans per store is exactly those six kinds.
+        let scanned: Vec<Option<Document>> = ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1", "v/s1/beef", "h/s1"]
             .iter()
             .map(|key| Document::from_key(key))
             .collect();
         assert!(scanned.iter().all(Option::is_some));
-        for (key, prefix) in ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1", "v/s1/beef"]
+        for (key, prefix) in ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1", "v/s1/beef", "h/s1"]
             .iter()
             .zip(PER_STORE_PREFIXES)
         {

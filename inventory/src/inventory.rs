@@ -29,6 +29,19 @@ pub(crate) struct StoreState {
     pub(crate) menu: MenuState,
     pub(crate) plan: StorePlan,
     pub(crate) variance: BTreeMap<SkuId, crate::planning::variance::VarianceState>,
+    pub(crate) history: crate::planning::movers::UsageHistory,
+}
+
+impl StoreState {
+    /// Starts store-local day `day`: the day before joins the store's
+    /// history, and today's counters begin again.
+    pub(crate) fn begin_day(&mut self, day: i64) {
+        // Day 0 is the counters' start, before any day was seen.
+        if self.plan.today.day > 0 && self.plan.today.day < day {
+            self.history.keep(&self.plan.today);
+        }
+        self.plan.begin_day(day);
+    }
 }
 
 /// The live state of the whole chain.
@@ -42,6 +55,9 @@ pub struct Inventory {
     /// Stores that had no persisted state at restore: they open now, with
     /// their opening stock.
     pub(crate) opening: BTreeSet<StoreId>,
+    /// Stores whose day rolled into their history since it was last
+    /// persisted.
+    pub(crate) rolled: BTreeSet<StoreId>,
 }
 
 /// The id an opening count is booked under in the ledger: `opening:{sku}`
@@ -108,6 +124,7 @@ impl Inventory {
                     menu: MenuState { rev: 0, at: now },
                     plan: StorePlan::default(),
                     variance: BTreeMap::new(),
+                    history: Default::default(),
                 },
             );
         }
@@ -134,6 +151,11 @@ impl Inventory {
                 Restored::Plan(store, plan) => {
                     if let Some(s) = stores.get_mut(&store) {
                         s.plan = plan;
+                    }
+                }
+                Restored::History(store, history) => {
+                    if let Some(s) = stores.get_mut(&store) {
+                        s.history = history;
                     }
                 }
                 Restored::Variance(store, sku, state) => {
@@ -179,6 +201,7 @@ impl Inventory {
             transfers,
             chain,
             opening,
+            rolled: BTreeSet::new(),
         };
         let today = inventory.local_day(now);
         for (id, state) in &mut inventory.stores {
@@ -237,7 +260,15 @@ impl Inventory {
         }
         self.evaluate_all(now, &mut outcome.changes);
         self.finish(now, &mut outcome.changes);
+        self.persist_rolled(&mut outcome.changes);
         outcome
+    }
+
+    /// Names the histories a new day changed, to persist.
+    pub(crate) fn persist_rolled(&mut self, changes: &mut Changes) {
+        for store in std::mem::take(&mut self.rolled) {
+            changes.history(store);
+        }
     }
 
     /// The catalog this inventory runs on.
@@ -302,6 +333,7 @@ impl Inventory {
                 entry.recorded = Some(now);
             }
             self.book_variance(&outcome.entries, now, &mut outcome.changes);
+            self.persist_rolled(&mut outcome.changes);
         }
         Ok(outcome)
     }

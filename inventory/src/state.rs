@@ -215,6 +215,8 @@ pub enum Restored {
     Plan(StoreId, StorePlan),
     /// A SKU's usage variance state.
     Variance(StoreId, SkuId, crate::planning::variance::VarianceState),
+    /// A store's last days of use and waste.
+    History(StoreId, crate::planning::movers::UsageHistory),
     /// A replenishment request.
     Request(Request),
     /// A transfer.

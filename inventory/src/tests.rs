@@ -24,6 +24,7 @@ fn catalog_opening(opening: &[(&str, i64)]) -> Arc<Catalog> {
         name: name.into(),
         unit,
         pack: 1,
+        shelf_life_days: None,
     };
     let skus = vec![
         sku("bun", BaseUnit::Pcs),
@@ -576,6 +577,7 @@ fn catalog_reloaded() -> Arc<Catalog> {
         name: "cheese".into(),
         unit: BaseUnit::Pcs,
         pack: 1,
+        shelf_life_days: None,
     });
     let mut dishes: Vec<Dish> = old.dishes().cloned().collect();
     for d in &mut dishes {

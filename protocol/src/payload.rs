@@ -813,6 +813,33 @@ pub struct AlertOut {
     pub at: Timestamp,
 }
 
+/// A slow mover of [`SummaryOut::slow_movers`], base units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowMoverOut {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its level now.
+    pub level: i64,
+    /// Its mean daily use over the days kept.
+    pub usage_per_day: f64,
+    /// level ÷ usage per day; absent when nothing was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cover_days: Option<f64>,
+    /// How long it keeps, if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shelf_life_days: Option<u32>,
+    /// The store's par now.
+    pub par: i64,
+    /// usage per day × (review period + lead time) × (1 + safety stock),
+    /// rounded up to the pack.
+    pub suggested_par: i64,
+    /// The days the figures are over (up to 7).
+    pub waste_days: u32,
+    /// What it wasted over those days.
+    pub waste: i64,
+}
+
 /// A store's waste against its use today, in money
 /// ([`SummaryOut::cost`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -864,9 +891,10 @@ pub struct SummaryOut {
     pub counted: u32,
     /// Today's waste per SKU with any waste.
     pub waste: BTreeMap<SkuId, WasteLine>,
-    /// Dishes with far more portions on hand than their sales will use before
-    /// close (waste risk).
-    pub overstock: Vec<DishId>,
+    /// SKUs stocked for longer than they keep or than deliveries need
+    /// (waste risk), with a par to stock less.
+    #[serde(default)]
+    pub slow_movers: Vec<SlowMoverOut>,
     /// Today's waste and use in money, over the SKUs with a cost; absent
     /// when no SKU with use or waste today has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -539,6 +539,7 @@ mod tests {
             name: name.into(),
             unit,
             pack: 1,
+            shelf_life_days: None,
         };
         let params = StockParams {
             reorder_point: 1,

@@ -277,9 +277,10 @@ impl Inventory {
         let Some(state) = self.stores.get_mut(store) else {
             return;
         };
-        if state.plan.today.day != today {
+        let rolled = state.plan.today.day != today;
+        if rolled {
             // The first change of a new day, before the tick saw it.
-            state.plan.begin_day(today);
+            state.begin_day(today);
         }
         let counters = if waste {
             &mut state.plan.today.waste
@@ -287,6 +288,9 @@ impl Inventory {
             &mut state.plan.today.used
         };
         *counters.entry(sku.clone()).or_insert(0) += amount;
+        if rolled {
+            self.rolled.insert(store.clone());
+        }
     }
 
     /// Raises or clears `waste_spike` for `sku`.

@@ -21,7 +21,8 @@
 //! planning pass: replenishment and transfer proposals), `actions` (on
 //! requests and transfers, and what they book), `timers` (what time alone
 //! changes), `cost` (waste and use in money), `variance` (usage
-//! variance from count to count) and `views` (the documents of requests, transfers and the HQ
+//! variance from count to count), `movers` (slow movers and the days of
+//! use they are judged by) and `views` (the documents of requests, transfers and the HQ
 //! summary).
 
 pub mod actions;
@@ -29,6 +30,7 @@ pub mod alerts;
 pub mod cost;
 pub mod forecast;
 pub mod freshness;
+pub mod movers;
 pub mod pass;
 mod plan;
 mod time;

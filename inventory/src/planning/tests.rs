@@ -41,12 +41,14 @@ fn chain_costing(patty: Option<i64>, bun: Option<i64>) -> Arc<Catalog> {
             name: "Patty".into(),
             unit: BaseUnit::Pcs,
             pack: 10,
+            shelf_life_days: None,
         },
         Sku {
             id: id("bun"),
             name: "Bun".into(),
             unit: BaseUnit::Pcs,
             pack: 24,
+            shelf_life_days: None,
         },
     ];
     let dishes = vec![Dish {
@@ -106,7 +108,7 @@ fn chain_costing(patty: Option<i64>, bun: Option<i64>) -> Arc<Catalog> {
         transfer_timeout_minutes: 10.0,
         waste_alert_share: 0.15,
         variance_alert_share: 0.05,
-        overstock_factor: 3.0,
+        safety_stock: 0.2,
         currency: Some("EUR".into()),
         kitchen: Kitchen {
             lead_time_minutes: 120,
@@ -845,25 +847,47 @@ fn the_summary_gives_todays_waste_as_a_share_of_ingredient_cost() {
     assert_eq!(cost.uncosted, vec![id::<dishsync_protocol::SkuId>("bun")]);
 }
 
-/// A dish whose ingredient is at or below its reorder point (a request is
-/// open) is never listed as over-stocked, however slowly it sells.
+/// A SKU whose stock covers far longer than deliveries need is a slow
+/// mover, judged by the days of use kept: its usage rate, its cover, and a
+/// par to stock less — usage × (review period + lead time) × (1 + safety),
+/// rounded up to the pack — with the waste it caused. The days kept come
+/// back after a restore.
 #[test]
-fn a_dish_being_replenished_is_not_over_stocked() {
+fn a_slow_mover_gets_a_suggested_par_from_its_days_of_use() {
     let mut inv = Inventory::new(chain(), at(9, 0));
-    // Plenty of patties, buns at the reorder point: a request for buns.
     stock(&mut inv, "a", "patty", StockKind::Receive, 400.0, at(9, 0), "r1", None);
-    stock(&mut inv, "a", "bun", StockKind::Receive, 400.0, at(9, 0), "r2", None);
-    sell(&mut inv, "a", 1, at(12, 0), "s1");
-    let summary = inv.summary_out(&id("a"), at(12, 1)).expect("summary");
+    sell(&mut inv, "a", 10, at(12, 0), "s1");
+    stock(&mut inv, "a", "patty", StockKind::Waste, 5.0, at(13, 0), "w1", None);
+    let summary = inv.summary_out(&id("a"), at(13, 1)).expect("summary");
+    assert!(summary.slow_movers.is_empty(), "no day of use kept yet");
+    // The day ends: it joins the store's history.
+    let changes = inv.tick(at(24 + 9, 0));
+    assert!(changes.persist.contains(&Document::History(id("a"))));
+    let summary = inv.summary_out(&id("a"), at(24 + 9, 1)).expect("summary");
+    let patty = summary
+        .slow_movers
+        .iter()
+        .find(|m| m.sku.as_str() == "patty")
+        .expect("patty moves slowly");
+    // 385 on hand at 10 a day: 38.5 days, past twice the daily delivery.
     assert_eq!(
-        summary.overstock,
-        vec![id::<dishsync_protocol::DishId>("burger")],
-        "a slow seller with plenty of stock"
+        (patty.level, patty.usage_per_day, patty.cover_days),
+        (385, 10.0, Some(38.5))
     );
-    stock(&mut inv, "a", "bun", StockKind::Count, 10.0, at(12, 2), "c1", None);
-    let summary = inv.summary_out(&id("a"), at(12, 3)).expect("summary");
-    assert!(!summary.open_requests.is_empty() && summary.low.contains(&id("bun")));
-    assert!(summary.overstock.is_empty(), "{:?}", summary.overstock);
+    // 10 × (1 day + 2 h lead) × 1.2 = 13, rounded up to packs of 10.
+    assert_eq!((patty.par, patty.suggested_par), (40, 20));
+    assert_eq!((patty.waste, patty.waste_days), (5, 1));
+    assert!(
+        summary.slow_movers.iter().all(|m| m.sku.as_str() != "bun"),
+        "buns are below zero: nothing to stock less of"
+    );
+
+    // The history, persisted and restored, judges the same.
+    let doc = Document::History(id("a"));
+    let persisted = serde_json::to_vec(&doc.state(&inv).expect("a state")).expect("encodes");
+    let restored = doc.restore(Json(persisted)).expect("decodes").expect("restored");
+    let (back, _) = Inventory::restore(chain(), vec![restored], at(24 + 9, 2));
+    assert_eq!(back.history(&id("a")), inv.history(&id("a")));
 }
 
 /// One input through the one path every input takes.

@@ -53,7 +53,7 @@ impl Inventory {
             if state.plan.today.day == today {
                 continue;
             }
-            state.plan.begin_day(today);
+            state.begin_day(today);
             let spikes: Vec<String> = state
                 .plan
                 .alerts
@@ -62,6 +62,7 @@ impl Inventory {
                 .filter(|(k, _)| *k == AlertKind::WasteSpike)
                 .map(|(_, s)| s.clone())
                 .collect();
+            self.rolled.insert(store.clone());
             changes.plan(store.clone());
             for sku in spikes {
                 if let Ok(sku) = SkuId::new(sku) {
@@ -87,6 +88,7 @@ impl Inventory {
         self.requests.retain(|_, r| r.is_shown(now));
         self.transfers.retain(|_, t| t.is_shown(now));
         self.finish(now, &mut changes);
+        self.persist_rolled(&mut changes);
         changes
     }
 }

@@ -76,6 +76,11 @@ impl Inventory {
         self.chain
     }
 
+    /// A store's last days of use and waste, as persisted.
+    pub fn history(&self, store: &StoreId) -> Option<&super::movers::UsageHistory> {
+        self.stores.get(store).map(|s| &s.history)
+    }
+
     /// The HQ summary of a store.
     pub fn summary_out(&self, store: &StoreId, now: Millis) -> Option<SummaryOut> {
         let state = self.stores.get(store)?;
@@ -139,35 +144,8 @@ impl Inventory {
         } else {
             ratios.iter().sum::<f64>() / f64::from(counted)
         };
-        let close = self.service(store, now);
-        let factor = self.catalog.planning().overstock_factor;
-        let overstock = state
-            .dishes
-            .iter()
-            .filter(|(dish, d)| {
-                // A dish one of whose ingredients is at or below its reorder
-                // point (being replenished) is not over-stocked.
-                let ingredient_low = self.catalog.dish(dish).is_some_and(|def| {
-                    def.recipe.iter().any(|line| {
-                        let qty = state.skus.get(&line.sku).map_or(0, |s| s.ledger.qty());
-                        params.get(&line.sku).is_some_and(|p| qty <= p.reorder_point)
-                    })
-                });
-                if ingredient_low {
-                    return false;
-                }
-                let Some(close) = close else { return false };
-                let Some(rate) = state.plan.forecast.rates.get(*dish) else {
-                    return false;
-                };
-                if self.local_day(rate.at) != self.local_day(now) {
-                    return false;
-                }
-                let expected = rate.at_time(now, self.tau()) * ((close - now) as f64 / MINUTE as f64);
-                d.portions as f64 > factor * expected.max(1.0)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        let levels = state.skus.iter().map(|(sku, s)| (sku.clone(), s.ledger.qty()));
+        let slow_movers = super::movers::slow_movers(&self.catalog, params, levels, &state.history);
         Some(SummaryOut {
             store: store.clone(),
             sold_out,
@@ -177,7 +155,7 @@ impl Inventory {
             waste_ratio,
             counted,
             waste,
-            overstock,
+            slow_movers,
             cost,
             rev: state.plan.summary_rev,
             at: Timestamp(now),

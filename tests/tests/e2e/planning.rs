@@ -607,3 +607,80 @@ async fn usage_variance_is_published_count_to_count_and_live_on_a_scale() -> Res
     assert_eq!(skus, ["beef", "bun"], "{listed}");
     Ok(())
 }
+
+/// Slow movers in HQ's summary over MQTT. Yesterday is played through the
+/// core with its clock set to yesterday and persisted as the broker
+/// persists it — buns delivered, 10 burgers sold, 4 buns wasted — then the
+/// broker starts on that data directory: its summary lists buns, 386 on
+/// hand at 10 a day, with a suggested par for the kitchen's one delivery a
+/// day and the waste they caused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yesterdays_use_makes_slow_movers_in_the_summary() -> Result<()> {
+    use dishsync_inventory::{Changes, Input, Inventory};
+    use dishsync_protocol::payload::Timestamp;
+    let config = crate::support::small_chain()
+        .replace("[broker]\nallow_anonymous = true\n", "[broker]\nallow_anonymous = true\n\n[planning]\nsafety_stock = 0.5\n\n[central_kitchen]\nlead_time_minutes = 720\ndelivery_windows = [\"07:00\"]\n");
+    assert!(config.contains("safety_stock"), "{config}");
+    let (_tmp, data) = temp_data_dir()?;
+    let settings = dishsync_broker::Settings::parse(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    const DAY: i64 = 86_400_000;
+    let now = Timestamp::now().0;
+    let yesterday = (now.div_euclid(DAY) - 1) * DAY + 10 * 3_600_000;
+    let mut inv = Inventory::new(settings.catalog.clone(), yesterday);
+    let mut changes = Changes::default();
+    let mut entries = Vec::new();
+    let inputs = [
+        (
+            "stores/s1/stock/bun/events",
+            json!({"id": "r-1", "kind": "receive", "qty": 400, "unit": "pcs", "at": Timestamp(yesterday).to_string(), "device": "hist"}),
+        ),
+        (
+            "stores/s1/sales",
+            json!({"id": "s-1", "lines": [{"dish": "burger", "portions": 10}], "at": Timestamp(yesterday + 1).to_string(), "device": "hist"}),
+        ),
+        (
+            "stores/s1/stock/bun/events",
+            json!({"id": "w-1", "kind": "waste", "qty": 4, "unit": "pcs", "at": Timestamp(yesterday + 2).to_string(), "device": "hist", "reason": "stale"}),
+        ),
+    ];
+    for (topic, body) in inputs {
+        let input = Input::decode(&topic.parse()?, &serde_json::to_vec(&body)?).map_err(|r| anyhow::anyhow!("{r}"))?;
+        let outcome = inv
+            .apply(&input, None, yesterday + 3)
+            .map_err(|r| anyhow::anyhow!("{r}"))?
+            .ok_or_else(|| anyhow::anyhow!("nothing applied"))?;
+        changes.merge(outcome.changes);
+        entries.extend(outcome.entries);
+    }
+    // The day ends.
+    changes.merge(inv.tick(now));
+    {
+        let store = Store::open(&data)?;
+        let mut commit = store.begin()?;
+        commit.ledger(&entries)?;
+        dishsync_broker::rules::stage_changes(&mut commit, &inv, &changes)?;
+        store.commit(commit).await?;
+    }
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut hq = Client::connect(broker.addr, "hq-1").await?;
+    hq.subscribe("hq/stores/s1/summary", QoS::AtLeastOnce).await?;
+    let summary = hq.next_on("hq/stores/s1/summary").await?;
+    let movers = summary["slow_movers"].as_array().cloned().unwrap_or_default();
+    let bun = movers
+        .iter()
+        .find(|m| m["sku"] == "bun")
+        .ok_or_else(|| anyhow::anyhow!("buns are no slow mover: {summary}"))?;
+    // Over the days kept — yesterday, and today too should the broker
+    // have started after midnight — 10 a day × (1 day between deliveries +
+    // 12 h lead) × 1.5 = 22.5 → 23.
+    let days = bun["waste_days"].as_u64().unwrap_or(0);
+    anyhow::ensure!((1..=2).contains(&days), "{bun}");
+    let usage = 10.0 / days as f64;
+    assert_eq!(
+        bun,
+        &json!({"sku": "bun", "level": 386, "usage_per_day": usage, "cover_days": 386.0 / usage, "par": 20,
+                "suggested_par": (usage * 1.5 * 1.5 - 1e-9).ceil() as i64, "waste_days": days, "waste": 4}),
+        "{summary}"
+    );
+    Ok(())
+}
