@@ -14,10 +14,10 @@ use crate::support::{sale, small_chain, stock_event, temp_data_dir, BrokerProces
 use crate::webdriver::{Browser, Driver};
 
 /// Every user's password in these tests.
-const PASSWORD: &str = "pass-word-9";
+pub(crate) const PASSWORD: &str = "pass-word-9";
 
 /// `[[users]]` entries: (name, role, store).
-fn users(list: &[(&str, &str, Option<&str>)]) -> Result<String> {
+pub(crate) fn users(list: &[(&str, &str, Option<&str>)]) -> Result<String> {
     let hash = dishsync_broker::auth::hash_password(PASSWORD)?;
     let mut out = String::new();
     for (name, role, store) in list {

@@ -621,7 +621,11 @@ async fn yesterdays_use_makes_slow_movers_in_the_summary() -> Result<()> {
     let config = crate::support::small_chain()
         .replace("[broker]\nallow_anonymous = true\n", "[broker]\nallow_anonymous = true\n\n[planning]\nsafety_stock = 0.5\n\n[central_kitchen]\nlead_time_minutes = 720\ndelivery_windows = [\"07:00\"]\n");
     assert!(config.contains("safety_stock"), "{config}");
-    let (_tmp, data) = temp_data_dir()?;
+    let config = format!(
+        "{config}\n[web]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        crate::people::users(&[("ada", "hq", None)])?
+    );
+    let (tmp, data) = temp_data_dir()?;
     let settings = dishsync_broker::Settings::parse(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     const DAY: i64 = 86_400_000;
     let now = Timestamp::now().0;
@@ -682,5 +686,13 @@ async fn yesterdays_use_makes_slow_movers_in_the_summary() -> Result<()> {
                 "suggested_par": (usage * 1.5 * 1.5 - 1e-9).ceil() as i64, "waste_days": days, "waste": 4}),
         "{summary}"
     );
+    // HQ's view lists it with its suggested par.
+    let web = broker.web_addr.ok_or_else(|| anyhow::anyhow!("no web listener"))?;
+    let driver = crate::webdriver::Driver::start()?;
+    let desktop = driver.browser(1440, 900, &tmp.path().join("hq"))?;
+    desktop.log_in(web, "ada", crate::people::PASSWORD)?;
+    desktop.wait_until("HQ", "return location.pathname === '/hq';")?;
+    let suggested = format!("{} pcs", bun["suggested_par"]);
+    desktop.wait_for("tr[data-store=s1][data-sku=bun] td.suggested", |t| t == suggested)?;
     Ok(())
 }

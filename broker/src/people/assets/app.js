@@ -39,6 +39,7 @@
       offlineDevices: "Offline devices", delivery: "Receive a delivery", reference: "Delivery note or request",
       variance: "Usage variance since the last count", theoretical: "Theoretical", actual: "Actual",
       unexplained: "Unexplained", share: "Share", since: "Since", liveNow: "live (scale)", wasted: "Wasted",
+      slowMovers: "Slow movers: stock less", cover: "Days of cover", suggestedPar: "Suggested par", perDay: "Use per day",
     },
     zh: {
       live: "实时", reconnecting: "重新连接中…", last: "最后更新", offline: "离线",
@@ -60,6 +61,7 @@
       offlineDevices: "离线设备", delivery: "收货", reference: "送货单或补货单号",
       variance: "自上次盘点以来的用量差异", theoretical: "理论用量", actual: "实际用量",
       unexplained: "无法解释", share: "占比", since: "起始", liveNow: "实时（电子秤）", wasted: "损耗",
+      slowMovers: "慢动销物料：少备货", cover: "可用天数", suggestedPar: "建议标准库存", perDay: "日均用量",
     },
   };
   const w = (key) => WORDS[lang][key] || WORDS.en[key] || key;
@@ -579,14 +581,31 @@
     const offline = (s) => [...docs.entries()].filter(([t, d]) => t.startsWith("stores/" + s + "/devices/") && d === "offline").length;
     const badness = (s) => s.sold_out.length * 100 + offline(s.store) * 50 + s.low.length * 10 + s.open_requests.length + s.open_transfers.length + wasteShare(s);
     summaries.sort((a, b) => badness(b) - badness(a));
-    return el("section", {}, el("h2", {}, w("stores")), tableOf(
+    return [el("section", {}, el("h2", {}, w("stores")), tableOf(
       [w("store"), w("soldOut"), w("lowSkus"), w("requests"), w("transfers"), w("waste"), w("offlineDevices")],
       summaries.map((s) => el("tr", { dataset: { store: s.store } },
         el("td", {}, el("a", { href: "/stores/" + encodeURIComponent(s.store) }, catalogOf(s.store).name || s.store)),
         el("td", { class: "num" }, s.sold_out.length), el("td", { class: "num" }, s.low.length),
         el("td", { class: "num" }, s.open_requests.length), el("td", { class: "num" }, s.open_transfers.length),
         el("td", { class: "num waste" }, wasteText(s)),
-        el("td", { class: "num offline" }, offline(s.store))))));
+        el("td", { class: "num offline" }, offline(s.store)))))),
+      el("section", { class: "slow-movers" }, el("h2", {}, w("slowMovers")), slowMoversTable(summaries))];
+  }
+
+  // Every store's slow movers, from their summaries.
+  function slowMoversTable(summaries) {
+    const rows = summaries.flatMap((s) => (s.slow_movers || []).map((m) => {
+      const unit = (catalogOf(s.store).skus || []).find((k) => k.sku === m.sku);
+      const u = unit ? unit.unit : "";
+      return el("tr", { dataset: { store: s.store, sku: m.sku } },
+        el("td", {}, catalogOf(s.store).name || s.store), el("td", {}, skuName(s.store, m.sku)),
+        el("td", { class: "num" }, quantity(m.level, u)), el("td", { class: "num" }, quantity(Math.round(m.usage_per_day), u)),
+        el("td", { class: "num" }, m.cover_days === undefined ? "∞" : m.cover_days.toFixed(1)),
+        el("td", { class: "num" }, quantity(m.par, u)), el("td", { class: "num suggested" }, quantity(m.suggested_par, u)),
+        el("td", { class: "num" }, quantity(m.waste, u)));
+    }));
+    if (rows.length === 0) return el("p", { class: "empty" }, w("nothing"));
+    return tableOf([w("store"), w("sku"), w("level"), w("perDay"), w("cover"), w("par"), w("suggestedPar"), w("wasted")], rows);
   }
 
   const VIEWS = { store: storeView, manager: managerView, kitchen: kitchenView, floor: floorView, hq: hqView };
