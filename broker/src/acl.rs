@@ -24,6 +24,8 @@ use dishsync_protocol::{DeviceId, StoreId, Topic};
 pub enum Role {
     /// A smart scale: books stock, shows levels.
     Scale,
+    /// A fridge's or freezer's temperature probe: reports temperatures.
+    Probe,
     /// A kitchen display: books waste and 86es dishes; sees availability and levels.
     Kds,
     /// A POS terminal: records sales; sees availability.
@@ -44,8 +46,9 @@ pub enum Role {
 
 impl Role {
     /// Every role that can be configured (not [`Role::Demo`]).
-    pub const CONFIGURABLE: [Role; 8] = [
+    pub const CONFIGURABLE: [Role; 9] = [
         Role::Scale,
+        Role::Probe,
         Role::Kds,
         Role::Pos,
         Role::Manager,
@@ -59,6 +62,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Scale => "scale",
+            Role::Probe => "probe",
             Role::Kds => "kds",
             Role::Pos => "pos",
             Role::Manager => "manager",
@@ -138,11 +142,13 @@ use Grant::{No, Own, Yes};
 /// [`Role::Demo`]), per family (in [`Family::ALL`] order), (publish,
 /// subscribe). Outputs are never published by clients, whatever the role.
 #[rustfmt::skip]
-pub const MATRIX: [(Role, [(Grant, Grant); 17]); 9] = [
+pub const MATRIX: [(Role, [(Grant, Grant); 17]); 10] = [
     // stock events, sales, override, presence, availability, level, acks+errors, hq alerts,
-    // replenishment actions, replenishment, transfer actions, transfers, alerts, summary, scale readings,
+    // replenishment actions, replenishment, transfer actions, transfers, alerts, summary, sensor readings,
     // catalog, metrics
     (Role::Scale, [(Yes, No), (No, No), (No, No), (Own, No), (No, No), (No, Yes), (No, Own), (No, No),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No), (No, No), (No, No)]),
+    (Role::Probe, [(No, No), (No, No), (No, No), (Own, No), (No, No), (No, No), (No, Own), (No, No),
         (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No), (No, No), (No, No)]),
     (Role::Kds, [(Yes, No), (No, No), (Yes, No), (Own, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
         (No, No), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No), (No, Yes), (No, Yes), (No, No)]),
@@ -188,7 +194,8 @@ fn topic_device(topic: &Topic) -> Option<&DeviceId> {
         | Topic::Acks { device, .. }
         | Topic::Errors { device, .. }
         | Topic::HqErrors { device }
-        | Topic::ScaleWeight { device, .. } => Some(device),
+        | Topic::ScaleWeight { device, .. }
+        | Topic::ProbeTemperature { device, .. } => Some(device),
         _ => None,
     }
 }

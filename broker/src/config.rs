@@ -261,7 +261,25 @@ struct StoreSection {
     #[serde(default)]
     scales: BTreeMap<String, ScaleSection>,
     #[serde(default)]
+    probes: BTreeMap<String, ProbeSection>,
+    #[serde(default)]
     training: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeSection {
+    skus: Vec<String>,
+    min_c: f64,
+    max_c: f64,
+    #[serde(default = "fifteen")]
+    grace_minutes: f64,
+    #[serde(default = "fifteen")]
+    silent_minutes: f64,
+}
+
+fn fifteen() -> f64 {
+    15.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -1186,7 +1204,60 @@ impl Validator {
                 scales.insert(device, binding);
             }
             if !scales.is_empty() {
-                p.scales.insert(store, scales);
+                p.scales.insert(store.clone(), scales);
+            }
+            let mut probes = BTreeMap::new();
+            for (device, probe) in &s.probes {
+                let place = format!("stores[{i}].probes.{device}");
+                let Some(device) = self.id::<DeviceId>(&place, device) else {
+                    continue;
+                };
+                let mut skus = Vec::new();
+                for (j, sku) in probe.skus.iter().enumerate() {
+                    let splace = format!("{place}.skus[{j}]");
+                    let Some(sku) = self.id::<SkuId>(&splace, sku) else {
+                        continue;
+                    };
+                    if units.contains_key(&sku) {
+                        skus.push(sku);
+                    } else {
+                        self.issue(splace, format!("unknown SKU {sku}"));
+                    }
+                }
+                let celsius = |c: f64| (c.is_finite() && c.abs() <= 1_000.0).then(|| (c * 1000.0).round() as i64);
+                let (Some(min), Some(max)) = (celsius(probe.min_c), celsius(probe.max_c)) else {
+                    self.issue(format!("{place}.min_c"), "min_c and max_c must be temperatures in °C");
+                    continue;
+                };
+                if min > max {
+                    self.issue(
+                        format!("{place}.max_c"),
+                        format!("{} is below min_c {}", probe.max_c, probe.min_c),
+                    );
+                }
+                let mut minutes = |key: &str, m: f64| {
+                    if m.is_finite() && (0.0..=10_080.0).contains(&m) {
+                        (m * 60_000.0).round() as i64
+                    } else {
+                        self.issue(format!("{place}.{key}"), "must be 0 to 10080 minutes (a week)");
+                        0
+                    }
+                };
+                let grace = minutes("grace_minutes", probe.grace_minutes);
+                let silent_after = minutes("silent_minutes", probe.silent_minutes);
+                probes.insert(
+                    device,
+                    dishsync_inventory::catalog::ProbeBinding {
+                        skus,
+                        min_millicelsius: min,
+                        max_millicelsius: max,
+                        grace,
+                        silent_after,
+                    },
+                );
+            }
+            if !probes.is_empty() {
+                p.probes.insert(store, probes);
             }
         }
         Some(p)

@@ -260,7 +260,7 @@ async fn route(
         Err(rejection) => {
             METRICS.refused("worker", rejection.code);
             let in_topic = match &topic {
-                Topic::ScaleWeight { device, .. } => Some(device.clone()),
+                Topic::ScaleWeight { device, .. } | Topic::ProbeTemperature { device, .. } => Some(device.clone()),
                 _ => None,
             };
             let device = in_topic.or_else(|| {

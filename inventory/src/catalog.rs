@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use dishsync_protocol::{BaseUnit, DeviceId, DishId, SkuId, StoreId};
+use dishsync_protocol::{BaseUnit, DeviceId, DishId, Millis, SkuId, StoreId};
 use serde::{Deserialize, Serialize};
 
 /// One stock-keeping unit.
@@ -108,6 +108,21 @@ pub struct ScaleBinding {
     /// A reading less than this many base units from the level is the
     /// scale's noise and changes nothing (≥ 1).
     pub deadband: i64,
+}
+
+/// A fridge's or freezer's temperature probe and the SKUs it keeps safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeBinding {
+    /// The SKUs stored in it.
+    pub skus: Vec<SkuId>,
+    /// The safe range, thousandths of a degree Celsius, inclusive.
+    pub min_millicelsius: i64,
+    /// See `min_millicelsius`.
+    pub max_millicelsius: i64,
+    /// How long it may stay outside the range before its stock is at risk.
+    pub grace: Millis,
+    /// How long it may go without a reading before that is an alert.
+    pub silent_after: Millis,
 }
 
 /// Something wrong with a [`ScaleBinding`]: the field it is in (`""` for
@@ -251,6 +266,8 @@ pub struct Planning {
     pub feeds: BTreeMap<StoreId, BTreeMap<DeviceId, Vec<SkuId>>>,
     /// Per store: the scales whose stable readings set a SKU's level.
     pub scales: BTreeMap<StoreId, BTreeMap<DeviceId, ScaleBinding>>,
+    /// Per store: the temperature probes of its fridges and freezers.
+    pub probes: BTreeMap<StoreId, BTreeMap<DeviceId, ProbeBinding>>,
     /// An input stamped more than this many seconds after the broker's
     /// clock is refused (`clock_ahead`): a device with a fast clock would
     /// otherwise freeze a level behind a count from the future.
@@ -277,6 +294,7 @@ impl Default for Planning {
             hours: BTreeMap::new(),
             feeds: BTreeMap::new(),
             scales: BTreeMap::new(),
+            probes: BTreeMap::new(),
             max_clock_skew_seconds: 300,
         }
     }
@@ -422,6 +440,16 @@ impl Catalog {
     /// The SKU binding of a scale, if it has one.
     pub fn scale(&self, store: &StoreId, device: &DeviceId) -> Option<&ScaleBinding> {
         self.planning.scales.get(store)?.get(device)
+    }
+
+    /// The probe `device` of `store`, if it is one.
+    pub fn probe(&self, store: &StoreId, device: &DeviceId) -> Option<&ProbeBinding> {
+        self.planning.probes.get(store)?.get(device)
+    }
+
+    /// Every probe of `store`.
+    pub fn probes(&self, store: &StoreId) -> impl Iterator<Item = (&DeviceId, &ProbeBinding)> {
+        self.planning.probes.get(store).into_iter().flatten()
     }
 
     /// Travel minutes between two stores, if configured.

@@ -63,6 +63,11 @@ impl Changes {
         self.persist.insert(doc);
     }
 
+    /// A probe's state changed.
+    pub fn probe(&mut self, store: StoreId, device: dishsync_protocol::DeviceId) {
+        self.persist.insert(Document::Probe(store, device));
+    }
+
     /// A store's history of use and waste changed (a day ended).
     pub fn history(&mut self, store: StoreId) {
         self.persist.insert(Document::History(store));

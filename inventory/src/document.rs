@@ -14,11 +14,12 @@
 //! Adding a kind of document is a variant here, with its arm in each
 //! method below, and its test.
 
-use dishsync_protocol::{DishId, DocId, Millis, SkuId, StoreId, Topic};
+use dishsync_protocol::{DeviceId, DishId, DocId, Millis, SkuId, StoreId, Topic};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Inventory;
+use crate::planning::coldchain::ProbeState;
 use crate::planning::movers::UsageHistory;
 use crate::planning::variance::VarianceState;
 use crate::planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
@@ -38,6 +39,9 @@ pub enum Document {
     Menu(StoreId),
     /// A store's planning state, `p/{store}` (not published).
     Plan(StoreId),
+    /// A fridge's or freezer's probe, `e/{store}/{probe}` (not published:
+    /// its faults show as alerts and on the levels they put at risk).
+    Probe(StoreId, DeviceId),
     /// A store's last days of use and waste, `h/{store}` (not published:
     /// the summary's slow movers are judged by it).
     History(StoreId),
@@ -95,6 +99,8 @@ pub enum State<'a> {
     Variance(&'a VarianceState),
     /// [`Document::History`].
     History(&'a UsageHistory),
+    /// [`Document::Probe`].
+    Probe(&'a ProbeState),
     /// [`Document::Request`].
     Request(&'a Request),
     /// [`Document::Transfer`].
@@ -125,7 +131,7 @@ pub struct Published {
 
 /// The key prefixes of the documents persisted per store, scanned at
 /// start-up (requests and transfers are read through [`Shown`]).
-pub const PER_STORE_PREFIXES: [&str; 6] = ["k/", "d/", "m/", "p/", "v/", "h/"];
+pub const PER_STORE_PREFIXES: [&str; 7] = ["k/", "d/", "m/", "p/", "v/", "h/", "e/"];
 
 /// Where a request is retained: under its store and for HQ.
 fn request_topics(id: &DocId, store: &StoreId) -> [Topic; 2] {
@@ -162,6 +168,7 @@ impl Document {
             Document::Plan(store) => format!("p/{store}"),
             Document::Variance(store, sku) => format!("v/{store}/{sku}"),
             Document::History(store) => format!("h/{store}"),
+            Document::Probe(store, device) => format!("e/{store}/{device}"),
             Document::Request(id) => format!("q/{id}"),
             Document::Transfer(id) => format!("t/{id}"),
             Document::Shown => "s".to_string(),
@@ -180,6 +187,7 @@ impl Document {
             ["p", store] => Document::Plan(store.parse().ok()?),
             ["v", store, sku] => Document::Variance(store.parse().ok()?, sku.parse().ok()?),
             ["h", store] => Document::History(store.parse().ok()?),
+            ["e", store, device] => Document::Probe(store.parse().ok()?, device.parse().ok()?),
             ["q", id] => Document::Request(id.parse().ok()?),
             ["t", id] => Document::Transfer(id.parse().ok()?),
             ["s"] => Document::Shown,
@@ -198,6 +206,7 @@ impl Document {
             Document::Plan(store) => State::Plan(inv.plan_state(store)?),
             Document::Variance(store, sku) => State::Variance(inv.variance_state(store, sku)?),
             Document::History(store) => State::History(inv.history(store)?),
+            Document::Probe(store, device) => State::Probe(inv.probe_state(store, device)?),
             Document::Request(id) => State::Request(inv.request(id)?),
             Document::Transfer(id) => State::Transfer(inv.transfer(id)?),
             Document::Shown => {
@@ -221,6 +230,7 @@ impl Document {
             Document::Plan(store) => Restored::Plan(store.clone(), value.decode()?),
             Document::Variance(store, sku) => Restored::Variance(store.clone(), sku.clone(), value.decode()?),
             Document::History(store) => Restored::History(store.clone(), value.decode()?),
+            Document::Probe(store, device) => Restored::Probe(store.clone(), device.clone(), value.decode()?),
             Document::Request(_) => Restored::Request(value.decode()?),
             Document::Transfer(_) => Restored::Transfer(value.decode()?),
             Document::Chain => Restored::Chain(value.decode()?),
@@ -277,7 +287,9 @@ impl Document {
             Document::Catalog(store) => one(inv
                 .catalog_out(store, now)
                 .and_then(|doc| json(Topic::Catalog { store: store.clone() }, &doc))),
-            Document::Plan(_) | Document::History(_) | Document::Shown | Document::Chain => Vec::new(),
+            Document::Plan(_) | Document::History(_) | Document::Probe(..) | Document::Shown | Document::Chain => {
+                Vec::new()
+            }
         }
     }
 
@@ -355,6 +367,7 @@ mod tests {
             Document::Plan(id("s1")),
             Document::Variance(id("s1"), id("beef")),
             Document::History(id("s1")),
+            Document::Probe(id("s1"), id("fridge-1")),
             Document::Request(id("rq-s1-1")),
             Document::Transfer(id("tr-1")),
             Document::Shown,
@@ -368,15 +381,31 @@ mod tests {
         assert_eq!(Document::Catalog(id("s1")).key(), None);
         assert_eq!(Document::from_key("l/00000001"), None, "ledger lines are not documents");
         assert_eq!(Document::from_key("k/s1"), None);
-        // What start-up scans per store is exactly those six kinds.
-        let scanned: Vec<Option<Document>> = ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1", "v/s1/beef", "h/s1"]
-            .iter()
-            .map(|key| Document::from_key(key))
-            .collect();
+        // What start-up scans per store is exactly those seven kinds.
+        let scanned: Vec<Option<Document>> = [
+            "k/s1/beef",
+            "d/s1/burger",
+            "m/s1",
+            "p/s1",
+            "v/s1/beef",
+            "h/s1",
+            "e/s1/fridge-1",
+        ]
+        .iter()
+        .map(|key| Document::from_key(key))
+        .collect();
         assert!(scanned.iter().all(Option::is_some));
-        for (key, prefix) in ["k/s1/beef", "d/s1/burger", "m/s1", "p/s1", "v/s1/beef", "h/s1"]
-            .iter()
-            .zip(PER_STORE_PREFIXES)
+        for (key, prefix) in [
+            "k/s1/beef",
+            "d/s1/burger",
+            "m/s1",
+            "p/s1",
+            "v/s1/beef",
+            "h/s1",
+            "e/s1/fridge-1",
+        ]
+        .iter()
+        .zip(PER_STORE_PREFIXES)
         {
             assert!(key.starts_with(prefix));
         }

@@ -4,8 +4,10 @@
 //! ([`Input::topic`], its inverse), its id and the fingerprint of its
 //! meaning, under which a re-send is recognised.
 
-use dishsync_protocol::payload::{ActionIn, ErrorCode, OverrideIn, SaleIn, StockEventIn, TransferRequestIn, WeightIn};
-use dishsync_protocol::topic::{RequestAction, TransferAction};
+use dishsync_protocol::payload::{
+    ActionIn, ErrorCode, OverrideIn, SaleIn, StockEventIn, TemperatureIn, TransferRequestIn, WeightIn,
+};
+use dishsync_protocol::topic::{ProbeAction, RequestAction, TransferAction};
 use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
 use serde::Serialize;
 
@@ -75,6 +77,28 @@ pub enum Input {
         /// What it needs.
         body: TransferRequestIn,
     },
+    /// A fridge's or freezer's probe reading.
+    Temperature {
+        /// The store.
+        store: StoreId,
+        /// The probe.
+        device: DeviceId,
+        /// The reading.
+        reading: TemperatureIn,
+        /// The id it is known by ([`probe_reading_id`]).
+        id: EventId,
+    },
+    /// The kitchen's decision on a probe's fault.
+    ProbeAction {
+        /// The store.
+        store: StoreId,
+        /// The probe.
+        device: DeviceId,
+        /// discard or keep.
+        action: ProbeAction,
+        /// Who decides, under which id.
+        body: ActionIn,
+    },
     /// A settled scale reading (unsettled ones never reach the rules).
     Reading {
         /// The store.
@@ -100,6 +124,17 @@ pub fn reading_id(device: &DeviceId, reading: &WeightIn) -> EventId {
     })
 }
 
+/// The id a probe's reading is known by: the probe and the reading's
+/// stamp (as [`reading_id`] for a scale).
+pub fn probe_reading_id(device: &DeviceId, reading: &TemperatureIn) -> EventId {
+    let at = reading.at.0;
+    format!("{device}:t:{at}").parse().unwrap_or_else(|_| {
+        format!("t:{at}:{:016x}", fnv1a(device.as_str().as_bytes().iter()))
+            .parse()
+            .expect("t, digits, '-', ':' and hex always form a valid event id")
+    })
+}
+
 impl Input {
     /// The store the input is for.
     pub fn store(&self) -> &StoreId {
@@ -111,7 +146,9 @@ impl Input {
             | Input::RequestAction { store, .. }
             | Input::TransferAction { store, .. }
             | Input::TransferRequest { store, .. }
-            | Input::Reading { store, .. } => store,
+            | Input::Reading { store, .. }
+            | Input::Temperature { store, .. }
+            | Input::ProbeAction { store, .. } => store,
         }
     }
 
@@ -121,7 +158,7 @@ impl Input {
     /// changes nothing, and two readings in one millisecond are no
     /// conflict) that the scale does not keep.
     pub fn is_event(&self) -> bool {
-        !matches!(self, Input::Reading { .. })
+        !matches!(self, Input::Reading { .. } | Input::Temperature { .. })
     }
 
     /// A scale reading taken while the load still moves: routed on to
@@ -148,7 +185,8 @@ impl Input {
             Input::Override { ov, .. } => &ov.id,
             Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => &body.id,
             Input::TransferRequest { body, .. } => &body.id,
-            Input::Reading { id, .. } => id,
+            Input::Reading { id, .. } | Input::Temperature { id, .. } => id,
+            Input::ProbeAction { body, .. } => &body.id,
         }
     }
 
@@ -183,6 +221,17 @@ impl Input {
                 store: store.clone(),
                 device: device.clone(),
             },
+            Input::Temperature { store, device, .. } => Topic::ProbeTemperature {
+                store: store.clone(),
+                device: device.clone(),
+            },
+            Input::ProbeAction {
+                store, device, action, ..
+            } => Topic::ProbeAction {
+                store: store.clone(),
+                device: device.clone(),
+                action: *action,
+            },
         }
     }
 
@@ -196,7 +245,8 @@ impl Input {
             Input::Override { ov, .. } => Some(ov.by.clone()),
             Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => Some(body.by.clone()),
             Input::TransferRequest { body, .. } => Some(body.by.clone()),
-            Input::Reading { device, .. } => Some(device.clone()),
+            Input::Reading { device, .. } | Input::Temperature { device, .. } => Some(device.clone()),
+            Input::ProbeAction { body, .. } => Some(body.by.clone()),
         }
     }
 
@@ -218,9 +268,12 @@ impl Input {
             Input::Stock { event, .. } => json(event),
             Input::Sale { sale: s, .. } | Input::Void { void: s, .. } => json(s),
             Input::Override { ov, .. } => json(ov),
-            Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => json(body),
+            Input::RequestAction { body, .. }
+            | Input::TransferAction { body, .. }
+            | Input::ProbeAction { body, .. } => json(body),
             Input::TransferRequest { body, .. } => json(body),
             Input::Reading { reading, .. } => json(reading),
+            Input::Temperature { reading, .. } => json(reading),
         };
         let topic = self.topic();
         fnv1a(
@@ -320,6 +373,21 @@ impl Input {
                     reading,
                 }
             }
+            Topic::ProbeTemperature { store, device } => {
+                let reading: TemperatureIn = serde_json::from_slice(payload).map_err(malformed)?;
+                Input::Temperature {
+                    store: store.clone(),
+                    device: device.clone(),
+                    id: probe_reading_id(device, &reading),
+                    reading,
+                }
+            }
+            Topic::ProbeAction { store, device, action } => Input::ProbeAction {
+                store: store.clone(),
+                device: device.clone(),
+                action: *action,
+                body: serde_json::from_slice(payload).map_err(malformed)?,
+            },
             other => {
                 return Err(Rejection::new(
                     ErrorCode::UnknownTopic,

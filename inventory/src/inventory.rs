@@ -30,6 +30,7 @@ pub(crate) struct StoreState {
     pub(crate) plan: StorePlan,
     pub(crate) variance: BTreeMap<SkuId, crate::planning::variance::VarianceState>,
     pub(crate) history: crate::planning::movers::UsageHistory,
+    pub(crate) probes: BTreeMap<DeviceId, crate::planning::coldchain::ProbeState>,
 }
 
 impl StoreState {
@@ -125,6 +126,7 @@ impl Inventory {
                     plan: StorePlan::default(),
                     variance: BTreeMap::new(),
                     history: Default::default(),
+                    probes: BTreeMap::new(),
                 },
             );
         }
@@ -151,6 +153,16 @@ impl Inventory {
                 Restored::Plan(store, plan) => {
                     if let Some(s) = stores.get_mut(&store) {
                         s.plan = plan;
+                    }
+                }
+                // Heard at the restart at the latest: its readings in range
+                // were not kept.
+                Restored::Probe(store, device, mut state) => {
+                    if let Some(s) = stores.get_mut(&store) {
+                        if catalog.probe(&store, &device).is_some() {
+                            state.heard = Some(state.heard.map_or(now, |h| h.max(now)));
+                            s.probes.insert(device, state);
+                        }
                     }
                 }
                 Restored::History(store, history) => {
@@ -318,18 +330,31 @@ impl Inventory {
                 .apply_transfer_action(store, transfer, *action, body, &body.id, now)
                 .map(Some),
             Input::TransferRequest { store, body } => self.apply_transfer_request(store, body, now).map(Some),
+            Input::Temperature {
+                store, device, reading, ..
+            } => self.apply_temperature(store, device, reading, now),
+            Input::ProbeAction {
+                store,
+                device,
+                action,
+                body,
+            } => self.apply_probe_action(store, device, *action, body, now).map(Some),
         }?;
         // Every line names who sent the input, its reason and reference,
         // and when it was applied.
         if let Some(outcome) = &mut outcome {
-            let (reason, reference) = match input {
-                Input::Stock { event, .. } => (event.reason.clone(), event.reference.clone()),
-                _ => (None, None),
+            // A stock event's own reason and reference; other inputs keep
+            // what the core gave their lines (a discard's waste reason).
+            let stock = match input {
+                Input::Stock { event, .. } => Some((event.reason.clone(), event.reference.clone())),
+                _ => None,
             };
             for entry in &mut outcome.entries {
                 entry.by = input.actor();
-                entry.reason.clone_from(&reason);
-                entry.reference.clone_from(&reference);
+                if let Some((reason, reference)) = &stock {
+                    entry.reason.clone_from(reason);
+                    entry.reference.clone_from(reference);
+                }
                 entry.recorded = Some(now);
             }
             self.book_variance(&outcome.entries, now, &mut outcome.changes);
@@ -916,6 +941,7 @@ impl Inventory {
             par: params.par,
             state: level_state(qty, params.reorder_point),
             stale: self.is_stale(store, sku),
+            at_risk: self.at_risk(store, sku),
             rev: state.rev,
             at: Timestamp(state.at),
         })
@@ -924,7 +950,7 @@ impl Inventory {
     /// The retained availability document of a dish.
     pub fn dish_out(&self, store: &StoreId, dish: &DishId) -> Option<DishAvailabilityOut> {
         let state = self.dish_state(store, dish)?;
-        Some(menu_entry(state).into_dish(store.clone(), dish.clone()))
+        Some(menu_entry(state, self.dish_at_risk(store, dish)).into_dish(store.clone(), dish.clone()))
     }
 
     /// The retained catalog document of a store, published at `now` (its
@@ -975,10 +1001,21 @@ impl Inventory {
         })
     }
 
+    /// Whether a SKU of `dish`'s recipe is at risk in `store`.
+    fn dish_at_risk(&self, store: &StoreId, dish: &DishId) -> bool {
+        self.catalog
+            .dish(dish)
+            .is_some_and(|d| d.recipe.iter().any(|line| self.at_risk(store, &line.sku)))
+    }
+
     /// The retained whole-menu document of a store.
     pub fn menu_out(&self, store: &StoreId) -> Option<StoreAvailabilityOut> {
         let state = self.stores.get(store)?;
-        let dishes = state.dishes.iter().map(|(id, d)| (id.clone(), menu_entry(d))).collect();
+        let dishes = state
+            .dishes
+            .iter()
+            .map(|(id, d)| (id.clone(), menu_entry(d, self.dish_at_risk(store, id))))
+            .collect();
         Some(StoreAvailabilityOut {
             store: store.clone(),
             rev: state.menu.rev,
@@ -989,7 +1026,7 @@ impl Inventory {
 }
 
 /// A dish's state as the documents show it.
-pub(crate) fn menu_entry(state: &DishState) -> MenuEntry {
+pub(crate) fn menu_entry(state: &DishState, at_risk: bool) -> MenuEntry {
     MenuEntry {
         status: state.status,
         portions: state.portions,
@@ -1001,6 +1038,7 @@ pub(crate) fn menu_entry(state: &DishState) -> MenuEntry {
         }),
         sellout_eta: state.sellout_eta.map(Timestamp),
         stale: state.stale,
+        at_risk,
         rev: state.rev,
         at: Timestamp(state.at),
     }

@@ -217,6 +217,12 @@ pub enum Restored {
     Variance(StoreId, SkuId, crate::planning::variance::VarianceState),
     /// A store's last days of use and waste.
     History(StoreId, crate::planning::movers::UsageHistory),
+    /// A fridge's or freezer's probe's state.
+    Probe(
+        StoreId,
+        dishsync_protocol::DeviceId,
+        crate::planning::coldchain::ProbeState,
+    ),
     /// A replenishment request.
     Request(Request),
     /// A transfer.

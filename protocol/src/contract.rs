@@ -32,7 +32,7 @@ pub fn examples() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::WeightIn;
+    use crate::payload::{TemperatureIn, WeightIn};
     use crate::payload::{ActionIn, OverrideIn, SaleIn, StockEventIn, TransferRequestIn};
     use crate::topic::Family;
     use crate::{Published, Topic};
@@ -90,6 +90,14 @@ mod tests {
                     parse::<WeightIn>(topic, body);
                     "weight"
                 }
+                Topic::ProbeTemperature { .. } => {
+                    parse::<TemperatureIn>(topic, body);
+                    "temperature"
+                }
+                Topic::ProbeAction { .. } => {
+                    parse::<ActionIn>(topic, body);
+                    "probe actions"
+                }
                 Topic::DeviceStatus { .. } => {
                     assert!(matches!(body.trim(), "online" | "offline"), "{topic}: {body}");
                     "status"
@@ -109,7 +117,7 @@ mod tests {
             };
             kinds.insert(kind);
         }
-        assert_eq!(kinds.len(), 21, "every topic of the contract has an example: {kinds:?}");
+        assert_eq!(kinds.len(), 23, "every topic of the contract has an example: {kinds:?}");
     }
 
     #[test]

@@ -196,6 +196,16 @@ pub struct WeightIn {
 
 // --------------------------------------------------------------- outputs
 
+/// `stores/{store}/probes/{device}/temperature`: a probe's reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemperatureIn {
+    /// Degrees Celsius.
+    pub celsius: f64,
+    /// When it was read.
+    pub at: Timestamp,
+}
+
 /// A dish's availability as a POS sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -239,6 +249,10 @@ pub struct DishAvailabilityOut {
     pub sellout_eta: Option<Timestamp>,
     /// True when a feeding device is offline and the count may be out of date.
     pub stale: bool,
+    /// True while a SKU of its recipe is at risk (an equipment fault the
+    /// kitchen has not decided on).
+    #[serde(default)]
+    pub at_risk: bool,
     /// +1 with every change of this document.
     pub rev: u64,
     /// When this revision was made.
@@ -263,6 +277,9 @@ pub struct MenuEntry {
     pub sellout_eta: Option<Timestamp>,
     /// As in [`DishAvailabilityOut`].
     pub stale: bool,
+    /// As in [`DishAvailabilityOut`].
+    #[serde(default)]
+    pub at_risk: bool,
     /// The dish topic's `rev` this entry reflects.
     pub rev: u64,
     /// When that revision was made.
@@ -281,6 +298,7 @@ impl MenuEntry {
             override_: self.override_,
             sellout_eta: self.sellout_eta,
             stale: self.stale,
+            at_risk: self.at_risk,
             rev: self.rev,
             at: self.at,
         }
@@ -384,6 +402,10 @@ pub struct LevelOut {
     pub state: LevelState,
     /// True when the feeding device is offline.
     pub stale: bool,
+    /// True while a fridge or freezer holding it is in fault and the
+    /// kitchen has not decided (discard or keep).
+    #[serde(default)]
+    pub at_risk: bool,
     /// +1 with every change.
     pub rev: u64,
     /// When this revision was made.
@@ -777,6 +799,11 @@ pub enum AlertKind {
     /// A count found more of a SKU's use unexplained than the configured
     /// share of its theoretical use.
     UsageVariance,
+    /// A fridge or freezer stayed outside its safe range past its grace
+    /// period: the stock it holds is at risk until the kitchen decides.
+    EquipmentFault,
+    /// A probe reported nothing for longer than it should.
+    ProbeSilent,
 }
 
 /// Raised when a condition starts, cleared when it ends.

@@ -92,6 +92,8 @@ impl Published {
             | Topic::DishOverride { .. }
             | Topic::DeviceStatus { .. }
             | Topic::ScaleWeight { .. }
+            | Topic::ProbeTemperature { .. }
+            | Topic::ProbeAction { .. }
             | Topic::RequestAction { .. }
             | Topic::TransferRequest { .. }
             | Topic::TransferAction { .. } => return Err(PublishedError::NotPublished(topic.to_string())),

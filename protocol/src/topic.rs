@@ -99,6 +99,24 @@ pub enum Topic {
         /// The device whose input was rejected.
         device: DeviceId,
     },
+    /// `stores/{store}/probes/{device}/temperature` — a fridge's or
+    /// freezer's probe reports its temperature.
+    ProbeTemperature {
+        /// The store.
+        store: StoreId,
+        /// The probe.
+        device: DeviceId,
+    },
+    /// `stores/{store}/probes/{device}/{action}` — the kitchen decides
+    /// what becomes of the stock a probe's fault put at risk.
+    ProbeAction {
+        /// The store.
+        store: StoreId,
+        /// The probe.
+        device: DeviceId,
+        /// discard or keep.
+        action: ProbeAction,
+    },
     /// `hq/alerts` — alerts about the broker itself (not retained).
     BrokerAlerts,
     /// `$SYS/dishsync/metrics` — what the broker counts, for operators who
@@ -173,6 +191,33 @@ pub enum RequestAction {
     Ship,
     /// Will not be delivered.
     Cancel,
+}
+
+/// What the kitchen does with the stock an equipment fault put at risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeAction {
+    /// Throw it away: exactly the stock on hand is booked as waste.
+    Discard,
+    /// It is safe: the risk is lifted.
+    Keep,
+}
+
+impl ProbeAction {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "discard" => Self::Discard,
+            "keep" => Self::Keep,
+            _ => return None,
+        })
+    }
+
+    /// The action's name in topics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Discard => "discard",
+            Self::Keep => "keep",
+        }
+    }
 }
 
 /// What a store does with a transfer.
@@ -349,6 +394,12 @@ pub mod pattern {
     pub const SUMMARY: Pattern = Pattern(&["hq", "stores", "{store}", "summary"]);
     /// `stores/{store}/scales/{device}/weight`: a scale's raw readings.
     pub const SCALE_WEIGHT: Pattern = Pattern(&["stores", "{store}", "scales", "{device}", "weight"]);
+    /// `stores/{store}/probes/{device}/temperature`: a probe's readings.
+    pub const PROBE_TEMPERATURE: Pattern = Pattern(&["stores", "{store}", "probes", "{device}", "temperature"]);
+    /// `stores/{store}/probes/*/discard`: the kitchen discards what a fault put at risk.
+    pub const PROBE_DISCARD: Pattern = Pattern(&["stores", "{store}", "probes", "*", "discard"]);
+    /// `stores/{store}/probes/*/keep`: the kitchen keeps it.
+    pub const PROBE_KEEP: Pattern = Pattern(&["stores", "{store}", "probes", "*", "keep"]);
     /// `stores/{store}/catalog`: a store's catalog.
     pub const CATALOG: Pattern = Pattern(&["stores", "{store}", "catalog"]);
 }
@@ -361,7 +412,7 @@ pub enum Family {
     StockEvents,
     /// `stores/{store}/sales`
     Sales,
-    /// `stores/{store}/dishes/{dish}/override`
+    /// `stores/{store}/dishes/{dish}/override` and `stores/{store}/probes/{probe}/{discard,keep}`
     Override,
     /// `stores/{store}/devices/{device}/status`
     Presence,
@@ -385,7 +436,7 @@ pub enum Family {
     Alerts,
     /// `hq/stores/{store}/summary`
     Summary,
-    /// `stores/{store}/scales/{device}/weight`
+    /// `stores/{store}/scales/{device}/weight` and `stores/{store}/probes/{device}/temperature`
     ScaleReadings,
     /// `stores/{store}/catalog`
     Catalog,
@@ -420,7 +471,7 @@ impl Family {
         match topic {
             Topic::StockEvents { .. } => Family::StockEvents,
             Topic::Sales { .. } => Family::Sales,
-            Topic::DishOverride { .. } => Family::Override,
+            Topic::DishOverride { .. } | Topic::ProbeAction { .. } => Family::Override,
             Topic::DeviceStatus { .. } => Family::Presence,
             Topic::DishAvailability { .. } | Topic::StoreAvailability { .. } => Family::Availability,
             Topic::StockLevel { .. } | Topic::StockVariance { .. } => Family::Level,
@@ -433,7 +484,7 @@ impl Family {
             Topic::Transfer { .. } => Family::Transfers,
             Topic::Alerts { .. } => Family::Alerts,
             Topic::Summary { .. } => Family::Summary,
-            Topic::ScaleWeight { .. } => Family::ScaleReadings,
+            Topic::ScaleWeight { .. } | Topic::ProbeTemperature { .. } => Family::ScaleReadings,
             Topic::Catalog { .. } => Family::Catalog,
         }
     }
@@ -443,7 +494,7 @@ impl Family {
         match self {
             Family::StockEvents => &[pattern::STOCK_EVENTS],
             Family::Sales => &[pattern::SALES],
-            Family::Override => &[pattern::DISH_OVERRIDE],
+            Family::Override => &[pattern::DISH_OVERRIDE, pattern::PROBE_DISCARD, pattern::PROBE_KEEP],
             Family::Presence => &[pattern::DEVICE_STATUS],
             Family::Availability => &[pattern::DISH_AVAILABILITY, pattern::STORE_AVAILABILITY],
             Family::Level => &[pattern::STOCK_LEVEL, pattern::STOCK_VARIANCE],
@@ -456,7 +507,7 @@ impl Family {
             Family::Transfers => &[pattern::TRANSFER],
             Family::Alerts => &[pattern::ALERTS],
             Family::Summary => &[pattern::SUMMARY],
-            Family::ScaleReadings => &[pattern::SCALE_WEIGHT],
+            Family::ScaleReadings => &[pattern::SCALE_WEIGHT, pattern::PROBE_TEMPERATURE],
             Family::Catalog => &[pattern::CATALOG],
         }
     }
@@ -479,7 +530,7 @@ impl Family {
             Family::Transfers => "transfers",
             Family::Alerts => "alerts",
             Family::Summary => "summary",
-            Family::ScaleReadings => "scale readings",
+            Family::ScaleReadings => "sensor readings",
             Family::Catalog => "catalog",
         }
     }
@@ -494,8 +545,11 @@ impl Topic {
             | Topic::DishOverride { .. }
             | Topic::RequestAction { .. }
             | Topic::TransferRequest { .. }
-            | Topic::TransferAction { .. } => Direction::Input,
-            Topic::DeviceStatus { .. } | Topic::ScaleWeight { .. } => Direction::Device,
+            | Topic::TransferAction { .. }
+            | Topic::ProbeAction { .. } => Direction::Input,
+            Topic::DeviceStatus { .. } | Topic::ScaleWeight { .. } | Topic::ProbeTemperature { .. } => {
+                Direction::Device
+            }
             _ => Direction::Output,
         }
     }
@@ -508,6 +562,8 @@ impl Topic {
             | Topic::DishOverride { store, .. }
             | Topic::DeviceStatus { store, .. }
             | Topic::ScaleWeight { store, .. }
+            | Topic::ProbeTemperature { store, .. }
+            | Topic::ProbeAction { store, .. }
             | Topic::DishAvailability { store, .. }
             | Topic::StoreAvailability { store }
             | Topic::StockLevel { store, .. }
@@ -616,6 +672,15 @@ impl FromStr for Topic {
                 store: store(1)?,
                 device: device(3)?,
             },
+            ["stores", _, "probes", _, "temperature"] => Topic::ProbeTemperature {
+                store: store(1)?,
+                device: device(3)?,
+            },
+            ["stores", _, "probes", _, action] => Topic::ProbeAction {
+                store: store(1)?,
+                device: device(3)?,
+                action: ProbeAction::parse(action).ok_or_else(unknown)?,
+            },
             ["stores", _, "devices", _, "status"] => Topic::DeviceStatus {
                 store: store(1)?,
                 device: device(3)?,
@@ -637,6 +702,10 @@ impl fmt::Display for Topic {
                 write!(f, "stores/{store}/devices/{device}/status")
             }
             Topic::ScaleWeight { store, device } => write!(f, "stores/{store}/scales/{device}/weight"),
+            Topic::ProbeTemperature { store, device } => write!(f, "stores/{store}/probes/{device}/temperature"),
+            Topic::ProbeAction { store, device, action } => {
+                write!(f, "stores/{store}/probes/{device}/{}", action.as_str())
+            }
             Topic::DishAvailability { store, dish } => {
                 write!(f, "stores/{store}/dishes/{dish}/availability")
             }

@@ -78,6 +78,8 @@ fn kind_words(kind: AlertKind) -> &'static str {
         AlertKind::WasteSpike => "Waste",
         AlertKind::DeviceOffline => "Device offline",
         AlertKind::UsageVariance => "Usage variance",
+        AlertKind::EquipmentFault => "Equipment fault",
+        AlertKind::ProbeSilent => "Probe silent",
     }
 }
 
@@ -400,6 +402,7 @@ mod tests {
             override_: None,
             sellout_eta: None,
             stale: false,
+            at_risk: false,
             rev,
             at: Timestamp(T),
         }
@@ -468,6 +471,7 @@ mod tests {
                 par: 40,
                 state: LevelState::Low,
                 stale: false,
+                at_risk: false,
                 rev: 1,
                 at: Timestamp(T),
             }));
@@ -542,6 +546,7 @@ mod tests {
                 override_: None,
                 sellout_eta: None,
                 stale: false,
+                at_risk: false,
                 rev: older.rev,
                 at: older.at,
             },

@@ -22,11 +22,13 @@
 //! requests and transfers, and what they book), `timers` (what time alone
 //! changes), `cost` (waste and use in money), `variance` (usage
 //! variance from count to count), `movers` (slow movers and the days of
-//! use they are judged by) and `views` (the documents of requests, transfers and the HQ
+//! use they are judged by), `coldchain` (fridges and freezers, and the
+//! stock their faults put at risk) and `views` (the documents of requests, transfers and the HQ
 //! summary).
 
 pub mod actions;
 pub mod alerts;
+pub mod coldchain;
 pub mod cost;
 pub mod forecast;
 pub mod freshness;

@@ -120,6 +120,7 @@ fn chain_costing(patty: Option<i64>, bun: Option<i64>) -> Arc<Catalog> {
         hours: ["a", "b", "c"].iter().map(|s| (id(s), (11 * 60, 23 * 60))).collect(),
         feeds: BTreeMap::new(),
         scales: BTreeMap::new(),
+        probes: BTreeMap::new(),
         max_clock_skew_seconds: 300,
     };
     Arc::new(catalog.with_planning(planning).expect("planning"))
@@ -1036,4 +1037,170 @@ impl crate::document::Decode for Json {
     fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.0)
     }
+}
+
+/// The chain with fridge-1 in store a keeping the patties at 0–5 °C, 15
+/// minutes' grace, silent after 10.
+fn chain_with_fridge() -> Arc<Catalog> {
+    let base = chain();
+    let mut planning = base.planning().clone();
+    planning.probes.insert(
+        id("a"),
+        [(
+            id("fridge-1"),
+            crate::catalog::ProbeBinding {
+                skus: vec![id("patty")],
+                min_millicelsius: 0,
+                max_millicelsius: 5_000,
+                grace: 15 * MINUTE,
+                silent_after: 10 * MINUTE,
+            },
+        )]
+        .into_iter()
+        .collect(),
+    );
+    Arc::new((*base).clone().with_planning(planning).expect("planning"))
+}
+
+fn temperature(celsius: f64, t: Millis) -> crate::Input {
+    let reading = dishsync_protocol::payload::TemperatureIn {
+        celsius,
+        at: Timestamp(t),
+    };
+    crate::Input::Temperature {
+        store: id("a"),
+        device: id("fridge-1"),
+        id: crate::input::probe_reading_id(&id("fridge-1"), &reading),
+        reading,
+    }
+}
+
+fn decide(action: dishsync_protocol::topic::ProbeAction, eid: &str) -> crate::Input {
+    crate::Input::ProbeAction {
+        store: id("a"),
+        device: id("fridge-1"),
+        action,
+        body: ActionIn {
+            id: id(eid),
+            by: id("chef-anna"),
+            note: None,
+        },
+    }
+}
+
+fn alerts_of(changes: &Changes, kind: AlertKind) -> Vec<AlertState> {
+    changes
+        .alerts
+        .iter()
+        .filter(|(_, a)| a.kind == kind)
+        .map(|(_, a)| a.state)
+        .collect()
+}
+
+/// A fridge outside its range: shorter than the grace, nothing; longer, a
+/// fault — the patties and the burgers at risk, and they stay so when the
+/// temperature is back; a discard books exactly the patties on hand as
+/// waste, once; keep lifts a fault without waste; silence is an alert, and
+/// a breach the probe stops reporting becomes a fault by the clock.
+#[test]
+fn a_fridge_fault_puts_its_stock_at_risk_until_the_kitchen_decides() {
+    use dishsync_protocol::topic::ProbeAction;
+    let mut inv = Inventory::new(chain_with_fridge(), at(9, 0));
+    let apply = |inv: &mut Inventory, input: crate::Input, t: Millis| inv.apply(&input, None, t);
+    through(&mut inv, patty_event(StockKind::Count, 40.0, at(9, 0), "c1"), at(9, 0));
+    let at_risk = |inv: &Inventory| {
+        (
+            inv.level_out(&id("a"), &id("patty")).expect("level").at_risk,
+            inv.dish_out(&id("a"), &id("burger")).expect("dish").at_risk,
+        )
+    };
+    assert_eq!(
+        apply(&mut inv, temperature(4.0, at(9, 0)), at(9, 0)).expect("in range"),
+        None
+    );
+    // 8 °C for 5 minutes, then back: shorter than the grace.
+    let began = apply(&mut inv, temperature(8.0, at(9, 5)), at(9, 5))
+        .expect("a breach")
+        .expect("kept");
+    assert!(began
+        .changes
+        .persist
+        .contains(&Document::Probe(id("a"), id("fridge-1"))));
+    assert!(began.changes.alerts.is_empty());
+    apply(&mut inv, temperature(4.0, at(9, 10)), at(9, 10)).expect("back");
+    assert_eq!(at_risk(&inv), (false, false));
+    // 9 °C from 9:20 on: at 9:36 it is past the grace.
+    apply(&mut inv, temperature(9.0, at(9, 20)), at(9, 20)).expect("a breach");
+    let fault = through(&mut inv, temperature(9.0, at(9, 36)), at(9, 36));
+    assert_eq!(alerts_of(&fault, AlertKind::EquipmentFault), [AlertState::Raised]);
+    assert!(fault.publish.contains(&Document::Sku(id("a"), id("patty"))));
+    assert!(fault.publish.contains(&Document::Dish(id("a"), id("burger"))));
+    assert_eq!(at_risk(&inv), (true, true));
+    apply(&mut inv, temperature(3.0, at(9, 40)), at(9, 40)).expect("back");
+    assert_eq!(at_risk(&inv), (true, true), "the food may have spoiled meanwhile");
+
+    // Discard: exactly the 40 on hand, as waste for the equipment.
+    let outcome = inv
+        .apply(&decide(ProbeAction::Discard, "d1"), None, at(9, 45))
+        .expect("decided")
+        .expect("an outcome");
+    let waste: Vec<(i64, Option<&str>)> = outcome
+        .entries
+        .iter()
+        .map(|l| (l.amount, l.reason.as_deref()))
+        .collect();
+    assert_eq!(waste, [(-40, Some("equipment_failure"))]);
+    assert_eq!(
+        alerts_of(&outcome.changes, AlertKind::EquipmentFault),
+        [AlertState::Cleared]
+    );
+    assert_eq!(inv.level_out(&id("a"), &id("patty")).expect("level").qty, 0);
+    assert_eq!(at_risk(&inv), (false, false));
+    let decided = inv
+        .probe_state(&id("a"), &id("fridge-1"))
+        .and_then(|p| p.decided.clone())
+        .expect("recorded");
+    assert_eq!((decided.discarded, decided.by.as_str()), (true, "chef-anna"));
+    // A second discard finds no fault: refused, nothing booked twice.
+    let again = inv
+        .apply(&decide(ProbeAction::Discard, "d2"), None, at(9, 46))
+        .expect_err("no fault");
+    assert_eq!(again.code, dishsync_protocol::payload::ErrorCode::InvalidTransition);
+    assert_eq!(inv.level_out(&id("a"), &id("patty")).expect("level").qty, 0);
+
+    // Silent for more than 10 minutes: an alert; its next reading clears it.
+    let silent = inv.tick(at(9, 51));
+    assert_eq!(alerts_of(&silent, AlertKind::ProbeSilent), [AlertState::Raised]);
+    let heard = through(&mut inv, temperature(4.0, at(9, 52)), at(9, 52));
+    assert_eq!(alerts_of(&heard, AlertKind::ProbeSilent), [AlertState::Cleared]);
+
+    // Out at 10:00 and then silent: by the clock, a fault at 10:15; kept.
+    through(
+        &mut inv,
+        patty_event(StockKind::Receive, 20.0, at(9, 55), "r1"),
+        at(9, 55),
+    );
+    apply(&mut inv, temperature(12.0, at(10, 0)), at(10, 0)).expect("a breach");
+    let by_clock = inv.tick(at(10, 16));
+    assert_eq!(alerts_of(&by_clock, AlertKind::EquipmentFault), [AlertState::Raised]);
+    assert_eq!(at_risk(&inv), (true, true));
+    let kept = inv
+        .apply(&decide(ProbeAction::Keep, "k1"), None, at(10, 20))
+        .expect("decided")
+        .expect("an outcome");
+    assert!(kept.entries.is_empty(), "keep books nothing");
+    assert_eq!(inv.level_out(&id("a"), &id("patty")).expect("level").qty, 20);
+    assert_eq!(at_risk(&inv), (false, false));
+
+    // The probe's state comes back after a restore.
+    let doc = Document::Probe(id("a"), id("fridge-1"));
+    let persisted = serde_json::to_vec(&doc.state(&inv).expect("a state")).expect("encodes");
+    let restored = doc.restore(Json(persisted)).expect("decodes").expect("restored");
+    let (back, _) = Inventory::restore(chain_with_fridge(), vec![restored], at(10, 21));
+    assert_eq!(
+        back.probe_state(&id("a"), &id("fridge-1"))
+            .and_then(|p| p.decided.clone()),
+        inv.probe_state(&id("a"), &id("fridge-1"))
+            .and_then(|p| p.decided.clone())
+    );
 }

@@ -87,6 +87,7 @@ impl Inventory {
         }
         self.requests.retain(|_, r| r.is_shown(now));
         self.transfers.retain(|_, t| t.is_shown(now));
+        self.watch_probes(now, &mut changes);
         self.finish(now, &mut changes);
         self.persist_rolled(&mut changes);
         changes

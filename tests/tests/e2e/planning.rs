@@ -696,3 +696,98 @@ async fn yesterdays_use_makes_slow_movers_in_the_summary() -> Result<()> {
     desktop.wait_for("tr[data-store=s1][data-sku=bun] td.suggested", |t| t == suggested)?;
     Ok(())
 }
+
+/// The cold chain over MQTT: a fridge reports 9 °C for 20 minutes (its
+/// readings' own stamps) — past its 15 minutes' grace — so the beef it keeps
+/// and the burgers are at risk and `equipment_fault` is raised; the chef
+/// discards: exactly the beef on hand is booked as waste for the
+/// equipment, once — a second discard is refused in the chef's own errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> Result<()> {
+    let config = crate::support::small_chain().replace(
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n",
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n\
+         probes = { fridge-1 = { skus = [\"beef\"], min_c = 0, max_c = 5, grace_minutes = 15 } }\n",
+    );
+    assert!(config.contains("fridge-1"), "{config}");
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut chef = Client::connect(broker.addr, "chef-1").await?;
+    for topic in [
+        "stores/s1/acks/chef-1",
+        "stores/s1/errors/chef-1",
+        "stores/s1/alerts",
+        "stores/s1/stock/beef/level",
+        "stores/s1/dishes/burger/availability",
+    ] {
+        chef.subscribe(topic, QoS::AtLeastOnce).await?;
+    }
+    stock_and_wait(
+        &mut chef,
+        "s1",
+        "chef-1",
+        &[("beef", stock_event("c-1", "count", 3_000.0, "g", "chef-1"))],
+    )
+    .await?;
+    let probe = Client::connect(broker.addr, "fridge-1").await?;
+    let now = dishsync_protocol::payload::Timestamp::now().0;
+    for minutes_ago in [30, 10] {
+        let reading = json!({"celsius": 9.0, "at": dishsync_protocol::payload::Timestamp(now - minutes_ago * 60_000).to_string()});
+        probe
+            .mqtt
+            .publish(
+                "stores/s1/probes/fridge-1/temperature",
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&reading)?,
+            )
+            .await?;
+    }
+    let fault = chef
+        .wait_latest("stores/s1/alerts", |a| a["kind"] == "equipment_fault")
+        .await?;
+    assert_eq!(
+        (&fault["state"], &fault["device"]),
+        (&json!("raised"), &json!("fridge-1")),
+        "{fault}"
+    );
+    chef.wait_latest("stores/s1/stock/beef/level", |l| l["at_risk"] == json!(true))
+        .await?;
+    chef.wait_latest("stores/s1/dishes/burger/availability", |d| d["at_risk"] == json!(true))
+        .await?;
+
+    let discard = |id: &str| json!({"id": id, "by": "chef-1"});
+    chef.publish_json("stores/s1/probes/fridge-1/discard", &discard("d-1"), QoS::ExactlyOnce)
+        .await?;
+    let level = chef
+        .wait_latest("stores/s1/stock/beef/level", |l| l["at_risk"] == json!(false))
+        .await?;
+    assert_eq!(level["qty"], json!(0), "{level}");
+    let cleared = chef
+        .wait_latest("stores/s1/alerts", |a| {
+            a["kind"] == "equipment_fault" && a["state"] == "cleared"
+        })
+        .await?;
+    assert_eq!(cleared["id"], fault["id"]);
+    chef.publish_json("stores/s1/probes/fridge-1/discard", &discard("d-2"), QoS::ExactlyOnce)
+        .await?;
+    let refused = chef.next_on("stores/s1/errors/chef-1").await?;
+    assert_eq!(
+        (&refused["id"], &refused["code"]),
+        (&json!("d-2"), &json!("invalid_transition")),
+        "{refused}"
+    );
+
+    // The ledger: one waste line of exactly the 3,000 g, for the equipment.
+    drop(chef);
+    drop(probe);
+    drop(broker);
+    let wasted: Vec<(i64, Option<String>)> = Store::open(&data)?
+        .ledger()?
+        .filter_map(Result::ok)
+        .filter(|l| l.kind == EntryKind::Stock(StockKindCode::Waste))
+        .map(|l| (l.amount, l.reason))
+        .collect();
+    assert_eq!(wasted, [(-3_000, Some("equipment_failure".to_string()))]);
+    Ok(())
+}
