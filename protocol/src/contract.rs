@@ -32,8 +32,8 @@ pub fn examples() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::{TemperatureIn, WeightIn};
     use crate::payload::{ActionIn, OverrideIn, SaleIn, StockEventIn, TransferRequestIn};
+    use crate::payload::{TemperatureIn, WeightIn};
     use crate::topic::Family;
     use crate::{Published, Topic};
     use std::collections::BTreeSet;

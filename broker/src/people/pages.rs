@@ -228,6 +228,7 @@ impl View {
                 format!("stores/{s}/dishes/+/availability"),
                 format!("stores/{s}/stock/+/level"),
                 format!("stores/{s}/replenishment/+"),
+                format!("stores/{s}/alerts"),
             ],
             View::Floor => vec![
                 format!("stores/{s}/catalog"),

@@ -700,8 +700,9 @@ async fn yesterdays_use_makes_slow_movers_in_the_summary() -> Result<()> {
 /// The cold chain over MQTT: a fridge reports 9 °C for 20 minutes (its
 /// readings' own stamps) — past its 15 minutes' grace — so the beef it keeps
 /// and the burgers are at risk and `equipment_fault` is raised; the chef
-/// discards: exactly the beef on hand is booked as waste for the
-/// equipment, once — a second discard is refused in the chef's own errors.
+/// discards from the kitchen view in a browser: exactly the beef on hand is
+/// booked as waste for the equipment, once — a second discard, over MQTT,
+/// is refused in the device's own errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> Result<()> {
     let config = crate::support::small_chain().replace(
@@ -710,7 +711,11 @@ async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> R
          probes = { fridge-1 = { skus = [\"beef\"], min_c = 0, max_c = 5, grace_minutes = 15 } }\n",
     );
     assert!(config.contains("fridge-1"), "{config}");
-    let (_tmp, data) = temp_data_dir()?;
+    let config = format!(
+        "{config}\n[web]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        crate::people::users(&[("chef-anna", "chef", Some("s1"))])?
+    );
+    let (tmp, data) = temp_data_dir()?;
     let broker = BrokerProcess::start(&config, &data)?;
     let mut chef = Client::connect(broker.addr, "chef-1").await?;
     for topic in [
@@ -756,9 +761,23 @@ async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> R
     chef.wait_latest("stores/s1/dishes/burger/availability", |d| d["at_risk"] == json!(true))
         .await?;
 
-    let discard = |id: &str| json!({"id": id, "by": "chef-1"});
-    chef.publish_json("stores/s1/probes/fridge-1/discard", &discard("d-1"), QoS::ExactlyOnce)
-        .await?;
+    // The chef discards from the kitchen view, on a phone.
+    let web = broker.web_addr.ok_or_else(|| anyhow::anyhow!("no web listener"))?;
+    let driver = crate::webdriver::Driver::start()?;
+    let phone = driver.browser(390, 844, &tmp.path().join("phone"))?;
+    phone.log_in(web, "chef-anna", crate::people::PASSWORD)?;
+    phone.wait_until("the kitchen", "return location.pathname === '/stores/s1/kitchen';")?;
+    let card = "li.fault[data-device=fridge-1]";
+    phone.wait_for(card, |t| t.contains("fridge-1"))?;
+    phone.execute(
+        "document.querySelector(arguments[0]).click(); return true;",
+        &[json!(format!("{card} button[data-key^=discard]"))],
+    )?;
+    // Decided: the card goes (a refusal would stay on it, in words).
+    phone.wait_until(
+        "the fault decided",
+        "return document.querySelector('li.fault[data-device=fridge-1]') === null;",
+    )?;
     let level = chef
         .wait_latest("stores/s1/stock/beef/level", |l| l["at_risk"] == json!(false))
         .await?;
@@ -769,6 +788,7 @@ async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> R
         })
         .await?;
     assert_eq!(cleared["id"], fault["id"]);
+    let discard = |id: &str| json!({"id": id, "by": "chef-1"});
     chef.publish_json("stores/s1/probes/fridge-1/discard", &discard("d-2"), QoS::ExactlyOnce)
         .await?;
     let refused = chef.next_on("stores/s1/errors/chef-1").await?;
@@ -779,6 +799,8 @@ async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> R
     );
 
     // The ledger: one waste line of exactly the 3,000 g, for the equipment.
+    drop(phone);
+    drop(driver);
     drop(chef);
     drop(probe);
     drop(broker);

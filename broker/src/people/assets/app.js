@@ -40,6 +40,7 @@
       variance: "Usage variance since the last count", theoretical: "Theoretical", actual: "Actual",
       unexplained: "Unexplained", share: "Share", since: "Since", liveNow: "live (scale)", wasted: "Wasted",
       slowMovers: "Slow movers: stock less", cover: "Days of cover", suggestedPar: "Suggested par", perDay: "Use per day",
+      faults: "Equipment faults", discardStock: "Discard the stock", keepStock: "Keep it", atRisk: "at risk",
     },
     zh: {
       live: "实时", reconnecting: "重新连接中…", last: "最后更新", offline: "离线",
@@ -62,6 +63,7 @@
       variance: "自上次盘点以来的用量差异", theoretical: "理论用量", actual: "实际用量",
       unexplained: "无法解释", share: "占比", since: "起始", liveNow: "实时（电子秤）", wasted: "损耗",
       slowMovers: "慢动销物料：少备货", cover: "可用天数", suggestedPar: "建议标准库存", perDay: "日均用量",
+      faults: "设备故障", discardStock: "丢弃库存", keepStock: "保留", atRisk: "有风险",
     },
   };
   const w = (key) => WORDS[lang][key] || WORDS.en[key] || key;
@@ -262,7 +264,8 @@
       levels.map((l) =>
         el("tr", { dataset: { sku: l.sku } }, el("td", {}, skuName(store, l.sku)), el("td", { class: "num" }, quantity(l.qty, l.unit)),
           el("td", { class: "num" }, quantity(l.reorder_point, l.unit)), el("td", { class: "num" }, quantity(l.par, l.unit)),
-          el("td", {}, statusCell(l.state), l.stale ? el("span", { class: "stale" }, " " + w("stale")) : null))
+          el("td", {}, statusCell(l.state), l.stale ? el("span", { class: "stale" }, " " + w("stale")) : null,
+            l.at_risk ? el("span", { class: "at-risk" }, " " + w("atRisk")) : null))
       )
     );
   }
@@ -561,7 +564,18 @@
     el("input", { name: "ref", maxlength: "256", placeholder: w("reference"), "aria-label": w("reference") }),
     el("button", { type: "submit" }, w("receive")));
     const received = [...outcomes.entries()].filter(([k]) => k.startsWith("delivery-")).slice(-3).map(([k]) => outcome(k));
+    // A fridge or freezer in fault: discard its stock, or keep it.
+    const faults = alerts.filter((a) => a.kind === "equipment_fault" && a.state === "raised" && a.device).map((a) => {
+      const probe = "stores/" + store + "/probes/" + a.device + "/";
+      const decide = (action, label) => {
+        const key = action + "-" + a.id;
+        return [button(key, label, probe + action, () => ({ by: user })), outcome(key)];
+      };
+      return el("li", { class: "card fault", dataset: { device: a.device } }, el("strong", {}, a.device), " ", a.message, " ",
+        ...decide("discard", w("discardStock")), " ", ...decide("keep", w("keepStock")));
+    });
     return [
+      faults.length ? el("section", { class: "faults" }, el("h2", {}, w("faults")), el("ul", { class: "cards" }, faults)) : null,
       el("ul", { class: "tiles kitchen" }, tiles),
       el("section", {}, el("h2", {}, w("wasteTitle")), wasteForm, recent),
       el("section", {}, el("h2", {}, w("delivery")), receiveForm, received),
@@ -668,7 +682,7 @@
   }
 
   async function loadAlerts() {
-    if (!store || !user || (view !== "store" && view !== "manager")) return;
+    if (!store || !user || (view !== "store" && view !== "manager" && view !== "kitchen")) return;
     try {
       const answer = await fetch("/app/stores/" + encodeURIComponent(store) + "/alerts", { credentials: "same-origin" });
       if (!answer.ok) return;
