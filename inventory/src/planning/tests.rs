@@ -1204,3 +1204,58 @@ fn a_fridge_fault_puts_its_stock_at_risk_until_the_kitchen_decides() {
             .and_then(|p| p.decided.clone())
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the temperatures and however often the kitchen taps
+    /// discard, each fault books its stock as waste exactly once, for
+    /// exactly what was on hand; a discard with no fault books nothing.
+    #[test]
+    fn a_fault_is_discarded_once_whatever_the_taps(
+        steps in prop::collection::vec((0u8..3, -5.0f64..15.0, 1i64..20), 1..40),
+    ) {
+        use dishsync_protocol::topic::ProbeAction;
+        let mut inv = Inventory::new(chain_with_fridge(), at(9, 0));
+        through(&mut inv, patty_event(StockKind::Count, 40.0, at(9, 0), "c0"), at(9, 0));
+        let mut t = at(9, 0);
+        let (mut faults, mut discards, mut booked) = (0u32, 0u32, 0i64);
+        for (n, (what, celsius, minutes)) in steps.into_iter().enumerate() {
+            t += minutes * MINUTE;
+            let in_fault = |inv: &Inventory| {
+                inv.probe_state(&id("a"), &id("fridge-1")).is_some_and(|p| p.fault.is_some())
+            };
+            let before = in_fault(&inv);
+            match what {
+                0 | 1 => {
+                    // A reading (twice as often as a tap).
+                    let _ = inv.apply(&temperature(celsius, t), None, t);
+                }
+                _ => {
+                    let on_hand = inv.level_out(&id("a"), &id("patty")).map_or(0, |l| l.qty);
+                    match inv.apply(&decide(ProbeAction::Discard, &format!("d{n}")), None, t) {
+                        Ok(Some(outcome)) => {
+                            prop_assert!(before, "a discard applied only on a fault");
+                            discards += 1;
+                            let wasted: i64 = outcome.entries.iter().map(|l| -l.amount).sum();
+                            prop_assert_eq!(wasted, on_hand.max(0), "exactly the stock on hand");
+                            booked += wasted;
+                            // Restock for the next fault.
+                            through(&mut inv, patty_event(StockKind::Receive, 10.0, t, &format!("r{n}")), t);
+                        }
+                        Ok(None) => prop_assert!(false, "a decision always has an outcome"),
+                        Err(r) => {
+                            prop_assert!(!before, "refused only without a fault");
+                            prop_assert_eq!(r.code, dishsync_protocol::payload::ErrorCode::InvalidTransition);
+                        }
+                    }
+                }
+            }
+            if !before && in_fault(&inv) {
+                faults += 1;
+            }
+        }
+        prop_assert!(discards <= faults, "{discards} discards of {faults} faults");
+        prop_assert!(booked >= 0);
+    }
+}
