@@ -767,6 +767,7 @@ async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> R
     let phone = driver.browser(390, 844, &tmp.path().join("phone"))?;
     phone.log_in(web, "chef-anna", crate::people::PASSWORD)?;
     phone.wait_until("the kitchen", "return location.pathname === '/stores/s1/kitchen';")?;
+    phone.wait_until("the page is live", "return document.body.dataset.live === 'ready';")?;
     let card = "li.fault[data-device=fridge-1]";
     phone.wait_for(card, |t| t.contains("fridge-1"))?;
     phone.execute(

@@ -138,6 +138,9 @@
   const alerts = [];
   function keepAlert(alert) {
     const at = alerts.findIndex((a) => a.id === alert.id);
+    // An alert is raised once and cleared once: a record read before its
+    // clearing never raises it again.
+    if (at >= 0 && alerts[at].state === "cleared" && alert.state !== "cleared") return;
     if (at >= 0) alerts.splice(at, 1);
     alerts.unshift(alert);
     alerts.length = Math.min(alerts.length, 30);
@@ -666,6 +669,9 @@
       body.dataset.live = "ready";
       setStatus("live");
       flush();
+      // Alerts are events: what was raised or cleared while the stream was
+      // away comes from the store's record.
+      loadAlerts();
       render();
     });
     source.onopen = () => setStatus("live");
