@@ -11,7 +11,8 @@
 //! stock on hand of each SKU the fault holds, once — replenishment and
 //! transfers follow as for any waste — or *keep* lifts the risk; either
 //! way the decision and who took it are recorded, and the alert is
-//! cleared. A probe that reports nothing for longer than it should raises
+//! cleared; a probe still out of range then has a whole grace again before
+//! the stock now in it is at risk. A probe that reports nothing for longer than it should raises
 //! `probe_silent`, cleared by its next reading.
 //!
 //! A probe's state is persisted (`e/{store}/{probe}`) when it changes: a
@@ -273,6 +274,11 @@ impl Inventory {
             return Ok(outcome);
         };
         probe.fault = None;
+        // Still out of range, it has a whole grace again before the stock
+        // now in it is at risk: the kitchen dealt with what was.
+        if probe.breach_since.is_some() {
+            probe.breach_since = Some(now);
+        }
         probe.decided = Some(Decision {
             id: body.id.clone(),
             discarded,

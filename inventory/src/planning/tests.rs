@@ -1191,6 +1191,14 @@ fn a_fridge_fault_puts_its_stock_at_risk_until_the_kitchen_decides() {
     assert!(kept.entries.is_empty(), "keep books nothing");
     assert_eq!(inv.level_out(&id("a"), &id("patty")).expect("level").qty, 20);
     assert_eq!(at_risk(&inv), (false, false));
+    // Still out of range: a whole grace again before the next fault.
+    assert!(alerts_of(&inv.tick(at(10, 21)), AlertKind::EquipmentFault).is_empty());
+    assert_eq!(
+        alerts_of(&inv.tick(at(10, 36)), AlertKind::EquipmentFault),
+        [AlertState::Raised]
+    );
+    inv.apply(&decide(ProbeAction::Keep, "k2"), None, at(10, 37))
+        .expect("decided");
 
     // The probe's state comes back after a restore.
     let doc = Document::Probe(id("a"), id("fridge-1"));
