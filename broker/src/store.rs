@@ -34,6 +34,9 @@
 //! | `x/` | store `/` sale id | [`SaleRecord`] |
 //! | `a/` | store `/` alert id | the alert as last published (raised, or cleared), as its JSON |
 //! | `p/` | store | [`StorePlan`](dishsync_inventory::StorePlan) |
+//! | `v/` | store `/` sku | [`VarianceState`](dishsync_inventory::planning::variance::VarianceState): usage since the last count |
+//! | `h/` | store | [`UsageHistory`](dishsync_inventory::planning::movers::UsageHistory): the last days of use and waste |
+//! | `e/` | store `/` probe | [`ProbeState`](dishsync_inventory::planning::coldchain::ProbeState): a fridge's or freezer's probe |
 //! | `q/` | request id | [`Request`](dishsync_inventory::Request) |
 //! | `t/` | transfer id | [`Transfer`](dishsync_inventory::Transfer) |
 //! | `s` | — | [`Shown`]: the ids of the requests and transfers the planning state holds |
@@ -46,7 +49,7 @@
 //! | `ws/` | SHA-256 of a web session's token | the session (person, CSRF token, end) |
 //!
 //! Start-up reads the snapshot, current once the journal is replayed: the
-//! SKU, dish, menu and plan records, and the requests and transfers `s`
+//! SKU, dish, menu, plan, variance, history and probe records, and the requests and transfers `s`
 //! names — open ones and those finished less than a day ago. Never the
 //! ledger, the sale records or older requests and transfers: history for
 //! audit and reports, which grows with every day of trading, and which
