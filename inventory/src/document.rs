@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(Document::from_key("l/00000001"), None, "ledger lines are not documents");
         assert_eq!(Document::from_key("k/s1"), None);
         // What start-up scans per store is exactly those seven kinds.
-        let scanned: Vec<Option<Document>> = [
+        let scanned = [
             "k/s1/beef",
             "d/s1/burger",
             "m/s1",
@@ -390,23 +390,9 @@ mod tests {
             "v/s1/beef",
             "h/s1",
             "e/s1/fridge-1",
-        ]
-        .iter()
-        .map(|key| Document::from_key(key))
-        .collect();
-        assert!(scanned.iter().all(Option::is_some));
-        for (key, prefix) in [
-            "k/s1/beef",
-            "d/s1/burger",
-            "m/s1",
-            "p/s1",
-            "v/s1/beef",
-            "h/s1",
-            "e/s1/fridge-1",
-        ]
-        .iter()
-        .zip(PER_STORE_PREFIXES)
-        {
+        ];
+        assert!(scanned.iter().all(|key| Document::from_key(key).is_some()));
+        for (key, prefix) in scanned.iter().zip(PER_STORE_PREFIXES) {
             assert!(key.starts_with(prefix));
         }
     }

@@ -138,22 +138,17 @@ fn stock(
     reference: Option<&str>,
 ) -> Changes {
     let ev = StockEventIn {
-        id: id(eid),
-        kind,
-        qty,
-        unit: Unit::Pcs,
-        at: Timestamp(t),
-        device: id("dev"),
         reference: reference.map(String::from),
-        reason: (kind == StockKind::Waste).then(|| "dropped".into()),
+        ..pieces(kind, qty, t, eid)
     };
     inv.apply_stock(&id(store), &id(sku), &ev, t)
         .expect("stock event")
         .changes
 }
 
-fn sell(inv: &mut Inventory, store: &str, n: u32, t: Millis, eid: &str) -> Changes {
-    let sale = SaleIn {
+/// A sale of `n` burgers by pos-1 at `t`.
+fn burger_sale(n: u32, t: Millis, eid: &str) -> SaleIn {
+    SaleIn {
         id: id(eid),
         lines: Some(vec![SaleLine {
             dish: id("burger"),
@@ -163,8 +158,13 @@ fn sell(inv: &mut Inventory, store: &str, n: u32, t: Millis, eid: &str) -> Chang
         at: Some(Timestamp(t)),
         device: Some(id("pos-1")),
         guarded: false,
-    };
-    inv.apply_sale(&id(store), &sale, t).expect("sale").changes
+    }
+}
+
+fn sell(inv: &mut Inventory, store: &str, n: u32, t: Millis, eid: &str) -> Changes {
+    inv.apply_sale(&id(store), &burger_sale(n, t, eid), t)
+        .expect("sale")
+        .changes
 }
 
 fn action(eid: &str) -> ActionIn {
@@ -899,37 +899,33 @@ fn through(inv: &mut Inventory, input: crate::Input, t: Millis) -> Changes {
         .changes
 }
 
+/// A stock event of `qty` pieces by dev at `t` (a waste's reason:
+/// dropped).
+fn pieces(kind: StockKind, qty: f64, t: Millis, eid: &str) -> StockEventIn {
+    StockEventIn {
+        id: id(eid),
+        kind,
+        qty,
+        unit: Unit::Pcs,
+        at: Timestamp(t),
+        device: id("dev"),
+        reference: None,
+        reason: (kind == StockKind::Waste).then(|| "dropped".into()),
+    }
+}
+
 fn patty_event(kind: StockKind, qty: f64, t: Millis, eid: &str) -> crate::Input {
     crate::Input::Stock {
         store: id("a"),
         sku: id("patty"),
-        event: StockEventIn {
-            id: id(eid),
-            kind,
-            qty,
-            unit: Unit::Pcs,
-            at: Timestamp(t),
-            device: id("dev"),
-            reference: None,
-            reason: (kind == StockKind::Waste).then(|| "dropped".into()),
-        },
+        event: pieces(kind, qty, t, eid),
     }
 }
 
 fn burgers(n: u32, t: Millis, eid: &str) -> crate::Input {
     crate::Input::Sale {
         store: id("a"),
-        sale: SaleIn {
-            id: id(eid),
-            lines: Some(vec![SaleLine {
-                dish: id("burger"),
-                portions: n,
-            }]),
-            void: None,
-            at: Some(Timestamp(t)),
-            device: Some(id("pos-1")),
-            guarded: false,
-        },
+        sale: burger_sale(n, t, eid),
     }
 }
 
