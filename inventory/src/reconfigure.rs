@@ -38,6 +38,13 @@ impl Inventory {
             }
             states.push(Restored::Menu(store.clone(), state.menu));
             states.push(Restored::Plan(store.clone(), state.plan.clone()));
+            for (sku, v) in &state.variance {
+                states.push(Restored::Variance(store.clone(), sku.clone(), v.clone()));
+            }
+            states.push(Restored::History(store.clone(), state.history.clone()));
+            for (device, p) in &state.probes {
+                states.push(Restored::Probe(store.clone(), device.clone(), p.clone()));
+            }
         }
         states.extend(self.requests.values().cloned().map(Restored::Request));
         states.extend(self.transfers.values().cloned().map(Restored::Transfer));

@@ -889,6 +889,8 @@ fn a_slow_mover_gets_a_suggested_par_from_its_days_of_use() {
     let restored = doc.restore(Json(persisted)).expect("decodes").expect("restored");
     let (back, _) = Inventory::restore(chain(), vec![restored], at(24 + 9, 2));
     assert_eq!(back.history(&id("a")), inv.history(&id("a")));
+    let (reloaded, _) = Inventory::restore(chain(), inv.states(), at(24 + 9, 2));
+    assert_eq!(reloaded.history(&id("a")), inv.history(&id("a")), "a reload carries it");
 }
 
 /// One input through the one path every input takes.
@@ -1008,6 +1010,9 @@ fn usage_variance_is_counted_from_count_to_count() {
     let restored = doc.restore(Json(persisted)).expect("decodes").expect("restored");
     let (back, _) = Inventory::restore(chain(), vec![restored], at(22, 1));
     assert_eq!(variance(&back), variance(&inv));
+    // A reload carries it (it restores from `states`).
+    let (reloaded, _) = Inventory::restore(chain(), inv.states(), at(22, 1));
+    assert_eq!(variance(&reloaded), variance(&inv));
 
     // The next period: 50 sold, 48 counted — nothing unexplained; cleared.
     through(&mut inv, burgers(50, at(23, 0), "s2"), at(23, 0));
@@ -1200,6 +1205,12 @@ fn a_fridge_fault_puts_its_stock_at_risk_until_the_kitchen_decides() {
     let doc = Document::Probe(id("a"), id("fridge-1"));
     let persisted = serde_json::to_vec(&doc.state(&inv).expect("a state")).expect("encodes");
     let restored = doc.restore(Json(persisted)).expect("decodes").expect("restored");
+    let (reloaded, _) = Inventory::restore(chain_with_fridge(), inv.states(), at(10, 38));
+    assert_eq!(
+        reloaded.probe_state(&id("a"), &id("fridge-1")).map(|p| &p.decided),
+        inv.probe_state(&id("a"), &id("fridge-1")).map(|p| &p.decided),
+        "a reload carries it"
+    );
     let (back, _) = Inventory::restore(chain_with_fridge(), vec![restored], at(10, 21));
     assert_eq!(
         back.probe_state(&id("a"), &id("fridge-1"))
