@@ -229,10 +229,12 @@ fn ready(slot: &Slot) -> Result<&Api, ApiError> {
 }
 
 /// Every input route: `POST`, its path the input's topic.
-pub const INPUT_ROUTES: [&str; 6] = [
+pub const INPUT_ROUTES: [&str; 8] = [
     "/api/v1/stores/{store}/stock/{sku}/events",
     "/api/v1/stores/{store}/sales",
     "/api/v1/stores/{store}/dishes/{dish}/override",
+    "/api/v1/stores/{store}/probes/{probe}/temperature",
+    "/api/v1/stores/{store}/probes/{probe}/{action}",
     "/api/v1/stores/{store}/transfers/request",
     "/api/v1/stores/{store}/transfers/{transfer}/{action}",
     "/api/v1/hq/replenishment/{request}/{action}",

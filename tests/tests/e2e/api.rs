@@ -841,3 +841,73 @@ async fn replenishment_and_transfers_over_http() -> Result<()> {
     assert_eq!(received["sku"], "patty");
     Ok(())
 }
+
+/// The cold chain over HTTP: a probe that reports through a cloud service
+/// (an integration of the `probe` role) posts its readings; past the grace
+/// the beef is at risk on its level; the store's system keeps it, and a
+/// second decision is refused with the same code as over MQTT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_reports_over_http_and_the_kitchen_decides_there() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let chain = small_chain().replace(
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n",
+        "[[stores]]\nid = \"s1\"\nname = \"s1\"\n\
+         probes = { fridge-1 = { skus = [\"beef\"], min_c = 0, max_c = 5, grace_minutes = 15 } }\n",
+    );
+    anyhow::ensure!(chain.contains("fridge-1"), "{chain}");
+    let mut config = format!("{chain}\n[web]\nlisten = \"127.0.0.1:0\"\n\n");
+    let mut tokens = BTreeMap::new();
+    for (id, role) in [("fridge-1", "probe"), ("erp", "manager")] {
+        let (token, hash) = dishsync_broker::api::integrations::mint_token()?;
+        config.push_str(&format!(
+            "[[integrations]]\nid = \"{id}\"\nrole = \"{role}\"\nstore = \"s1\"\ntoken_sha256 = \"{hash}\"\n\n"
+        ));
+        tokens.insert(id, token);
+    }
+    let broker = BrokerProcess::start(&config, &data)?;
+    let web = broker.web_addr.context("the web address")?;
+    let api = |path: &str| format!("http://{web}/api/v1/{path}");
+    let (probe, erp) = (Some(tokens["fridge-1"].as_str()), Some(tokens["erp"].as_str()));
+    let counted = post_json(
+        &api("stores/s1/stock/beef/events"),
+        erp,
+        &stock_event("c-1", "count", 2_000.0, "g", "erp"),
+    )?;
+    anyhow::ensure!(counted.status == 200, "{}", counted.body);
+    let now = dishsync_protocol::payload::Timestamp::now().0;
+    for minutes_ago in [30, 10] {
+        let reading = json!({"celsius": 9.5, "at": dishsync_protocol::payload::Timestamp(now - minutes_ago * 60_000).to_string()});
+        let answer = post_json(&api("stores/s1/probes/fridge-1/temperature"), probe, &reading)?;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    // A probe may not decide for the kitchen.
+    let decision = |id: &str| json!({"id": id, "by": "erp"});
+    let not_its = post_json(&api("stores/s1/probes/fridge-1/keep"), probe, &decision("k-0"))?;
+    assert_eq!(not_its.status, 403, "{}", not_its.body);
+    let deadline = std::time::Instant::now() + crate::support::DEADLINE;
+    loop {
+        let level = call("GET", &api("stores/s1/stock/beef/level"), erp, &[], None)?;
+        if level.body["at_risk"] == json!(true) {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "never at risk: {}", level.body);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kept = post_json(&api("stores/s1/probes/fridge-1/keep"), erp, &decision("k-1"))?;
+    assert_eq!(kept.status, 200, "{}", kept.body);
+    let level = call("GET", &api("stores/s1/stock/beef/level"), erp, &[], None)?;
+    assert_eq!(
+        (&level.body["at_risk"], &level.body["qty"]),
+        (&json!(false), &json!(2_000)),
+        "{}",
+        level.body
+    );
+    let again = post_json(&api("stores/s1/probes/fridge-1/keep"), erp, &decision("k-2"))?;
+    assert_eq!(
+        (again.status, &again.body["code"]),
+        (422, &json!("invalid_transition")),
+        "{}",
+        again.body
+    );
+    Ok(())
+}
