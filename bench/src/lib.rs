@@ -25,7 +25,12 @@
 //! its restore, next to a copy of the stopped data directory;
 //! `retention` the disk per million inputs kept for good, next to the same
 //! inputs compacted daily past their retention.
+//!
+//! [`chain`] generates a chain of any size with believable recipes and a
+//! dinner-peak load over it, deterministic for a seed (for the capacity
+//! runs).
 
+pub mod chain;
 mod history;
 mod pages;
 mod retention;
