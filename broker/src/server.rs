@@ -361,11 +361,11 @@ async fn open_data_dir(
                     .is_some_and(|e| matches!(e, crate::store::StoreError::InUse))
                     && tokio::time::Instant::now() < deadline =>
             {
-                warn!(dir = %dir.display(), "the data directory is in use by another process; waiting for it");
                 readiness.restoring(&format!(
                     "waiting for the data directory {}, which another process holds",
                     dir.display()
                 ));
+                warn!(dir = %dir.display(), "the data directory is in use by another process; waiting for it");
             }
             other => {
                 readiness.restoring(crate::web::BEING_RESTORED);

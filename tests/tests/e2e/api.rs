@@ -874,6 +874,10 @@ async fn a_probe_reports_over_http_and_the_kitchen_decides_there() -> Result<()>
         &stock_event("c-1", "count", 2_000.0, "g", "erp"),
     )?;
     anyhow::ensure!(counted.status == 200, "{}", counted.body);
+    let mut watcher = Client::connect(broker.addr, "watcher").await?;
+    watcher
+        .subscribe("stores/s1/stock/beef/level", QoS::AtLeastOnce)
+        .await?;
     let now = dishsync_protocol::payload::Timestamp::now().0;
     for minutes_ago in [30, 10] {
         let reading = json!({"celsius": 9.5, "at": dishsync_protocol::payload::Timestamp(now - minutes_ago * 60_000).to_string()});
@@ -884,15 +888,9 @@ async fn a_probe_reports_over_http_and_the_kitchen_decides_there() -> Result<()>
     let decision = |id: &str| json!({"id": id, "by": "erp"});
     let not_its = post_json(&api("stores/s1/probes/fridge-1/keep"), probe, &decision("k-0"))?;
     assert_eq!(not_its.status, 403, "{}", not_its.body);
-    let deadline = std::time::Instant::now() + crate::support::DEADLINE;
-    loop {
-        let level = call("GET", &api("stores/s1/stock/beef/level"), erp, &[], None)?;
-        if level.body["at_risk"] == json!(true) {
-            break;
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "never at risk: {}", level.body);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    watcher
+        .wait_latest("stores/s1/stock/beef/level", |l| l["at_risk"] == json!(true))
+        .await?;
     let kept = post_json(&api("stores/s1/probes/fridge-1/keep"), erp, &decision("k-1"))?;
     assert_eq!(kept.status, 200, "{}", kept.body);
     let level = call("GET", &api("stores/s1/stock/beef/level"), erp, &[], None)?;

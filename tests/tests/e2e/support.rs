@@ -164,6 +164,12 @@ impl BrokerProcess {
     /// Like [`BrokerProcess::start`], on a given address (to come back where
     /// clients expect it after a kill).
     pub fn start_on(config: &str, data_dir: &Path, listen: SocketAddr) -> Result<BrokerProcess> {
+        BrokerProcess::launch(config, data_dir, listen)?.listening()
+    }
+
+    /// Starts the broker with `config` on a free loopback port and returns
+    /// at once, before it listens: for what start-up does on the way.
+    pub fn launch(config: &str, data_dir: &Path, listen: SocketAddr) -> Result<StartingBroker> {
         let parent = data_dir.parent().unwrap_or(data_dir);
         let config_path = parent.join("dishsync.toml");
         std::fs::write(&config_path, config).context("writing the config")?;
@@ -171,9 +177,9 @@ impl BrokerProcess {
             std::ffi::OsString::from("--config"),
             config_path.clone().into_os_string(),
         ];
-        let mut broker = BrokerProcess::spawn(&config_arg, data_dir, listen)?;
-        broker.config = Some(config_path);
-        Ok(broker)
+        let mut starting = StartingBroker::spawn(&config_arg, data_dir, listen)?;
+        starting.config = Some(config_path);
+        Ok(starting)
     }
 
     /// Starts the built-in demo chain (no configuration file; its dinner
@@ -183,10 +189,74 @@ impl BrokerProcess {
         // run side by side.
         let web = ["--web-listen", "127.0.0.1:0"];
         let args: Vec<std::ffi::OsString> = web.iter().chain(args).map(std::ffi::OsString::from).collect();
-        BrokerProcess::spawn(&args, data_dir, "127.0.0.1:0".parse()?)
+        StartingBroker::spawn(&args, data_dir, "127.0.0.1:0".parse()?)?.listening()
     }
 
-    fn spawn(args: &[std::ffi::OsString], data_dir: &Path, listen: SocketAddr) -> Result<BrokerProcess> {
+    /// Sends it SIGHUP: re-read the configuration.
+    pub fn hang_up(&self) -> Result<()> {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .context("running kill -HUP")?;
+        anyhow::ensure!(sent.success(), "kill -HUP failed");
+        Ok(())
+    }
+
+    /// Waits until its log has a line containing `what`, `count` times.
+    pub fn wait_for_log(&self, what: &str, count: usize) -> Result<String> {
+        wait_for_log_in(&self.log, what, count)
+    }
+
+    /// Kills the broker with SIGKILL — no shutdown, no flush — and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Waits until the log at `log` has a line containing `what`, `count`
+/// times; the log.
+fn wait_for_log_in(log: &Path, what: &str, count: usize) -> Result<String> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(what).count() >= count {
+            return Ok(text);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no log line with {what:?} (×{count}); log:\n{text}"
+        );
+        // A file has no event to wait on: read it again shortly.
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// What a starting broker's stdout announces.
+enum Announced {
+    /// Its web listener, open before the state is restored.
+    Web(SocketAddr),
+    /// Its MQTT listener (and TLS listener, if any): it serves.
+    Listening(String, Option<SocketAddr>),
+}
+
+/// A `dishsync-broker` child process on its way up (killed on drop, unless
+/// it became a [`BrokerProcess`]).
+pub struct StartingBroker {
+    child: Option<Child>,
+    log: PathBuf,
+    announced: std_mpsc::Receiver<Announced>,
+    web_addr: Option<SocketAddr>,
+    config: Option<PathBuf>,
+}
+
+impl StartingBroker {
+    fn spawn(args: &[std::ffi::OsString], data_dir: &Path, listen: SocketAddr) -> Result<StartingBroker> {
         let parent = data_dir.parent().unwrap_or(data_dir);
         let log = parent.join(format!(
             "broker-{}.log",
@@ -207,80 +277,84 @@ impl BrokerProcess {
             .spawn()
             .context("spawning the broker")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = std_mpsc::channel();
+        let (tx, announced) = std_mpsc::channel();
         std::thread::spawn(move || {
-            let (mut tls, mut web) = (None, None);
+            let mut tls = None;
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
                 let served = line
                     .strip_prefix("dishsync-broker web on http://")
                     .or_else(|| line.strip_prefix("dishsync-broker web on https://"));
-                if let Some(addr) = served {
-                    web = addr.trim().parse::<SocketAddr>().ok();
+                if let Some(web) = served.and_then(|a| a.trim().parse::<SocketAddr>().ok()) {
+                    let _ = tx.send(Announced::Web(web));
                 }
                 if let Some(addr) = line.strip_prefix("dishsync-broker listening on mqtts://") {
                     tls = addr.trim().parse::<SocketAddr>().ok();
                 }
                 if let Some(addr) = line.strip_prefix("dishsync-broker listening on mqtt://") {
-                    let _ = tx.send((addr.trim().to_string(), tls, web));
+                    let _ = tx.send(Announced::Listening(addr.trim().to_string(), tls));
                 }
             }
         });
-        let (addr, tls_addr, web_addr) = match rx.recv_timeout(DEADLINE) {
-            Ok((a, tls, web)) => (a.parse().context("parsing the listen address")?, tls, web),
-            Err(_) => {
-                let _ = child.kill();
-                bail!(
-                    "broker did not start; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        Ok(BrokerProcess {
-            child,
-            addr,
-            tls_addr,
-            web_addr,
-            config: None,
+        Ok(StartingBroker {
+            child: Some(child),
             log,
+            announced,
+            web_addr: None,
+            config: None,
         })
     }
 
-    /// Sends it SIGHUP: re-read the configuration.
-    pub fn hang_up(&self) -> Result<()> {
-        let sent = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .context("running kill -HUP")?;
-        anyhow::ensure!(sent.success(), "kill -HUP failed");
-        Ok(())
+    /// Its web listener, once it is open.
+    pub fn web(&mut self) -> Result<SocketAddr> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while self.web_addr.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.announced.recv_timeout(left) {
+                Ok(Announced::Web(web)) => self.web_addr = Some(web),
+                Ok(Announced::Listening(..)) | Err(_) => bail!("no web listener; log:\n{}", self.log()),
+            }
+        }
+        self.web_addr.context("a web listener")
     }
 
     /// Waits until its log has a line containing `what`, `count` times.
     pub fn wait_for_log(&self, what: &str, count: usize) -> Result<String> {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            let log = self.log();
-            if log.matches(what).count() >= count {
-                return Ok(log);
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "no log line with {what:?} (×{count}); log:\n{log}"
-            );
-            // A file has no event to wait on: read it again shortly.
-            std::thread::park_timeout(Duration::from_millis(20));
-        }
+        wait_for_log_in(&self.log, what, count)
     }
 
-    /// Kills the broker with SIGKILL — no shutdown, no flush — and waits for it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The broker's log so far.
-    pub fn log(&self) -> String {
+    fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until it accepts clients.
+    pub fn listening(mut self) -> Result<BrokerProcess> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let (addr, tls_addr) = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.announced.recv_timeout(left) {
+                Ok(Announced::Web(web)) => self.web_addr = Some(web),
+                Ok(Announced::Listening(addr, tls)) => break (addr, tls),
+                Err(_) => bail!("broker did not start; log:\n{}", self.log()),
+            }
+        };
+        let child = self.child.take().context("the broker process")?;
+        Ok(BrokerProcess {
+            child,
+            addr: addr.parse().context("parsing the listen address")?,
+            tls_addr,
+            web_addr: self.web_addr,
+            config: self.config.take(),
+            log: self.log.clone(),
+        })
+    }
+}
+
+impl Drop for StartingBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

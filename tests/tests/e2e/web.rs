@@ -261,28 +261,23 @@ fn readiness_is_false_while_the_restore_waits_and_true_after() -> Result<()> {
     let config = format!("{}\n[web]\nlisten = \"{web}\"\n", small_chain());
     // Another process's hold on the directory: this one's, through the store.
     let holder = dishsync_broker::store::Store::open(&data)?;
-    let starting = std::thread::spawn(move || BrokerProcess::start(&config, &data));
-    let deadline = Instant::now() + DEADLINE;
-    let waiting = loop {
-        if let Ok((503, body)) = get(&format!("http://{web}/readyz")) {
-            let answer: Value = serde_json::from_str(&body)?;
-            if answer["checks"]["restored"]
-                .as_str()
-                .is_some_and(|why| why.contains("another process holds"))
-            {
-                break answer;
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "never seen waiting for the data directory");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let mut starting = BrokerProcess::launch(&config, &data, "127.0.0.1:0".parse()?)?;
+    assert_eq!(starting.web()?, web);
+    // The broker says it waits once it has set its readiness so.
+    starting.wait_for_log("in use by another process", 1)?;
+    let (status, body) = get(&format!("http://{web}/readyz"))?;
+    assert_eq!(status, 503, "{body}");
+    let waiting: Value = serde_json::from_str(&body)?;
+    assert!(
+        waiting["checks"]["restored"]
+            .as_str()
+            .is_some_and(|why| why.contains("another process holds")),
+        "{waiting}"
+    );
     assert_eq!(waiting["ready"], false, "{waiting}");
     assert_eq!(get(&format!("http://{web}/healthz"))?.0, 200, "alive meanwhile");
     drop(holder);
-    let broker = starting
-        .join()
-        .map_err(|_| anyhow::anyhow!("the starting thread panicked"))??;
-    assert!(broker.log().contains("in use by another process"), "{}", broker.log());
+    let _broker = starting.listening()?;
     let (status, body) = get(&format!("http://{web}/readyz"))?;
     assert_eq!(status, 200, "{body}");
     let ready: Value = serde_json::from_str(&body)?;
