@@ -13,41 +13,13 @@
 
 use std::fmt::Write;
 
-/// A small, fast, seedable generator (SplitMix64): the same seed, the same
-/// chain and the same load.
-#[derive(Debug, Clone)]
-pub struct Dice(u64);
+use dishsync_broker::demo::Dice;
 
-impl Dice {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Dice {
-        Dice(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (n ≥ 1).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// A number in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// An index in `0..n`, skewed towards the first (about half the draws
-    /// fall in the first tenth): the staples.
-    pub fn skewed(&mut self, n: usize) -> usize {
-        let u = self.unit();
-        ((u * u * u) * n as f64) as usize % n.max(1)
-    }
+/// An index in `0..n`, skewed towards the first (about half the draws
+/// fall in the first tenth): the staples.
+fn skewed(dice: &mut Dice, n: usize) -> usize {
+    let u = dice.unit();
+    ((u * u * u) * n as f64) as usize % n.max(1)
 }
 
 /// The size of a generated chain.
@@ -143,7 +115,7 @@ impl Chain {
                 let lines = 3 + dice.below(6) as usize;
                 let mut recipe: Vec<(usize, i64)> = Vec::new();
                 while recipe.len() < lines.min(size.skus) {
-                    let sku = dice.skewed(size.skus);
+                    let sku = skewed(&mut dice, size.skus);
                     if recipe.iter().any(|(s, _)| *s == sku) {
                         continue;
                     }
@@ -242,7 +214,7 @@ impl Chain {
                     if at >= span {
                         break;
                     }
-                    let dish = &self.dishes[dice.skewed(self.dishes.len())];
+                    let dish = &self.dishes[skewed(&mut dice, self.dishes.len())];
                     let id = format!("{device}:{n}");
                     n += 1;
                     out.push(Load {

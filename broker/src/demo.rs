@@ -43,11 +43,16 @@ const FRIES_TARE: i64 = 1200;
 const ACT_AFTER: u64 = 8;
 
 /// A small, fixed pseudo-random generator (splitmix64): the same seed gives
-/// the same service on every machine.
+/// the same service — or the same generated chain — on every machine.
 #[derive(Debug, Clone)]
-struct Dice(u64);
+pub struct Dice(u64);
 
 impl Dice {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Dice {
+        Dice(seed)
+    }
+
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -57,13 +62,18 @@ impl Dice {
     }
 
     /// 0..n
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
     /// True with probability `percent` %.
-    fn chance(&mut self, percent: u64) -> bool {
+    pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
+    }
+
+    /// A number in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -107,7 +117,7 @@ impl Service {
             .and_then(|s| s.stock.get(&id::<SkuId>(FRIES)?)?.opening)
             .unwrap_or(0);
         Service {
-            dice: Dice(seed),
+            dice: Dice::new(seed),
             step: 0,
             run: now,
             menus,
