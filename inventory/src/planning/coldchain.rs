@@ -213,7 +213,6 @@ impl Inventory {
                 changes,
             );
         }
-        self.bump_menus(now, changes);
     }
 
     /// The kitchen's decision on the fault of probe `device`.
@@ -300,8 +299,16 @@ impl Inventory {
             now,
             &mut outcome.changes,
         );
+        // The discard's waste gave the menu its revision already, if it
+        // changed a dish.
+        let menu_bumped = outcome
+            .changes
+            .publish
+            .contains(&crate::document::Document::Menu(store.clone()));
         self.flag_at_risk(store, &fault.skus, now, &mut outcome.changes);
-        self.bump_menus(now, &mut outcome.changes);
+        if !menu_bumped {
+            self.bump_menus(now, &mut outcome.changes);
+        }
         Ok(outcome)
     }
 
@@ -320,22 +327,30 @@ impl Inventory {
     }
 
     /// The levels of `skus` and the dishes using them changed their risk:
-    /// a new revision of each.
+    /// a new revision of each not already changed by the same input (in
+    /// `changes`), which then shows the risk with its other change.
     fn flag_at_risk(&mut self, store: &StoreId, skus: &[SkuId], now: Millis, changes: &mut Changes) {
+        use crate::document::Document;
         let catalog = std::sync::Arc::clone(&self.catalog);
         let Some(state) = self.stores.get_mut(store) else {
             return;
         };
         let mut dishes = std::collections::BTreeSet::new();
         for sku in skus {
+            dishes.extend(catalog.dishes_using(store, sku).iter().cloned());
+            if changes.publish.contains(&Document::Sku(store.clone(), sku.clone())) {
+                continue;
+            }
             if let Some(s) = state.skus.get_mut(sku) {
                 s.rev += 1;
                 s.at = now;
                 changes.level(store.clone(), sku.clone());
             }
-            dishes.extend(catalog.dishes_using(store, sku).iter().cloned());
         }
         for dish in dishes {
+            if changes.publish.contains(&Document::Dish(store.clone(), dish.clone())) {
+                continue;
+            }
             if let Some(d) = state.dishes.get_mut(&dish) {
                 d.rev += 1;
                 d.at = now;

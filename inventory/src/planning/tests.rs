@@ -1141,6 +1141,14 @@ fn a_fridge_fault_puts_its_stock_at_risk_until_the_kitchen_decides() {
     assert_eq!(at_risk(&inv), (true, true), "the food may have spoiled meanwhile");
 
     // Discard: exactly the 40 on hand, as waste for the equipment.
+    let revs = |inv: &Inventory| {
+        (
+            inv.level_out(&id("a"), &id("patty")).expect("level").rev,
+            inv.dish_out(&id("a"), &id("burger")).expect("dish").rev,
+            inv.menu_out(&id("a")).expect("menu").rev,
+        )
+    };
+    let before = revs(&inv);
     let outcome = inv
         .apply(&decide(ProbeAction::Discard, "d1"), None, at(9, 45))
         .expect("decided")
@@ -1157,6 +1165,11 @@ fn a_fridge_fault_puts_its_stock_at_risk_until_the_kitchen_decides() {
     );
     assert_eq!(inv.level_out(&id("a"), &id("patty")).expect("level").qty, 0);
     assert_eq!(at_risk(&inv), (false, false));
+    assert_eq!(
+        revs(&inv),
+        (before.0 + 1, before.1 + 1, before.2 + 1),
+        "one revision each for the one input"
+    );
     let decided = inv
         .probe_state(&id("a"), &id("fridge-1"))
         .and_then(|p| p.decided.clone())
