@@ -1001,7 +1001,6 @@ async fn connections(server: &Server, n: usize) -> Result<(f64, u64)> {
 /// Writes a data directory holding `events` ledger lines, as the broker
 /// would have committed them, in batches.
 async fn build_ledger(config: &str, data: &Path, events: usize) -> Result<()> {
-    use dishsync_broker::rules::stage_changes;
     use dishsync_broker::store::Store;
     let settings = dishsync_broker::Settings::parse(config).map_err(|e| anyhow!("{e}"))?;
     let store = Store::open(data)?;
@@ -1011,10 +1010,8 @@ async fn build_ledger(config: &str, data: &Path, events: usize) -> Result<()> {
     let now = dishsync_protocol::payload::Timestamp::now().0 - 86_400_000;
     let mut written = 0;
     while written < events {
-        let mut commit = store.begin()?;
-        let mut changes = dishsync_inventory::Changes::default();
+        let mut group = Vec::with_capacity(10_000);
         for i in written..(written + 10_000).min(events) {
-            let sku = &skus[i % skus.len()];
             let mut ev: dishsync_protocol::payload::StockEventIn = serde_json::from_slice(&stock_event(
                 &format!("hist-{i}"),
                 if i % 3 == 2 { "consume" } else { "receive" },
@@ -1022,15 +1019,44 @@ async fn build_ledger(config: &str, data: &Path, events: usize) -> Result<()> {
             ))?;
             // History from a day ago, stamped when it happened.
             ev.at = dishsync_protocol::payload::Timestamp(now);
-            let out = inv.apply_stock(&s1, sku, &ev, now).map_err(|r| anyhow!("{r}"))?;
-            commit.event_id(&s1, &ev.id, i as u64, now)?;
-            commit.ledger(&out.entries)?;
-            changes.merge(out.changes);
+            group.push((s1.clone(), skus[i % skus.len()].clone(), ev));
         }
-        stage_changes(&mut commit, &inv, &changes)?;
-        store.commit(commit).await?;
+        commit_stock(&store, &mut inv, group).await?;
         written = (written + 10_000).min(events);
     }
+    Ok(())
+}
+
+/// Applies `events` (store, SKU, event; each applied at its own stamp) to
+/// `inv` and commits them as the rules would, in one group: each input's
+/// id, its ledger lines and the state it changed.
+async fn commit_stock(
+    store: &dishsync_broker::store::Store,
+    inv: &mut dishsync_inventory::Inventory,
+    events: Vec<(
+        dishsync_protocol::StoreId,
+        dishsync_protocol::SkuId,
+        dishsync_protocol::payload::StockEventIn,
+    )>,
+) -> Result<()> {
+    let mut commit = store.begin()?;
+    let mut changes = dishsync_inventory::Changes::default();
+    for (s, sku, event) in events {
+        let at = event.at.0;
+        let out = inv.apply_stock(&s, &sku, &event, at).map_err(|r| anyhow!("{r}"))?;
+        let id = event.id.clone();
+        let fingerprint = dishsync_inventory::Input::Stock {
+            store: s.clone(),
+            sku,
+            event,
+        }
+        .fingerprint();
+        commit.event_id(&s, &id, fingerprint, at)?;
+        commit.ledger(&out.entries)?;
+        changes.merge(out.changes);
+    }
+    dishsync_broker::rules::stage_changes(&mut commit, inv, &changes)?;
+    store.commit(commit).await?;
     Ok(())
 }
 

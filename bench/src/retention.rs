@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use dishsync_broker::store::retention::{Footprint, Retention};
 use dishsync_broker::store::Store;
-use dishsync_inventory::{Changes, Inventory};
+use dishsync_inventory::Inventory;
 use dishsync_protocol::payload::{StockEventIn, StockKind, Timestamp};
 use dishsync_protocol::{SkuId, StoreId, Unit};
 
@@ -52,39 +52,29 @@ impl Fed {
     /// Day `day`'s `per_day` inputs, stamped and applied through the day;
     /// then a compaction as of the day's end, with `retention` if given.
     async fn day(&mut self, day: usize, per_day: usize, retention: Option<&Retention>) -> Result<()> {
-        use dishsync_broker::rules::stage_changes;
         let start = day as i64 * DAY;
         let device: dishsync_protocol::DeviceId = "scale-1".parse()?;
         let kinds = [StockKind::Receive, StockKind::Receive, StockKind::Consume];
         let mut first = 0;
         while first < per_day {
-            let mut commit = self.store.begin()?;
-            let mut changes = Changes::default();
+            let mut group = Vec::with_capacity(GROUP);
             for k in first..(first + GROUP).min(per_day) {
                 let n = day * per_day + k;
-                let at = start + (k as i64 * DAY) / per_day as i64;
                 let store = &self.stores[n % self.stores.len()];
-                let sku = &self.skus[(n / self.stores.len()) % self.skus.len()];
                 let event = StockEventIn {
                     id: format!("{store}-scale-1-{n:09}").parse()?,
                     kind: kinds[n % kinds.len()],
                     qty: 1.0,
                     unit: Unit::G,
-                    at: Timestamp(at),
+                    at: Timestamp(start + (k as i64 * DAY) / per_day as i64),
                     device: device.clone(),
                     reference: None,
                     reason: None,
                 };
-                let out = self
-                    .inventory
-                    .apply_stock(store, sku, &event, at)
-                    .map_err(|r| anyhow!("{r}"))?;
-                commit.event_id(store, &event.id, n as u64, at)?;
-                commit.ledger(&out.entries)?;
-                changes.merge(out.changes);
+                let sku = self.skus[(n / self.stores.len()) % self.skus.len()].clone();
+                group.push((store.clone(), sku, event));
             }
-            stage_changes(&mut commit, &self.inventory, &changes)?;
-            self.store.commit(commit).await?;
+            super::commit_stock(&self.store, &mut self.inventory, group).await?;
             first += GROUP;
         }
         self.store.checkpoint()?;

@@ -115,23 +115,22 @@ pub enum Input {
 /// The id a scale reading's count is recorded under: the scale and the
 /// reading's stamp, so a re-sent reading is recognised like any input.
 pub fn reading_id(device: &DeviceId, reading: &WeightIn) -> EventId {
-    let at = reading.at.0;
-    format!("{device}:w:{at}").parse().unwrap_or_else(|_| {
-        // A device id near the length limit: its hash instead (≤ 39 bytes).
-        format!("w:{at}:{:016x}", fnv1a(device.as_str().as_bytes().iter()))
-            .parse()
-            .expect("w, digits, '-', ':' and hex always form a valid event id")
-    })
+    sensor_reading_id(device, "w", reading.at.0)
 }
 
 /// The id a probe's reading is known by: the probe and the reading's
 /// stamp (as [`reading_id`] for a scale).
 pub fn probe_reading_id(device: &DeviceId, reading: &TemperatureIn) -> EventId {
-    let at = reading.at.0;
-    format!("{device}:t:{at}").parse().unwrap_or_else(|_| {
-        format!("t:{at}:{:016x}", fnv1a(device.as_str().as_bytes().iter()))
+    sensor_reading_id(device, "t", reading.at.0)
+}
+
+/// `{device}:{kind}:{at}`, or for a device id near the length limit
+/// `{kind}:{at}:{its hash}` (≤ 39 bytes).
+fn sensor_reading_id(device: &DeviceId, kind: &str, at: i64) -> EventId {
+    format!("{device}:{kind}:{at}").parse().unwrap_or_else(|_| {
+        format!("{kind}:{at}:{:016x}", fnv1a(device.as_str().as_bytes().iter()))
             .parse()
-            .expect("t, digits, '-', ':' and hex always form a valid event id")
+            .expect("a letter, digits, '-', ':' and hex always form a valid event id")
     })
 }
 

@@ -773,18 +773,7 @@ mod tests {
     /// is still a duplicate; one past it is applied again.
     #[tokio::test]
     async fn compaction_keeps_the_levels_and_the_ids_inside_their_window() {
-        use crate::store::retention::{Compacted, Retention, Stamped};
-        struct NoLetter;
-        impl<'de> serde::Deserialize<'de> for NoLetter {
-            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<NoLetter, D::Error> {
-                Ok(NoLetter)
-            }
-        }
-        impl Stamped for NoLetter {
-            fn stamp(&self) -> dishsync_protocol::Millis {
-                0
-            }
-        }
+        use crate::store::retention::{Compacted, Retention};
         let dir = tempfile::tempdir().expect("tempdir");
         let first: Vec<usize> = (0..12).collect();
         // Two runs: two ledger pages.
@@ -796,7 +785,7 @@ mod tests {
         let compact = |retention: Retention| {
             let store = Store::open(dir.path()).expect("store");
             let done = store
-                .compact::<NoLetter>(&retention, Timestamp::now().0 + 1)
+                .compact::<crate::webhooks::DeadLetter>(&retention, Timestamp::now().0 + 1)
                 .expect("compacts");
             let restored = store.load().expect("load");
             drop(store);
