@@ -1051,7 +1051,7 @@ async fn commit_stock(
             event,
         }
         .fingerprint();
-        commit.event_id(&s, &id, fingerprint, at)?;
+        commit.event_id(Some(&s), &id, fingerprint, at)?;
         commit.ledger(&out.entries)?;
         changes.merge(out.changes);
     }

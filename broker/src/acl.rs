@@ -142,30 +142,30 @@ use Grant::{No, Own, Yes};
 /// [`Role::Demo`]), per family (in [`Family::ALL`] order), (publish,
 /// subscribe). Outputs are never published by clients, whatever the role.
 #[rustfmt::skip]
-pub const MATRIX: [(Role, [(Grant, Grant); 17]); 10] = [
+pub const MATRIX: [(Role, [(Grant, Grant); 18]); 10] = [
     // stock events, sales, override, presence, availability, level, acks+errors, hq alerts,
     // replenishment actions, replenishment, transfer actions, transfers, alerts, summary, sensor readings,
-    // catalog, metrics
+    // catalog, promotions, metrics
     (Role::Scale, [(Yes, No), (No, No), (No, No), (Own, No), (No, No), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No), (No, No), (No, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No), (No, No), (No, No), (No, No)]),
     (Role::Probe, [(No, No), (No, No), (No, No), (Own, No), (No, No), (No, No), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No), (No, No), (No, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Own, No), (No, No), (No, No), (No, No)]),
     (Role::Kds, [(Yes, No), (No, No), (Yes, No), (Own, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No), (No, Yes), (No, Yes), (No, No)]),
+        (No, No), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No), (No, Yes), (No, Yes), (No, Yes), (No, No)]),
     (Role::Pos, [(No, No), (Yes, No), (No, No), (Own, No), (No, Yes), (No, No), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (No, Yes), (No, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (No, Yes), (No, No), (No, No)]),
     (Role::Manager, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Own, Yes), (No, Yes), (No, Yes), (No, Yes), (No, No),
-        (No, No), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, No)]),
+        (No, No), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, No)]),
     (Role::CentralKitchen, [(No, No), (No, No), (No, No), (No, No), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (Yes, Yes), (No, Yes), (No, No), (No, No), (No, No), (No, No), (No, No), (No, Yes), (No, No)]),
+        (Yes, Yes), (No, Yes), (No, No), (No, No), (No, No), (No, No), (No, No), (No, Yes), (No, Yes), (No, No)]),
     (Role::Hq, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (Yes, Yes), (No, Yes)]),
     (Role::Operator, [(No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
+        (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes)]),
     (Role::Bridge, [(Yes, No), (No, No), (No, No), (Yes, Yes), (No, Yes), (No, Yes), (No, Own), (No, No),
-        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Yes, No), (No, Yes), (No, No)]),
+        (No, No), (No, No), (No, No), (No, No), (No, No), (No, No), (Yes, No), (No, Yes), (No, No), (No, No)]),
     (Role::Demo, [(Yes, Yes), (Yes, Yes), (Yes, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (No, Yes),
-        (Yes, Yes), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes)]),
+        (Yes, Yes), (No, Yes), (Yes, Yes), (No, Yes), (No, Yes), (No, Yes), (Yes, Yes), (No, Yes), (Yes, Yes), (No, Yes)]),
 ];
 
 /// The matrix cell for `role`, `family`, `access`.
@@ -194,6 +194,7 @@ fn topic_device(topic: &Topic) -> Option<&DeviceId> {
         | Topic::Acks { device, .. }
         | Topic::Errors { device, .. }
         | Topic::HqErrors { device }
+        | Topic::HqAcks { device }
         | Topic::ScaleWeight { device, .. }
         | Topic::ProbeTemperature { device, .. } => Some(device),
         _ => None,
@@ -456,7 +457,8 @@ pub fn matrix_markdown() -> String {
     out.push_str(
         "\nA cell grants its topics in the identity's scope. A store-bound identity's scope is \
          `stores/{its store}/…` and `hq/stores/{its store}/…`; the HQ topics that name no store \
-         (`hq/alerts`, `$SYS/dishsync/metrics`, `hq/replenishment/…`, `hq/errors/…`) are in the scope of \
+         (`hq/alerts`, `$SYS/dishsync/metrics`, `hq/replenishment/…`, `hq/promotions/…`, `hq/acks/…`, \
+         `hq/errors/…`) are in the scope of \
          chain-wide identities \
          only (HQ roles, and an `operator` without a store), whatever their role's cell says. A store \
          reads its requests as `stores/{store}/replenishment/{id}` and its errors on its own errors topic.\n",

@@ -80,7 +80,7 @@ use std::time::Duration;
 use journal::{Journal, Record};
 use std::path::Path;
 
-use dishsync_inventory::document::{Decode, PER_STORE_PREFIXES};
+use dishsync_inventory::document::{Decode, SCANNED_PREFIXES};
 use dishsync_inventory::{Document, Inventory, LedgerEntry, Restored, SaleRecord, Shown};
 use dishsync_protocol::{EventId, StoreId};
 use serde::de::DeserializeOwned;
@@ -817,7 +817,7 @@ impl Store {
                 }
             }
         }
-        for prefix in PER_STORE_PREFIXES {
+        for prefix in SCANNED_PREFIXES {
             for item in self.db().scan_prefix(prefix) {
                 let (key, value) = item?;
                 restore(&key, &value)?;
@@ -826,9 +826,10 @@ impl Store {
         Ok(out)
     }
 
-    /// The fingerprint an event id was committed with, if it was.
-    pub fn fingerprint(&self, store: &StoreId, id: &EventId) -> Result<Option<u64>, StoreError> {
-        let key = key2("i", store.as_str(), id.as_str());
+    /// The fingerprint an event id was committed with, if it was; `store`
+    /// is `None` for a chain-wide input's id.
+    pub fn fingerprint(&self, store: Option<&StoreId>, id: &EventId) -> Result<Option<u64>, StoreError> {
+        let key = key2("i", id_scope(store), id.as_str());
         match self.inner.shared.get(&key)? {
             Some(v) => Ok(Some(retention::read_id(&key, &v)?.0)),
             None => Ok(None),
@@ -1129,18 +1130,25 @@ pub struct Commit {
     webhooks_queued: bool,
 }
 
+/// The scope an event id is indexed under: its store, or `@hq` for a
+/// chain-wide input (`@` is outside the id alphabet, so no store is named
+/// so).
+fn id_scope(store: Option<&StoreId>) -> &str {
+    store.map_or("@hq", StoreId::as_str)
+}
+
 impl Commit {
     /// Records that `id` was applied with content `fingerprint` at
     /// `applied` (which its retention is judged by).
     pub fn event_id(
         &mut self,
-        store: &StoreId,
+        store: Option<&StoreId>,
         id: &EventId,
         fingerprint: u64,
         applied: dishsync_protocol::Millis,
     ) -> Result<(), StoreError> {
         self.puts.push((
-            key2("i", store.as_str(), id.as_str()),
+            key2("i", id_scope(store), id.as_str()),
             retention::id_value(fingerprint, applied),
         ));
         Ok(())
@@ -1215,7 +1223,7 @@ mod tests {
         for n in 0..2 {
             let mut c = store.begin().expect("store");
             let id: EventId = format!("e{n}").parse().expect("id");
-            c.event_id(&s1, &id, 1, 0).expect("store");
+            c.event_id(Some(&s1), &id, 1, 0).expect("store");
             store.commit(c).await.expect("store");
         }
         assert_eq!(store.checkpoint_lag(), 2);
@@ -1346,7 +1354,7 @@ mod tests {
     async fn commit(store: &Store, event: &str, amount: i64) {
         let s1: StoreId = "s1".parse().expect("valid id");
         let mut c = store.begin().expect("store");
-        c.event_id(&s1, &event.parse().expect("valid id"), amount as u64, 0)
+        c.event_id(Some(&s1), &event.parse().expect("valid id"), amount as u64, 0)
             .expect("store");
         c.ledger(&[entry(event, amount)]).expect("store");
         store.commit(c).await.expect("store");
@@ -1354,7 +1362,10 @@ mod tests {
 
     fn fingerprint(store: &Store, event: &str) -> Option<u64> {
         store
-            .fingerprint(&"s1".parse().expect("valid id"), &event.parse().expect("valid id"))
+            .fingerprint(
+                Some(&"s1".parse().expect("valid id")),
+                &event.parse().expect("valid id"),
+            )
             .expect("store")
     }
 

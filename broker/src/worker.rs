@@ -249,7 +249,9 @@ async fn route(
     }
     match Input::decode(&topic, &publish.payload) {
         Ok(input) if input.is_moving_reading() => None,
-        Ok(input) if !owned.contains(input.store()) => None,
+        // A chain-wide input (a promotion's plan) names no store; the
+        // workers split the chain by store, so none of them takes it.
+        Ok(input) if !input.store().is_some_and(|store| owned.contains(store)) => None,
         Ok(input) => match input.actor() {
             Some(device) => rules.submit(Intake { input, device }).await,
             None => {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use dishsync_protocol::payload::AlertOut;
-use dishsync_protocol::{DishId, DocId, EventId, SkuId, StoreId};
+use dishsync_protocol::{DishId, DocId, EventId, PromotionId, SkuId, StoreId};
 
 use crate::document::Document;
 use crate::planning::Retired;
@@ -71,6 +71,25 @@ impl Changes {
     /// A store's history of use and waste changed (a day ended).
     pub fn history(&mut self, store: StoreId) {
         self.persist.insert(Document::History(store));
+    }
+
+    /// A promotion's HQ document changed.
+    pub fn promotion(&mut self, id: PromotionId) {
+        let doc = Document::Promotion(id);
+        self.persist.insert(doc.clone());
+        self.publish.insert(doc);
+    }
+
+    /// A store's readiness for a promotion changed.
+    pub fn readiness(&mut self, store: StoreId, id: PromotionId) {
+        let doc = Document::Readiness(store, id);
+        self.persist.insert(doc.clone());
+        self.publish.insert(doc);
+    }
+
+    /// A store's daily sales per dish changed.
+    pub fn sold(&mut self, store: StoreId) {
+        self.persist.insert(Document::Sold(store));
     }
 
     /// A store's planning state changed.

@@ -14,13 +14,14 @@
 //! Adding a kind of document is a variant here, with its arm in each
 //! method below, and its test.
 
-use dishsync_protocol::{DeviceId, DishId, DocId, Millis, SkuId, StoreId, Topic};
+use dishsync_protocol::{DeviceId, DishId, DocId, Millis, PromotionId, SkuId, StoreId, Topic};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Inventory;
 use crate::planning::coldchain::ProbeState;
 use crate::planning::movers::UsageHistory;
+use crate::planning::promotion::{DailySales, Promotion, StoreReadiness};
 use crate::planning::variance::VarianceState;
 use crate::planning::{ChainPlan, Request, Retired, StorePlan, Transfer};
 use crate::state::{DishState, MenuState, Restored, SkuState};
@@ -48,6 +49,15 @@ pub enum Document {
     /// A SKU's usage variance in a store: its state, `v/{store}/{sku}`;
     /// its document, `stores/{store}/stock/{sku}/variance`.
     Variance(StoreId, SkuId),
+    /// A store's portions sold per dish, today and its last days,
+    /// `n/{store}` (not published: a promotion's uplift multiplies them).
+    Sold(StoreId),
+    /// A promotion, `o/{promotion}`; published for HQ with every store's
+    /// readiness, `hq/promotions/{promotion}`.
+    Promotion(PromotionId),
+    /// A store's readiness for a promotion, `r/{store}/{promotion}`;
+    /// published as `stores/{store}/promotions/{promotion}`.
+    Readiness(StoreId, PromotionId),
     /// A replenishment request, `q/{id}`; published under its store and for
     /// HQ.
     Request(DocId),
@@ -101,6 +111,12 @@ pub enum State<'a> {
     History(&'a UsageHistory),
     /// [`Document::Probe`].
     Probe(&'a ProbeState),
+    /// [`Document::Sold`].
+    Sold(&'a DailySales),
+    /// [`Document::Promotion`].
+    Promotion(&'a Promotion),
+    /// [`Document::Readiness`].
+    Readiness(&'a StoreReadiness),
     /// [`Document::Request`].
     Request(&'a Request),
     /// [`Document::Transfer`].
@@ -129,9 +145,10 @@ pub struct Published {
     pub payload: Vec<u8>,
 }
 
-/// The key prefixes of the documents persisted per store, scanned at
-/// start-up (requests and transfers are read through [`Shown`]).
-pub const PER_STORE_PREFIXES: [&str; 7] = ["k/", "d/", "m/", "p/", "v/", "h/", "e/"];
+/// The key prefixes of the documents scanned at start-up: those persisted
+/// per store, and the promotions (requests and transfers are read through
+/// [`Shown`]).
+pub const SCANNED_PREFIXES: [&str; 10] = ["k/", "d/", "m/", "p/", "v/", "h/", "e/", "n/", "r/", "o/"];
 
 /// Where a request is retained: under its store and for HQ.
 fn request_topics(id: &DocId, store: &StoreId) -> [Topic; 2] {
@@ -169,6 +186,9 @@ impl Document {
             Document::Variance(store, sku) => format!("v/{store}/{sku}"),
             Document::History(store) => format!("h/{store}"),
             Document::Probe(store, device) => format!("e/{store}/{device}"),
+            Document::Sold(store) => format!("n/{store}"),
+            Document::Readiness(store, id) => format!("r/{store}/{id}"),
+            Document::Promotion(id) => format!("o/{id}"),
             Document::Request(id) => format!("q/{id}"),
             Document::Transfer(id) => format!("t/{id}"),
             Document::Shown => "s".to_string(),
@@ -188,6 +208,9 @@ impl Document {
             ["v", store, sku] => Document::Variance(store.parse().ok()?, sku.parse().ok()?),
             ["h", store] => Document::History(store.parse().ok()?),
             ["e", store, device] => Document::Probe(store.parse().ok()?, device.parse().ok()?),
+            ["n", store] => Document::Sold(store.parse().ok()?),
+            ["r", store, id] => Document::Readiness(store.parse().ok()?, id.parse().ok()?),
+            ["o", id] => Document::Promotion(id.parse().ok()?),
             ["q", id] => Document::Request(id.parse().ok()?),
             ["t", id] => Document::Transfer(id.parse().ok()?),
             ["s"] => Document::Shown,
@@ -207,6 +230,9 @@ impl Document {
             Document::Variance(store, sku) => State::Variance(inv.variance_state(store, sku)?),
             Document::History(store) => State::History(inv.history(store)?),
             Document::Probe(store, device) => State::Probe(inv.probe_state(store, device)?),
+            Document::Sold(store) => State::Sold(inv.daily_sales(store)?),
+            Document::Promotion(id) => State::Promotion(inv.promotion(id)?),
+            Document::Readiness(store, id) => State::Readiness(inv.readiness(store, id)?),
             Document::Request(id) => State::Request(inv.request(id)?),
             Document::Transfer(id) => State::Transfer(inv.transfer(id)?),
             Document::Shown => {
@@ -231,6 +257,9 @@ impl Document {
             Document::Variance(store, sku) => Restored::Variance(store.clone(), sku.clone(), value.decode()?),
             Document::History(store) => Restored::History(store.clone(), value.decode()?),
             Document::Probe(store, device) => Restored::Probe(store.clone(), device.clone(), value.decode()?),
+            Document::Sold(store) => Restored::Sold(store.clone(), value.decode()?),
+            Document::Promotion(_) => Restored::Promotion(value.decode()?),
+            Document::Readiness(store, id) => Restored::Readiness(store.clone(), id.clone(), value.decode()?),
             Document::Request(_) => Restored::Request(value.decode()?),
             Document::Transfer(_) => Restored::Transfer(value.decode()?),
             Document::Chain => Restored::Chain(value.decode()?),
@@ -287,9 +316,22 @@ impl Document {
             Document::Catalog(store) => one(inv
                 .catalog_out(store, now)
                 .and_then(|doc| json(Topic::Catalog { store: store.clone() }, &doc))),
-            Document::Plan(_) | Document::History(_) | Document::Probe(..) | Document::Shown | Document::Chain => {
-                Vec::new()
-            }
+            Document::Promotion(id) => one(inv
+                .promotion_out(id)
+                .and_then(|doc| json(Topic::HqPromotion { id: id.clone() }, &doc))),
+            Document::Readiness(store, id) => one(inv.store_promotion_out(store, id).and_then(|doc| {
+                let topic = Topic::StorePromotion {
+                    store: store.clone(),
+                    id: id.clone(),
+                };
+                json(topic, &doc)
+            })),
+            Document::Plan(_)
+            | Document::History(_)
+            | Document::Probe(..)
+            | Document::Sold(_)
+            | Document::Shown
+            | Document::Chain => Vec::new(),
         }
     }
 
@@ -320,6 +362,10 @@ impl Document {
         let (requests, transfers) = inv.documents();
         all.extend(requests.into_iter().map(Document::Request));
         all.extend(transfers.into_iter().map(Document::Transfer));
+        for p in inv.promotions() {
+            all.push(Document::Promotion(p.id.clone()));
+            all.extend(p.stores.iter().map(|s| Document::Readiness(s.clone(), p.id.clone())));
+        }
         for store in catalog.stores() {
             all.push(Document::Catalog(store.id.clone()));
             all.push(Document::Menu(store.id.clone()));
@@ -338,6 +384,11 @@ impl Retired {
             Retired::Dish { store, dish } => vec![Topic::DishAvailability {
                 store: store.clone(),
                 dish: dish.clone(),
+            }],
+            Retired::Promotion { id } => vec![Topic::HqPromotion { id: id.clone() }],
+            Retired::Readiness { store, id } => vec![Topic::StorePromotion {
+                store: store.clone(),
+                id: id.clone(),
             }],
             Retired::Sku { store, sku } => vec![
                 Topic::StockLevel {
@@ -368,6 +419,9 @@ mod tests {
             Document::Variance(id("s1"), id("beef")),
             Document::History(id("s1")),
             Document::Probe(id("s1"), id("fridge-1")),
+            Document::Sold(id("s1")),
+            Document::Readiness(id("s1"), id("truffle-week")),
+            Document::Promotion(id("truffle-week")),
             Document::Request(id("rq-s1-1")),
             Document::Transfer(id("tr-1")),
             Document::Shown,
@@ -381,7 +435,7 @@ mod tests {
         assert_eq!(Document::Catalog(id("s1")).key(), None);
         assert_eq!(Document::from_key("l/00000001"), None, "ledger lines are not documents");
         assert_eq!(Document::from_key("k/s1"), None);
-        // What start-up scans per store is exactly those seven kinds.
+        // What start-up scans is exactly those ten kinds.
         let scanned = [
             "k/s1/beef",
             "d/s1/burger",
@@ -390,9 +444,13 @@ mod tests {
             "v/s1/beef",
             "h/s1",
             "e/s1/fridge-1",
+            "n/s1",
+            "r/s1/truffle-week",
+            "o/truffle-week",
         ];
         assert!(scanned.iter().all(|key| Document::from_key(key).is_some()));
-        for (key, prefix) in scanned.iter().zip(PER_STORE_PREFIXES) {
+        assert_eq!(scanned.len(), SCANNED_PREFIXES.len());
+        for (key, prefix) in scanned.iter().zip(SCANNED_PREFIXES) {
             assert!(key.starts_with(prefix));
         }
     }

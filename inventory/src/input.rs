@@ -5,10 +5,10 @@
 //! meaning, under which a re-send is recognised.
 
 use dishsync_protocol::payload::{
-    ActionIn, ErrorCode, OverrideIn, SaleIn, StockEventIn, TemperatureIn, TransferRequestIn, WeightIn,
+    ActionIn, ErrorCode, OverrideIn, PromotionIn, SaleIn, StockEventIn, TemperatureIn, TransferRequestIn, WeightIn,
 };
-use dishsync_protocol::topic::{ProbeAction, RequestAction, TransferAction};
-use dishsync_protocol::{DeviceId, DishId, DocId, EventId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
+use dishsync_protocol::topic::{ProbeAction, PromotionAction, RequestAction, TransferAction};
+use dishsync_protocol::{DeviceId, DishId, DocId, EventId, PromotionId, SkuId, StoreId, Topic, MAX_INPUT_PAYLOAD};
 use serde::Serialize;
 
 use crate::rejection::Rejection;
@@ -99,6 +99,20 @@ pub enum Input {
         /// Who decides, under which id.
         body: ActionIn,
     },
+    /// HQ plans a promotion (a chain-wide input: it names no one store).
+    Promotion {
+        /// The promotion.
+        id: PromotionId,
+        /// The plan.
+        plan: PromotionIn,
+    },
+    /// HQ calls a promotion off.
+    PromotionCancel {
+        /// The promotion.
+        id: PromotionId,
+        /// Who, under which id, and a note.
+        body: ActionIn,
+    },
     /// A settled scale reading (unsettled ones never reach the rules).
     Reading {
         /// The store.
@@ -135,9 +149,10 @@ fn sensor_reading_id(device: &DeviceId, kind: &str, at: i64) -> EventId {
 }
 
 impl Input {
-    /// The store the input is for.
-    pub fn store(&self) -> &StoreId {
-        match self {
+    /// The store the input is for; `None` for a chain-wide input (a
+    /// promotion), whose id is unique in the chain.
+    pub fn store(&self) -> Option<&StoreId> {
+        Some(match self {
             Input::Stock { store, .. }
             | Input::Sale { store, .. }
             | Input::Void { store, .. }
@@ -148,7 +163,8 @@ impl Input {
             | Input::Reading { store, .. }
             | Input::Temperature { store, .. }
             | Input::ProbeAction { store, .. } => store,
-        }
+            Input::Promotion { .. } | Input::PromotionCancel { .. } => return None,
+        })
     }
 
     /// Whether the input is an event its sender keeps until acknowledged:
@@ -185,7 +201,8 @@ impl Input {
             Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => &body.id,
             Input::TransferRequest { body, .. } => &body.id,
             Input::Reading { id, .. } | Input::Temperature { id, .. } => id,
-            Input::ProbeAction { body, .. } => &body.id,
+            Input::ProbeAction { body, .. } | Input::PromotionCancel { body, .. } => &body.id,
+            Input::Promotion { plan, .. } => &plan.id,
         }
     }
 
@@ -231,6 +248,14 @@ impl Input {
                 device: device.clone(),
                 action: *action,
             },
+            Input::Promotion { id, .. } => Topic::PromotionAction {
+                id: id.clone(),
+                action: PromotionAction::Plan,
+            },
+            Input::PromotionCancel { id, .. } => Topic::PromotionAction {
+                id: id.clone(),
+                action: PromotionAction::Cancel,
+            },
         }
     }
 
@@ -245,7 +270,8 @@ impl Input {
             Input::RequestAction { body, .. } | Input::TransferAction { body, .. } => Some(body.by.clone()),
             Input::TransferRequest { body, .. } => Some(body.by.clone()),
             Input::Reading { device, .. } | Input::Temperature { device, .. } => Some(device.clone()),
-            Input::ProbeAction { body, .. } => Some(body.by.clone()),
+            Input::ProbeAction { body, .. } | Input::PromotionCancel { body, .. } => Some(body.by.clone()),
+            Input::Promotion { plan, .. } => Some(plan.by.clone()),
         }
     }
 
@@ -269,7 +295,9 @@ impl Input {
             Input::Override { ov, .. } => json(ov),
             Input::RequestAction { body, .. }
             | Input::TransferAction { body, .. }
-            | Input::ProbeAction { body, .. } => json(body),
+            | Input::ProbeAction { body, .. }
+            | Input::PromotionCancel { body, .. } => json(body),
+            Input::Promotion { plan, .. } => json(plan),
             Input::TransferRequest { body, .. } => json(body),
             Input::Reading { reading, .. } => json(reading),
             Input::Temperature { reading, .. } => json(reading),
@@ -385,6 +413,20 @@ impl Input {
                 store: store.clone(),
                 device: device.clone(),
                 action: *action,
+                body: serde_json::from_slice(payload).map_err(malformed)?,
+            },
+            Topic::PromotionAction {
+                id,
+                action: PromotionAction::Plan,
+            } => Input::Promotion {
+                id: id.clone(),
+                plan: serde_json::from_slice(payload).map_err(malformed)?,
+            },
+            Topic::PromotionAction {
+                id,
+                action: PromotionAction::Cancel,
+            } => Input::PromotionCancel {
+                id: id.clone(),
                 body: serde_json::from_slice(payload).map_err(malformed)?,
             },
             other => {

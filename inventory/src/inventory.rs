@@ -9,7 +9,7 @@ use dishsync_protocol::payload::{
     ActiveOverride, DishAvailabilityOut, DishStatus, ErrorCode, LevelOut, LevelState, MenuEntry, OverrideIn,
     OverrideStatus, SaleIn, StockEventIn, StockKind, StoreAvailabilityOut, Timestamp, WeightIn,
 };
-use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Millis, Quantity, SkuId, StoreId};
+use dishsync_protocol::{DeviceId, DishId, DocId, EventId, Millis, PromotionId, Quantity, SkuId, StoreId};
 
 use crate::catalog::Catalog;
 use crate::changes::{Changes, Outcome};
@@ -31,6 +31,8 @@ pub(crate) struct StoreState {
     pub(crate) variance: BTreeMap<SkuId, crate::planning::variance::VarianceState>,
     pub(crate) history: crate::planning::movers::UsageHistory,
     pub(crate) probes: BTreeMap<DeviceId, crate::planning::coldchain::ProbeState>,
+    pub(crate) sold: crate::planning::promotion::DailySales,
+    pub(crate) promotions: BTreeMap<PromotionId, crate::planning::promotion::StoreReadiness>,
 }
 
 impl StoreState {
@@ -41,6 +43,7 @@ impl StoreState {
         if self.plan.today.day > 0 && self.plan.today.day < day {
             self.history.keep(&self.plan.today);
         }
+        self.sold.roll(day);
         self.plan.begin_day(day);
     }
 }
@@ -52,6 +55,7 @@ pub struct Inventory {
     pub(crate) stores: BTreeMap<StoreId, StoreState>,
     pub(crate) requests: BTreeMap<DocId, Request>,
     pub(crate) transfers: BTreeMap<DocId, Transfer>,
+    pub(crate) promotions: BTreeMap<PromotionId, crate::planning::promotion::Promotion>,
     pub(crate) chain: ChainPlan,
     /// Stores that had no persisted state at restore: they open now, with
     /// their opening stock.
@@ -115,6 +119,8 @@ impl Inventory {
         let mut opening: BTreeSet<StoreId> = catalog.stores().map(|s| s.id.clone()).collect();
         let mut requests = BTreeMap::new();
         let mut transfers = BTreeMap::new();
+        let mut promotions = BTreeMap::new();
+        let mut readiness = Vec::new();
         let mut chain = ChainPlan::default();
         for store in catalog.stores() {
             stores.insert(
@@ -127,6 +133,8 @@ impl Inventory {
                     variance: BTreeMap::new(),
                     history: Default::default(),
                     probes: BTreeMap::new(),
+                    sold: Default::default(),
+                    promotions: BTreeMap::new(),
                 },
             );
         }
@@ -186,7 +194,28 @@ impl Inventory {
                         transfers.insert(t.id.clone(), t);
                     }
                 }
+                Restored::Sold(store, sold) => {
+                    if let Some(s) = stores.get_mut(&store) {
+                        s.sold = sold;
+                    }
+                }
+                Restored::Promotion(p) => {
+                    if p.is_shown(now) {
+                        promotions.insert(p.id.clone(), p);
+                    }
+                }
+                Restored::Readiness(store, id, r) => readiness.push((store, id, r)),
                 Restored::Chain(c) => chain = c,
+            }
+        }
+        // A store's readiness for a promotion still shown, in a store the
+        // promotion still names.
+        for (store, id, r) in readiness {
+            let named = promotions
+                .get(&id)
+                .is_some_and(|p: &crate::planning::promotion::Promotion| p.stores.contains(&store));
+            if let (true, Some(s)) = (named, stores.get_mut(&store)) {
+                s.promotions.insert(id, r);
             }
         }
         let mut changes = Changes::default();
@@ -211,6 +240,7 @@ impl Inventory {
             stores,
             requests,
             transfers,
+            promotions,
             chain,
             opening,
             rolled: BTreeSet::new(),
@@ -279,7 +309,8 @@ impl Inventory {
     /// Names the histories a new day changed, to persist.
     pub(crate) fn persist_rolled(&mut self, changes: &mut Changes) {
         for store in std::mem::take(&mut self.rolled) {
-            changes.history(store);
+            changes.history(store.clone());
+            changes.sold(store);
         }
     }
 
@@ -339,6 +370,8 @@ impl Inventory {
                 action,
                 body,
             } => self.apply_probe_action(store, device, *action, body, now).map(Some),
+            Input::Promotion { id, plan } => self.apply_promotion_plan(id, plan, now).map(Some),
+            Input::PromotionCancel { id, body } => self.apply_promotion_cancel(id, body, now).map(Some),
         }?;
         // Every line names who sent the input, its reason and reference,
         // and when it was applied.
@@ -565,6 +598,7 @@ impl Inventory {
         let portions: Vec<(DishId, i64)> = lines.iter().map(|l| (l.dish.clone(), i64::from(l.portions))).collect();
         let mut changes = Changes::default();
         self.record_portions(store, &portions, at, &mut changes);
+        self.count_sold(store, &portions, at, now, &mut changes);
         for (sku, n) in &taken {
             self.count_use(store, sku, *n, false, at, now);
         }
@@ -667,6 +701,7 @@ impl Inventory {
         let portions: Vec<(DishId, i64)> = record.lines.iter().map(|(d, p)| (d.clone(), -i64::from(*p))).collect();
         let mut changes = Changes::default();
         self.record_portions(store, &portions, at, &mut changes);
+        self.count_sold(store, &portions, record.at, now, &mut changes);
         // Taken back from the day the sale was counted in.
         for (sku, n) in &record.taken {
             self.count_use(store, sku, -n, false, record.at, now);

@@ -45,7 +45,12 @@ impl Inventory {
             for (device, p) in &state.probes {
                 states.push(Restored::Probe(store.clone(), device.clone(), p.clone()));
             }
+            states.push(Restored::Sold(store.clone(), state.sold.clone()));
+            for (id, r) in &state.promotions {
+                states.push(Restored::Readiness(store.clone(), id.clone(), r.clone()));
+            }
         }
+        states.extend(self.promotions.values().cloned().map(Restored::Promotion));
         states.extend(self.requests.values().cloned().map(Restored::Request));
         states.extend(self.transfers.values().cloned().map(Restored::Transfer));
         states.push(Restored::Chain(self.chain));

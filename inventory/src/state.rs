@@ -223,6 +223,16 @@ pub enum Restored {
         dishsync_protocol::DeviceId,
         crate::planning::coldchain::ProbeState,
     ),
+    /// A store's daily sales per dish.
+    Sold(StoreId, crate::planning::promotion::DailySales),
+    /// A promotion.
+    Promotion(crate::planning::promotion::Promotion),
+    /// A store's readiness for a promotion.
+    Readiness(
+        StoreId,
+        dishsync_protocol::PromotionId,
+        crate::planning::promotion::StoreReadiness,
+    ),
     /// A replenishment request.
     Request(Request),
     /// A transfer.

@@ -33,8 +33,9 @@ pub fn examples() -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use crate::payload::{ActionIn, OverrideIn, SaleIn, StockEventIn, TransferRequestIn};
-    use crate::payload::{TemperatureIn, WeightIn};
+    use crate::payload::{PromotionIn, TemperatureIn, WeightIn};
     use crate::topic::Family;
+    use crate::topic::PromotionAction;
     use crate::{Published, Topic};
     use std::collections::BTreeSet;
 
@@ -46,6 +47,7 @@ mod tests {
             Published::Menu(_) => "store availability",
             Published::Level(_) => "level",
             Published::Variance(_) => "variance",
+            Published::Acks(_) if matches!(topic, Topic::HqAcks { .. }) => "hq acks",
             Published::Acks(_) => "acks",
             Published::Error(_) if matches!(topic, Topic::HqErrors { .. }) => "hq errors",
             Published::Error(_) => "errors",
@@ -56,6 +58,8 @@ mod tests {
             Published::Transfer(_) => "transfer",
             Published::Alert(_) => "alerts",
             Published::Summary(_) => "summary",
+            Published::Promotion(_) => "promotion",
+            Published::StorePromotion(_) => "store promotion",
             Published::Cleared(_) => "cleared",
         }
     }
@@ -110,6 +114,20 @@ mod tests {
                     parse::<TransferRequestIn>(topic, body);
                     "transfer request"
                 }
+                Topic::PromotionAction {
+                    action: PromotionAction::Plan,
+                    ..
+                } => {
+                    parse::<PromotionIn>(topic, body);
+                    "promotion plan"
+                }
+                Topic::PromotionAction {
+                    action: PromotionAction::Cancel,
+                    ..
+                } => {
+                    parse::<ActionIn>(topic, body);
+                    "promotion cancel"
+                }
                 output => match Published::decode(&output, body.as_bytes()) {
                     Ok(published) => published_kind(&output, &published),
                     Err(e) => panic!("topics.md example for {topic}: {e}\n{body}"),
@@ -117,7 +135,7 @@ mod tests {
             };
             kinds.insert(kind);
         }
-        assert_eq!(kinds.len(), 23, "every topic of the contract has an example: {kinds:?}");
+        assert_eq!(kinds.len(), 28, "every topic of the contract has an example: {kinds:?}");
     }
 
     #[test]
@@ -143,6 +161,11 @@ mod tests {
             "stores/{store}/transfers/{id}",
             "stores/{store}/alerts",
             "hq/stores/{store}/summary",
+            "hq/promotions/{promotion}/plan",
+            "hq/promotions/{promotion}/cancel",
+            "hq/promotions/{promotion}",
+            "stores/{store}/promotions/{promotion}",
+            "hq/acks/{device}",
         ] {
             assert!(
                 TOPICS_MD.contains(&format!("`{pattern}`")),

@@ -153,6 +153,10 @@ id_type!(
     DocId, "document", name_char, "a-z, 0-9 and -", MAX_ID_LEN
 );
 id_type!(
+    /// A promotion HQ plans, named by HQ (`truffle-week`).
+    PromotionId, "promotion", name_char, "a-z, 0-9 and -", MAX_ID_LEN
+);
+id_type!(
     /// A client-made unique id of one input (stock event, sale, void, override).
     EventId, "event", event_char, "A-Z, a-z, 0-9 and - _ . :", MAX_ID_LEN
 );
@@ -175,6 +179,12 @@ impl DocId {
     /// The `seq`th transfer of the chain: `tr-{seq}`.
     pub fn transfer(seq: u64) -> DocId {
         DocId(format!("tr-{seq}"))
+    }
+
+    /// A promotion's id as a document id (the same alphabet and bound),
+    /// for the clearing of its retained documents.
+    pub fn promotion(id: &PromotionId) -> DocId {
+        DocId(id.0.clone())
     }
 
     /// The store a replenishment request id (`rq-{store}-{n}`) belongs to.

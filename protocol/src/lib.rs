@@ -27,7 +27,7 @@ pub mod units;
 
 pub mod contract;
 
-pub use ids::{DeviceId, DishId, DocId, EventId, IdError, SkuId, StoreId};
+pub use ids::{DeviceId, DishId, DocId, EventId, IdError, PromotionId, SkuId, StoreId};
 pub use published::Published;
 pub use topic::{Topic, TopicError};
 pub use units::{BaseUnit, Quantity, Unit, UnitError};

@@ -11,7 +11,7 @@ use std::fmt;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DeviceId, DishId, DocId, EventId, SkuId, StoreId};
+use crate::ids::{DeviceId, DishId, DocId, EventId, PromotionId, SkuId, StoreId};
 use crate::units::{BaseUnit, Unit};
 use crate::Millis;
 
@@ -804,6 +804,9 @@ pub enum AlertKind {
     EquipmentFault,
     /// A probe reported nothing for longer than it should.
     ProbeSilent,
+    /// A running promotion's dish is not covered at a store: `at_risk` or
+    /// `short` of its limiting ingredient.
+    PromotionAtRisk,
 }
 
 /// Raised when a condition starts, cleared when it ends.
@@ -929,5 +932,167 @@ pub struct SummaryOut {
     /// +1 with every publication.
     pub rev: u64,
     /// When.
+    pub at: Timestamp,
+}
+
+/// `hq/promotions/{promotion}/plan`: HQ plans a promotion of a dish in
+/// some stores, or plans it anew (the latest plan holds). Exactly one of
+/// `uplift` and `portions_per_day` says the expected demand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionIn {
+    /// Client-made unique id of this plan.
+    pub id: EventId,
+    /// The dish promoted.
+    pub dish: DishId,
+    /// The stores it runs in.
+    pub stores: Vec<StoreId>,
+    /// When it starts.
+    pub start: Timestamp,
+    /// When it ends (after `start`).
+    pub end: Timestamp,
+    /// Expected sales as a multiple of the dish's usual daily sales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplift: Option<f64>,
+    /// Expected portions per store and day (a new dish has no usual sales).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portions_per_day: Option<f64>,
+    /// Who plans it.
+    pub by: DeviceId,
+    /// Free text (≤ 256 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Whether a store can carry a promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Covered with the safety margin.
+    Ready,
+    /// Covered, but inside the safety margin.
+    AtRisk,
+    /// Not covered.
+    Short,
+}
+
+/// Where a promotion stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionState {
+    /// Not started yet.
+    Scheduled,
+    /// Between its start and its end.
+    Running,
+    /// Past its end (final).
+    Ended,
+    /// Called off by HQ (final).
+    Cancelled,
+}
+
+/// One ingredient of a promoted dish at one store, base units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngredientCoverOut {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its base unit.
+    pub unit: BaseUnit,
+    /// What the day judged needs of it: the promotion and everything else
+    /// the store sells that uses it.
+    pub need: i64,
+    /// On hand now.
+    pub on_hand: i64,
+    /// Due before the day judged begins: requested and not received,
+    /// transfers accepted or on their way.
+    pub due: i64,
+    /// (`on_hand` + `due`) ÷ `need`; absent when nothing is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
+}
+
+/// `stores/{store}/promotions/{promotion}` (retained): a store's readiness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorePromotionOut {
+    /// The promotion.
+    pub promotion: PromotionId,
+    /// The store.
+    pub store: StoreId,
+    /// The dish promoted.
+    pub dish: DishId,
+    /// Where the promotion stands.
+    pub state: PromotionState,
+    /// When it starts.
+    pub start: Timestamp,
+    /// When it ends.
+    pub end: Timestamp,
+    /// Portions of the dish expected per day here.
+    pub portions_per_day: f64,
+    /// ready, at_risk or short.
+    pub status: Readiness,
+    /// The lowest coverage of an ingredient; absent when nothing is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
+    /// The ingredient with that coverage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limiting: Option<SkuId>,
+    /// Each ingredient, in recipe order.
+    pub ingredients: Vec<IngredientCoverOut>,
+    /// The replenishment request an early line for it went into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<DocId>,
+    /// The transfer proposed when the central kitchen could not make it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<DocId>,
+    /// +1 with every change.
+    pub rev: u64,
+    /// When it last changed.
+    pub at: Timestamp,
+}
+
+/// A store's line in a promotion's HQ document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromotionStoreOut {
+    /// The store.
+    pub store: StoreId,
+    /// ready, at_risk or short.
+    pub status: Readiness,
+    /// Its lowest coverage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
+    /// The ingredient with that coverage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limiting: Option<SkuId>,
+}
+
+/// `hq/promotions/{promotion}` (retained): a promotion and every store's
+/// readiness, worst first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromotionOut {
+    /// The promotion.
+    pub id: PromotionId,
+    /// The dish promoted.
+    pub dish: DishId,
+    /// Where it stands.
+    pub state: PromotionState,
+    /// When it starts.
+    pub start: Timestamp,
+    /// When it ends.
+    pub end: Timestamp,
+    /// As planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplift: Option<f64>,
+    /// As planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portions_per_day: Option<f64>,
+    /// Who planned it, or called it off.
+    pub by: DeviceId,
+    /// The plan's note, or the cancellation's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Each store, worst first.
+    pub stores: Vec<PromotionStoreOut>,
+    /// +1 with every change.
+    pub rev: u64,
+    /// When it last changed.
     pub at: Timestamp,
 }

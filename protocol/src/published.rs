@@ -4,8 +4,8 @@
 //! over `topics.md`).
 
 use crate::payload::{
-    AckOut, AlertOut, BrokerAlertOut, CatalogOut, DishAvailabilityOut, ErrorOut, LevelOut, MetricsOut, RequestOut,
-    StoreAvailabilityOut, SummaryOut, TransferOut, VarianceOut,
+    AckOut, AlertOut, BrokerAlertOut, CatalogOut, DishAvailabilityOut, ErrorOut, LevelOut, MetricsOut, PromotionOut,
+    RequestOut, StoreAvailabilityOut, StorePromotionOut, SummaryOut, TransferOut, VarianceOut,
 };
 use crate::{DocId, Topic};
 
@@ -28,6 +28,10 @@ pub enum Published {
     Catalog(CatalogOut),
     /// A store's HQ summary.
     Summary(SummaryOut),
+    /// A promotion with every store's readiness, for HQ.
+    Promotion(PromotionOut),
+    /// A store's readiness for a promotion.
+    StorePromotion(StorePromotionOut),
     /// A store's alert, raised or cleared.
     Alert(AlertOut),
     /// The broker's own alert (`hq/alerts`).
@@ -38,8 +42,8 @@ pub enum Published {
     Acks(AckOut),
     /// Why a device's input was refused.
     Error(ErrorOut),
-    /// A finished request or transfer no longer shown: its retained
-    /// document cleared (an empty payload).
+    /// A finished request, transfer or promotion no longer shown: its
+    /// retained document cleared (an empty payload).
     Cleared(DocId),
 }
 
@@ -74,6 +78,11 @@ impl Published {
             {
                 Published::Cleared(id.clone())
             }
+            Topic::HqPromotion { id } | Topic::StorePromotion { id, .. } if payload.is_empty() => {
+                Published::Cleared(DocId::promotion(id))
+            }
+            Topic::HqPromotion { .. } => Published::Promotion(json(topic, payload)?),
+            Topic::StorePromotion { .. } => Published::StorePromotion(json(topic, payload)?),
             Topic::DishAvailability { .. } => Published::Availability(json(topic, payload)?),
             Topic::StoreAvailability { .. } => Published::Menu(json(topic, payload)?),
             Topic::StockLevel { .. } => Published::Level(json(topic, payload)?),
@@ -85,7 +94,7 @@ impl Published {
             Topic::Alerts { .. } => Published::Alert(json(topic, payload)?),
             Topic::BrokerAlerts => Published::BrokerAlert(json(topic, payload)?),
             Topic::BrokerMetrics => Published::Metrics(json(topic, payload)?),
-            Topic::Acks { .. } => Published::Acks(json(topic, payload)?),
+            Topic::Acks { .. } | Topic::HqAcks { .. } => Published::Acks(json(topic, payload)?),
             Topic::Errors { .. } | Topic::HqErrors { .. } => Published::Error(json(topic, payload)?),
             Topic::StockEvents { .. }
             | Topic::Sales { .. }
@@ -96,7 +105,8 @@ impl Published {
             | Topic::ProbeAction { .. }
             | Topic::RequestAction { .. }
             | Topic::TransferRequest { .. }
-            | Topic::TransferAction { .. } => return Err(PublishedError::NotPublished(topic.to_string())),
+            | Topic::TransferAction { .. }
+            | Topic::PromotionAction { .. } => return Err(PublishedError::NotPublished(topic.to_string())),
         })
     }
 
@@ -112,6 +122,8 @@ impl Published {
             Published::Transfer(d) => d.rev,
             Published::Catalog(d) => d.rev,
             Published::Summary(d) => d.rev,
+            Published::Promotion(d) => d.rev,
+            Published::StorePromotion(d) => d.rev,
             Published::Alert(_)
             | Published::BrokerAlert(_)
             | Published::Metrics(_)

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::ids::{DeviceId, DishId, DocId, IdError, SkuId, StoreId};
+use crate::ids::{DeviceId, DishId, DocId, IdError, PromotionId, SkuId, StoreId};
 
 /// Every topic of the dishsync contract.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -180,6 +180,63 @@ pub enum Topic {
         /// The store.
         store: StoreId,
     },
+
+    // ---- promotions ----
+    /// `hq/promotions/{promotion}/{action}` — HQ plans a promotion, or
+    /// calls it off.
+    PromotionAction {
+        /// The promotion.
+        id: PromotionId,
+        /// plan or cancel.
+        action: PromotionAction,
+    },
+    /// `hq/promotions/{promotion}` — a promotion with every store's
+    /// readiness (retained).
+    HqPromotion {
+        /// The promotion.
+        id: PromotionId,
+    },
+    /// `stores/{store}/promotions/{promotion}` — a store's readiness for a
+    /// promotion (retained).
+    StorePromotion {
+        /// The store.
+        store: StoreId,
+        /// The promotion.
+        id: PromotionId,
+    },
+    /// `hq/acks/{device}` — ids of a chain-wide device's inputs that name
+    /// no store, durably committed.
+    HqAcks {
+        /// The device whose inputs are acknowledged.
+        device: DeviceId,
+    },
+}
+
+/// What HQ does with a promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PromotionAction {
+    /// Plans it, or plans it anew (dish, stores, dates, demand).
+    Plan,
+    /// Calls it off.
+    Cancel,
+}
+
+impl PromotionAction {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "plan" => Self::Plan,
+            "cancel" => Self::Cancel,
+            _ => return None,
+        })
+    }
+
+    /// The action's name in topics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plan => "plan",
+            Self::Cancel => "cancel",
+        }
+    }
 }
 
 /// What the central kitchen does with a replenishment request.
@@ -370,6 +427,8 @@ pub mod pattern {
     pub const ACKS: Pattern = Pattern(&["stores", "{store}", "acks", "{device}"]);
     /// `stores/{store}/errors/{device}`: a device's errors.
     pub const ERRORS: Pattern = Pattern(&["stores", "{store}", "errors", "{device}"]);
+    /// `hq/acks/{device}`: a chain-wide device's acks of inputs that name no store.
+    pub const HQ_ACKS: Pattern = Pattern(&["hq", "acks", "{device}"]);
     /// `hq/errors/{device}`: a chain-wide device's errors.
     pub const HQ_ERRORS: Pattern = Pattern(&["hq", "errors", "{device}"]);
     /// `hq/alerts`: the broker's own alerts.
@@ -402,6 +461,12 @@ pub mod pattern {
     pub const PROBE_KEEP: Pattern = Pattern(&["stores", "{store}", "probes", "*", "keep"]);
     /// `stores/{store}/catalog`: a store's catalog.
     pub const CATALOG: Pattern = Pattern(&["stores", "{store}", "catalog"]);
+    /// `hq/promotions/*/*`: HQ plans or calls off a promotion.
+    pub const PROMOTION_ACTION: Pattern = Pattern(&["hq", "promotions", "*", "*"]);
+    /// `hq/promotions/*`: a promotion with every store's readiness.
+    pub const HQ_PROMOTION: Pattern = Pattern(&["hq", "promotions", "*"]);
+    /// `stores/{store}/promotions/*`: a store's readiness for a promotion.
+    pub const STORE_PROMOTION: Pattern = Pattern(&["stores", "{store}", "promotions", "*"]);
 }
 
 /// Topic families of the contract: what permissions are granted on
@@ -420,7 +485,8 @@ pub enum Family {
     Availability,
     /// `stores/{store}/stock/{sku}/level` and `stores/{store}/stock/{sku}/variance`
     Level,
-    /// `stores/{store}/acks/{device}` and `stores/{store}/errors/{device}`
+    /// `stores/{store}/acks/{device}`, `stores/{store}/errors/{device}`,
+    /// `hq/acks/{device}` and `hq/errors/{device}`
     AcksErrors,
     /// `hq/alerts`
     BrokerAlerts,
@@ -440,13 +506,16 @@ pub enum Family {
     ScaleReadings,
     /// `stores/{store}/catalog`
     Catalog,
+    /// `hq/promotions/{promotion}/{action}`, `hq/promotions/{promotion}` and
+    /// `stores/{store}/promotions/{promotion}`
+    Promotions,
     /// `$SYS/dishsync/metrics`
     Metrics,
 }
 
 impl Family {
     /// Every family, in matrix order.
-    pub const ALL: [Family; 17] = [
+    pub const ALL: [Family; 18] = [
         Family::StockEvents,
         Family::Sales,
         Family::Override,
@@ -463,6 +532,7 @@ impl Family {
         Family::Summary,
         Family::ScaleReadings,
         Family::Catalog,
+        Family::Promotions,
         Family::Metrics,
     ];
 
@@ -475,7 +545,9 @@ impl Family {
             Topic::DeviceStatus { .. } => Family::Presence,
             Topic::DishAvailability { .. } | Topic::StoreAvailability { .. } => Family::Availability,
             Topic::StockLevel { .. } | Topic::StockVariance { .. } => Family::Level,
-            Topic::Acks { .. } | Topic::Errors { .. } | Topic::HqErrors { .. } => Family::AcksErrors,
+            Topic::Acks { .. } | Topic::Errors { .. } | Topic::HqErrors { .. } | Topic::HqAcks { .. } => {
+                Family::AcksErrors
+            }
             Topic::BrokerAlerts => Family::BrokerAlerts,
             Topic::BrokerMetrics => Family::Metrics,
             Topic::RequestAction { .. } => Family::RequestActions,
@@ -486,6 +558,9 @@ impl Family {
             Topic::Summary { .. } => Family::Summary,
             Topic::ScaleWeight { .. } | Topic::ProbeTemperature { .. } => Family::ScaleReadings,
             Topic::Catalog { .. } => Family::Catalog,
+            Topic::PromotionAction { .. } | Topic::HqPromotion { .. } | Topic::StorePromotion { .. } => {
+                Family::Promotions
+            }
         }
     }
 
@@ -498,7 +573,7 @@ impl Family {
             Family::Presence => &[pattern::DEVICE_STATUS],
             Family::Availability => &[pattern::DISH_AVAILABILITY, pattern::STORE_AVAILABILITY],
             Family::Level => &[pattern::STOCK_LEVEL, pattern::STOCK_VARIANCE],
-            Family::AcksErrors => &[pattern::ACKS, pattern::ERRORS, pattern::HQ_ERRORS],
+            Family::AcksErrors => &[pattern::ACKS, pattern::ERRORS, pattern::HQ_ACKS, pattern::HQ_ERRORS],
             Family::BrokerAlerts => &[pattern::BROKER_ALERTS],
             Family::Metrics => &[pattern::BROKER_METRICS],
             Family::RequestActions => &[pattern::REQUEST_ACTION],
@@ -509,6 +584,11 @@ impl Family {
             Family::Summary => &[pattern::SUMMARY],
             Family::ScaleReadings => &[pattern::SCALE_WEIGHT, pattern::PROBE_TEMPERATURE],
             Family::Catalog => &[pattern::CATALOG],
+            Family::Promotions => &[
+                pattern::PROMOTION_ACTION,
+                pattern::HQ_PROMOTION,
+                pattern::STORE_PROMOTION,
+            ],
         }
     }
 
@@ -532,6 +612,7 @@ impl Family {
             Family::Summary => "summary",
             Family::ScaleReadings => "sensor readings",
             Family::Catalog => "catalog",
+            Family::Promotions => "promotions",
         }
     }
 }
@@ -546,7 +627,8 @@ impl Topic {
             | Topic::RequestAction { .. }
             | Topic::TransferRequest { .. }
             | Topic::TransferAction { .. }
-            | Topic::ProbeAction { .. } => Direction::Input,
+            | Topic::ProbeAction { .. }
+            | Topic::PromotionAction { .. } => Direction::Input,
             Topic::DeviceStatus { .. } | Topic::ScaleWeight { .. } | Topic::ProbeTemperature { .. } => {
                 Direction::Device
             }
@@ -576,12 +658,16 @@ impl Topic {
             | Topic::Transfer { store, .. }
             | Topic::Alerts { store }
             | Topic::Catalog { store }
+            | Topic::StorePromotion { store, .. }
             | Topic::Summary { store } => store,
             Topic::BrokerAlerts
             | Topic::BrokerMetrics
             | Topic::HqErrors { .. }
+            | Topic::HqAcks { .. }
             | Topic::RequestAction { .. }
-            | Topic::HqRequest { .. } => return None,
+            | Topic::HqRequest { .. }
+            | Topic::PromotionAction { .. }
+            | Topic::HqPromotion { .. } => return None,
         })
     }
 
@@ -611,6 +697,7 @@ impl FromStr for Topic {
         let dish = |i: usize| parts[i].parse::<DishId>().map_err(bad);
         let device = |i: usize| parts[i].parse::<DeviceId>().map_err(bad);
         let doc = |i: usize| parts[i].parse::<DocId>().map_err(bad);
+        let promotion = |i: usize| parts[i].parse::<PromotionId>().map_err(bad);
         let unknown = || TopicError::Unknown(clip(s));
         Ok(match parts.as_slice() {
             ["stores", _, "stock", _, "events"] => Topic::StockEvents {
@@ -646,6 +733,16 @@ impl FromStr for Topic {
             ["hq", "alerts"] => Topic::BrokerAlerts,
             ["$SYS", "dishsync", "metrics"] => Topic::BrokerMetrics,
             ["hq", "errors", _] => Topic::HqErrors { device: device(2)? },
+            ["hq", "acks", _] => Topic::HqAcks { device: device(2)? },
+            ["hq", "promotions", _] => Topic::HqPromotion { id: promotion(2)? },
+            ["hq", "promotions", _, action] => Topic::PromotionAction {
+                id: promotion(2)?,
+                action: PromotionAction::parse(action).ok_or_else(unknown)?,
+            },
+            ["stores", _, "promotions", _] => Topic::StorePromotion {
+                store: store(1)?,
+                id: promotion(3)?,
+            },
             ["stores", _, "catalog"] => Topic::Catalog { store: store(1)? },
             ["hq", "replenishment", _] => Topic::HqRequest { id: doc(2)? },
             ["hq", "replenishment", _, action] => Topic::RequestAction {
@@ -728,6 +825,10 @@ impl fmt::Display for Topic {
             Topic::Transfer { store, id } => write!(f, "stores/{store}/transfers/{id}"),
             Topic::Alerts { store } => write!(f, "stores/{store}/alerts"),
             Topic::Summary { store } => write!(f, "hq/stores/{store}/summary"),
+            Topic::PromotionAction { id, action } => write!(f, "hq/promotions/{id}/{}", action.as_str()),
+            Topic::HqPromotion { id } => write!(f, "hq/promotions/{id}"),
+            Topic::StorePromotion { store, id } => write!(f, "stores/{store}/promotions/{id}"),
+            Topic::HqAcks { device } => write!(f, "hq/acks/{device}"),
         }
     }
 }

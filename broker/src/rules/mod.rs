@@ -106,7 +106,7 @@ struct Group {
     /// Every input with the verdict it will be answered with.
     decided: Vec<(Intake, oneshot::Sender<Verdict>, Verdict)>,
     /// Ids applied in this group (not yet visible in the store).
-    ids: HashMap<(StoreId, EventId), u64>,
+    ids: HashMap<(Option<StoreId>, EventId), u64>,
     /// Sales recorded in this group, for voids in the same group.
     sales: HashMap<(StoreId, EventId), SaleRecord>,
 }
@@ -131,7 +131,7 @@ impl Group {
 fn throttle(doc: &Document) -> Option<Duration> {
     match doc {
         Document::Menu(_) => Some(MENU_INTERVAL),
-        Document::Summary(_) => Some(Duration::from_secs(1)),
+        Document::Summary(_) | Document::Promotion(_) => Some(Duration::from_secs(1)),
         _ => None,
     }
 }
@@ -329,7 +329,7 @@ impl Rules {
 
     /// Applies one input (unless its id was seen) and says how to answer it.
     fn decide(&mut self, intake: &Intake, now: dishsync_protocol::Millis) -> Result<Verdict, StoreError> {
-        let store = intake.input.store().clone();
+        let store = intake.input.store().cloned();
         let id = intake.input.id().clone();
         let fingerprint = intake.input.fingerprint();
         let key = (store.clone(), id.clone());
@@ -337,7 +337,7 @@ impl Rules {
         let prior = match self.group.ids.get(&key) {
             _ if !indexed => None,
             Some(fp) => Some(*fp),
-            None => self.store.fingerprint(&store, &id)?,
+            None => self.store.fingerprint(store.as_ref(), &id)?,
         };
         match prior {
             Some(fp) if fp == fingerprint => return Ok(Verdict::Duplicate),
@@ -363,16 +363,16 @@ impl Rules {
         };
         let commit = self.group.open_commit(&self.store)?;
         if indexed {
-            commit.event_id(&store, &id, fingerprint, now)?;
+            commit.event_id(store.as_ref(), &id, fingerprint, now)?;
         }
         commit.ledger(&outcome.entries)?;
-        if let Some((sale_id, record)) = &outcome.sale {
-            commit.sale(&store, sale_id, record)?;
+        if let (Some(store), Some((sale_id, record))) = (&store, &outcome.sale) {
+            commit.sale(store, sale_id, record)?;
         }
         if indexed {
             self.group.ids.insert(key, fingerprint);
         }
-        if let Some((sale_id, record)) = outcome.sale {
+        if let (Some(store), Some((sale_id, record))) = (store, outcome.sale) {
             self.group.sales.insert((store, sale_id), record);
         }
         self.group.changes.merge(outcome.changes);
@@ -426,10 +426,10 @@ impl Rules {
         }
         crate::metrics::METRICS.group_committed(decided.len());
         let mut after = Vec::new();
-        let mut acks: BTreeMap<(StoreId, DeviceId), Vec<EventId>> = BTreeMap::new();
+        let mut acks: BTreeMap<(Option<StoreId>, DeviceId), Vec<EventId>> = BTreeMap::new();
         let mut replies = Vec::with_capacity(decided.len());
         for (intake, reply, verdict) in decided {
-            let store = intake.input.store().clone();
+            let store = intake.input.store().cloned();
             match &verdict {
                 Verdict::Applied | Verdict::Duplicate if intake.input.is_event() => {
                     acks.entry((store, intake.device.clone()))
@@ -440,8 +440,8 @@ impl Rules {
                 Verdict::Rejected(r) => {
                     let topic = intake.input.topic().to_string();
                     let id = Some(intake.input.id().to_string());
-                    log_refusal(Some(intake.input.store()), &intake.device, &topic, id.as_deref(), r);
-                    after.extend(render::error(Some(intake.input.store()), &intake.device, &topic, id, r));
+                    log_refusal(intake.input.store(), &intake.device, &topic, id.as_deref(), r);
+                    after.extend(render::error(intake.input.store(), &intake.device, &topic, id, r));
                 }
             }
             replies.push((reply, verdict));

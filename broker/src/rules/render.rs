@@ -52,9 +52,14 @@ pub fn everything(inv: &Inventory, now: Millis) -> Vec<Message> {
         .collect()
 }
 
-/// The acks of `ids` to `device` in `store`.
-pub fn acks(store: StoreId, device: DeviceId, ids: Vec<EventId>) -> Option<Message> {
-    Message::json(Topic::Acks { store, device }, &AckOut { ids }, false)
+/// The acks of `ids` to `device` in `store` (`None`: a chain-wide input's,
+/// on `hq/acks/{device}`).
+pub fn acks(store: Option<StoreId>, device: DeviceId, ids: Vec<EventId>) -> Option<Message> {
+    let topic = match store {
+        Some(store) => Topic::Acks { store, device },
+        None => Topic::HqAcks { device },
+    };
+    Message::json(topic, &AckOut { ids }, false)
 }
 
 /// The error report of a refused input, on the device's errors topic in

@@ -288,7 +288,7 @@ mod tests {
             async move {
                 let mut c = store.begin().expect("store");
                 let id: EventId = format!("e{n}").parse().expect("id");
-                c.event_id(&s1, &id, n, 0).expect("store");
+                c.event_id(Some(&s1), &id, n, 0).expect("store");
                 store.commit(c).await.expect("store");
             }
         };
@@ -311,10 +311,14 @@ mod tests {
         let back = Store::open_with(&restored, None).expect("the restored store opens");
         for n in 1..=5 {
             let id: EventId = format!("e{n}").parse().expect("id");
-            assert_eq!(back.fingerprint(&s1, &id).expect("store"), Some(n), "e{n}");
+            assert_eq!(back.fingerprint(Some(&s1), &id).expect("store"), Some(n), "e{n}");
         }
         let later: EventId = "e6".parse().expect("id");
-        assert_eq!(back.fingerprint(&s1, &later).expect("store"), None, "after its moment");
+        assert_eq!(
+            back.fingerprint(Some(&s1), &later).expect("store"),
+            None,
+            "after its moment"
+        );
         // Over a directory in use, a damaged or a cut backup: refused.
         assert!(Store::restore(&path, &live).is_err());
         let mut damaged = file.clone();

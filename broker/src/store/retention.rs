@@ -514,7 +514,7 @@ mod tests {
         let mut c = db.begin().expect("store");
         for i in 0..n {
             let applied = if i % 2 == 0 { 10 * DAYS } else { 90 * DAYS };
-            c.event_id(&s1, &id(&format!("e{i}")), i as u64, applied)
+            c.event_id(Some(&s1), &id(&format!("e{i}")), i as u64, applied)
                 .expect("store");
         }
         db.commit(c).await.expect("store");
@@ -524,7 +524,7 @@ mod tests {
         db.db()
             .insert(b"i/s1/legacy", postcard::to_allocvec(&7u64).expect("encodes"))
             .expect("insert");
-        assert_eq!(db.fingerprint(&s1, &legacy).expect("read"), Some(7));
+        assert_eq!(db.fingerprint(Some(&s1), &legacy).expect("read"), Some(7));
 
         let done = db
             .compact::<Letter>(&only(None, keep(35), None), NOW)
@@ -532,11 +532,11 @@ mod tests {
         assert_eq!(done.event_ids, n.div_ceil(2) as u64);
         assert_eq!(done.event_ids_stamped, 1);
         for i in [0, 1, 2, 3, n - 2, n - 1] {
-            let kept = db.fingerprint(&s1, &id(&format!("e{i}"))).expect("read");
+            let kept = db.fingerprint(Some(&s1), &id(&format!("e{i}"))).expect("read");
             assert_eq!(kept, (i % 2 == 1).then_some(i as u64), "e{i}");
         }
         // The old-layout id is stamped now: kept a whole window from here.
-        assert_eq!(db.fingerprint(&s1, &legacy).expect("read"), Some(7));
+        assert_eq!(db.fingerprint(Some(&s1), &legacy).expect("read"), Some(7));
         let later = db
             .compact::<Letter>(&only(None, keep(35), None), NOW + 20 * DAYS)
             .expect("compacts");
@@ -549,7 +549,7 @@ mod tests {
             (n / 2) as u64 + 1,
             "the recent ones and the stamped one"
         );
-        assert_eq!(db.fingerprint(&s1, &legacy).expect("read"), None);
+        assert_eq!(db.fingerprint(Some(&s1), &legacy).expect("read"), None);
     }
 
     #[tokio::test]

@@ -80,6 +80,7 @@ fn kind_words(kind: AlertKind) -> &'static str {
         AlertKind::UsageVariance => "Usage variance",
         AlertKind::EquipmentFault => "Equipment fault",
         AlertKind::ProbeSilent => "Probe silent",
+        AlertKind::PromotionAtRisk => "Promotion at risk",
     }
 }
 

@@ -23,8 +23,9 @@
 //! changes), `cost` (waste and use in money), `variance` (usage
 //! variance from count to count), `movers` (slow movers and the days of
 //! use they are judged by), `coldchain` (fridges and freezers, and the
-//! stock their faults put at risk) and `views` (the documents of requests, transfers and the HQ
-//! summary).
+//! stock their faults put at risk), `promotion` (whether each store can
+//! carry a promotion HQ plans, and what it raises when it cannot) and
+//! `views` (the documents of requests, transfers and the HQ summary).
 
 pub mod actions;
 pub mod alerts;
@@ -35,6 +36,7 @@ pub mod freshness;
 pub mod movers;
 pub mod pass;
 mod plan;
+pub mod promotion;
 mod time;
 mod timers;
 pub mod variance;

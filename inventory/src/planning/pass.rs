@@ -41,6 +41,23 @@ impl Inventory {
         for (store, dish) in dishes {
             self.check_dish(&store, &dish, now, changes);
         }
+        let touched = self.touched(changes);
+        if !self.promotions.is_empty() {
+            self.review_promotions(Some(&touched), now, changes);
+        }
+        // Again: a promotion may have raised a request or a transfer.
+        for store in self.touched(changes) {
+            if let Some(state) = self.stores.get_mut(&store) {
+                state.plan.summary_rev += 1;
+                changes.plan(store.clone());
+                changes.summary(store);
+            }
+        }
+    }
+
+    /// The stores whose levels, dishes, plans, requests or transfers
+    /// `changes` names.
+    fn touched(&self, changes: &Changes) -> BTreeSet<StoreId> {
         let mut touched: BTreeSet<StoreId> = changes.levels().map(|(s, _)| s.clone()).collect();
         touched.extend(changes.dishes().map(|(s, _)| s.clone()));
         touched.extend(changes.plans().cloned());
@@ -55,13 +72,7 @@ impl Inventory {
                 touched.insert(t.to.clone());
             }
         }
-        for store in touched {
-            if let Some(state) = self.stores.get_mut(&store) {
-                state.plan.summary_rev += 1;
-                changes.plan(store.clone());
-                changes.summary(store);
-            }
-        }
+        touched
     }
 
     /// The condition pass over every SKU and dish of the chain, as if each
@@ -360,10 +371,11 @@ impl Inventory {
         false
     }
 
-    /// What `store` can give of `sku` and stay at or above its reorder point.
+    /// What `store` can give of `sku` and stay at or above its reorder
+    /// point, and keep what its own promotions need of it.
     pub(crate) fn surplus(&self, store: &StoreId, sku: &SkuId) -> Option<i64> {
         let rp = self.catalog.store(store)?.stock.get(sku)?.reorder_point;
         let level = self.stores.get(store)?.skus.get(sku)?.ledger.qty();
-        Some(level - rp)
+        Some(level - rp.max(self.promotion_reserve(store, sku)))
     }
 }

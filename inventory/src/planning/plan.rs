@@ -3,7 +3,7 @@
 //! from the slices the rules keep.
 
 use dishsync_protocol::payload::{RequestLine, RequestState, TransferState};
-use dishsync_protocol::{DeviceId, DishId, DocId, Millis, SkuId, StoreId};
+use dishsync_protocol::{DeviceId, DishId, DocId, Millis, PromotionId, SkuId, StoreId};
 use serde::{Deserialize, Serialize};
 
 pub(crate) const MINUTE: Millis = 60_000;
@@ -169,6 +169,19 @@ pub enum Retired {
         store: StoreId,
         /// The SKU.
         sku: SkuId,
+    },
+    /// A promotion over for a day: its HQ document is cleared.
+    Promotion {
+        /// The promotion.
+        id: PromotionId,
+    },
+    /// A store's readiness for a promotion that is over for a day, or that
+    /// a new plan left the store out of.
+    Readiness {
+        /// The store.
+        store: StoreId,
+        /// The promotion.
+        id: PromotionId,
     },
 }
 

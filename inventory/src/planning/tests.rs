@@ -1287,3 +1287,5 @@ proptest! {
         prop_assert!(booked >= 0);
     }
 }
+
+mod promotion;

@@ -64,4 +64,18 @@ impl Inventory {
         }
         earliest
     }
+
+    /// The central kitchen's next delivery after the one at `delivery`:
+    /// its next window; with no windows (it delivers whenever the lead
+    /// time allows) an hour later, the slack an order placed on the tick
+    /// is given.
+    pub(crate) fn delivery_after(&self, delivery: Millis) -> Millis {
+        let kitchen = &self.catalog.planning().kitchen;
+        let day = self.local_day(delivery);
+        (day..day + 2)
+            .flat_map(|d| kitchen.windows.iter().map(move |&w| (d, i64::from(w))))
+            .map(|(d, w)| self.at_local(d, w))
+            .find(|&t| t > delivery)
+            .unwrap_or(delivery + 60 * MINUTE)
+    }
 }

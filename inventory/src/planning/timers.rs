@@ -88,6 +88,9 @@ impl Inventory {
         self.requests.retain(|_, r| r.is_shown(now));
         self.transfers.retain(|_, t| t.is_shown(now));
         self.watch_probes(now, &mut changes);
+        // The day a promotion is judged by moves with time.
+        self.review_promotions(None, now, &mut changes);
+        self.retire_promotions(now, &mut changes);
         self.finish(now, &mut changes);
         self.persist_rolled(&mut changes);
         changes

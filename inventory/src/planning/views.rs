@@ -81,6 +81,11 @@ impl Inventory {
         self.stores.get(store).map(|s| &s.history)
     }
 
+    /// A store's portions sold per dish, today and its last days.
+    pub fn daily_sales(&self, store: &StoreId) -> Option<&super::promotion::DailySales> {
+        self.stores.get(store).map(|s| &s.sold)
+    }
+
     /// The HQ summary of a store.
     pub fn summary_out(&self, store: &StoreId, now: Millis) -> Option<SummaryOut> {
         let state = self.stores.get(store)?;

@@ -68,6 +68,7 @@ fn filters(family: Family, store: &str, device: &str) -> Vec<(String, bool)> {
             (format!("stores/{store}/errors/{device}"), true),
             (format!("stores/{store}/acks/+"), false),
             (format!("hq/errors/{device}"), true),
+            (format!("hq/acks/{device}"), true),
         ],
         Family::BrokerAlerts => vec![("hq/alerts".to_string(), false)],
         Family::Metrics => vec![("$SYS/dishsync/metrics".to_string(), false)],
@@ -90,6 +91,10 @@ fn filters(family: Family, store: &str, device: &str) -> Vec<(String, bool)> {
             (format!("stores/{store}/scales/+/weight"), false),
         ],
         Family::Catalog => vec![(format!("stores/{store}/catalog"), false)],
+        Family::Promotions => vec![
+            (format!("stores/{store}/promotions/+"), false),
+            ("hq/promotions/+".to_string(), false),
+        ],
     }
 }
 
