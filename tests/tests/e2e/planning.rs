@@ -814,3 +814,160 @@ async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> R
     assert_eq!(wasted, [(-3_000, Some("equipment_failure".to_string()))]);
     Ok(())
 }
+
+/// A promotion's plan, starting `start_in` from now and running a day.
+fn promotion_plan(id: &str, dish: &str, stores: &[&str], start_in: std::time::Duration) -> Value {
+    use dishsync_protocol::payload::Timestamp;
+    let start = Timestamp::now().0 + start_in.as_millis() as i64;
+    json!({
+        "id": id, "dish": dish, "stores": stores, "portions_per_day": 10,
+        "start": Timestamp(start).to_string(), "end": Timestamp(start + 86_400_000).to_string(),
+        "by": "hq-1", "note": "burger night",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hq_plans_a_promotion_and_every_store_sees_its_readiness_across_a_kill() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let config = planning_chain(10.0);
+    let mut broker = BrokerProcess::start(&config, &data)?;
+    let mut hq = Client::connect(broker.addr, "hq-1").await?;
+    for filter in [
+        "hq/promotions/+",
+        "stores/+/promotions/+",
+        "hq/acks/hq-1",
+        "hq/errors/hq-1",
+        "hq/replenishment/+",
+    ] {
+        hq.subscribe(filter, QoS::AtLeastOnce).await?;
+    }
+    // A dish that does not exist: refused on HQ's errors topic, nothing shown.
+    let hours = |h: u64, m: u64| std::time::Duration::from_secs(h * 3600 + m * 60);
+    let bad = promotion_plan("plan-0", "pizza", &["s1"], hours(10, 30));
+    hq.publish_json("hq/promotions/p1/plan", &bad, QoS::AtLeastOnce).await?;
+    let error = hq.wait_latest("hq/errors/hq-1", |e| e["id"] == json!("plan-0")).await?;
+    assert_eq!(
+        (error["code"].clone(), error["topic"].clone()),
+        (json!("unknown_dish"), json!("hq/promotions/p1/plan"))
+    );
+
+    // Ten hours of the kitchen's lead time and 30 minutes before it starts:
+    // the next delivery is the last in time, so a short store's line goes
+    // now. s1 has 5 patties of the 10 a day needs; s2 opened empty, but its
+    // opening request arrives in time.
+    let plan = promotion_plan("plan-1", "burger", &["s1", "s2"], hours(10, 30));
+    hq.publish_json("hq/promotions/p1/plan", &plan, QoS::ExactlyOnce)
+        .await?;
+    hq.wait_until("the plan's ack", |seen| {
+        seen.iter().any(|m| {
+            m.topic == "hq/acks/hq-1"
+                && m.json["ids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.contains(&json!("plan-1")))
+        })
+    })
+    .await?;
+    let early = hq
+        .wait_latest("hq/replenishment/rq-s1-1", |d| d["state"] == json!("open"))
+        .await?;
+    assert_eq!(
+        early["lines"],
+        json!([{"sku": "patty", "qty": 7, "unit": "pcs", "received": false}]),
+        "⌈10 × 1.2⌉ − 5"
+    );
+    assert!(
+        early["reason"].as_str().is_some_and(|r| r.contains("promotion p1")),
+        "{early}"
+    );
+    let s1 = hq
+        .wait_latest("stores/s1/promotions/p1", |d| d["request"] == json!("rq-s1-1"))
+        .await?;
+    assert_eq!(
+        (s1["status"].clone(), s1["coverage"].clone(), s1["state"].clone()),
+        (json!("ready"), json!(1.2), json!("scheduled"))
+    );
+    assert_eq!(
+        s1["ingredients"][0],
+        json!({"sku": "patty", "unit": "pcs", "need": 10, "on_hand": 5, "due": 7, "coverage": 1.2})
+    );
+    let s2 = hq.wait_latest("stores/s2/promotions/p1", |_| true).await?;
+    assert_eq!(
+        (s2["status"].clone(), s2["limiting"].clone(), s2["coverage"].clone()),
+        (json!("at_risk"), json!("patty"), json!(1.0))
+    );
+    let shown = hq
+        .wait_latest("hq/promotions/p1", |d| {
+            d["stores"].as_array().is_some_and(|s| s.len() == 2) && d["stores"][1]["status"] == json!("ready")
+        })
+        .await?;
+    let order: Vec<&str> = shown["stores"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["store"].as_str())
+        .collect();
+    assert_eq!(order, ["s2", "s1"], "worst first");
+
+    // The same plan again is acked and changes nothing.
+    let acks_before = hq.all_on("hq/acks/hq-1").len();
+    hq.publish_json("hq/promotions/p1/plan", &plan, QoS::ExactlyOnce)
+        .await?;
+    hq.wait_until("the repeat's ack", |seen| {
+        seen.iter().filter(|m| m.topic == "hq/acks/hq-1").count() > acks_before
+    })
+    .await?;
+    let rev = shown["rev"].clone();
+
+    drop(hq);
+    broker.kill();
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut hq = Client::connect(broker.addr, "hq-1").await?;
+    for filter in [
+        "hq/promotions/+",
+        "stores/+/promotions/+",
+        "hq/acks/hq-1",
+        "hq/replenishment/+",
+    ] {
+        hq.subscribe(filter, QoS::AtLeastOnce).await?;
+    }
+    let back = hq.wait_latest("hq/promotions/p1", |_| true).await?;
+    assert_eq!(
+        (back["rev"].clone(), back["stores"].clone()),
+        (rev, shown["stores"].clone()),
+        "as it was"
+    );
+    let s1_back = hq.wait_latest("stores/s1/promotions/p1", |_| true).await?;
+    assert_eq!(s1_back["rev"], s1["rev"]);
+    // Re-judged on its first tick, nothing more is asked of the kitchen.
+    let requests: Vec<String> = hq
+        .seen
+        .iter()
+        .filter(|m| m.topic.starts_with("hq/replenishment/rq-s1"))
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(requests.iter().all(|t| t == "hq/replenishment/rq-s1-1"), "{requests:?}");
+
+    // Called off: both documents say so, the HQ one names who.
+    hq.publish_json(
+        "hq/promotions/p1/cancel",
+        &json!({"id": "cancel-1", "by": "hq-1", "note": "supplier recall"}),
+        QoS::ExactlyOnce,
+    )
+    .await?;
+    let off = hq
+        .wait_latest("hq/promotions/p1", |d| d["state"] == json!("cancelled"))
+        .await?;
+    assert_eq!(off["note"], json!("supplier recall"));
+    hq.wait_latest("stores/s2/promotions/p1", |d| d["state"] == json!("cancelled"))
+        .await?;
+    hq.wait_until("the cancellation's ack", |seen| {
+        seen.iter().any(|m| {
+            m.topic == "hq/acks/hq-1"
+                && m.json["ids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.contains(&json!("cancel-1")))
+        })
+    })
+    .await?;
+    Ok(())
+}
