@@ -229,7 +229,7 @@ fn ready(slot: &Slot) -> Result<&Api, ApiError> {
 }
 
 /// Every input route: `POST`, its path the input's topic.
-pub const INPUT_ROUTES: [&str; 8] = [
+pub const INPUT_ROUTES: [&str; 10] = [
     "/api/v1/stores/{store}/stock/{sku}/events",
     "/api/v1/stores/{store}/sales",
     "/api/v1/stores/{store}/dishes/{dish}/override",
@@ -238,6 +238,8 @@ pub const INPUT_ROUTES: [&str; 8] = [
     "/api/v1/stores/{store}/transfers/request",
     "/api/v1/stores/{store}/transfers/{transfer}/{action}",
     "/api/v1/hq/replenishment/{request}/{action}",
+    "/api/v1/hq/promotions/{promotion}/plan",
+    "/api/v1/hq/promotions/{promotion}/cancel",
 ];
 
 /// The day's sales in one request.
@@ -265,7 +267,7 @@ pub const WEBHOOKS_ROUTE: &str = "/api/v1/webhooks";
 pub const DEAD_LETTERS_ROUTE: &str = "/api/v1/webhooks/{webhook}/dead-letters";
 
 /// Every single-document route: `GET`, its path the document's topic.
-pub const DOCUMENT_ROUTES: [&str; 9] = [
+pub const DOCUMENT_ROUTES: [&str; 11] = [
     "/api/v1/stores/{store}/availability",
     "/api/v1/stores/{store}/dishes/{dish}/availability",
     "/api/v1/stores/{store}/catalog",
@@ -275,11 +277,13 @@ pub const DOCUMENT_ROUTES: [&str; 9] = [
     "/api/v1/stores/{store}/transfers/{transfer}",
     "/api/v1/hq/replenishment/{request}",
     "/api/v1/hq/stores/{store}/summary",
+    "/api/v1/stores/{store}/promotions/{promotion}",
+    "/api/v1/hq/promotions/{promotion}",
 ];
 
 /// Every collection route: `GET`, the documents under a filter (path,
 /// filter with `{store}` from the path, the key of the list).
-pub const COLLECTION_ROUTES: [(&str, &str, &str); 7] = [
+pub const COLLECTION_ROUTES: [(&str, &str, &str); 9] = [
     ("/api/v1/stores/{store}/stock", "stores/{store}/stock/+/level", "levels"),
     (
         "/api/v1/stores/{store}/variance",
@@ -303,6 +307,12 @@ pub const COLLECTION_ROUTES: [(&str, &str, &str); 7] = [
     ),
     ("/api/v1/hq/replenishment", "hq/replenishment/+", "requests"),
     ("/api/v1/hq/stores", "hq/stores/+/summary", "summaries"),
+    (
+        "/api/v1/stores/{store}/promotions",
+        "stores/{store}/promotions/+",
+        "promotions",
+    ),
+    ("/api/v1/hq/promotions", "hq/promotions/+", "promotions"),
 ];
 
 /// The API's routes, serving from `slot` once it is filled.

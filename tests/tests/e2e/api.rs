@@ -909,3 +909,118 @@ async fn a_probe_reports_over_http_and_the_kitchen_decides_there() -> Result<()>
     );
     Ok(())
 }
+
+/// HQ's planning system plans a promotion over HTTP: applied once however
+/// often it is sent, refused in words where it does not fit, read back as
+/// the documents MQTT carries, and out of reach of a store's integration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_is_planned_read_and_called_off_over_http() -> Result<()> {
+    let (_tmp, data) = temp_data_dir()?;
+    let (planner, planner_hash) = dishsync_broker::api::integrations::mint_token()?;
+    let (erp, erp_hash) = dishsync_broker::api::integrations::mint_token()?;
+    let config = format!(
+        "{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[integrations]]\nid = \"planner\"\nrole = \"hq\"\ntoken_sha256 = \"{planner_hash}\"\n\n\
+         [[integrations]]\nid = \"erp\"\nrole = \"manager\"\nstores = [\"s1\"]\ntoken_sha256 = \"{erp_hash}\"\n",
+        crate::planning::planning_chain(10.0)
+    );
+    let broker = BrokerProcess::start(&config, &data)?;
+    let web = broker.web_addr.context("the web address")?;
+    let api = |path: &str| format!("http://{web}/api/v1/{path}");
+    let mut mqtt = Client::connect(broker.addr, "watcher").await?;
+    mqtt.subscribe("hq/promotions/+", QoS::AtLeastOnce).await?;
+    mqtt.subscribe("stores/+/promotions/+", QoS::AtLeastOnce).await?;
+
+    let mut plan = crate::planning::promotion_plan(
+        "plan-1",
+        "burger",
+        &["s1", "s2"],
+        std::time::Duration::from_secs(2 * 86_400),
+    );
+    plan["by"] = json!("planner");
+    // A store's integration may not plan for the chain.
+    let refused = post_json(&api("hq/promotions/p1/plan"), Some(&erp), &plan)?;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    // Both demands at once: refused in words, nothing applied.
+    let mut both = plan.clone();
+    both["uplift"] = json!(2.0);
+    let bad = post_json(&api("hq/promotions/p1/plan"), Some(&planner), &both)?;
+    assert_eq!(
+        (bad.status, &bad.body["code"]),
+        (422, &json!("invalid_field")),
+        "{}",
+        bad.body
+    );
+    assert!(bad.body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("exactly one of uplift and portions_per_day")));
+    let none = call("GET", &api("hq/promotions/p1"), Some(&planner), &[], None)?;
+    assert_eq!(none.status, 404, "{}", none.body);
+
+    let first = post_json(&api("hq/promotions/p1/plan"), Some(&planner), &plan)?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let again = post_json(&api("hq/promotions/p1/plan"), Some(&planner), &plan)?;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(
+        again.headers.get("idempotent-replayed").map(String::as_str),
+        Some("true")
+    );
+    let hq = shown(&mut mqtt, "hq/promotions/p1", &api("hq/promotions/p1"), &planner, |d| {
+        d["stores"].as_array().is_some_and(|s| s.len() == 2)
+    })
+    .await?;
+    assert_eq!(
+        (hq["rev"].clone(), hq["by"].clone()),
+        (json!(1), json!("planner")),
+        "applied once: {hq}"
+    );
+    // s1 has 5 patties of the 10 a day needs, two days ahead: short, no
+    // line yet.
+    let s1 = shown(
+        &mut mqtt,
+        "stores/s1/promotions/p1",
+        &api("stores/s1/promotions/p1"),
+        &erp,
+        |d| d["status"] == json!("short"),
+    )
+    .await?;
+    assert_eq!(
+        (s1["limiting"].clone(), s1["coverage"].clone()),
+        (json!("patty"), json!(0.5))
+    );
+    assert!(s1.get("request").is_none(), "too early for a line: {s1}");
+    let listed = call("GET", &api("stores/s1/promotions"), Some(&erp), &[], None)?;
+    assert_eq!(
+        listed.body["promotions"][0]["promotion"],
+        json!("p1"),
+        "{}",
+        listed.body
+    );
+    let other = call("GET", &api("stores/s2/promotions/p1"), Some(&erp), &[], None)?;
+    assert_eq!(other.status, 403, "another store's: {}", other.body);
+    let all = call("GET", &api("hq/promotions"), Some(&planner), &[], None)?;
+    assert_eq!(all.body["promotions"][0]["id"], json!("p1"), "{}", all.body);
+
+    let off = post_json(
+        &api("hq/promotions/p1/cancel"),
+        Some(&planner),
+        &json!({"id": "cancel-1", "by": "planner", "note": "menu change"}),
+    )?;
+    assert_eq!(off.status, 200, "{}", off.body);
+    shown(&mut mqtt, "hq/promotions/p1", &api("hq/promotions/p1"), &planner, |d| {
+        d["state"] == json!("cancelled") && d["note"] == json!("menu change")
+    })
+    .await?;
+    let late = post_json(
+        &api("hq/promotions/p1/cancel"),
+        Some(&planner),
+        &json!({"id": "cancel-2", "by": "planner"}),
+    )?;
+    assert_eq!(
+        (late.status, &late.body["code"]),
+        (422, &json!("invalid_transition")),
+        "{}",
+        late.body
+    );
+    Ok(())
+}

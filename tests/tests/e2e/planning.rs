@@ -816,7 +816,7 @@ async fn a_fridge_fault_puts_its_beef_at_risk_and_a_discard_books_it_once() -> R
 }
 
 /// A promotion's plan, starting `start_in` from now and running a day.
-fn promotion_plan(id: &str, dish: &str, stores: &[&str], start_in: std::time::Duration) -> Value {
+pub(crate) fn promotion_plan(id: &str, dish: &str, stores: &[&str], start_in: std::time::Duration) -> Value {
     use dishsync_protocol::payload::Timestamp;
     let start = Timestamp::now().0 + start_in.as_millis() as i64;
     json!({
