@@ -207,6 +207,7 @@ impl View {
                 "hq/stores/+/summary".into(),
                 "stores/+/catalog".into(),
                 "stores/+/devices/+/status".into(),
+                "hq/promotions/+".into(),
             ],
             View::Store => vec![
                 format!("stores/{s}/catalog"),
@@ -222,6 +223,7 @@ impl View {
                 format!("stores/{s}/replenishment/+"),
                 format!("stores/{s}/stock/+/level"),
                 format!("stores/{s}/stock/+/variance"),
+                format!("stores/{s}/promotions/+"),
             ],
             View::Kitchen => vec![
                 format!("stores/{s}/catalog"),

@@ -571,3 +571,81 @@ async fn a_tap_made_while_the_broker_is_down_is_applied_when_it_is_back() -> Res
     .await?;
     Ok(())
 }
+
+/// HQ plans a promotion from the browser and sees each store's readiness
+/// come in; the store's manager sees it per ingredient on the phone; HQ
+/// calls it off, and the record names the person who did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hq_plans_a_promotion_in_the_browser_and_the_store_sees_its_readiness() -> Result<()> {
+    let (tmp, data) = temp_data_dir()?;
+    let config = format!(
+        "{}\n[web]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        crate::planning::planning_chain(10.0),
+        users(&[("hq-anna", "hq", None), ("mgr-one", "store_manager", Some("s1"))])?
+    );
+    let broker = BrokerProcess::start(&config, &data)?;
+    let web = broker.web_addr.context("web")?;
+    let mut mqtt = Client::connect(broker.addr, "watcher").await?;
+    mqtt.subscribe("hq/promotions/+", QoS::AtLeastOnce).await?;
+
+    let driver = Driver::start()?;
+    let hq = driver.browser(1280, 900, &tmp.path().join("hq"))?;
+    hq.log_in(web, "hq-anna", PASSWORD)?;
+    hq.wait_until("the HQ view", "return location.pathname === '/hq';")?;
+    live(&hq)?;
+    hq.wait_for("form.plan-promotion input[name=store][value=s2]", |_| true)?;
+    let id = hq.wait_for("form.plan-promotion input[name=promotion]", |_| true)?;
+    hq.type_into(&id, "burger-week")?;
+    let amount = hq.wait_for("form.plan-promotion input[name=amount]", |_| true)?;
+    hq.type_into(&amount, "10")?;
+    // Two days ahead, for a day, in the store's clock (UTC here).
+    hq.execute(
+        "const f = document.querySelector('form.plan-promotion');
+         const local = (days) => new Date(Date.now() + days * 86400000).toISOString().slice(0, 16);
+         f.elements.start.value = local(2); f.elements.end.value = local(3);
+         f.dispatchEvent(new Event('input', { bubbles: true }));",
+        &[],
+    )?;
+    let plan = hq.wait_for("form.plan-promotion button[type=submit]", |_| true)?;
+    hq.click(&plan)?;
+    hq.wait_for(".outcome[data-key='promotion-plan-burger-week']", |t| t == "done")?;
+    // s1 has 5 patties of the 10 a day needs: short, on patties.
+    hq.wait_for("li[data-promotion='burger-week'] tr[data-store=s1] td.coverage", |t| {
+        t == "50%"
+    })?;
+    let row = hq.wait_for("li[data-promotion='burger-week'] tr[data-store=s1]", |_| true)?;
+    let text = hq.text(&row)?;
+    assert!(text.contains("short") && text.contains("patty"), "{text}");
+    hq.screenshot(&screenshots().join("hq-promotion-desktop.png"))?;
+
+    let manager = driver.browser(390, 844, &tmp.path().join("manager"))?;
+    manager.log_in(web, "mgr-one", PASSWORD)?;
+    manager.wait_until(
+        "the manager's view",
+        "return location.pathname === '/stores/s1/manager';",
+    )?;
+    live(&manager)?;
+    let patty = manager.wait_for("li[data-promotion='burger-week'] tr[data-sku=patty]", |t| {
+        t.contains("50%")
+    })?;
+    let patty = manager.text(&patty)?;
+    assert!(
+        patty.contains("10 pcs") && patty.contains("5 pcs"),
+        "need 10, on hand 5: {patty}"
+    );
+    manager.execute(
+        "document.querySelector(\"li[data-promotion='burger-week']\").scrollIntoView();",
+        &[],
+    )?;
+    manager.screenshot(&screenshots().join("manager-promotion-phone.png"))?;
+
+    let off = hq.wait_for("li[data-promotion='burger-week'] button.call-off", |_| true)?;
+    hq.click(&off)?;
+    hq.wait_for(".outcome[data-key='promotion-cancel-burger-week']", |t| t == "done")?;
+    let record = mqtt
+        .wait_latest("hq/promotions/burger-week", |d| d["state"] == json!("cancelled"))
+        .await?;
+    assert_eq!(record["by"], json!("hq-anna"), "{record}");
+    manager.wait_for("li[data-promotion='burger-week']", |t| t.contains("cancelled"))?;
+    Ok(())
+}

@@ -41,6 +41,12 @@
       unexplained: "Unexplained", share: "Share", since: "Since", liveNow: "live (scale)", wasted: "Wasted",
       slowMovers: "Slow movers: stock less", cover: "Days of cover", suggestedPar: "Suggested par", perDay: "Use per day",
       faults: "Equipment faults", discardStock: "Discard the stock", keepStock: "Keep it", atRisk: "at risk",
+      promotions: "Promotions", noPromotions: "No promotions", planPromotion: "Plan a promotion",
+      promotionId: "Promotion id", starts: "Starts", ends: "Ends", portionsPerDay: "portions per store and day",
+      uplift: "× usual daily sales", plan: "Plan", callOff: "Call off", coverage: "Coverage", need: "Need",
+      onHand: "On hand", due: "Due", ready: "ready", at_risk: "at risk", short: "short", scheduled: "scheduled",
+      running: "running", ended: "ended", cancelled: "cancelled", earlyLine: "Early line in",
+      transferAsked: "Transfer asked",
     },
     zh: {
       live: "实时", reconnecting: "重新连接中…", last: "最后更新", offline: "离线",
@@ -64,6 +70,12 @@
       unexplained: "无法解释", share: "占比", since: "起始", liveNow: "实时（电子秤）", wasted: "损耗",
       slowMovers: "慢动销物料：少备货", cover: "可用天数", suggestedPar: "建议标准库存", perDay: "日均用量",
       faults: "设备故障", discardStock: "丢弃库存", keepStock: "保留", atRisk: "有风险",
+      promotions: "促销", noPromotions: "暂无促销", planPromotion: "计划促销",
+      promotionId: "促销编号", starts: "开始", ends: "结束", portionsPerDay: "每店每日份数",
+      uplift: "× 平时日销量", plan: "计划", callOff: "取消促销", coverage: "覆盖率", need: "需求",
+      onHand: "现有", due: "在途", ready: "就绪", at_risk: "有风险", short: "不足", scheduled: "已计划",
+      running: "进行中", ended: "已结束", cancelled: "已取消", earlyLine: "提前补货单",
+      transferAsked: "已申请调拨",
     },
   };
   const w = (key) => WORDS[lang][key] || WORDS.en[key] || key;
@@ -486,9 +498,30 @@
         requests.length === 0 ? el("p", { class: "empty" }, w("noRequests")) :
           el("ul", { class: "cards" }, requests.map((r) => el("li", { class: "card" }, el("strong", {}, r.id), " ", statusCell(r.state),
             el("ul", {}, r.lines.map((l) => el("li", {}, skuName(store, l.sku), " ", quantity(l.qty, l.unit)))))))),
+      storePromotions(),
       el("section", {}, el("h2", {}, w("stocktake")), countForm),
       el("section", { class: "variance" }, el("h2", {}, w("variance")), varianceTable()),
     ];
+  }
+
+  // A coverage as a percentage, or a dash when nothing is needed.
+  const percent = (x) => (x === undefined || x === null ? "—" : Math.round(x * 100) + "%");
+
+  // The store's readiness for each promotion it is in, per ingredient.
+  function storePromotions() {
+    const shown = under("stores/" + store + "/promotions/+").sort((a, b) => String(a.start).localeCompare(String(b.start)));
+    if (shown.length === 0) return null;
+    return el("section", { class: "promotions" }, el("h2", {}, w("promotions")),
+      el("ul", { class: "cards" }, shown.map((p) => el("li", { class: "card promotion", dataset: { promotion: p.promotion } },
+        el("strong", {}, dishName(store, p.dish)), " ", statusCell(p.status), " ", statusCell(p.state), " ",
+        el("span", { class: "muted" }, dayAndClock(p.start) + " → " + dayAndClock(p.end) + " · " + p.portions_per_day + " " + w("portions")),
+        tableOf([w("sku"), w("need"), w("onHand"), w("due"), w("coverage")], p.ingredients.map((c) =>
+          el("tr", { dataset: { sku: c.sku }, class: c.sku === p.limiting ? "limiting" : null },
+            el("td", {}, skuName(store, c.sku)), el("td", { class: "num" }, quantity(c.need, c.unit)),
+            el("td", { class: "num" }, quantity(c.on_hand, c.unit)), el("td", { class: "num" }, quantity(c.due, c.unit)),
+            el("td", { class: "num coverage" }, percent(c.coverage))))),
+        p.request ? el("p", { class: "muted" }, w("earlyLine") + " " + p.request) : null,
+        p.transfer ? el("p", { class: "muted" }, w("transferAsked") + " " + p.transfer) : null))));
   }
 
   function endOfService() {
@@ -606,7 +639,76 @@
         el("td", { class: "num" }, s.open_requests.length), el("td", { class: "num" }, s.open_transfers.length),
         el("td", { class: "num waste" }, wasteText(s)),
         el("td", { class: "num offline" }, offline(s.store)))))),
+      hqPromotions(),
       el("section", { class: "slow-movers" }, el("h2", {}, w("slowMovers")), slowMoversTable(summaries))];
+  }
+
+  // What the promotion form holds, kept across re-renders.
+  const promotionDraft = {};
+  let lastPlanned = null;
+
+  // A `datetime-local` value (store-local) as an RFC 3339 stamp.
+  const fromLocal = (value) => new Date(Date.parse(value + ":00Z") - offsetMinutes * 60000).toISOString();
+
+  // Every promotion with each store's readiness, worst first; a form to
+  // plan one; a promotion not over can be called off.
+  function hqPromotions() {
+    const catalogs = under("stores/+/catalog").sort((a, b) => a.store.localeCompare(b.store));
+    const dishes = new Map();
+    for (const c of catalogs) for (const d of c.dishes) if (!dishes.has(d.dish)) dishes.set(d.dish, d.name);
+    const promotions = under("hq/promotions/+").sort((a, b) => String(a.start).localeCompare(String(b.start)));
+    const cards = promotions.map((p) => {
+      const key = "promotion-cancel-" + p.id;
+      const live = p.state === "scheduled" || p.state === "running";
+      return el("li", { class: "card promotion", dataset: { promotion: p.id } },
+        el("strong", {}, p.id), " · ", dishes.get(p.dish) || p.dish, " ", statusCell(p.state), " ",
+        el("span", { class: "muted" }, dayAndClock(p.start) + " → " + dayAndClock(p.end) + " · " +
+          (p.uplift !== undefined ? "× " + p.uplift : p.portions_per_day + " " + w("portions"))),
+        tableOf([w("store"), w("status"), w("limited"), w("coverage")], p.stores.map((s) =>
+          el("tr", { dataset: { store: s.store } },
+            el("td", {}, el("a", { href: "/stores/" + encodeURIComponent(s.store) + "/manager" }, catalogOf(s.store).name || s.store)),
+            el("td", {}, statusCell(s.status)), el("td", {}, s.limiting ? skuName(s.store, s.limiting) : "—"),
+            el("td", { class: "num coverage" }, percent(s.coverage))))),
+        live ? el("div", { class: "actions" },
+          button(key, w("callOff"), "hq/promotions/" + p.id + "/cancel", () => ({ by: user }), { class: "tap call-off" })) : null,
+        outcome(key));
+    });
+    const d = promotionDraft;
+    const keepDraft = (e) => {
+      const form = e.currentTarget;
+      const f = form.elements;
+      Object.assign(d, { id: f.promotion.value, dish: f.dish.value, start: f.start.value, end: f.end.value,
+        demand: f.demand.value, amount: f.amount.value,
+        stores: [...form.querySelectorAll("input[name=store]")].filter((x) => x.checked).map((x) => x.value) });
+    };
+    const form = el("form", { class: "plan-promotion", oninput: keepDraft, onchange: keepDraft, onsubmit: (e) => {
+      e.preventDefault();
+      keepDraft(e);
+      const input = { dish: d.dish, stores: d.stores, start: fromLocal(d.start), end: fromLocal(d.end), by: user };
+      input[d.demand === "uplift" ? "uplift" : "portions_per_day"] = Number(d.amount);
+      tap("promotion-plan-" + d.id, w("planPromotion"), "hq/promotions/" + d.id + "/plan", input);
+      // Sent: the form starts again, and what became of it shows below.
+      lastPlanned = d.id;
+      for (const k of Object.keys(d)) delete d[k];
+      document.activeElement.blur();
+      render();
+    } },
+    el("label", {}, w("promotionId"), el("input", { name: "promotion", required: true, maxlength: "64", pattern: "[A-Za-z0-9._:\\-]+", value: d.id || "" })),
+    el("label", {}, w("dish"), el("select", { name: "dish" }, [...dishes].map(([id, name]) =>
+      el("option", { value: id, selected: d.dish === id }, name)))),
+    el("fieldset", {}, el("legend", {}, w("stores")), catalogs.map((c) => el("label", { class: "check" },
+      el("input", { type: "checkbox", name: "store", value: c.store, checked: d.stores ? d.stores.includes(c.store) : true }), c.name || c.store))),
+    el("label", {}, w("starts"), el("input", { name: "start", type: "datetime-local", required: true, value: d.start || "" })),
+    el("label", {}, w("ends"), el("input", { name: "end", type: "datetime-local", required: true, value: d.end || "" })),
+    el("label", {}, el("input", { name: "amount", type: "number", min: "0", step: "any", required: true, value: d.amount || "", "aria-label": w("qty") }),
+      el("select", { name: "demand" },
+        el("option", { value: "portions_per_day", selected: d.demand !== "uplift" }, w("portionsPerDay")),
+        el("option", { value: "uplift", selected: d.demand === "uplift" }, w("uplift")))),
+    el("button", { type: "submit" }, w("plan")),
+    lastPlanned ? outcome("promotion-plan-" + lastPlanned) : null);
+    return el("section", { class: "promotions" }, el("h2", {}, w("promotions")),
+      cards.length === 0 ? el("p", { class: "empty" }, w("noPromotions")) : el("ul", { class: "cards" }, cards),
+      el("h3", {}, w("planPromotion")), form);
   }
 
   // Every store's slow movers, from their summaries.
