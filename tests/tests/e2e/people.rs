@@ -589,7 +589,7 @@ async fn hq_plans_a_promotion_in_the_browser_and_the_store_sees_its_readiness() 
     mqtt.subscribe("hq/promotions/+", QoS::AtLeastOnce).await?;
 
     let driver = Driver::start()?;
-    let hq = driver.browser(1280, 900, &tmp.path().join("hq"))?;
+    let hq = driver.browser(1440, 900, &tmp.path().join("hq"))?;
     hq.log_in(web, "hq-anna", PASSWORD)?;
     hq.wait_until("the HQ view", "return location.pathname === '/hq';")?;
     live(&hq)?;
