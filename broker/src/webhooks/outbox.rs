@@ -29,16 +29,20 @@ pub enum Kind {
     Transfer,
     /// An alert raised or cleared (`stores/{store}/alerts`).
     Alert,
+    /// A store's readiness for a promotion
+    /// (`stores/{store}/promotions/{promotion}`).
+    Promotion,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Availability,
         Kind::Level,
         Kind::Replenishment,
         Kind::Transfer,
         Kind::Alert,
+        Kind::Promotion,
     ];
 
     /// Its name in the configuration.
@@ -49,6 +53,7 @@ impl Kind {
             Kind::Replenishment => "replenishment",
             Kind::Transfer => "transfer",
             Kind::Alert => "alert",
+            Kind::Promotion => "promotion",
         }
     }
 
@@ -146,6 +151,7 @@ pub fn route(
             Topic::StockLevel { store, .. } => documents.push((Kind::Level, vec![store], m)),
             Topic::StoreRequest { store, .. } => documents.push((Kind::Replenishment, vec![store], m)),
             Topic::Alerts { store } => documents.push((Kind::Alert, vec![store], m)),
+            Topic::StorePromotion { store, .. } => documents.push((Kind::Promotion, vec![store], m)),
             Topic::Transfer { store, id } => {
                 let copy = transfers.entry(id.to_string()).or_insert((Vec::new(), &m.payload));
                 copy.0.push(store);
@@ -211,6 +217,7 @@ fn envelope(
         Kind::Level => "level.updated",
         Kind::Replenishment => "replenishment.updated",
         Kind::Transfer => "transfer.updated",
+        Kind::Promotion => "promotion.updated",
         Kind::Alert => {
             // An alert's payload names no store: its topic does.
             if let Some(store) = stores.first() {
@@ -577,10 +584,14 @@ mod tests {
                 r#"{"id":"al-1","kind":"low_stock","state":"cleared"}"#,
             ),
             msg("stores/a/replenishment/rq-1", ""),
+            msg(
+                "stores/b/promotions/p1",
+                r#"{"promotion":"p1","store":"b","status":"short","rev":3}"#,
+            ),
         ];
         let endpoints = [
             Subscription {
-                kinds: [Kind::Level, Kind::Transfer].into(),
+                kinds: [Kind::Level, Kind::Transfer, Kind::Promotion].into(),
                 scope: Scope::Stores([s("b")].into()),
             },
             Subscription {
@@ -595,6 +606,7 @@ mod tests {
             [
                 (0, "stores/b/stock/beef/level", Some(9)),
                 (1, "stores/a/alerts", None),
+                (0, "stores/b/promotions/p1", Some(3)),
                 (0, "transfers/tr-1", Some(2)),
             ]
         );
@@ -606,5 +618,7 @@ mod tests {
             serde_json::to_value(AlertState::Cleared).expect("state")
         );
         assert_eq!(alert["timestamp"], "1970-01-01T00:00:01.000Z");
+        let promotion: serde_json::Value = serde_json::from_slice(&routed[2].1.body).expect("json");
+        assert_eq!(promotion["type"], "promotion.updated");
     }
 }
