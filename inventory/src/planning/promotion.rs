@@ -103,6 +103,12 @@ impl Promotion {
         matches!(self.state, PromotionState::Scheduled | PromotionState::Running)
     }
 
+    /// Called off, or past its end at `now` (even before the tick says
+    /// so): it can no longer be planned anew or called off.
+    pub fn is_over(&self, now: Millis) -> bool {
+        !self.is_live() || self.state_at(now) == PromotionState::Ended
+    }
+
     /// Whether it is still shown at `now`: while live, and for
     /// [`FINISHED_SHOWN_FOR`] after it ended or was called off.
     pub fn is_shown(&self, now: Millis) -> bool {
@@ -187,7 +193,7 @@ impl Inventory {
         check_text("note", &plan.note)?;
         let before = self.promotions.get(id).cloned();
         if let Some(p) = &before {
-            if !p.is_live() || p.state_at(now) == PromotionState::Ended {
+            if p.is_over(now) {
                 return Err(reject(
                     ErrorCode::InvalidTransition,
                     format!("promotion {id} is over; plan a new one"),
@@ -300,7 +306,7 @@ impl Inventory {
             .promotions
             .get_mut(id)
             .ok_or_else(|| reject(ErrorCode::UnknownDocument, format!("no promotion {id}")))?;
-        if !promotion.is_live() || promotion.state_at(now) == PromotionState::Ended {
+        if promotion.is_over(now) {
             return Err(reject(ErrorCode::InvalidTransition, format!("promotion {id} is over")));
         }
         promotion.state = PromotionState::Cancelled;
