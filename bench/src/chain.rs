@@ -194,9 +194,13 @@ impl Chain {
     /// settled reading from each scale every 30 s, and a waste or a
     /// delivery per store every few minutes. In time order.
     pub fn dinner_peak(&self, start: i64, minutes: i64, sales_per_pos_per_minute: f64) -> Vec<Load> {
+        self.service(start, minutes * 60_000, sales_per_pos_per_minute)
+    }
+
+    /// The load of [`Chain::dinner_peak`] over `span` milliseconds.
+    pub fn service(&self, start: i64, span: i64, sales_per_pos_per_minute: f64) -> Vec<Load> {
         let mut dice = Dice::new(self.seed ^ 0x5eed);
         let mut out = Vec::new();
-        let span = minutes * 60_000;
         let stamp = |at: i64| dishsync_protocol::payload::Timestamp(start + at).to_string();
         for (s, store) in self.stores().enumerate() {
             for pos in 0..self.size.pos_per_store {

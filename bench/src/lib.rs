@@ -24,12 +24,15 @@
 //! MQTT POS, and memory per page; `backup` a running broker's backup and
 //! its restore, next to a copy of the stopped data directory;
 //! `retention` the disk per million inputs kept for good, next to the same
-//! inputs compacted daily past their retention.
+//! inputs compacted daily past their retention; `capacity` a generated
+//! chain of 100, 500 and 2,000 stores under a dinner peak — change → POS
+//! latency, memory, restart and disk per store-day, against their goals.
 //!
 //! [`chain`] generates a chain of any size with believable recipes and a
 //! dinner-peak load over it, deterministic for a seed (for the capacity
 //! runs).
 
+mod capacity;
 pub mod chain;
 mod history;
 mod pages;
@@ -110,6 +113,10 @@ enum Scenario {
     /// The disk per million inputs kept for good, next to the same inputs
     /// compacted daily past their retention.
     Retention,
+    /// How many stores one machine carries: a generated chain of 100,
+    /// 500 and 2,000 stores under a dinner peak — change → POS latency,
+    /// memory, restart and disk per store-day.
+    Capacity,
     /// Every scenario.
     All,
     /// (internal) Serve dishsync with a configuration.
@@ -1223,6 +1230,34 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
     }
     if all || scenario == Scenario::Pages {
         pages::pages(cli, dir.path(), sizes.rounds, sizes.pages, sizes.seconds).await?;
+    }
+    if all || scenario == Scenario::Capacity {
+        let (stores, plan): (&[usize], capacity::Plan) = if cli.quick {
+            (
+                &[2, 6],
+                capacity::Plan {
+                    skus: 30,
+                    dishes: 12,
+                    span: Duration::from_secs(2),
+                    sales_per_pos_per_minute: 30.0,
+                    probes: 2,
+                    probe_rate: 20.0,
+                },
+            )
+        } else {
+            (
+                &[100, 500, 2_000],
+                capacity::Plan {
+                    skus: 150,
+                    dishes: 80,
+                    span: Duration::from_secs(60),
+                    sales_per_pos_per_minute: 2.0,
+                    probes: 10,
+                    probe_rate: 20.0,
+                },
+            )
+        };
+        capacity::capacity(cli, dir.path(), stores, plan).await?;
     }
     if all || scenario == Scenario::Webhooks {
         let (mut delivered, mut intake) = (Vec::new(), Vec::new());

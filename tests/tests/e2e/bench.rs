@@ -32,6 +32,7 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
         "pages",
         "backup",
         "retention",
+        "capacity",
     ] {
         assert!(scenarios.contains(&s), "{s} missing from {scenarios:?}");
     }
@@ -47,6 +48,8 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
             Some("backup") => ["backup_seconds", "copy_seconds"],
             // The directory compacted daily next to one keeping everything.
             Some("retention") => ["compacted_mib", "kept_all_mib"],
+            // The largest chain's latency and restart, against their goals.
+            Some("capacity") => ["p99", "restart_s"],
             _ => ["dishsync", "bare"],
         };
         for side in sides {
