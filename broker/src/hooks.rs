@@ -471,25 +471,28 @@ impl Handler for PresenceHook {
     }
 }
 
-/// Counts and logs messages the broker could not deliver, and raises an
-/// alert on `hq/alerts` (at most one per [`DropCounter::ALERT_EVERY`]).
+/// Counts and logs messages the broker could not deliver, raises an alert
+/// on `hq/alerts` (at most one per [`DropCounter::ALERT_EVERY`]), and
+/// records a dropped document as owed to its subscriber (`owed`).
 #[derive(Clone)]
 pub struct DropCounter {
     dropped: Arc<AtomicU64>,
     last_alert: Arc<Mutex<Option<Instant>>>,
     out: Outbound,
+    owed: Arc<crate::owed::Owed>,
 }
 
 impl DropCounter {
     /// Shortest time between two drop alerts.
     pub const ALERT_EVERY: Duration = Duration::from_secs(10);
 
-    /// A counter that alerts through `out`.
-    pub fn new(out: Outbound) -> DropCounter {
+    /// A counter that alerts through `out` and records drops in `owed`.
+    pub fn new(out: Outbound, owed: Arc<crate::owed::Owed>) -> DropCounter {
         DropCounter {
             dropped: Arc::default(),
             last_alert: Arc::default(),
             out,
+            owed,
         }
     }
 
@@ -513,10 +516,11 @@ impl DropCounter {
 #[async_trait]
 impl Handler for DropCounter {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        if let Parameter::MessageDropped(Some(to), _from, publish, reason) = param {
+        if let Parameter::MessageDropped(Some(to), from, publish, reason) = param {
             // Refused publishes also pass here (with no `to`); those are
             // reported on the errors topic, not counted as drops.
             if !matches!(reason, Reason::PublishResult(_)) {
+                self.owed.dropped(to, from, &publish.topic);
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 METRICS.dropped();
                 warn!(to = %to.client_id, topic = %publish.topic, %reason, total, "message dropped before delivery");

@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod outbound;
 pub mod oversize;
+pub mod owed;
 pub mod people;
 pub mod reconnect;
 pub mod reload;

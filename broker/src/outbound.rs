@@ -22,6 +22,8 @@ use rmqtt::utils::timestamp_millis;
 use serde::Serialize;
 use tracing::warn;
 
+use crate::owed::Owed;
+
 /// The client id our own publications carry.
 pub const RULES_CLIENT_ID: &str = "dishsync-rules";
 
@@ -102,6 +104,8 @@ pub struct Outbound {
     from: Arc<From>,
     /// Every message delivered, for the web app's live pages.
     live: tokio::sync::broadcast::Sender<Live>,
+    /// Documents owed to sessions that are behind (see `owed`).
+    owed: Arc<Owed>,
 }
 
 impl Outbound {
@@ -112,7 +116,14 @@ impl Outbound {
             scx,
             from: Arc::new(From::from_system(id)),
             live: tokio::sync::broadcast::Sender::new(LIVE_BACKLOG),
+            owed: Owed::new(),
         }
+    }
+
+    /// The documents owed to sessions that are behind: recorded by the
+    /// deliveries and the engine's drops, paid back by [`Owed::run`].
+    pub fn owed(&self) -> Arc<Owed> {
+        Arc::clone(&self.owed)
     }
 
     /// Every message delivered from now on, as a live page gets it.
@@ -187,31 +198,76 @@ impl Publisher for Outbound {
         }
     }
 
-    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, _retained: bool) -> usize {
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, retained: bool) -> usize {
         // What `SessionState::forwards` does for a message that is neither
         // retained, delayed nor stored, except that the number of
-        // subscribers it reached is kept.
+        // subscribers it reached is kept, and that a retained document
+        // skips the sessions that are behind: it is owed to them instead,
+        // and they get the topic's newest once they have drained.
         let publish = self.message(topic, payload, false);
         self.to_live(topic, &publish.payload);
-        let routed = self
+        let shared = self.scx.extends.shared().await;
+        if !retained {
+            return match shared.forwards(None, (*self.from).clone(), publish).await {
+                Ok(subscribers) => subscribers,
+                Err((subscribers, failed)) => {
+                    self.report_failed(failed).await;
+                    subscribers
+                }
+            };
+        }
+        let node = self.scx.node.id();
+        let mut relations = match self
             .scx
             .extends
-            .shared()
+            .router()
             .await
-            .forwards(None, (*self.from).clone(), publish)
-            .await;
-        match routed {
-            Ok(subscribers) => subscribers,
-            Err((subscribers, failed)) => {
-                for (to, from, publish, reason) in failed {
-                    self.scx
-                        .extends
-                        .hook_mgr()
-                        .message_dropped(Some(to), from, publish, reason)
-                        .await;
-                }
+            .matches(self.from.id.clone(), &publish.topic)
+            .await
+        {
+            Ok(mut map) => map.remove(&node).unwrap_or_default(),
+            Err(e) => {
+                warn!(%topic, error = %e, "finding a document's subscribers failed");
+                Vec::new()
+            }
+        };
+        let subscribers = relations.len();
+        relations.retain(|(_, client_id, ..)| {
+            let session = Id::new(node, 0, None, None, client_id.clone(), None);
+            let behind = shared
+                .entry(session.clone())
+                .session()
+                .is_some_and(|s| s.deliver_queue().len() >= crate::owed::BEHIND);
+            if behind {
+                self.owed.behind(&session, &publish.topic);
+            }
+            !behind
+        });
+        if relations.is_empty() {
+            return subscribers;
+        }
+        match shared
+            .forwards_to((*self.from).clone(), &publish, relations, None)
+            .await
+        {
+            Ok(_) => subscribers,
+            Err((_, failed)) => {
+                self.report_failed(failed).await;
                 subscribers
             }
+        }
+    }
+}
+
+impl Outbound {
+    /// Tells the hooks of messages the engine could not hand over.
+    async fn report_failed(&self, failed: Vec<(rmqtt::types::To, From, Publish, rmqtt::types::Reason)>) {
+        for (to, from, publish, reason) in failed {
+            self.scx
+                .extends
+                .hook_mgr()
+                .message_dropped(Some(to), from, publish, reason)
+                .await;
         }
     }
 }

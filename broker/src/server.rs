@@ -137,8 +137,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             Box::new(SubscribeHook::new(sessions)),
         )
         .await;
+    // A document dropped for a subscriber is owed to it, and paid back as
+    // its queue drains.
+    let owed = out.owed();
+    tokio::spawn(owed.clone().run(scx.clone(), out.clone()));
     register
-        .add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::new(out)))
+        .add_priority(
+            Type::MessageDropped,
+            HOOK_PRIORITY,
+            Box::new(DropCounter::new(out, owed)),
+        )
         .await;
     let takeover = crate::takeover::TakeoverWill::default();
     for hook in [Type::ClientConnect, Type::ClientConnack, Type::ClientDisconnected] {

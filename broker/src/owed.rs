@@ -1,0 +1,212 @@
+//! Documents owed to subscribers: delivery paced by what each session
+//! actually drains.
+//!
+//! The engine keeps a queue of outgoing messages per session (bounded by
+//! `[broker] max_mqueue_len`) in front of its in-flight window. A POS that
+//! keeps up holds none queued; one that reads slower than documents come —
+//! a slow link, a busy terminal, a machine too slow for the load — holds
+//! more and more, and every document behind that backlog is late, however
+//! new. That queue's length is the feedback signal, read at each delivery:
+//!
+//! - a retained document is handed to the sessions whose queue holds fewer
+//!   than [`BEHIND`] messages; to the others it is owed — (session, topic)
+//!   recorded here — so a session that is behind accumulates at most one
+//!   owed entry per topic instead of every version of it;
+//! - a message the engine drops anyway (a full queue: the `MessageDropped`
+//!   hook, the oldest message whatever its topic) is owed the same way if
+//!   it was a rules' document, since it may have been its topic's latest.
+//!
+//! [`Owed::run`] pays back every [`CHECK_EVERY`] as much as each session's
+//! queue has room for below [`BEHIND`]: the topic's *current* retained
+//! document — the newest, whichever was skipped — at the QoS the session
+//! subscribed with, if it still subscribes. Messages without a retained
+//! document (acks, errors, alerts) owe nothing: they are events, delivered
+//! in order, never held back.
+//!
+//! The bound: a session that keeps reading holds the latest document of
+//! every topic it subscribes to within the time it takes to read
+//! [`BEHIND`] messages plus one [`CHECK_EVERY`] per [`BEHIND`] topics owed;
+//! once inputs stop, it converges. A document is never left dropped; an
+//! older one may be skipped for a newer. A subscriber that stops reading
+//! costs the others nothing: it is skipped, and its debt is one entry per
+//! topic.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rmqtt::codec::types::QoS;
+use rmqtt::context::ServerContext;
+use rmqtt::types::{CodecPublish, From, Id, Publish};
+use rmqtt::utils::timestamp_millis;
+use tokio::sync::Notify;
+use tracing::debug;
+
+use crate::outbound::{Outbound, RULES_CLIENT_ID};
+
+/// How often owed documents are looked at while any are owed.
+pub const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// A session with this many messages queued in the engine is behind: a
+/// retained document is owed to it rather than queued behind the others
+/// (a POS that keeps up holds none queued; the whole-menu burst of a new
+/// subscription goes out on its own, not through here).
+pub const BEHIND: usize = 64;
+
+/// Per session (by client id): its id and the topics owed to it.
+type BySession = HashMap<Arc<str>, (Id, BTreeSet<String>)>;
+
+/// The documents owed, per session.
+#[derive(Default)]
+pub struct Owed {
+    owed: Mutex<BySession>,
+    wake: Notify,
+}
+
+impl Owed {
+    /// A new, empty record.
+    pub fn new() -> Arc<Owed> {
+        Arc::new(Owed::default())
+    }
+
+    /// The engine dropped `topic`'s message from `from` for session `to`:
+    /// owed, if it was one of the rules'.
+    pub fn dropped(&self, to: &Id, from: &From, topic: &str) {
+        if &*from.id.client_id == RULES_CLIENT_ID {
+            self.behind(to, topic);
+        }
+    }
+
+    /// Session `to` is behind: `topic`'s newest document is owed to it.
+    pub fn behind(&self, to: &Id, topic: &str) {
+        if let Ok(mut owed) = self.owed.lock() {
+            let client: Arc<str> = Arc::from(&*to.client_id);
+            owed.entry(client)
+                .or_insert_with(|| (to.clone(), BTreeSet::new()))
+                .1
+                .insert(topic.to_string());
+        }
+        self.wake.notify_one();
+    }
+
+    /// Pays owed documents back as the sessions drain; runs until the
+    /// runtime stops.
+    pub async fn run(self: Arc<Self>, scx: ServerContext, out: Outbound) {
+        let from = From::from_system(Id::new(scx.node.id(), 0, None, None, RULES_CLIENT_ID.into(), None));
+        loop {
+            let empty = self.owed.lock().map(|o| o.is_empty()).unwrap_or(true);
+            if empty {
+                self.wake.notified().await;
+            }
+            tokio::time::sleep(CHECK_EVERY).await;
+            let owed = match self.owed.lock() {
+                Ok(mut owed) => std::mem::take(&mut *owed),
+                Err(_) => return,
+            };
+            for (client, (id, topics)) in owed {
+                let left = pay(&scx, &out, &from, &id, topics).await;
+                if !left.is_empty() {
+                    if let Ok(mut owed) = self.owed.lock() {
+                        owed.entry(client)
+                            .or_insert_with(|| (id, BTreeSet::new()))
+                            .1
+                            .extend(left);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands session `id` the current retained document of as many of `topics`
+/// as its queue has room for below half its capacity; the topics still
+/// owed. A session that is gone owes nothing: a new one subscribes afresh
+/// and gets the retained documents.
+async fn pay(scx: &ServerContext, out: &Outbound, from: &From, id: &Id, topics: BTreeSet<String>) -> BTreeSet<String> {
+    let entry = scx.extends.shared().await.entry(id.clone());
+    let Some(session) = entry.session() else {
+        return BTreeSet::new();
+    };
+    let room = BEHIND.saturating_sub(session.deliver_queue().len());
+    if room == 0 {
+        return topics;
+    }
+    let subscriptions = entry.subscriptions().await.unwrap_or_default();
+    let mut topics = topics.into_iter();
+    let mut paid = 0;
+    for topic in topics.by_ref() {
+        // Still subscribed, and at which QoS.
+        let Some(granted) = subscriptions
+            .iter()
+            .filter(|s| matches(&s.topic, &topic))
+            .map(|s| s.opts.qos())
+            .max_by_key(|q| *q as u8)
+        else {
+            continue;
+        };
+        let Some((_, payload)) = out.retained(&topic).await.into_iter().next() else {
+            continue;
+        };
+        let publish = Publish::from(CodecPublish {
+            dup: false,
+            retain: false,
+            qos: QoS::AtLeastOnce.less_value(granted),
+            topic: topic.as_str().into(),
+            packet_id: None,
+            payload: Bytes::clone(&payload),
+            properties: None,
+        })
+        .create_time(timestamp_millis());
+        if entry.publish(from.clone(), publish).await.is_err() {
+            return BTreeSet::new();
+        }
+        paid += 1;
+        if paid == room {
+            break;
+        }
+    }
+    debug!(client = %id.client_id, paid, "owed documents paid back");
+    topics.collect()
+}
+
+/// Whether MQTT topic filter `filter` matches `topic` (`+` one level, `#`
+/// the rest; a wildcard at the first level does not match a `$` topic).
+fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        match (f, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(l)) if f == l => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        assert!(matches(
+            "stores/s1/dishes/+/availability",
+            "stores/s1/dishes/burger/availability"
+        ));
+        assert!(!matches(
+            "stores/s1/dishes/+/availability",
+            "stores/s2/dishes/burger/availability"
+        ));
+        assert!(matches("stores/#", "stores/s1/dishes/burger/availability"));
+        assert!(matches("#", "stores/s1"));
+        assert!(!matches("#", "$SYS/dishsync/metrics"));
+        assert!(matches("$SYS/dishsync/metrics", "$SYS/dishsync/metrics"));
+        assert!(!matches("stores/+", "stores/s1/sales"));
+        assert!(matches("stores/s1/#", "stores/s1"));
+    }
+}
