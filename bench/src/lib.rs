@@ -24,7 +24,9 @@
 //! MQTT POS, and memory per page; `backup` a running broker's backup and
 //! its restore, next to a copy of the stopped data directory;
 //! `retention` the disk per million inputs kept for good, next to the same
-//! inputs compacted daily past their retention; `capacity` a generated
+//! inputs compacted daily past their retention; `overload` the latency
+//! load at rising offered rates for both brokers in one run (the
+//! degradation curve); `capacity` a generated
 //! chain of 100, 500 and 2,000 stores under a dinner peak — change → POS
 //! latency, memory, restart and disk per store-day, against their goals.
 //!
@@ -117,6 +119,10 @@ enum Scenario {
     /// 500 and 2,000 stores under a dinner peak — change → POS latency,
     /// memory, restart and disk per store-day.
     Capacity,
+    /// Change → POS latency as the offered rate rises past what the
+    /// machine can route, both brokers at each rate, in one run: the
+    /// degradation curve.
+    Overload,
     /// Every scenario.
     All,
     /// (internal) Serve dishsync with a configuration.
@@ -305,6 +311,14 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Bare => "bare rmqtt",
+            Target::Dishsync => "dishsync",
+        }
+    }
+
+    /// Its key in a JSON report.
+    fn key(self) -> &'static str {
+        match self {
+            Target::Bare => "bare",
             Target::Dishsync => "dishsync",
         }
     }
@@ -692,6 +706,36 @@ async fn latency(
         percentile(&ms, 0.999),
         ms.len(),
     ))
+}
+
+/// The `latency` run on a fresh broker of `target` with `config` in
+/// `data` (a dishsync broker stocked first, so the dish never sells out).
+async fn latency_on_fresh(
+    target: Target,
+    config: &Path,
+    data: &Path,
+    subscribers: usize,
+    rate: f64,
+    seconds: f64,
+) -> Result<(f64, f64, f64, usize)> {
+    let server = Server::start(target, config, data)?;
+    if target == Target::Dishsync {
+        let (c, mut l) = bench_client("stocker", server.addr, 10);
+        let at = dishsync_protocol::payload::Timestamp::now().to_string();
+        let stock = json!({"id": "init", "kind": "count", "qty": 1000, "unit": "g", "at": at, "device": "stocker"});
+        c.publish(
+            "stores/s1/stock/sku-0/events",
+            QoS::ExactlyOnce,
+            false,
+            serde_json::to_vec(&stock)?,
+        )
+        .await?;
+        while !matches!(l.poll().await?, Event::Incoming(Packet::PubComp(_))) {}
+    }
+    let result = latency(target, server.addr, subscribers, rate, seconds).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(data);
+    result
 }
 
 /// Sends `events` stock changes (dishsync) or retained documents (bare) at
@@ -1357,29 +1401,59 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
         for round in 0..sizes.rounds {
             for target in [Target::Bare, Target::Dishsync] {
                 let (config, data) = fresh(&format!("latency-{round}"), &config(1, 1))?;
-                let server = Server::start(target, &config, &data)?;
-                if target == Target::Dishsync {
-                    // Enough stock that the dish never sells out.
-                    let (c, mut l) = bench_client("stocker", server.addr, 10);
-                    c.publish("stores/s1/stock/sku-0/events", QoS::ExactlyOnce, false, {
-                        let at = dishsync_protocol::payload::Timestamp::now().to_string();
-                        serde_json::to_vec(&json!({"id": "init", "kind": "count", "qty": 1000, "unit": "g", "at": at, "device": "stocker"}))?
-                    })
-                    .await?;
-                    while !matches!(l.poll().await?, Event::Incoming(Packet::PubComp(_))) {}
-                }
-                let (a, b, c, _) = latency(target, server.addr, sizes.subscribers, sizes.rate, sizes.seconds).await?;
+                let (a, b, c, _) =
+                    latency_on_fresh(target, &config, &data, sizes.subscribers, sizes.rate, sizes.seconds).await?;
                 p50.add(target, a);
                 p99.add(target, b);
                 p999.add(target, c);
-                drop(server);
-                let _ = std::fs::remove_dir_all(&data);
             }
         }
         let what = format!("change→POS, {} POS, {}/s offered", sizes.subscribers, sizes.rate);
         report(cli, "latency", &format!("p50 {what}"), "ms", "≤ 5 ms", &p50);
         report(cli, "latency", &format!("p99 {what}"), "ms", "≤ 15 ms", &p99);
         report(cli, "latency", &format!("p99.9 {what}"), "ms", "≤ 30 ms", &p999);
+    }
+    if all || scenario == Scenario::Overload {
+        // One run, rising offered rates, both brokers at each.
+        let rates: Vec<f64> = if cli.quick {
+            vec![50.0, 200.0]
+        } else {
+            [0.25, 0.5, 1.0, 2.0, 4.0].iter().map(|f| f * sizes.rate).collect()
+        };
+        let mut curve = Vec::new();
+        for rate in rates {
+            let mut point = json!({"rate": rate});
+            for target in [Target::Bare, Target::Dishsync] {
+                let (config, data) = fresh(&format!("overload-{rate}"), &config(1, 1))?;
+                let (p50, p99, _, n) =
+                    latency_on_fresh(target, &config, &data, sizes.subscribers, rate, sizes.seconds).await?;
+                let offered = (rate * sizes.seconds).round() * sizes.subscribers as f64;
+                point[target.key()] = json!({"p50": p50, "p99": p99, "delivered": n as f64 / offered});
+            }
+            if !cli.json {
+                println!(
+                    "{:<12} {} POS, {rate:>6.0} changes/s offered: bare p50 {:.2} p99 {:.2} ms ({:.1} % delivered)   dishsync p50 {:.2} p99 {:.2} ms ({:.1} %)",
+                    "overload",
+                    sizes.subscribers,
+                    point["bare"]["p50"].as_f64().unwrap_or(f64::NAN),
+                    point["bare"]["p99"].as_f64().unwrap_or(f64::NAN),
+                    point["bare"]["delivered"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                    point["dishsync"]["p50"].as_f64().unwrap_or(f64::NAN),
+                    point["dishsync"]["p99"].as_f64().unwrap_or(f64::NAN),
+                    point["dishsync"]["delivered"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                );
+            }
+            curve.push(point);
+        }
+        if cli.json {
+            let last = curve.last().cloned().unwrap_or_default();
+            println!(
+                "{}",
+                json!({"scenario": "overload", "metric": format!("change→POS p50/p99 as the offered rate rises, {} POS", sizes.subscribers),
+                    "unit": "ms", "goal": "dishsync's p99 bounded past saturation", "curve": curve,
+                    "dishsync": last["dishsync"]["p99"], "bare": last["bare"]["p99"]})
+            );
+        }
     }
     if all || scenario == Scenario::Retained {
         let (mut one, mut many) = (Results::new(), Results::new());

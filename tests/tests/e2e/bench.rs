@@ -33,6 +33,7 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
         "backup",
         "retention",
         "capacity",
+        "overload",
     ] {
         assert!(scenarios.contains(&s), "{s} missing from {scenarios:?}");
     }
