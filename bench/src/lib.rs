@@ -773,7 +773,12 @@ async fn pace(
                 Target::Dishsync => ("stores/s1/stock/sku-0/events", QoS::ExactlyOnce, false),
                 Target::Bare => (topic, QoS::AtLeastOnce, true),
             };
-            publisher.try_publish(t, q, retain, payload)?;
+            // A publisher whose requests pile up (the broker is not taking
+            // them) waits for room: the change goes out late, and its
+            // latency counts from when it was due.
+            while let Err(rumqttc::ClientError::TryRequest(_)) = publisher.try_publish(t, q, retain, payload.clone()) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
         Ok(late_ms)
     });

@@ -198,60 +198,17 @@ impl Publisher for Outbound {
         }
     }
 
-    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, retained: bool) -> usize {
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, _retained: bool) -> usize {
         // What `SessionState::forwards` does for a message that is neither
         // retained, delayed nor stored, except that the number of
-        // subscribers it reached is kept, and that a retained document
-        // skips the sessions that are behind: it is owed to them instead,
-        // and they get the topic's newest once they have drained.
+        // subscribers it reached is kept. A document a session's full queue
+        // drops is owed to it (`owed`, through the `MessageDropped` hook).
         let publish = self.message(topic, payload, false);
         self.to_live(topic, &publish.payload);
         let shared = self.scx.extends.shared().await;
-        if !retained {
-            return match shared.forwards(None, (*self.from).clone(), publish).await {
-                Ok(subscribers) => subscribers,
-                Err((subscribers, failed)) => {
-                    self.report_failed(failed).await;
-                    subscribers
-                }
-            };
-        }
-        let node = self.scx.node.id();
-        let mut relations = match self
-            .scx
-            .extends
-            .router()
-            .await
-            .matches(self.from.id.clone(), &publish.topic)
-            .await
-        {
-            Ok(mut map) => map.remove(&node).unwrap_or_default(),
-            Err(e) => {
-                warn!(%topic, error = %e, "finding a document's subscribers failed");
-                Vec::new()
-            }
-        };
-        let subscribers = relations.len();
-        relations.retain(|(_, client_id, ..)| {
-            let session = Id::new(node, 0, None, None, client_id.clone(), None);
-            let behind = shared
-                .entry(session.clone())
-                .session()
-                .is_some_and(|s| s.deliver_queue().len() >= crate::owed::BEHIND);
-            if behind {
-                self.owed.behind(&session, &publish.topic);
-            }
-            !behind
-        });
-        if relations.is_empty() {
-            return subscribers;
-        }
-        match shared
-            .forwards_to((*self.from).clone(), &publish, relations, None)
-            .await
-        {
-            Ok(_) => subscribers,
-            Err((_, failed)) => {
+        match shared.forwards(None, (*self.from).clone(), publish).await {
+            Ok(subscribers) => subscribers,
+            Err((subscribers, failed)) => {
                 self.report_failed(failed).await;
                 subscribers
             }

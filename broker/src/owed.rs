@@ -1,35 +1,30 @@
-//! Documents owed to subscribers: delivery paced by what each session
-//! actually drains.
+//! Documents owed to subscribers: no latest document is left dropped.
 //!
-//! The engine keeps a queue of outgoing messages per session (bounded by
-//! `[broker] max_mqueue_len`) in front of its in-flight window. A POS that
-//! keeps up holds none queued; one that reads slower than documents come —
-//! a slow link, a busy terminal, a machine too slow for the load — holds
-//! more and more, and every document behind that backlog is late, however
-//! new. That queue's length is the feedback signal, read at each delivery:
+//! The engine keeps a bounded queue of outgoing messages per session
+//! (`[broker] max_mqueue_len`) in front of its in-flight window. When a
+//! subscriber reads slower than documents come — a slow link, a busy
+//! terminal, a machine too slow for the load — that queue fills and the
+//! engine drops its *oldest* message, whatever its topic, and says so: the
+//! `MessageDropped` hook (`MessageQueueFull`), naming the session. That is
+//! the feedback signal. The message dropped may have been its topic's
+//! latest document, which would leave that POS stale for good.
 //!
-//! - a retained document is handed to the sessions whose queue holds fewer
-//!   than [`BEHIND`] messages; to the others it is owed — (session, topic)
-//!   recorded here — so a session that is behind accumulates at most one
-//!   owed entry per topic instead of every version of it;
-//! - a message the engine drops anyway (a full queue: the `MessageDropped`
-//!   hook, the oldest message whatever its topic) is owed the same way if
-//!   it was a rules' document, since it may have been its topic's latest.
+//! So a dropped rules' document is owed: (session, topic) recorded here,
+//! one entry however many versions were dropped. [`Owed::run`] pays back
+//! every [`CHECK_EVERY`] as much as each session's queue has room for below
+//! [`BEHIND`] messages — no faster than the session drains: the topic's
+//! *current* retained document (the newest, whichever was dropped), at the
+//! QoS the session subscribed with, if it still subscribes. A repayment
+//! dropped again is owed again. Messages without a retained document
+//! (acks, errors, alerts) owe nothing: they are events, answered in their
+//! own channel.
 //!
-//! [`Owed::run`] pays back every [`CHECK_EVERY`] as much as each session's
-//! queue has room for below [`BEHIND`]: the topic's *current* retained
-//! document — the newest, whichever was skipped — at the QoS the session
-//! subscribed with, if it still subscribes. Messages without a retained
-//! document (acks, errors, alerts) owe nothing: they are events, delivered
-//! in order, never held back.
-//!
-//! The bound: a session that keeps reading holds the latest document of
-//! every topic it subscribes to within the time it takes to read
-//! [`BEHIND`] messages plus one [`CHECK_EVERY`] per [`BEHIND`] topics owed;
-//! once inputs stop, it converges. A document is never left dropped; an
-//! older one may be skipped for a newer. A subscriber that stops reading
-//! costs the others nothing: it is skipped, and its debt is one entry per
-//! topic.
+//! The bound: once inputs stop, a session that keeps reading holds the
+//! latest document of every topic it subscribes to within the time its
+//! queue takes to drain below [`BEHIND`], plus one [`CHECK_EVERY`] per
+//! [`BEHIND`] topics owed. No latest document is lost; an older one may be
+//! skipped for a newer. A subscriber that stops reading costs the others
+//! nothing: its debt is one entry per topic.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -48,10 +43,8 @@ use crate::outbound::{Outbound, RULES_CLIENT_ID};
 /// How often owed documents are looked at while any are owed.
 pub const CHECK_EVERY: Duration = Duration::from_millis(50);
 
-/// A session with this many messages queued in the engine is behind: a
-/// retained document is owed to it rather than queued behind the others
-/// (a POS that keeps up holds none queued; the whole-menu burst of a new
-/// subscription goes out on its own, not through here).
+/// Owed documents are paid back only while the session's queue holds fewer
+/// messages than this (a POS that keeps up holds none queued).
 pub const BEHIND: usize = 64;
 
 /// Per session (by client id): its id and the topics owed to it.
@@ -78,8 +71,8 @@ impl Owed {
         }
     }
 
-    /// Session `to` is behind: `topic`'s newest document is owed to it.
-    pub fn behind(&self, to: &Id, topic: &str) {
+    /// `topic`'s newest document is owed to session `to`.
+    fn behind(&self, to: &Id, topic: &str) {
         if let Ok(mut owed) = self.owed.lock() {
             let client: Arc<str> = Arc::from(&*to.client_id);
             owed.entry(client)

@@ -11,6 +11,7 @@ mod bad_input;
 mod bench;
 mod bridge;
 mod client;
+mod cluster;
 mod demo;
 mod durability;
 mod interop;
