@@ -480,19 +480,22 @@ pub struct DropCounter {
     last_alert: Arc<Mutex<Option<Instant>>>,
     out: Outbound,
     owed: Arc<crate::owed::Owed>,
+    drain: Arc<crate::drain::Drain>,
 }
 
 impl DropCounter {
     /// Shortest time between two drop alerts.
     pub const ALERT_EVERY: Duration = Duration::from_secs(10);
 
-    /// A counter that alerts through `out` and records drops in `owed`.
-    pub fn new(out: Outbound, owed: Arc<crate::owed::Owed>) -> DropCounter {
+    /// A counter that alerts through `out` and records drops in its
+    /// documents owed and its drain.
+    pub fn new(out: Outbound) -> DropCounter {
         DropCounter {
             dropped: Arc::default(),
             last_alert: Arc::default(),
+            owed: out.owed(),
+            drain: out.drain(),
             out,
-            owed,
         }
     }
 
@@ -520,6 +523,9 @@ impl Handler for DropCounter {
             // Refused publishes also pass here (with no `to`); those are
             // reported on the errors topic, not counted as drops.
             if !matches!(reason, Reason::PublishResult(_)) {
+                if &*from.id.client_id == crate::outbound::RULES_CLIENT_ID {
+                    self.drain.done(&publish.topic, publish.create_time);
+                }
                 self.owed.dropped(to, from, &publish.topic);
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 METRICS.dropped();
@@ -538,6 +544,32 @@ impl Handler for DropCounter {
                     };
                     publish_doc(&self.out, &Topic::BrokerAlerts, &alert, false).await;
                 }
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// Counts each of the rules' deliveries a session writes to its client as
+/// done in the drain (`drain`): the delivery completions that pace a
+/// topic's next document.
+pub struct DeliveredHook {
+    drain: Arc<crate::drain::Drain>,
+}
+
+impl DeliveredHook {
+    /// The hook of `out`'s drain.
+    pub fn new(out: &Outbound) -> DeliveredHook {
+        DeliveredHook { drain: out.drain() }
+    }
+}
+
+#[async_trait]
+impl Handler for DeliveredHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessageDelivered(_, from, publish) = param {
+            if &*from.id.client_id == crate::outbound::RULES_CLIENT_ID {
+                self.drain.done(&publish.topic, publish.create_time);
             }
         }
         (true, acc)

@@ -38,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod current;
 pub mod demo;
+pub mod drain;
 pub mod front;
 pub mod hooks;
 pub mod memory;

@@ -22,6 +22,7 @@ use rmqtt::utils::timestamp_millis;
 use serde::Serialize;
 use tracing::warn;
 
+use crate::drain::Drain;
 use crate::owed::Owed;
 
 /// The client id our own publications carry.
@@ -45,6 +46,12 @@ pub trait Publisher: Send + Sync {
     /// [`Publisher::retain`] already stored for the topic (a publisher whose
     /// `retain` also delivers sends it no second time).
     async fn deliver(&self, topic: &Topic, payload: Vec<u8>, retained: bool) -> usize;
+
+    /// Deliveries of `topic`'s documents handed over and not yet written to
+    /// their clients (0 where the publisher cannot tell).
+    fn outstanding(&self, _topic: &Topic) -> usize {
+        0
+    }
 }
 
 /// Publishes `doc` as JSON on `topic`.
@@ -104,8 +111,10 @@ pub struct Outbound {
     from: Arc<From>,
     /// Every message delivered, for the web app's live pages.
     live: tokio::sync::broadcast::Sender<Live>,
-    /// Documents owed to sessions that are behind (see `owed`).
+    /// Documents owed to sessions whose queue dropped them (see `owed`).
     owed: Arc<Owed>,
+    /// Deliveries the sessions have not written yet (see `drain`).
+    drain: Arc<Drain>,
 }
 
 impl Outbound {
@@ -117,7 +126,14 @@ impl Outbound {
             from: Arc::new(From::from_system(id)),
             live: tokio::sync::broadcast::Sender::new(LIVE_BACKLOG),
             owed: Owed::new(),
+            drain: Arc::default(),
         }
+    }
+
+    /// The deliveries the sessions have not written yet, per topic: done
+    /// by the engine's hooks.
+    pub fn drain(&self) -> Arc<Drain> {
+        Arc::clone(&self.drain)
     }
 
     /// The documents owed to sessions that are behind: recorded by the
@@ -187,7 +203,7 @@ impl Publisher for Outbound {
 
     async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
         let publish = self.message(topic, payload, true);
-        let name = publish.topic.clone();
+        let (name, created) = (publish.topic.clone(), publish.create_time.unwrap_or_default());
         let retained = Retain {
             msg_id: None,
             from: (*self.from).clone(),
@@ -198,21 +214,34 @@ impl Publisher for Outbound {
         }
     }
 
-    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, _retained: bool) -> usize {
+    async fn deliver(&self, topic: &Topic, payload: Vec<u8>, retained: bool) -> usize {
         // What `SessionState::forwards` does for a message that is neither
         // retained, delayed nor stored, except that the number of
         // subscribers it reached is kept. A document a session's full queue
         // drops is owed to it (`owed`, through the `MessageDropped` hook).
         let publish = self.message(topic, payload, false);
         self.to_live(topic, &publish.payload);
+        let (name, created) = (publish.topic.clone(), publish.create_time.unwrap_or_default());
         let shared = self.scx.extends.shared().await;
-        match shared.forwards(None, (*self.from).clone(), publish).await {
+        let subscribers = match shared.forwards(None, (*self.from).clone(), publish).await {
             Ok(subscribers) => subscribers,
             Err((subscribers, failed)) => {
+                // Counted before the failures are told (each one done).
+                if retained {
+                    self.drain.sent(&name, created, subscribers + failed.len());
+                }
                 self.report_failed(failed).await;
-                subscribers
+                return subscribers;
             }
+        };
+        if retained {
+            self.drain.sent(&name, created, subscribers);
         }
+        subscribers
+    }
+
+    fn outstanding(&self, topic: &Topic) -> usize {
+        self.drain.outstanding(&topic.to_string())
     }
 }
 

@@ -139,14 +139,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await;
     // A document dropped for a subscriber is owed to it, and paid back as
     // its queue drains.
-    let owed = out.owed();
-    tokio::spawn(owed.clone().run(scx.clone(), out.clone()));
+    tokio::spawn(out.owed().run(scx.clone(), out.clone()));
     register
         .add_priority(
-            Type::MessageDropped,
+            Type::MessageDelivered,
             HOOK_PRIORITY,
-            Box::new(DropCounter::new(out, owed)),
+            Box::new(crate::hooks::DeliveredHook::new(&out)),
         )
+        .await;
+    register
+        .add_priority(Type::MessageDropped, HOOK_PRIORITY, Box::new(DropCounter::new(out)))
         .await;
     let takeover = crate::takeover::TakeoverWill::default();
     for hook in [Type::ClientConnect, Type::ClientConnack, Type::ClientDisconnected] {

@@ -28,6 +28,27 @@ const TURN_PER_SUBSCRIBER: Duration = Duration::from_micros(25);
 /// Half of the timer's resolution (see [`Deliverer::run`]).
 const TIMER_SLACK: Duration = Duration::from_micros(500);
 
+/// The longest a topic's next document waits for the last one's
+/// deliveries to be written (a subscriber that stops reading must not hold
+/// a topic back for everyone).
+pub(super) const MAX_HOLD: Duration = Duration::from_millis(250);
+
+/// How often a document waiting on its topic's deliveries looks again.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
+
+/// How many of a delivery's subscribers may still be writing it when the
+/// topic's next document goes: an eighth (stragglers wait for no one).
+fn stragglers(subscribers: usize) -> usize {
+    subscribers / 8
+}
+
+/// A retained topic's last delivery: when its turn ends, to how many.
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    ends: Instant,
+    subscribers: usize,
+}
+
 /// What the deliverer does next.
 #[derive(Debug, PartialEq)]
 pub(super) enum Next {
@@ -43,16 +64,20 @@ pub(super) enum Next {
 /// document that a newer one of the same topic supersedes before it is
 /// delivered is dropped — a subscriber needs the latest state, and the
 /// retained store already holds it — and a retained topic is not delivered
-/// again before its turn ends ([`TURN_PER_SUBSCRIBER`]). Everything else
-/// (acks, errors, alerts) goes out as queued, never held back by a document.
+/// again before its turn ends ([`TURN_PER_SUBSCRIBER`]) *and* its last
+/// delivery is written by all but [`stragglers`] of its subscribers (the
+/// publisher's `outstanding`, from the engine's delivery completions), or
+/// [`MAX_HOLD`] after its turn: the pace is what the subscribers drain.
+/// Everything else (acks, errors, alerts) goes out as queued, never held
+/// back by a document.
 #[derive(Default)]
 pub(super) struct DeliveryQueue {
     queue: VecDeque<(u64, Message)>,
     /// Per retained topic, the position of its newest document.
     newest: HashMap<Topic, u64>,
     next: u64,
-    /// Per retained topic, when its next document may go out.
-    turn_ends: HashMap<Topic, Instant>,
+    /// Per retained topic, its last delivery.
+    turns: HashMap<Topic, Turn>,
     /// Documents waiting for their topic's turn to end: position, message,
     /// due.
     held: HashMap<Topic, (u64, Message, Instant)>,
@@ -74,8 +99,23 @@ impl DeliveryQueue {
     pub(super) fn delivered(&mut self, topic: Topic, now: Instant, subscribers: usize) {
         if subscribers > 0 {
             let per = u32::try_from(subscribers).unwrap_or(u32::MAX);
-            self.turn_ends.insert(topic, now + TURN_PER_SUBSCRIBER * per);
+            let ends = now + TURN_PER_SUBSCRIBER * per;
+            self.turns.insert(topic, Turn { ends, subscribers });
         }
+    }
+
+    /// When `topic`'s next document may go (`None`: now), given how many of
+    /// its last delivery are `outstanding`.
+    fn held_until(&self, topic: &Topic, now: Instant, outstanding: &dyn Fn(&Topic) -> usize) -> Option<Instant> {
+        let turn = self.turns.get(topic)?;
+        if now < turn.ends {
+            return Some(turn.ends);
+        }
+        let last_chance = turn.ends + MAX_HOLD;
+        if now >= last_chance || outstanding(topic) <= stragglers(turn.subscribers) {
+            return None;
+        }
+        Some(last_chance.min(now + DRAIN_POLL))
     }
 
     /// Messages queued or held.
@@ -85,13 +125,14 @@ impl DeliveryQueue {
     }
 
     /// What to do at `now`, and how many superseded documents were dropped
-    /// on the way to it.
-    pub(super) fn next(&mut self, now: Instant) -> (Next, usize) {
+    /// on the way to it; `outstanding` says how many deliveries of a topic
+    /// its subscribers have not written yet.
+    pub(super) fn next(&mut self, now: Instant, outstanding: &dyn Fn(&Topic) -> usize) -> (Next, usize) {
         let mut dropped = 0;
         let due = self
             .held
             .iter()
-            .filter(|(_, (_, _, due))| *due <= now)
+            .filter(|(topic, (_, _, due))| *due <= now && self.held_until(topic, now, outstanding).is_none())
             .map(|(topic, _)| topic.clone())
             .next();
         if let Some(topic) = due {
@@ -113,22 +154,29 @@ impl DeliveryQueue {
                 continue;
             }
             let topic = message.topic.clone();
-            match self.turn_ends.get(&topic) {
-                Some(end) if now < *end => {
-                    let due = *end;
+            match self.held_until(&topic, now, outstanding) {
+                Some(due) => {
                     if self.held.insert(topic, (at, message, due)).is_some() {
                         dropped += 1;
                     }
                 }
-                _ => {
+                None => {
                     self.newest.remove(&topic);
                     return (Next::Deliver(message), dropped);
                 }
             }
         }
         // Forget turns that can no longer hold anything back.
-        self.turn_ends.retain(|_, end| now < *end);
-        match self.held.values().map(|(_, _, due)| *due).min() {
+        self.turns.retain(|_, turn| now < turn.ends + MAX_HOLD);
+        // A document waiting on its topic's deliveries looks again soon.
+        let mut wake = None::<Instant>;
+        for (topic, (_, _, due)) in self.held.iter_mut() {
+            if *due <= now {
+                *due = self.turns.get(topic).map_or(now, |t| (t.ends + MAX_HOLD).min(now + DRAIN_POLL));
+            }
+            wake = Some(wake.map_or(*due, |w: Instant| w.min(*due)));
+        }
+        match wake {
             Some(due) => (Next::WaitUntil(due), dropped),
             None => (Next::Idle, dropped),
         }
@@ -182,7 +230,7 @@ impl Deliverer {
         loop {
             let now = Instant::now().max(woken_for.take().unwrap_or_else(Instant::now));
             let (next, dropped) = match self.queue.lock() {
-                Ok(mut queue) => queue.next(now),
+                Ok(mut queue) => queue.next(now, &|topic| out.outstanding(topic)),
                 Err(_) => return,
             };
             let delivered = usize::from(matches!(next, Next::Deliver(_)));
@@ -250,7 +298,7 @@ mod tests {
             let mut out = Vec::new();
             let mut dropped = 0;
             loop {
-                let (next, d) = queue.next(now);
+                let (next, d) = queue.next(now, &|_| 0);
                 dropped += d;
                 match next {
                     Next::Deliver(Message {
@@ -308,6 +356,51 @@ mod tests {
         let (out, _, then) = drain(&mut queue, t0 + a_turn);
         assert_eq!(out, ["a5"]);
         assert_eq!(then, Next::Idle);
+        assert_eq!(queue.len(), 0);
+    }
+
+    /// A topic's next document waits until all but an eighth of its last
+    /// delivery's subscribers have written it — or, if they never do, until
+    /// [`MAX_HOLD`] after its turn.
+    #[test]
+    fn a_topics_next_document_waits_for_its_subscribers_to_drain() {
+        let level = Topic::StockLevel {
+            store: id("s1"),
+            sku: id("a"),
+        };
+        let t0 = Instant::now();
+        let turn = Duration::from_millis(5);
+        let mut queue = DeliveryQueue::default();
+        queue.push(Message::new(level.clone(), b"a1".to_vec(), true));
+        assert!(matches!(queue.next(t0, &|_| 0).0, Next::Deliver(_)));
+        queue.delivered(level.clone(), t0, 200);
+        queue.push(Message::new(level.clone(), b"a2".to_vec(), true));
+        // Its turn has ended, but 100 of 200 are still writing a1.
+        let busy = |_: &Topic| 100;
+        assert_eq!(queue.next(t0 + turn, &busy).0, Next::WaitUntil(t0 + turn + DRAIN_POLL));
+        assert_eq!(
+            queue.next(t0 + turn + DRAIN_POLL, &busy).0,
+            Next::WaitUntil(t0 + turn + DRAIN_POLL * 2)
+        );
+        // A newer one replaces it while it waits.
+        queue.push(Message::new(level.clone(), b"a3".to_vec(), true));
+        let (next, dropped) = queue.next(t0 + turn + DRAIN_POLL * 2, &busy);
+        assert_eq!((matches!(next, Next::WaitUntil(_)), dropped), (true, 1));
+        // 25 of 200 left: it goes.
+        match queue.next(t0 + turn + DRAIN_POLL * 3, &|_| 25).0 {
+            Next::Deliver(m) => assert_eq!(m.payload, b"a3"),
+            other => panic!("{other:?}"),
+        }
+        // Subscribers that never drain hold it at most MAX_HOLD.
+        let t1 = t0 + Duration::from_secs(1);
+        queue.delivered(level.clone(), t1, 200);
+        queue.push(Message::new(level.clone(), b"a4".to_vec(), true));
+        let stuck = |_: &Topic| 200;
+        assert!(matches!(queue.next(t1 + turn + MAX_HOLD / 2, &stuck).0, Next::WaitUntil(_)));
+        match queue.next(t1 + turn + MAX_HOLD, &stuck).0 {
+            Next::Deliver(m) => assert_eq!(m.payload, b"a4"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(queue.len(), 0);
     }
 }
