@@ -33,6 +33,12 @@ const TIMER_SLACK: Duration = Duration::from_micros(500);
 /// a topic back for everyone).
 pub(super) const MAX_HOLD: Duration = Duration::from_millis(250);
 
+/// After a delivery its subscribers were slow to write, the topic rests
+/// this many times as long as they took: under load a topic's deliveries
+/// take at most a quarter of its subscribers' time, and the rest is left
+/// to the inputs.
+const DRAIN_REST: u32 = 3;
+
 /// How often a document waiting on its topic's deliveries looks again.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
 
@@ -45,8 +51,14 @@ fn stragglers(subscribers: usize) -> usize {
 /// A retained topic's last delivery: when its turn ends, to how many.
 #[derive(Debug, Clone, Copy)]
 struct Turn {
+    sent: Instant,
     ends: Instant,
     subscribers: usize,
+    /// When all but the stragglers had written it, if a document waited
+    /// for that.
+    drained: Option<Instant>,
+    /// Whether a document found it not drained at its turn's end.
+    waited: bool,
 }
 
 /// What the deliverer does next.
@@ -66,8 +78,10 @@ pub(super) enum Next {
 /// retained store already holds it — and a retained topic is not delivered
 /// again before its turn ends ([`TURN_PER_SUBSCRIBER`]) *and* its last
 /// delivery is written by all but [`stragglers`] of its subscribers (the
-/// publisher's `outstanding`, from the engine's delivery completions), or
-/// [`MAX_HOLD`] after its turn: the pace is what the subscribers drain.
+/// publisher's `outstanding`, from the engine's delivery completions) —
+/// and when they were slow to, [`DRAIN_REST`] times as long again — or
+/// [`MAX_HOLD`] after its turn: the pace is what the subscribers drain,
+/// and under load the inputs keep most of the machine.
 /// Everything else (acks, errors, alerts) goes out as queued, never held
 /// back by a document.
 #[derive(Default)]
@@ -100,22 +114,49 @@ impl DeliveryQueue {
         if subscribers > 0 {
             let per = u32::try_from(subscribers).unwrap_or(u32::MAX);
             let ends = now + TURN_PER_SUBSCRIBER * per;
-            self.turns.insert(topic, Turn { ends, subscribers });
+            self.turns.insert(
+                topic,
+                Turn {
+                    sent: now,
+                    ends,
+                    subscribers,
+                    drained: None,
+                    waited: false,
+                },
+            );
         }
     }
 
     /// When `topic`'s next document may go (`None`: now), given how many of
     /// its last delivery are `outstanding`.
-    fn held_until(&self, topic: &Topic, now: Instant, outstanding: &dyn Fn(&Topic) -> usize) -> Option<Instant> {
-        let turn = self.turns.get(topic)?;
+    fn held_until(&mut self, topic: &Topic, now: Instant, outstanding: &dyn Fn(&Topic) -> usize) -> Option<Instant> {
+        let turn = self.turns.get_mut(topic)?;
         if now < turn.ends {
             return Some(turn.ends);
         }
         let last_chance = turn.ends + MAX_HOLD;
-        if now >= last_chance || outstanding(topic) <= stragglers(turn.subscribers) {
+        if now >= last_chance {
             return None;
         }
-        Some(last_chance.min(now + DRAIN_POLL))
+        if turn.drained.is_none() {
+            if outstanding(topic) > stragglers(turn.subscribers) {
+                turn.waited = true;
+            } else if turn.waited {
+                turn.drained = Some(now);
+            } else {
+                // Written within its turn: the subscribers keep up.
+                return None;
+            }
+        }
+        match turn.drained {
+            // As long again as the last one took to drain: under load a
+            // topic's deliveries take at most half the subscribers' time.
+            Some(drained) => {
+                let rest = drained + (drained - turn.sent) * DRAIN_REST;
+                (now < rest).then_some(rest.min(last_chance))
+            }
+            None => Some(last_chance.min(now + DRAIN_POLL)),
+        }
     }
 
     /// Messages queued or held.
@@ -129,12 +170,26 @@ impl DeliveryQueue {
     /// its subscribers have not written yet.
     pub(super) fn next(&mut self, now: Instant, outstanding: &dyn Fn(&Topic) -> usize) -> (Next, usize) {
         let mut dropped = 0;
-        let due = self
+        let waiting: Vec<Topic> = self
             .held
             .iter()
-            .filter(|(topic, (_, _, due))| *due <= now && self.held_until(topic, now, outstanding).is_none())
+            .filter(|(_, (_, _, due))| *due <= now)
             .map(|(topic, _)| topic.clone())
-            .next();
+            .collect();
+        let mut due = None;
+        for topic in waiting {
+            match self.held_until(&topic, now, outstanding) {
+                None => {
+                    due = Some(topic);
+                    break;
+                }
+                Some(until) => {
+                    if let Some(held) = self.held.get_mut(&topic) {
+                        held.2 = until;
+                    }
+                }
+            }
+        }
         if let Some(topic) = due {
             if let Some((at, message, _)) = self.held.remove(&topic) {
                 if self.newest.get(&topic) == Some(&at) {
@@ -168,15 +223,7 @@ impl DeliveryQueue {
         }
         // Forget turns that can no longer hold anything back.
         self.turns.retain(|_, turn| now < turn.ends + MAX_HOLD);
-        // A document waiting on its topic's deliveries looks again soon.
-        let mut wake = None::<Instant>;
-        for (topic, (_, _, due)) in self.held.iter_mut() {
-            if *due <= now {
-                *due = self.turns.get(topic).map_or(now, |t| (t.ends + MAX_HOLD).min(now + DRAIN_POLL));
-            }
-            wake = Some(wake.map_or(*due, |w: Instant| w.min(*due)));
-        }
-        match wake {
+        match self.held.values().map(|(_, _, due)| *due).min() {
             Some(due) => (Next::WaitUntil(due), dropped),
             None => (Next::Idle, dropped),
         }
@@ -360,8 +407,9 @@ mod tests {
     }
 
     /// A topic's next document waits until all but an eighth of its last
-    /// delivery's subscribers have written it — or, if they never do, until
-    /// [`MAX_HOLD`] after its turn.
+    /// delivery's subscribers have written it, then rests three times as
+    /// long as that took — or, if they never do, until [`MAX_HOLD`] after
+    /// its turn. Subscribers that wrote it within its turn hold nothing up.
     #[test]
     fn a_topics_next_document_waits_for_its_subscribers_to_drain() {
         let level = Topic::StockLevel {
@@ -386,8 +434,13 @@ mod tests {
         queue.push(Message::new(level.clone(), b"a3".to_vec(), true));
         let (next, dropped) = queue.next(t0 + turn + DRAIN_POLL * 2, &busy);
         assert_eq!((matches!(next, Next::WaitUntil(_)), dropped), (true, 1));
-        // 25 of 200 left: it goes.
-        match queue.next(t0 + turn + DRAIN_POLL * 3, &|_| 25).0 {
+        // 25 of 200 left at 8 ms: drained, after 8 ms of writing; the
+        // topic rests three times that.
+        let drained = t0 + turn + DRAIN_POLL * 3;
+        let rest = drained + (drained - t0) * DRAIN_REST;
+        assert_eq!(queue.next(drained, &|_| 25).0, Next::WaitUntil(rest));
+        assert_eq!(queue.next(rest - DRAIN_POLL, &|_| 0).0, Next::WaitUntil(rest));
+        match queue.next(rest, &|_| 0).0 {
             Next::Deliver(m) => assert_eq!(m.payload, b"a3"),
             other => panic!("{other:?}"),
         }
@@ -396,7 +449,10 @@ mod tests {
         queue.delivered(level.clone(), t1, 200);
         queue.push(Message::new(level.clone(), b"a4".to_vec(), true));
         let stuck = |_: &Topic| 200;
-        assert!(matches!(queue.next(t1 + turn + MAX_HOLD / 2, &stuck).0, Next::WaitUntil(_)));
+        assert!(matches!(
+            queue.next(t1 + turn + MAX_HOLD / 2, &stuck).0,
+            Next::WaitUntil(_)
+        ));
         match queue.next(t1 + turn + MAX_HOLD, &stuck).0 {
             Next::Deliver(m) => assert_eq!(m.payload, b"a4"),
             other => panic!("{other:?}"),
