@@ -203,7 +203,7 @@ impl Publisher for Outbound {
 
     async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
         let publish = self.message(topic, payload, true);
-        let (name, created) = (publish.topic.clone(), publish.create_time.unwrap_or_default());
+        let name = publish.topic.clone();
         let retained = Retain {
             msg_id: None,
             from: (*self.from).clone(),
