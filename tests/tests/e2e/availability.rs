@@ -440,11 +440,11 @@ async fn pos_terminals_racing_guarded_sales_for_the_last_portions_sell_exactly_t
 
 /// A POS too slow for the load — one message in flight, a queue of a
 /// thousand, not reading while 1,100 changes of another SKU come after the
-/// last of beef — loses documents to its full queue, the latest of beef
-/// among them (the engine drops the oldest). Once it reads again it
-/// converges to the latest revision of every level all the same: each
-/// dropped document is paid back with its topic's newest as the queue
-/// drains.
+/// last of beef — is not buried under every version: its topics wait for
+/// it to drain (newer documents replacing older ones meanwhile), and
+/// whatever its full queue would drop is paid back with the topic's
+/// newest. Once it reads again it converges to the latest revision of
+/// every level, having been handed far fewer documents than were made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pos_too_slow_for_the_load_converges_to_the_latest_of_every_document() -> Result<()> {
     const FLOOD: usize = 1_100;
@@ -455,8 +455,6 @@ async fn a_pos_too_slow_for_the_load_converges_to_the_latest_of_every_document()
     );
     let broker = BrokerProcess::start(&config, &data)?;
     let filter = "stores/s1/stock/+/level";
-    let mut watcher = Client::connect(broker.addr, "watcher").await?;
-    watcher.subscribe("hq/alerts", QoS::AtLeastOnce).await?;
 
     // The slow POS: its retained levels first, then it stops reading.
     let mut options = rumqttc::MqttOptions::new("slow-pos", broker.addr.ip().to_string(), broker.addr.port());
@@ -486,13 +484,6 @@ async fn a_pos_too_slow_for_the_load_converges_to_the_latest_of_every_document()
     for event in book("beef", 3).chain(book("bun", FLOOD)) {
         stock_and_wait(&mut kds, "s1", "kds-1", &[event]).await?;
     }
-    let alert = watcher
-        .wait_latest("hq/alerts", |a| a["kind"] == json!("messages_dropped"))
-        .await?;
-    assert!(
-        alert["message"].as_str().is_some_and(|m| m.contains("slow-pos")),
-        "{alert}"
-    );
 
     // The latest of every level, as a new POS finds it.
     let mut fresh = Client::connect(broker.addr, "fresh-pos").await?;
@@ -523,8 +514,8 @@ async fn a_pos_too_slow_for_the_load_converges_to_the_latest_of_every_document()
         }
     }
     assert!(
-        received < 3 + FLOOD,
-        "documents were dropped on the way ({received} received)"
+        received < FLOOD / 2,
+        "the versions it could not take were coalesced ({received} received)"
     );
     Ok(())
 }
