@@ -519,3 +519,73 @@ async fn a_pos_too_slow_for_the_load_converges_to_the_latest_of_every_document()
     );
     Ok(())
 }
+
+/// A POS that stops reading while 1,200 different levels change once each
+/// (one message in flight, a queue of a thousand) loses the oldest of them
+/// to its full queue — each one its topic's latest. Once it reads again it
+/// holds the latest of every level all the same: each dropped document is
+/// owed to it and paid back with its topic's newest as its queue drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_a_full_queue_dropped_are_paid_back_with_the_newest() -> Result<()> {
+    const SKUS: usize = 1_200;
+    let ids: Vec<String> = (0..SKUS).map(|i| format!("k{i}")).collect();
+    let skus: Vec<crate::support::TestSku> = ids.iter().map(|id| (id.as_str(), "g", 0, 0)).collect();
+    let config = chain_toml(&["s1"], &skus, &[("dish", 0, vec![("k0", 1)])]).replace(
+        "allow_anonymous = true\n",
+        "allow_anonymous = true\nmax_inflight = 1\nmax_mqueue_len = 1000\nmax_publish_rate = 100000\n",
+    );
+    let (_tmp, data) = temp_data_dir()?;
+    let broker = BrokerProcess::start(&config, &data)?;
+    let mut watcher = Client::connect(broker.addr, "watcher").await?;
+    watcher.subscribe("hq/alerts", QoS::AtLeastOnce).await?;
+
+    // The POS reads every retained level, then stops reading.
+    let mut options = rumqttc::MqttOptions::new("stalled-pos", broker.addr.ip().to_string(), broker.addr.port());
+    options.set_keep_alive(std::time::Duration::from_secs(120));
+    let (pos, mut pos_loop) = rumqttc::AsyncClient::new(options, 100);
+    pos.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce).await?;
+    let mut held: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
+    let read = |held: &mut std::collections::BTreeMap<String, u64>, event: rumqttc::Event| -> Result<()> {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+            let rev = serde_json::from_slice::<Value>(&p.payload)?["rev"]
+                .as_u64()
+                .unwrap_or(0);
+            let mine = held.entry(p.topic.clone()).or_insert(0);
+            *mine = (*mine).max(rev);
+        }
+        Ok(())
+    };
+    while held.len() < SKUS {
+        let event = tokio::time::timeout_at(deadline, pos_loop.poll()).await??;
+        read(&mut held, event)?;
+    }
+
+    // Every level changes once: 1,200 documents of 1,200 topics.
+    let mut kds = Client::connect(broker.addr, "kds-1").await?;
+    kds.subscribe("stores/s1/acks/kds-1", QoS::AtLeastOnce).await?;
+    for id in &ids {
+        let event = stock_event(&format!("r-{id}"), "receive", 5.0, "g", "kds-1");
+        stock_and_wait(&mut kds, "s1", "kds-1", &[(id.as_str(), event)]).await?;
+    }
+    let alert = watcher
+        .wait_latest("hq/alerts", |a| a["kind"] == json!("messages_dropped"))
+        .await?;
+    assert!(
+        alert["message"].as_str().is_some_and(|m| m.contains("stalled-pos")),
+        "{alert}"
+    );
+    let latest: std::collections::BTreeMap<String, u64> = held.keys().map(|t| (t.clone(), held[t] + 1)).collect();
+
+    // It reads again: every level at its latest.
+    while held != latest {
+        let event = tokio::time::timeout_at(deadline + crate::support::DEADLINE, pos_loop.poll())
+            .await
+            .map_err(|_| {
+                let behind = latest.iter().filter(|(t, rev)| held.get(*t) < Some(rev)).count();
+                anyhow::anyhow!("{behind} levels are behind on the POS")
+            })??;
+        read(&mut held, event)?;
+    }
+    Ok(())
+}
