@@ -281,16 +281,6 @@ fn replay(
     Ok(percentile(&late_ms, 0.99))
 }
 
-/// The probe change `k` (1-based, round-robin over the probe stores) is
-/// the `n`th change of its store: the revisions a store's POS must see.
-fn probe_revs(probe_events: u64, stores: usize) -> Vec<u64> {
-    let mut per = vec![0u64; stores];
-    for k in 1..=probe_events {
-        per[(k as usize) % stores] += 1;
-    }
-    per
-}
-
 /// Runs one chain size.
 async fn one(dir: &Path, stores: usize, plan: Plan) -> Result<Figures> {
     let size = ChainSize {
@@ -328,8 +318,15 @@ async fn one(dir: &Path, stores: usize, plan: Plan) -> Result<Figures> {
     if late > 1.0 {
         eprintln!("dishsync-bench: capacity {stores}: the load went out up to {late:.1} ms late (p99)");
     }
+    // Each probe store's changes, at their intended send times; its n-th
+    // change is the first document at its base revision + n.
+    let mut intended: Vec<Vec<Instant>> = vec![Vec::new(); probes];
+    for k in 1..=probe_events {
+        intended[(k as usize) % probes]
+            .push(Instant::from_std(start) + Duration::from_secs_f64(k as f64 / plan.probe_rate));
+    }
+    let want: Vec<u64> = intended.iter().map(|sent| sent.len() as u64).collect();
     // Every probe POS has the last probe change (bounded).
-    let want = probe_revs(probe_events, probes);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let done = seen
@@ -342,13 +339,6 @@ async fn one(dir: &Path, stores: usize, plan: Plan) -> Result<Figures> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Each probe store's changes, timed from their intended send times:
-    // its n-th change is the first document at its base revision + n.
-    let mut intended: Vec<Vec<Instant>> = vec![Vec::new(); probes];
-    for k in 1..=probe_events {
-        intended[(k as usize) % probes]
-            .push(Instant::from_std(start) + Duration::from_secs_f64(k as f64 / plan.probe_rate));
     }
     let mut ms = Vec::new();
     for (i, arrivals) in seen.lock().map_err(|_| anyhow!("lock"))?.iter().enumerate() {
