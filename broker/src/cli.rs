@@ -124,6 +124,54 @@ enum Command {
         #[arg(long, env = "DISHSYNC_WORKER_PASSWORD", hide_env_values = true)]
         password: Option<String>,
     },
+    /// Run the rules as one partition's worker on a NATS JetStream cluster
+    /// (docs/scale-out.md): the partition is the configuration's stores;
+    /// several workers may run for it, one serves and the others stand by.
+    /// `--config` and `--data-dir` (the worker's local copy, rebuilt from
+    /// the cluster's log) apply; `--listen` does not.
+    Cluster {
+        /// A NATS server of the cluster, `nats://host:port` (repeat it for
+        /// each).
+        #[arg(long = "nats", required = true)]
+        nats: Vec<String>,
+        /// An MQTT listener of the cluster, host:port (repeat it): outputs
+        /// go to the first that answers.
+        #[arg(long = "mqtt", required = true)]
+        mqtt: Vec<String>,
+        /// The partition this worker serves.
+        #[arg(long)]
+        partition: String,
+        /// This worker's name, unique in the cluster.
+        #[arg(long)]
+        worker_id: String,
+        /// Copies the cluster keeps of the inputs and the partition's log.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// How long a worker's claim on its partition lives unrenewed, in
+        /// milliseconds: a standby takes over within about this long.
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
+        /// How often every retained document is published again, in
+        /// milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        republish_ms: u64,
+        /// Username at the cluster (NATS and its MQTT listeners).
+        #[arg(long, env = "DISHSYNC_CLUSTER_USERNAME")]
+        username: Option<String>,
+        /// Password at the cluster.
+        #[arg(long, env = "DISHSYNC_CLUSTER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// The authority that signed the cluster's certificates: connect
+        /// over TLS, to NATS and to the MQTT listeners.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// The worker's certificate, where the cluster asks for one.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The worker's private key.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -283,6 +331,47 @@ pub fn main() -> ExitCode {
                 credentials: username.map(|u| (u, password.unwrap_or_default())),
             };
             runtime.block_on(crate::worker::run(settings, attach))
+        }
+        Some(Command::Cluster {
+            nats,
+            mqtt,
+            partition,
+            worker_id,
+            replicas,
+            lease_ms,
+            republish_ms,
+            username,
+            password,
+            tls_ca,
+            tls_cert,
+            tls_key,
+        }) => {
+            let mut listeners = Vec::new();
+            for listener in &mqtt {
+                let Some(hp) = listener
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+                else {
+                    eprintln!("dishsync-broker: --mqtt wants host:port, not {listener}");
+                    return ExitCode::from(2);
+                };
+                listeners.push(hp);
+            }
+            let join = crate::cluster::Join {
+                nats,
+                mqtt: listeners,
+                partition,
+                worker: worker_id,
+                replicas,
+                lease: std::time::Duration::from_millis(lease_ms.max(1_000)),
+                republish_every: std::time::Duration::from_millis(republish_ms.max(100)),
+                credentials: username.map(|u| (u, password.unwrap_or_default())),
+                tls: tls_ca.map(|ca| crate::cluster::Tls {
+                    ca,
+                    client: tls_cert.zip(tls_key),
+                }),
+            };
+            runtime.block_on(crate::cluster::run(settings, join))
         }
         _ => runtime.block_on(crate::run(settings)),
     };

@@ -35,6 +35,7 @@ pub mod acl;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod current;
 pub mod demo;

@@ -50,7 +50,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let web_tls = web_tls(&settings)?;
     let web_task = crate::web::open(settings.web, web_tls, readiness.clone(), Some(api_slot.clone())).await?;
 
-    let (store, inventory) = restore(&settings, &readiness).await?;
+    let (store, inventory) = restore(&settings, &readiness, None).await?;
     republish_all(&out, &inventory).await;
     info!("state restored and re-published");
 
@@ -315,12 +315,17 @@ fn listener_allowing(settings: &Settings, name: &str, addr: std::net::SocketAddr
 
 /// Opens the data directory and restores the chain's state from it,
 /// persisting what the restore changed (and which requests and transfers
-/// it holds: a data directory from before that index gets it here).
+/// it holds: a data directory from before that index gets it here). With
+/// a `replica`, that commit and every later one are replicated to it.
 pub(crate) async fn restore(
     settings: &Settings,
     readiness: &crate::web::Readiness,
+    replica: Option<Arc<dyn crate::store::Replica>>,
 ) -> anyhow::Result<(Store, Inventory)> {
     let store = open_data_dir(&settings.data_dir, settings.checkpoint_interval, readiness).await?;
+    if let Some(replica) = replica {
+        store.replicate_to(replica);
+    }
     let restored = store.load().context("reading the snapshot")?;
     let fresh_start = restored.is_empty();
     let now = Timestamp::now().0;

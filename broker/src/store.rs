@@ -107,6 +107,10 @@ pub enum StoreError {
     /// group commits are unreadable. Nothing was opened.
     #[error("{0}")]
     Damaged(Box<journal::Damage>),
+    /// The replica refused or lost a group commit (a cluster worker whose
+    /// partition another worker took over).
+    #[error("replication: {0}")]
+    Replica(String),
     /// Another process holds the data directory (a broker running on it,
     /// or a backup's restore).
     #[error("the data directory is in use by another process (is a broker running on it?)")]
@@ -160,6 +164,26 @@ struct Shared {
     failure: tokio::sync::watch::Sender<Option<String>>,
     /// The last journal group sled holds.
     checkpointed: AtomicU64,
+    /// Where group commits are replicated before they count as durable,
+    /// once set ([`Store::replicate_to`]).
+    replica: std::sync::OnceLock<Arc<dyn Replica>>,
+    /// The groups journaled since the last replication, in order.
+    unreplicated: Mutex<Vec<Group>>,
+    /// One replication at a time, so groups reach the replica in order.
+    replicating: tokio::sync::Mutex<()>,
+}
+
+/// One group commit's pairs, as the journal records them.
+pub type Group = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A replicated log that group commits must reach before a flush returns:
+/// a cluster worker's partition log. The local journal stays the worker's
+/// own copy; the replica is what another worker rebuilds the state from.
+#[async_trait::async_trait]
+pub trait Replica: Send + Sync {
+    /// Appends `groups`, in order, as one entry; returns once the replica
+    /// holds them. An error means it may not: the store fails.
+    async fn append(&self, groups: Vec<Group>) -> Result<(), String>;
 }
 
 /// Pairs journaled but not yet in sled: read before sled.
@@ -738,6 +762,9 @@ impl Store {
             checkpointing: Mutex::new(()),
             failure: tokio::sync::watch::channel(None).0,
             checkpointed: AtomicU64::new(last),
+            replica: std::sync::OnceLock::new(),
+            unreplicated: Mutex::new(Vec::new()),
+            replicating: tokio::sync::Mutex::new(()),
         });
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = if let Some(every) = checkpoint_every {
@@ -1106,6 +1133,10 @@ impl Store {
                 puts: commit.puts,
             };
             shared.journal.append(&record)?;
+            if shared.replica.get().is_some() {
+                let mut unreplicated = shared.unreplicated.lock().unwrap_or_else(|e| e.into_inner());
+                unreplicated.push(record.puts.clone());
+            }
             let mut overlay = shared.overlay.lock().unwrap_or_else(|e| e.into_inner());
             overlay.active.extend(record.puts);
             overlay.active_last = record.seq;
@@ -1115,9 +1146,45 @@ impl Store {
         Ok(commit.next_seq)
     }
 
-    /// Waits until everything applied so far is on disk.
+    /// Waits until everything applied so far is on disk, and in the
+    /// replica if there is one.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.shared.journal.sync().await?;
+        let shared = &self.inner.shared;
+        shared.journal.sync().await?;
+        if let Some(replica) = shared.replica.get() {
+            let _turn = shared.replicating.lock().await;
+            let groups = std::mem::take(&mut *shared.unreplicated.lock().unwrap_or_else(|e| e.into_inner()));
+            if !groups.is_empty() {
+                replica.append(groups).await.map_err(StoreError::Replica)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// From now on, every group commit is appended to `replica` too, and a
+    /// flush returns only once it holds it. Set once, before the first
+    /// commit that must be replicated.
+    pub fn replicate_to(&self, replica: Arc<dyn Replica>) {
+        if self.inner.shared.replica.set(replica).is_err() {
+            tracing::warn!("the store already replicates; a second replica is ignored");
+        }
+    }
+
+    /// Writes group commits read from a replica (rebuilding a partition's
+    /// state), each as it was committed; [`Store::flush`] makes them
+    /// durable. Only before the rules start, and before
+    /// [`Store::replicate_to`].
+    pub fn import(&self, groups: impl IntoIterator<Item = Group>) -> Result<(), StoreError> {
+        for puts in groups {
+            let next_seq = self.inner.next_seq.load(Ordering::SeqCst);
+            let next_webhook = self.inner.next_webhook.load(Ordering::SeqCst);
+            self.apply(Commit {
+                puts,
+                next_seq,
+                next_webhook,
+                webhooks_queued: false,
+            })?;
+        }
         Ok(())
     }
 }

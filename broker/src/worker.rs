@@ -51,23 +51,25 @@ pub struct Attach {
 /// Inputs in flight between the external broker and the rules.
 const PIPELINE: usize = 1_024;
 
+/// Every topic a store's devices send the rules on.
+pub(crate) const STORE_INPUTS: [dishsync_protocol::topic::Pattern; 10] = [
+    pattern::STOCK_EVENTS,
+    pattern::SALES,
+    pattern::DISH_OVERRIDE,
+    pattern::SCALE_WEIGHT,
+    pattern::TRANSFER_REQUEST,
+    pattern::TRANSFER_ACTION,
+    pattern::DEVICE_STATUS,
+    pattern::PROBE_TEMPERATURE,
+    pattern::PROBE_DISCARD,
+    pattern::PROBE_KEEP,
+];
+
 /// The input filters of the stores the worker owns.
 fn input_filters(settings: &Settings) -> Vec<String> {
     let mut filters = vec![pattern::REQUEST_ACTION.filter(None, None)];
     for store in settings.catalog.stores() {
-        let s = Some(&store.id);
-        filters.extend(
-            [
-                pattern::STOCK_EVENTS,
-                pattern::SALES,
-                pattern::DISH_OVERRIDE,
-                pattern::SCALE_WEIGHT,
-                pattern::TRANSFER_REQUEST,
-                pattern::TRANSFER_ACTION,
-                pattern::DEVICE_STATUS,
-            ]
-            .map(|p| p.filter(s, None)),
-        );
+        filters.extend(STORE_INPUTS.map(|p| p.filter(Some(&store.id), None)));
     }
     filters
 }
@@ -86,7 +88,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    let (store, inventory) = restore(&settings, &readiness).await?;
+    let (store, inventory) = restore(&settings, &readiness, None).await?;
     let mut opts = MqttOptions::new(attach.client_id.clone(), attach.host.clone(), attach.port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(false);
@@ -212,42 +214,47 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
                 Err(e) => Err(anyhow::anyhow!("the web listener stopped: {e}")),
             },
         };
-        let verdict = route(&rules, &*out, &owned, &publish).await;
+        let verdict = route(&rules, &*out, &owned, &publish.topic, &publish.payload).await;
         if verdicts_tx.send((publish, verdict)).await.is_err() {
             break;
         }
     }
     drop(verdicts_tx);
     let _ = acker.await;
-    Ok(())
+    // The rules stop on a failed commit: say so, not that all went well.
+    match storage.failure() {
+        Some(what) => Err(crate::store::StorageFailed(what).into()),
+        None => Ok(()),
+    }
 }
 
 /// Hands one input to the rules (or reports why it cannot be applied);
 /// the verdict to wait for before acknowledging it, if any. An input for a
 /// store the worker does not own (the central kitchen's action on another
 /// region's request) is another worker's: passed over.
-async fn route(
+pub(crate) async fn route(
     rules: &RulesHandle,
     out: &dyn Publisher,
     owned: &HashSet<StoreId>,
-    publish: &Publish,
+    topic_name: &str,
+    payload: &[u8],
 ) -> Option<oneshot::Receiver<Verdict>> {
-    let topic = match publish.topic.parse::<Topic>() {
+    let topic = match topic_name.parse::<Topic>() {
         Ok(topic) => topic,
         Err(e) => {
-            warn!(topic = %publish.topic, error = %e, "ignored a message outside the contract");
+            warn!(topic = %topic_name, error = %e, "ignored a message outside the contract");
             return None;
         }
     };
     if let Topic::DeviceStatus { device, .. } = &topic {
-        match &publish.payload[..] {
+        match payload {
             b"online" => rules.presence(device.clone(), true).await,
             b"offline" => rules.presence(device.clone(), false).await,
             _ => warn!(%topic, "ignored a device status that is neither online nor offline"),
         }
         return None;
     }
-    match Input::decode(&topic, &publish.payload) {
+    match Input::decode(&topic, payload) {
         Ok(input) if input.is_moving_reading() => None,
         // A chain-wide input (a promotion's plan) names no store; the
         // workers split the chain by store, so none of them takes it.
@@ -266,21 +273,13 @@ async fn route(
                 _ => None,
             };
             let device = in_topic.or_else(|| {
-                serde_json::from_slice::<serde_json::Value>(&publish.payload)
+                serde_json::from_slice::<serde_json::Value>(payload)
                     .ok()
                     .and_then(|v| v["device"].as_str().or(v["by"].as_str()).and_then(|d| d.parse().ok()))
             });
             match (topic.store(), device) {
                 (Some(store), Some(device)) => {
-                    report(
-                        out,
-                        Some(store),
-                        &device,
-                        &publish.topic,
-                        salvage_id(&publish.payload),
-                        &rejection,
-                    )
-                    .await
+                    report(out, Some(store), &device, topic_name, salvage_id(payload), &rejection).await
                 }
                 _ => warn!(%topic, reason = %rejection.message, "input rejected"),
             }
@@ -292,8 +291,8 @@ async fn route(
 /// The rules' messages, published on the external broker. A retained
 /// document published there ([`Publisher::retain`]) reaches its current
 /// subscribers too, so the deliverer's copy of it is not sent again.
-struct Attached {
-    client: AsyncClient,
+pub(crate) struct Attached {
+    pub(crate) client: AsyncClient,
 }
 
 #[async_trait]

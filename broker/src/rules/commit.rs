@@ -62,7 +62,10 @@ pub(super) async fn committer(
             // this), and let the restart recover from the last complete
             // commit. Devices re-send what they saw no ack for.
             error!(error = %e, "storage failed; stopping the broker");
-            store.fail(format!("a journal sync failed: {e}"));
+            store.fail(match e {
+                StoreError::Replica(why) => format!("a group commit was not replicated: {why}"),
+                e => format!("a journal sync failed: {e}"),
+            });
             return;
         }
         // A device holding its PUBACK finds the new state retained.
