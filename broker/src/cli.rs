@@ -155,6 +155,11 @@ enum Command {
         /// milliseconds.
         #[arg(long, default_value_t = 60_000)]
         republish_ms: u64,
+        /// A snapshot of the partition's state is stored once this many
+        /// entries were appended to its log since the last: a takeover
+        /// reads the snapshot and the entries after it.
+        #[arg(long, default_value_t = 10_000)]
+        snapshot_every: u64,
         /// Username at the cluster (NATS and its MQTT listeners).
         #[arg(long, env = "DISHSYNC_CLUSTER_USERNAME")]
         username: Option<String>,
@@ -340,6 +345,7 @@ pub fn main() -> ExitCode {
             replicas,
             lease_ms,
             republish_ms,
+            snapshot_every,
             username,
             password,
             tls_ca,
@@ -365,6 +371,7 @@ pub fn main() -> ExitCode {
                 replicas,
                 lease: std::time::Duration::from_millis(lease_ms.max(1_000)),
                 republish_every: std::time::Duration::from_millis(republish_ms.max(100)),
+                snapshot_every: snapshot_every.max(1),
                 credentials: username.map(|u| (u, password.unwrap_or_default())),
                 tls: tls_ca.map(|ca| crate::cluster::Tls {
                     ca,

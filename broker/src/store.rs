@@ -1170,6 +1170,39 @@ impl Store {
         }
     }
 
+    /// Every record, as group-commit pairs (the ledger as lines, without
+    /// the index and the checkpoint mark, which [`Store::import`] writes
+    /// anew): a snapshot of exactly the groups applied so far. Only from
+    /// the rules task, between groups; the checkpointer waits meanwhile.
+    pub fn dump(&self) -> Result<Group, StoreError> {
+        let shared = &self.inner.shared;
+        let _one = shared.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
+        let (active, sealed) = {
+            let overlay = shared.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            (overlay.active.clone(), overlay.sealed.clone())
+        };
+        let mut records: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = std::collections::BTreeMap::new();
+        for item in shared.db.iter() {
+            let (key, value) = item?;
+            if key.as_ref() == CHECKPOINT_KEY || key.as_ref() == INDEXED_KEY || key.starts_with(b"ls/") {
+                continue;
+            }
+            match ledger_seq(&key) {
+                Some(first) => {
+                    for (i, line) in page_lines(&key, &value)?.into_iter().enumerate() {
+                        records.insert(ledger_key(first + i as u64), line.to_vec());
+                    }
+                }
+                None => {
+                    records.insert(key.to_vec(), value.to_vec());
+                }
+            }
+        }
+        records.extend(sealed.iter().map(|(k, v)| (k.clone(), v.clone())));
+        records.extend(active);
+        Ok(records.into_iter().collect())
+    }
+
     /// Writes group commits read from a replica (rebuilding a partition's
     /// state), each as it was committed; [`Store::flush`] makes them
     /// durable. Only before the rules start, and before

@@ -9,6 +9,16 @@
 //! finds the log moved on: its next append is refused and it stops
 //! before anything it applied is acknowledged or published.
 //!
+//! Every so often the owner writes a *snapshot*: every record of its
+//! store, as group-commit pairs, into the object store bucket
+//! [`SNAPSHOTS`], then a fenced marker on the log's snapshot subject naming
+//! it and the last entry it covers, and purges the entries it covers. A
+//! takeover reads the newest snapshot and only the entries after it. A
+//! snapshot is taken between two groups, after every group of the entries
+//! it names as covered was in the store; an entry after those may be in
+//! it too, and is applied again on a takeover — harmless, as a group's
+//! pairs are final values, not changes.
+//!
 //! An entry is the groups of one flush, postcard-encoded. One larger than
 //! a message may be is sent in parts (`Dishsync-Part: i/n`, each appended
 //! after the one before); a reader applies an entry only once it has every
@@ -39,6 +49,13 @@ const PART: &str = "Dishsync-Part";
 /// leader change takes 5–15 s) before the worker gives up and stops.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The object store bucket holding every partition's snapshots.
+pub const SNAPSHOTS: &str = "dishsync-snapshots";
+/// The header naming a snapshot's object.
+const OBJECT: &str = "Dishsync-Snapshot";
+/// The header naming the last entry a snapshot covers.
+const COVERS: &str = "Dishsync-Covers";
+
 /// The stream holding partition `partition`'s log.
 pub fn stream_name(partition: &str) -> String {
     format!("dishsync-log-{partition}")
@@ -55,6 +72,9 @@ pub struct Replay {
     pub owner: Option<String>,
     /// Entries read (complete or not).
     pub entries: u64,
+    /// The snapshot the read started from: its object and the last entry
+    /// it covers.
+    pub snapshot: Option<(String, u64)>,
 }
 
 /// One partition's log, as one worker appends to it.
@@ -62,6 +82,14 @@ pub struct PartitionLog {
     js: jetstream::Context,
     stream: stream::Stream,
     subject: String,
+    /// Where snapshot markers go.
+    snapshot_subject: String,
+    snapshots: jetstream::object_store::ObjectStore,
+    partition: String,
+    /// The last entry appended whole.
+    replicated: std::sync::atomic::AtomicU64,
+    /// Entries appended since the last snapshot.
+    unsnapshotted: std::sync::atomic::AtomicU64,
     worker: String,
     /// The sequence the log ends at, as this worker last appended or read
     /// it; the next append expects it.
@@ -85,11 +113,12 @@ impl PartitionLog {
         max_payload: usize,
     ) -> anyhow::Result<PartitionLog> {
         let subject = format!("dishsync.log.{partition}");
+        let snapshot_subject = format!("{subject}.snapshot");
         let stream = js
             .get_or_create_stream(stream::Config {
                 name: stream_name(partition),
                 description: Some(format!("dishsync: the group commits of partition {partition}")),
-                subjects: vec![subject.clone()],
+                subjects: vec![subject.clone(), snapshot_subject.clone()],
                 num_replicas: replicas,
                 storage: stream::StorageType::File,
                 allow_direct: true,
@@ -97,12 +126,30 @@ impl PartitionLog {
             })
             .await
             .with_context(|| format!("opening the log of partition {partition}"))?;
+        let snapshots = match js.get_object_store(SNAPSHOTS).await {
+            Ok(bucket) => bucket,
+            Err(_) => js
+                .create_object_store(jetstream::object_store::Config {
+                    bucket: SNAPSHOTS.into(),
+                    description: Some("dishsync: every partition's snapshots".into()),
+                    num_replicas: replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .context("opening the snapshots' bucket")?,
+        };
         let mut token = [0u8; 8];
         getrandom::fill(&mut token).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         Ok(PartitionLog {
             js: js.clone(),
             stream,
             subject,
+            snapshot_subject,
+            snapshots,
+            partition: partition.to_string(),
+            replicated: std::sync::atomic::AtomicU64::new(0),
+            unsnapshotted: std::sync::atomic::AtomicU64::new(0),
             worker: worker.to_string(),
             last: Mutex::new(0),
             // Headers and framing stay well inside the server's limit.
@@ -112,8 +159,8 @@ impl PartitionLog {
         })
     }
 
-    /// Reads the whole log: every complete entry's groups, and where it
-    /// ends.
+    /// Reads the log: the newest snapshot's records, then every complete
+    /// entry after it, and where the log ends.
     pub async fn read(&self) -> anyhow::Result<Replay> {
         let mut stream = self.stream.clone();
         let last = stream
@@ -126,12 +173,40 @@ impl PartitionLog {
             last,
             ..Replay::default()
         };
-        if last == 0 {
+        *self.last.lock().await = last;
+        self.replicated.store(last, std::sync::atomic::Ordering::SeqCst);
+        let mut from = 1;
+        if let Some(marker) = last_on(&self.stream, &self.snapshot_subject).await? {
+            let object = header(&marker.headers, OBJECT).context("a snapshot marker without its object")?;
+            let covers: u64 = header(&marker.headers, COVERS)
+                .and_then(|c| c.parse().ok())
+                .context("a snapshot marker without what it covers")?;
+            let mut bytes = Vec::new();
+            let mut reading = self
+                .snapshots
+                .get(&object)
+                .await
+                .with_context(|| format!("reading snapshot {object}"))?;
+            tokio::io::AsyncReadExt::read_to_end(&mut reading, &mut bytes)
+                .await
+                .with_context(|| format!("reading snapshot {object}"))?;
+            let records: Group =
+                postcard::from_bytes(&bytes).with_context(|| format!("snapshot {object} cannot be decoded"))?;
+            replay.groups.push(records);
+            replay.snapshot = Some((object, covers));
+            from = covers + 1;
+        }
+        // The last entry (the snapshot markers come on another subject).
+        let Some(last_entry) = last_on(&self.stream, &self.subject).await?.map(|m| m.sequence) else {
+            return Ok(replay);
+        };
+        if last_entry < from {
             return Ok(replay);
         }
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::All,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+                filter_subject: self.subject.clone(),
                 ..Default::default()
             })
             .await
@@ -176,12 +251,73 @@ impl PartitionLog {
                 }
                 other => warn!(seq, kind = ?other, "skipped a log entry of an unknown kind"),
             }
-            if seq >= last {
+            if seq >= last_entry {
                 break;
             }
         }
-        *self.last.lock().await = last;
         Ok(replay)
+    }
+
+    /// Entries appended since the last snapshot.
+    pub fn unsnapshotted(&self) -> u64 {
+        self.unsnapshotted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The last entry appended whole: a snapshot taken after this is read
+    /// covers it.
+    pub fn replicated(&self) -> u64 {
+        self.replicated.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stores `records` — the store's, taken after entry `covers` was
+    /// appended — as the partition's snapshot: the object first, then its
+    /// marker, fenced like an entry; then drops the entries and the
+    /// snapshot it replaces. Fails, leaving the log as it was, if another
+    /// worker took the partition over.
+    pub async fn snapshot(&self, covers: u64, records: Group) -> anyhow::Result<()> {
+        let previous = last_on(&self.stream, &self.snapshot_subject)
+            .await?
+            .and_then(|m| header(&m.headers, OBJECT));
+        let bytes = postcard::to_allocvec(&records).context("encoding a snapshot")?;
+        let object = format!("{}-{covers}-{}", self.partition, self.token);
+        self.snapshots
+            .put(object.as_str(), &mut bytes.as_slice())
+            .await
+            .map_err(|e| anyhow::anyhow!("storing snapshot {object}: {e}"))?;
+        let mut headers = self.headers("snapshot", None);
+        headers.insert(OBJECT, object.as_str());
+        headers.insert(COVERS, covers.to_string().as_str());
+        let marked = {
+            let mut last = self.last.lock().await;
+            self.append_one(&self.snapshot_subject, &mut last, headers, Bytes::new())
+                .await
+        };
+        if let Err(e) = marked {
+            let _ = self.snapshots.delete(&object).await;
+            anyhow::bail!("marking snapshot {object}: {e}");
+        }
+        self.unsnapshotted.store(0, std::sync::atomic::Ordering::SeqCst);
+        // What it replaces: purging is tidying, and a failure only leaves
+        // entries a later snapshot drops.
+        if let Err(e) = self
+            .stream
+            .purge()
+            .filter(self.subject.clone())
+            .sequence(covers + 1)
+            .await
+        {
+            warn!(error = %e, "cannot drop the entries the snapshot covers");
+        }
+        if let Err(e) = self.stream.purge().filter(self.snapshot_subject.clone()).keep(1).await {
+            warn!(error = %e, "cannot drop the older snapshot markers");
+        }
+        if let Some(previous) = previous.filter(|p| *p != object) {
+            if let Err(e) = self.snapshots.delete(&previous).await {
+                warn!(error = %e, %previous, "cannot delete the snapshot replaced");
+            }
+        }
+        info!(%object, covers, records = records.len(), bytes = bytes.len(), "snapshot stored");
+        Ok(())
     }
 
     /// Takes the partition over: appends a takeover entry right after
@@ -192,7 +328,7 @@ impl PartitionLog {
         *last = replay.last;
         let headers = self.headers("takeover", None);
         let seq = self
-            .append_one(&mut last, headers, Bytes::new())
+            .append_one(&self.subject, &mut last, headers, Bytes::new())
             .await
             .map_err(|e| anyhow::anyhow!("taking the partition over: {e}"))?;
         info!(seq, worker = %self.worker, "took the partition's log over");
@@ -216,7 +352,13 @@ impl PartitionLog {
 
     /// Appends one message after `last`, trying again while the cluster
     /// cannot answer; `last` becomes its sequence.
-    async fn append_one(&self, last: &mut u64, headers: HeaderMap, payload: Bytes) -> Result<u64, String> {
+    async fn append_one(
+        &self,
+        subject: &str,
+        last: &mut u64,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<u64, String> {
         let id = header(&headers, async_nats::header::NATS_MESSAGE_ID.as_ref()).unwrap_or_default();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
@@ -224,7 +366,7 @@ impl PartitionLog {
                 .payload(payload.clone())
                 .headers(headers.clone())
                 .expected_last_sequence(*last);
-            let acked = match self.js.send_publish(self.subject.clone(), publish).await {
+            let acked = match self.js.send_publish(subject.to_string(), publish).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
@@ -277,10 +419,21 @@ impl Replica for PartitionLog {
         let mut last = self.last.lock().await;
         for (i, part) in parts.into_iter().enumerate() {
             let headers = self.headers("commit", Some((i + 1, n)));
-            self.append_one(&mut last, headers, Bytes::copy_from_slice(part))
+            self.append_one(&self.subject, &mut last, headers, Bytes::copy_from_slice(part))
                 .await?;
         }
+        self.replicated.store(*last, std::sync::atomic::Ordering::SeqCst);
+        self.unsnapshotted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+}
+
+/// The last message on `subject` in `stream`, if any.
+async fn last_on(stream: &stream::Stream, subject: &str) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("reading the last message on {subject}: {e}")),
     }
 }
 

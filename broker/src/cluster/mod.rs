@@ -79,6 +79,9 @@ pub struct Join {
     pub lease: Duration,
     /// How often every retained document is published again.
     pub republish_every: Duration,
+    /// A snapshot is taken once this many entries were appended since the
+    /// last one.
+    pub snapshot_every: u64,
     /// Username and password, at NATS and at the MQTT listeners.
     pub credentials: Option<(String, String)>,
     /// TLS towards NATS.
@@ -240,6 +243,7 @@ pub async fn run(settings: Settings, join: Join) -> anyhow::Result<()> {
         entries = replay.entries,
         groups = replay.groups.len(),
         previous = ?replay.owner,
+        snapshot = ?replay.snapshot,
         "read the partition's log"
     );
     rebuild(&settings.data_dir, settings.checkpoint_interval, replay.groups.clone()).await?;
@@ -282,6 +286,7 @@ pub async fn run(settings: Settings, join: Join) -> anyhow::Result<()> {
     };
     let rules = rules::start(inventory, store, out.clone(), webhooks);
     readiness.restored(storage.clone(), rules.clone());
+    tokio::spawn(snapshots(partition_log.clone(), rules.clone(), join.snapshot_every));
     compact_history(&storage, &settings);
 
     let durable = format!("dishsync-{}", join.partition);
@@ -364,6 +369,31 @@ pub async fn run(settings: Settings, join: Join) -> anyhow::Result<()> {
     match storage.failure() {
         Some(what) => Err(crate::store::StorageFailed(what).into()),
         None => Ok(()),
+    }
+}
+
+/// Takes a snapshot whenever `every` entries were appended since the last,
+/// until the rules stop or the partition is lost.
+async fn snapshots(log: Arc<PartitionLog>, rules: rules::RulesHandle, every: u64) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if log.unsnapshotted() < every {
+            continue;
+        }
+        // Read before the dump: every group of the entries up to here is
+        // in the store by then.
+        let covers = log.replicated();
+        let records = match rules.snapshot().await {
+            Some(Ok(records)) => records,
+            Some(Err(e)) => {
+                warn!(error = %e, "cannot read the store for a snapshot");
+                continue;
+            }
+            None => return,
+        };
+        if let Err(e) = log.snapshot(covers, records).await {
+            warn!(error = %format!("{e:#}"), "no snapshot was stored");
+        }
     }
 }
 

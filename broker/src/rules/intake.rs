@@ -49,6 +49,9 @@ pub(super) enum Command {
     Alerts(StoreId, oneshot::Sender<Option<AlertIds>>),
     /// The chain runs on a new catalog from now on (a reload).
     Reconfigure(Arc<Catalog>, oneshot::Sender<Reconfigured>),
+    /// Every record of the store, between two groups (a cluster worker's
+    /// snapshot).
+    Snapshot(oneshot::Sender<Result<crate::store::Group, String>>),
 }
 
 /// What a new catalog changed in the running chain.
@@ -116,6 +119,15 @@ impl RulesHandle {
         let (reply, answer) = oneshot::channel();
         self.tx.send(Command::Alerts(store, reply)).await.ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// Every record of the store as of the last group handed to the
+    /// committer ([`Store::dump`](crate::store::Store::dump)), taken between
+    /// two inputs. `None` once the rules stopped.
+    pub async fn snapshot(&self) -> Option<Result<crate::store::Group, String>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Command::Snapshot(reply)).await.ok()?;
+        answer.await.ok()
     }
 
     /// Runs the chain on `catalog` from now on (`Inventory::reconfigure`);

@@ -287,6 +287,12 @@ impl Rules {
                     let _ = reply.send(ids);
                     continue;
                 }
+                Command::Snapshot(reply) => {
+                    // The open group is not in the store yet: the dump holds
+                    // exactly the groups handed over.
+                    let _ = reply.send(self.store.dump().map_err(|e| e.to_string()));
+                    continue;
+                }
                 Command::Reconfigure(catalog, reply) => {
                     let outcome = self.inv.reconfigure(catalog, now);
                     let answer = Reconfigured {

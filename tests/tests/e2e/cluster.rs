@@ -460,6 +460,7 @@ impl Worker {
         partition: &str,
         name: &str,
         node: usize,
+        extra: &[&str],
     ) -> Result<Worker> {
         let order: Vec<usize> = (0..3).map(|k| (node + k) % 3).collect();
         let mut command = Command::new(broker_binary());
@@ -470,7 +471,8 @@ impl Worker {
             .arg(data)
             .args(["--web-listen", "127.0.0.1:0"])
             .args(["cluster", "--partition", partition, "--worker-id", name])
-            .args(["--lease-ms", "3000", "--republish-ms", "2000"]);
+            .args(["--lease-ms", "3000", "--republish-ms", "2000"])
+            .args(extra);
         for &k in &order {
             command
                 .args(["--nats", &format!("nats://{}", cluster.nodes[k].client)])
@@ -543,6 +545,22 @@ impl Worker {
     /// What the worker logged.
     pub fn logged(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the worker logged a line containing `what`.
+    pub fn wait_logged(&self, what: &str) -> Result<String> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.logged().lines().find(|l| l.contains(what)) {
+                return Ok(line.to_string());
+            }
+            if std::time::Instant::now() > deadline {
+                let logged = self.logged();
+                let tail: Vec<&str> = logged.lines().rev().take(6).collect();
+                bail!("the worker never logged {what:?}; it logged, last first: {tail:#?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// The worker's process id.
@@ -767,7 +785,7 @@ async fn five_thousand_inputs_over_three_nodes_are_applied_once_across_a_node_ki
     let tmp = tempfile::tempdir()?;
     let mut cluster = NatsCluster::start(tmp.path()).await?;
     let config = east(tmp.path())?;
-    let _worker = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0)?.serving()?;
+    let _worker = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0, &[])?.serving()?;
     let mut devices: Vec<Device> = (0..3)
         .map(|i| {
             let name = format!("tablet-{i}");
@@ -817,13 +835,16 @@ async fn log_entries(cluster: &NatsCluster, partition: &str) -> Result<Vec<(Stri
     let client = async_nats::connect(cluster.nodes[0].client.to_string()).await?;
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(format!("dishsync-log-{partition}")).await?;
-    let last = stream.info().await?.state.last_sequence;
+    let state = stream.info().await?.state.clone();
+    let mut entries = Vec::new();
+    if state.messages == 0 {
+        return Ok(entries);
+    }
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
         .await?;
     let mut messages = consumer.messages().await?;
-    let mut entries = Vec::new();
-    while (entries.len() as u64) < last {
+    loop {
         let message = tokio::time::timeout(DEADLINE, messages.next())
             .await
             .context("reading the log")?
@@ -831,8 +852,10 @@ async fn log_entries(cluster: &NatsCluster, partition: &str) -> Result<Vec<(Stri
         let headers = message.headers.clone().unwrap_or_default();
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_string()).unwrap_or_default();
         entries.push((get("Dishsync-Worker"), get("Dishsync-Entry")));
+        if message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence >= state.last_sequence {
+            return Ok(entries);
+        }
     }
-    Ok(entries)
 }
 
 /// Two devices sending `count` receives each, from nodes 1 and 2.
@@ -871,35 +894,41 @@ async fn a_standby_takes_a_killed_workers_partition_over_with_exactly_its_state(
     let tmp = tempfile::tempdir()?;
     let cluster = NatsCluster::start(tmp.path()).await?;
     let config = east(tmp.path())?;
-    let w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0)?.serving()?;
-    let mut w2 = Worker::start(&cluster, &config, &tmp.path().join("w2"), "east", "w2", 2)?;
+    // A snapshot every 5 entries: the standby starts from one.
+    let often = ["--snapshot-every", "5"];
+    let w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0, &often)?.serving()?;
+    let mut w2 = Worker::start(&cluster, &config, &tmp.path().join("w2"), "east", "w2", 2, &often)?;
     w2.wait_for("dishsync-broker standby for partition east")?;
     let mut devices = two_devices(600);
     send_part_and_some_acks(&cluster, &mut devices, 300).await?;
+    w1.wait_logged("snapshot stored")?;
     w1.kill();
     // Sent while no worker serves: waiting in the stream for the next.
     for device in devices.iter_mut() {
         device.send(300, 600).await;
     }
-    let mut w2 = w2.serving()?;
+    let w2 = w2.serving()?;
     until_all_acknowledged(&cluster, &mut devices).await?;
     let (s1, s2) = (fries_of(&devices, "s1"), fries_of(&devices, "s2"));
     every_node_shows(&cluster, &[("s1", s1), ("s2", s2)]).await?;
-    // w2 rebuilt what w1 committed, then fenced the log.
-    let entries = log_entries(&cluster, "east").await?;
-    let takeovers: Vec<&(String, String)> = entries.iter().filter(|(_, kind)| kind == "takeover").collect();
-    assert_eq!(
-        takeovers,
-        [
-            &("w1".to_string(), "takeover".to_string()),
-            &("w2".to_string(), "takeover".to_string())
-        ]
+    // w2 rebuilt what w1 committed from w1's snapshot and the entries
+    // after it, then fenced the log.
+    let read = w2.wait_logged("read the partition's log")?;
+    assert!(
+        read.contains("previous=Some(\"w1\")") || read.contains("snapshot=Some((\"east-"),
+        "{read}"
     );
     assert!(
-        entries.iter().any(|(by, kind)| by == "w1" && kind == "commit"),
-        "w1 committed before it died"
+        read.contains("snapshot=Some((\"east-"),
+        "w2 starts from w1's snapshot: {read}"
     );
-    assert!(w2.wait_for("dishsync-broker serving").is_ok());
+    let entries = log_entries(&cluster, "east").await?;
+    let w2_took = entries
+        .iter()
+        .position(|e| *e == ("w2".to_string(), "takeover".to_string()))
+        .context("w2 took the log over")?;
+    let after: Vec<_> = entries[w2_took..].iter().filter(|(by, _)| by != "w2").collect();
+    assert!(after.is_empty(), "{after:?}");
     Ok(())
 }
 
@@ -910,16 +939,16 @@ async fn a_paused_worker_that_lost_its_partition_applies_nothing_and_exits() -> 
     let tmp = tempfile::tempdir()?;
     let cluster = NatsCluster::start(tmp.path()).await?;
     let config = east(tmp.path())?;
-    let mut w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0)?.serving()?;
-    let mut w2 = Worker::start(&cluster, &config, &tmp.path().join("w2"), "east", "w2", 1)?;
+    let mut w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0, &[])?.serving()?;
+    let mut w2 = Worker::start(&cluster, &config, &tmp.path().join("w2"), "east", "w2", 1, &[])?;
     w2.wait_for("dishsync-broker standby for partition east")?;
     let mut devices = two_devices(400);
     send_part_and_some_acks(&cluster, &mut devices, 200).await?;
-    // Paused with inputs on their way to it.
+    // Paused; inputs come meanwhile, some into the pull it had asked for.
+    signal(w1.pid(), "STOP")?;
     for device in devices.iter_mut() {
         device.send(200, 400).await;
     }
-    signal(w1.pid(), "STOP")?;
     let w2 = w2.serving()?;
     let fenced_at = log_entries(&cluster, "east").await?.len();
     signal(w1.pid(), "CONT")?;
@@ -959,11 +988,11 @@ async fn a_store_configured_in_two_partitions_is_refused_by_the_second() -> Resu
     let tmp = tempfile::tempdir()?;
     let cluster = NatsCluster::start(tmp.path()).await?;
     let config = east(tmp.path())?;
-    let _w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0)?.serving()?;
+    let _w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0, &[])?.serving()?;
     let west = tmp.path().join("west.toml");
     std::fs::write(&west, small_chain().replace("\"s1\"", "\"s3\""))?;
     anyhow::ensure!(std::fs::read_to_string(&west)?.contains("\"s3\""), "west has s3");
-    let mut w3 = Worker::start(&cluster, &west, &tmp.path().join("w3"), "west", "w3", 1)?;
+    let mut w3 = Worker::start(&cluster, &west, &tmp.path().join("w3"), "west", "w3", 1, &[])?;
     assert!(!w3.exited()?.success());
     let logged = w3.logged();
     assert!(
@@ -973,7 +1002,7 @@ async fn a_store_configured_in_two_partitions_is_refused_by_the_second() -> Resu
         "{logged}"
     );
     // The same stores under east's name, but not east's stores.
-    let mut w4 = Worker::start(&cluster, &west, &tmp.path().join("w4"), "east", "w4", 2)?;
+    let mut w4 = Worker::start(&cluster, &west, &tmp.path().join("w4"), "east", "w4", 2, &[])?;
     assert!(!w4.exited()?.success());
     assert!(
         w4.logged().contains("partition east holds stores s1,s2"),
@@ -983,5 +1012,51 @@ async fn a_store_configured_in_two_partitions_is_refused_by_the_second() -> Resu
     // East still serves.
     let mut devices = two_devices(10);
     until_all_acknowledged(&cluster, &mut devices).await?;
+    Ok(())
+}
+
+/// The fence itself, on the real cluster: once another worker took a
+/// partition's log over, the earlier owner's next append is refused and
+/// nothing of it lands; the log reads back as the owners left it, an entry
+/// larger than a message included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_by_a_worker_that_lost_the_partition_is_refused() -> Result<()> {
+    use dishsync_broker::cluster::log::PartitionLog;
+    use dishsync_broker::store::Replica;
+    let tmp = tempfile::tempdir()?;
+    let cluster = NatsCluster::start(tmp.path()).await?;
+    let client = async_nats::connect(cluster.nodes[1].client.to_string()).await?;
+    let js = async_nats::jetstream::new(client);
+    // Parts of at most 64 KiB: a 200 KiB group goes in four.
+    let open = |worker: &'static str| PartitionLog::open(&js, "fence", worker, 3, 64 * 1024);
+    let pair = |k: &str, v: &[u8]| vec![(k.as_bytes().to_vec(), v.to_vec())];
+
+    let a = open("wa").await?;
+    a.take_over(&a.read().await?).await?;
+    a.append(vec![pair("k/1", b"from a")])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let big = pair("k/big", &vec![7u8; 200 * 1024]);
+    a.append(vec![big.clone()]).await.map_err(anyhow::Error::msg)?;
+
+    let b = open("wb").await?;
+    let read = b.read().await?;
+    assert_eq!(read.groups, vec![pair("k/1", b"from a"), big.clone()]);
+    assert_eq!(read.owner.as_deref(), Some("wa"));
+    b.take_over(&read).await?;
+
+    let refused = a
+        .append(vec![pair("k/2", b"from a, too late")])
+        .await
+        .expect_err("the fenced owner's append is refused");
+    assert!(refused.contains("another worker took the partition over"), "{refused}");
+    b.append(vec![pair("k/3", b"from b")])
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    let c = open("wc").await?;
+    let read = c.read().await?;
+    assert_eq!(read.groups, vec![pair("k/1", b"from a"), big, pair("k/3", b"from b")]);
+    assert_eq!(read.owner.as_deref(), Some("wb"));
     Ok(())
 }
