@@ -131,6 +131,10 @@ fn partition_filters(stores: &[String]) -> Vec<String> {
 }
 
 async fn connect(join: &Join) -> anyhow::Result<async_nats::Client> {
+    // The NATS and MQTT clients' TLS take the process's provider, which
+    // two providers among the dependencies leave unchosen: this one, as
+    // the listeners use.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("dishsync-{}-{}", join.partition, join.worker))
         .retry_on_initial_connect()

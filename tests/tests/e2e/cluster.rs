@@ -126,8 +126,33 @@ fn leader_of(line: &str) -> Option<String> {
 /// while another three do is a test of the machine, not of the rules.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// What a cluster that takes only TLS and known users asks of clients.
+pub struct Secure {
+    /// The certificates (the servers' for localhost and 127.0.0.1).
+    pub pki: crate::security::Pki,
+    /// The users: the workers' and the devices'.
+    pub users: Vec<(String, String)>,
+}
+
+impl Secure {
+    fn file(&self, name: &str) -> String {
+        self.pki.dir.path().join(name).display().to_string()
+    }
+
+    /// The MQTT client side of the TLS.
+    fn tls(&self) -> rumqttc::TlsConfiguration {
+        rumqttc::TlsConfiguration::Simple {
+            ca: self.pki.ca_pem.clone().into_bytes(),
+            alpn: None,
+            client_auth: None,
+        }
+    }
+}
+
 /// A running 3-node cluster; every node is killed on drop.
 pub struct NatsCluster {
+    /// TLS and users, when the cluster asks for them.
+    pub secure: Option<Secure>,
     _turn: tokio::sync::MutexGuard<'static, ()>,
     binary: PathBuf,
     dir: PathBuf,
@@ -140,6 +165,12 @@ impl NatsCluster {
     /// Starts three nodes under `dir` and waits until each serves
     /// JetStream.
     pub async fn start(dir: &Path) -> Result<NatsCluster> {
+        NatsCluster::start_with(dir, None).await
+    }
+
+    /// Starts three nodes that take clients (NATS and MQTT) only over TLS
+    /// and only as `secure`'s users.
+    pub async fn start_with(dir: &Path, secure: Option<Secure>) -> Result<NatsCluster> {
         let binary = nats_server()?;
         let turn = TURN.lock().await;
         // Twelve distinct ports: each held until all are found (a port let
@@ -159,6 +190,7 @@ impl NatsCluster {
             })
             .collect();
         let mut cluster = NatsCluster {
+            secure,
             _turn: turn,
             binary,
             dir: dir.to_path_buf(),
@@ -182,12 +214,12 @@ impl NatsCluster {
     async fn warm_up(&self) -> Result<()> {
         let deadline = Instant::now() + DEADLINE;
         let mut listeners = Vec::new();
-        for (i, node) in self.nodes.iter().enumerate().skip(1) {
-            let mut listener = connect(node.mqtt, &format!("warm-up-{i}")).await?;
+        for i in 1..self.nodes.len() {
+            let mut listener = self.device(i, &format!("warm-up-{i}")).await?;
             listener.subscribe("warm-up", QoS::AtLeastOnce).await?;
             listeners.push(listener);
         }
-        let speaker = connect(self.nodes[0].mqtt, "warm-up-0").await?;
+        let speaker = self.device(0, "warm-up-0").await?;
         for (n, listener) in listeners.iter_mut().enumerate() {
             loop {
                 anyhow::ensure!(Instant::now() < deadline, "MQTT never worked across the nodes");
@@ -203,14 +235,52 @@ impl NatsCluster {
         Ok(())
     }
 
+    /// An MQTT client of node `i`: as the first user over TLS on a secure
+    /// cluster.
+    pub async fn device(&self, i: usize, client_id: &str) -> Result<Client> {
+        let node = self.nodes[i].mqtt;
+        let Some(secure) = &self.secure else {
+            return connect(node, client_id).await;
+        };
+        let (user, password) = &secure.users[secure.users.len() - 1];
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match Client::connect_with(node, client_id, Some((user, password)), Some(secure.tls())).await {
+                Ok(client) => return Ok(client),
+                Err(e) if Instant::now() > deadline => return Err(e.context(format!("{client_id} on {node}"))),
+                Err(_) => {}
+            }
+        }
+    }
+
     fn config(&self, i: usize) -> String {
         let node = self.nodes[i];
         let routes: Vec<String> = self.nodes.iter().map(|n| format!("nats-route://{}", n.route)).collect();
+        let (tls, mqtt_tls, users) = match &self.secure {
+            None => (String::new(), String::new(), String::new()),
+            Some(secure) => {
+                let tls = format!(
+                    "cert_file: \"{}\", key_file: \"{}\"",
+                    secure.file("server.pem"),
+                    secure.file("server.key")
+                );
+                let users: Vec<String> = secure
+                    .users
+                    .iter()
+                    .map(|(u, p)| format!("{{ user: \"{u}\", password: \"{p}\" }}"))
+                    .collect();
+                (
+                    format!("tls {{ {tls} }}\n"),
+                    format!(", tls {{ {tls} }}"),
+                    format!("authorization {{ users: [{}] }}\n", users.join(", ")),
+                )
+            }
+        };
         format!(
-            "server_name: n{i}\nlisten: {}\nhttp: {}\n\
+            "{tls}{users}server_name: n{i}\nlisten: {}\nhttp: {}\n\
              jetstream {{ store_dir: \"{}\", max_mem: 64MB, max_file: 1GB }}\n\
              cluster {{ name: dishsync, listen: {}, routes: [{}] }}\n\
-             mqtt {{ listen: {}, stream_replicas: 3 }}\n",
+             mqtt {{ listen: {}, stream_replicas: 3{mqtt_tls} }}\n",
             node.client,
             node.http,
             self.dir.join(format!("js{i}")).display(),
@@ -478,6 +548,12 @@ impl Worker {
                 .args(["--nats", &format!("nats://{}", cluster.nodes[k].client)])
                 .args(["--mqtt", &cluster.nodes[k].mqtt.to_string()]);
         }
+        if let Some(secure) = &cluster.secure {
+            let (user, password) = &secure.users[0];
+            command
+                .args(["--tls-ca", &secure.file("ca.pem"), "--username", user])
+                .env("DISHSYNC_CLUSTER_PASSWORD", password);
+        }
         let log = data.with_file_name(format!("{name}.log"));
         let mut child = command
             .env("RUST_LOG", "info")
@@ -509,7 +585,11 @@ impl Worker {
                         return Ok(line);
                     }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!("the worker never said {what:?}"),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let logged = self.logged();
+                    let tail: Vec<&str> = logged.lines().rev().take(8).collect();
+                    bail!("the worker never said {what:?}; it logged, last first: {tail:#?}")
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     let logged = self.logged();
                     let tail: Vec<&str> = logged.lines().rev().take(8).collect();
@@ -619,7 +699,7 @@ impl Device {
         }
         let node = cluster.nodes[self.node % 3].mqtt;
         loop {
-            let mut client = connect(node, &self.name).await?;
+            let mut client = cluster.device(self.node % 3, &self.name).await?;
             match client
                 .subscribe(&format!("stores/+/acks/{}", self.name), QoS::AtLeastOnce)
                 .await
@@ -747,8 +827,8 @@ fn fries_of(devices: &[Device], store: &str) -> usize {
 /// store, and the whole-menu and chips documents that go with it: the
 /// retained documents after recovery.
 async fn every_node_shows(cluster: &NatsCluster, expected: &[(&str, usize)]) -> Result<()> {
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        let mut fresh = connect(node.mqtt, &format!("fresh-pos-{i}")).await?;
+    for i in 0..cluster.nodes.len() {
+        let mut fresh = cluster.device(i, &format!("fresh-pos-{i}")).await?;
         fresh.subscribe("stores/+/stock/fries/level", QoS::AtLeastOnce).await?;
         fresh
             .subscribe("stores/+/dishes/chips/availability", QoS::AtLeastOnce)
@@ -1058,5 +1138,46 @@ async fn an_append_by_a_worker_that_lost_the_partition_is_refused() -> Result<()
     let read = c.read().await?;
     assert_eq!(read.groups, vec![pair("k/1", b"from a"), big, pair("k/3", b"from b")]);
     assert_eq!(read.owner.as_deref(), Some("wb"));
+    Ok(())
+}
+
+/// A cluster that takes only TLS and known users: the worker joins with
+/// its credentials over TLS, to NATS and to the MQTT listeners, and
+/// serves devices that do the same; a device without them is turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_a_cluster_that_takes_only_tls_and_known_users() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let secure = Secure {
+        pki: crate::security::pki()?,
+        users: vec![
+            ("worker".into(), "worker-secret".into()),
+            ("tablet".into(), "tablet-secret".into()),
+        ],
+    };
+    let cluster = NatsCluster::start_with(tmp.path(), Some(secure)).await?;
+    let config = east(tmp.path())?;
+    let w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 1, &[])?.serving()?;
+    assert!(!w1.logged().contains("worker-secret"), "the password is never logged");
+    let mut devices = two_devices(20);
+    until_all_acknowledged(&cluster, &mut devices).await?;
+    every_node_shows(&cluster, &[("s1", 20), ("s2", 20)]).await?;
+    let secure = cluster.secure.as_ref().context("secure")?;
+    let node = cluster.nodes[0].mqtt;
+    assert!(
+        Client::connect(node, "stranger-1").await.is_err(),
+        "plaintext is refused"
+    );
+    assert!(
+        Client::connect_with(node, "stranger-2", None, Some(secure.tls()))
+            .await
+            .is_err(),
+        "no user, no entry"
+    );
+    assert!(
+        Client::connect_with(node, "stranger-3", Some(("tablet", "guess")), Some(secure.tls()))
+            .await
+            .is_err(),
+        "a wrong password, no entry"
+    );
     Ok(())
 }

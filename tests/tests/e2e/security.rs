@@ -391,14 +391,14 @@ async fn a_publish_sent_with_the_connect_is_checked_as_that_device() -> Result<(
     Ok(())
 }
 
-struct Pki {
-    ca_pem: String,
-    dir: tempfile::TempDir,
+pub struct Pki {
+    pub ca_pem: String,
+    pub dir: tempfile::TempDir,
 }
 
 /// A test CA, a server certificate for localhost/127.0.0.1 and a client
 /// certificate, written as PEM files.
-fn pki() -> Result<Pki> {
+pub fn pki() -> Result<Pki> {
     // rustls is built with more than one crypto provider in this test
     // binary; pick one for the client side.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
