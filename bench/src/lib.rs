@@ -37,6 +37,7 @@
 mod capacity;
 pub mod chain;
 mod history;
+pub mod nats;
 mod pages;
 mod retention;
 

