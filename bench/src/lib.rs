@@ -36,6 +36,7 @@
 
 mod capacity;
 pub mod chain;
+mod cluster;
 mod history;
 pub mod nats;
 mod pages;
@@ -126,6 +127,14 @@ enum Scenario {
     Overload,
     /// Every scenario.
     All,
+    /// The rules as partition workers on a 3-node NATS JetStream cluster:
+    /// durable inputs/s with one worker and with two, next to the bare
+    /// cluster; change → POS latency across nodes. Needs `nats-server`
+    /// 2.10 or later; not part of `all`.
+    Cluster,
+    /// (internal) Serve one partition as a worker on a cluster.
+    #[command(hide = true)]
+    ServeWorker,
     /// (internal) Serve dishsync with a configuration.
     #[command(hide = true)]
     ServeDishsync,
@@ -258,6 +267,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Scenario::ServeDishsync => runtime.block_on(serve_dishsync()),
         Scenario::ServeBare => runtime.block_on(serve_bare()),
+        Scenario::ServeWorker => runtime.block_on(cluster::serve_worker()),
         scenario => runtime.block_on(run(&cli, scenario)),
     };
     match result {
@@ -271,7 +281,7 @@ pub fn main() -> ExitCode {
 
 // ------------------------------------------------------------------ servers
 
-fn env_path(name: &str) -> Result<PathBuf> {
+pub(crate) fn env_path(name: &str) -> Result<PathBuf> {
     std::env::var_os(name)
         .map(PathBuf::from)
         .ok_or_else(|| anyhow!("{name} not set"))
@@ -303,7 +313,7 @@ async fn serve_bare() -> Result<()> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Target {
+pub(crate) enum Target {
     Bare,
     Dishsync,
 }
@@ -439,6 +449,15 @@ fn config(skus: usize, dishes: usize) -> String {
     out
 }
 
+/// [`config`] with the stores `stores` instead of `s1`.
+pub(crate) fn config_of_stores(skus: usize, dishes: usize, stores: &[&str]) -> String {
+    let mut out = config(skus, dishes).replace("[[stores]]\nid = \"s1\"\nname = \"s1\"\n", "");
+    for store in stores {
+        out.push_str(&format!("[[stores]]\nid = \"{store}\"\nname = \"{store}\"\n\n"));
+    }
+    out
+}
+
 fn stock_event(id: &str, kind: &str, device: &str) -> Vec<u8> {
     let at = dishsync_protocol::payload::Timestamp::now().to_string();
     serde_json::to_vec(&json!({"id": id, "kind": kind, "qty": 1, "unit": "g", "at": at, "device": device}))
@@ -468,15 +487,29 @@ fn bench_client(id: &str, addr: SocketAddr, cap: usize) -> (AsyncClient, rumqttc
 /// `per_device` stock events; done when every one is acknowledged end to end
 /// (dishsync: its id on the acks topic; bare: its PUBCOMP).
 async fn throughput(target: Target, addr: SocketAddr, devices: usize, per_device: usize) -> Result<f64> {
+    throughput_over(target, &[addr], &["s1"], devices, per_device).await
+}
+
+/// [`throughput`] with device `d` on `addrs[d % addrs.len()]`, sending to
+/// store `stores[d % stores.len()]` (a cluster's nodes and partitions).
+pub(crate) async fn throughput_over(
+    target: Target,
+    addrs: &[SocketAddr],
+    stores: &[&str],
+    devices: usize,
+    per_device: usize,
+) -> Result<f64> {
     // Every device connects and subscribes; then all start together.
     let start = Arc::new(tokio::sync::Barrier::new(devices + 1));
     let mut tasks = Vec::new();
     for d in 0..devices {
         let start = Arc::clone(&start);
+        let addr = addrs[d % addrs.len()];
+        let store = stores[d % stores.len()].to_string();
         tasks.push(tokio::spawn(async move {
             let device = format!("dev-{d}");
             let (client, mut eventloop) = bench_client(&device, addr, 10_000);
-            let acks = format!("stores/s1/acks/{device}");
+            let acks = format!("stores/{store}/acks/{device}");
             if target == Target::Dishsync {
                 client.subscribe(&acks, QoS::AtLeastOnce).await?;
             }
@@ -489,7 +522,7 @@ async fn throughput(target: Target, addr: SocketAddr, devices: usize, per_device
             until_connected(&mut eventloop, ready).await?;
             start.wait().await;
             let publisher = client.clone();
-            let topic = format!("stores/s1/stock/sku-{}/events", d % 50);
+            let topic = format!("stores/{store}/stock/sku-{}/events", d % 50);
             let publish = tokio::spawn(async move {
                 for i in 0..per_device {
                     let kind = if i % 2 == 0 { "receive" } else { "consume" };
@@ -629,6 +662,19 @@ async fn latency(
     rate: f64,
     seconds: f64,
 ) -> Result<(f64, f64, f64, usize)> {
+    latency_across(target, addr, addr, subscribers, rate, seconds).await
+}
+
+/// [`latency`] with the changes sent to `addr` and the POS on `pos_addr`
+/// (another node of a cluster).
+pub(crate) async fn latency_across(
+    target: Target,
+    addr: SocketAddr,
+    pos_addr: SocketAddr,
+    subscribers: usize,
+    rate: f64,
+    seconds: f64,
+) -> Result<(f64, f64, f64, usize)> {
     let topic = "stores/s1/dishes/dish-0/availability";
     let events = (rate * seconds).round() as u64;
     // Bare: the retained starting document a dishsync broker would have.
@@ -645,7 +691,7 @@ async fn latency(
     let mut subs = Vec::new();
     let ready = Arc::new(tokio::sync::Semaphore::new(0));
     for s in 0..subscribers {
-        let (client, mut eventloop) = bench_client(&format!("pos-{s}"), addr, 100);
+        let (client, mut eventloop) = bench_client(&format!("pos-{s}"), pos_addr, 100);
         client.subscribe(topic, QoS::AtLeastOnce).await?;
         let seen = Arc::clone(&seen);
         let base_rev = Arc::clone(&base_rev);
@@ -721,22 +767,29 @@ async fn latency_on_fresh(
 ) -> Result<(f64, f64, f64, usize)> {
     let server = Server::start(target, config, data)?;
     if target == Target::Dishsync {
-        let (c, mut l) = bench_client("stocker", server.addr, 10);
-        let at = dishsync_protocol::payload::Timestamp::now().to_string();
-        let stock = json!({"id": "init", "kind": "count", "qty": 1000, "unit": "g", "at": at, "device": "stocker"});
-        c.publish(
-            "stores/s1/stock/sku-0/events",
-            QoS::ExactlyOnce,
-            false,
-            serde_json::to_vec(&stock)?,
-        )
-        .await?;
-        while !matches!(l.poll().await?, Event::Incoming(Packet::PubComp(_))) {}
+        stock_dish_0(server.addr).await?;
     }
     let result = latency(target, server.addr, subscribers, rate, seconds).await;
     drop(server);
     let _ = std::fs::remove_dir_all(data);
     result
+}
+
+/// Counts 1,000 g of sku-0 in s1 through `addr`, so that dish-0 never sells
+/// out under the latency load; returns at its PUBCOMP.
+pub(crate) async fn stock_dish_0(addr: SocketAddr) -> Result<()> {
+    let (c, mut l) = bench_client("stocker", addr, 10);
+    let at = dishsync_protocol::payload::Timestamp::now().to_string();
+    let stock = json!({"id": "init", "kind": "count", "qty": 1000, "unit": "g", "at": at, "device": "stocker"});
+    c.publish(
+        "stores/s1/stock/sku-0/events",
+        QoS::ExactlyOnce,
+        false,
+        serde_json::to_vec(&stock)?,
+    )
+    .await?;
+    while !matches!(l.poll().await?, Event::Incoming(Packet::PubComp(_))) {}
+    Ok(())
 }
 
 /// Sends `events` stock changes (dishsync) or retained documents (bare) at
@@ -1185,6 +1238,26 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
         Ok((config_path, data))
     };
 
+    if scenario == Scenario::Cluster {
+        let plan = if cli.quick {
+            cluster::Plan {
+                devices: 3,
+                per_device: 200,
+                pos: 5,
+                rate: 50.0,
+                seconds: 2.0,
+            }
+        } else {
+            cluster::Plan {
+                devices: sizes.devices,
+                per_device: sizes.events_per_device,
+                pos: 50,
+                rate: 200.0,
+                seconds: 10.0,
+            }
+        };
+        return cluster::run(dir.path(), &plan, cli.json).await;
+    }
     if let Some(addr) = cli.against {
         let rate = throughput(Target::Dishsync, addr, sizes.devices, sizes.events_per_device).await?;
         println!("throughput against {addr}: {rate:.0} acknowledged events/s");

@@ -154,6 +154,7 @@ impl Cluster {
     /// `patience`, until each serves JetStream and MQTT works across them.
     pub async fn start(dir: &Path, security: Option<Security>, patience: Duration) -> Result<Cluster> {
         let binary = nats_server()?;
+        std::fs::create_dir_all(dir)?;
         // Twelve distinct ports: each held until all are found (a port let
         // go at once may be handed out again by the next search).
         let held: Vec<std::net::TcpListener> = (0..12)

@@ -58,6 +58,11 @@ pub const INPUTS: &str = "dishsync-inputs";
 /// The file that marks a data directory as a worker's copy of its
 /// partition, which it may rebuild from the log.
 const COPY_MARK: &str = "dishsync-partition-copy";
+/// MQTT connections the outputs leave on. The cluster's MQTT listener
+/// stores each retained document in JetStream before it reads the
+/// connection's next packet, so one connection carries one retained
+/// document per replicated write; several carry several at once.
+const OUTPUT_CONNECTIONS: usize = 4;
 /// Inputs in flight between the cluster and the rules.
 const PIPELINE: usize = 1_024;
 
@@ -257,9 +262,9 @@ pub async fn run(settings: Settings, join: Join) -> anyhow::Result<()> {
     let (store, inventory) = restore(&settings, &readiness, Some(replica)).await?;
 
     let out = Arc::new(Republishing {
-        attached: Attached {
-            client: mqtt_client(&join)?,
-        },
+        connections: (0..OUTPUT_CONNECTIONS)
+            .map(|i| mqtt_client(&join, i).map(|client| Attached { client }))
+            .collect::<anyhow::Result<_>>()?,
         retained: Mutex::new(HashMap::new()),
     });
     republish_all(&*out, &inventory).await;
@@ -463,10 +468,10 @@ async fn rebuild(dir: &Path, checkpoint: Duration, groups: Vec<crate::store::Gro
 }
 
 /// The MQTT options towards listener `i` (of [`Join::mqtt`], round).
-fn mqtt_options(join: &Join, mqtt_tls: Option<&rumqttc::Transport>, i: usize) -> MqttOptions {
+fn mqtt_options(join: &Join, mqtt_tls: Option<&rumqttc::Transport>, i: usize, n: usize) -> MqttOptions {
     let (host, port) = &join.mqtt[i % join.mqtt.len()];
     let mut opts = MqttOptions::new(
-        format!("dishsync-{}-{}", join.partition, join.worker),
+        format!("dishsync-{}-{}-{n}", join.partition, join.worker),
         host.clone(),
         *port,
     );
@@ -483,10 +488,10 @@ fn mqtt_options(join: &Join, mqtt_tls: Option<&rumqttc::Transport>, i: usize) ->
     opts
 }
 
-/// The MQTT connection outputs leave on, moving to the next listener when
-/// one stops answering; over TLS, with the same authority as NATS, when
+/// Output connection `n`, moving to the next listener when one stops
+/// answering; over TLS, with the same authority as NATS, when
 /// [`Join::tls`] is set.
-fn mqtt_client(join: &Join) -> anyhow::Result<AsyncClient> {
+fn mqtt_client(join: &Join, n: usize) -> anyhow::Result<AsyncClient> {
     let transport = match &join.tls {
         Some(tls) => {
             let ca = std::fs::read(&tls.ca).with_context(|| format!("reading {}", tls.ca.display()))?;
@@ -501,7 +506,7 @@ fn mqtt_client(join: &Join) -> anyhow::Result<AsyncClient> {
         }
         None => None,
     };
-    let (client, mut eventloop) = AsyncClient::new(mqtt_options(join, transport.as_ref(), 0), 10_000);
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(join, transport.as_ref(), 0, n), 10_000);
     let join = join.clone();
     tokio::spawn(async move {
         let mut at = 0usize;
@@ -510,7 +515,7 @@ fn mqtt_client(join: &Join) -> anyhow::Result<AsyncClient> {
                 let (host, port) = &join.mqtt[at % join.mqtt.len()];
                 warn!(listener = %format!("{host}:{port}"), error = %e, "the MQTT listener does not answer; trying the next");
                 at += 1;
-                eventloop.mqtt_options = mqtt_options(&join, transport.as_ref(), at);
+                eventloop.mqtt_options = mqtt_options(&join, transport.as_ref(), at, n);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -521,11 +526,21 @@ fn mqtt_client(join: &Join) -> anyhow::Result<AsyncClient> {
 /// The rules' messages on the cluster, keeping the last retained document
 /// of every topic to publish again ([`Republishing::republish`]).
 struct Republishing {
-    attached: Attached,
+    /// The connections outputs leave on; a topic always on the same one,
+    /// so its documents keep their order.
+    connections: Vec<Attached>,
     retained: Mutex<HashMap<String, (Topic, Vec<u8>)>>,
 }
 
 impl Republishing {
+    /// The connection `topic`'s documents leave on.
+    fn on(&self, topic: &Topic) -> &Attached {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        topic.to_string().hash(&mut hasher);
+        &self.connections[hasher.finish() as usize % self.connections.len()]
+    }
+
     fn keep(&self, topic: &Topic, payload: &[u8]) {
         let mut retained = self.retained.lock().unwrap_or_else(|e| e.into_inner());
         if payload.is_empty() {
@@ -542,7 +557,7 @@ impl Republishing {
             retained.values().cloned().collect()
         };
         for (topic, payload) in &documents {
-            self.attached.publish(topic, payload.clone(), true).await;
+            self.on(topic).publish(topic, payload.clone(), true).await;
         }
         info!(documents = documents.len(), "published every retained document again");
     }
@@ -554,15 +569,15 @@ impl Publisher for Republishing {
         if retain {
             self.keep(topic, &payload);
         }
-        self.attached.publish(topic, payload, retain).await;
+        self.on(topic).publish(topic, payload, retain).await;
     }
 
     async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
         self.keep(topic, &payload);
-        self.attached.retain(topic, payload).await;
+        self.on(topic).retain(topic, payload).await;
     }
 
     async fn deliver(&self, topic: &Topic, payload: Vec<u8>, retained: bool) -> usize {
-        self.attached.deliver(topic, payload, retained).await
+        self.on(topic).deliver(topic, payload, retained).await
     }
 }

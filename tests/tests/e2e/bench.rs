@@ -60,3 +60,33 @@ fn every_benchmark_scenario_runs_in_quick_mode() -> Result<()> {
     }
     Ok(())
 }
+
+/// The cluster benchmark's quick mode: three fresh NATS clusters (bare,
+/// one worker, two workers), every figure finite.
+#[test]
+fn the_cluster_benchmark_runs_in_quick_mode() -> Result<()> {
+    // The clusters it starts count as the tests' one cluster at a time.
+    let _turn = crate::cluster::TURN.blocking_lock();
+    let out = Command::new(env!("CARGO_BIN_EXE_e2e-bench"))
+        .args(["cluster", "--quick", "--json"])
+        .output()
+        .context("running the cluster benchmark")?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("JSON lines")?;
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for (report, sides) in reports
+        .iter()
+        .zip([["one_worker", "two_workers", "bare_cluster"], ["p50", "p99", "p999"]])
+    {
+        for side in sides {
+            let v = report[side].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{side} in {report}");
+        }
+    }
+    Ok(())
+}

@@ -18,7 +18,7 @@ use crate::support::{broker_binary, lines_of, small_chain, stock_event, Client, 
 
 /// One cluster at a time: three servers electing leaders on two cores
 /// while another three do is a test of the machine, not of the rules.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What a cluster that takes only TLS and known users asks of clients.
 pub struct Secure {
