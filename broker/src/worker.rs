@@ -209,10 +209,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
             // A failed write stops the worker; the external broker keeps
             // what was not acknowledged.
             what = &mut failed => return Err(crate::store::StorageFailed(what).into()),
-            served = &mut web_task => return match served {
-                Ok(result) => result.map_err(|e| anyhow::anyhow!("serving HTTP: {e}")),
-                Err(e) => Err(anyhow::anyhow!("the web listener stopped: {e}")),
-            },
+            served = &mut web_task => return web_stopped(served),
         };
         let verdict = route(&rules, &*out, &owned, &publish.topic, &publish.payload).await;
         if verdicts_tx.send((publish, verdict)).await.is_err() {
@@ -221,7 +218,20 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     }
     drop(verdicts_tx);
     let _ = acker.await;
-    // The rules stop on a failed commit: say so, not that all went well.
+    stopped(&storage)
+}
+
+/// Why a worker's web listener ended the worker.
+pub(crate) fn web_stopped(served: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match served {
+        Ok(result) => result.map_err(|e| anyhow::anyhow!("serving HTTP: {e}")),
+        Err(e) => Err(anyhow::anyhow!("the web listener stopped: {e}")),
+    }
+}
+
+/// How a worker whose inputs ended stops: the rules stop on a failed
+/// commit, and then it says so, not that all went well.
+pub(crate) fn stopped(storage: &crate::store::Store) -> anyhow::Result<()> {
     match storage.failure() {
         Some(what) => Err(crate::store::StorageFailed(what).into()),
         None => Ok(()),

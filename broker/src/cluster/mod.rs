@@ -49,7 +49,7 @@ use crate::outbound::Publisher;
 use crate::rules::{self, Verdict};
 use crate::server::{compact_history, republish_all, restore};
 use crate::store::Store;
-use crate::worker::{route, Attached, STORE_INPUTS};
+use crate::worker::{route, stopped, web_stopped, Attached, STORE_INPUTS};
 use log::PartitionLog;
 use ownership::Lease;
 
@@ -361,10 +361,7 @@ pub async fn run(settings: Settings, join: Join) -> anyhow::Result<()> {
                 return Err(anyhow::anyhow!("{why}: this worker stops"));
             }
             what = &mut failed => return Err(crate::store::StorageFailed(what).into()),
-            served = &mut web_task => return match served {
-                Ok(result) => result.map_err(|e| anyhow::anyhow!("serving HTTP: {e}")),
-                Err(e) => Err(anyhow::anyhow!("the web listener stopped: {e}")),
-            },
+            served = &mut web_task => return web_stopped(served),
         };
         let topic = topic_of(message.subject.as_str());
         let verdict = route(&rules, &*out, &owned, &topic, &message.payload).await;
@@ -374,11 +371,7 @@ pub async fn run(settings: Settings, join: Join) -> anyhow::Result<()> {
     }
     drop(verdicts_tx);
     let _ = acker.await;
-    // The rules stop on a failed commit: say so, not that all went well.
-    match storage.failure() {
-        Some(what) => Err(crate::store::StorageFailed(what).into()),
-        None => Ok(()),
-    }
+    stopped(&storage)
 }
 
 /// Takes a snapshot whenever `every` entries were appended since the last,

@@ -676,19 +676,26 @@ async fn send_part_and_some_acks(cluster: &NatsCluster, devices: &mut [Device], 
     Ok(())
 }
 
+/// A cluster under `dir` with partition east's two workers, each with
+/// `extra` arguments: w1 serving, attached to node 0 first, and w2 standing
+/// by, attached to node `standby_node` first.
+async fn east_with_standby(dir: &Path, standby_node: usize, extra: &[&str]) -> Result<(NatsCluster, Worker, Worker)> {
+    let cluster = NatsCluster::start(dir).await?;
+    let config = east(dir)?;
+    let w1 = Worker::start(&cluster, &config, &dir.join("w1"), "east", "w1", 0, extra)?.serving()?;
+    let mut w2 = Worker::start(&cluster, &config, &dir.join("w2"), "east", "w2", standby_node, extra)?;
+    w2.wait_for("dishsync-broker standby for partition east")?;
+    Ok((cluster, w1, w2))
+}
+
 /// `kill -9` of the serving worker in the middle of a stream: the standby
 /// takes the partition over, rebuilt from the log; nothing acknowledged is
 /// lost or applied twice, and what was sent meanwhile is applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_a_killed_workers_partition_over_with_exactly_its_state() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let cluster = NatsCluster::start(tmp.path()).await?;
-    let config = east(tmp.path())?;
     // A snapshot every 5 entries: the standby starts from one.
-    let often = ["--snapshot-every", "5"];
-    let w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0, &often)?.serving()?;
-    let mut w2 = Worker::start(&cluster, &config, &tmp.path().join("w2"), "east", "w2", 2, &often)?;
-    w2.wait_for("dishsync-broker standby for partition east")?;
+    let (cluster, w1, w2) = east_with_standby(tmp.path(), 2, &["--snapshot-every", "5"]).await?;
     let mut devices = two_devices(600);
     send_part_and_some_acks(&cluster, &mut devices, 300).await?;
     w1.wait_logged("snapshot stored")?;
@@ -704,10 +711,6 @@ async fn a_standby_takes_a_killed_workers_partition_over_with_exactly_its_state(
     // w2 rebuilt what w1 committed from w1's snapshot and the entries
     // after it, then fenced the log.
     let read = w2.wait_logged("read the partition's log")?;
-    assert!(
-        read.contains("previous=Some(\"w1\")") || read.contains("snapshot=Some((\"east-"),
-        "{read}"
-    );
     assert!(
         read.contains("snapshot=Some((\"east-"),
         "w2 starts from w1's snapshot: {read}"
@@ -727,11 +730,7 @@ async fn a_standby_takes_a_killed_workers_partition_over_with_exactly_its_state(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_that_lost_its_partition_applies_nothing_and_exits() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let cluster = NatsCluster::start(tmp.path()).await?;
-    let config = east(tmp.path())?;
-    let mut w1 = Worker::start(&cluster, &config, &tmp.path().join("w1"), "east", "w1", 0, &[])?.serving()?;
-    let mut w2 = Worker::start(&cluster, &config, &tmp.path().join("w2"), "east", "w2", 1, &[])?;
-    w2.wait_for("dishsync-broker standby for partition east")?;
+    let (cluster, mut w1, w2) = east_with_standby(tmp.path(), 1, &[]).await?;
     let mut devices = two_devices(400);
     send_part_and_some_acks(&cluster, &mut devices, 200).await?;
     // Paused; inputs come meanwhile, some into the pull it had asked for.
