@@ -160,21 +160,7 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     let out = Arc::new(Attached { client: client.clone() });
     republish_all(&*out, &inventory).await;
     let storage = store.clone();
-    // Webhooks leave from the worker, which holds the commits they are
-    // queued in; their alerts go to the external broker's `hq/alerts`.
-    let webhooks = if settings.webhooks.is_empty() {
-        None
-    } else {
-        let publisher: Arc<dyn crate::outbound::Publisher> = out.clone();
-        Some(crate::webhooks::Webhooks::start(
-            settings.webhooks.clone(),
-            &store,
-            publisher,
-        )?)
-    };
-    let rules = rules::start(inventory, store, out.clone(), webhooks);
-    readiness.restored(storage.clone(), rules.clone());
-    compact_history(&storage, &settings);
+    let rules = start_rules(&settings, &readiness, store, inventory, out.clone())?;
 
     // Each input is acknowledged to the external broker, in the order it
     // came, once its verdict is in: a crash before that leaves it with the
@@ -219,6 +205,33 @@ pub async fn run(settings: Settings, attach: Attach) -> anyhow::Result<()> {
     drop(verdicts_tx);
     let _ = acker.await;
     stopped(&storage)
+}
+
+/// Starts the rules of a worker on `store` and `inventory`, publishing
+/// through `out`, and tells `readiness` they run. Webhooks leave from the
+/// worker, which holds the commits they are queued in; their alerts go out
+/// through `out` too.
+pub(crate) fn start_rules(
+    settings: &Settings,
+    readiness: &crate::web::Readiness,
+    store: crate::store::Store,
+    inventory: dishsync_inventory::Inventory,
+    out: Arc<dyn Publisher>,
+) -> anyhow::Result<RulesHandle> {
+    let webhooks = if settings.webhooks.is_empty() {
+        None
+    } else {
+        Some(crate::webhooks::Webhooks::start(
+            settings.webhooks.clone(),
+            &store,
+            out.clone(),
+        )?)
+    };
+    let storage = store.clone();
+    let rules = rules::start(inventory, store, out, webhooks);
+    readiness.restored(storage.clone(), rules.clone());
+    compact_history(&storage, settings);
+    Ok(rules)
 }
 
 /// Why a worker's web listener ended the worker.

@@ -47,9 +47,9 @@ use crate::config::Settings;
 use crate::metrics::METRICS;
 use crate::outbound::Publisher;
 use crate::rules::{self, Verdict};
-use crate::server::{compact_history, republish_all, restore};
+use crate::server::{republish_all, restore};
 use crate::store::Store;
-use crate::worker::{route, stopped, web_stopped, Attached, STORE_INPUTS};
+use crate::worker::{route, start_rules, stopped, web_stopped, Attached, STORE_INPUTS};
 use log::PartitionLog;
 use ownership::Lease;
 
@@ -283,20 +283,8 @@ pub async fn run(settings: Settings, join: Join) -> anyhow::Result<()> {
         });
     }
     let storage = store.clone();
-    let webhooks = if settings.webhooks.is_empty() {
-        None
-    } else {
-        let publisher: Arc<dyn Publisher> = out.clone();
-        Some(crate::webhooks::Webhooks::start(
-            settings.webhooks.clone(),
-            &store,
-            publisher,
-        )?)
-    };
-    let rules = rules::start(inventory, store, out.clone(), webhooks);
-    readiness.restored(storage.clone(), rules.clone());
+    let rules = start_rules(&settings, &readiness, store, inventory, out.clone())?;
     tokio::spawn(snapshots(partition_log.clone(), rules.clone(), join.snapshot_every));
-    compact_history(&storage, &settings);
 
     let durable = format!("dishsync-{}", join.partition);
     let consumer = inputs

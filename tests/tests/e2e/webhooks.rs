@@ -261,14 +261,39 @@ async fn webhooks_survive_kill_9_and_arrive_in_order_signed() -> Result<()> {
     mqtt.subscribe("stores/s1/dishes/+/availability", QoS::AtLeastOnce)
         .await?;
     sell_burgers(&mut mqtt, 250, 250, 100).await?;
-    let bun = mqtt.latest("stores/s1/stock/bun/level").cloned().context("bun")?;
-    let beef = mqtt.latest("stores/s1/stock/beef/level").cloned().context("beef")?;
-    let burger = mqtt
-        .wait_latest("stores/s1/dishes/burger/availability", |d| d["portions"] == json!(0))
+    mqtt.wait_latest("stores/s1/dishes/burger/availability", |d| d["portions"] == json!(0))
         .await?;
-    let double = mqtt
-        .wait_latest("stores/s1/dishes/double/availability", |d| d["portions"] == json!(0))
+    mqtt.wait_latest("stores/s1/dishes/double/availability", |d| d["portions"] == json!(0))
         .await?;
+    // The newest of each document, as retained once the last sale is
+    // committed: a live copy may still be on its way behind another topic's.
+    let mut fresh = Client::connect(listen, "pos-2").await?;
+    fresh.subscribe("stores/s1/stock/+/level", QoS::AtLeastOnce).await?;
+    fresh
+        .subscribe("stores/s1/dishes/+/availability", QoS::AtLeastOnce)
+        .await?;
+    fresh
+        .wait_until("every retained document", |seen| {
+            [
+                "stores/s1/stock/bun/level",
+                "stores/s1/stock/beef/level",
+                "stores/s1/dishes/burger/availability",
+                "stores/s1/dishes/double/availability",
+            ]
+            .iter()
+            .all(|t| seen.iter().any(|m| m.topic == *t))
+        })
+        .await?;
+    let retained = |topic: &'static str| {
+        let found = fresh.latest(topic).cloned();
+        found.with_context(|| format!("no retained {topic}"))
+    };
+    let (bun, beef) = (
+        retained("stores/s1/stock/bun/level")?,
+        retained("stores/s1/stock/beef/level")?,
+    );
+    let burger = retained("stores/s1/dishes/burger/availability")?;
+    let double = retained("stores/s1/dishes/double/availability")?;
 
     receiver.down.store(false, Ordering::SeqCst);
     let newest: BTreeMap<String, u64> = [
