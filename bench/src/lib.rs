@@ -82,6 +82,10 @@ struct Cli {
     /// broker at this address (for profiling it).
     #[arg(long, global = true)]
     against: Option<SocketAddr>,
+    /// Capacity: the chain sizes to measure, in stores (comma-separated;
+    /// overrides the default 100,500,2000).
+    #[arg(long, global = true, value_delimiter = ',')]
+    stores: Vec<usize>,
     #[command(subcommand)]
     command: Scenario,
 }
@@ -1380,6 +1384,7 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
                 },
             )
         };
+        let stores = if cli.stores.is_empty() { stores } else { &cli.stores[..] };
         capacity::capacity(cli, dir.path(), stores, plan).await?;
     }
     if all || scenario == Scenario::Webhooks {

@@ -676,14 +676,14 @@ async fn until_some_acknowledged(devices: &mut [Device]) -> Result<()> {
     Ok(())
 }
 
-/// A cluster under `dir` with partition east's two workers, each with
-/// `extra` arguments: w1 serving, attached to node 0 first, and w2 standing
-/// by, attached to node `standby_node` first.
+/// A cluster under `dir` with partition east's two workers: w1 serving,
+/// attached to node 0 first, with `extra` arguments, and w2 standing by,
+/// attached to node `standby_node` first, with the default ones.
 async fn east_with_standby(dir: &Path, standby_node: usize, extra: &[&str]) -> Result<(NatsCluster, Worker, Worker)> {
     let cluster = NatsCluster::start(dir).await?;
     let config = east(dir)?;
     let w1 = Worker::start(&cluster, &config, &dir.join("w1"), "east", "w1", 0, extra)?.serving()?;
-    let mut w2 = Worker::start(&cluster, &config, &dir.join("w2"), "east", "w2", standby_node, extra)?;
+    let mut w2 = Worker::start(&cluster, &config, &dir.join("w2"), "east", "w2", standby_node, &[])?;
     w2.wait_for("dishsync-broker standby for partition east")?;
     Ok((cluster, w1, w2))
 }
@@ -694,7 +694,8 @@ async fn east_with_standby(dir: &Path, standby_node: usize, extra: &[&str]) -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_a_killed_workers_partition_over_with_exactly_its_state() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    // A snapshot every 5 entries: the standby starts from one.
+    // A snapshot every 5 entries by w1: the standby starts from one. The
+    // standby takes none here, so that its takeover entry stays on record.
     let (cluster, w1, w2) = east_with_standby(tmp.path(), 2, &["--snapshot-every", "5"]).await?;
     let mut devices = two_devices(600);
     send_part_and_some_acks(&cluster, &mut devices, 300).await?;
