@@ -132,7 +132,7 @@ async fn pay(scx: &ServerContext, out: &Outbound, from: &From, id: &Id, topics: 
         // Still subscribed, and at which QoS.
         let Some(granted) = subscriptions
             .iter()
-            .filter(|s| matches(&s.topic, &topic))
+            .filter(|s| crate::retainer::filter_matches(&s.topic, &topic))
             .map(|s| s.opts.qos())
             .max_by_key(|q| *q as u8)
         else {
@@ -161,45 +161,4 @@ async fn pay(scx: &ServerContext, out: &Outbound, from: &From, id: &Id, topics: 
     }
     debug!(client = %id.client_id, paid, "owed documents paid back");
     topics.collect()
-}
-
-/// Whether MQTT topic filter `filter` matches `topic` (`+` one level, `#`
-/// the rest; a wildcard at the first level does not match a `$` topic).
-fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut levels = topic.split('/');
-    for f in filter.split('/') {
-        match (f, levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (f, Some(l)) if f == l => {}
-            _ => return false,
-        }
-    }
-    levels.next().is_none()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches;
-
-    #[test]
-    fn filters_match_as_mqtt_says() {
-        assert!(matches(
-            "stores/s1/dishes/+/availability",
-            "stores/s1/dishes/burger/availability"
-        ));
-        assert!(!matches(
-            "stores/s1/dishes/+/availability",
-            "stores/s2/dishes/burger/availability"
-        ));
-        assert!(matches("stores/#", "stores/s1/dishes/burger/availability"));
-        assert!(matches("#", "stores/s1"));
-        assert!(!matches("#", "$SYS/dishsync/metrics"));
-        assert!(matches("$SYS/dishsync/metrics", "$SYS/dishsync/metrics"));
-        assert!(!matches("stores/+", "stores/s1/sales"));
-        assert!(matches("stores/s1/#", "stores/s1"));
-    }
 }

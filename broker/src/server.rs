@@ -403,9 +403,38 @@ fn open_store(dir: &Path, checkpoint_interval: std::time::Duration) -> anyhow::R
         .with_context(|| format!("opening the store in {}", dir.display()))
 }
 
-/// Publishes every retained document of the chain.
+/// Publishes every retained document of the chain — each SKU's level, each
+/// dish's availability, the requests and transfers shown, and each
+/// store's catalog, menu and summary — as the topic's retained document
+/// (to the embedded engine's retained store, where no one subscribes yet
+/// at start-up; to an external broker, which also hands it to its
+/// subscribers). A chain of 2,000 stores has 460,000 of them: the
+/// rendering, which is pure, is shared between two threads.
 pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
-    for m in rules::render::everything(inv, Timestamp::now().0) {
-        out.publish(&m.topic, m.payload, m.retain).await;
+    let now = Timestamp::now().0;
+    let docs = dishsync_inventory::Document::published(inv);
+    let messages = if docs.len() < SHARED_RENDERING {
+        rules::render::documents(inv, &docs, now)
+    } else {
+        let (first, second) = docs.split_at(docs.len() / 2);
+        std::thread::scope(|threads| {
+            let later = threads.spawn(|| rules::render::documents(inv, second, now));
+            let mut messages = rules::render::documents(inv, first, now);
+            match later.join() {
+                Ok(rendered) => messages.extend(rendered),
+                Err(panicked) => std::panic::resume_unwind(panicked),
+            }
+            messages
+        })
+    };
+    for m in messages {
+        if m.retain {
+            out.retain(&m.topic, m.payload).await;
+        } else {
+            out.publish(&m.topic, m.payload, false).await;
+        }
     }
 }
+
+/// Documents from which [`republish_all`] renders on two threads.
+const SHARED_RENDERING: usize = 4096;

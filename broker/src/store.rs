@@ -371,6 +371,31 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// The document persisted as `key` with `value`, restored.
+fn restored(key: &[u8], value: &[u8]) -> Result<Option<Restored>, StoreError> {
+    let doc = std::str::from_utf8(key)
+        .ok()
+        .and_then(Document::from_key)
+        .ok_or_else(|| StoreError::Record {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source: postcard::Error::DeserializeBadEncoding,
+        })?;
+    doc.restore(Persisted { key, value })
+}
+
+/// Every document persisted under one of `prefixes`, restored, in key
+/// order.
+fn scan(db: &sled::Db, prefixes: &[&str]) -> Result<Vec<Restored>, StoreError> {
+    let mut out = Vec::new();
+    for prefix in prefixes {
+        for item in db.scan_prefix(prefix) {
+            let (key, value) = item?;
+            out.extend(restored(&key, &value)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Ledger lines per sled record at most.
 const PAGE_LINES: usize = 1024;
 
@@ -812,17 +837,8 @@ impl Store {
     /// right after [`Store::open`], before anything is applied.
     pub fn load(&self) -> Result<Vec<Restored>, StoreError> {
         let mut out = Vec::new();
-        let bad = |key: &[u8]| StoreError::Record {
-            key: String::from_utf8_lossy(key).into_owned(),
-            source: postcard::Error::DeserializeBadEncoding,
-        };
-        // A document's record, restored.
         let mut restore = |key: &[u8], value: &[u8]| -> Result<(), StoreError> {
-            let doc = std::str::from_utf8(key)
-                .ok()
-                .and_then(Document::from_key)
-                .ok_or_else(|| bad(key))?;
-            out.extend(doc.restore(Persisted { key, value })?);
+            out.extend(restored(key, value)?);
             Ok(())
         };
         let persisted = |doc: &Document| doc.key().unwrap_or_default().into_bytes();
@@ -851,12 +867,22 @@ impl Store {
                 }
             }
         }
-        for prefix in SCANNED_PREFIXES {
-            for item in self.db().scan_prefix(prefix) {
-                let (key, value) = item?;
-                restore(&key, &value)?;
+        // The documents kept per store, hundreds of thousands in a large
+        // chain, read on two threads: the dishes' and the variances' on
+        // one, the SKUs' and the rest on the other (about the same work at
+        // 2,000 stores).
+        let (apart, first): (Vec<&str>, Vec<&str>) = SCANNED_PREFIXES.iter().partition(|p| ["d/", "v/"].contains(*p));
+        let db = self.db();
+        let scanned = std::thread::scope(|threads| {
+            let later = threads.spawn(|| scan(db, &apart));
+            let mut scanned = scan(db, &first)?;
+            match later.join() {
+                Ok(rest) => scanned.extend(rest?),
+                Err(panicked) => std::panic::resume_unwind(panicked),
             }
-        }
+            Ok::<_, StoreError>(scanned)
+        })?;
+        out.extend(scanned);
         Ok(out)
     }
 

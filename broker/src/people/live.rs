@@ -15,21 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use crate::outbound::Outbound;
-
-/// Whether `topic` falls under the MQTT topic filter `filter` (`+` one
-/// level, a trailing `#` any number).
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    let mut levels = topic.split('/');
-    for part in filter.split('/') {
-        match (part, levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (literal, Some(level)) if literal == level => {}
-            _ => return false,
-        }
-    }
-    levels.next().is_none()
-}
+use crate::retainer::filter_matches;
 
 /// One event: the topic and the document (`null`: cleared; a string for
 /// presence's plain words); `None` for a payload that is not UTF-8.
@@ -98,28 +84,4 @@ pub fn stream(out: Outbound, filters: Vec<String>) -> Sse<impl Stream<Item = Res
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_match_as_mqtt_says() {
-        assert!(filter_matches(
-            "stores/s1/dishes/+/availability",
-            "stores/s1/dishes/burger/availability"
-        ));
-        assert!(!filter_matches(
-            "stores/s1/dishes/+/availability",
-            "stores/s2/dishes/burger/availability"
-        ));
-        assert!(!filter_matches(
-            "stores/s1/dishes/+/availability",
-            "stores/s1/dishes/burger"
-        ));
-        assert!(filter_matches("stores/s1/#", "stores/s1/stock/bun/level"));
-        assert!(filter_matches("stores/s1/alerts", "stores/s1/alerts"));
-        assert!(!filter_matches("stores/s1/alerts", "stores/s1/alerts/x"));
-    }
 }

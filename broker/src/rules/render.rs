@@ -42,14 +42,10 @@ pub fn changes(inv: &Inventory, changes: &Changes, now: Millis, throttled: impl 
     out
 }
 
-/// Every retained document of the chain: each SKU's level, each dish's
-/// availability, the requests and transfers shown, and each store's
-/// catalog, menu and summary.
-pub fn everything(inv: &Inventory, now: Millis) -> Vec<Message> {
-    Document::published(inv)
-        .iter()
-        .flat_map(|doc| document(inv, doc, now))
-        .collect()
+/// The retained messages of `docs` (a part of every retained document of
+/// the chain, [`Document::published`]), from `inv` at `now`.
+pub fn documents(inv: &Inventory, docs: &[Document], now: Millis) -> Vec<Message> {
+    docs.iter().flat_map(|doc| document(inv, doc, now)).collect()
 }
 
 /// The acks of `ids` to `device` in `store` (`None`: a chain-wide input's,
