@@ -63,6 +63,10 @@ pub struct Inventory {
     /// Stores whose day rolled into their history since it was last
     /// persisted.
     pub(crate) rolled: BTreeSet<StoreId>,
+    /// No 86 lapses before this (`None`: none has an `until`): a clock tick
+    /// looks at the dishes only from then. It may be earlier than the
+    /// soonest lapse (an 86 released early), never later.
+    pub(crate) next_lapse: Option<Millis>,
 }
 
 /// The id an opening count is booked under in the ledger: `opening:{sku}`
@@ -244,6 +248,7 @@ impl Inventory {
             chain,
             opening,
             rolled: BTreeSet::new(),
+            next_lapse: None,
         };
         let today = inventory.local_day(now);
         for (id, state) in &mut inventory.stores {
@@ -793,14 +798,23 @@ impl Inventory {
 
     /// Lapses every 86 whose `until` has passed.
     pub fn expire_overrides(&mut self, now: Millis) -> Changes {
+        // Every 100 ms in the shell, over 160,000 dishes at 2,000 stores:
+        // only once one may have lapsed.
+        if self.next_lapse.is_none_or(|at| at > now) {
+            return Changes::default();
+        }
         let mut lapsed = Vec::new();
+        let mut next_lapse: Option<Millis> = None;
         for (store_id, store) in &self.stores {
             for (dish_id, dish) in &store.dishes {
-                if dish.override_.as_ref().and_then(|o| o.until).is_some_and(|u| u <= now) {
-                    lapsed.push((store_id.clone(), dish_id.clone()));
+                match dish.override_.as_ref().and_then(|o| o.until) {
+                    Some(until) if until <= now => lapsed.push((store_id.clone(), dish_id.clone())),
+                    Some(until) => next_lapse = Some(next_lapse.map_or(until, |n| n.min(until))),
+                    None => {}
                 }
             }
         }
+        self.next_lapse = next_lapse;
         let mut changes = Changes::default();
         for (store, dish) in lapsed {
             self.recompute_dish_with(&store, &dish, Some(None), now, &mut changes);
@@ -898,6 +912,9 @@ impl Inventory {
         let predicted = self.within_horizon(sellout_eta, now);
         let current = state.dishes.get(dish_id);
         let override_ = new_override.unwrap_or_else(|| current.and_then(|d| d.override_.clone()));
+        if let Some(until) = override_.as_ref().and_then(|o| o.until) {
+            self.next_lapse = Some(self.next_lapse.map_or(until, |n| n.min(until)));
+        }
         let status = if override_.is_some() || portions == 0 {
             DishStatus::SoldOut
         } else if portions <= dish.low_mark || predicted {

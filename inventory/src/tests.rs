@@ -360,6 +360,35 @@ fn override_wins_until_released_or_until() {
     assert_eq!(dish(&inv, "burger").status, DishStatus::Available);
 }
 
+/// A timed 86 lapses on time after a restart, and a clock tick before any
+/// lapse is due changes nothing; two 86es lapse each at their own time.
+#[test]
+fn timed_86es_lapse_on_time_across_a_restart() {
+    let mut inv = stocked();
+    let timed = |eid: &str, until: Millis| OverrideIn {
+        id: id(eid),
+        status: OverrideStatus::SoldOut,
+        by: id("chef-anna"),
+        until: Some(Timestamp(until)),
+        note: None,
+    };
+    inv.apply_override(&id("s1"), &id("burger"), &timed("o1", T0 + 2000), T0)
+        .expect("86");
+    inv.apply_override(&id("s1"), &id("double"), &timed("o2", T0 + 1000), T0)
+        .expect("86");
+    let (mut back, _) = Inventory::restore(catalog(), snapshot(&inv), T0 + 10);
+    assert!(back.expire_overrides(T0 + 999).is_empty());
+    let first = back.expire_overrides(T0 + 1000);
+    assert!(first.publish.contains(&Document::Dish(id("s1"), id("double"))));
+    assert!(!first.publish.contains(&Document::Dish(id("s1"), id("burger"))));
+    assert!(back.expire_overrides(T0 + 1999).is_empty());
+    assert_eq!(dish(&back, "burger").status, DishStatus::SoldOut);
+    let second = back.expire_overrides(T0 + 2000);
+    assert!(second.publish.contains(&Document::Dish(id("s1"), id("burger"))));
+    assert!(dish(&back, "burger").override_.is_none());
+    assert!(back.expire_overrides(T0 + 100_000).is_empty(), "nothing left to lapse");
+}
+
 /// An 86 on a dish the stock has already sold out is shown all the same:
 /// a new revision, the override with who, until and note in the per-dish
 /// document and in the whole-menu entry; its release and its lapse too.

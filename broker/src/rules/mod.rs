@@ -69,7 +69,8 @@ const QUEUE: usize = 16_384;
 const MENU_INTERVAL: Duration = Duration::from_millis(250);
 /// How often timers (override expiry, delayed menu documents) are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// Every this many ticks (one second) the whole planning tick runs.
+/// Every this many ticks (one second) the rest of the planning timers run,
+/// and each store's forecasts move: a part of the stores on each tick.
 const FULL_TICK_EVERY: u32 = 10;
 
 /// The rules task's state.
@@ -89,7 +90,8 @@ struct Rules {
     published: HashMap<Document, Instant>,
     /// Throttled documents that changed but were published too recently.
     due: BTreeSet<Document>,
-    /// Ticks since the last full planning tick.
+    /// The part of the stores whose forecasts the next tick moves (the
+    /// rest of planning runs at part 0).
     ticks: u32,
     /// Where webhook deliveries go, if anywhere.
     webhooks: Option<Arc<Webhooks>>,
@@ -240,18 +242,21 @@ impl Rules {
         info!("rules task stopped");
     }
 
-    /// Time passes: 86es lapse; the rest of planning (proposal expiry,
-    /// forecasts moving, a new day) every few seconds. The changes join the
-    /// open group.
+    /// Time passes: 86es lapse, a tenth of the stores' forecasts move;
+    /// the rest of planning (proposal expiry, a new day, retiring) once a
+    /// second. The changes join the open group.
     fn on_tick(&mut self) {
         let now = Timestamp::now().0;
-        self.ticks += 1;
-        let changes = if self.ticks >= FULL_TICK_EVERY {
-            self.ticks = 0;
-            self.inv.tick(now)
-        } else {
-            self.inv.expire_overrides(now)
-        };
+        let part = self.ticks;
+        self.ticks = (self.ticks + 1) % FULL_TICK_EVERY;
+        let mut changes = self.inv.expire_overrides(now);
+        // Every store's forecasts once a second, a tenth of the stores on
+        // each tick: a large chain's forecast documents do not all fall into
+        // one group, ahead of every input that comes after them.
+        changes.merge(self.inv.move_forecasts(now, part as usize, FULL_TICK_EVERY as usize));
+        if part == 0 {
+            changes.merge(self.inv.tick_timers(now));
+        }
         self.group.changes.merge(changes);
     }
 

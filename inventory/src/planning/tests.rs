@@ -427,6 +427,60 @@ fn a_dinner_service_across_three_stores() {
     assert!(summary.open_requests.is_empty() && summary.open_transfers.is_empty());
 }
 
+/// Forecasts moved a part of the stores at a time move exactly what one
+/// pass over every store moves, each store's dishes in its own part.
+#[test]
+fn forecasts_moved_in_parts_move_what_one_pass_moves() {
+    let mut inv = Inventory::new(chain(), at(17, 0));
+    for store in ["a", "b", "c"] {
+        stock(
+            &mut inv,
+            store,
+            "patty",
+            StockKind::Count,
+            40.0,
+            at(17, 0),
+            &format!("p-{store}"),
+            None,
+        );
+        stock(
+            &mut inv,
+            store,
+            "bun",
+            StockKind::Count,
+            100.0,
+            at(17, 0),
+            &format!("b-{store}"),
+            None,
+        );
+        for k in 0..6 {
+            sell(&mut inv, store, 2, at(17, 1 + k), &format!("s-{store}-{k}"));
+        }
+    }
+    // Half an hour on, the rates have decayed and every ETA moved.
+    let later = at(17, 40);
+    let mut whole = inv.clone();
+    let all = whole.move_forecasts(later, 0, 1);
+    let moved: Vec<_> = all.dishes().map(|(s, d)| (s.clone(), d.clone())).collect();
+    assert!(moved.len() >= 3, "every store's burger moved: {moved:?}");
+    let mut in_parts: Vec<_> = Vec::new();
+    for part in 0..3 {
+        let changes = inv.move_forecasts(later, part, 3);
+        let stores: std::collections::BTreeSet<_> = changes.dishes().map(|(s, _)| s.clone()).collect();
+        assert_eq!(stores.len(), 1, "part {part} is one store: {stores:?}");
+        in_parts.extend(changes.dishes().map(|(s, d)| (s.clone(), d.clone())));
+    }
+    in_parts.sort();
+    assert_eq!(in_parts, moved);
+    for store in ["a", "b", "c"] {
+        assert_eq!(
+            inv.dish_state(&id(store), &id("burger")),
+            whole.dish_state(&id(store), &id("burger")),
+            "{store}"
+        );
+    }
+}
+
 fn proposed_to(inv: &Inventory, giver: &str) -> Option<DocId> {
     let (_, transfers) = inv.documents();
     transfers.into_iter().find(|t| {

@@ -9,11 +9,43 @@ use crate::inventory::Inventory;
 use super::plan::*;
 
 impl Inventory {
-    /// Everything that happens with time alone: 86es lapse, unanswered
-    /// proposals expire (and go to the next candidate), forecasts move,
-    /// a new day resets today's counters.
+    /// Everything that happens with time alone: 86es lapse, forecasts
+    /// move, unanswered proposals expire (and go to the next candidate), a
+    /// new day resets today's counters.
     pub fn tick(&mut self, now: Millis) -> Changes {
         let mut changes = self.expire_overrides(now);
+        changes.merge(self.move_forecasts(now, 0, 1));
+        changes.merge(self.tick_timers(now));
+        changes
+    }
+
+    /// Forecasts move with time: recomputes the dishes that have a sales
+    /// rate in one part of the chain, the stores whose place in it is
+    /// `part` modulo `parts` (`0, 1`: every store). A chain of 2,000 stores
+    /// has up to 160,000 of them; a shell that moves one part per tick
+    /// spreads that work, and the documents it changes, over its ticks.
+    pub fn move_forecasts(&mut self, now: Millis, part: usize, parts: usize) -> Changes {
+        let mut changes = Changes::default();
+        let parts = parts.max(1);
+        let with_rates: Vec<(StoreId, DishId)> = self
+            .stores
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % parts == part % parts)
+            .flat_map(|(_, (s, st))| st.plan.forecast.rates.keys().map(move |d| (s.clone(), d.clone())))
+            .collect();
+        for (store, dish) in with_rates {
+            self.recompute_dish(&store, &dish, now, &mut changes);
+        }
+        self.finish(now, &mut changes);
+        changes
+    }
+
+    /// What the clock changes besides 86es and forecasts: unanswered
+    /// proposals expire, a new day resets today's counters, finished
+    /// documents are retired, probes fall silent, promotions move.
+    pub fn tick_timers(&mut self, now: Millis) -> Changes {
+        let mut changes = Changes::default();
         // Proposals nobody answered.
         let expired: Vec<Transfer> = self
             .transfers
@@ -33,15 +65,6 @@ impl Inventory {
             tried.push(t.from.clone());
             let reason = format!("{} did not answer {} in time; {}", t.from, t.id, t.reason);
             self.propose(&t.to, &t.sku, t.need, tried, reason, now, &mut changes);
-        }
-        // Forecasts move with time: recompute dishes that have a rate.
-        let with_rates: Vec<(StoreId, DishId)> = self
-            .stores
-            .iter()
-            .flat_map(|(s, st)| st.plan.forecast.rates.keys().map(move |d| (s.clone(), d.clone())))
-            .collect();
-        for (store, dish) in with_rates {
-            self.recompute_dish(&store, &dish, now, &mut changes);
         }
         // A new day.
         let today = self.local_day(now);
