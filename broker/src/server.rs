@@ -56,15 +56,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let catalog = inventory.catalog().clone();
     let storage = store.clone();
-    let webhooks = if settings.webhooks.is_empty() {
-        None
-    } else {
-        Some(crate::webhooks::Webhooks::start(
-            settings.webhooks.clone(),
-            &store,
-            Arc::new(out.clone()),
-        )?)
-    };
+    let webhooks = start_webhooks(&settings, &store, Arc::new(out.clone()))?;
     let rules = rules::start(inventory, store, Arc::new(out.clone()), webhooks.clone());
     readiness.restored(storage.clone(), rules.clone());
     tokio::spawn(crate::metrics::publish_retained(
@@ -344,6 +336,23 @@ pub(crate) async fn restore(
         "state restored"
     );
     Ok((store, inventory))
+}
+
+/// Starts the webhook deliveries the configuration asks for, queued in
+/// `store`; their alerts are published through `out`.
+pub(crate) fn start_webhooks(
+    settings: &Settings,
+    store: &Store,
+    out: Arc<dyn Publisher>,
+) -> anyhow::Result<Option<Arc<crate::webhooks::Webhooks>>> {
+    if settings.webhooks.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(crate::webhooks::Webhooks::start(
+        settings.webhooks.clone(),
+        store,
+        out,
+    )?))
 }
 
 /// Starts the compaction of the history past its retention, in the

@@ -218,15 +218,7 @@ pub(crate) fn start_rules(
     inventory: dishsync_inventory::Inventory,
     out: Arc<dyn Publisher>,
 ) -> anyhow::Result<RulesHandle> {
-    let webhooks = if settings.webhooks.is_empty() {
-        None
-    } else {
-        Some(crate::webhooks::Webhooks::start(
-            settings.webhooks.clone(),
-            &store,
-            out.clone(),
-        )?)
-    };
+    let webhooks = crate::server::start_webhooks(settings, &store, out.clone())?;
     let storage = store.clone();
     let rules = rules::start(inventory, store, out, webhooks);
     readiness.restored(storage.clone(), rules.clone());

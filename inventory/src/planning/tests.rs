@@ -433,26 +433,10 @@ fn a_dinner_service_across_three_stores() {
 fn forecasts_moved_in_parts_move_what_one_pass_moves() {
     let mut inv = Inventory::new(chain(), at(17, 0));
     for store in ["a", "b", "c"] {
-        stock(
-            &mut inv,
-            store,
-            "patty",
-            StockKind::Count,
-            40.0,
-            at(17, 0),
-            &format!("p-{store}"),
-            None,
-        );
-        stock(
-            &mut inv,
-            store,
-            "bun",
-            StockKind::Count,
-            100.0,
-            at(17, 0),
-            &format!("b-{store}"),
-            None,
-        );
+        for (sku, qty) in [("patty", 40.0), ("bun", 100.0)] {
+            let eid = format!("{sku}-{store}");
+            stock(&mut inv, store, sku, StockKind::Count, qty, at(17, 0), &eid, None);
+        }
         for k in 0..6 {
             sell(&mut inv, store, 2, at(17, 1 + k), &format!("s-{store}-{k}"));
         }
