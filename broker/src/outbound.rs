@@ -24,6 +24,7 @@ use tracing::warn;
 
 use crate::drain::Drain;
 use crate::owed::Owed;
+use crate::retainer::MemoryRetainer;
 
 /// The client id our own publications carry.
 pub const RULES_CLIENT_ID: &str = "dishsync-rules";
@@ -40,6 +41,15 @@ pub trait Publisher: Send + Sync {
     /// subscriber, without delivering it to the current ones (the rules
     /// deliver it separately, with [`Publisher::deliver`]).
     async fn retain(&self, topic: &Topic, payload: Vec<u8>);
+
+    /// [`Publisher::retain`] for each of the retained `documents`, in
+    /// order: the re-publication of every document (at start-up, after a
+    /// takeover).
+    async fn retain_all(&self, documents: Vec<Message>) {
+        for m in documents {
+            self.retain(&m.topic, m.payload).await;
+        }
+    }
 
     /// Hands `payload` on `topic`, not retained, to the current subscribers
     /// and says to how many. `retained`: it is the document
@@ -108,6 +118,8 @@ pub const LIVE_BACKLOG: usize = 4096;
 #[derive(Clone)]
 pub struct Outbound {
     scx: ServerContext,
+    /// The engine's retained store.
+    retainer: MemoryRetainer,
     from: Arc<From>,
     /// Every message delivered, for the web app's live pages.
     live: tokio::sync::broadcast::Sender<Live>,
@@ -118,11 +130,13 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Publishes through `scx`'s router.
-    pub fn new(scx: ServerContext) -> Outbound {
+    /// Publishes through `scx`'s router, whose retained store is
+    /// `retainer`.
+    pub fn new(scx: ServerContext, retainer: MemoryRetainer) -> Outbound {
         let id = Id::new(scx.node.id(), 0, None, None, RULES_CLIENT_ID.into(), None);
         Outbound {
             scx,
+            retainer,
             from: Arc::new(From::from_system(id)),
             live: tokio::sync::broadcast::Sender::new(LIVE_BACKLOG),
             owed: Owed::new(),
@@ -199,6 +213,40 @@ impl Publisher for Outbound {
         if let Err(e) = SessionState::forwards(&self.scx, (*self.from).clone(), publish, false, None).await {
             warn!(%topic, error = %e, "in-process publish failed");
         }
+    }
+
+    async fn retain_all(&self, documents: Vec<Message>) {
+        // Made into the engine's messages on two threads, stored at once.
+        let make = |documents: Vec<Message>| -> Vec<(String, Retain)> {
+            documents
+                .into_iter()
+                .map(|m| {
+                    let publish = self.message(&m.topic, m.payload, true);
+                    let topic = publish.topic.to_string();
+                    let from = (*self.from).clone();
+                    (
+                        topic,
+                        Retain {
+                            msg_id: None,
+                            from,
+                            publish,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let mut first = documents;
+        let second = first.split_off(first.len() / 2);
+        let made = std::thread::scope(|threads| {
+            let later = threads.spawn(|| make(second));
+            let mut made = make(first);
+            match later.join() {
+                Ok(rest) => made.extend(rest),
+                Err(panicked) => std::panic::resume_unwind(panicked),
+            }
+            made
+        });
+        self.retainer.store_documents(made);
     }
 
     async fn retain(&self, topic: &Topic, payload: Vec<u8>) {

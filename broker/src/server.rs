@@ -40,9 +40,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // would lock POS terminals out exactly at the dinner rush. Connection
     // limits are set on the listeners instead.
     let scx = ServerContext::new().busy_check_enable(false).build().await;
-    *scx.extends.retain_mut().await = Box::<MemoryRetainer>::default();
+    let retainer = MemoryRetainer::default();
+    *scx.extends.retain_mut().await = Box::new(retainer.clone());
     *scx.extends.shared_subscription_mut().await = Box::<RoundRobinGroups>::default();
-    let out = Outbound::new(scx.clone());
+    let out = Outbound::new(scx.clone(), retainer);
 
     // The HTTP listener first: a long restore is "alive, not ready".
     let readiness = crate::web::Readiness::new(settings.data_dir.clone());
@@ -436,12 +437,10 @@ pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
             messages
         })
     };
-    for m in messages {
-        if m.retain {
-            out.retain(&m.topic, m.payload).await;
-        } else {
-            out.publish(&m.topic, m.payload, false).await;
-        }
+    let (retained, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| m.retain);
+    out.retain_all(retained).await;
+    for m in others {
+        out.publish(&m.topic, m.payload, false).await;
     }
 }
 
