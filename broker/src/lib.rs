@@ -41,6 +41,7 @@ pub mod current;
 pub mod demo;
 pub mod drain;
 pub mod front;
+pub mod halves;
 pub mod hooks;
 pub mod memory;
 pub mod metrics;

@@ -237,15 +237,8 @@ impl Publisher for Outbound {
         };
         let mut first = documents;
         let second = first.split_off(first.len() / 2);
-        let made = std::thread::scope(|threads| {
-            let later = threads.spawn(|| make(second));
-            let mut made = make(first);
-            match later.join() {
-                Ok(rest) => made.extend(rest),
-                Err(panicked) => std::panic::resume_unwind(panicked),
-            }
-            made
-        });
+        let (mut made, rest) = crate::halves::on_two_threads(first, second, make);
+        made.extend(rest);
         self.retainer.store_documents(made);
     }
 

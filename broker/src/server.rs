@@ -427,15 +427,10 @@ pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
         rules::render::documents(inv, &docs, now)
     } else {
         let (first, second) = docs.split_at(docs.len() / 2);
-        std::thread::scope(|threads| {
-            let later = threads.spawn(|| rules::render::documents(inv, second, now));
-            let mut messages = rules::render::documents(inv, first, now);
-            match later.join() {
-                Ok(rendered) => messages.extend(rendered),
-                Err(panicked) => std::panic::resume_unwind(panicked),
-            }
-            messages
-        })
+        let (mut messages, rest) =
+            crate::halves::on_two_threads(first, second, |docs| rules::render::documents(inv, docs, now));
+        messages.extend(rest);
+        messages
     };
     let (retained, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| m.retain);
     out.retain_all(retained).await;

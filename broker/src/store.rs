@@ -873,16 +873,9 @@ impl Store {
         // 2,000 stores).
         let (apart, first): (Vec<&str>, Vec<&str>) = SCANNED_PREFIXES.iter().partition(|p| ["d/", "v/"].contains(*p));
         let db = self.db();
-        let scanned = std::thread::scope(|threads| {
-            let later = threads.spawn(|| scan(db, &apart));
-            let mut scanned = scan(db, &first)?;
-            match later.join() {
-                Ok(rest) => scanned.extend(rest?),
-                Err(panicked) => std::panic::resume_unwind(panicked),
-            }
-            Ok::<_, StoreError>(scanned)
-        })?;
-        out.extend(scanned);
+        let (scanned, rest) = crate::halves::on_two_threads(&first[..], &apart[..], |prefixes| scan(db, prefixes));
+        out.extend(scanned?);
+        out.extend(rest?);
         Ok(out)
     }
 
