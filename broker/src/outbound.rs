@@ -16,6 +16,7 @@ use bytes::Bytes;
 use dishsync_protocol::Topic;
 use rmqtt::codec::types::QoS;
 use rmqtt::context::ServerContext;
+use rmqtt::retain::RetainStorage;
 use rmqtt::session::SessionState;
 use rmqtt::types::{CodecPublish, From, Id, Publish, Retain};
 use rmqtt::utils::timestamp_millis;
@@ -191,6 +192,15 @@ impl Outbound {
     }
 
     /// The QoS 1 message our publications carry, stamped now.
+    /// `payload` as the retained message of `topic`, from the rules.
+    fn retained_message(&self, topic: &Topic, payload: Vec<u8>) -> Retain {
+        Retain {
+            msg_id: None,
+            from: (*self.from).clone(),
+            publish: self.message(topic, payload, true),
+        }
+    }
+
     fn message(&self, topic: &Topic, payload: Vec<u8>, retain: bool) -> Publish {
         let publish = CodecPublish {
             dup: false,
@@ -221,17 +231,8 @@ impl Publisher for Outbound {
             documents
                 .into_iter()
                 .map(|m| {
-                    let publish = self.message(&m.topic, m.payload, true);
-                    let topic = publish.topic.to_string();
-                    let from = (*self.from).clone();
-                    (
-                        topic,
-                        Retain {
-                            msg_id: None,
-                            from,
-                            publish,
-                        },
-                    )
+                    let retained = self.retained_message(&m.topic, m.payload);
+                    (retained.publish.topic.to_string(), retained)
                 })
                 .collect()
         };
@@ -243,14 +244,9 @@ impl Publisher for Outbound {
     }
 
     async fn retain(&self, topic: &Topic, payload: Vec<u8>) {
-        let publish = self.message(topic, payload, true);
-        let name = publish.topic.clone();
-        let retained = Retain {
-            msg_id: None,
-            from: (*self.from).clone(),
-            publish,
-        };
-        if let Err(e) = self.scx.extends.retain().await.set(&name, retained, None).await {
+        let retained = self.retained_message(topic, payload);
+        let name = retained.publish.topic.clone();
+        if let Err(e) = self.retainer.set(&name, retained, None).await {
             warn!(%topic, error = %e, "storing a retained document failed");
         }
     }

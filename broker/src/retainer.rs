@@ -80,6 +80,28 @@ struct Retained {
 const SWEEP_EVERY: usize = 4096;
 
 impl Retained {
+    /// Makes `message` the retained one of `topic`, expiring after
+    /// `expiry`; an empty payload clears the topic (MQTT 5 §3.3.1.3).
+    fn put(&mut self, topic: &str, message: Retain, expiry: Option<Duration>) {
+        if message.publish.payload.is_empty() || expiry.is_none() {
+            self.expiring.remove(topic);
+        }
+        if message.publish.payload.is_empty() {
+            self.messages.remove(topic);
+            return;
+        }
+        if expiry.is_some() {
+            self.expiring.insert(topic.to_string());
+        }
+        match self.messages.get_mut(topic) {
+            Some(held) => *held = TimedValue::new(message, expiry),
+            None => {
+                self.messages
+                    .insert(topic.to_string(), TimedValue::new(message, expiry));
+            }
+        }
+    }
+
     /// Drops the messages whose expiry passed.
     fn sweep(&mut self) {
         let expired: Vec<String> = self
@@ -141,12 +163,7 @@ impl MemoryRetainer {
                 .collect();
         } else {
             for (topic, message) in documents {
-                retained.expiring.remove(&topic);
-                if message.publish.payload.is_empty() {
-                    retained.messages.remove(&topic);
-                } else {
-                    retained.messages.insert(topic, TimedValue::new(message, None));
-                }
+                retained.put(&topic, message, None);
             }
         }
         self.most
@@ -173,23 +190,7 @@ impl RetainStorage for MemoryRetainer {
             .is_some_and(|p| p.message_expiry_interval.is_some());
         let expiry = if contract || !asked { None } else { expiry };
         let mut retained = self.write();
-        // An empty payload clears the topic's message (MQTT 5 §3.3.1.3).
-        if retain.publish.payload.is_empty() {
-            retained.messages.remove(&**topic);
-            retained.expiring.remove(&**topic);
-        } else {
-            if expiry.is_some() {
-                retained.expiring.insert(topic.to_string());
-            }
-            match retained.messages.get_mut(&**topic) {
-                Some(held) => *held = TimedValue::new(retain, expiry),
-                None => {
-                    retained
-                        .messages
-                        .insert(topic.to_string(), TimedValue::new(retain, expiry));
-                }
-            }
-        }
+        retained.put(topic, retain, expiry);
         retained.sets += 1;
         if retained.sets >= SWEEP_EVERY && !retained.expiring.is_empty() {
             retained.sets = 0;

@@ -423,21 +423,13 @@ fn open_store(dir: &Path, checkpoint_interval: std::time::Duration) -> anyhow::R
 pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
     let now = Timestamp::now().0;
     let docs = dishsync_inventory::Document::published(inv);
-    let messages = if docs.len() < SHARED_RENDERING {
-        rules::render::documents(inv, &docs, now)
-    } else {
-        let (first, second) = docs.split_at(docs.len() / 2);
-        let (mut messages, rest) =
-            crate::halves::on_two_threads(first, second, |docs| rules::render::documents(inv, docs, now));
-        messages.extend(rest);
-        messages
-    };
+    let (first, second) = docs.split_at(docs.len() / 2);
+    let (mut messages, rest) =
+        crate::halves::on_two_threads(first, second, |docs| rules::render::documents(inv, docs, now));
+    messages.extend(rest);
     let (retained, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| m.retain);
     out.retain_all(retained).await;
     for m in others {
         out.publish(&m.topic, m.payload, false).await;
     }
 }
-
-/// Documents from which [`republish_all`] renders on two threads.
-const SHARED_RENDERING: usize = 4096;

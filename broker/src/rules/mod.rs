@@ -92,7 +92,7 @@ struct Rules {
     due: BTreeSet<Document>,
     /// The part of the stores whose forecasts the next tick moves (the
     /// rest of planning runs at part 0).
-    ticks: u32,
+    forecast_part: u32,
     /// Where webhook deliveries go, if anywhere.
     webhooks: Option<Arc<Webhooks>>,
 }
@@ -161,7 +161,7 @@ impl Rules {
             committer_task,
             published: HashMap::new(),
             due: BTreeSet::new(),
-            ticks: 0,
+            forecast_part: 0,
         }
     }
 
@@ -247,8 +247,8 @@ impl Rules {
     /// second. The changes join the open group.
     fn on_tick(&mut self) {
         let now = Timestamp::now().0;
-        let part = self.ticks;
-        self.ticks = (self.ticks + 1) % FULL_TICK_EVERY;
+        let part = self.forecast_part;
+        self.forecast_part = (part + 1) % FULL_TICK_EVERY;
         let mut changes = self.inv.expire_overrides(now);
         // Every store's forecasts once a second, a tenth of the stores on
         // each tick: a large chain's forecast documents do not all fall into

@@ -328,8 +328,10 @@ impl Worker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits (bounded) until the worker logged a line containing `what`.
-    pub fn wait_logged(&self, what: &str) -> Result<String> {
+    /// Waits (bounded) until the worker logged a line containing `what`,
+    /// looking again each time it says something on its standard output
+    /// and at the latest every 100 ms.
+    pub fn wait_logged(&mut self, what: &str) -> Result<String> {
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
             if let Some(line) = self.logged().lines().find(|l| l.contains(what)) {
@@ -340,7 +342,9 @@ impl Worker {
                 let tail: Vec<&str> = logged.lines().rev().take(6).collect();
                 bail!("the worker never logged {what:?}; it logged, last first: {tail:#?}");
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            if let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_millis(100)) {
+                self.said.push(line);
+            }
         }
     }
 
@@ -696,7 +700,7 @@ async fn a_standby_takes_a_killed_workers_partition_over_with_exactly_its_state(
     let tmp = tempfile::tempdir()?;
     // A snapshot every 5 entries by w1: the standby starts from one. The
     // standby takes none here, so that its takeover entry stays on record.
-    let (cluster, w1, w2) = east_with_standby(tmp.path(), 2, &["--snapshot-every", "5"]).await?;
+    let (cluster, mut w1, w2) = east_with_standby(tmp.path(), 2, &["--snapshot-every", "5"]).await?;
     let mut devices = two_devices(600);
     send_part_and_some_acks(&cluster, &mut devices, 300).await?;
     w1.wait_logged("snapshot stored")?;
@@ -705,7 +709,7 @@ async fn a_standby_takes_a_killed_workers_partition_over_with_exactly_its_state(
     for device in devices.iter_mut() {
         device.send(300, 600).await;
     }
-    let w2 = w2.serving()?;
+    let mut w2 = w2.serving()?;
     until_all_acknowledged(&cluster, &mut devices).await?;
     let (s1, s2) = (fries_of(&devices, "s1"), fries_of(&devices, "s2"));
     every_node_shows(&cluster, &[("s1", s1), ("s2", s2)]).await?;
