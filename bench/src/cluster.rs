@@ -23,7 +23,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 
 use crate::nats::Cluster;
-use crate::{config_of_stores, env_path, latency_across, stock_dish_0, throughput_over, Target};
+use crate::{config_of_stores, env_path, latency_across, stock_dish_0, throughput_over, Changes, Target};
 
 /// A worker child process, killed on drop.
 struct Worker(Child);
@@ -170,7 +170,18 @@ pub async fn run(dir: &Path, plan: &Plan, json_out: bool) -> Result<()> {
         let one = throughput_over(Target::Dishsync, &addrs, &stores, plan.devices, plan.per_device).await?;
         stock_dish_0(addrs[0]).await?;
         retained_on(addrs[2], "stores/s1/dishes/dish-0/availability", 1000).await?;
-        let latency = latency_across(Target::Dishsync, addrs[0], addrs[2], plan.pos, plan.rate, plan.seconds).await?;
+        let latency = latency_across(
+            Target::Dishsync,
+            addrs[0],
+            addrs[2],
+            plan.pos,
+            Changes {
+                rate: plan.rate,
+                seconds: plan.seconds,
+                senders: 1,
+            },
+        )
+        .await?;
         (one, latency)
     };
 

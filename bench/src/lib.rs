@@ -78,6 +78,10 @@ struct Cli {
     /// Latency: stock changes offered per second (overrides the default).
     #[arg(long, global = true)]
     rate: Option<f64>,
+    /// Latency and overload: the devices the stock changes come from, in
+    /// turn (overrides the default).
+    #[arg(long, global = true)]
+    senders: Option<usize>,
     /// Run the throughput load once against an already running dishsync
     /// broker at this address (for profiling it).
     #[arg(long, global = true)]
@@ -154,6 +158,7 @@ struct Sizes {
     devices: usize,
     events_per_device: usize,
     subscribers: usize,
+    senders: usize,
     rate: f64,
     seconds: f64,
     dishes: usize,
@@ -179,6 +184,7 @@ impl Sizes {
                 devices: 4,
                 events_per_device: 250,
                 subscribers: 10,
+                senders: 4,
                 rate: 100.0,
                 seconds: 1.0,
                 dishes: 200,
@@ -201,6 +207,7 @@ impl Sizes {
                 devices: 200,
                 events_per_device: 500,
                 subscribers: 200,
+                senders: 20,
                 rate: 1_000.0,
                 seconds: 10.0,
                 dishes: 2_000,
@@ -230,6 +237,9 @@ impl Sizes {
         if let Some(r) = cli.rate {
             s.rate = r.max(1.0);
         }
+        if let Some(n) = cli.senders {
+            s.senders = n.max(1);
+        }
         // Behind the validating front a connection holds three descriptors
         // in the broker (the client's, the front's to the engine, the
         // engine's): as many connections as the descriptor limit allows,
@@ -244,6 +254,17 @@ impl Sizes {
             s.connections = fitted.max(1);
         }
         s
+    }
+}
+
+impl Sizes {
+    /// The latency load's changes at `rate` per second.
+    fn changes(&self, rate: f64) -> Changes {
+        Changes {
+            rate,
+            seconds: self.seconds,
+            senders: self.senders,
+        }
     }
 }
 
@@ -654,6 +675,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// The documents one POS received, in order: (rev, arrival).
 type Arrivals = Vec<(u64, Instant)>;
 
+/// The stock changes of a latency run: `rate` per second for `seconds`,
+/// sent in turn by `senders` devices (a store's scales, POS and kitchen
+/// displays all change stock; one device's inputs are acknowledged one
+/// durable commit at a time, so a single sender would measure its own
+/// round trips rather than the delivery).
+#[derive(Clone, Copy)]
+pub(crate) struct Changes {
+    pub(crate) rate: f64,
+    pub(crate) seconds: f64,
+    pub(crate) senders: usize,
+}
+
 /// Latency from a stock change's intended send time to each POS receiving
 /// the availability it caused, in milliseconds: (p50, p99, p99.9, samples).
 /// A change counts as received with the first document whose rev is at
@@ -663,10 +696,9 @@ async fn latency(
     target: Target,
     addr: SocketAddr,
     subscribers: usize,
-    rate: f64,
-    seconds: f64,
+    changes: Changes,
 ) -> Result<(f64, f64, f64, usize)> {
-    latency_across(target, addr, addr, subscribers, rate, seconds).await
+    latency_across(target, addr, addr, subscribers, changes).await
 }
 
 /// [`latency`] with the changes sent to `addr` and the POS on `pos_addr`
@@ -676,16 +708,23 @@ pub(crate) async fn latency_across(
     addr: SocketAddr,
     pos_addr: SocketAddr,
     subscribers: usize,
-    rate: f64,
-    seconds: f64,
+    changes: Changes,
 ) -> Result<(f64, f64, f64, usize)> {
+    let Changes { rate, seconds, senders } = changes;
     let topic = "stores/s1/dishes/dish-0/availability";
     let events = (rate * seconds).round() as u64;
+    let mut publishers = Vec::new();
+    for p in 1..=senders.max(1) {
+        let (publisher, mut pub_loop) = bench_client(&format!("pub-{p}"), addr, 10_000);
+        publishers.push((
+            publisher,
+            tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} }),
+        ));
+    }
     // Bare: the retained starting document a dishsync broker would have.
-    let (publisher, mut pub_loop) = bench_client("pub-1", addr, 10_000);
-    let pub_task = tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
     if target == Target::Bare {
-        publisher
+        publishers[0]
+            .0
             .publish(topic, QoS::AtLeastOnce, true, serde_json::to_vec(&json!({"rev": 0}))?)
             .await?;
     }
@@ -732,7 +771,8 @@ pub(crate) async fn latency_across(
         .forget();
     let r0 = base_rev.lock().map_err(|_| anyhow!("lock"))?.unwrap_or(0);
     let start = Instant::now() + Duration::from_millis(100);
-    pace(publisher.clone(), target, events, rate, start, r0, topic).await?;
+    let clients = publishers.iter().map(|(c, _)| c.clone()).collect();
+    pace(clients, target, events, rate, start, r0, topic).await?;
     wait_for_last(&seen, subscribers, r0 + events).await?;
     let mut ms = change_latencies(&seen.lock().map_err(|_| anyhow!("lock"))?, events, r0, rate, start);
     ms.sort_by(f64::total_cmp);
@@ -749,8 +789,10 @@ pub(crate) async fn latency_across(
         let _ = client.disconnect().await;
         task.abort();
     }
-    let _ = publisher.disconnect().await;
-    pub_task.abort();
+    for (publisher, task) in publishers {
+        let _ = publisher.disconnect().await;
+        task.abort();
+    }
     Ok((
         percentile(&ms, 0.5),
         percentile(&ms, 0.99),
@@ -766,14 +808,13 @@ async fn latency_on_fresh(
     config: &Path,
     data: &Path,
     subscribers: usize,
-    rate: f64,
-    seconds: f64,
+    changes: Changes,
 ) -> Result<(f64, f64, f64, usize)> {
     let server = Server::start(target, config, data)?;
     if target == Target::Dishsync {
         stock_dish_0(server.addr).await?;
     }
-    let result = latency(target, server.addr, subscribers, rate, seconds).await;
+    let result = latency(target, server.addr, subscribers, changes).await;
     drop(server);
     let _ = std::fs::remove_dir_all(data);
     result
@@ -797,11 +838,12 @@ pub(crate) async fn stock_dish_0(addr: SocketAddr) -> Result<()> {
 }
 
 /// Sends `events` stock changes (dishsync) or retained documents (bare) at
-/// `rate` per second from `start`, from a thread of its own: tokio's timer
-/// wakes on whole milliseconds, which would send every change up to a
-/// millisecond late and count that against the broker.
+/// `rate` per second from `start`, each through the next of `publishers`
+/// in turn, from a thread of its own: tokio's timer wakes on whole
+/// milliseconds, which would send every change up to a millisecond late
+/// and count that against the broker.
 async fn pace(
-    publisher: AsyncClient,
+    publishers: Vec<AsyncClient>,
     target: Target,
     events: u64,
     rate: f64,
@@ -819,11 +861,13 @@ async fn pace(
                 std::thread::sleep(due - now);
             }
             late_ms.push(due.elapsed().as_secs_f64() * 1000.0);
+            let sender = usize::try_from(k).unwrap_or(0) % publishers.len();
+            let publisher = &publishers[sender];
             let payload = match target {
                 Target::Dishsync => stock_event(
                     &format!("lat-{k}"),
                     if k % 2 == 1 { "receive" } else { "consume" },
-                    "pub-1",
+                    &format!("pub-{}", sender + 1),
                 ),
                 Target::Bare => serde_json::to_vec(&json!({"rev": r0 + k}))?,
             };
@@ -1486,7 +1530,7 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             for target in [Target::Bare, Target::Dishsync] {
                 let (config, data) = fresh(&format!("latency-{round}"), &config(1, 1))?;
                 let (a, b, c, _) =
-                    latency_on_fresh(target, &config, &data, sizes.subscribers, sizes.rate, sizes.seconds).await?;
+                    latency_on_fresh(target, &config, &data, sizes.subscribers, sizes.changes(sizes.rate)).await?;
                 p50.add(target, a);
                 p99.add(target, b);
                 p999.add(target, c);
@@ -1510,7 +1554,7 @@ async fn run(cli: &Cli, scenario: Scenario) -> Result<()> {
             for target in [Target::Bare, Target::Dishsync] {
                 let (config, data) = fresh(&format!("overload-{rate}"), &config(1, 1))?;
                 let (p50, p99, _, n) =
-                    latency_on_fresh(target, &config, &data, sizes.subscribers, rate, sizes.seconds).await?;
+                    latency_on_fresh(target, &config, &data, sizes.subscribers, sizes.changes(rate)).await?;
                 let offered = (rate * sizes.seconds).round() * sizes.subscribers as f64;
                 point[target.key()] = json!({"p50": p50, "p99": p99, "delivered": n as f64 / offered});
             }

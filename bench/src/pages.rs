@@ -144,7 +144,7 @@ async fn pages_run(server: &Server, pages: usize, rate: f64, seconds: f64) -> Re
     let events = (rate * seconds).round() as u64;
     let start = Instant::now() + Duration::from_millis(100);
     super::pace(
-        publisher.clone(),
+        vec![publisher.clone()],
         Target::Dishsync,
         events,
         rate,
@@ -210,7 +210,17 @@ pub(super) async fn pages(cli: &Cli, dir: &Path, rounds: usize, pages: usize, se
                 page_p.push((p50, p99, p999, n));
                 memory.push(kib);
             } else {
-                let (p50, p99, p999, n) = super::latency(Target::Dishsync, server.addr, pages, rate, seconds).await?;
+                let (p50, p99, p999, n) = super::latency(
+                    Target::Dishsync,
+                    server.addr,
+                    pages,
+                    super::Changes {
+                        rate,
+                        seconds,
+                        senders: 1,
+                    },
+                )
+                .await?;
                 pos_p.push((p50, p99, p999, n));
             }
             drop(server);
