@@ -238,8 +238,10 @@ impl Publisher for Outbound {
         };
         let mut first = documents;
         let second = first.split_off(first.len() / 2);
-        let (mut made, rest) = crate::halves::on_two_threads(first, second, make);
-        made.extend(rest);
+        let (first, second) = crate::halves::on_two_threads(first, second, make);
+        let mut made = Vec::with_capacity(first.len() + second.len());
+        made.extend(first);
+        made.extend(second);
         self.retainer.store_documents(made);
     }
 

@@ -149,18 +149,16 @@ impl MemoryRetainer {
             let mut documents = documents;
             // Stable: of two for one topic, the later stays last.
             documents.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut kept: Vec<(String, Retain)> = Vec::with_capacity(documents.len());
+            let mut kept: Vec<(String, TimedValue<Retain>)> = Vec::with_capacity(documents.len());
             for (topic, message) in documents {
                 if kept.last().is_some_and(|(last, _)| *last == topic) {
                     kept.pop();
                 }
-                kept.push((topic, message));
+                kept.push((topic, TimedValue::new(message, None)));
             }
-            retained.messages = kept
-                .into_iter()
-                .filter(|(_, message)| !message.publish.payload.is_empty())
-                .map(|(topic, message)| (topic, TimedValue::new(message, None)))
-                .collect();
+            kept.retain(|(_, message)| !message.value().publish.payload.is_empty());
+            // Sorted, of known length: built in one pass.
+            retained.messages = kept.into_iter().collect();
         } else {
             for (topic, message) in documents {
                 retained.put(&topic, message, None);

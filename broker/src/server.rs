@@ -319,12 +319,25 @@ pub(crate) async fn restore(
     if let Some(replica) = replica {
         store.replicate_to(replica);
     }
-    let restored = store.load().context("reading the snapshot")?;
+    // How long each step of the start took, for the log.
+    let mut clock = std::time::Instant::now();
+    let mut lap = || {
+        let ms = clock.elapsed().as_millis();
+        clock = std::time::Instant::now();
+        ms
+    };
+    let mut stores: Vec<&str> = settings.catalog.stores().map(|s| s.id.as_str()).collect();
+    stores.sort_unstable();
+    let halfway = stores.get(stores.len() / 2).copied();
+    let restored = store.load_halved(halfway).context("reading the snapshot")?;
+    let read_ms = lap();
     let fresh_start = restored.is_empty();
     let now = Timestamp::now().0;
     let (mut inventory, mut changes) = Inventory::restore(settings.catalog.clone(), restored, now);
+    let restore_ms = lap();
     // Opening stock for new stores, and the condition pass over everything.
     let started = inventory.start(now);
+    let start_ms = lap();
     changes.merge(started.changes);
     let mut commit = store.begin()?;
     commit.ledger(&started.entries)?;
@@ -334,6 +347,10 @@ pub(crate) async fn restore(
     info!(
         fresh_start,
         changed = changes.levels().count() + changes.dishes().count(),
+        read_ms,
+        restore_ms,
+        start_ms,
+        commit_ms = lap(),
         "state restored"
     );
     Ok((store, inventory))
@@ -423,11 +440,19 @@ fn open_store(dir: &Path, checkpoint_interval: std::time::Duration) -> anyhow::R
 pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
     let now = Timestamp::now().0;
     let docs = dishsync_inventory::Document::published(inv);
-    let (first, second) = docs.split_at(docs.len() / 2);
-    let (mut messages, rest) =
-        crate::halves::on_two_threads(first, second, |docs| rules::render::documents(inv, docs, now));
-    messages.extend(rest);
-    let (retained, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| m.retain);
+    // Every other document to each thread: the list runs store by store,
+    // with the large whole-menu documents at its end.
+    let (first, second) = (docs.iter().step_by(2), docs[docs.len().min(1)..].iter().step_by(2));
+    let (first, second) = crate::halves::on_two_threads(first, second, |docs| rules::render::documents(inv, docs, now));
+    let mut retained = Vec::with_capacity(first.len() + second.len());
+    let mut others = Vec::new();
+    for m in first.into_iter().chain(second) {
+        if m.retain {
+            retained.push(m);
+        } else {
+            others.push(m);
+        }
+    }
     out.retain_all(retained).await;
     for m in others {
         out.publish(&m.topic, m.payload, false).await;

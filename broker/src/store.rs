@@ -383,17 +383,59 @@ fn restored(key: &[u8], value: &[u8]) -> Result<Option<Restored>, StoreError> {
     doc.restore(Persisted { key, value })
 }
 
-/// Every document persisted under one of `prefixes`, restored, in key
-/// order.
-fn scan(db: &sled::Db, prefixes: &[&str]) -> Result<Vec<Restored>, StoreError> {
-    let mut out = Vec::new();
-    for prefix in prefixes {
-        for item in db.scan_prefix(prefix) {
+/// Every document persisted in one of `ranges` (of keys, from and
+/// before), restored, in key order: in pieces of a bounded size, so that
+/// hundreds of thousands are never copied from one ever larger vector to
+/// the next.
+fn scan(db: &sled::Db, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Restored>>, StoreError> {
+    const PIECE: usize = 16_384;
+    let mut pieces: Vec<Vec<Restored>> = Vec::new();
+    for (from, before) in ranges {
+        for item in db.range(from.as_slice()..before.as_slice()) {
             let (key, value) = item?;
-            out.extend(restored(&key, &value)?);
+            let Some(document) = restored(&key, &value)? else {
+                continue;
+            };
+            match pieces.last_mut() {
+                Some(piece) if piece.len() < PIECE => piece.push(document),
+                _ => {
+                    let mut piece = Vec::with_capacity(PIECE);
+                    piece.push(document);
+                    pieces.push(piece);
+                }
+            }
         }
     }
-    Ok(out)
+    Ok(pieces)
+}
+
+/// The key ranges that [`Store::load`] reads on each of its two threads:
+/// of every per-store prefix, the stores before `halfway` on one and the
+/// rest on the other; without `halfway`, the dishes' and the variances'
+/// prefixes on one and the others on the other.
+fn halves_of_the_chain(halfway: Option<&str>) -> [Vec<(Vec<u8>, Vec<u8>)>; 2] {
+    // Every key under `prefix` ("k/") is before its end ("k0").
+    let whole = |prefix: &str| {
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        (prefix.as_bytes().to_vec(), end)
+    };
+    let mut halves: [Vec<(Vec<u8>, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
+    for prefix in SCANNED_PREFIXES {
+        let (from, before) = whole(prefix);
+        match halfway {
+            Some(store) => {
+                let middle = format!("{prefix}{store}/").into_bytes();
+                halves[0].push((from, middle.clone()));
+                halves[1].push((middle, before));
+            }
+            None if ["d/", "v/"].contains(&prefix) => halves[1].push((from, before)),
+            None => halves[0].push((from, before)),
+        }
+    }
+    halves
 }
 
 /// Ledger lines per sled record at most.
@@ -836,6 +878,13 @@ impl Store {
     /// The snapshot: every persisted SKU, dish and menu state. Read it
     /// right after [`Store::open`], before anything is applied.
     pub fn load(&self) -> Result<Vec<Restored>, StoreError> {
+        self.load_halved(None)
+    }
+
+    /// [`Store::load`], read on two threads that each take the stores on
+    /// one side of `halfway` (a store id in the middle of the chain, in
+    /// byte order), so both have about the same to do.
+    pub fn load_halved(&self, halfway: Option<&str>) -> Result<Vec<Restored>, StoreError> {
         let mut out = Vec::new();
         let mut restore = |key: &[u8], value: &[u8]| -> Result<(), StoreError> {
             out.extend(restored(key, value)?);
@@ -868,14 +917,13 @@ impl Store {
             }
         }
         // The documents kept per store, hundreds of thousands in a large
-        // chain, read on two threads: the dishes' and the variances' on
-        // one, the SKUs' and the rest on the other (about the same work at
-        // 2,000 stores).
-        let (apart, first): (Vec<&str>, Vec<&str>) = SCANNED_PREFIXES.iter().partition(|p| ["d/", "v/"].contains(*p));
+        // chain, read on two threads.
+        let [first, second] = halves_of_the_chain(halfway);
         let db = self.db();
-        let (scanned, rest) = crate::halves::on_two_threads(&first[..], &apart[..], |prefixes| scan(db, prefixes));
-        out.extend(scanned?);
-        out.extend(rest?);
+        let (first, second) = crate::halves::on_two_threads(&first[..], &second[..], |ranges| scan(db, ranges));
+        let pieces: Vec<Vec<Restored>> = first?.into_iter().chain(second?).collect();
+        out.reserve_exact(pieces.iter().map(Vec::len).sum());
+        out.extend(pieces.into_iter().flatten());
         Ok(out)
     }
 
@@ -1565,6 +1613,36 @@ mod tests {
         assert_eq!(ledger(&store).len(), 4);
         let segments = std::fs::read_dir(dir.path().join("journal")).expect("store").count();
         assert_eq!(segments, 1, "replayed segments are deleted");
+    }
+
+    /// Read on two threads split at a store in the middle of the chain,
+    /// the demo chain's documents are exactly those one scan reads: none
+    /// twice, none missed, in key order within each half.
+    #[tokio::test]
+    async fn a_load_split_at_a_store_reads_every_document_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_with(dir.path(), None).expect("store");
+        let catalog = crate::config::Settings::demo().expect("the demo chain").catalog;
+        let now = 1_700_000_000_000;
+        let (mut inventory, mut changes) = Inventory::restore(catalog.clone(), Vec::new(), now);
+        changes.merge(inventory.start(now).changes);
+        let mut commit = store.begin().expect("store");
+        crate::rules::stage_changes(&mut commit, &inventory, &changes).expect("store");
+        store.commit(commit).await.expect("store");
+        // Read as at a start: the journal replayed into sled.
+        drop(store);
+        let store = Store::open_with(dir.path(), None).expect("store");
+        let keys = |restored: Vec<Restored>| -> Vec<String> { restored.iter().map(|r| format!("{r:?}")).collect() };
+        let whole = keys(store.load().expect("store"));
+        assert!(whole.len() > 100, "the chain's documents: {}", whole.len());
+        for halfway in ["downtown", "harbour", "a", "zzz"] {
+            let mut halved = keys(store.load_halved(Some(halfway)).expect("store"));
+            let mut expected = whole.clone();
+            halved.sort();
+            expected.sort();
+            assert_eq!(halved.len(), expected.len(), "split at {halfway}: documents read");
+            assert_eq!(halved, expected, "split at {halfway}");
+        }
     }
 
     fn restored_ids(store: &Store) -> (Vec<String>, Vec<String>) {

@@ -44,8 +44,14 @@ pub fn changes(inv: &Inventory, changes: &Changes, now: Millis, throttled: impl 
 
 /// The retained messages of `docs` (a part of every retained document of
 /// the chain, [`Document::published`]), from `inv` at `now`.
-pub fn documents(inv: &Inventory, docs: &[Document], now: Millis) -> Vec<Message> {
-    docs.iter().flat_map(|doc| document(inv, doc, now)).collect()
+pub fn documents<'a>(inv: &Inventory, docs: impl ExactSizeIterator<Item = &'a Document>, now: Millis) -> Vec<Message> {
+    // Most documents are one message: room for them at once, not grown
+    // (and copied) step by step, hundreds of thousands at start-up.
+    let mut messages = Vec::with_capacity(docs.len());
+    for doc in docs {
+        messages.extend(document(inv, doc, now));
+    }
+    messages
 }
 
 /// The acks of `ids` to `device` in `store` (`None`: a chain-wide input's,

@@ -317,7 +317,7 @@ impl Inventory {
             sku.as_str(),
             Subject::sku(sku),
             spike,
-            msg,
+            || msg,
             now,
             changes,
         );

@@ -29,7 +29,7 @@ impl Inventory {
         key: &str,
         subject: Subject,
         on: bool,
-        message: String,
+        message: impl FnOnce() -> String,
         now: Millis,
         changes: &mut Changes,
     ) {
@@ -43,11 +43,11 @@ impl Inventory {
                 state.plan.alerts.seq += 1;
                 let id = format!("al-{store}-{}", state.plan.alerts.seq);
                 state.plan.alerts.active.insert(slot, id.clone());
-                (id, AlertState::Raised, message)
+                (id, AlertState::Raised, message())
             }
             (false, Some(id)) => {
                 state.plan.alerts.active.remove(&slot);
-                (id, AlertState::Cleared, format!("cleared: {message}"))
+                (id, AlertState::Cleared, format!("cleared: {}", message()))
             }
             _ => return,
         };

@@ -122,7 +122,7 @@ impl Inventory {
                 device.as_str(),
                 Subject::device(device),
                 false,
-                format!("{device} reports again"),
+                || format!("{device} reports again"),
                 now,
                 &mut changes,
             );
@@ -163,12 +163,14 @@ impl Inventory {
             device.as_str(),
             Subject::device(device),
             true,
-            format!(
-                "{device} outside {}–{} °C for {minutes} min: {} at risk until discarded or kept",
-                binding.min_millicelsius as f64 / 1000.0,
-                binding.max_millicelsius as f64 / 1000.0,
-                skus.join(", ")
-            ),
+            || {
+                format!(
+                    "{device} outside {}–{} °C for {minutes} min: {} at risk until discarded or kept",
+                    binding.min_millicelsius as f64 / 1000.0,
+                    binding.max_millicelsius as f64 / 1000.0,
+                    skus.join(", ")
+                )
+            },
             now,
             changes,
         );
@@ -208,7 +210,7 @@ impl Inventory {
                 device.as_str(),
                 Subject::device(&device),
                 true,
-                format!("{device} has reported nothing for {} min", (now - heard) / 60_000),
+                || format!("{device} has reported nothing for {} min", (now - heard) / 60_000),
                 now,
                 changes,
             );
@@ -291,11 +293,13 @@ impl Inventory {
             device.as_str(),
             Subject::device(device),
             false,
-            format!(
-                "{device}: its stock {} by {}",
-                if discarded { "discarded" } else { "kept" },
-                body.by
-            ),
+            || {
+                format!(
+                    "{device}: its stock {} by {}",
+                    if discarded { "discarded" } else { "kept" },
+                    body.by
+                )
+            },
             now,
             &mut outcome.changes,
         );

@@ -65,7 +65,7 @@ impl Inventory {
             device.as_str(),
             Subject::device(device),
             !online,
-            message,
+            || message,
             now,
             &mut changes,
         );

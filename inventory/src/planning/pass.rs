@@ -108,14 +108,14 @@ impl Inventory {
             .sku(sku)
             .map_or(dishsync_protocol::BaseUnit::Pcs, |s| s.unit);
         let low = (0..=params.reorder_point).contains(&qty);
-        let msg = format!("{sku} at {qty} {unit}, reorder point {}", params.reorder_point);
+        let msg = || format!("{sku} at {qty} {unit}, reorder point {}", params.reorder_point);
         self.set_alert(
             store,
             AlertKind::LowStock,
             sku.as_str(),
             Subject::sku(sku),
             low,
-            msg.clone(),
+            msg,
             now,
             changes,
         );
@@ -213,27 +213,30 @@ impl Inventory {
             dish_id.as_str(),
             Subject::dish(dish_id),
             sold_out,
-            format!(
-                "{dish_id} is sold out (limited by {})",
-                d.limited_by.as_ref().map_or("-", |s| s.as_str())
-            ),
+            || {
+                format!(
+                    "{dish_id} is sold out (limited by {})",
+                    d.limited_by.as_ref().map_or("-", |s| s.as_str())
+                )
+            },
             now,
             changes,
         );
-        let eta_text = d.sellout_eta.map_or_else(
-            || "soon".to_string(),
-            |t| format!("at {} local time", self.local_clock(t)),
-        );
+        let eta_clock = d.sellout_eta.map(|t| self.local_clock_at(t));
+        let eta_text = || eta_clock.map_or_else(|| "soon".to_string(), |clock| format!("at {clock} local time"));
         self.set_alert(
             store,
             AlertKind::SelloutPredicted,
             dish_id.as_str(),
             Subject::dish(dish_id),
             predicted,
-            format!(
-                "{dish_id} predicted to sell out {eta_text} ({} portions left)",
-                d.portions
-            ),
+            || {
+                format!(
+                    "{dish_id} predicted to sell out {} ({} portions left)",
+                    eta_text(),
+                    d.portions
+                )
+            },
             now,
             changes,
         );
@@ -264,7 +267,8 @@ impl Inventory {
             )
         } else {
             format!(
-                "{dish_id} predicted to sell out {eta_text}; the central kitchen can deliver {sku} only at {}",
+                "{dish_id} predicted to sell out {}; the central kitchen can deliver {sku} only at {}",
+                eta_text(),
                 Timestamp(self.kitchen_eta(now))
             )
         };

@@ -412,7 +412,7 @@ impl Inventory {
             id.as_str(),
             Subject::dish(&promotion.dish),
             alert,
-            message,
+            || message,
             now,
             changes,
         );
@@ -753,7 +753,7 @@ impl Inventory {
             id.as_str(),
             Subject::dish(dish),
             false,
-            format!("promotion {id} no longer runs in {store}"),
+            || format!("promotion {id} no longer runs in {store}"),
             now,
             changes,
         );

@@ -18,8 +18,12 @@ impl Inventory {
 
     /// `t` as store-local clock time, `HH:MM`, for messages people read.
     pub fn local_clock(&self, t: Millis) -> String {
-        let minute = self.local_minutes(t).rem_euclid(24 * 60);
-        format!("{:02}:{:02}", minute / 60, minute % 60)
+        self.local_clock_at(t).to_string()
+    }
+
+    /// `t` as store-local clock time, to be written out when needed.
+    pub(crate) fn local_clock_at(&self, t: Millis) -> LocalClock {
+        LocalClock(self.local_minutes(t).rem_euclid(24 * 60))
     }
 
     /// UTC millis of store-local minute `m` of local day `day`.
@@ -77,5 +81,15 @@ impl Inventory {
             .map(|(d, w)| self.at_local(d, w))
             .find(|&t| t > delivery)
             .unwrap_or(delivery + 60 * MINUTE)
+    }
+}
+
+/// A store-local time of day, in minutes past midnight; shown as `HH:MM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LocalClock(i64);
+
+impl std::fmt::Display for LocalClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}:{:02}", self.0 / 60, self.0 % 60)
     }
 }

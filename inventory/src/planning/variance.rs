@@ -258,7 +258,7 @@ impl Inventory {
             sku.as_str(),
             Subject::sku(sku),
             over,
-            msg,
+            || msg,
             now,
             changes,
         );
