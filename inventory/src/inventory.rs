@@ -150,11 +150,10 @@ impl Inventory {
                         s.skus.insert(sku, state);
                     }
                 }
+                // Kept if still on the store's menu (below).
                 Restored::Dish(store, dish, state) => {
                     if let Some(s) = stores.get_mut(&store) {
-                        if catalog.on_menu(&store, &dish) {
-                            s.dishes.insert(dish, state);
-                        }
+                        s.dishes.insert(dish, state);
                     }
                 }
                 Restored::Menu(store, menu) => {
@@ -210,6 +209,12 @@ impl Inventory {
                 }
                 Restored::Readiness(store, id, r) => readiness.push((store, id, r)),
                 Restored::Chain(c) => chain = c,
+            }
+        }
+        for store in catalog.stores() {
+            if let Some(s) = stores.get_mut(&store.id) {
+                let menu: BTreeSet<&DishId> = store.menu.iter().collect();
+                s.dishes.retain(|dish, _| menu.contains(dish));
             }
         }
         // A store's readiness for a promotion still shown, in a store the
@@ -907,8 +912,9 @@ impl Inventory {
             }
         }
         let (portions, limited_by) = portions.map_or((0, None), |(p, s)| (p, Some(s.clone())));
-        let stale = dish.recipe.iter().any(|l| self.is_stale(store, &l.sku));
-        let sellout_eta = self.eta(store, dish_id, portions, now);
+        let offline = self.stale_in(store, state);
+        let stale = dish.recipe.iter().any(|l| offline.is_stale(&l.sku));
+        let sellout_eta = self.eta_at(self.rate_in(state, dish_id, now), portions, now);
         let predicted = self.within_horizon(sellout_eta, now);
         let current = state.dishes.get(dish_id);
         let override_ = new_override.unwrap_or_else(|| current.and_then(|d| d.override_.clone()));

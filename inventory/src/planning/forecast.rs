@@ -6,7 +6,7 @@ use dishsync_protocol::{DishId, Millis, StoreId};
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Changes;
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, StoreState};
 
 use super::plan::*;
 
@@ -24,16 +24,24 @@ impl Inventory {
 
     /// The dish's current sales rate, portions per minute.
     pub fn rate(&self, store: &StoreId, dish: &DishId, now: Millis) -> f64 {
-        let tau = self.tau();
         self.stores
             .get(store)
-            .and_then(|s| s.plan.forecast.rates.get(dish))
-            .map_or(0.0, |r| r.at_time(now, tau))
+            .map_or(0.0, |state| self.rate_in(state, dish, now))
     }
 
-    /// When `portions` run out at the current rate, to the next whole minute.
-    pub(crate) fn eta(&self, store: &StoreId, dish: &DishId, portions: u64, now: Millis) -> Option<Millis> {
-        let rate = self.rate(store, dish, now);
+    /// [`Inventory::rate`] in a store's state at hand.
+    pub(crate) fn rate_in(&self, state: &StoreState, dish: &DishId, now: Millis) -> f64 {
+        state
+            .plan
+            .forecast
+            .rates
+            .get(dish)
+            .map_or(0.0, |r| r.at_time(now, self.tau()))
+    }
+
+    /// When `portions` run out at `rate` portions per minute, to the next
+    /// whole minute.
+    pub(crate) fn eta_at(&self, rate: f64, portions: u64, now: Millis) -> Option<Millis> {
         if portions == 0 || rate < 1e-6 {
             return None;
         }

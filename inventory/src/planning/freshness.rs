@@ -7,9 +7,28 @@ use dishsync_protocol::{DeviceId, Millis, SkuId, StoreId};
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Changes;
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, StoreState};
 
 use super::plan::*;
+
+/// The feeding devices offline in one store, and what they feed: whether
+/// a SKU's level there is stale.
+pub(crate) struct Offline<'a> {
+    offline: &'a BTreeSet<DeviceId>,
+    feeds: Option<&'a std::collections::BTreeMap<DeviceId, Vec<SkuId>>>,
+}
+
+impl Offline<'_> {
+    /// Whether a device feeding `sku` is offline.
+    pub(crate) fn is_stale(&self, sku: &SkuId) -> bool {
+        let Some(feeds) = self.feeds else {
+            return false;
+        };
+        self.offline
+            .iter()
+            .any(|d| feeds.get(d).is_some_and(|skus| skus.contains(sku)))
+    }
+}
 
 /// Freshness's slice of a store's plan.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,15 +43,16 @@ impl Inventory {
         let Some(state) = self.stores.get(store) else {
             return false;
         };
-        let Some(feeds) = self.catalog.planning().feeds.get(store) else {
-            return false;
-        };
-        state
-            .plan
-            .freshness
-            .offline
-            .iter()
-            .any(|d| feeds.get(d).is_some_and(|skus| skus.contains(sku)))
+        self.stale_in(store, state).is_stale(sku)
+    }
+
+    /// What makes a SKU stale in `store`, whose state is at hand: the
+    /// devices offline there and what each of them feeds.
+    pub(crate) fn stale_in<'a>(&'a self, store: &StoreId, state: &'a StoreState) -> Offline<'a> {
+        Offline {
+            offline: &state.plan.freshness.offline,
+            feeds: self.catalog.planning().feeds.get(store),
+        }
     }
 
     /// A feeding device came online or went offline.
