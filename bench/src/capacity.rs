@@ -135,9 +135,23 @@ async fn senders(server: &Server, chain: &Chain) -> Result<Vec<(AsyncClient, tok
         let (client, mut eventloop) = bench_client(&format!("{store}-dev"), server.addr, 10_000);
         let connected = Arc::clone(&connected);
         let task = tokio::spawn(async move {
-            while let Ok(ev) = eventloop.poll().await {
-                if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
-                    connected.add_permits(1);
+            // A CONNECT refused while thousands open at once is tried
+            // again, as a device would; once connected, an error ends it.
+            let mut refused = crate::Refusals::default();
+            let mut open = false;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        open = true;
+                        connected.add_permits(1);
+                    }
+                    Ok(_) => {}
+                    Err(e) if !open => {
+                        if refused.try_again(e).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
                 }
             }
         });

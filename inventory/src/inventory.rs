@@ -118,7 +118,11 @@ impl Inventory {
     /// start fresh. Every dish is recomputed against the current catalog (a
     /// recipe may have changed): the returned [`Changes`] name what differs
     /// from what was persisted, plus everything that started fresh.
-    pub fn restore(catalog: Arc<Catalog>, restored: Vec<Restored>, now: Millis) -> (Inventory, Changes) {
+    pub fn restore(
+        catalog: Arc<Catalog>,
+        restored: impl IntoIterator<Item = Restored>,
+        now: Millis,
+    ) -> (Inventory, Changes) {
         let mut stores: BTreeMap<StoreId, StoreState> = BTreeMap::new();
         let mut opening: BTreeSet<StoreId> = catalog.stores().map(|s| s.id.clone()).collect();
         let mut requests = BTreeMap::new();

@@ -69,9 +69,13 @@ const QUEUE: usize = 16_384;
 const MENU_INTERVAL: Duration = Duration::from_millis(250);
 /// How often timers (override expiry, delayed menu documents) are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// Every this many ticks (one second) the rest of the planning timers run,
-/// and each store's forecasts move: a part of the stores on each tick.
+/// Every this many ticks (one second) the rest of the planning timers run.
 const FULL_TICK_EVERY: u32 = 10;
+/// Each store's forecasts move once in this many ticks (five seconds), a
+/// part of the stores on each tick. The ETAs are to the minute, and a sale
+/// moves its dish's at once; what is left for the clock is the slow drift
+/// as a rate decays.
+const FORECAST_PARTS: u32 = 50;
 
 /// The rules task's state.
 struct Rules {
@@ -90,9 +94,9 @@ struct Rules {
     published: HashMap<Document, Instant>,
     /// Throttled documents that changed but were published too recently.
     due: BTreeSet<Document>,
-    /// The part of the stores whose forecasts the next tick moves (the
-    /// rest of planning runs at part 0).
-    forecast_part: u32,
+    /// The ticks so far (modulo [`FORECAST_PARTS`]): the part of the stores
+    /// whose forecasts the next tick moves.
+    ticks: u32,
     /// Where webhook deliveries go, if anywhere.
     webhooks: Option<Arc<Webhooks>>,
 }
@@ -161,7 +165,7 @@ impl Rules {
             committer_task,
             published: HashMap::new(),
             due: BTreeSet::new(),
-            forecast_part: 0,
+            ticks: 0,
         }
     }
 
@@ -242,19 +246,20 @@ impl Rules {
         info!("rules task stopped");
     }
 
-    /// Time passes: 86es lapse, a tenth of the stores' forecasts move;
+    /// Time passes: 86es lapse, a fiftieth of the stores' forecasts move;
     /// the rest of planning (proposal expiry, a new day, retiring) once a
     /// second. The changes join the open group.
     fn on_tick(&mut self) {
         let now = Timestamp::now().0;
-        let part = self.forecast_part;
-        self.forecast_part = (part + 1) % FULL_TICK_EVERY;
+        let part = self.ticks;
+        self.ticks = (part + 1) % FORECAST_PARTS;
         let mut changes = self.inv.expire_overrides(now);
-        // Every store's forecasts once a second, a tenth of the stores on
-        // each tick: a large chain's forecast documents do not all fall into
-        // one group, ahead of every input that comes after them.
-        changes.merge(self.inv.move_forecasts(now, part as usize, FULL_TICK_EVERY as usize));
-        if part == 0 {
+        // Every store's forecasts every five seconds, a fiftieth of the
+        // stores on each tick: the work, and the documents it changes, of a
+        // large chain never fall into one group ahead of the inputs after
+        // them (a chain of 2,000 stores has up to 160,000 dishes).
+        changes.merge(self.inv.move_forecasts(now, part as usize, FORECAST_PARTS as usize));
+        if part.is_multiple_of(FULL_TICK_EVERY) {
             changes.merge(self.inv.tick_timers(now));
         }
         self.group.changes.merge(changes);
