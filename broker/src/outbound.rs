@@ -227,13 +227,10 @@ impl Publisher for Outbound {
 
     async fn retain_all(&self, documents: Vec<Message>) {
         // Made into the engine's messages on two threads, stored at once.
-        let make = |documents: Vec<Message>| -> Vec<(String, Retain)> {
+        let make = |documents: Vec<Message>| -> Vec<Retain> {
             documents
                 .into_iter()
-                .map(|m| {
-                    let retained = self.retained_message(&m.topic, m.payload);
-                    (retained.publish.topic.to_string(), retained)
-                })
+                .map(|m| self.retained_message(&m.topic, m.payload))
                 .collect()
         };
         let mut first = documents;

@@ -68,8 +68,9 @@ fn literal_prefix(filter: &str) -> &str {
 /// What the retainer holds.
 #[derive(Default)]
 struct Retained {
-    /// Every retained message by its topic.
-    messages: BTreeMap<String, TimedValue<Retain>>,
+    /// Every retained message by its topic: the message's own topic name,
+    /// shared (a clone is a reference count), not a copy of it.
+    messages: BTreeMap<TopicName, TimedValue<Retain>>,
     /// The topics whose message expires: what a sweep looks at.
     expiring: BTreeSet<String>,
     /// Sets since the last sweep.
@@ -82,22 +83,21 @@ const SWEEP_EVERY: usize = 4096;
 impl Retained {
     /// Makes `message` the retained one of `topic`, expiring after
     /// `expiry`; an empty payload clears the topic (MQTT 5 §3.3.1.3).
-    fn put(&mut self, topic: &str, message: Retain, expiry: Option<Duration>) {
+    fn put(&mut self, topic: &TopicName, message: Retain, expiry: Option<Duration>) {
         if message.publish.payload.is_empty() || expiry.is_none() {
-            self.expiring.remove(topic);
+            self.expiring.remove(&**topic);
         }
         if message.publish.payload.is_empty() {
-            self.messages.remove(topic);
+            self.messages.remove(&**topic);
             return;
         }
         if expiry.is_some() {
             self.expiring.insert(topic.to_string());
         }
-        match self.messages.get_mut(topic) {
+        match self.messages.get_mut(&**topic) {
             Some(held) => *held = TimedValue::new(message, expiry),
             None => {
-                self.messages
-                    .insert(topic.to_string(), TimedValue::new(message, expiry));
+                self.messages.insert(topic.clone(), TimedValue::new(message, expiry));
             }
         }
     }
@@ -107,13 +107,13 @@ impl Retained {
         let expired: Vec<String> = self
             .expiring
             .iter()
-            .filter(|t| self.messages.get(*t).is_none_or(|m| m.is_expired()))
+            .filter(|t| self.messages.get(t.as_str()).is_none_or(|m| m.is_expired()))
             .cloned()
             .collect();
         for topic in expired {
             self.expiring.remove(&topic);
-            if self.messages.get(&topic).is_some_and(|m| m.is_expired()) {
-                self.messages.remove(&topic);
+            if self.messages.get(topic.as_str()).is_some_and(|m| m.is_expired()) {
+                self.messages.remove(topic.as_str());
             }
         }
     }
@@ -143,14 +143,15 @@ impl MemoryRetainer {
     /// of them at 2,000 stores. Into an empty store they go in one sorted
     /// build; an empty payload clears its topic, and of two for one topic
     /// the later wins.
-    pub fn store_documents(&self, documents: Vec<(String, Retain)>) {
+    pub fn store_documents(&self, documents: Vec<Retain>) {
         let mut retained = self.write();
         if retained.messages.is_empty() {
             let mut documents = documents;
             // Stable: of two for one topic, the later stays last.
-            documents.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut kept: Vec<(String, TimedValue<Retain>)> = Vec::with_capacity(documents.len());
-            for (topic, message) in documents {
+            documents.sort_by(|a, b| a.publish.topic.cmp(&b.publish.topic));
+            let mut kept: Vec<(TopicName, TimedValue<Retain>)> = Vec::with_capacity(documents.len());
+            for message in documents {
+                let topic = message.publish.topic.clone();
                 if kept.last().is_some_and(|(last, _)| *last == topic) {
                     kept.pop();
                 }
@@ -160,7 +161,8 @@ impl MemoryRetainer {
             // Sorted, of known length: built in one pass.
             retained.messages = kept.into_iter().collect();
         } else {
-            for (topic, message) in documents {
+            for message in documents {
+                let topic = message.publish.topic.clone();
                 retained.put(&topic, message, None);
             }
         }
@@ -202,9 +204,8 @@ impl RetainStorage for MemoryRetainer {
     async fn get(&self, topic_filter: &TopicFilter) -> Result<Vec<(TopicName, Retain)>> {
         let filter: &str = topic_filter;
         let retained = self.read();
-        let live = |(topic, message): (&String, &TimedValue<Retain>)| {
-            (!message.is_expired() && filter_matches(filter, topic))
-                .then(|| (TopicName::from(topic.as_str()), message.value().clone()))
+        let live = |(topic, message): (&TopicName, &TimedValue<Retain>)| {
+            (!message.is_expired() && filter_matches(filter, topic)).then(|| (topic.clone(), message.value().clone()))
         };
         let prefix = literal_prefix(filter);
         let found = if prefix.len() == filter.len() {
@@ -406,16 +407,12 @@ mod tests {
             ("hq/requests/r1", "{}"),
             ("hq/requests/r2", ""),
         ];
-        let documents = || {
-            all.iter()
-                .map(|(t, p)| (t.to_string(), retained(t, p, false)))
-                .collect::<Vec<_>>()
-        };
+        let documents = || all.iter().map(|(t, p)| retained(t, p, false)).collect::<Vec<_>>();
         let (at_once, one_by_one) = (MemoryRetainer::default(), MemoryRetainer::default());
         at_once.store_documents(documents());
-        for (topic, message) in documents() {
+        for message in documents() {
             one_by_one
-                .set(&topic.as_str().into(), message, None)
+                .set(&message.publish.topic.clone(), message, None)
                 .await
                 .expect("the retainer answers");
         }
