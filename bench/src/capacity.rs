@@ -137,22 +137,10 @@ async fn senders(server: &Server, chain: &Chain) -> Result<Vec<(AsyncClient, tok
         let task = tokio::spawn(async move {
             // A CONNECT refused while thousands open at once is tried
             // again, as a device would; once connected, an error ends it.
-            let mut refused = crate::Refusals::default();
-            let mut open = false;
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        open = true;
-                        connected.add_permits(1);
-                    }
-                    Ok(_) => {}
-                    Err(e) if !open => {
-                        if refused.try_again(e).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
+            let open = |ev: &Event| matches!(ev, Event::Incoming(Packet::ConnAck(_)));
+            if crate::until_connected(&mut eventloop, open).await.is_ok() {
+                connected.add_permits(1);
+                while eventloop.poll().await.is_ok() {}
             }
         });
         out.push((client, task));

@@ -255,9 +255,7 @@ impl Sizes {
         }
         s
     }
-}
 
-impl Sizes {
     /// The latency load's changes at `rate` per second.
     fn changes(&self, rate: f64) -> Changes {
         Changes {

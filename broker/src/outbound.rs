@@ -191,7 +191,6 @@ impl Outbound {
         found
     }
 
-    /// The QoS 1 message our publications carry, stamped now.
     /// `payload` as the retained message of `topic`, from the rules.
     fn retained_message(&self, topic: &Topic, payload: Vec<u8>) -> Retain {
         Retain {
@@ -201,6 +200,7 @@ impl Outbound {
         }
     }
 
+    /// The QoS 1 message our publications carry, stamped now.
     fn message(&self, topic: &Topic, payload: Vec<u8>, retain: bool) -> Publish {
         let publish = CodecPublish {
             dup: false,
@@ -235,9 +235,7 @@ impl Publisher for Outbound {
         };
         let mut first = documents;
         let second = first.split_off(first.len() / 2);
-        let (first, second) = crate::halves::on_two_threads(first, second, make);
-        let mut made = Vec::with_capacity(first.len() + second.len());
-        made.extend(first);
+        let (mut made, second) = crate::halves::on_two_threads(first, second, make);
         made.extend(second);
         self.retainer.store_documents(made);
     }

@@ -442,7 +442,8 @@ pub(crate) async fn republish_all(out: &dyn Publisher, inv: &Inventory) {
     let docs = dishsync_inventory::Document::published(inv);
     // Every other document to each thread: the list runs store by store,
     // with the large whole-menu documents at its end.
-    let (first, second) = (docs.iter().step_by(2), docs[docs.len().min(1)..].iter().step_by(2));
+    let after_the_first = docs.get(1..).unwrap_or_default();
+    let (first, second) = (docs.iter().step_by(2), after_the_first.iter().step_by(2));
     let (first, second) = crate::halves::on_two_threads(first, second, |docs| rules::render::documents(inv, docs, now));
     let mut retained = Vec::with_capacity(first.len() + second.len());
     let mut others = Vec::new();

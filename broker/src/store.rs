@@ -441,8 +441,7 @@ impl IntoIterator for Loaded {
 
 /// The key ranges that [`Store::load`] reads on each of its two threads:
 /// of every per-store prefix, the stores before `halfway` on one and the
-/// rest on the other; without `halfway`, the dishes' and the variances'
-/// prefixes on one and the others on the other.
+/// rest on the other; without `halfway`, all on one.
 fn halves_of_the_chain(halfway: Option<&str>) -> [Vec<(Vec<u8>, Vec<u8>)>; 2] {
     // Every key under `prefix` ("k/") is before its end ("k0").
     let whole = |prefix: &str| {
@@ -461,7 +460,6 @@ fn halves_of_the_chain(halfway: Option<&str>) -> [Vec<(Vec<u8>, Vec<u8>)>; 2] {
                 halves[0].push((from, middle.clone()));
                 halves[1].push((middle, before));
             }
-            None if ["d/", "v/"].contains(&prefix) => halves[1].push((from, before)),
             None => halves[0].push((from, before)),
         }
     }
@@ -905,8 +903,9 @@ impl Store {
         &self.inner.shared.db
     }
 
-    /// The snapshot: every persisted SKU, dish and menu state. Read it
-    /// right after [`Store::open`], before anything is applied.
+    /// The snapshot: every persisted SKU, dish and menu state, read on
+    /// one thread. Read it right after [`Store::open`], before anything is
+    /// applied.
     pub fn load(&self) -> Result<Loaded, StoreError> {
         self.load_halved(None)
     }
